@@ -1,0 +1,2 @@
+"""The aiohttp application: routing, auth, forwarding, usage extraction, admin
+API, status API, CLI and settings."""

@@ -1,0 +1,169 @@
+"""The admin API (``/admin/*``): clients, keys, budgets, usage, pricing."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from taximeter.proxy.auth import require_admin
+from taximeter.proxy.context import SERVICES
+from taximeter.proxy.errors import InvalidInput, InvalidJson, NotFoundError
+from taximeter.proxy.operations import Operations
+from taximeter.proxy.views import EVENT_FIELDS, client_json, event_json, key_json, report_row_json, rfc3339
+
+__all__ = ["OPERATIONS", "admin_routes"]
+
+OPERATIONS = web.AppKey("operations", Operations)
+MAX_EVENTS = 10_000
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+async def _body(request: web.Request) -> Any:
+    try:
+        return orjson.loads(await request.read())
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJson(f"request body is not valid JSON: {exc}") from exc
+
+
+def _ops(request: web.Request) -> Operations:
+    settings = request.app[SERVICES].settings
+    token = settings.admin_token.get_secret_value() if settings.admin_token else None
+    require_admin(request, token)
+    return request.app[OPERATIONS]
+
+
+async def list_clients(request: web.Request) -> web.Response:
+    clients = await _ops(request).store.list_clients()
+    return _json({"data": [client_json(c) for c in clients]})
+
+
+async def create_client(request: web.Request) -> web.Response:
+    ops = _ops(request)
+    body = await _body(request)
+    if not isinstance(body, dict):
+        raise InvalidInput("body must be a JSON object with id and name", status=400)
+    return _json(client_json(await ops.create_client(body.get("id"), body.get("name"))), status=201)
+
+
+async def create_key(request: web.Request) -> web.Response:
+    secret, key = await _ops(request).create_key(request.match_info["client_id"])
+    return _json({**key_json(key), "key": secret}, status=201)
+
+
+async def list_keys(request: web.Request) -> web.Response:
+    ops = _ops(request)
+    client = await ops.client(request.match_info["client_id"])
+    return _json({"data": [key_json(k) for k in await ops.store.list_keys(client.id)]})
+
+
+async def revoke_key(request: web.Request) -> web.Response:
+    return _json(key_json(await _ops(request).revoke_key(request.match_info["prefix"])))
+
+
+async def list_budgets(request: web.Request) -> web.Response:
+    ops = _ops(request)
+    states = await ops.store.list_budgets(ops.clock())
+    return _json({"data": [await ops.status_json(s) for s in states]})
+
+
+async def get_budget(request: web.Request) -> web.Response:
+    ops = _ops(request)
+    return _json(await ops.status_json(await ops.budget(request.match_info["client_id"])))
+
+
+async def put_budget(request: web.Request) -> web.Response:
+    ops = _ops(request)
+    state = await ops.put_budget(request.match_info["client_id"], await _body(request))
+    return _json(await ops.status_json(state))
+
+
+async def delete_budget(request: web.Request) -> web.Response:
+    await _ops(request).delete_budget(request.match_info["client_id"])
+    return web.Response(status=204)
+
+
+async def change_budget(request: web.Request) -> web.Response:
+    ops = _ops(request)
+    state = await ops.change_budget(request.match_info["client_id"], request.match_info["action"])
+    return _json(await ops.status_json(state))
+
+
+async def usage(request: web.Request) -> web.Response:
+    ops = _ops(request)
+    q = request.query
+    group_by = q.get("group_by", "api_type")
+    start, end, rows = await ops.usage_report(
+        q.get("client_id") or None, q.get("from"), q.get("to"), group_by
+    )
+    return _json(
+        {
+            "group_by": group_by,
+            "from": rfc3339(start),
+            "to": rfc3339(end),
+            "currency": ops.currency,
+            "data": [report_row_json(r) for r in rows],
+        }
+    )
+
+
+async def usage_events(request: web.Request) -> web.Response:
+    ops = _ops(request)
+    q = request.query
+    try:
+        limit = int(q.get("limit", "100"))
+    except ValueError as exc:
+        raise InvalidInput("limit must be an integer", param="limit") from exc
+    if not 1 <= limit <= MAX_EVENTS:
+        raise InvalidInput(f"limit must be between 1 and {MAX_EVENTS}", param="limit")
+    fmt = q.get("format", "json")
+    if fmt not in ("json", "csv"):
+        raise InvalidInput("format must be json or csv", param="format")
+    events = [event_json(e) for e in await ops.store.list_events(q.get("client_id") or None, limit)]
+    if fmt == "json":
+        return _json({"data": events})
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=EVENT_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(events)
+    return web.Response(text=out.getvalue(), content_type="text/csv")
+
+
+async def list_pricing(request: web.Request) -> web.Response:
+    _ops(request)
+    catalog = request.app[SERVICES].meter.catalog
+    return _json({"data": [p.as_json() for p in sorted(catalog, key=lambda p: p.model)]})
+
+
+async def get_pricing(request: web.Request) -> web.Response:
+    _ops(request)
+    model = request.match_info["model"]
+    price = request.app[SERVICES].meter.catalog.resolve(model)
+    if price is None:
+        raise NotFoundError(f"no price for model {model!r}", param="model")
+    return _json({**price.as_json(), "requested": model})
+
+
+def admin_routes() -> list[web.RouteDef]:
+    return [
+        web.get("/admin/clients", list_clients),
+        web.post("/admin/clients", create_client),
+        web.post("/admin/clients/{client_id}/keys", create_key),
+        web.get("/admin/clients/{client_id}/keys", list_keys),
+        web.delete("/admin/keys/{prefix}", revoke_key),
+        web.get("/admin/budgets", list_budgets),
+        web.get("/admin/budgets/{client_id}", get_budget),
+        web.put("/admin/budgets/{client_id}", put_budget),
+        web.delete("/admin/budgets/{client_id}", delete_budget),
+        web.post("/admin/budgets/{client_id}/{action:reset|pause|resume}", change_budget),
+        web.get("/admin/usage", usage),
+        web.get("/admin/usage/events", usage_events),
+        web.get("/admin/pricing", list_pricing),
+        web.get("/admin/pricing/{model}", get_pricing),
+    ]

@@ -1,0 +1,87 @@
+"""The aiohttp application: wiring, routes and lifecycle."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime
+
+import aiohttp
+from aiohttp import web
+
+from taximeter.pricing.catalog import load_catalog
+from taximeter.proxy.admin import OPERATIONS, admin_routes
+from taximeter.proxy.context import SERVICES, Services
+from taximeter.proxy.metering import Clock, Meter, system_clock
+from taximeter.proxy.middleware import error_middleware
+from taximeter.proxy.operations import Operations
+from taximeter.proxy.proxying import handle_proxy
+from taximeter.proxy.routing import UpstreamRouter
+from taximeter.proxy.settings import Settings
+from taximeter.proxy.status import status_routes
+from taximeter.store.factory import open_gate, open_store
+from taximeter.store.ledger import LedgerWriter
+from taximeter.store.models import BudgetState
+
+__all__ = ["create_app"]
+
+
+def create_app(settings: Settings, *, clock: Clock = system_clock) -> web.Application:
+    """The proxy as an aiohttp app; backends open on start-up, close on clean-up."""
+    app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
+    app.add_routes(status_routes())
+    app.add_routes(admin_routes())
+    app.router.add_route("*", "/v1/{tail:.*}", handle_proxy)
+    app.cleanup_ctx.append(_lifecycle(settings, clock))
+    return app
+
+
+def _lifecycle(settings: Settings, clock: Clock):  # type: ignore[no-untyped-def]
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        catalog = load_catalog(*settings.pricing_files)
+        store = await open_store(settings.database_url)
+        await store.migrate()
+        gate = open_gate(settings.redis_url, prefix=settings.redis_prefix, refresh_s=settings.gate_refresh_s)
+        ledger = LedgerWriter(store, max_pending=settings.ledger_max_pending)
+        ledger.start()
+        meter = Meter(
+            store=store,
+            gate=gate,
+            ledger=ledger,
+            catalog=catalog,
+            currency=settings.currency,
+            exchange_rate=settings.exchange_rate,
+            allow_unpriced=settings.unpriced_models == "allow",
+            clock=clock,
+        )
+
+        async def refresh_gate(client_id: str, state: BudgetState | None, now: datetime) -> None:
+            # Re-read after the flush, so the copy includes this process's in-flight events.
+            await meter.rebuild(client_id, now)
+
+        timeout = aiohttp.ClientTimeout(
+            total=settings.upstream_timeout_s, sock_connect=settings.upstream_connect_timeout_s
+        )
+        # One pooled session for every upstream call; no per-host connection cap.
+        session = aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0))
+        app[SERVICES] = Services(
+            settings=settings,
+            meter=meter,
+            router=UpstreamRouter(settings.resolved_upstreams()),
+            session=session,
+        )
+        app[OPERATIONS] = Operations(
+            store,
+            timezone=settings.timezone,
+            currency=settings.currency,
+            clock=clock,
+            on_budget_change=refresh_gate,
+        )
+        try:
+            yield
+        finally:
+            await session.close()
+            await ledger.close()
+            await gate.close()
+            await store.close()
+
+    return lifecycle

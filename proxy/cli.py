@@ -1,0 +1,260 @@
+"""The ``taximeter`` command: run the proxy and manage clients, keys, budgets.
+
+Management commands work on the configured store directly (and refresh the
+Redis gate, when there is one), so they need no running proxy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from taximeter.pricing.catalog import CatalogError, load_catalog
+from taximeter.pricing.money import from_nanos
+from taximeter.proxy.errors import TaximeterError
+from taximeter.proxy.logs import configure_logging
+from taximeter.proxy.operations import GROUPINGS, Operations
+from taximeter.proxy.settings import ConfigError, Settings, load_settings
+from taximeter.proxy.views import money
+from taximeter.store import budgets
+from taximeter.store.base import Gate, StoreUnavailable
+from taximeter.store.factory import open_gate, open_store
+from taximeter.store.models import BudgetState
+
+__all__ = ["main"]
+
+_COLORS = {"ok": "32", "warning": "33", "critical": "38;5;208", "exceeded": "31"}
+_BAR = 24
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(
+            args.config,
+            host=getattr(args, "host", None),
+            port=getattr(args, "port", None),
+            workers=getattr(args, "workers", None),
+        )
+    except ConfigError as exc:
+        print(f"taximeter: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_json)
+    if args.command == "serve":
+        from taximeter.proxy.serve import serve
+
+        return serve(settings)
+    try:
+        return asyncio.run(_manage(settings, args))
+    except (TaximeterError, CatalogError) as exc:
+        print(f"taximeter: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        return 1
+    except StoreUnavailable as exc:
+        print(f"taximeter: store unavailable: {exc}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="taximeter", description="Metering and budget proxy for OpenAI APIs."
+    )
+    parser.add_argument("--config", type=Path, help="TOML settings file (or TAXIMETER_CONFIG)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the proxy")
+    serve.add_argument("--config", type=Path, default=argparse.SUPPRESS)
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int)
+
+    sub.add_parser("migrate", help="create or update the database schema")
+
+    clients = sub.add_parser("clients", help="manage clients").add_subparsers(dest="action", required=True)
+    add = clients.add_parser("add")
+    add.add_argument("id")
+    add.add_argument("--name")
+    clients.add_parser("list")
+
+    keys = sub.add_parser("keys", help="manage virtual keys").add_subparsers(dest="action", required=True)
+    keys.add_parser("create").add_argument("client")
+    keys.add_parser("list").add_argument("client")
+    keys.add_parser("revoke").add_argument("prefix")
+
+    bud = sub.add_parser("budgets", help="manage budgets").add_subparsers(dest="action", required=True)
+    put = bud.add_parser("set")
+    put.add_argument("client")
+    put.add_argument("--mode", required=True, choices=["tokens", "cost", "brl", "both"])
+    put.add_argument("--tokens", type=int)
+    put.add_argument("--cost")
+    put.add_argument("--period", default="monthly", choices=list(budgets.PERIODS))
+    put.add_argument("--timezone")
+    put.add_argument("--no-pause", action="store_true")
+    put.add_argument("--alerts", help="comma-separated fractions, e.g. 0.8,0.9,1.0")
+    bud.add_parser("list")
+    for action in ("show", "reset", "pause", "resume", "delete"):
+        bud.add_parser(action).add_argument("client")
+
+    usage = sub.add_parser("usage", help="usage report of a client")
+    usage.add_argument("client")
+    usage.add_argument("--by", default="api_type", choices=list(GROUPINGS))
+    usage.add_argument("--from", dest="start")
+    usage.add_argument("--to", dest="end")
+
+    pricing = sub.add_parser("pricing", help="inspect the price catalog").add_subparsers(
+        dest="action", required=True
+    )
+    pricing.add_parser("show").add_argument("model")
+    return parser
+
+
+async def _manage(settings: Settings, args: argparse.Namespace) -> int:
+    if args.command == "pricing":
+        return _pricing(settings, args)
+    store = await open_store(settings.database_url)
+    gate = open_gate(settings.redis_url, prefix=settings.redis_prefix, refresh_s=settings.gate_refresh_s)
+    try:
+        await store.migrate()
+        if args.command == "migrate":
+            print(f"schema up to date ({settings.database_url.split('://')[0]})")
+            return 0
+        ops = Operations(
+            store,
+            timezone=settings.timezone,
+            currency=settings.currency,
+            on_budget_change=_gate_refresher(gate),
+        )
+        handler: Callable[[Operations, argparse.Namespace], Awaitable[int]] = _COMMANDS[args.command]
+        return await handler(ops, args)
+    finally:
+        await gate.close()
+        await store.close()
+
+
+def _gate_refresher(gate: Gate) -> Callable[[str, BudgetState | None, datetime], Awaitable[None]]:
+    async def refresh(client_id: str, state: BudgetState | None, now: datetime) -> None:
+        # Only Redis is shared with running proxies; an in-process gate reloads by itself.
+        if type(gate).__name__ == "RedisGate":
+            await gate.load(client_id, state, now)
+
+    return refresh
+
+
+async def _clients(ops: Operations, args: argparse.Namespace) -> int:
+    if args.action == "add":
+        client = await ops.create_client(args.id, args.name)
+        print(f"client {client.id} ({client.name}) created")
+    else:
+        for client in await ops.store.list_clients():
+            print(f"{client.id}\t{client.name}\t{client.created_at:%Y-%m-%d}")
+    return 0
+
+
+async def _keys(ops: Operations, args: argparse.Namespace) -> int:
+    if args.action == "create":
+        secret, key = await ops.create_key(args.client)
+        print(secret)
+        print(f"prefix {key.prefix}: store this key now, it is not shown again", file=sys.stderr)
+    elif args.action == "list":
+        await ops.client(args.client)
+        for key in await ops.store.list_keys(args.client):
+            print(f"{key.prefix}\t{'revoked' if key.revoked else 'active'}\t{key.created_at:%Y-%m-%d %H:%M}")
+    else:
+        key = await ops.revoke_key(args.prefix)
+        print(f"key {key.prefix} revoked")
+    return 0
+
+
+async def _budgets(ops: Operations, args: argparse.Namespace) -> int:
+    if args.action == "set":
+        state = await ops.put_budget(args.client, _budget_body(args))
+    elif args.action == "list":
+        for state in await ops.store.list_budgets(ops.clock()):
+            print(_bars(state))
+        return 0
+    elif args.action == "show":
+        print(json.dumps(await ops.status_json(await ops.budget(args.client)), indent=2))
+        return 0
+    elif args.action == "delete":
+        await ops.delete_budget(args.client)
+        print(f"budget of {args.client} deleted")
+        return 0
+    else:
+        state = await ops.change_budget(args.client, args.action)
+    print(_bars(state))
+    return 0
+
+
+def _budget_body(args: argparse.Namespace) -> dict[str, Any]:
+    body: dict[str, Any] = {"mode": args.mode, "period": args.period, "pause_at_limit": not args.no_pause}
+    if args.tokens is not None:
+        body["token_limit"] = args.tokens
+    if args.cost is not None:
+        body["cost_limit"] = args.cost
+    if args.timezone:
+        body["timezone"] = args.timezone
+    if args.alerts:
+        body["alert_thresholds"] = [a.strip() for a in args.alerts.split(",") if a.strip()]
+    return body
+
+
+def _bars(state: BudgetState) -> str:
+    """One line per active metric, each a bar coloured by the budget's level."""
+    color = _COLORS[budgets.level(state)] if sys.stdout.isatty() or os.environ.get("FORCE_COLOR") else ""
+    tokens_pct, cost_pct = budgets.percents(state)
+    config = state.config
+    lines = [
+        f"{config.client_id}  {config.mode}/{config.period}  {budgets.level(state)}"
+        + (f"  PAUSED ({state.pause_reason})" if state.paused else "")
+    ]
+    if tokens_pct is not None:
+        lines.append(_bar("tokens", tokens_pct, f"{state.tokens_used:,} / {config.token_limit:,}", color))
+    if cost_pct is not None and config.cost_limit is not None:
+        used = money(from_nanos(state.cost_used_nanos))
+        lines.append(_bar("cost", cost_pct, f"{used} / {money(config.cost_limit)} {config.currency}", color))
+    return "\n".join(lines)
+
+
+def _bar(label: str, percent: float, figures: str, color: str) -> str:
+    filled = min(_BAR, round(_BAR * percent / 100))
+    bar = "█" * filled + "░" * (_BAR - filled)
+    if color:
+        bar = f"\x1b[{color}m{bar}\x1b[0m"
+    return f"  {label:<7}{bar} {percent:6.1f}%  {figures}"
+
+
+async def _usage(ops: Operations, args: argparse.Namespace) -> int:
+    await ops.client(args.client)
+    _, _, rows = await ops.usage_report(args.client, args.start, args.end, args.by)
+    cost_header = f"cost {ops.currency}"
+    print(f"{args.by:<24}{'requests':>10}{'input':>12}{'output':>12}{'cost_usd':>14}{cost_header:>14}")
+    for r in rows:
+        print(
+            f"{r.key:<24}{r.requests:>10}{r.input_tokens:>12}{r.output_tokens:>12}"
+            f"{money(r.cost_usd):>14}{money(r.cost):>14}"
+        )
+    return 0
+
+
+def _pricing(settings: Settings, args: argparse.Namespace) -> int:
+    catalog = load_catalog(*settings.pricing_files)
+    price = catalog.resolve(args.model)
+    if price is None:
+        print(f"taximeter: no price for model {args.model!r}", file=sys.stderr)
+        return 1
+    print(json.dumps(price.as_json(), indent=2))
+    return 0
+
+
+_COMMANDS: dict[str, Callable[[Operations, argparse.Namespace], Awaitable[int]]] = {
+    "clients": _clients,
+    "keys": _keys,
+    "budgets": _budgets,
+    "usage": _usage,
+}

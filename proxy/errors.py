@@ -1,0 +1,142 @@
+"""Every error taximeter answers with, in OpenAI's shape.
+
+    TaximeterError                    (500 server_error)
+    ├── InvalidApiKey                 401 invalid_request_error / invalid_api_key
+    ├── AdminAuthRequired             401/403 invalid_request_error / admin_unauthorized
+    ├── BudgetExceeded                429 insufficient_quota / budget_exceeded
+    ├── ModelNotPriced                400 invalid_request_error / model_not_priced
+    ├── EndpointNotMetered            404 invalid_request_error / endpoint_not_metered
+    ├── RequestTooLarge               413 invalid_request_error / request_too_large
+    ├── InvalidJson                   400 invalid_request_error / invalid_json
+    ├── InvalidInput                  400/422 invalid_request_error / invalid_value (param names the field)
+    ├── NotFoundError                 404 invalid_request_error / not_found
+    ├── ConflictError                 409 invalid_request_error / conflict
+    ├── UpstreamUnavailable           502 upstream_error / upstream_unavailable
+    ├── UpstreamTimeout               504 upstream_error / upstream_timeout
+    └── MeteringUnavailable           503 server_error / metering_unavailable
+
+Handlers raise these; one middleware renders them. Nothing below the HTTP
+layer raises an aiohttp exception.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "AdminAuthRequired",
+    "BudgetExceeded",
+    "ConflictError",
+    "EndpointNotMetered",
+    "InvalidApiKey",
+    "InvalidInput",
+    "InvalidJson",
+    "MeteringUnavailable",
+    "ModelNotPriced",
+    "NotFoundError",
+    "RequestTooLarge",
+    "TaximeterError",
+    "UpstreamTimeout",
+    "UpstreamUnavailable",
+]
+
+
+class TaximeterError(Exception):
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "server_error"
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if status is not None:
+            self.status = status  # type: ignore[misc]
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "code": self.code, "param": self.param}}
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class InvalidApiKey(TaximeterError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class AdminAuthRequired(TaximeterError):
+    status = 401
+    type = "invalid_request_error"
+    code = "admin_unauthorized"
+
+
+class BudgetExceeded(TaximeterError):
+    status = 429
+    type = "insufficient_quota"
+    code = "budget_exceeded"
+
+    def headers(self) -> dict[str, str]:
+        # The OpenAI SDKs retry 429s unless told not to; a spent budget won't refill in seconds.
+        return {"x-should-retry": "false"}
+
+
+class ModelNotPriced(TaximeterError):
+    status = 400
+    type = "invalid_request_error"
+    code = "model_not_priced"
+
+
+class EndpointNotMetered(TaximeterError):
+    status = 404
+    type = "invalid_request_error"
+    code = "endpoint_not_metered"
+
+
+class RequestTooLarge(TaximeterError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class InvalidJson(TaximeterError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_json"
+
+
+class InvalidInput(TaximeterError):
+    status = 422
+    type = "invalid_request_error"
+    code = "invalid_value"
+
+
+class NotFoundError(TaximeterError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class ConflictError(TaximeterError):
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
+class UpstreamUnavailable(TaximeterError):
+    status = 502
+    type = "upstream_error"
+    code = "upstream_unavailable"
+
+
+class UpstreamTimeout(TaximeterError):
+    status = 504
+    type = "upstream_error"
+    code = "upstream_timeout"
+
+
+class MeteringUnavailable(TaximeterError):
+    status = 503
+    type = "server_error"
+    code = "metering_unavailable"

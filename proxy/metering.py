@@ -1,0 +1,142 @@
+"""Budget admission, pricing and recording: the steps around a forwarded call.
+
+``admit`` asks the gate; on a miss it rebuilds the gate's copy from the store
+(after the local ledger is flushed, so the copy includes this process's
+latest events). ``settle`` adds a finished call to the gate *before* the
+response's last byte goes out, so a client's next request always sees it,
+then hands the event to the ledger writer to be made durable off the
+critical path.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from taximeter.pricing.catalog import Catalog, ModelPrice
+from taximeter.pricing.money import convert, quantize, to_nanos
+from taximeter.pricing.usage import Usage
+from taximeter.proxy.errors import BudgetExceeded, MeteringUnavailable, ModelNotPriced
+from taximeter.store import budgets
+from taximeter.store.base import Admission, Gate, Store, StoreUnavailable
+from taximeter.store.ledger import LedgerWriter
+from taximeter.store.models import BudgetState, UsageEvent
+
+__all__ = ["Charge", "Clock", "Meter", "system_clock"]
+
+log = logging.getLogger("taximeter.metering")
+
+Clock = Callable[[], datetime]
+
+_REASONS = {
+    "token_limit": "its token limit is reached",
+    "cost_limit": "its cost limit is reached",
+    "manual": "it was paused by an operator",
+}
+
+
+def system_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """The price of one call: USD, budget currency, and the rate between them."""
+
+    cost_usd: Decimal
+    cost: Decimal
+    exchange_rate: Decimal
+    currency: str
+    unpriced: bool
+
+
+class Meter:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        gate: Gate,
+        ledger: LedgerWriter,
+        catalog: Catalog,
+        currency: str,
+        exchange_rate: Decimal,
+        allow_unpriced: bool,
+        clock: Clock = system_clock,
+    ) -> None:
+        self.store = store
+        self.gate = gate
+        self.ledger = ledger
+        self.catalog = catalog
+        self.currency = currency
+        self.exchange_rate = exchange_rate
+        self.allow_unpriced = allow_unpriced
+        self.clock = clock
+
+    def resolve_price(self, model: str | None, metered: bool) -> ModelPrice | None:
+        """The model's prices; raises ModelNotPriced when the policy rejects it."""
+        price = self.catalog.resolve(model) if model else None
+        if price is None and metered and not self.allow_unpriced:
+            raise ModelNotPriced(
+                f"model {model!r} has no price in the catalog; add it to a pricing file "
+                'or set unpriced_models = "allow"',
+                param="model",
+            )
+        return price
+
+    def charge(self, price: ModelPrice | None, usage: Usage) -> Charge:
+        cost_usd = price.cost_usd(usage) if price is not None else quantize(Decimal(0))
+        return Charge(
+            cost_usd=cost_usd,
+            cost=convert(cost_usd, self.exchange_rate),
+            exchange_rate=self.exchange_rate,
+            currency=self.currency,
+            unpriced=price is None,
+        )
+
+    async def admit(self, client_id: str) -> None:
+        """Raise BudgetExceeded if the client may not spend now."""
+        now = self.clock()
+        try:
+            admission = await self.gate.admit(client_id, now)
+            if admission.outcome == "miss":
+                state = await self.rebuild(client_id, now)
+                admission = _decide(state)
+        except StoreUnavailable as exc:
+            log.warning("gate_unavailable", extra={"client": client_id, "error": str(exc)})
+            admission = _decide(await self._from_store(client_id, now))
+        if admission.outcome == "refused":
+            reason = admission.reason or "manual"
+            raise BudgetExceeded(
+                f"budget of client {client_id!r} is exhausted: {_REASONS.get(reason, reason)}. "
+                "Requests resume when the period resets or an operator raises the limit.",
+            )
+
+    async def rebuild(self, client_id: str, now: datetime) -> BudgetState | None:
+        """Reload the gate's copy of a budget from the store."""
+        await self.ledger.flush()
+        state = await self._from_store(client_id, now)
+        await self.gate.load(client_id, state, now)
+        return state
+
+    async def _from_store(self, client_id: str, now: datetime) -> BudgetState | None:
+        try:
+            return await self.store.get_budget(client_id, now)
+        except StoreUnavailable as exc:
+            raise MeteringUnavailable("the budget store is unreachable; try again shortly") from exc
+
+    async def settle(self, event: UsageEvent) -> None:
+        """Count ``event`` in the gate, then queue it for the ledger."""
+        try:
+            await self.gate.settle(event.client_id, event.tokens, to_nanos(event.cost), event.created_at)
+        except StoreUnavailable as exc:
+            # The store still records it; the gate's copy is rebuilt on its next miss.
+            log.warning("gate_settle_failed", extra={"client": event.client_id, "error": str(exc)})
+        await self.ledger.submit(event)
+
+
+def _decide(state: BudgetState | None) -> Admission:
+    reason = None if state is None else budgets.refusal(state)
+    return Admission("ok") if reason is None else Admission("refused", reason)

@@ -1,0 +1,156 @@
+"""What an operator can do, shared by the admin API and the CLI.
+
+Validates input (raising InvalidInput naming the field, before anything is
+written), calls the store, and refreshes the gate after every budget change
+so that a pause or a new limit applies on the next request.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from taximeter.proxy import keys
+from taximeter.proxy.errors import ConflictError, InvalidInput, NotFoundError
+from taximeter.proxy.metering import Clock, system_clock
+from taximeter.proxy.views import budget_json
+from taximeter.store import budgets
+from taximeter.store.base import Conflict, NotFound, ReportRow, Store
+from taximeter.store.models import ApiKey, BudgetState, Client
+
+__all__ = ["GROUPINGS", "Operations", "parse_day"]
+
+_CLIENT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+GROUPINGS = ("api_type", "model", "day", "end_user")
+_KEY_ATTEMPTS = 5
+
+BudgetHook = Callable[[str, BudgetState | None, datetime], Awaitable[None]]
+
+
+async def _no_hook(client_id: str, state: BudgetState | None, now: datetime) -> None:
+    return None
+
+
+def parse_day(value: str | None, field: str, default: datetime) -> datetime:
+    """A ``YYYY-MM-DD`` date or RFC 3339 time as a UTC instant."""
+    if not value:
+        return default
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise InvalidInput(f"{field} must be a date (YYYY-MM-DD) or RFC 3339 time", param=field) from exc
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+class Operations:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        timezone: str,
+        currency: str,
+        clock: Clock = system_clock,
+        on_budget_change: BudgetHook = _no_hook,
+    ) -> None:
+        self.store = store
+        self.timezone = timezone
+        self.currency = currency
+        self.clock = clock
+        self._on_budget_change = on_budget_change
+
+    # -- clients and keys --------------------------------------------------------
+
+    async def create_client(self, client_id: Any, name: Any = None) -> Client:
+        if not isinstance(client_id, str) or not _CLIENT_ID.match(client_id):
+            raise InvalidInput(
+                "id must be a slug: lowercase letters, digits, '-' or '_', at most 63 characters",
+                param="id",
+            )
+        if name is None:
+            name = client_id
+        if not isinstance(name, str) or not name.strip() or len(name) > 200:
+            raise InvalidInput("name must be a non-empty string of at most 200 characters", param="name")
+        try:
+            return await self.store.create_client(client_id, name.strip(), self.clock())
+        except Conflict as exc:
+            raise ConflictError(f"client {client_id!r} already exists", param="id") from exc
+
+    async def client(self, client_id: str) -> Client:
+        client = await self.store.get_client(client_id)
+        if client is None:
+            raise NotFoundError(f"no client {client_id!r}", param="client_id")
+        return client
+
+    async def create_key(self, client_id: str) -> tuple[str, ApiKey]:
+        """A new key for the client: the key itself (shown once) and its record."""
+        await self.client(client_id)
+        for _ in range(_KEY_ATTEMPTS):  # a prefix collision is astronomically rare; retry anyway
+            secret = keys.generate_key()
+            record = ApiKey(keys.key_prefix(secret), client_id, keys.hash_key(secret), self.clock())
+            try:
+                return secret, await self.store.create_key(record)
+            except Conflict:
+                continue
+            except NotFound as exc:
+                raise NotFoundError(f"no client {client_id!r}", param="client_id") from exc
+        raise ConflictError("could not allocate a unique key prefix")
+
+    async def revoke_key(self, prefix: str) -> ApiKey:
+        key = await self.store.revoke_key(prefix, self.clock())
+        if key is None:
+            raise NotFoundError(f"no key with prefix {prefix!r}", param="prefix")
+        return key
+
+    # -- budgets -------------------------------------------------------------------
+
+    async def put_budget(self, client_id: str, data: Any) -> BudgetState:
+        await self.client(client_id)
+        try:
+            config = budgets.config_from_json(client_id, data, timezone=self.timezone, currency=self.currency)
+        except budgets.BudgetInputError as exc:
+            raise InvalidInput(exc.message, param=exc.field) from exc
+        now = self.clock()
+        state = await self.store.put_budget(config, now)
+        await self._on_budget_change(client_id, state, now)
+        return state
+
+    async def budget(self, client_id: str) -> BudgetState:
+        state = await self.store.get_budget(client_id, self.clock())
+        if state is None:
+            raise NotFoundError(f"client {client_id!r} has no budget", param="client_id")
+        return state
+
+    async def change_budget(self, client_id: str, action: str) -> BudgetState:
+        now = self.clock()
+        state = await self.store.change_budget(client_id, action, now)
+        if state is None:
+            raise NotFoundError(f"client {client_id!r} has no budget", param="client_id")
+        await self._on_budget_change(client_id, state, now)
+        return state
+
+    async def delete_budget(self, client_id: str) -> None:
+        if not await self.store.delete_budget(client_id):
+            raise NotFoundError(f"client {client_id!r} has no budget", param="client_id")
+        await self._on_budget_change(client_id, None, self.clock())
+
+    async def status_json(self, state: BudgetState) -> dict[str, Any]:
+        spend = await self.store.spend_by_api_type(state.client_id, state.period_start)
+        return budget_json(state, spend)
+
+    # -- usage -----------------------------------------------------------------------
+
+    async def usage_report(
+        self, client_id: str | None, start: str | None, end: str | None, group_by: str
+    ) -> tuple[datetime, datetime, list[ReportRow]]:
+        if group_by not in GROUPINGS:
+            raise InvalidInput(f"group_by must be one of {', '.join(GROUPINGS)}", param="group_by")
+        now = self.clock()
+        start_at = parse_day(start, "from", now - timedelta(days=30))
+        end_at = parse_day(end, "to", now + timedelta(seconds=1))
+        if end is not None and len(end) == 10:
+            end_at += timedelta(days=1)  # a bare date includes that whole day
+        if end_at <= start_at:
+            raise InvalidInput("to must be after from", param="to")
+        return start_at, end_at, await self.store.usage_report(client_id, start_at, end_at, group_by)

@@ -1,0 +1,414 @@
+"""The proxied ``/v1/*`` endpoints: parse, admit, forward, meter, respond.
+
+A handler only wires the steps; usage extraction and pricing are pure and
+live elsewhere. Bodies stream through chunk by chunk (SSE event by event);
+usage is settled with the gate before the response's final byte is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from taximeter.pricing.catalog import ModelPrice
+from taximeter.pricing.usage import Usage
+from taximeter.proxy import auth
+from taximeter.proxy.audio import audio_seconds
+from taximeter.proxy.context import SERVICES, Services
+from taximeter.proxy.endpoints import DEFAULT_MODELS, Endpoint, find_endpoint
+from taximeter.proxy.errors import (
+    EndpointNotMetered,
+    InvalidInput,
+    InvalidJson,
+    RequestTooLarge,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from taximeter.proxy.extract import StreamMeter, extract_usage, has_image_part
+from taximeter.proxy.forms import Form, parse_form
+from taximeter.proxy.sse import SseSplitter
+from taximeter.proxy.views import money
+from taximeter.store.models import UsageEvent
+
+__all__ = ["handle_proxy"]
+
+log = logging.getLogger("taximeter.proxy")
+
+# Request headers passed upstream; everything else (the client's key, cookies,
+# hop-by-hop headers) stays here.
+_FORWARD_REQUEST = ("content-type", "accept", "openai-beta", "user-agent")
+_DROP_RESPONSE = {
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "content-length",
+    "content-encoding",
+    "proxy-authenticate",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "set-cookie",
+}
+CLIENT_CLOSED = 499  # recorded status of a call whose client went away mid-stream
+MAX_AUDIO_CAPTURE = 64 * 1024 * 1024
+
+
+@dataclass
+class Call:
+    """One proxied call as it moves through the steps."""
+
+    request_id: str
+    client_id: str
+    endpoint: Endpoint
+    api_type: str
+    model: str
+    fields: dict[str, Any]
+    form: Form | None
+    price: ModelPrice | None
+    end_user: str | None
+    conversation: str | None
+    started: float = field(default_factory=time.monotonic)
+
+
+async def handle_proxy(request: web.Request) -> web.StreamResponse:
+    services = request.app[SERVICES]
+    endpoint = find_endpoint(request.method, request.path, services.settings.passthrough_paths)
+    if endpoint is None:
+        raise EndpointNotMetered(
+            f"{request.method} {request.path} is not a metered endpoint; taximeter forwards only "
+            "what it can meter (an operator may list pass-through paths)"
+        )
+    key = await auth.authenticate(request, services.meter.store)
+    body = await _read_body(request, services.settings.max_body_bytes)
+    if not endpoint.metered:
+        return await _pass_through(request, services, body)
+    call = _parse_call(request, endpoint, key.client_id, body, services)
+    await services.meter.admit(call.client_id)
+    upstream_body = _upstream_body(call, body)
+    upstream = await _send(request, services, call, upstream_body)
+    try:
+        content_type = upstream.headers.get("Content-Type", "")
+        if upstream.status < 400 and content_type.startswith("text/event-stream"):
+            return await _relay_events(request, services, call, upstream)
+        if upstream.status < 400 and call.endpoint.family == "speech":
+            return await _relay_audio(request, services, call, upstream)
+        return await _relay_whole(request, services, call, upstream)
+    finally:
+        upstream.release()
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise RequestTooLarge(f"request body is larger than the {limit}-byte limit")
+    chunks, size = [], 0
+    async for chunk in request.content.iter_chunked(256 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise RequestTooLarge(f"request body is larger than the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse_call(
+    request: web.Request, endpoint: Endpoint, client_id: str, body: bytes, services: Services
+) -> Call:
+    form = None
+    if endpoint.body == "json":
+        try:
+            fields = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidJson(f"request body is not valid JSON: {exc}") from exc
+        if not isinstance(fields, dict):
+            raise InvalidJson("request body must be a JSON object")
+    else:
+        try:
+            form = parse_form(request.headers.get("Content-Type", ""), body)
+        except ValueError as exc:
+            raise InvalidInput(f"expected a multipart/form-data body: {exc}", status=400) from exc
+        fields = dict(form.fields)
+    model = fields.get("model") or DEFAULT_MODELS.get(endpoint.path)
+    if not isinstance(model, str) or not model:
+        raise InvalidInput("'model' is required", param="model", status=400)
+    vision = endpoint.family in ("chat", "responses") and has_image_part(fields)
+    user = fields.get("user") if isinstance(fields.get("user"), str) else None
+    return Call(
+        request_id=request["request_id"],
+        client_id=client_id,
+        endpoint=endpoint,
+        api_type="vision" if vision else endpoint.api_type,
+        model=model,
+        fields=fields,
+        form=form,
+        price=services.meter.resolve_price(model, endpoint.family != "moderation"),
+        end_user=request.headers.get("X-Taximeter-End-User") or user,
+        conversation=request.headers.get("X-Taximeter-Conversation"),
+    )
+
+
+def _wants_injected_usage(call: Call) -> bool:
+    """A streamed chat call whose client did not ask for the usage chunk."""
+    if call.endpoint.family not in ("chat", "completions") or call.fields.get("stream") is not True:
+        return False
+    options = call.fields.get("stream_options")
+    return not (isinstance(options, dict) and options.get("include_usage") is True)
+
+
+def _upstream_body(call: Call, body: bytes) -> bytes:
+    if not _wants_injected_usage(call):
+        return body  # forwarded byte for byte
+    options = call.fields.get("stream_options")
+    rewritten = dict(call.fields)
+    rewritten["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+    return orjson.dumps(rewritten)
+
+
+async def _send(
+    request: web.Request, services: Services, call: Call | None, body: bytes
+) -> aiohttp.ClientResponse:
+    upstream = services.router.pick(call.model if call else None)
+    headers = {k: v for k in _FORWARD_REQUEST if (v := request.headers.get(k)) is not None}
+    if upstream.authorization:
+        headers["Authorization"] = upstream.authorization
+    try:
+        return await services.session.request(
+            request.method,
+            upstream.url(request.path, request.query_string),
+            data=body if body else None,
+            headers=headers,
+        )
+    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        if call is not None:
+            await _record_failure(services, call, 504)
+        raise UpstreamTimeout(f"upstream {upstream.name} did not answer in time") from exc
+    except aiohttp.ClientError as exc:
+        if call is not None:
+            await _record_failure(services, call, 502)
+        raise UpstreamUnavailable(f"upstream {upstream.name} is unreachable: {type(exc).__name__}") from exc
+
+
+def _response_headers(upstream: aiohttp.ClientResponse, request_id: str) -> dict[str, str]:
+    headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _DROP_RESPONSE}
+    headers["X-Taximeter-Request-Id"] = request_id
+    return headers
+
+
+async def _relay_whole(
+    request: web.Request, services: Services, call: Call, upstream: aiohttp.ClientResponse
+) -> web.Response:
+    try:
+        data = await upstream.read()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        await _record_failure(services, call, 502)
+        raise UpstreamUnavailable(f"upstream connection failed mid-response: {type(exc).__name__}") from exc
+    parsed = _json_or_none(data, upstream.headers.get("Content-Type", ""))
+    if upstream.status >= 400:
+        usage = extract_usage("chat", call.fields, parsed)  # an error body rarely reports usage
+    else:
+        usage = extract_usage(call.endpoint.family, call.fields, parsed)
+        if call.endpoint.family == "transcription" and not (usage.has_tokens or usage.audio_seconds):
+            usage = await _uploaded_audio_usage(call, usage)
+    await _settle(services, call, usage, upstream.status)
+    return web.Response(
+        body=data, status=upstream.status, headers=_response_headers(upstream, call.request_id)
+    )
+
+
+async def _uploaded_audio_usage(call: Call, usage: Usage) -> Usage:
+    """Usage from the uploaded file's own length, when the reply gave none."""
+    upload = call.form.files.get("file") if call.form else None
+    if upload is None:
+        return usage
+    seconds = await asyncio.to_thread(audio_seconds, upload[1], filename=upload[0])
+    return Usage(audio_seconds=seconds) if seconds else usage
+
+
+async def _relay_events(
+    request: web.Request, services: Services, call: Call, upstream: aiohttp.ClientResponse
+) -> web.StreamResponse:
+    response = web.StreamResponse(
+        status=upstream.status, headers=_response_headers(upstream, call.request_id)
+    )
+    await response.prepare(request)
+    meter = StreamMeter(call.endpoint.family, call.fields, hide_usage_chunk=_wants_injected_usage(call))
+    splitter = SseSplitter()
+    settled = False
+    relay = _Relay(upstream, response, call.request_id)
+    async for chunk in relay.chunks():
+        out = b"".join(e.raw for e in splitter.feed(chunk) if meter.on_event(e))
+        if meter.usage is not None and not settled:
+            settled = True  # before the usage (and the end of the stream) reaches the client
+            await _settle(services, call, meter.final_usage(), relay.status)
+        await relay.write(out)
+    await relay.write(splitter.rest())
+    if not settled:
+        await _settle(services, call, meter.final_usage(), relay.status)
+    await relay.finish()
+    return response
+
+
+async def _relay_audio(
+    request: web.Request, services: Services, call: Call, upstream: aiohttp.ClientResponse
+) -> web.StreamResponse:
+    response = web.StreamResponse(
+        status=upstream.status, headers=_response_headers(upstream, call.request_id)
+    )
+    await response.prepare(request)
+    # Characters price tts-1; a token-priced model's raw audio has no usage,
+    # so its own length is measured instead.
+    measure = call.price is not None and call.price.per_million_characters is None
+    captured: list[bytes] = []
+    size = 0
+    relay = _Relay(upstream, response, call.request_id)
+    async for chunk in relay.chunks():
+        if measure and size < MAX_AUDIO_CAPTURE:
+            captured.append(chunk)
+            size += len(chunk)
+        await relay.write(chunk)
+    seconds = None
+    if measure:
+        fmt = (
+            call.fields.get("response_format")
+            if isinstance(call.fields.get("response_format"), str)
+            else "mp3"
+        )
+        seconds = await asyncio.to_thread(
+            audio_seconds, b"".join(captured), filename=f"x.{fmt}", response_format=fmt
+        )
+    usage = extract_usage("speech", call.fields, None, output_seconds=seconds)
+    if relay.status != upstream.status:
+        usage = replace(usage, estimated=True)
+    await _settle(services, call, usage, relay.status)
+    await relay.finish()
+    return response
+
+
+class _Relay:
+    """Copies an upstream body to the client, remembering which side broke off:
+    ``status`` becomes 502 if the upstream did, CLIENT_CLOSED if the client did."""
+
+    def __init__(
+        self, upstream: aiohttp.ClientResponse, response: web.StreamResponse, request_id: str
+    ) -> None:
+        self._upstream = upstream
+        self._response = response
+        self._request_id = request_id
+        self.status = upstream.status
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        iterator = self._upstream.content.iter_any().__aiter__()
+        while self.status != CLIENT_CLOSED:
+            try:
+                chunk = await iterator.__anext__()
+            except StopAsyncIteration:
+                return
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                self._broke(502, exc)
+                return
+            yield chunk
+
+    async def write(self, data: bytes) -> None:
+        if not data or self.status == CLIENT_CLOSED:
+            return
+        try:
+            await self._response.write(data)
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
+            self._broke(CLIENT_CLOSED, exc)
+
+    async def finish(self) -> None:
+        if self.status == CLIENT_CLOSED:
+            return
+        try:
+            await self._response.write_eof()
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            pass  # the client left after the last byte; the call is already recorded
+
+    def _broke(self, status: int, exc: BaseException) -> None:
+        self.status = status
+        side = "client" if status == CLIENT_CLOSED else "upstream"
+        log.warning(
+            "stream_interrupted",
+            extra={"request_id": self._request_id, "side": side, "error": type(exc).__name__},
+        )
+
+
+async def _settle(services: Services, call: Call, usage: Usage, status: int) -> None:
+    priced = usage if status < 400 or usage.has_tokens else Usage(estimated=usage.estimated)
+    charge = services.meter.charge(call.price, priced)
+    event = UsageEvent(
+        request_id=call.request_id,
+        client_id=call.client_id,
+        end_user=call.end_user,
+        conversation=call.conversation,
+        api_type=call.api_type,
+        model=call.model,
+        endpoint=call.endpoint.path,
+        status=status,
+        created_at=services.meter.clock(),
+        input_tokens=priced.input_tokens,
+        output_tokens=priced.output_tokens,
+        cached_tokens=priced.cached_tokens,
+        reasoning_tokens=priced.reasoning_tokens,
+        characters=priced.characters,
+        audio_seconds=priced.audio_seconds,
+        images=priced.images,
+        cost_usd=charge.cost_usd,
+        cost=charge.cost,
+        currency=charge.currency,
+        exchange_rate=charge.exchange_rate,
+        estimated=priced.estimated,
+        unpriced=charge.unpriced and call.endpoint.family != "moderation",
+    )
+    await services.meter.settle(event)
+    log.info(
+        "request_metered",
+        extra={
+            "request_id": call.request_id,
+            "client": call.client_id,
+            "model": call.model,
+            "api_type": call.api_type,
+            "status": status,
+            "tokens": event.tokens,
+            "cost": money(event.cost),
+            "estimated": event.estimated,
+            "latency_ms": round((time.monotonic() - call.started) * 1000, 1),
+        },
+    )
+
+
+async def _record_failure(services: Services, call: Call, status: int) -> None:
+    await _settle(services, call, Usage(), status)
+
+
+def _json_or_none(data: bytes, content_type: str) -> Any:
+    if "json" not in content_type:
+        return None
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+
+
+async def _pass_through(request: web.Request, services: Services, body: bytes) -> web.StreamResponse:
+    """Unmetered paths (model listing, operator-listed pass-throughs), relayed as-is."""
+    upstream = await _send(request, services, None, body)
+    try:
+        response = web.StreamResponse(
+            status=upstream.status, headers=_response_headers(upstream, request["request_id"])
+        )
+        await response.prepare(request)
+        relay = _Relay(upstream, response, request["request_id"])
+        async for chunk in relay.chunks():
+            await relay.write(chunk)
+        await relay.finish()
+        return response
+    finally:
+        upstream.release()

@@ -1,0 +1,45 @@
+"""Upstream selection: the first upstream whose model patterns match."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+from taximeter.proxy.settings import UpstreamSettings
+
+__all__ = ["Upstream", "UpstreamRouter"]
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    name: str
+    base_url: str
+    authorization: str | None  # the full header value; never logged
+
+    def url(self, path: str, query: str) -> str:
+        """The upstream URL of a proxied ``/v1/...`` path."""
+        tail = path.removeprefix("/v1")
+        return f"{self.base_url}{tail}" + (f"?{query}" if query else "")
+
+
+class UpstreamRouter:
+    def __init__(self, configured: list[UpstreamSettings]) -> None:
+        self._routes = [
+            (
+                u.models,
+                Upstream(
+                    name=u.name,
+                    base_url=u.base_url,
+                    authorization=None if u.api_key is None else f"Bearer {u.api_key.get_secret_value()}",
+                ),
+            )
+            for u in configured
+        ]
+
+    def pick(self, model: str | None) -> Upstream:
+        """The upstream serving ``model``; the first one when no pattern matches."""
+        if model:
+            for patterns, upstream in self._routes:
+                if any(fnmatchcase(model, p) for p in patterns):
+                    return upstream
+        return self._routes[0][1]

@@ -1,0 +1,56 @@
+"""``taximeter serve``: one process, or ``workers`` processes sharing the port
+(SO_REUSEPORT) that start and stop together."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+from types import FrameType
+
+from aiohttp import web
+
+from taximeter.proxy.app import create_app
+from taximeter.proxy.settings import Settings
+
+__all__ = ["serve"]
+
+log = logging.getLogger("taximeter.serve")
+
+
+def _run(settings: Settings, reuse_port: bool) -> None:
+    log.info("listening", extra={"host": settings.host, "port": settings.port, "pid": os.getpid()})
+    web.run_app(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        reuse_port=reuse_port,
+        access_log=None,  # each call is logged once, as request_metered, without secrets
+        print=None,
+        shutdown_timeout=30,
+    )
+
+
+def serve(settings: Settings) -> int:
+    if settings.workers == 1:
+        _run(settings, reuse_port=False)
+        return 0
+    # fork, not spawn: the children inherit the validated settings as they are.
+    context = multiprocessing.get_context("fork")
+    workers = [
+        context.Process(target=_run, args=(settings, True), daemon=False) for _ in range(settings.workers)
+    ]
+    for worker in workers:
+        worker.start()
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        for worker in workers:
+            if worker.pid and worker.is_alive():
+                os.kill(worker.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for worker in workers:
+        worker.join()
+    return max((w.exitcode or 0) for w in workers)

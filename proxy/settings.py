@@ -1,0 +1,223 @@
+"""Settings: one object, built once, passed down.
+
+Sources, strongest first: CLI flags, ``TAXIMETER_*`` environment variables,
+the TOML file (``--config`` or ``TAXIMETER_CONFIG``), defaults. Unknown keys
+and bad values stop start-up with one message naming the setting.
+"""
+
+from __future__ import annotations
+
+import os
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+__all__ = ["ConfigError", "Settings", "UpstreamSettings", "load_settings"]
+
+MiB = 1024 * 1024
+
+
+class ConfigError(Exception):
+    """Configuration that cannot be used; the message names the setting."""
+
+
+class UpstreamSettings(BaseModel):
+    """One upstream provider and the models it serves."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Label for logs and metrics.")
+    base_url: str = Field(description="Base URL including /v1, e.g. https://api.openai.com/v1.")
+    api_key: SecretStr | None = Field(None, description="Key sent upstream.")
+    api_key_env: str | None = Field(None, description="Name of an env var holding the key instead.")
+    models: list[str] = Field(
+        default_factory=lambda: ["*"],
+        description="Glob patterns of model names this upstream serves; first match wins.",
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return _http_url(value)
+
+    @model_validator(mode="after")
+    def _key_from_env(self) -> UpstreamSettings:
+        if self.api_key is None and self.api_key_env:
+            value = os.environ.get(self.api_key_env)
+            if value is None:
+                raise ValueError(f"api_key_env names {self.api_key_env}, which is not set")
+            self.api_key = SecretStr(value)
+        return self
+
+
+class Settings(BaseSettings):
+    """Every setting of a taximeter process. See README for the table."""
+
+    model_config = SettingsConfigDict(env_prefix="TAXIMETER_", extra="forbid", validate_default=True)
+
+    config: Path | None = Field(None, description="TOML file the settings were read from.")
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8787, ge=1, le=65535, description="Port to listen on.")
+    workers: int = Field(1, ge=1, le=64, description="Worker processes sharing the port.")
+    upstream_url: str = Field("https://api.openai.com/v1", description="Default upstream base URL.")
+    upstream_api_key: SecretStr | None = Field(None, description="Real key sent upstream; never shown.")
+    upstreams: list[UpstreamSettings] = Field(
+        default_factory=list, description="Several upstreams with model routing (TOML)."
+    )
+    upstream_timeout_s: float = Field(600.0, gt=0, description="Longest an upstream call may take.")
+    upstream_connect_timeout_s: float = Field(10.0, gt=0, description="Longest to wait to connect upstream.")
+    database_url: str = Field("sqlite:///taximeter.db", description="postgresql://... or sqlite:///path.")
+    redis_url: str | None = Field(None, description="redis://...; none = in-process gate (one process).")
+    redis_prefix: str = Field("taximeter:", description="Prefix of every Redis key taximeter writes.")
+    admin_token: SecretStr | None = Field(None, description="Bearer token of the admin API and dashboard.")
+    currency: str = Field("BRL", description="Budget currency (ISO 4217 code).")
+    exchange_rate: Decimal = Field(Decimal("5.0"), gt=0, description="Units of the currency per 1 USD.")
+    timezone: str = Field("UTC", description="Default timezone of budget periods.")
+    unpriced_models: Literal["reject", "allow"] = Field(
+        "reject", description="reject: 400 model_not_priced; allow: record at cost 0, flagged."
+    )
+    max_body_bytes: int = Field(25 * MiB, gt=0, description="Larger request bodies get 413.")
+    pricing_files: list[Path] = Field(
+        default_factory=list, description="Extra catalogs (TOML or LiteLLM JSON) over the shipped one."
+    )
+    passthrough_paths: list[str] = Field(
+        default_factory=list, description="Unmetered paths under /v1 forwarded anyway (e.g. /v1/files)."
+    )
+    gate_refresh_s: float = Field(2.0, gt=0, description="In-process gate: reload a budget this often.")
+    ledger_max_pending: int = Field(10_000, gt=0, description="Events held in memory before back-pressure.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    log_json: bool = Field(False, description="Write logs as JSON lines.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    @field_validator("upstream_url")
+    @classmethod
+    def _upstream_url(cls, value: str) -> str:
+        return _http_url(value)
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        if value.startswith(("postgresql://", "postgres://")):
+            return value
+        if value.startswith("sqlite:///") and len(value) > len("sqlite:///"):
+            return value
+        raise ValueError("must be postgresql://... or sqlite:///path")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("currency")
+    @classmethod
+    def _currency(cls, value: str) -> str:
+        if len(value) != 3 or not value.isalpha():
+            raise ValueError("must be a three-letter ISO 4217 code such as BRL")
+        return value.upper()
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown IANA timezone {value!r}") from exc
+        return value
+
+    @field_validator("passthrough_paths")
+    @classmethod
+    def _paths(cls, value: list[str]) -> list[str]:
+        for path in value:
+            if not path.startswith("/v1/"):
+                raise ValueError(f"{path!r} must start with /v1/")
+        return value
+
+    @model_validator(mode="after")
+    def _single_process_gate(self) -> Settings:
+        if self.workers > 1 and self.redis_url is None:
+            raise ValueError(
+                "workers > 1 needs redis_url: the in-process budget gate cannot be shared between processes"
+            )
+        return self
+
+    def resolved_upstreams(self) -> list[UpstreamSettings]:
+        """The configured upstreams, or one built from upstream_url/upstream_api_key."""
+        if self.upstreams:
+            return self.upstreams
+        return [
+            UpstreamSettings(
+                name="default", base_url=self.upstream_url, api_key=self.upstream_api_key, api_key_env=None
+            )
+        ]
+
+
+def _http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")) or len(value.split("://", 1)[1]) == 0:
+        raise ValueError("must be an http:// or https:// URL")
+    return value.rstrip("/")
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings from flags (``overrides``), env and the TOML file.
+
+    Raises ConfigError with one line naming the first bad setting.
+    """
+    path = config or (Path(os.environ["TAXIMETER_CONFIG"]) if os.environ.get("TAXIMETER_CONFIG") else None)
+    flags = {k: v for k, v in overrides.items() if v is not None}
+    if path is not None and not path.is_file():
+        raise ConfigError(f"config: cannot read {path}")
+    for name in os.environ:
+        # A typo in an env var would otherwise be silently ignored.
+        if name.startswith("TAXIMETER_") and name[10:].lower() not in Settings.model_fields:
+            raise ConfigError(f"invalid setting {name!r}: unknown setting")
+
+    class FileSettings(Settings):
+        model_config = SettingsConfigDict(toml_file=path)
+
+    try:
+        settings = FileSettings(**flags, config=path) if path else Settings(**flags)
+    except ValidationError as exc:
+        raise ConfigError(_first_error(exc)) from exc
+    except ValueError as exc:  # a TOML syntax error
+        raise ConfigError(f"config: {path}: {exc}") from exc
+    return settings
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    name = ".".join(str(part) for part in error["loc"])
+    message = error["msg"].removeprefix("Value error, ")
+    extra = f" ({exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    where = f"invalid setting {name!r}" if name else "invalid settings"
+    return f"{where}: {message}{extra}"

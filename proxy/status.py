@@ -1,0 +1,50 @@
+"""Status endpoints: a tenant's own budget, liveness and readiness."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from taximeter.proxy import auth
+from taximeter.proxy.admin import OPERATIONS
+from taximeter.proxy.context import SERVICES
+from taximeter.proxy.errors import NotFoundError
+from taximeter.store.base import StoreUnavailable
+
+__all__ = ["status_routes"]
+
+
+async def budget_status(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    key = await auth.authenticate(request, services.meter.store)
+    ops = request.app[OPERATIONS]
+    state = await services.meter.store.get_budget(key.client_id, ops.clock())
+    if state is None:
+        raise NotFoundError("this client has no budget: it is metered but never blocked")
+    return web.json_response(await ops.status_json(state))
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    meter = request.app[SERVICES].meter
+    checks: dict[str, str] = {}
+    for name, ping in (("store", meter.store.ping), ("gate", meter.gate.ping)):
+        try:
+            await ping()
+            checks[name] = "ok"
+        except StoreUnavailable:
+            checks[name] = "unavailable"
+    ready = all(v == "ok" for v in checks.values())
+    return web.json_response(
+        {"status": "ok" if ready else "unavailable", **checks}, status=200 if ready else 503
+    )
+
+
+def status_routes() -> list[web.RouteDef]:
+    return [
+        web.get("/budget/status", budget_status),
+        web.get("/healthz", healthz),
+        web.get("/readyz", readyz),
+    ]

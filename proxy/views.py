@@ -1,0 +1,126 @@
+"""JSON shapes of the public API (spec 7b). Money is a decimal string, times
+RFC 3339 in UTC."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from taximeter.pricing.money import from_nanos
+from taximeter.store import budgets
+from taximeter.store.base import ReportRow
+from taximeter.store.models import ApiKey, BudgetState, Client, UsageEvent
+
+__all__ = ["budget_json", "client_json", "event_json", "key_json", "report_row_json", "rfc3339"]
+
+EVENT_FIELDS = (
+    "request_id",
+    "client_id",
+    "end_user",
+    "conversation",
+    "api_type",
+    "model",
+    "endpoint",
+    "status",
+    "input_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
+    "characters",
+    "audio_seconds",
+    "images",
+    "cost_usd",
+    "cost",
+    "currency",
+    "exchange_rate",
+    "estimated",
+    "created_at",
+)
+
+
+def rfc3339(when: datetime | None) -> str | None:
+    if when is None:
+        return None
+    return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def money(amount: Decimal) -> str:
+    return format(amount.normalize(), "f") if amount else "0"
+
+
+def client_json(client: Client) -> dict[str, Any]:
+    return {"id": client.id, "name": client.name, "created_at": rfc3339(client.created_at)}
+
+
+def key_json(key: ApiKey) -> dict[str, Any]:
+    return {
+        "prefix": key.prefix,
+        "client_id": key.client_id,
+        "created_at": rfc3339(key.created_at),
+        "revoked": key.revoked,
+    }
+
+
+def event_json(event: UsageEvent) -> dict[str, Any]:
+    return {
+        "request_id": event.request_id,
+        "client_id": event.client_id,
+        "end_user": event.end_user,
+        "conversation": event.conversation,
+        "api_type": event.api_type,
+        "model": event.model,
+        "endpoint": event.endpoint,
+        "status": event.status,
+        "input_tokens": event.input_tokens,
+        "output_tokens": event.output_tokens,
+        "cached_tokens": event.cached_tokens,
+        "reasoning_tokens": event.reasoning_tokens,
+        "characters": event.characters,
+        "audio_seconds": money(event.audio_seconds),
+        "images": event.images,
+        "cost_usd": money(event.cost_usd),
+        "cost": money(event.cost),
+        "currency": event.currency,
+        "exchange_rate": money(event.exchange_rate),
+        "estimated": event.estimated,
+        "unpriced": event.unpriced,
+        "created_at": rfc3339(event.created_at),
+    }
+
+
+def budget_json(state: BudgetState, spend: dict[str, Decimal]) -> dict[str, Any]:
+    config = state.config
+    tokens_pct, cost_pct = budgets.percents(state)
+    return {
+        "client_id": config.client_id,
+        "mode": config.mode,
+        "period": config.period,
+        "timezone": config.timezone,
+        "currency": config.currency,
+        "token_limit": config.token_limit,
+        "cost_limit": None if config.cost_limit is None else money(config.cost_limit),
+        "tokens_used": state.tokens_used,
+        "cost_used": money(from_nanos(state.cost_used_nanos)),
+        "tokens_percent": tokens_pct,
+        "cost_percent": cost_pct,
+        "level": budgets.level(state),
+        "paused": state.paused,
+        "pause_reason": state.pause_reason,
+        "pause_at_limit": config.pause_at_limit,
+        "alert_thresholds": [float(t) for t in config.alert_thresholds],
+        "period_start": rfc3339(state.period_start),
+        "next_reset_at": rfc3339(budgets.next_reset(state)),
+        "spend_by_api_type": {k: money(v) for k, v in spend.items()},
+    }
+
+
+def report_row_json(row: ReportRow) -> dict[str, Any]:
+    return {
+        "key": row.key,
+        "requests": row.requests,
+        "input_tokens": row.input_tokens,
+        "output_tokens": row.output_tokens,
+        "cost_usd": money(row.cost_usd),
+        "cost": money(row.cost),
+    }

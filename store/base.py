@@ -1,0 +1,156 @@
+"""The two backend roles, as Protocols: the store (ledger and budgets, the source
+of truth) and the gate (the fast "may this client spend?" check).
+
+Backends turn their driver's failures into :class:`StoreUnavailable` at one
+choke point each; nothing else of a driver's leaks out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Protocol
+
+from taximeter.store.models import ApiKey, BudgetConfig, BudgetState, Client, UsageEvent
+
+__all__ = [
+    "Admission",
+    "Conflict",
+    "Gate",
+    "NotFound",
+    "RecordResult",
+    "ReportRow",
+    "Store",
+    "StoreUnavailable",
+]
+
+
+class StoreUnavailable(Exception):
+    """The backend cannot be reached or failed mid-operation; nothing was written."""
+
+
+class Conflict(Exception):
+    """The row already exists (a client id, a key prefix)."""
+
+
+class NotFound(Exception):
+    """A row the operation depends on does not exist."""
+
+
+@dataclass(frozen=True, slots=True)
+class RecordResult:
+    """What :meth:`Store.record` did: ``recorded`` is False for a replay."""
+
+    recorded: bool
+    state: BudgetState | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReportRow:
+    key: str
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: Decimal
+    cost: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """A gate's answer: ``ok``, ``refused`` (with ``reason``), or ``miss`` when
+    it holds no current state for the client and must be loaded from the store."""
+
+    outcome: str
+    reason: str | None = None
+
+
+class Store(Protocol):
+    """Clients, keys, budgets and the usage ledger. The source of truth."""
+
+    async def migrate(self) -> None:
+        """Bring the schema up to date; safe when several processes start at once."""
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless the backend answers."""
+
+    async def close(self) -> None: ...
+
+    async def create_client(self, client_id: str, name: str, now: datetime) -> Client:
+        """Raises Conflict if the id is taken."""
+
+    async def get_client(self, client_id: str) -> Client | None: ...
+
+    async def list_clients(self) -> list[Client]: ...
+
+    async def create_key(self, key: ApiKey) -> ApiKey:
+        """Store a key's hash. Raises NotFound (no such client) or Conflict (prefix taken)."""
+
+    async def find_key(self, prefix: str) -> ApiKey | None: ...
+
+    async def list_keys(self, client_id: str) -> list[ApiKey]: ...
+
+    async def revoke_key(self, prefix: str, now: datetime) -> ApiKey | None:
+        """Mark a key revoked (idempotent); None if no key has that prefix."""
+
+    async def put_budget(self, config: BudgetConfig, now: datetime) -> BudgetState:
+        """Create or replace a budget's settings, keeping its counters and pause.
+        Raises NotFound if the client does not exist."""
+
+    async def get_budget(self, client_id: str, now: datetime) -> BudgetState | None:
+        """The budget, moved to the period containing ``now`` (persisted) if a
+        boundary has passed; None if the client has no budget."""
+
+    async def list_budgets(self, now: datetime) -> list[BudgetState]: ...
+
+    async def delete_budget(self, client_id: str) -> bool: ...
+
+    async def change_budget(self, client_id: str, action: str, now: datetime) -> BudgetState | None:
+        """Apply ``reset``, ``pause`` or ``resume`` atomically; None if no budget."""
+
+    async def record(self, event: UsageEvent) -> RecordResult:
+        """Insert the event and add it to its client's counters in one
+        transaction, pausing the budget when a limit is reached.
+
+        Idempotent by ``request_id``: a replay changes nothing. An event from
+        before the budget's current period is stored but not counted.
+        """
+
+    async def list_events(self, client_id: str | None, limit: int) -> list[UsageEvent]:
+        """Newest first."""
+
+    async def spend_by_api_type(self, client_id: str, since: datetime) -> dict[str, Decimal]:
+        """Cost in the budget currency per api_type, for events at or after ``since``."""
+
+    async def usage_report(
+        self, client_id: str | None, start: datetime, end: datetime, group_by: str
+    ) -> list[ReportRow]:
+        """Totals per ``api_type``, ``model``, ``day`` (UTC) or ``end_user`` over [start, end)."""
+
+    async def ledger_totals(self, client_id: str, since: datetime) -> tuple[int, int]:
+        """Tokens and cost (nanos of the budget currency) in the ledger since ``since``."""
+
+
+class Gate(Protocol):
+    """Admission: one round trip answers "may this client spend?".
+
+    Holds a copy of each budget's state; the store stays the source of truth
+    and the copy is rebuilt from it whenever the gate reports a miss.
+    """
+
+    async def admit(self, client_id: str, now: datetime) -> Admission:
+        """``ok``, ``refused`` or ``miss`` (no state, or its period has ended)."""
+
+    async def load(self, client_id: str, state: BudgetState | None, now: datetime) -> None:
+        """Replace the gate's copy, read from the store at ``now`` (None: the
+        client has no budget)."""
+
+    async def settle(self, client_id: str, tokens: int, cost_nanos: int, now: datetime) -> None:
+        """Add a finished call to the copy, pausing it at a limit. A copy that
+        is missing or whose period has ended is dropped, to be rebuilt."""
+
+    async def forget(self, client_id: str) -> None: ...
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...

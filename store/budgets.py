@@ -1,0 +1,265 @@
+"""Budget math, pure: periods, counters, pauses, levels and admission.
+
+Every backend (both stores, both gates) applies these same functions, so the
+ledger, the counters and the gate cannot disagree about what a call did. The
+clock is always an argument; nothing here reads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from taximeter.pricing.money import NANOS_PER_UNIT, parse_money, to_nanos
+from taximeter.store.models import BudgetConfig, BudgetState
+
+__all__ = [
+    "LEVELS",
+    "MODES",
+    "PERIODS",
+    "BudgetInputError",
+    "apply_usage",
+    "config_from_json",
+    "level",
+    "percents",
+    "period_bounds",
+    "refusal",
+    "reset",
+    "roll",
+]
+
+MODES = ("tokens", "cost", "both")
+MODE_ALIASES = {"brl": "cost"}
+PERIODS = ("daily", "weekly", "monthly", "none")
+LEVELS = ("ok", "warning", "critical", "exceeded")
+MANUAL = "manual"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class BudgetInputError(ValueError):
+    """A budget field that cannot be accepted; ``field`` names it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def _midnight(day: date, tz: ZoneInfo) -> datetime:
+    # Local midnight as a UTC instant; zoneinfo resolves DST gaps and folds.
+    return datetime(day.year, day.month, day.day, tzinfo=tz).astimezone(UTC)
+
+
+def period_bounds(period: str, timezone: str, now: datetime) -> tuple[datetime, datetime | None]:
+    """Start of the period containing ``now`` and the next reset (None for ``none``).
+
+    Days start at local midnight in ``timezone``, weeks on Monday, months on
+    the 1st. For ``none`` the start is the epoch: a lifetime budget.
+    """
+    if period == "none":
+        return _EPOCH, None
+    tz = ZoneInfo(timezone)
+    today = now.astimezone(tz).date()
+    if period == "daily":
+        start, end = today, today + timedelta(days=1)
+    elif period == "weekly":
+        start = today - timedelta(days=today.weekday())
+        end = start + timedelta(days=7)
+    elif period == "monthly":
+        start = today.replace(day=1)
+        end = (start + timedelta(days=32)).replace(day=1)
+    else:
+        raise ValueError(f"unknown period {period!r}")
+    return _midnight(start, tz), _midnight(end, tz)
+
+
+def next_reset(state: BudgetState) -> datetime | None:
+    """When the period that ``state`` counts ends (None for lifetime budgets)."""
+    if state.config.period == "none":
+        return None
+    return period_bounds(state.config.period, state.config.timezone, state.period_start)[1]
+
+
+def roll(state: BudgetState, now: datetime) -> BudgetState:
+    """``state`` moved to the period containing ``now``: counters to zero and a
+    limit pause cleared when a boundary has passed; a manual pause stays."""
+    boundary = next_reset(state)
+    if boundary is None or now < boundary:
+        return state
+    return reset(state, now)
+
+
+def reset(state: BudgetState, now: datetime) -> BudgetState:
+    """A fresh period starting at the boundary before ``now`` (or ``now`` itself
+    for lifetime budgets, so a manual reset of one starts counting anew)."""
+    config = state.config
+    start = now if config.period == "none" else period_bounds(config.period, config.timezone, now)[0]
+    manual = state.paused and state.pause_reason == MANUAL
+    return replace(
+        state,
+        period_start=start,
+        tokens_used=0,
+        cost_used_nanos=0,
+        paused=manual,
+        pause_reason=MANUAL if manual else None,
+        version=state.version + 1,
+    )
+
+
+def _reached(state: BudgetState, tokens_used: int, cost_used_nanos: int) -> str | None:
+    config = state.config
+    tokens_active = config.mode in ("tokens", "both") and config.token_limit is not None
+    if tokens_active and tokens_used >= config.token_limit:  # type: ignore[operator]
+        return "token_limit"
+    cost_active = config.mode in ("cost", "both") and config.cost_limit is not None
+    if cost_active and cost_used_nanos >= to_nanos(config.cost_limit):  # type: ignore[arg-type]
+        return "cost_limit"
+    return None
+
+
+def apply_usage(state: BudgetState, tokens: int, cost_nanos: int) -> BudgetState:
+    """``state`` after a call of ``tokens`` and ``cost_nanos``; pauses it when a
+    limit is reached and the budget pauses at its limit."""
+    tokens_used = state.tokens_used + tokens
+    cost_used = state.cost_used_nanos + cost_nanos
+    paused, reason = state.paused, state.pause_reason
+    if not paused and state.config.pause_at_limit:
+        reached = _reached(state, tokens_used, cost_used)
+        if reached is not None:
+            paused, reason = True, reached
+    return replace(
+        state,
+        tokens_used=tokens_used,
+        cost_used_nanos=cost_used,
+        paused=paused,
+        pause_reason=reason,
+        version=state.version + 1,
+    )
+
+
+def refusal(state: BudgetState) -> str | None:
+    """Why a new call must be refused (``manual``, ``token_limit``,
+    ``cost_limit``), or None when it may proceed. Soft budgets only refuse
+    when paused by hand."""
+    if state.paused:
+        return state.pause_reason or MANUAL
+    if state.config.pause_at_limit:
+        return _reached(state, state.tokens_used, state.cost_used_nanos)
+    return None
+
+
+def percents(state: BudgetState) -> tuple[float | None, float | None]:
+    """Percent used of the token and cost limits (None where a limit does not apply)."""
+    config = state.config
+    tokens_pct = cost_pct = None
+    if config.mode in ("tokens", "both") and config.token_limit:
+        tokens_pct = round(100.0 * state.tokens_used / config.token_limit, 2)
+    if config.mode in ("cost", "both") and config.cost_limit:
+        ratio = Decimal(100 * state.cost_used_nanos) / (config.cost_limit * NANOS_PER_UNIT)
+        cost_pct = round(float(ratio), 2)
+    return tokens_pct, cost_pct
+
+
+def level(state: BudgetState) -> str:
+    """``ok`` < 80% ≤ ``warning`` < 90% ≤ ``critical`` < 100% ≤ ``exceeded``,
+    by the highest of the active metrics."""
+    highest = max((p for p in percents(state) if p is not None), default=0.0)
+    if highest >= 100:
+        return "exceeded"
+    if highest >= 90:
+        return "critical"
+    if highest >= 80:
+        return "warning"
+    return "ok"
+
+
+def config_from_json(client_id: str, data: Any, *, timezone: str, currency: str) -> BudgetConfig:
+    """A BudgetConfig from a PUT body (or CLI flags), validated field by field.
+
+    Raises BudgetInputError naming the first bad field.
+    """
+    if not isinstance(data, dict):
+        raise BudgetInputError("body", "must be a JSON object")
+    known = {"mode", "token_limit", "cost_limit", "period", "timezone", "pause_at_limit", "alert_thresholds"}
+    for key in data:
+        if key not in known:
+            raise BudgetInputError(str(key), "unknown field")
+    mode = MODE_ALIASES.get(data.get("mode"), data.get("mode"))  # type: ignore[arg-type]
+    if mode not in MODES:
+        raise BudgetInputError(
+            "mode", f"must be one of tokens, cost (or brl), both; got {data.get('mode')!r}"
+        )
+    token_limit = _token_limit(data.get("token_limit"), required=mode in ("tokens", "both"))
+    cost_limit = _cost_limit(data.get("cost_limit"), required=mode in ("cost", "both"))
+    period = data.get("period", "monthly")
+    if period not in PERIODS:
+        raise BudgetInputError("period", f"must be one of {', '.join(PERIODS)}")
+    tz = data.get("timezone") or timezone
+    _check_timezone(tz)
+    pause = data.get("pause_at_limit", True)
+    if not isinstance(pause, bool):
+        raise BudgetInputError("pause_at_limit", "must be true or false")
+    return BudgetConfig(
+        client_id=client_id,
+        mode=mode,
+        period=period,
+        timezone=tz,
+        currency=currency,
+        token_limit=token_limit if mode != "cost" else None,
+        cost_limit=cost_limit if mode != "tokens" else None,
+        pause_at_limit=pause,
+        alert_thresholds=_thresholds(data.get("alert_thresholds")),
+    )
+
+
+def _token_limit(value: Any, *, required: bool) -> int | None:
+    if value is None:
+        if required:
+            raise BudgetInputError("token_limit", "required for this mode")
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise BudgetInputError("token_limit", "must be a positive integer")
+    return value
+
+
+def _cost_limit(value: Any, *, required: bool) -> Decimal | None:
+    if value is None:
+        if required:
+            raise BudgetInputError("cost_limit", "required for this mode")
+        return None
+    try:
+        limit = parse_money(value)
+    except ValueError as exc:
+        raise BudgetInputError("cost_limit", str(exc)) from exc
+    if limit <= 0:
+        raise BudgetInputError("cost_limit", "must be greater than zero")
+    return limit
+
+
+def _check_timezone(tz: Any) -> None:
+    if not isinstance(tz, str):
+        raise BudgetInputError("timezone", "must be an IANA timezone name")
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise BudgetInputError("timezone", f"unknown timezone {tz!r}") from exc
+
+
+def _thresholds(value: Any) -> tuple[Decimal, ...]:
+    if value is None:
+        return (Decimal("0.8"), Decimal("0.9"), Decimal("1.0"))
+    if not isinstance(value, list) or not value:
+        raise BudgetInputError("alert_thresholds", "must be a non-empty list of fractions")
+    out = []
+    for item in value:
+        try:
+            threshold = parse_money(item)
+        except ValueError as exc:
+            raise BudgetInputError("alert_thresholds", str(exc)) from exc
+        if not 0 < threshold <= 1:
+            raise BudgetInputError("alert_thresholds", "each must be in (0, 1]")
+        out.append(threshold)
+    return tuple(sorted(set(out)))

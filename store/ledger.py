@@ -1,0 +1,105 @@
+"""The ledger writer: records usage events off the response's critical path.
+
+Handlers hand events to :meth:`LedgerWriter.submit` and move on; one
+background task writes them to the store. The queue is bounded (a full queue
+makes submitters wait: back-pressure, never loss). A store that is down is
+retried with capped exponential backoff, and an event leaves the queue only
+once its transaction has committed. ``pending`` is what the
+``taximeter_ledger_pending_events`` gauge shows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from taximeter.store.base import RecordResult, Store, StoreUnavailable
+from taximeter.store.models import UsageEvent
+
+__all__ = ["LedgerWriter"]
+
+log = logging.getLogger("taximeter.ledger")
+
+OnRecorded = Callable[[UsageEvent, RecordResult], Awaitable[None]]
+
+
+class LedgerWriter:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_pending: int = 10_000,
+        on_recorded: OnRecorded | None = None,
+        retry_max_s: float = 5.0,
+    ) -> None:
+        self._store = store
+        self._queue: asyncio.Queue[UsageEvent] = asyncio.Queue(max_pending)
+        self._on_recorded = on_recorded
+        self._retry_max_s = retry_max_s
+        self._task: asyncio.Task[None] | None = None
+        self._submitted = 0  # sequence number of the last event submitted
+        self._written = 0  # ... and of the last one durable (the queue is FIFO)
+        self._progress = asyncio.Condition()
+
+    @property
+    def pending(self) -> int:
+        """Events accepted but not yet durable in the store."""
+        return self._submitted - self._written
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="taximeter-ledger")
+
+    async def submit(self, event: UsageEvent) -> None:
+        """Queue ``event`` for recording; waits only while the queue is full."""
+        self._submitted += 1
+        await self._queue.put(event)
+
+    async def flush(self) -> None:
+        """Wait until every event submitted before this call is durable
+        (later ones do not keep it waiting)."""
+        target = self._submitted
+        async with self._progress:
+            await self._progress.wait_for(lambda: self._written >= target)
+
+    async def close(self) -> None:
+        """Flush, then stop the writer task."""
+        if self._task is None:
+            return
+        await self.flush()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            event = await self._queue.get()
+            try:
+                await self._write(event)
+            finally:
+                self._queue.task_done()
+                async with self._progress:
+                    self._written += 1
+                    self._progress.notify_all()
+
+    async def _write(self, event: UsageEvent) -> None:
+        delay = 0.05
+        while True:
+            try:
+                result = await self._store.record(event)
+                break
+            except StoreUnavailable as exc:
+                log.warning(
+                    "ledger_retry",
+                    extra={"request_id": event.request_id, "error": str(exc), "retry_in_s": delay},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._retry_max_s)
+        if self._on_recorded is not None:
+            try:
+                await self._on_recorded(event, result)
+            except Exception:
+                log.exception("ledger_hook_failed", extra={"request_id": event.request_id})

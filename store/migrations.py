@@ -1,0 +1,83 @@
+"""Schema migrations, one list for both SQL backends.
+
+Each step is applied once, in order, and recorded in ``schema_migrations``.
+Type names are filled in per backend: Postgres keeps money as ``NUMERIC``
+(exact, summed by the database), SQLite as integer nanos (its only exact type).
+"""
+
+from __future__ import annotations
+
+__all__ = ["MIGRATIONS", "render"]
+
+MIGRATIONS: list[tuple[int, list[str]]] = [
+    (
+        1,
+        [
+            """CREATE TABLE clients (
+                id TEXT PRIMARY KEY,
+                name TEXT NOT NULL,
+                created_at {time} NOT NULL
+            )""",
+            """CREATE TABLE api_keys (
+                prefix TEXT PRIMARY KEY,
+                client_id TEXT NOT NULL REFERENCES clients (id) ON DELETE CASCADE,
+                key_hash TEXT NOT NULL UNIQUE,
+                created_at {time} NOT NULL,
+                revoked_at {time}
+            )""",
+            "CREATE INDEX api_keys_client ON api_keys (client_id)",
+            """CREATE TABLE budgets (
+                client_id TEXT PRIMARY KEY REFERENCES clients (id) ON DELETE CASCADE,
+                mode TEXT NOT NULL,
+                token_limit {bigint},
+                cost_limit {money},
+                period TEXT NOT NULL,
+                timezone TEXT NOT NULL,
+                currency TEXT NOT NULL,
+                pause_at_limit {bool} NOT NULL,
+                alert_thresholds TEXT NOT NULL,
+                period_start {time} NOT NULL,
+                tokens_used {bigint} NOT NULL,
+                cost_used {money} NOT NULL,
+                paused {bool} NOT NULL,
+                pause_reason TEXT,
+                version {bigint} NOT NULL,
+                updated_at {time} NOT NULL
+            )""",
+            # The ledger keeps events of deleted clients: no foreign key.
+            """CREATE TABLE usage_events (
+                request_id TEXT PRIMARY KEY,
+                client_id TEXT NOT NULL,
+                end_user TEXT,
+                conversation TEXT,
+                api_type TEXT NOT NULL,
+                model TEXT NOT NULL,
+                endpoint TEXT NOT NULL,
+                status INTEGER NOT NULL,
+                input_tokens {bigint} NOT NULL,
+                output_tokens {bigint} NOT NULL,
+                cached_tokens {bigint} NOT NULL,
+                reasoning_tokens {bigint} NOT NULL,
+                characters {bigint} NOT NULL,
+                audio_seconds {money} NOT NULL,
+                images INTEGER NOT NULL,
+                cost_usd {money} NOT NULL,
+                cost {money} NOT NULL,
+                currency TEXT NOT NULL,
+                exchange_rate {money} NOT NULL,
+                estimated {bool} NOT NULL,
+                unpriced {bool} NOT NULL,
+                created_at {time} NOT NULL
+            )""",
+            "CREATE INDEX usage_events_client_time ON usage_events (client_id, created_at)",
+            "CREATE INDEX usage_events_time ON usage_events (created_at)",
+        ],
+    ),
+]
+
+LATEST = MIGRATIONS[-1][0]
+
+
+def render(statement: str, types: dict[str, str]) -> str:
+    """``statement`` with its ``{money}``, ``{time}``, ``{bool}``, ``{bigint}`` filled in."""
+    return statement.format(**types)

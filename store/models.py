@@ -1,0 +1,97 @@
+"""The store's own types: what backends take and return (never driver rows)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+__all__ = ["ApiKey", "BudgetConfig", "BudgetState", "Client", "UsageEvent"]
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    id: str
+    name: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A virtual key as stored: its display prefix and a hash, never the key."""
+
+    prefix: str
+    client_id: str
+    key_hash: str
+    created_at: datetime
+    revoked: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetConfig:
+    """What an operator sets. ``mode`` is ``tokens``, ``cost`` or ``both``;
+    ``cost_limit`` is in ``currency``."""
+
+    client_id: str
+    mode: str
+    period: str
+    timezone: str
+    currency: str
+    token_limit: int | None = None
+    cost_limit: Decimal | None = None
+    pause_at_limit: bool = True
+    alert_thresholds: tuple[Decimal, ...] = (Decimal("0.8"), Decimal("0.9"), Decimal("1.0"))
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetState:
+    """A budget with its counters for the current period.
+
+    ``cost_used_nanos`` is in nano-units of the budget currency. ``version``
+    grows with every change, so a cache can tell newer state from older.
+    """
+
+    config: BudgetConfig
+    period_start: datetime
+    tokens_used: int = 0
+    cost_used_nanos: int = 0
+    paused: bool = False
+    pause_reason: str | None = None
+    version: int = 0
+
+    @property
+    def client_id(self) -> str:
+        return self.config.client_id
+
+
+@dataclass(frozen=True, slots=True)
+class UsageEvent:
+    """One metered call, as the ledger records it. Idempotent by ``request_id``."""
+
+    request_id: str
+    client_id: str
+    api_type: str
+    model: str
+    endpoint: str
+    status: int
+    created_at: datetime
+    currency: str
+    exchange_rate: Decimal
+    cost_usd: Decimal = Decimal(0)
+    cost: Decimal = Decimal(0)
+    end_user: str | None = None
+    conversation: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    characters: int = 0
+    audio_seconds: Decimal = field(default_factory=lambda: Decimal(0))
+    images: int = 0
+    estimated: bool = False
+    unpriced: bool = False
+
+    @property
+    def tokens(self) -> int:
+        """Tokens counted against a budget: input plus output."""
+        return self.input_tokens + self.output_tokens

@@ -1,0 +1,171 @@
+"""The production store: Postgres through an asyncpg pool.
+
+Money is ``NUMERIC`` (asyncpg hands back Decimal), times ``TIMESTAMPTZ``.
+Budget rows are locked with ``SELECT ... FOR UPDATE`` inside each write, so
+any number of proxy processes can record against one budget.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+from taximeter.pricing.money import quantize
+from taximeter.store.base import Conflict, StoreUnavailable
+from taximeter.store.migrations import MIGRATIONS, render
+from taximeter.store.sql import Conn, Dialect, SqlStore
+
+__all__ = ["PostgresStore"]
+
+_TYPES = {"money": "NUMERIC(30, 9)", "time": "TIMESTAMPTZ", "bool": "BOOLEAN", "bigint": "BIGINT"}
+_MIGRATION_LOCK = 0x7A61_6D65  # any constant; one advisory lock serialises concurrent start-ups
+_PLACEHOLDER = re.compile(r"\?")
+_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
+class PostgresDialect(Dialect):
+    for_update = " FOR UPDATE"
+    day_of = "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+
+    def money_in(self, amount: Decimal) -> Decimal:
+        return amount
+
+    def money_out(self, value: Any) -> Decimal:
+        return quantize(Decimal(0) if value is None else Decimal(value))
+
+    def time_in(self, when: datetime) -> datetime:
+        return when.astimezone(UTC)
+
+    def time_out(self, value: Any) -> datetime:
+        return value.astimezone(UTC)  # type: ignore[no-any-return]
+
+
+def _numbered(sql: str, cache: dict[str, str] = {}) -> str:  # noqa: B006 - a deliberate memo
+    """``?`` placeholders as asyncpg's ``$1, $2, …``."""
+    if sql not in cache:
+        counter = iter(range(1, 1000))
+        cache[sql] = _PLACEHOLDER.sub(lambda _: f"${next(counter)}", sql)
+    return cache[sql]
+
+
+class _Conn:
+    """The one place asyncpg's exceptions become the store's."""
+
+    def __init__(self, conn: Any) -> None:  # a pooled asyncpg connection
+        self._conn = conn
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        try:
+            status = await self._conn.execute(_numbered(sql), *args)
+        except asyncpg.UniqueViolationError as exc:
+            raise Conflict(str(exc)) from exc
+        except _DRIVER_ERRORS as exc:
+            raise StoreUnavailable(f"Postgres: {exc}") from exc
+        tail = status.rsplit(" ", 1)[-1]
+        return int(tail) if tail.isdigit() else 0
+
+    async def fetchone(self, sql: str, *args: Any) -> Any:
+        try:
+            return await self._conn.fetchrow(_numbered(sql), *args)
+        except _DRIVER_ERRORS as exc:
+            raise StoreUnavailable(f"Postgres: {exc}") from exc
+
+    async def fetchall(self, sql: str, *args: Any) -> Sequence[Any]:
+        try:
+            return list(await self._conn.fetch(_numbered(sql), *args))
+        except _DRIVER_ERRORS as exc:
+            raise StoreUnavailable(f"Postgres: {exc}") from exc
+
+
+class PostgresStore(SqlStore):
+    """:class:`~taximeter.store.base.Store` on Postgres."""
+
+    dialect = PostgresDialect()
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @classmethod
+    async def open(cls, dsn: str, *, min_size: int = 1, max_size: int = 10) -> PostgresStore:
+        try:
+            pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, timeout=10)
+        except _DRIVER_ERRORS as exc:
+            raise StoreUnavailable(f"cannot connect to Postgres: {exc}") from exc
+        return cls(pool)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def ping(self) -> None:
+        async with self.connection() as conn:
+            await conn.fetchone("SELECT 1")
+
+    async def migrate(self) -> None:
+        async with self.transaction() as conn:
+            await conn.execute(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)"
+            )
+            done = {r["version"] for r in await conn.fetchall("SELECT version FROM schema_migrations")}
+            for version, statements in MIGRATIONS:
+                if version in done:
+                    continue
+                for statement in statements:
+                    await conn.execute(render(statement, _TYPES))
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES (?, now())", version
+                )
+
+    async def schema_version(self) -> int:
+        async with self.connection() as conn:
+            row = await conn.fetchone("SELECT MAX(version) AS v FROM schema_migrations")
+        return int(row["v"] or 0) if row is not None else 0
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Conn]:
+        async with self._acquire() as conn:
+            tx = conn.transaction()
+            try:
+                await tx.start()
+            except _DRIVER_ERRORS as exc:
+                raise StoreUnavailable(f"Postgres: {exc}") from exc
+            try:
+                yield _Conn(conn)
+            except BaseException:
+                await _quietly(tx.rollback())
+                raise
+            try:
+                await tx.commit()
+            except _DRIVER_ERRORS as exc:
+                raise StoreUnavailable(f"Postgres commit failed: {exc}") from exc
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Conn]:
+        async with self._acquire() as conn:
+            yield _Conn(conn)
+
+    @asynccontextmanager
+    async def _acquire(self) -> AsyncIterator[Any]:
+        try:
+            conn = await self._pool.acquire(timeout=10)
+        except _DRIVER_ERRORS as exc:
+            raise StoreUnavailable(f"Postgres: {exc}") from exc
+        try:
+            yield conn
+        finally:
+            await _quietly(self._pool.release(conn))
+
+
+async def _quietly(awaitable: Any) -> None:
+    # Rolling back or releasing a broken connection must not hide the first error.
+    try:
+        await awaitable
+    except _DRIVER_ERRORS:
+        pass

@@ -1,0 +1,461 @@
+"""The store's logic, written once for both SQL backends.
+
+A backend supplies connections (:class:`Conn`) and a :class:`Dialect` that
+says how money, times and booleans are stored; every transaction here loads a
+budget, applies :mod:`taximeter.store.budgets` and writes it back, so SQLite
+and Postgres behave identically.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import replace
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Protocol
+
+from taximeter.pricing.money import from_nanos, to_nanos
+from taximeter.store import budgets
+from taximeter.store.base import Conflict, NotFound, RecordResult, ReportRow
+from taximeter.store.models import ApiKey, BudgetConfig, BudgetState, Client, UsageEvent
+
+__all__ = ["Conn", "Dialect", "SqlStore"]
+
+Row = Any  # a driver row read by column name: sqlite3.Row or asyncpg.Record
+
+
+class Conn(Protocol):
+    """A connection, inside a transaction or not. SQL uses ``?`` placeholders."""
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        """Run a statement; the number of rows it touched."""
+
+    async def fetchone(self, sql: str, *args: Any) -> Row | None: ...
+
+    async def fetchall(self, sql: str, *args: Any) -> Sequence[Row]: ...
+
+
+class Dialect(ABC):
+    """How one backend stores what the generic SQL does not fix."""
+
+    for_update: str = ""
+    day_of: str = ""  # SQL expression of created_at's UTC date, 'YYYY-MM-DD'
+
+    @abstractmethod
+    def money_in(self, amount: Decimal) -> Any: ...
+
+    @abstractmethod
+    def money_out(self, value: Any) -> Decimal: ...
+
+    @abstractmethod
+    def time_in(self, when: datetime) -> Any: ...
+
+    @abstractmethod
+    def time_out(self, value: Any) -> datetime: ...
+
+
+_EVENT_COLUMNS = (
+    "request_id, client_id, end_user, conversation, api_type, model, endpoint, status, "
+    "input_tokens, output_tokens, cached_tokens, reasoning_tokens, characters, audio_seconds, "
+    "images, cost_usd, cost, currency, exchange_rate, estimated, unpriced, created_at"
+)
+_BUDGET_COLUMNS = (
+    "client_id, mode, token_limit, cost_limit, period, timezone, currency, pause_at_limit, "
+    "alert_thresholds, period_start, tokens_used, cost_used, paused, pause_reason, version"
+)
+_GROUPS = {"api_type": "api_type", "model": "model", "end_user": "COALESCE(end_user, '')"}
+_BUDGET_ACTIONS = ("reset", "pause", "resume")
+
+
+class SqlStore(ABC):
+    """:class:`~taximeter.store.base.Store` over any :class:`Dialect`."""
+
+    dialect: Dialect
+
+    @abstractmethod
+    def transaction(self) -> AbstractAsyncContextManager[Conn]:
+        """A connection in a write transaction (serialised with other writers)."""
+
+    @abstractmethod
+    def connection(self) -> AbstractAsyncContextManager[Conn]:
+        """A connection for reads."""
+
+    @abstractmethod
+    async def migrate(self) -> None: ...
+
+    @abstractmethod
+    async def ping(self) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    # -- clients and keys ----------------------------------------------------
+
+    async def create_client(self, client_id: str, name: str, now: datetime) -> Client:
+        async with self.transaction() as conn:
+            touched = await conn.execute(
+                "INSERT INTO clients (id, name, created_at) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                client_id,
+                name,
+                self.dialect.time_in(now),
+            )
+        if not touched:
+            raise Conflict(f"client {client_id!r} already exists")
+        return Client(client_id, name, now)
+
+    async def get_client(self, client_id: str) -> Client | None:
+        async with self.connection() as conn:
+            row = await conn.fetchone("SELECT id, name, created_at FROM clients WHERE id = ?", client_id)
+        return None if row is None else self._client(row)
+
+    async def list_clients(self) -> list[Client]:
+        async with self.connection() as conn:
+            rows = await conn.fetchall("SELECT id, name, created_at FROM clients ORDER BY id")
+        return [self._client(r) for r in rows]
+
+    async def create_key(self, key: ApiKey) -> ApiKey:
+        async with self.transaction() as conn:
+            if await conn.fetchone("SELECT id FROM clients WHERE id = ?", key.client_id) is None:
+                raise NotFound(f"no client {key.client_id!r}")
+            touched = await conn.execute(
+                "INSERT INTO api_keys (prefix, client_id, key_hash, created_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                key.prefix,
+                key.client_id,
+                key.key_hash,
+                self.dialect.time_in(key.created_at),
+            )
+        if not touched:
+            raise Conflict("key prefix already in use")
+        return key
+
+    async def find_key(self, prefix: str) -> ApiKey | None:
+        async with self.connection() as conn:
+            row = await conn.fetchone(
+                "SELECT prefix, client_id, key_hash, created_at, revoked_at FROM api_keys WHERE prefix = ?",
+                prefix,
+            )
+        return None if row is None else self._key(row)
+
+    async def list_keys(self, client_id: str) -> list[ApiKey]:
+        async with self.connection() as conn:
+            rows = await conn.fetchall(
+                "SELECT prefix, client_id, key_hash, created_at, revoked_at FROM api_keys "
+                "WHERE client_id = ? ORDER BY created_at, prefix",
+                client_id,
+            )
+        return [self._key(r) for r in rows]
+
+    async def revoke_key(self, prefix: str, now: datetime) -> ApiKey | None:
+        async with self.transaction() as conn:
+            await conn.execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE prefix = ? AND revoked_at IS NULL",
+                self.dialect.time_in(now),
+                prefix,
+            )
+            row = await conn.fetchone(
+                "SELECT prefix, client_id, key_hash, created_at, revoked_at FROM api_keys WHERE prefix = ?",
+                prefix,
+            )
+        return None if row is None else self._key(row)
+
+    # -- budgets -----------------------------------------------------------------
+
+    async def put_budget(self, config: BudgetConfig, now: datetime) -> BudgetState:
+        async with self.transaction() as conn:
+            if await conn.fetchone("SELECT id FROM clients WHERE id = ?", config.client_id) is None:
+                raise NotFound(f"no client {config.client_id!r}")
+            old = await self._locked_budget(conn, config.client_id)
+            state = _configured(old, config, now)
+            if old is None:
+                await conn.execute(
+                    f"INSERT INTO budgets ({_BUDGET_COLUMNS}, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    *self._budget_values(state),
+                    self.dialect.time_in(now),
+                )
+            else:
+                await self._write_budget(conn, state, now)
+        return state
+
+    async def get_budget(self, client_id: str, now: datetime) -> BudgetState | None:
+        async with self.connection() as conn:
+            row = await conn.fetchone(f"SELECT {_BUDGET_COLUMNS} FROM budgets WHERE client_id = ?", client_id)
+        if row is None:
+            return None
+        state = self._budget(row)
+        if budgets.roll(state, now) is state:
+            return state
+        async with self.transaction() as conn:  # a boundary has passed: roll under the lock
+            locked = await self._locked_budget(conn, client_id)
+            if locked is None:
+                return None
+            rolled = budgets.roll(locked, now)
+            if rolled is not locked:
+                await self._write_budget(conn, rolled, now)
+        return rolled
+
+    async def list_budgets(self, now: datetime) -> list[BudgetState]:
+        async with self.connection() as conn:
+            rows = await conn.fetchall("SELECT client_id FROM budgets ORDER BY client_id")
+        states = [await self.get_budget(r["client_id"], now) for r in rows]
+        return [s for s in states if s is not None]
+
+    async def delete_budget(self, client_id: str) -> bool:
+        async with self.transaction() as conn:
+            return bool(await conn.execute("DELETE FROM budgets WHERE client_id = ?", client_id))
+
+    async def change_budget(self, client_id: str, action: str, now: datetime) -> BudgetState | None:
+        if action not in _BUDGET_ACTIONS:
+            raise ValueError(f"unknown budget action {action!r}")
+        async with self.transaction() as conn:
+            state = await self._locked_budget(conn, client_id)
+            if state is None:
+                return None
+            state = budgets.roll(state, now)
+            if action == "reset":
+                state = budgets.reset(state, now)
+            else:
+                pause = action == "pause"
+                state = replace(
+                    state,
+                    paused=pause,
+                    pause_reason=budgets.MANUAL if pause else None,
+                    version=state.version + 1,
+                )
+            await self._write_budget(conn, state, now)
+        return state
+
+    # -- ledger ------------------------------------------------------------------
+
+    async def record(self, event: UsageEvent) -> RecordResult:
+        async with self.transaction() as conn:
+            touched = await conn.execute(
+                f"INSERT INTO usage_events ({_EVENT_COLUMNS}) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (request_id) DO NOTHING",
+                *self._event_values(event),
+            )
+            if not touched:
+                return RecordResult(recorded=False, state=None)
+            state = await self._locked_budget(conn, event.client_id)
+            if state is None:
+                return RecordResult(recorded=True, state=None)
+            new = budgets.roll(state, event.created_at)
+            if event.created_at >= new.period_start:
+                new = budgets.apply_usage(new, event.tokens, to_nanos(event.cost))
+            if new is not state:
+                await self._write_budget(conn, new, event.created_at)
+        return RecordResult(recorded=True, state=new)
+
+    async def list_events(self, client_id: str | None, limit: int) -> list[UsageEvent]:
+        where, args = ("WHERE client_id = ?", [client_id]) if client_id else ("", [])
+        async with self.connection() as conn:
+            rows = await conn.fetchall(
+                f"SELECT {_EVENT_COLUMNS} FROM usage_events {where} "
+                "ORDER BY created_at DESC, request_id DESC LIMIT ?",
+                *args,
+                limit,
+            )
+        return [self._event(r) for r in rows]
+
+    async def spend_by_api_type(self, client_id: str, since: datetime) -> dict[str, Decimal]:
+        async with self.connection() as conn:
+            rows = await conn.fetchall(
+                "SELECT api_type, SUM(cost) AS cost FROM usage_events "
+                "WHERE client_id = ? AND created_at >= ? GROUP BY api_type ORDER BY api_type",
+                client_id,
+                self.dialect.time_in(since),
+            )
+        return {r["api_type"]: self.dialect.money_out(r["cost"]) for r in rows}
+
+    async def usage_report(
+        self, client_id: str | None, start: datetime, end: datetime, group_by: str
+    ) -> list[ReportRow]:
+        key = self.dialect.day_of if group_by == "day" else _GROUPS[group_by]
+        where = "created_at >= ? AND created_at < ?"
+        args: list[Any] = [self.dialect.time_in(start), self.dialect.time_in(end)]
+        if client_id is not None:
+            where += " AND client_id = ?"
+            args.append(client_id)
+        async with self.connection() as conn:
+            rows = await conn.fetchall(
+                f"SELECT {key} AS key, COUNT(*) AS requests, SUM(input_tokens) AS input_tokens, "
+                "SUM(output_tokens) AS output_tokens, SUM(cost_usd) AS cost_usd, SUM(cost) AS cost "
+                f"FROM usage_events WHERE {where} GROUP BY {key} ORDER BY {key}",
+                *args,
+            )
+        return [
+            ReportRow(
+                key=str(r["key"]),
+                requests=int(r["requests"]),
+                input_tokens=int(r["input_tokens"]),
+                output_tokens=int(r["output_tokens"]),
+                cost_usd=self.dialect.money_out(r["cost_usd"]),
+                cost=self.dialect.money_out(r["cost"]),
+            )
+            for r in rows
+        ]
+
+    async def ledger_totals(self, client_id: str, since: datetime) -> tuple[int, int]:
+        async with self.connection() as conn:
+            row = await conn.fetchone(
+                "SELECT COALESCE(SUM(input_tokens + output_tokens), 0) AS tokens, "
+                "SUM(cost) AS cost FROM usage_events WHERE client_id = ? AND created_at >= ?",
+                client_id,
+                self.dialect.time_in(since),
+            )
+        assert row is not None  # an aggregate always returns a row
+        return int(row["tokens"]), to_nanos(self.dialect.money_out(row["cost"]))
+
+    # -- rows <-> models -------------------------------------------------------------
+
+    async def _locked_budget(self, conn: Conn, client_id: str) -> BudgetState | None:
+        row = await conn.fetchone(
+            f"SELECT {_BUDGET_COLUMNS} FROM budgets WHERE client_id = ?{self.dialect.for_update}",
+            client_id,
+        )
+        return None if row is None else self._budget(row)
+
+    async def _write_budget(self, conn: Conn, state: BudgetState, now: datetime) -> None:
+        values = self._budget_values(state)
+        await conn.execute(
+            "UPDATE budgets SET mode = ?, token_limit = ?, cost_limit = ?, period = ?, timezone = ?, "
+            "currency = ?, pause_at_limit = ?, alert_thresholds = ?, period_start = ?, tokens_used = ?, "
+            "cost_used = ?, paused = ?, pause_reason = ?, version = ?, updated_at = ? WHERE client_id = ?",
+            *values[1:],
+            self.dialect.time_in(now),
+            values[0],
+        )
+
+    def _budget_values(self, state: BudgetState) -> list[Any]:
+        c, d = state.config, self.dialect
+        return [
+            c.client_id,
+            c.mode,
+            c.token_limit,
+            None if c.cost_limit is None else d.money_in(c.cost_limit),
+            c.period,
+            c.timezone,
+            c.currency,
+            c.pause_at_limit,
+            json.dumps([str(t) for t in c.alert_thresholds]),
+            d.time_in(state.period_start),
+            state.tokens_used,
+            d.money_in(from_nanos(state.cost_used_nanos)),
+            state.paused,
+            state.pause_reason,
+            state.version,
+        ]
+
+    def _budget(self, row: Row) -> BudgetState:
+        d = self.dialect
+        config = BudgetConfig(
+            client_id=row["client_id"],
+            mode=row["mode"],
+            period=row["period"],
+            timezone=row["timezone"],
+            currency=row["currency"],
+            token_limit=row["token_limit"],
+            cost_limit=None if row["cost_limit"] is None else d.money_out(row["cost_limit"]),
+            pause_at_limit=bool(row["pause_at_limit"]),
+            alert_thresholds=tuple(Decimal(t) for t in json.loads(row["alert_thresholds"])),
+        )
+        return BudgetState(
+            config=config,
+            period_start=d.time_out(row["period_start"]),
+            tokens_used=int(row["tokens_used"]),
+            cost_used_nanos=to_nanos(d.money_out(row["cost_used"])),
+            paused=bool(row["paused"]),
+            pause_reason=row["pause_reason"],
+            version=int(row["version"]),
+        )
+
+    def _event_values(self, e: UsageEvent) -> list[Any]:
+        d = self.dialect
+        return [
+            e.request_id,
+            e.client_id,
+            e.end_user,
+            e.conversation,
+            e.api_type,
+            e.model,
+            e.endpoint,
+            e.status,
+            e.input_tokens,
+            e.output_tokens,
+            e.cached_tokens,
+            e.reasoning_tokens,
+            e.characters,
+            d.money_in(e.audio_seconds),
+            e.images,
+            d.money_in(e.cost_usd),
+            d.money_in(e.cost),
+            e.currency,
+            d.money_in(e.exchange_rate),
+            e.estimated,
+            e.unpriced,
+            d.time_in(e.created_at),
+        ]
+
+    def _event(self, r: Row) -> UsageEvent:
+        d = self.dialect
+        return UsageEvent(
+            request_id=r["request_id"],
+            client_id=r["client_id"],
+            end_user=r["end_user"],
+            conversation=r["conversation"],
+            api_type=r["api_type"],
+            model=r["model"],
+            endpoint=r["endpoint"],
+            status=int(r["status"]),
+            input_tokens=int(r["input_tokens"]),
+            output_tokens=int(r["output_tokens"]),
+            cached_tokens=int(r["cached_tokens"]),
+            reasoning_tokens=int(r["reasoning_tokens"]),
+            characters=int(r["characters"]),
+            audio_seconds=d.money_out(r["audio_seconds"]),
+            images=int(r["images"]),
+            cost_usd=d.money_out(r["cost_usd"]),
+            cost=d.money_out(r["cost"]),
+            currency=r["currency"],
+            exchange_rate=d.money_out(r["exchange_rate"]),
+            estimated=bool(r["estimated"]),
+            unpriced=bool(r["unpriced"]),
+            created_at=d.time_out(r["created_at"]),
+        )
+
+    def _client(self, row: Row) -> Client:
+        return Client(row["id"], row["name"], self.dialect.time_out(row["created_at"]))
+
+    def _key(self, row: Row) -> ApiKey:
+        return ApiKey(
+            prefix=row["prefix"],
+            client_id=row["client_id"],
+            key_hash=row["key_hash"],
+            created_at=self.dialect.time_out(row["created_at"]),
+            revoked=row["revoked_at"] is not None,
+        )
+
+
+def _configured(old: BudgetState | None, config: BudgetConfig, now: datetime) -> BudgetState:
+    """A budget with new settings. Counters and a manual pause carry over; a
+    limit pause is lifted when the new limits are no longer reached."""
+    start = budgets.period_bounds(config.period, config.timezone, now)[0]
+    if old is None:
+        return BudgetState(config=config, period_start=start, version=1)
+    same_period = (old.config.period, old.config.timezone) == (config.period, config.timezone)
+    state = replace(
+        old,
+        config=config,
+        period_start=old.period_start if same_period else start,
+        version=old.version + 1,
+    )
+    if state.paused and state.pause_reason != budgets.MANUAL:
+        unpaused = replace(state, paused=False, pause_reason=None)
+        if budgets.refusal(unpaused) is None:
+            state = unpaused
+    return state

@@ -1,0 +1,175 @@
+"""The embedded store: SQLite through aiosqlite, so the event loop never blocks.
+
+One writer connection, serialised by a lock (SQLite has one writer anyway),
+and one reader; WAL lets them, and other processes such as the CLI, work at
+once. Money is stored as integer nanos, times as fixed-width UTC ISO text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from taximeter.pricing.money import from_nanos, to_nanos
+from taximeter.store.base import Conflict, StoreUnavailable
+from taximeter.store.migrations import MIGRATIONS, render
+from taximeter.store.sql import Conn, Dialect, SqlStore
+
+__all__ = ["SqliteStore", "sqlite_path"]
+
+_TYPES = {"money": "INTEGER", "time": "TEXT", "bool": "INTEGER", "bigint": "INTEGER"}
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # fixed width, so text order is time order
+
+
+def sqlite_path(url: str) -> str:
+    """The file of a ``sqlite:///relative`` or ``sqlite:////absolute`` URL."""
+    if not url.startswith("sqlite:///"):
+        raise ValueError("a SQLite URL looks like sqlite:///path/to/file.db")
+    return url.removeprefix("sqlite:///")
+
+
+class SqliteDialect(Dialect):
+    day_of = "substr(created_at, 1, 10)"
+
+    def money_in(self, amount: Decimal) -> int:
+        return to_nanos(amount)
+
+    def money_out(self, value: Any) -> Decimal:
+        return from_nanos(int(value or 0))
+
+    def time_in(self, when: datetime) -> str:
+        return when.astimezone(UTC).strftime(_TIME_FORMAT)
+
+    def time_out(self, value: Any) -> datetime:
+        return datetime.strptime(value, _TIME_FORMAT).replace(tzinfo=UTC)
+
+
+class _Conn:
+    """The one place SQLite's exceptions become the store's."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+
+    async def _cursor(self, sql: str, args: tuple[Any, ...]) -> aiosqlite.Cursor:
+        try:
+            return await self._db.execute(sql, args)
+        except sqlite3.IntegrityError as exc:
+            raise Conflict(str(exc)) from exc
+        except (sqlite3.Error, ValueError) as exc:  # ValueError: connection closed
+            raise StoreUnavailable(f"SQLite: {exc}") from exc
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        return (await self._cursor(sql, args)).rowcount
+
+    async def fetchone(self, sql: str, *args: Any) -> Any:
+        return await (await self._cursor(sql, args)).fetchone()
+
+    async def fetchall(self, sql: str, *args: Any) -> Sequence[Any]:
+        return list(await (await self._cursor(sql, args)).fetchall())
+
+
+class SqliteStore(SqlStore):
+    """:class:`~taximeter.store.base.Store` on a SQLite file."""
+
+    dialect = SqliteDialect()
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._write_lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, url: str) -> SqliteStore:
+        store = cls(sqlite_path(url))
+        await store._connect()
+        return store
+
+    async def _connect(self) -> None:
+        if self._path != ":memory:":
+            await asyncio.to_thread(Path(self._path).parent.mkdir, parents=True, exist_ok=True)
+        try:
+            self._writer = await self._open_one()
+            # An in-memory database exists once per connection: share it.
+            self._reader = self._writer if self._path == ":memory:" else await self._open_one()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open SQLite database {self._path}: {exc}") from exc
+
+    async def _open_one(self) -> aiosqlite.Connection:
+        db = await aiosqlite.connect(self._path, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        # WAL lets readers and the CLI work beside the writer; FULL sync makes
+        # each committed charge survive power loss, not just a crash.
+        for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "busy_timeout=5000"):
+            await db.execute(f"PRAGMA {pragma}")
+        return db
+
+    async def close(self) -> None:
+        for db in {id(c): c for c in (self._reader, self._writer) if c is not None}.values():
+            await db.close()
+        self._reader = self._writer = None
+
+    async def ping(self) -> None:
+        async with self.connection() as conn:
+            await conn.fetchone("SELECT 1")
+
+    async def migrate(self) -> None:
+        async with self.transaction() as conn:
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
+            )
+            done = {r["version"] for r in await conn.fetchall("SELECT version FROM schema_migrations")}
+            for version, statements in MIGRATIONS:
+                if version in done:
+                    continue
+                for statement in statements:
+                    await conn.execute(render(statement, _TYPES))
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
+                    version,
+                    self.dialect.time_in(datetime.now(UTC)),
+                )
+
+    async def schema_version(self) -> int:
+        async with self.connection() as conn:
+            row = await conn.fetchone("SELECT MAX(version) AS v FROM schema_migrations")
+        return int(row["v"] or 0) if row is not None else 0
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Conn]:
+        async with self._write_lock:
+            db = self._require(self._writer)
+            try:
+                # IMMEDIATE takes the write lock up front, so two processes
+                # cannot both read a budget and then both write it.
+                await db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"SQLite: {exc}") from exc
+            try:
+                yield _Conn(db)
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+            try:
+                await db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                await db.execute("ROLLBACK")
+                raise StoreUnavailable(f"SQLite commit failed: {exc}") from exc
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Conn]:
+        yield _Conn(self._require(self._reader))
+
+    def _require(self, db: aiosqlite.Connection | None) -> aiosqlite.Connection:
+        if db is None:
+            raise StoreUnavailable("SQLite store is closed")
+        return db
