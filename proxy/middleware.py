@@ -13,7 +13,9 @@ from aiohttp.typedefs import Handler
 from taximeter.proxy.errors import MeteringUnavailable, TaximeterError
 from taximeter.store.base import StoreUnavailable
 
-__all__ = ["error_middleware", "error_response"]
+__all__ = ["REQUEST_ID", "error_middleware", "error_response"]
+
+REQUEST_ID = web.RequestKey("request_id", str)
 
 log = logging.getLogger("taximeter.http")
 
@@ -26,7 +28,7 @@ def error_response(error: TaximeterError, request_id: str) -> web.Response:
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id = f"req_{uuid.uuid4().hex}"
-    request["request_id"] = request_id
+    request[REQUEST_ID] = request_id
     try:
         response = await handler(request)
     except TaximeterError as exc:

@@ -34,6 +34,7 @@ from taximeter.proxy.errors import (
 )
 from taximeter.proxy.extract import StreamMeter, extract_usage, has_image_part
 from taximeter.proxy.forms import Form, parse_form
+from taximeter.proxy.middleware import REQUEST_ID
 from taximeter.proxy.sse import SseSplitter
 from taximeter.proxy.views import money
 from taximeter.store.models import UsageEvent
@@ -141,7 +142,7 @@ def _parse_call(
     vision = endpoint.family in ("chat", "responses") and has_image_part(fields)
     user = fields.get("user") if isinstance(fields.get("user"), str) else None
     return Call(
-        request_id=request["request_id"],
+        request_id=request[REQUEST_ID],
         client_id=client_id,
         endpoint=endpoint,
         api_type="vision" if vision else endpoint.api_type,
@@ -402,10 +403,10 @@ async def _pass_through(request: web.Request, services: Services, body: bytes) -
     upstream = await _send(request, services, None, body)
     try:
         response = web.StreamResponse(
-            status=upstream.status, headers=_response_headers(upstream, request["request_id"])
+            status=upstream.status, headers=_response_headers(upstream, request[REQUEST_ID])
         )
         await response.prepare(request)
-        relay = _Relay(upstream, response, request["request_id"])
+        relay = _Relay(upstream, response, request[REQUEST_ID])
         async for chunk in relay.chunks():
             await relay.write(chunk)
         await relay.finish()

@@ -1,0 +1,212 @@
+"""Shared fixtures: real Postgres and Redis (fresh database and key prefix per
+test), every store and gate backend, an injectable clock.
+
+A test that needs Postgres or Redis is skipped when the service is missing,
+except under ``CI=true``, where it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from taximeter.proxy.app import create_app
+from taximeter.proxy.settings import Settings
+from taximeter.store.base import Gate, Store
+from tests.fake_upstream import UPSTREAM_KEY, FakeUpstream
+from tests.harness import ADMIN_TOKEN, Harness
+
+PG_ADMIN_URL = os.environ.get("TAXIMETER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("TAXIMETER_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture(autouse=True)
+def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No TAXIMETER_* setting leaks in from the developer's shell."""
+    for name in list(os.environ):
+        if name.startswith("TAXIMETER_") and not name.startswith("TAXIMETER_TEST_"):
+            monkeypatch.delenv(name)
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def require(service: str, host: str, port: int) -> None:
+    if _answers(host, port):
+        return
+    message = f"{service} is not answering on {host}:{port}"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{message} (CI=true: services are required)")
+    pytest.skip(message)
+
+
+class FakeClock:
+    """Time that moves only when a test says so."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = start or datetime(2026, 3, 10, 15, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+    def set(self, when: datetime) -> None:
+        self.now = when
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@asynccontextmanager
+async def fresh_pg_database() -> AsyncIterator[str]:
+    """A fresh, empty Postgres database, dropped afterwards."""
+    require("Postgres", "127.0.0.1", 5432)
+    name = f"taximeter_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(PG_ADMIN_URL)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+    finally:
+        admin = await asyncpg.connect(PG_ADMIN_URL)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@asynccontextmanager
+async def fresh_redis_prefix() -> AsyncIterator[str]:
+    """A Redis key prefix of this test's own; its keys are deleted afterwards."""
+    require("Redis", "127.0.0.1", 6379)
+    prefix = f"taximeter-test:{uuid.uuid4().hex[:12]}:"
+    try:
+        yield prefix
+    finally:
+        client = aioredis.Redis.from_url(REDIS_URL)
+        try:
+            keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
+            if keys:
+                await client.delete(*keys)
+        finally:
+            await client.aclose()
+
+
+@pytest.fixture
+async def pg_url() -> AsyncIterator[str]:
+    async with fresh_pg_database() as url:
+        yield url
+
+
+@pytest.fixture
+async def redis_prefix() -> AsyncIterator[str]:
+    async with fresh_redis_prefix() as prefix:
+        yield prefix
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: os.PathLike[str]) -> str:
+    return f"sqlite:///{tmp_path}/taximeter.db"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: os.PathLike[str]) -> AsyncIterator[Store]:
+    """Each store backend, migrated and empty."""
+    from taximeter.store.factory import open_store
+
+    async with AsyncExitStack() as stack:
+        if request.param == "postgres":
+            url = await stack.enter_async_context(fresh_pg_database())
+        else:
+            url = f"sqlite:///{tmp_path}/taximeter.db"
+        opened = await open_store(url)
+        stack.push_async_callback(opened.close)
+        await opened.migrate()
+        yield opened
+
+
+@pytest.fixture(params=["local", "redis"])
+async def gate(request: pytest.FixtureRequest) -> AsyncIterator[Gate]:
+    """Each gate backend, empty."""
+    from taximeter.store.local_gate import LocalGate
+    from taximeter.store.redis_gate import RedisGate
+
+    async with AsyncExitStack() as stack:
+        opened: Gate
+        if request.param == "redis":
+            prefix = await stack.enter_async_context(fresh_redis_prefix())
+            opened = RedisGate.from_url(REDIS_URL, prefix=prefix)
+        else:
+            opened = LocalGate(max_age_s=30 * 86400)  # refresh by age is tested on its own
+        stack.push_async_callback(opened.close)
+        yield opened
+
+
+@pytest.fixture(params=["embedded", "production"])
+async def backend(
+    request: pytest.FixtureRequest, tmp_path: os.PathLike[str]
+) -> AsyncIterator[dict[str, str]]:
+    """Settings for SQLite + in-process gate, and for Postgres + Redis."""
+    if request.param == "embedded":
+        yield {"database_url": f"sqlite:///{tmp_path}/taximeter.db"}
+        return
+    async with fresh_pg_database() as url, fresh_redis_prefix() as prefix:
+        yield {"database_url": url, "redis_url": REDIS_URL, "redis_prefix": prefix}
+
+
+@pytest.fixture
+def upstream() -> FakeUpstream:
+    return FakeUpstream()
+
+
+@pytest.fixture
+async def make_proxy(
+    aiohttp_server: Any, upstream: FakeUpstream, backend: dict[str, str], clock: FakeClock
+) -> AsyncIterator[Callable[..., Awaitable[Harness]]]:
+    """Start the proxy (on port 0) in front of the fake upstream."""
+    sessions: list[aiohttp.ClientSession] = []
+
+    async def start(**overrides: Any) -> Harness:
+        upstream_server = await aiohttp_server(upstream.app())
+        settings = Settings(
+            upstream_url=str(upstream_server.make_url("/v1")),
+            upstream_api_key=UPSTREAM_KEY,
+            admin_token=ADMIN_TOKEN,
+            **{**backend, **overrides},
+        )
+        server = await aiohttp_server(create_app(settings, clock=clock))
+        http = aiohttp.ClientSession()
+        sessions.append(http)
+        return Harness(server=server, upstream=upstream, http=http)
+
+    yield start
+    for http in sessions:
+        await http.close()
+
+
+@pytest.fixture
+async def proxy(make_proxy: Callable[..., Awaitable[Harness]]) -> AsyncIterator[Harness]:
+    harness = await make_proxy()
+    yield harness
+    await harness.assert_ledger_matches_counters()

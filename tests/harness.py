@@ -1,0 +1,79 @@
+"""A running proxy in front of the fake upstream, with admin helpers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import openai
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from taximeter.proxy.context import SERVICES, Services
+from tests.fake_upstream import FakeUpstream
+
+ADMIN_TOKEN = "admin-SENTINEL-token-91c3"
+
+
+@dataclass
+class Harness:
+    server: TestServer
+    upstream: FakeUpstream
+    http: aiohttp.ClientSession
+
+    @property
+    def url(self) -> str:
+        return str(self.server.make_url("")).rstrip("/")
+
+    @property
+    def app(self) -> web.Application:
+        return self.server.app  # type: ignore[return-value]
+
+    @property
+    def services(self) -> Services:
+        return self.app[SERVICES]
+
+    def sdk(self, key: str, **kw: Any) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, **kw)
+
+    async def admin(
+        self, method: str, path: str, body: Any = None, token: str = ADMIN_TOKEN
+    ) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {token}"}
+        async with self.http.request(method, f"{self.url}{path}", json=body, headers=headers) as resp:
+            text = await resp.text()
+            if resp.content_type == "application/json":
+                return resp.status, await resp.json()
+            return resp.status, text
+
+    async def new_client(self, client_id: str = "acme", **budget: Any) -> str:
+        """Create a client and a key (and a budget, if given); returns the key."""
+        status, _ = await self.admin("POST", "/admin/clients", {"id": client_id, "name": client_id.title()})
+        assert status == 201
+        status, created = await self.admin("POST", f"/admin/clients/{client_id}/keys")
+        assert status == 201
+        if budget:
+            status, body = await self.admin("PUT", f"/admin/budgets/{client_id}", budget)
+            assert status == 200, body
+        return str(created["key"])
+
+    async def events(self, client_id: str | None = None) -> list[dict[str, Any]]:
+        await self.services.meter.ledger.flush()
+        query = f"?client_id={client_id}&limit=1000" if client_id else "?limit=1000"
+        status, body = await self.admin("GET", f"/admin/usage/events{query}")
+        assert status == 200
+        return list(body["data"])
+
+    async def status(self, client_id: str) -> dict[str, Any]:
+        status, body = await self.admin("GET", f"/admin/budgets/{client_id}")
+        assert status == 200, body
+        return dict(body)
+
+    async def assert_ledger_matches_counters(self) -> None:
+        """The ledger's sum for the period equals every budget's counters."""
+        meter = self.services.meter
+        await meter.ledger.flush()
+        for state in await meter.store.list_budgets(meter.clock()):
+            tokens, cost_nanos = await meter.store.ledger_totals(state.client_id, state.period_start)
+            assert (tokens, cost_nanos) == (state.tokens_used, state.cost_used_nanos), state.client_id

@@ -1,0 +1,224 @@
+"""One contract for every store backend (SQLite and Postgres, real servers)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from taximeter.pricing.money import quantize, to_nanos
+from taximeter.store.base import Conflict, NotFound, Store, StoreUnavailable
+from taximeter.store.models import ApiKey, BudgetConfig, UsageEvent
+
+T0 = datetime(2026, 3, 10, 15, 0, tzinfo=UTC)
+
+
+def config(client_id: str = "acme", **overrides: object) -> BudgetConfig:
+    values: dict[str, object] = {
+        "client_id": client_id,
+        "mode": "both",
+        "period": "daily",
+        "timezone": "UTC",
+        "currency": "BRL",
+        "token_limit": 1000,
+        "cost_limit": Decimal("1.00"),
+    }
+    values.update(overrides)
+    return BudgetConfig(**values)  # type: ignore[arg-type]
+
+
+def event(
+    request_id: str, *, tokens: int = 100, cost: str = "0.01", at: datetime = T0, **kw: object
+) -> UsageEvent:
+    values: dict[str, object] = {
+        "request_id": request_id,
+        "client_id": "acme",
+        "api_type": "chat",
+        "model": "gpt-4o",
+        "endpoint": "/v1/chat/completions",
+        "status": 200,
+        "created_at": at,
+        "currency": "BRL",
+        "exchange_rate": Decimal("5.0"),
+        "input_tokens": tokens // 2,
+        "output_tokens": tokens - tokens // 2,
+        "cost_usd": quantize(Decimal(cost) / 5),
+        "cost": Decimal(cost),
+    }
+    values.update(kw)
+    return UsageEvent(**values)  # type: ignore[arg-type]
+
+
+async def with_client(store: Store, client_id: str = "acme") -> None:
+    await store.create_client(client_id, client_id.title(), T0)
+
+
+async def test_clients(store: Store) -> None:
+    created = await store.create_client("acme", "Acme Inc", T0)
+    assert (created.id, created.name, created.created_at) == ("acme", "Acme Inc", T0)
+    with pytest.raises(Conflict):
+        await store.create_client("acme", "Again", T0)
+    await store.create_client("beta", "Beta", T0)
+    assert [c.id for c in await store.list_clients()] == ["acme", "beta"]
+    fetched = await store.get_client("acme")
+    assert fetched is not None and fetched.name == "Acme Inc" and fetched.created_at == T0
+    assert await store.get_client("nobody") is None
+
+
+async def test_keys(store: Store) -> None:
+    await with_client(store)
+    key = ApiKey("tm_abcdefghi", "acme", "hash-1", T0)
+    assert await store.create_key(key) == key
+    with pytest.raises(Conflict):
+        await store.create_key(ApiKey("tm_abcdefghi", "acme", "hash-2", T0))
+    with pytest.raises(NotFound):
+        await store.create_key(ApiKey("tm_zzzzzzzzz", "nobody", "hash-3", T0))
+    assert await store.find_key("tm_abcdefghi") == key
+    revoked = await store.revoke_key("tm_abcdefghi", T0)
+    assert revoked is not None and revoked.revoked
+    assert (await store.revoke_key("tm_abcdefghi", T0)) == revoked  # idempotent
+    assert await store.revoke_key("tm_missing00", T0) is None
+    assert [k.revoked for k in await store.list_keys("acme")] == [True]
+
+
+async def test_budget_lifecycle(store: Store) -> None:
+    await with_client(store)
+    with pytest.raises(NotFound):
+        await store.put_budget(config("nobody"), T0)
+    state = await store.put_budget(config(), T0)
+    assert state.period_start == datetime(2026, 3, 10, tzinfo=UTC)
+    assert (state.tokens_used, state.cost_used_nanos, state.paused) == (0, 0, False)
+    fetched = await store.get_budget("acme", T0)
+    assert fetched == state
+    paused = await store.change_budget("acme", "pause", T0)
+    assert paused is not None and paused.paused and paused.pause_reason == "manual"
+    resumed = await store.change_budget("acme", "resume", T0)
+    assert resumed is not None and not resumed.paused and resumed.version > paused.version
+    assert [s.client_id for s in await store.list_budgets(T0)] == ["acme"]
+    assert await store.delete_budget("acme")
+    assert not await store.delete_budget("acme")
+    assert await store.get_budget("acme", T0) is None
+    assert await store.change_budget("acme", "pause", T0) is None
+
+
+async def test_record_counts_and_is_idempotent(store: Store) -> None:
+    await with_client(store)
+    await store.put_budget(config(), T0)
+    first = await store.record(event("r1", tokens=120, cost="0.250000001"))
+    assert first.recorded and first.state is not None
+    assert (first.state.tokens_used, first.state.cost_used_nanos) == (120, 250_000_001)
+    replay = await store.record(event("r1", tokens=120, cost="0.250000001"))
+    assert not replay.recorded
+    state = await store.get_budget("acme", T0)
+    assert state is not None and (state.tokens_used, state.cost_used_nanos) == (120, 250_000_001)
+    [stored] = await store.list_events("acme", 10)
+    assert stored == event("r1", tokens=120, cost="0.250000001")
+    assert await store.ledger_totals("acme", state.period_start) == (120, 250_000_001)
+
+
+@pytest.mark.parametrize(
+    ("mode", "limits", "events", "reason"),
+    [
+        ("tokens", {"token_limit": 300, "cost_limit": None}, [100, 100, 100], "token_limit"),
+        ("cost", {"token_limit": None, "cost_limit": Decimal("0.03")}, [1, 1, 1], "cost_limit"),
+        ("both", {"token_limit": 10_000, "cost_limit": Decimal("0.03")}, [1, 1, 1], "cost_limit"),
+        ("both", {"token_limit": 300, "cost_limit": Decimal("100")}, [100, 100, 100], "token_limit"),
+    ],
+)
+async def test_record_pauses_exactly_at_the_limit(
+    store: Store, mode: str, limits: dict[str, object], events: list[int], reason: str
+) -> None:
+    await with_client(store)
+    await store.put_budget(config(mode=mode, **limits), T0)
+    for i, tokens in enumerate(events):
+        result = await store.record(event(f"r{i}", tokens=tokens, cost="0.01"))
+        assert result.state is not None
+        assert result.state.paused == (i == len(events) - 1)
+    assert result.state.pause_reason == reason
+
+
+async def test_soft_budget_never_pauses(store: Store) -> None:
+    await with_client(store)
+    await store.put_budget(config(pause_at_limit=False, token_limit=100), T0)
+    for i in range(3):
+        result = await store.record(event(f"r{i}", tokens=100))
+    assert result.state is not None and result.state.tokens_used == 300 and not result.state.paused
+
+
+async def test_period_rollover_resets_counters_but_keeps_manual_pause(store: Store) -> None:
+    await with_client(store)
+    await store.put_budget(config(token_limit=100), T0)
+    result = await store.record(event("r1", tokens=100))
+    assert result.state is not None and result.state.pause_reason == "token_limit"
+    next_day = T0 + timedelta(days=1)
+    rolled = await store.get_budget("acme", next_day)
+    assert rolled is not None
+    assert (rolled.tokens_used, rolled.paused, rolled.period_start) == (
+        0,
+        False,
+        datetime(2026, 3, 11, tzinfo=UTC),
+    )
+    await store.change_budget("acme", "pause", next_day)
+    after = await store.get_budget("acme", next_day + timedelta(days=1))
+    assert after is not None and after.paused and after.pause_reason == "manual" and after.tokens_used == 0
+
+
+async def test_event_from_a_past_period_is_stored_not_counted(store: Store) -> None:
+    await with_client(store)
+    await store.put_budget(config(), T0)
+    await store.get_budget("acme", T0 + timedelta(days=1))  # the period moves on
+    late = await store.record(event("late", at=T0))
+    assert late.recorded and late.state is not None and late.state.tokens_used == 0
+    assert len(await store.list_events("acme", 10)) == 1
+
+
+async def test_raising_the_limit_lifts_a_limit_pause(store: Store) -> None:
+    await with_client(store)
+    await store.put_budget(config(token_limit=100), T0)
+    await store.record(event("r1", tokens=100))
+    raised = await store.put_budget(config(token_limit=1000), T0)
+    assert not raised.paused and raised.tokens_used == 100
+
+
+async def test_concurrent_records_are_atomic(store: Store) -> None:
+    await with_client(store)
+    await store.put_budget(config(token_limit=10**9, cost_limit=Decimal(10**6)), T0)
+    events = [event(f"c{i}", tokens=7, cost="0.000000123") for i in range(40)]
+    replays = [event("same", tokens=7, cost="0.000000123") for _ in range(20)]
+    results = await asyncio.gather(*(store.record(e) for e in events + replays))
+    assert sum(r.recorded for r in results) == 41
+    state = await store.get_budget("acme", T0)
+    assert state is not None
+    assert (state.tokens_used, state.cost_used_nanos) == (41 * 7, 41 * 123)
+    assert await store.ledger_totals("acme", state.period_start) == (41 * 7, 41 * 123)
+
+
+async def test_reports_sum_to_the_counters(store: Store) -> None:
+    await with_client(store)
+    await store.put_budget(config(period="monthly", token_limit=10**9, cost_limit=Decimal(10**6)), T0)
+    rows = [
+        event("a", api_type="chat", model="gpt-4o", cost="0.5", end_user="u1"),
+        event("b", api_type="tts", model="tts-1", cost="0.25", end_user="u2"),
+        event("c", api_type="chat", model="gpt-4o-mini", cost="0.125", at=T0 + timedelta(hours=10)),
+    ]
+    for e in rows:
+        await store.record(e)
+    state = await store.get_budget("acme", T0)
+    assert state is not None
+    spend = await store.spend_by_api_type("acme", state.period_start)
+    assert spend == {"chat": Decimal("0.625"), "tts": Decimal("0.25")}
+    for group in ("api_type", "model", "day", "end_user"):
+        report = await store.usage_report("acme", T0 - timedelta(days=1), T0 + timedelta(days=2), group)
+        assert sum(r.cost for r in report) == Decimal("0.875")
+        assert sum(r.requests for r in report) == 3
+    by_day = await store.usage_report(None, T0 - timedelta(days=1), T0 + timedelta(days=2), "day")
+    assert [(r.key, r.requests) for r in by_day] == [("2026-03-10", 2), ("2026-03-11", 1)]
+    assert to_nanos(Decimal("0.875")) == state.cost_used_nanos
+
+
+async def test_closed_store_raises_store_unavailable(store: Store) -> None:
+    await store.close()
+    with pytest.raises(StoreUnavailable):
+        await store.get_client("acme")
