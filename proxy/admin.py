@@ -69,7 +69,7 @@ async def revoke_key(request: web.Request) -> web.Response:
 
 async def list_budgets(request: web.Request) -> web.Response:
     ops = _ops(request)
-    states = await ops.store.list_budgets(ops.clock())
+    states = await ops.budgets()
     return _json({"data": [await ops.status_json(s) for s in states]})
 
 
@@ -125,7 +125,7 @@ async def usage_events(request: web.Request) -> web.Response:
     fmt = q.get("format", "json")
     if fmt not in ("json", "csv"):
         raise InvalidInput("format must be json or csv", param="format")
-    events = [event_json(e) for e in await ops.store.list_events(q.get("client_id") or None, limit)]
+    events = [event_json(e) for e in await ops.events(q.get("client_id") or None, limit)]
     if fmt == "json":
         return _json({"data": events})
     out = io.StringIO()

@@ -75,6 +75,7 @@ def _lifecycle(settings: Settings, clock: Clock):  # type: ignore[no-untyped-def
             currency=settings.currency,
             clock=clock,
             on_budget_change=refresh_gate,
+            flush_ledger=ledger.flush,
         )
         try:
             yield

@@ -175,7 +175,7 @@ async def _budgets(ops: Operations, args: argparse.Namespace) -> int:
     if args.action == "set":
         state = await ops.put_budget(args.client, _budget_body(args))
     elif args.action == "list":
-        for state in await ops.store.list_budgets(ops.clock()):
+        for state in await ops.budgets():
             print(_bars(state))
         return 0
     elif args.action == "show":

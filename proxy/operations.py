@@ -18,7 +18,7 @@ from taximeter.proxy.metering import Clock, system_clock
 from taximeter.proxy.views import budget_json
 from taximeter.store import budgets
 from taximeter.store.base import Conflict, NotFound, ReportRow, Store
-from taximeter.store.models import ApiKey, BudgetState, Client
+from taximeter.store.models import ApiKey, BudgetState, Client, UsageEvent
 
 __all__ = ["GROUPINGS", "Operations", "parse_day"]
 
@@ -30,6 +30,10 @@ BudgetHook = Callable[[str, BudgetState | None, datetime], Awaitable[None]]
 
 
 async def _no_hook(client_id: str, state: BudgetState | None, now: datetime) -> None:
+    return None
+
+
+async def _nothing_pending() -> None:
     return None
 
 
@@ -53,12 +57,17 @@ class Operations:
         currency: str,
         clock: Clock = system_clock,
         on_budget_change: BudgetHook = _no_hook,
+        flush_ledger: Callable[[], Awaitable[None]] = _nothing_pending,
     ) -> None:
         self.store = store
         self.timezone = timezone
         self.currency = currency
         self.clock = clock
         self._on_budget_change = on_budget_change
+        # Reads and budget changes first wait for this process's pending
+        # events, so a status includes every answered call and a reset
+        # cannot be followed by charges from before it.
+        self.flush_ledger = flush_ledger
 
     # -- clients and keys --------------------------------------------------------
 
@@ -111,18 +120,25 @@ class Operations:
             config = budgets.config_from_json(client_id, data, timezone=self.timezone, currency=self.currency)
         except budgets.BudgetInputError as exc:
             raise InvalidInput(exc.message, param=exc.field) from exc
+        await self.flush_ledger()
         now = self.clock()
         state = await self.store.put_budget(config, now)
         await self._on_budget_change(client_id, state, now)
         return state
 
     async def budget(self, client_id: str) -> BudgetState:
+        await self.flush_ledger()
         state = await self.store.get_budget(client_id, self.clock())
         if state is None:
             raise NotFoundError(f"client {client_id!r} has no budget", param="client_id")
         return state
 
+    async def budgets(self) -> list[BudgetState]:
+        await self.flush_ledger()
+        return await self.store.list_budgets(self.clock())
+
     async def change_budget(self, client_id: str, action: str) -> BudgetState:
+        await self.flush_ledger()
         now = self.clock()
         state = await self.store.change_budget(client_id, action, now)
         if state is None:
@@ -131,9 +147,14 @@ class Operations:
         return state
 
     async def delete_budget(self, client_id: str) -> None:
+        await self.flush_ledger()
         if not await self.store.delete_budget(client_id):
             raise NotFoundError(f"client {client_id!r} has no budget", param="client_id")
         await self._on_budget_change(client_id, None, self.clock())
+
+    async def events(self, client_id: str | None, limit: int) -> list[UsageEvent]:
+        await self.flush_ledger()
+        return await self.store.list_events(client_id, limit)
 
     async def status_json(self, state: BudgetState) -> dict[str, Any]:
         spend = await self.store.spend_by_api_type(state.client_id, state.period_start)
@@ -153,4 +174,5 @@ class Operations:
             end_at += timedelta(days=1)  # a bare date includes that whole day
         if end_at <= start_at:
             raise InvalidInput("to must be after from", param="to")
+        await self.flush_ledger()
         return start_at, end_at, await self.store.usage_report(client_id, start_at, end_at, group_by)

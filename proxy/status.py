@@ -17,9 +17,10 @@ async def budget_status(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     key = await auth.authenticate(request, services.meter.store)
     ops = request.app[OPERATIONS]
-    state = await services.meter.store.get_budget(key.client_id, ops.clock())
-    if state is None:
-        raise NotFoundError("this client has no budget: it is metered but never blocked")
+    try:
+        state = await ops.budget(key.client_id)
+    except NotFoundError as exc:
+        raise NotFoundError("this client has no budget: it is metered but never blocked") from exc
     return web.json_response(await ops.status_json(state))
 
 

@@ -89,14 +89,14 @@ def roll(state: BudgetState, now: datetime) -> BudgetState:
     boundary = next_reset(state)
     if boundary is None or now < boundary:
         return state
-    return reset(state, now)
+    return reset(state, period_bounds(state.config.period, state.config.timezone, now)[0])
 
 
-def reset(state: BudgetState, now: datetime) -> BudgetState:
-    """A fresh period starting at the boundary before ``now`` (or ``now`` itself
-    for lifetime budgets, so a manual reset of one starts counting anew)."""
-    config = state.config
-    start = now if config.period == "none" else period_bounds(config.period, config.timezone, now)[0]
+def reset(state: BudgetState, start: datetime) -> BudgetState:
+    """Counters at zero from ``start`` on, and a limit pause lifted (a manual
+    pause stays). A period rollover starts at the boundary; an operator's
+    reset at the moment it is made, so the ledger since ``period_start``
+    always equals the counters. The next reset stays at the period boundary."""
     manual = state.paused and state.pause_reason == MANUAL
     return replace(
         state,

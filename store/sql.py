@@ -217,7 +217,7 @@ class SqlStore(ABC):
                 return None
             state = budgets.roll(state, now)
             if action == "reset":
-                state = budgets.reset(state, now)
+                state = budgets.reset(state, now)  # counting restarts now
             else:
                 pause = action == "pause"
                 state = replace(

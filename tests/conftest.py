@@ -185,7 +185,7 @@ async def make_proxy(
     aiohttp_server: Any, upstream: FakeUpstream, backend: dict[str, str], clock: FakeClock
 ) -> AsyncIterator[Callable[..., Awaitable[Harness]]]:
     """Start the proxy (on port 0) in front of the fake upstream."""
-    sessions: list[aiohttp.ClientSession] = []
+    harnesses: list[Harness] = []
 
     async def start(**overrides: Any) -> Harness:
         upstream_server = await aiohttp_server(upstream.app())
@@ -196,13 +196,13 @@ async def make_proxy(
             **{**backend, **overrides},
         )
         server = await aiohttp_server(create_app(settings, clock=clock))
-        http = aiohttp.ClientSession()
-        sessions.append(http)
-        return Harness(server=server, upstream=upstream, http=http)
+        harness = Harness(server=server, upstream=upstream, http=aiohttp.ClientSession())
+        harnesses.append(harness)
+        return harness
 
     yield start
-    for http in sessions:
-        await http.close()
+    for harness in harnesses:
+        await harness.close()
 
 
 @pytest.fixture

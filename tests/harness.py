@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -21,6 +21,7 @@ class Harness:
     server: TestServer
     upstream: FakeUpstream
     http: aiohttp.ClientSession
+    sdks: list[openai.AsyncOpenAI] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -35,7 +36,14 @@ class Harness:
         return self.app[SERVICES]
 
     def sdk(self, key: str, **kw: Any) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, **kw)
+        client = openai.AsyncOpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, **kw)
+        self.sdks.append(client)
+        return client
+
+    async def close(self) -> None:
+        for client in self.sdks:
+            await client.close()
+        await self.http.close()
 
     async def admin(
         self, method: str, path: str, body: Any = None, token: str = ADMIN_TOKEN

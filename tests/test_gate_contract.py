@@ -98,8 +98,8 @@ async def test_load_replaces_and_forget_drops(gate: Gate) -> None:
 
 
 async def test_redis_state_is_shared_between_instances(redis_prefix: str) -> None:
-    from tests.conftest import REDIS_URL
     from taximeter.store.redis_gate import RedisGate
+    from tests.conftest import REDIS_URL
 
     one, two = (RedisGate.from_url(REDIS_URL, prefix=redis_prefix) for _ in range(2))
     try:
