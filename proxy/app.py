@@ -63,12 +63,13 @@ def _lifecycle(settings: Settings, clock: Clock):  # type: ignore[no-untyped-def
         )
         # One pooled session for every upstream call; no per-host connection cap.
         session = aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0))
-        app[SERVICES] = Services(
+        services = Services(
             settings=settings,
             meter=meter,
             router=UpstreamRouter(settings.resolved_upstreams()),
             session=session,
         )
+        app[SERVICES] = services
         app[OPERATIONS] = Operations(
             store,
             timezone=settings.timezone,
@@ -80,6 +81,7 @@ def _lifecycle(settings: Settings, clock: Clock):  # type: ignore[no-untyped-def
         try:
             yield
         finally:
+            await services.drain()  # calls still relaying are finished and metered first
             await session.close()
             await ledger.close()
             await gate.close()

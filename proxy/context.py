@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -13,6 +16,8 @@ from taximeter.proxy.settings import Settings
 
 __all__ = ["SERVICES", "Services"]
 
+T = TypeVar("T")
+
 
 @dataclass
 class Services:
@@ -20,6 +25,21 @@ class Services:
     meter: Meter
     router: UpstreamRouter
     session: aiohttp.ClientSession
+    inflight: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    async def shielded(self, work: Coroutine[Any, Any, T]) -> T:
+        """Run ``work`` to its end even if the handler awaiting it is cancelled
+        (a client that disconnects): a call the upstream charges for is always
+        metered. Shutdown waits for these tasks."""
+        task = asyncio.ensure_future(work)
+        self.inflight.add(task)
+        task.add_done_callback(self.inflight.discard)
+        return await asyncio.shield(task)
+
+    async def drain(self) -> None:
+        """Wait for every in-flight call to finish and be settled."""
+        while self.inflight:
+            await asyncio.gather(*self.inflight, return_exceptions=True)
 
 
 SERVICES = web.AppKey("services", Services)

@@ -78,6 +78,14 @@ class Call:
     end_user: str | None
     conversation: str | None
     started: float = field(default_factory=time.monotonic)
+    client_gone: asyncio.Event = field(default_factory=asyncio.Event)
+    upstream: aiohttp.ClientResponse | None = None
+
+    def abandon(self) -> None:
+        """The client left: stop the upstream call (and its spend) now."""
+        self.client_gone.set()
+        if self.upstream is not None:
+            self.upstream.close()
 
 
 async def handle_proxy(request: web.Request) -> web.StreamResponse:
@@ -94,8 +102,15 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
         return await _pass_through(request, services, body)
     call = _parse_call(request, endpoint, key.client_id, body, services)
     await services.meter.admit(call.client_id)
-    upstream_body = _upstream_body(call, body)
-    upstream = await _send(request, services, call, upstream_body)
+    try:
+        return await services.shielded(_forward(request, services, call, body))
+    except asyncio.CancelledError:
+        call.abandon()  # the relay still settles what was delivered
+        raise
+
+
+async def _forward(request: web.Request, services: Services, call: Call, body: bytes) -> web.StreamResponse:
+    upstream = call.upstream = await _send(request, services, call, _upstream_body(call, body))
     try:
         content_type = upstream.headers.get("Content-Type", "")
         if upstream.status < 400 and content_type.startswith("text/event-stream"):
@@ -242,7 +257,7 @@ async def _relay_events(
     meter = StreamMeter(call.endpoint.family, call.fields, hide_usage_chunk=_wants_injected_usage(call))
     splitter = SseSplitter()
     settled = False
-    relay = _Relay(upstream, response, call.request_id)
+    relay = _Relay(upstream, response, request, call.client_gone)
     async for chunk in relay.chunks():
         out = b"".join(e.raw for e in splitter.feed(chunk) if meter.on_event(e))
         if meter.usage is not None and not settled:
@@ -268,7 +283,7 @@ async def _relay_audio(
     measure = call.price is not None and call.price.per_million_characters is None
     captured: list[bytes] = []
     size = 0
-    relay = _Relay(upstream, response, call.request_id)
+    relay = _Relay(upstream, response, request, call.client_gone)
     async for chunk in relay.chunks():
         if measure and size < MAX_AUDIO_CAPTURE:
             captured.append(chunk)
@@ -294,15 +309,26 @@ async def _relay_audio(
 
 class _Relay:
     """Copies an upstream body to the client, remembering which side broke off:
-    ``status`` becomes 502 if the upstream did, CLIENT_CLOSED if the client did."""
+    ``status`` becomes 502 if the upstream did, CLIENT_CLOSED if the client did
+    (a failed write, or ``client_gone`` set when its handler was cancelled)."""
 
     def __init__(
-        self, upstream: aiohttp.ClientResponse, response: web.StreamResponse, request_id: str
+        self,
+        upstream: aiohttp.ClientResponse,
+        response: web.StreamResponse,
+        request: web.Request,
+        client_gone: asyncio.Event | None = None,
     ) -> None:
+        self._request = request
+        self._request_id = request[REQUEST_ID]
         self._upstream = upstream
         self._response = response
-        self._request_id = request_id
-        self.status = upstream.status
+        self._gone = client_gone if client_gone is not None else asyncio.Event()
+        self._status = upstream.status
+
+    @property
+    def status(self) -> int:
+        return CLIENT_CLOSED if self._gone.is_set() else self._status
 
     async def chunks(self) -> AsyncIterator[bytes]:
         iterator = self._upstream.content.iter_any().__aiter__()
@@ -313,6 +339,8 @@ class _Relay:
                 return
             except (aiohttp.ClientError, TimeoutError) as exc:
                 self._broke(502, exc)
+                return
+            if self.status == CLIENT_CLOSED:
                 return
             yield chunk
 
@@ -327,13 +355,23 @@ class _Relay:
     async def finish(self) -> None:
         if self.status == CLIENT_CLOSED:
             return
+        if self.status == 502 and self._request.transport is not None:
+            # The upstream broke off: break the client's connection too, so it
+            # sees a failed stream rather than a short one that looks complete.
+            self._request.transport.abort()
+            return
         try:
             await self._response.write_eof()
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             pass  # the client left after the last byte; the call is already recorded
 
     def _broke(self, status: int, exc: BaseException) -> None:
-        self.status = status
+        if self._gone.is_set():
+            return  # the client left first; the upstream closing is our doing
+        if status == CLIENT_CLOSED:
+            self._gone.set()
+        else:
+            self._status = status
         side = "client" if status == CLIENT_CLOSED else "upstream"
         log.warning(
             "stream_interrupted",
@@ -406,7 +444,7 @@ async def _pass_through(request: web.Request, services: Services, body: bytes) -
             status=upstream.status, headers=_response_headers(upstream, request[REQUEST_ID])
         )
         await response.prepare(request)
-        relay = _Relay(upstream, response, request[REQUEST_ID])
+        relay = _Relay(upstream, response, request)
         async for chunk in relay.chunks():
             await relay.write(chunk)
         await relay.finish()

@@ -27,6 +27,9 @@ def _run(settings: Settings, reuse_port: bool) -> None:
         port=settings.port,
         reuse_port=reuse_port,
         access_log=None,  # each call is logged once, as request_metered, without secrets
+        # A client that leaves cancels its handler; the upstream call is closed at
+        # once and what was delivered is metered (see Services.shielded).
+        handler_cancellation=True,
         print=None,
         shutdown_timeout=30,
     )

@@ -189,12 +189,12 @@ async def make_proxy(
 
     async def start(**overrides: Any) -> Harness:
         upstream_server = await aiohttp_server(upstream.app())
-        settings = Settings(
-            upstream_url=str(upstream_server.make_url("/v1")),
-            upstream_api_key=UPSTREAM_KEY,
-            admin_token=ADMIN_TOKEN,
-            **{**backend, **overrides},
-        )
+        defaults = {
+            "upstream_url": str(upstream_server.make_url("/v1")),
+            "upstream_api_key": UPSTREAM_KEY,
+            "admin_token": ADMIN_TOKEN,
+        }
+        settings = Settings(**{**defaults, **backend, **overrides})
         server = await aiohttp_server(create_app(settings, clock=clock))
         harness = Harness(server=server, upstream=upstream, http=aiohttp.ClientSession())
         harnesses.append(harness)
