@@ -1,0 +1,164 @@
+"""`taximeter serve` as a real process on the embedded default (SQLite file,
+in-process gate): set up with the CLI, driven with the SDK, restarted, and
+found with its ledger and counters intact."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+
+from tests.fake_upstream import CHAT, UPSTREAM_KEY, FakeUpstream
+
+TAXIMETER = str(Path(sys.executable).with_name("taximeter"))
+CALL_TOKENS = CHAT["prompt"] + CHAT["completion"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Deployment:
+    def __init__(self, workdir: Path, upstream_url: str) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        # Only the upstream is configured; everything else is the default.
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("TAXIMETER_")}
+        self.env |= {"TAXIMETER_UPSTREAM_URL": upstream_url, "TAXIMETER_UPSTREAM_API_KEY": UPSTREAM_KEY}
+        self.server: asyncio.subprocess.Process | None = None
+
+    async def cli(self, *args: str) -> str:
+        proc = await asyncio.create_subprocess_exec(
+            TAXIMETER,
+            *args,
+            cwd=self.workdir,
+            env=self.env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err.decode()
+        return out.decode()
+
+    async def start(self) -> None:
+        self.server = await asyncio.create_subprocess_exec(
+            TAXIMETER,
+            "serve",
+            "--port",
+            str(self.port),
+            cwd=self.workdir,
+            env=self.env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        async with aiohttp.ClientSession() as http:
+            for _ in range(200):
+                try:
+                    async with http.get(f"{self.url}/readyz") as resp:
+                        if resp.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.05)
+        raise AssertionError("taximeter serve did not become ready")
+
+    async def stop(self) -> None:
+        if self.server is not None and self.server.returncode is None:
+            self.server.send_signal(signal.SIGTERM)  # only the process this test started
+            await asyncio.wait_for(self.server.wait(), 30)
+        self.server = None
+
+    async def status(self, key: str) -> dict[str, Any]:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"{self.url}/budget/status", headers={"Authorization": f"Bearer {key}"}) as resp,
+        ):
+            assert resp.status == 200
+            return dict(await resp.json())
+
+
+@pytest.fixture
+async def deployment(aiohttp_server: Any, tmp_path: Path) -> AsyncIterator[Deployment]:
+    upstream = await aiohttp_server(FakeUpstream().app())
+    deployed = Deployment(tmp_path, str(upstream.make_url("/v1")))
+    yield deployed
+    await deployed.stop()
+
+
+async def chat(client: openai.AsyncOpenAI) -> None:
+    await client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "Hi"}])
+
+
+async def test_serve_cli_sdk_restart(deployment: Deployment) -> None:
+    assert "created" in await deployment.cli("clients", "add", "acme", "--name", "Acme Ltd")
+    key = (await deployment.cli("keys", "create", "acme")).strip()
+    assert key.startswith("tm_")
+    await deployment.cli(
+        "budgets", "set", "acme", "--mode", "tokens", "--tokens", str(2 * CALL_TOKENS), "--period", "monthly"
+    )
+    assert (deployment.workdir / "taximeter.db").exists()
+
+    await deployment.start()
+    async with openai.AsyncOpenAI(base_url=f"{deployment.url}/v1", api_key=key, max_retries=0) as client:
+        await chat(client)
+        await chat(client)
+        with pytest.raises(openai.RateLimitError):
+            await chat(client)
+        before = await deployment.status(key)
+        assert (before["tokens_used"], before["paused"], before["pause_reason"]) == (
+            2 * CALL_TOKENS,
+            True,
+            "token_limit",
+        )
+
+        await deployment.stop()
+        await deployment.start()
+
+        after = await deployment.status(key)
+        assert {k: after[k] for k in ("tokens_used", "cost_used", "paused", "pause_reason")} == {
+            k: before[k] for k in ("tokens_used", "cost_used", "paused", "pause_reason")
+        }
+        with pytest.raises(openai.RateLimitError):
+            await chat(client)
+
+        shown = json.loads(await deployment.cli("budgets", "show", "acme"))
+        assert shown["tokens_used"] == 2 * CALL_TOKENS and shown["cost_used"] == before["cost_used"]
+        usage = await deployment.cli("usage", "acme", "--by", "model")
+        assert "gpt-4o" in usage and " 2 " in usage
+
+        # A reset made with the CLI reaches the running proxy within gate_refresh_s.
+        await deployment.cli("budgets", "reset", "acme")
+        for _ in range(100):
+            try:
+                await chat(client)
+                break
+            except openai.RateLimitError:
+                await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the reset never reached the running proxy")
+        assert (await deployment.status(key))["tokens_used"] == CALL_TOKENS
+
+
+async def test_bad_setting_stops_start_up_with_one_message(deployment: Deployment) -> None:
+    deployment.env["TAXIMETER_PORT"] = "not-a-port"
+    proc = await asyncio.create_subprocess_exec(
+        TAXIMETER, "serve", cwd=deployment.workdir, env=deployment.env, stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2
+    assert err.decode().strip().splitlines() == [
+        "taximeter: invalid setting 'port': Input should be a valid integer, unable to parse string as an integer"
+    ]
