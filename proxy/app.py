@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import datetime
 
@@ -37,7 +38,7 @@ def create_app(settings: Settings, *, clock: Clock = system_clock) -> web.Applic
 
 def _lifecycle(settings: Settings, clock: Clock):  # type: ignore[no-untyped-def]
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        catalog = load_catalog(*settings.pricing_files)
+        catalog = await asyncio.to_thread(load_catalog, *settings.pricing_files)
         store = await open_store(settings.database_url)
         await store.migrate()
         gate = open_gate(settings.redis_url, prefix=settings.redis_prefix, refresh_s=settings.gate_refresh_s)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,6 +19,7 @@ import aiohttp
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+from blockbuster import BlockBuster, blockbuster_ctx
 
 from taximeter.proxy.app import create_app
 from taximeter.proxy.settings import Settings
@@ -28,6 +29,25 @@ from tests.harness import ADMIN_TOKEN, Harness
 
 PG_ADMIN_URL = os.environ.get("TAXIMETER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("TAXIMETER_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture(autouse=True)
+def blockbuster() -> Iterator[BlockBuster]:
+    """Fail any test in which something blocks the event loop."""
+    with blockbuster_ctx() as detector:
+        # zoneinfo reads each timezone's file once, then serves it from its cache.
+        for name in ("os.stat", "io.BufferedReader.read"):
+            detector.functions[name].can_block_in("zoneinfo/_tzpath.py", "find_tzfile")
+            detector.functions[name].can_block_in(
+                "zoneinfo/_common.py", ["load_tzdata", "load_data", "from_file"]
+            )
+        # asyncpg looks for ~/.pgpass and ~/.postgresql while it opens a connection.
+        for function in detector.functions.values():
+            function.can_block_in(
+                "asyncpg/connect_utils.py",
+                ["_read_password_file", "_dot_postgresql_path", "_parse_connect_dsn_and_args"],
+            )
+        yield detector
 
 
 @pytest.fixture(autouse=True)
@@ -46,8 +66,12 @@ def _answers(host: str, port: int) -> bool:
         return False
 
 
+# Probed once, outside any event loop.
+_UP = {("127.0.0.1", 5432): _answers("127.0.0.1", 5432), ("127.0.0.1", 6379): _answers("127.0.0.1", 6379)}
+
+
 def require(service: str, host: str, port: int) -> None:
-    if _answers(host, port):
+    if _UP.get((host, port)) or ((host, port) not in _UP and _answers(host, port)):
         return
     message = f"{service} is not answering on {host}:{port}"
     if os.environ.get("CI") == "true":

@@ -109,7 +109,7 @@ async def test_serve_cli_sdk_restart(deployment: Deployment) -> None:
     await deployment.cli(
         "budgets", "set", "acme", "--mode", "tokens", "--tokens", str(2 * CALL_TOKENS), "--period", "monthly"
     )
-    assert (deployment.workdir / "taximeter.db").exists()
+    assert await asyncio.to_thread((deployment.workdir / "taximeter.db").exists)
 
     await deployment.start()
     async with openai.AsyncOpenAI(base_url=f"{deployment.url}/v1", api_key=key, max_retries=0) as client:
