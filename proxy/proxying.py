@@ -250,14 +250,10 @@ async def _uploaded_audio_usage(call: Call, usage: Usage) -> Usage:
 async def _relay_events(
     request: web.Request, services: Services, call: Call, upstream: aiohttp.ClientResponse
 ) -> web.StreamResponse:
-    response = web.StreamResponse(
-        status=upstream.status, headers=_response_headers(upstream, call.request_id)
-    )
-    await response.prepare(request)
+    relay = await _Relay.start(request, upstream, call.client_gone)
     meter = StreamMeter(call.endpoint.family, call.fields, hide_usage_chunk=_wants_injected_usage(call))
     splitter = SseSplitter()
     settled = False
-    relay = _Relay(upstream, response, request, call.client_gone)
     async for chunk in relay.chunks():
         out = b"".join(e.raw for e in splitter.feed(chunk) if meter.on_event(e))
         if meter.usage is not None and not settled:
@@ -267,23 +263,18 @@ async def _relay_events(
     await relay.write(splitter.rest())
     if not settled:
         await _settle(services, call, meter.final_usage(), relay.status)
-    await relay.finish()
-    return response
+    return await relay.finish()
 
 
 async def _relay_audio(
     request: web.Request, services: Services, call: Call, upstream: aiohttp.ClientResponse
 ) -> web.StreamResponse:
-    response = web.StreamResponse(
-        status=upstream.status, headers=_response_headers(upstream, call.request_id)
-    )
-    await response.prepare(request)
     # Characters price tts-1; a token-priced model's raw audio has no usage,
     # so its own length is measured instead.
     measure = call.price is not None and call.price.per_million_characters is None
     captured: list[bytes] = []
     size = 0
-    relay = _Relay(upstream, response, request, call.client_gone)
+    relay = await _Relay.start(request, upstream, call.client_gone)
     async for chunk in relay.chunks():
         if measure and size < MAX_AUDIO_CAPTURE:
             captured.append(chunk)
@@ -303,8 +294,7 @@ async def _relay_audio(
     if relay.status != upstream.status:
         usage = replace(usage, estimated=True)
     await _settle(services, call, usage, relay.status)
-    await relay.finish()
-    return response
+    return await relay.finish()
 
 
 class _Relay:
@@ -325,6 +315,17 @@ class _Relay:
         self._response = response
         self._gone = client_gone if client_gone is not None else asyncio.Event()
         self._status = upstream.status
+
+    @classmethod
+    async def start(
+        cls, request: web.Request, upstream: aiohttp.ClientResponse, client_gone: asyncio.Event | None = None
+    ) -> _Relay:
+        """Send the upstream's status and headers, and relay its body from here."""
+        response = web.StreamResponse(
+            status=upstream.status, headers=_response_headers(upstream, request[REQUEST_ID])
+        )
+        await response.prepare(request)
+        return cls(upstream, response, request, client_gone)
 
     @property
     def status(self) -> int:
@@ -352,18 +353,19 @@ class _Relay:
         except (ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
             self._broke(CLIENT_CLOSED, exc)
 
-    async def finish(self) -> None:
+    async def finish(self) -> web.StreamResponse:
         if self.status == CLIENT_CLOSED:
-            return
+            return self._response
         if self.status == 502 and self._request.transport is not None:
             # The upstream broke off: break the client's connection too, so it
             # sees a failed stream rather than a short one that looks complete.
             self._request.transport.abort()
-            return
+            return self._response
         try:
             await self._response.write_eof()
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             pass  # the client left after the last byte; the call is already recorded
+        return self._response
 
     def _broke(self, status: int, exc: BaseException) -> None:
         if self._gone.is_set():
@@ -440,14 +442,9 @@ async def _pass_through(request: web.Request, services: Services, body: bytes) -
     """Unmetered paths (model listing, operator-listed pass-throughs), relayed as-is."""
     upstream = await _send(request, services, None, body)
     try:
-        response = web.StreamResponse(
-            status=upstream.status, headers=_response_headers(upstream, request[REQUEST_ID])
-        )
-        await response.prepare(request)
-        relay = _Relay(upstream, response, request)
+        relay = await _Relay.start(request, upstream)
         async for chunk in relay.chunks():
             await relay.write(chunk)
-        await relay.finish()
-        return response
+        return await relay.finish()
     finally:
         upstream.release()

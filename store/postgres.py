@@ -18,7 +18,6 @@ import asyncpg
 
 from taximeter.pricing.money import quantize
 from taximeter.store.base import Conflict, StoreUnavailable
-from taximeter.store.migrations import MIGRATIONS, render
 from taximeter.store.sql import Conn, Dialect, SqlStore
 
 __all__ = ["PostgresStore"]
@@ -31,6 +30,8 @@ _DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, Timeou
 
 class PostgresDialect(Dialect):
     for_update = " FOR UPDATE"
+    types = _TYPES
+    migration_lock = f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})"
     day_of = "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
 
     def money_in(self, amount: Decimal) -> Decimal:
@@ -101,32 +102,6 @@ class PostgresStore(SqlStore):
 
     async def close(self) -> None:
         await self._pool.close()
-
-    async def ping(self) -> None:
-        async with self.connection() as conn:
-            await conn.fetchone("SELECT 1")
-
-    async def migrate(self) -> None:
-        async with self.transaction() as conn:
-            await conn.execute(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
-            await conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations "
-                "(version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)"
-            )
-            done = {r["version"] for r in await conn.fetchall("SELECT version FROM schema_migrations")}
-            for version, statements in MIGRATIONS:
-                if version in done:
-                    continue
-                for statement in statements:
-                    await conn.execute(render(statement, _TYPES))
-                await conn.execute(
-                    "INSERT INTO schema_migrations (version, applied_at) VALUES (?, now())", version
-                )
-
-    async def schema_version(self) -> int:
-        async with self.connection() as conn:
-            row = await conn.fetchone("SELECT MAX(version) AS v FROM schema_migrations")
-        return int(row["v"] or 0) if row is not None else 0
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Conn]:

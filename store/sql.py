@@ -13,13 +13,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
 from taximeter.pricing.money import from_nanos, to_nanos
 from taximeter.store import budgets
 from taximeter.store.base import Conflict, NotFound, RecordResult, ReportRow
+from taximeter.store.migrations import MIGRATIONS, render
 from taximeter.store.models import ApiKey, BudgetConfig, BudgetState, Client, UsageEvent
 
 __all__ = ["Conn", "Dialect", "SqlStore"]
@@ -43,6 +44,8 @@ class Dialect(ABC):
 
     for_update: str = ""
     day_of: str = ""  # SQL expression of created_at's UTC date, 'YYYY-MM-DD'
+    types: dict[str, str] = {}  # {money}, {time}, {bool}, {bigint} in the migrations
+    migration_lock: str | None = None  # a statement that serialises concurrent migrations
 
     @abstractmethod
     def money_in(self, amount: Decimal) -> Any: ...
@@ -83,11 +86,39 @@ class SqlStore(ABC):
     def connection(self) -> AbstractAsyncContextManager[Conn]:
         """A connection for reads."""
 
-    @abstractmethod
-    async def migrate(self) -> None: ...
+    async def migrate(self) -> None:
+        """Apply the missing migrations in one transaction (safe when several
+        processes start together: the first one applies, the others wait)."""
+        async with self.transaction() as conn:
+            if self.dialect.migration_lock:
+                await conn.execute(self.dialect.migration_lock)
+            await conn.execute(
+                render(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations "
+                    "(version INTEGER PRIMARY KEY, applied_at {time} NOT NULL)",
+                    self.dialect.types,
+                )
+            )
+            done = {r["version"] for r in await conn.fetchall("SELECT version FROM schema_migrations")}
+            for version, statements in MIGRATIONS:
+                if version in done:
+                    continue
+                for statement in statements:
+                    await conn.execute(render(statement, self.dialect.types))
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
+                    version,
+                    self.dialect.time_in(datetime.now(UTC)),
+                )
 
-    @abstractmethod
-    async def ping(self) -> None: ...
+    async def schema_version(self) -> int:
+        async with self.connection() as conn:
+            row = await conn.fetchone("SELECT MAX(version) AS v FROM schema_migrations")
+        return int(row["v"] or 0) if row is not None else 0
+
+    async def ping(self) -> None:
+        async with self.connection() as conn:
+            await conn.fetchone("SELECT 1")
 
     @abstractmethod
     async def close(self) -> None: ...

@@ -20,7 +20,6 @@ import aiosqlite
 
 from taximeter.pricing.money import from_nanos, to_nanos
 from taximeter.store.base import Conflict, StoreUnavailable
-from taximeter.store.migrations import MIGRATIONS, render
 from taximeter.store.sql import Conn, Dialect, SqlStore
 
 __all__ = ["SqliteStore", "sqlite_path"]
@@ -38,6 +37,7 @@ def sqlite_path(url: str) -> str:
 
 class SqliteDialect(Dialect):
     day_of = "substr(created_at, 1, 10)"
+    types = _TYPES  # BEGIN IMMEDIATE already serialises concurrent migrations
 
     def money_in(self, amount: Decimal) -> int:
         return to_nanos(amount)
@@ -116,33 +116,6 @@ class SqliteStore(SqlStore):
         for db in {id(c): c for c in (self._reader, self._writer) if c is not None}.values():
             await db.close()
         self._reader = self._writer = None
-
-    async def ping(self) -> None:
-        async with self.connection() as conn:
-            await conn.fetchone("SELECT 1")
-
-    async def migrate(self) -> None:
-        async with self.transaction() as conn:
-            await conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations "
-                "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
-            )
-            done = {r["version"] for r in await conn.fetchall("SELECT version FROM schema_migrations")}
-            for version, statements in MIGRATIONS:
-                if version in done:
-                    continue
-                for statement in statements:
-                    await conn.execute(render(statement, _TYPES))
-                await conn.execute(
-                    "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
-                    version,
-                    self.dialect.time_in(datetime.now(UTC)),
-                )
-
-    async def schema_version(self) -> int:
-        async with self.connection() as conn:
-            row = await conn.fetchone("SELECT MAX(version) AS v FROM schema_migrations")
-        return int(row["v"] or 0) if row is not None else 0
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Conn]:
