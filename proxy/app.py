@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import datetime
 
@@ -52,6 +53,8 @@ def _lifecycle(settings: Settings, clock: Clock):  # type: ignore[no-untyped-def
             currency=settings.currency,
             exchange_rate=settings.exchange_rate,
             allow_unpriced=settings.unpriced_models == "allow",
+            # A live call ends within the upstream timeout; only a dead process's outlives this.
+            reservation_ttl_s=settings.upstream_timeout_s + 60,
             clock=clock,
         )
 
@@ -79,9 +82,15 @@ def _lifecycle(settings: Settings, clock: Clock):  # type: ignore[no-untyped-def
             on_budget_change=refresh_gate,
             flush_ledger=ledger.flush,
         )
+        sweeper = asyncio.create_task(
+            meter.sweep_forever(settings.sweep_interval_s), name="taximeter-sweeper"
+        )
         try:
             yield
         finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
             await services.drain()  # calls still relaying are finished and metered first
             await session.close()
             await ledger.close()

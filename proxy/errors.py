@@ -4,6 +4,7 @@
     ├── InvalidApiKey                 401 invalid_request_error / invalid_api_key
     ├── AdminAuthRequired             401/403 invalid_request_error / admin_unauthorized
     ├── BudgetExceeded                429 insufficient_quota / budget_exceeded
+    │   └── BudgetBusy                429 the same, retryable: calls in flight hold the rest
     ├── ModelNotPriced                400 invalid_request_error / model_not_priced
     ├── EndpointNotMetered            404 invalid_request_error / endpoint_not_metered
     ├── RequestTooLarge               413 invalid_request_error / request_too_large
@@ -25,6 +26,7 @@ from typing import Any, ClassVar
 
 __all__ = [
     "AdminAuthRequired",
+    "BudgetBusy",
     "BudgetExceeded",
     "ConflictError",
     "EndpointNotMetered",
@@ -80,6 +82,14 @@ class BudgetExceeded(TaximeterError):
     def headers(self) -> dict[str, str]:
         # The OpenAI SDKs retry 429s unless told not to; a spent budget won't refill in seconds.
         return {"x-should-retry": "false"}
+
+
+class BudgetBusy(BudgetExceeded):
+    """The limit is filled only by reservations of calls still in flight: it
+    may well have room once they settle, so the SDK is told to retry."""
+
+    def headers(self) -> dict[str, str]:
+        return {"x-should-retry": "true", "retry-after-ms": "500"}
 
 
 class ModelNotPriced(TaximeterError):

@@ -1,29 +1,32 @@
 """Budget admission, pricing and recording: the steps around a forwarded call.
 
-``admit`` asks the gate; on a miss it rebuilds the gate's copy from the store
-(after the local ledger is flushed, so the copy includes this process's
-latest events). ``settle`` adds a finished call to the gate *before* the
-response's last byte goes out, so a client's next request always sees it,
-then hands the event to the ledger writer to be made durable off the
-critical path.
+``admit`` holds a reservation of the call's estimated tokens and cost in the
+gate, atomically with the budget check; on a miss it first rebuilds the gate's
+copy from the store (after the local ledger is flushed, so the copy includes
+this process's latest events). ``settle`` swaps the reservation for the actual
+usage *before* the response's last byte goes out, so a client's next request
+always sees it, then hands the event to the ledger writer to be made durable
+off the critical path. ``sweep`` charges reservations whose process died.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from taximeter.pricing.catalog import Catalog, ModelPrice
 from taximeter.pricing.money import convert, quantize, to_nanos
 from taximeter.pricing.usage import Usage
-from taximeter.proxy.errors import BudgetExceeded, MeteringUnavailable, ModelNotPriced
+from taximeter.proxy.errors import BudgetBusy, BudgetExceeded, MeteringUnavailable, ModelNotPriced
 from taximeter.store import budgets
 from taximeter.store.base import Admission, Gate, Store, StoreUnavailable
 from taximeter.store.ledger import LedgerWriter
-from taximeter.store.models import BudgetState, UsageEvent
+from taximeter.store.models import BudgetState, Reservation, UsageEvent
 
 __all__ = ["Charge", "Clock", "Meter", "system_clock"]
 
@@ -36,6 +39,7 @@ _REASONS = {
     "cost_limit": "its cost limit is reached",
     "manual": "it was paused by an operator",
 }
+_CLAIM_BATCH = 100
 
 
 def system_clock() -> datetime:
@@ -64,6 +68,7 @@ class Meter:
         currency: str,
         exchange_rate: Decimal,
         allow_unpriced: bool,
+        reservation_ttl_s: float = 660.0,
         clock: Clock = system_clock,
     ) -> None:
         self.store = store
@@ -73,6 +78,7 @@ class Meter:
         self.currency = currency
         self.exchange_rate = exchange_rate
         self.allow_unpriced = allow_unpriced
+        self.reservation_ttl = timedelta(seconds=reservation_ttl_s)
         self.clock = clock
 
     def resolve_price(self, model: str | None, metered: bool) -> ModelPrice | None:
@@ -96,17 +102,30 @@ class Meter:
             unpriced=price is None,
         )
 
-    async def admit(self, client_id: str) -> None:
-        """Raise BudgetExceeded if the client may not spend now."""
+    def reservation(self, estimate: UsageEvent) -> Reservation:
+        """A reservation holding ``estimate`` (an event flagged estimated)."""
+        event = replace(estimate, estimated=True)
+        return Reservation(event, to_nanos(event.cost), self.clock() + self.reservation_ttl)
+
+    async def admit(self, reservation: Reservation) -> None:
+        """Hold ``reservation`` against the client's budget, or raise
+        BudgetExceeded (BudgetBusy while calls in flight fill the limit)."""
         now = self.clock()
+        client_id = reservation.client_id
         try:
-            admission = await self.gate.admit(client_id, now)
+            admission = await self.gate.admit(reservation, now)
             if admission.outcome == "miss":
                 state = await self.rebuild(client_id, now)
-                admission = _decide(state)
+                admission = await self.gate.admit(reservation, now)
+                if admission.outcome == "miss":  # a boundary passed in between: decide on the state
+                    admission = _decide(state)
         except StoreUnavailable as exc:
             log.warning("gate_unavailable", extra={"client": client_id, "error": str(exc)})
             admission = _decide(await self._from_store(client_id, now))
+        if admission.outcome == "busy":
+            raise BudgetBusy(
+                f"budget of client {client_id!r} is fully reserved by calls in flight; retry shortly",
+            )
         if admission.outcome == "refused":
             reason = admission.reason or "manual"
             raise BudgetExceeded(
@@ -128,13 +147,49 @@ class Meter:
             raise MeteringUnavailable("the budget store is unreachable; try again shortly") from exc
 
     async def settle(self, event: UsageEvent) -> None:
-        """Count ``event`` in the gate, then queue it for the ledger."""
+        """Swap the call's reservation for ``event`` in the gate, then queue
+        ``event`` for the ledger."""
         try:
-            await self.gate.settle(event.client_id, event.tokens, to_nanos(event.cost), event.created_at)
+            await self.gate.settle(event, to_nanos(event.cost), event.created_at)
         except StoreUnavailable as exc:
             # The store still records it; the gate's copy is rebuilt on its next miss.
             log.warning("gate_settle_failed", extra={"client": event.client_id, "error": str(exc)})
         await self.ledger.submit(event)
+
+    async def release(self, client_id: str, request_id: str) -> None:
+        """Drop a reservation whose call was never forwarded."""
+        with contextlib.suppress(StoreUnavailable):
+            await self.gate.release(client_id, request_id)
+
+    async def sweep(self) -> int:
+        """Charge reservations whose call never settled (its process died) at
+        their estimate, flagged; roll budgets whose period has ended. Safe to
+        run in every process at once: each reservation is claimed once."""
+        now = self.clock()
+        charged = 0
+        while True:
+            expired = await self.gate.claim_expired(now, _CLAIM_BATCH)
+            for reservation in expired:
+                log.warning(
+                    "reservation_expired",
+                    extra={"request_id": reservation.request_id, "client": reservation.client_id},
+                )
+                await self.settle(reservation.event)
+            charged += len(expired)
+            if len(expired) < _CLAIM_BATCH:
+                break
+        await self.store.list_budgets(now)  # rolls every budget whose boundary passed
+        return charged
+
+    async def sweep_forever(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.sweep()
+            except (StoreUnavailable, MeteringUnavailable) as exc:
+                log.warning("sweep_failed", extra={"error": str(exc)})
+            except Exception:
+                log.exception("sweep_failed")
 
 
 def _decide(state: BudgetState | None) -> Admission:

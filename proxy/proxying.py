@@ -32,6 +32,7 @@ from taximeter.proxy.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from taximeter.proxy.estimate import estimate_usage
 from taximeter.proxy.extract import StreamMeter, extract_usage, has_image_part
 from taximeter.proxy.forms import Form, parse_form
 from taximeter.proxy.middleware import REQUEST_ID
@@ -80,6 +81,7 @@ class Call:
     started: float = field(default_factory=time.monotonic)
     client_gone: asyncio.Event = field(default_factory=asyncio.Event)
     upstream: aiohttp.ClientResponse | None = None
+    settled: bool = False
 
     def abandon(self) -> None:
         """The client left: stop the upstream call (and its spend) now."""
@@ -101,7 +103,7 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
     if not endpoint.metered:
         return await _pass_through(request, services, body)
     call = _parse_call(request, endpoint, key.client_id, body, services)
-    await services.meter.admit(call.client_id)
+    await services.meter.admit(services.meter.reservation(await _estimate(services, call)))
     try:
         return await services.shielded(_forward(request, services, call, body))
     except asyncio.CancelledError:
@@ -109,7 +111,35 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
         raise
 
 
+async def _estimate(services: Services, call: Call) -> UsageEvent:
+    """The call as it would be charged before its usage is known: reserved at
+    admission, and recorded as is if its process dies before it settles."""
+    upload_seconds = None
+    if call.endpoint.family == "transcription" and call.form is not None and "file" in call.form.files:
+        filename, data = call.form.files["file"]
+        upload_seconds = await asyncio.to_thread(audio_seconds, data, filename=filename)
+    settings = services.settings
+    usage = estimate_usage(
+        call.endpoint.family,
+        call.fields,
+        default_output_tokens=settings.reserve_output_tokens,
+        default_audio_seconds=settings.reserve_audio_seconds,
+        upload_seconds=upload_seconds,
+    )
+    return _event(services, call, replace(usage, estimated=True), 0)
+
+
 async def _forward(request: web.Request, services: Services, call: Call, body: bytes) -> web.StreamResponse:
+    try:
+        return await _forward_and_relay(request, services, call, body)
+    finally:
+        if not call.settled:  # a failure no path above expected: free the reservation
+            await services.meter.release(call.client_id, call.request_id)
+
+
+async def _forward_and_relay(
+    request: web.Request, services: Services, call: Call, body: bytes
+) -> web.StreamResponse:
     upstream = call.upstream = await _send(request, services, call, _upstream_body(call, body))
     try:
         content_type = upstream.headers.get("Content-Type", "")
@@ -381,10 +411,11 @@ class _Relay:
         )
 
 
-async def _settle(services: Services, call: Call, usage: Usage, status: int) -> None:
+def _event(services: Services, call: Call, usage: Usage, status: int) -> UsageEvent:
+    """The ledger event of ``call`` with ``usage``, priced."""
     priced = usage if status < 400 or usage.has_tokens else Usage(estimated=usage.estimated)
     charge = services.meter.charge(call.price, priced)
-    event = UsageEvent(
+    return UsageEvent(
         request_id=call.request_id,
         client_id=call.client_id,
         end_user=call.end_user,
@@ -408,6 +439,11 @@ async def _settle(services: Services, call: Call, usage: Usage, status: int) -> 
         estimated=priced.estimated,
         unpriced=charge.unpriced and call.endpoint.family != "moderation",
     )
+
+
+async def _settle(services: Services, call: Call, usage: Usage, status: int) -> None:
+    event = _event(services, call, usage, status)
+    call.settled = True
     await services.meter.settle(event)
     log.info(
         "request_metered",

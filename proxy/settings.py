@@ -101,6 +101,15 @@ class Settings(BaseSettings):
         default_factory=list, description="Unmetered paths under /v1 forwarded anyway (e.g. /v1/files)."
     )
     gate_refresh_s: float = Field(2.0, gt=0, description="In-process gate: reload a budget this often.")
+    reserve_output_tokens: int = Field(
+        4096, gt=0, description="Output tokens reserved for a call that sets no max_tokens."
+    )
+    reserve_audio_seconds: Decimal = Field(
+        Decimal(600), gt=0, description="Audio seconds reserved for an upload whose length cannot be read."
+    )
+    sweep_interval_s: float = Field(
+        5.0, gt=0, description="How often expired reservations are charged and periods rolled."
+    )
     ledger_max_pending: int = Field(10_000, gt=0, description="Events held in memory before back-pressure.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     log_json: bool = Field(False, description="Write logs as JSON lines.")

@@ -12,7 +12,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Protocol
 
-from taximeter.store.models import ApiKey, BudgetConfig, BudgetState, Client, UsageEvent
+from taximeter.store.models import ApiKey, BudgetConfig, BudgetState, Client, Reservation, UsageEvent
 
 __all__ = [
     "Admission",
@@ -58,8 +58,10 @@ class ReportRow:
 
 @dataclass(frozen=True, slots=True)
 class Admission:
-    """A gate's answer: ``ok``, ``refused`` (with ``reason``), or ``miss`` when
-    it holds no current state for the client and must be loaded from the store."""
+    """A gate's answer: ``ok`` (the reservation is held), ``refused`` (with
+    ``reason``: paused or a limit reached), ``busy`` (the limit is filled by
+    reservations of calls in flight; nothing was reserved), or ``miss`` when it
+    holds no current state for the client and must be loaded from the store."""
 
     outcome: str
     reason: str | None = None
@@ -138,16 +140,25 @@ class Gate(Protocol):
     and the copy is rebuilt from it whenever the gate reports a miss.
     """
 
-    async def admit(self, client_id: str, now: datetime) -> Admission:
-        """``ok``, ``refused`` or ``miss`` (no state, or its period has ended)."""
+    async def admit(self, reservation: Reservation, now: datetime) -> Admission:
+        """Check the client's budget and, if it admits, hold ``reservation``,
+        atomically: concurrent calls each see the others' reservations."""
 
     async def load(self, client_id: str, state: BudgetState | None, now: datetime) -> None:
         """Replace the gate's copy, read from the store at ``now`` (None: the
         client has no budget)."""
 
-    async def settle(self, client_id: str, tokens: int, cost_nanos: int, now: datetime) -> None:
-        """Add a finished call to the copy, pausing it at a limit. A copy that
-        is missing or whose period has ended is dropped, to be rebuilt."""
+    async def settle(self, event: UsageEvent, cost_nanos: int, now: datetime) -> None:
+        """Release the call's reservation (if still held) and add its actual
+        usage, pausing at a limit, atomically. A copy that is missing or whose
+        period has ended gets nothing added: it is rebuilt from the store."""
+
+    async def release(self, client_id: str, request_id: str) -> None:
+        """Drop a reservation without charging it (the call never went out)."""
+
+    async def claim_expired(self, now: datetime, limit: int) -> list[Reservation]:
+        """Take reservations whose time is up away from the gate; each is handed
+        to exactly one caller, who must record and settle its estimated event."""
 
     async def forget(self, client_id: str) -> None: ...
 

@@ -21,6 +21,7 @@ __all__ = [
     "MODES",
     "PERIODS",
     "BudgetInputError",
+    "admission",
     "apply_usage",
     "config_from_json",
     "level",
@@ -149,6 +150,22 @@ def refusal(state: BudgetState) -> str | None:
     if state.config.pause_at_limit:
         return _reached(state, state.tokens_used, state.cost_used_nanos)
     return None
+
+
+def admission(state: BudgetState, reserved_tokens: int, reserved_nanos: int) -> tuple[str, str | None]:
+    """Whether a new call may start while others hold ``reserved_*``.
+
+    ``("ok", None)``; ``("refused", reason)`` when paused or a limit is reached
+    by what was already spent; ``("busy", reason)`` when only the reservations
+    of calls in flight fill the limit (worth retrying once they settle).
+    """
+    reason = refusal(state)
+    if reason is not None:
+        return "refused", reason
+    if not state.config.pause_at_limit:
+        return "ok", None
+    busy = _reached(state, state.tokens_used + reserved_tokens, state.cost_used_nanos + reserved_nanos)
+    return ("busy", busy) if busy is not None else ("ok", None)
 
 
 def percents(state: BudgetState) -> tuple[float | None, float | None]:

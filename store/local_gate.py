@@ -1,22 +1,23 @@
-"""The in-process gate: budget copies in a dict, for the embedded default.
+"""The in-process gate: budget copies and reservations in this process's memory.
 
 Only valid for a single process (start-up refuses ``workers > 1`` without
-Redis). Copies older than ``max_age_s`` are reloaded, so a change made by
-another process (the CLI on the same database) takes effect within that time.
+Redis). Each method runs without awaiting, so on one event loop it is atomic.
+Copies older than ``max_age_s`` are reloaded, so a change made by another
+process (the CLI on the same database) takes effect within that time.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from datetime import datetime, timedelta
 
 from taximeter.store import budgets
 from taximeter.store.base import Admission
-from taximeter.store.models import BudgetState
+from taximeter.store.models import BudgetState, Reservation, UsageEvent
 
 __all__ = ["LocalGate"]
 
 _MISS = Admission("miss")
-_OK = Admission("ok")
 
 
 class LocalGate:
@@ -26,32 +27,55 @@ class LocalGate:
         self._states: dict[str, BudgetState | None] = {}
         self._loaded_at: dict[str, datetime] = {}
         self._max_age = timedelta(seconds=max_age_s)
+        self._held: dict[str, dict[str, Reservation]] = defaultdict(dict)  # client -> request -> reservation
 
-    async def admit(self, client_id: str, now: datetime) -> Admission:
+    def _reserved(self, client_id: str) -> tuple[int, int]:
+        held = self._held.get(client_id, {}).values()
+        return sum(r.tokens for r in held), sum(r.cost_nanos for r in held)
+
+    async def admit(self, reservation: Reservation, now: datetime) -> Admission:
+        client_id = reservation.client_id
         if client_id not in self._states or now - self._loaded_at[client_id] > self._max_age:
             return _MISS
         state = self._states[client_id]
-        if state is None:
-            return _OK
-        boundary = budgets.next_reset(state)
-        if boundary is not None and now >= boundary:
-            return _MISS
-        reason = budgets.refusal(state)
-        return _OK if reason is None else Admission("refused", reason)
+        if state is not None:
+            boundary = budgets.next_reset(state)
+            if boundary is not None and now >= boundary:
+                return _MISS
+            outcome, reason = budgets.admission(state, *self._reserved(client_id))
+            if outcome != "ok":
+                return Admission(outcome, reason)
+        self._held[client_id][reservation.request_id] = reservation
+        return Admission("ok")
 
     async def load(self, client_id: str, state: BudgetState | None, now: datetime) -> None:
         self._states[client_id] = state
         self._loaded_at[client_id] = now
 
-    async def settle(self, client_id: str, tokens: int, cost_nanos: int, now: datetime) -> None:
-        state = self._states.get(client_id)
+    async def settle(self, event: UsageEvent, cost_nanos: int, now: datetime) -> None:
+        await self.release(event.client_id, event.request_id)
+        state = self._states.get(event.client_id)
         if state is None:
             return
         boundary = budgets.next_reset(state)
         if boundary is not None and now >= boundary:
-            await self.forget(client_id)
+            self._states.pop(event.client_id, None)  # rebuilt from the store on the next admission
             return
-        self._states[client_id] = budgets.apply_usage(state, tokens, cost_nanos)
+        self._states[event.client_id] = budgets.apply_usage(state, event.tokens, cost_nanos)
+
+    async def release(self, client_id: str, request_id: str) -> None:
+        held = self._held.get(client_id)
+        if held is not None:
+            held.pop(request_id, None)
+            if not held:
+                del self._held[client_id]
+
+    async def claim_expired(self, now: datetime, limit: int) -> list[Reservation]:
+        expired = [r for held in self._held.values() for r in held.values() if r.expires_at <= now]
+        expired = sorted(expired, key=lambda r: r.expires_at)[:limit]
+        for reservation in expired:
+            await self.release(reservation.client_id, reservation.request_id)
+        return expired
 
     async def forget(self, client_id: str) -> None:
         self._states.pop(client_id, None)
@@ -63,3 +87,4 @@ class LocalGate:
     async def close(self) -> None:
         self._states.clear()
         self._loaded_at.clear()
+        self._held.clear()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
-__all__ = ["ApiKey", "BudgetConfig", "BudgetState", "Client", "UsageEvent"]
+__all__ = ["ApiKey", "BudgetConfig", "BudgetState", "Client", "Reservation", "UsageEvent"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,3 +97,47 @@ class UsageEvent:
     def tokens(self) -> int:
         """Tokens counted against a budget: input plus output."""
         return self.input_tokens + self.output_tokens
+
+    def to_json(self) -> str:
+        """Compact JSON (money and seconds as strings, time as ISO 8601)."""
+        data: dict[str, Any] = asdict(self)
+        for name in ("cost_usd", "cost", "exchange_rate", "audio_seconds"):
+            data[name] = str(data[name])
+        data["created_at"] = self.created_at.isoformat()
+        return json.dumps(data, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> UsageEvent:
+        data = json.loads(text)
+        for name in ("cost_usd", "cost", "exchange_rate", "audio_seconds"):
+            data[name] = Decimal(data[name])
+        data["created_at"] = datetime.fromisoformat(data["created_at"])
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """What an admitted call holds against its budget until it settles.
+
+    ``event`` is the call as it would be recorded if its process died: its
+    estimated usage and cost, flagged ``estimated``. ``cost_nanos`` is in the
+    budget currency. A reservation not settled by ``expires_at`` is charged at
+    its estimate by whichever process sweeps it first.
+    """
+
+    event: UsageEvent
+    cost_nanos: int
+    expires_at: datetime
+
+    @property
+    def request_id(self) -> str:
+        return self.event.request_id
+
+    @property
+    def client_id(self) -> str:
+        return self.event.client_id
+
+    @property
+    def tokens(self) -> int:
+        return self.event.tokens

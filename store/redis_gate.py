@@ -1,16 +1,21 @@
-"""The shared gate: budget copies in Redis, one hash per client.
+"""The shared gate: budget copies and reservations in Redis.
 
-Admission and settlement are each one Lua script, so one round trip answers
-"may this client spend?" and a pause set by any process is seen by every
-process on its next request. The scripts mirror :mod:`taximeter.store.budgets`
-(the contract tests hold both gates to the same behaviour). Counters are
-Redis integers; Lua compares them as doubles, exact below 2**53 nanos (about
-9 million currency units per period).
+Keys (under the configured prefix): ``budget:{client}``, a hash with the
+budget's limits, counters and reserved totals; ``held:{client}``, a hash of
+the client's reservations (``tokens:nanos:expires_ms:event-json``); and
+``expiry``, a sorted set of ``client/request`` by expiry time for the sweeper.
+
+Admission, settlement, release and claiming are each one Lua script, so one
+round trip answers "may this client spend?" and holds its reservation, and a
+pause set by any process is seen by every process on its next request. The
+scripts mirror :mod:`taximeter.store.budgets` (the contract tests hold both
+gates to the same behaviour). Counters are Redis integers; Lua compares them
+as doubles, exact below 2**53 nanos (about 9 million currency units a period).
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -19,30 +24,59 @@ from redis.exceptions import RedisError
 from taximeter.pricing.money import to_nanos
 from taximeter.store import budgets
 from taximeter.store.base import Admission, StoreUnavailable
-from taximeter.store.models import BudgetState
+from taximeter.store.models import BudgetState, Reservation, UsageEvent
 
 __all__ = ["RedisGate"]
 
-# Hash fields: nb = no budget, p = paused, r = reason, tl/cl = token and cost
-# limits (-1: not active), pal = pause at limit, t/c = tokens and cost used,
-# nr = next reset (epoch ms, 0: never), v = version.
-_ADMIT = """
-local h = redis.call('HMGET', KEYS[1], 'nb', 'p', 'r', 'tl', 'cl', 'pal', 't', 'c', 'nr')
-if not h[1] then return {'miss'} end
-if h[1] == '1' then return {'ok'} end
-local nr = tonumber(h[9])
-if nr > 0 and tonumber(ARGV[1]) >= nr then return {'miss'} end
-if h[2] == '1' then return {'refused', h[3]} end
-if h[6] == '1' then
-  local tl = tonumber(h[4])
-  if tl >= 0 and tonumber(h[7]) >= tl then return {'refused', 'token_limit'} end
-  local cl = tonumber(h[5])
-  if cl >= 0 and tonumber(h[8]) >= cl then return {'refused', 'cost_limit'} end
+# Fields of budget:{client}: nb = no budget, p = paused, r = reason, tl/cl =
+# token and cost limits (-1: not active), pal = pause at limit, t/c = tokens
+# and cost used, rt/rc = tokens and cost reserved, nr = next reset (epoch ms,
+# 0: never), v = version.
+_RELEASE_FN = """
+local function release(budget, held, expiry, request_id, member)
+  local v = redis.call('HGET', held, request_id)
+  if not v then return false end
+  redis.call('HDEL', held, request_id)
+  redis.call('ZREM', expiry, member)
+  local et, ec = string.match(v, '^(%d+):(%d+):')
+  if redis.call('HGET', budget, 'nb') == '0' then
+    -- HINCRBY refuses "-0", the form both a string and a Lua number of zero would take
+    if et ~= '0' then redis.call('HINCRBY', budget, 'rt', '-' .. et) end
+    if ec ~= '0' then redis.call('HINCRBY', budget, 'rc', '-' .. ec) end
+  end
+  return v
 end
+"""
+
+_ADMIT = """
+local h = redis.call('HMGET', KEYS[1], 'nb', 'p', 'r', 'tl', 'cl', 'pal', 't', 'c', 'nr', 'rt', 'rc')
+if not h[1] then return {'miss'} end
+if h[1] ~= '1' then
+  local nr = tonumber(h[9])
+  if nr > 0 and tonumber(ARGV[1]) >= nr then return {'miss'} end
+  if h[2] == '1' then return {'refused', h[3]} end
+  if h[6] == '1' then
+    local tl, cl = tonumber(h[4]), tonumber(h[5])
+    local t, c = tonumber(h[7]), tonumber(h[8])
+    local rt, rc = tonumber(h[10] or '0'), tonumber(h[11] or '0')
+    if tl >= 0 and t >= tl then return {'refused', 'token_limit'} end
+    if cl >= 0 and c >= cl then return {'refused', 'cost_limit'} end
+    if tl >= 0 and t + rt >= tl then return {'busy', 'token_limit'} end
+    if cl >= 0 and c + rc >= cl then return {'busy', 'cost_limit'} end
+  end
+  redis.call('HINCRBY', KEYS[1], 'rt', ARGV[3])
+  redis.call('HINCRBY', KEYS[1], 'rc', ARGV[4])
+end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3] .. ':' .. ARGV[4] .. ':' .. ARGV[5] .. ':' .. ARGV[6])
+redis.call('EXPIRE', KEYS[2], ARGV[8])
+redis.call('ZADD', KEYS[3], ARGV[5], ARGV[7])
 return {'ok'}
 """
 
-_SETTLE = """
+_SETTLE = (
+    _RELEASE_FN
+    + """
+release(KEYS[1], KEYS[2], KEYS[3], ARGV[2], ARGV[5])
 local h = redis.call('HMGET', KEYS[1], 'nb', 'nr')
 if (not h[1]) or h[1] == '1' then return 0 end
 local nr = tonumber(h[2])
@@ -50,13 +84,12 @@ if nr > 0 and tonumber(ARGV[1]) >= nr then
   redis.call('DEL', KEYS[1])
   return 0
 end
-local t = redis.call('HINCRBY', KEYS[1], 't', ARGV[2])
-local c = redis.call('HINCRBY', KEYS[1], 'c', ARGV[3])
+local t = redis.call('HINCRBY', KEYS[1], 't', ARGV[3])
+local c = redis.call('HINCRBY', KEYS[1], 'c', ARGV[4])
 redis.call('HINCRBY', KEYS[1], 'v', 1)
 local f = redis.call('HMGET', KEYS[1], 'p', 'pal', 'tl', 'cl')
 if f[1] ~= '1' and f[2] == '1' then
-  local tl = tonumber(f[3])
-  local cl = tonumber(f[4])
+  local tl, cl = tonumber(f[3]), tonumber(f[4])
   if tl >= 0 and t >= tl then
     redis.call('HSET', KEYS[1], 'p', '1', 'r', 'token_limit')
   elseif cl >= 0 and c >= cl then
@@ -65,20 +98,53 @@ if f[1] ~= '1' and f[2] == '1' then
 end
 return 1
 """
+)
+
+_RELEASE = _RELEASE_FN + "return release(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2])"
+
+_CLAIM = (
+    _RELEASE_FN
+    + """
+if redis.call('ZSCORE', KEYS[3], ARGV[2]) == false then return false end
+local v = release(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2])
+redis.call('ZREM', KEYS[3], ARGV[2])  -- even if its reservation was already gone
+return v
+"""
+)
+
+# Replace a budget copy; its reserved totals are recomputed from the held
+# reservations, so a copy rebuilt mid-flight still counts them.
+_LOAD = """
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+if redis.call('HGET', KEYS[1], 'nb') == '0' then
+  local rt, rc = 0, 0
+  for _, v in ipairs(redis.call('HVALS', KEYS[2])) do
+    local et, ec = string.match(v, '^(%d+):(%d+):')
+    rt = rt + tonumber(et)
+    rc = rc + tonumber(ec)
+  end
+  redis.call('HSET', KEYS[1], 'rt', string.format('%d', rt), 'rc', string.format('%d', rc))
+end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
+_HELD_TTL_S = 7 * 86400  # a reservations hash outlives any call; the sweeper empties it
 
 
 def _ms(when: datetime) -> int:
     return int(when.timestamp() * 1000)
 
 
-def _fields(state: BudgetState | None) -> dict[str, Any]:
+def _fields(state: BudgetState | None) -> list[Any]:
     if state is None:
-        return {"nb": "1"}
+        return ["nb", "1"]
     config = state.config
     token_limit = config.token_limit if config.mode in ("tokens", "both") else None
     cost_limit = config.cost_limit if config.mode in ("cost", "both") else None
     boundary = budgets.next_reset(state)
-    return {
+    values = {
         "nb": "0",
         "p": "1" if state.paused else "0",
         "r": state.pause_reason or "",
@@ -90,6 +156,17 @@ def _fields(state: BudgetState | None) -> dict[str, Any]:
         "nr": 0 if boundary is None else _ms(boundary),
         "v": state.version,
     }
+    return [item for pair in values.items() for item in pair]
+
+
+def _reservation(payload: bytes | str) -> Reservation:
+    text = payload.decode() if isinstance(payload, bytes) else payload
+    _tokens, nanos, expires_ms, event = text.split(":", 3)
+    return Reservation(
+        event=UsageEvent.from_json(event),
+        cost_nanos=int(nanos),
+        expires_at=datetime.fromtimestamp(int(expires_ms) / 1000, UTC),
+    )
 
 
 class RedisGate:
@@ -101,43 +178,75 @@ class RedisGate:
         self._ttl_s = ttl_s
         self._admit = client.register_script(_ADMIT)
         self._settle = client.register_script(_SETTLE)
+        self._release = client.register_script(_RELEASE)
+        self._claim = client.register_script(_CLAIM)
+        self._load = client.register_script(_LOAD)
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "taximeter:") -> RedisGate:
         client = aioredis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
         return cls(client, prefix=prefix)
 
-    def _key(self, client_id: str) -> str:
-        return f"{self._prefix}budget:{client_id}"
+    def _keys(self, client_id: str) -> list[str]:
+        p = self._prefix
+        return [f"{p}budget:{client_id}", f"{p}held:{client_id}", f"{p}expiry"]
 
-    async def admit(self, client_id: str, now: datetime) -> Admission:
+    async def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         try:
-            reply = await self._admit(keys=[self._key(client_id)], args=[_ms(now)])
+            return await script(keys=keys, args=args)
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"Redis: {exc}") from exc
+
+    async def admit(self, reservation: Reservation, now: datetime) -> Admission:
+        event = reservation.event
+        reply = await self._run(
+            self._admit,
+            self._keys(event.client_id),
+            [
+                _ms(now),
+                event.request_id,
+                reservation.tokens,
+                reservation.cost_nanos,
+                _ms(reservation.expires_at),
+                event.to_json(),
+                f"{event.client_id}/{event.request_id}",
+                _HELD_TTL_S,
+            ],
+        )
         outcome, *rest = (part.decode() if isinstance(part, bytes) else part for part in reply)
         return Admission(outcome, rest[0] if rest else None)
 
     async def load(self, client_id: str, state: BudgetState | None, now: datetime) -> None:
-        key = self._key(client_id)
-        try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.delete(key)
-                pipe.hset(key, mapping=_fields(state))
-                pipe.expire(key, self._ttl_s)  # idle clients' copies go; they reload on demand
-                await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"Redis: {exc}") from exc
+        await self._run(self._load, self._keys(client_id)[:2], [self._ttl_s, *_fields(state)])
 
-    async def settle(self, client_id: str, tokens: int, cost_nanos: int, now: datetime) -> None:
+    async def settle(self, event: UsageEvent, cost_nanos: int, now: datetime) -> None:
+        await self._run(
+            self._settle,
+            self._keys(event.client_id),
+            [_ms(now), event.request_id, event.tokens, cost_nanos, f"{event.client_id}/{event.request_id}"],
+        )
+
+    async def release(self, client_id: str, request_id: str) -> None:
+        await self._run(self._release, self._keys(client_id), [request_id, f"{client_id}/{request_id}"])
+
+    async def claim_expired(self, now: datetime, limit: int) -> list[Reservation]:
         try:
-            await self._settle(keys=[self._key(client_id)], args=[_ms(now), tokens, cost_nanos])
+            members = await self._redis.zrangebyscore(
+                f"{self._prefix}expiry", "-inf", _ms(now), start=0, num=limit
+            )
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"Redis: {exc}") from exc
+        claimed = []
+        for member in members:
+            client_id, request_id = member.decode().split("/", 1)
+            payload = await self._run(self._claim, self._keys(client_id), [request_id, member.decode()])
+            if payload:
+                claimed.append(_reservation(payload))
+        return claimed
 
     async def forget(self, client_id: str) -> None:
         try:
-            await self._redis.delete(self._key(client_id))
+            await self._redis.delete(self._keys(client_id)[0])
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"Redis: {exc}") from exc
 

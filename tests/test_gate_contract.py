@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from taximeter.store.base import Gate
 from taximeter.store.budgets import period_bounds
-from taximeter.store.models import BudgetConfig, BudgetState
+from taximeter.store.models import BudgetConfig, BudgetState, Reservation, UsageEvent
 
 T0 = datetime(2026, 3, 10, 15, 0, tzinfo=UTC)
+_counter = iter(range(10**9))
 
 
 def state(**overrides: object) -> BudgetState:
@@ -23,78 +25,144 @@ def state(**overrides: object) -> BudgetState:
         "cost_limit": Decimal("1.00"),
         "pause_at_limit": True,
     }
-    state_values = {
-        k: overrides.pop(k)
-        for k in list(overrides)
-        if k in ("tokens_used", "cost_used_nanos", "paused", "pause_reason")
-    }
+    names = ("tokens_used", "cost_used_nanos", "paused", "pause_reason")
+    state_values = {k: overrides.pop(k) for k in list(overrides) if k in names}
     config_values.update(overrides)
     config = BudgetConfig(**config_values)  # type: ignore[arg-type]
     start = period_bounds(config.period, config.timezone, T0)[0]
     return BudgetState(config=config, period_start=start, **state_values)  # type: ignore[arg-type]
 
 
+def event(
+    tokens: int = 0, nanos: int = 0, request_id: str | None = None, client_id: str = "acme"
+) -> UsageEvent:
+    return UsageEvent(
+        request_id=request_id or f"req_{next(_counter)}",
+        client_id=client_id,
+        api_type="chat",
+        model="gpt-4o",
+        endpoint="/v1/chat/completions",
+        status=0,
+        created_at=T0,
+        currency="BRL",
+        exchange_rate=Decimal(5),
+        input_tokens=tokens,
+        cost=Decimal(nanos) / 10**9,
+        estimated=True,
+    )
+
+
+def hold(
+    tokens: int = 0, nanos: int = 0, *, expires: datetime = T0 + timedelta(minutes=10), **kw: str
+) -> Reservation:
+    return Reservation(event(tokens, nanos, **kw), nanos, expires)
+
+
+async def settle(gate: Gate, tokens: int, nanos: int, request_id: str | None = None) -> None:
+    await gate.settle(event(tokens, nanos, request_id), nanos, T0)
+
+
 async def test_unknown_client_is_a_miss(gate: Gate) -> None:
-    assert (await gate.admit("acme", T0)).outcome == "miss"
+    assert (await gate.admit(hold(), T0)).outcome == "miss"
 
 
 async def test_no_budget_always_admits(gate: Gate) -> None:
     await gate.load("acme", None, T0)
-    await gate.settle("acme", 10**9, 10**15, T0)
-    assert (await gate.admit("acme", T0)).outcome == "ok"
+    await settle(gate, 10**9, 10**15)
+    assert (await gate.admit(hold(10**9, 10**15), T0)).outcome == "ok"
 
 
 async def test_settle_pauses_at_the_token_limit(gate: Gate) -> None:
     await gate.load("acme", state(mode="tokens", token_limit=300, cost_limit=None), T0)
     for _ in range(2):
-        await gate.settle("acme", 100, 0, T0)
-        assert (await gate.admit("acme", T0)).outcome == "ok"
-    await gate.settle("acme", 100, 0, T0)
-    admission = await gate.admit("acme", T0)
+        await settle(gate, 100, 0)
+        assert (await gate.admit(hold(), T0)).outcome == "ok"
+    await settle(gate, 100, 0)
+    admission = await gate.admit(hold(), T0)
     assert (admission.outcome, admission.reason) == ("refused", "token_limit")
 
 
 async def test_settle_pauses_at_the_cost_limit(gate: Gate) -> None:
     await gate.load("acme", state(mode="cost", token_limit=None, cost_limit=Decimal("0.000000003")), T0)
-    await gate.settle("acme", 10**6, 2, T0)  # tokens do not count in cost mode
-    assert (await gate.admit("acme", T0)).outcome == "ok"
-    await gate.settle("acme", 0, 1, T0)
-    admission = await gate.admit("acme", T0)
+    await settle(gate, 10**6, 2)  # tokens do not count in cost mode
+    assert (await gate.admit(hold(), T0)).outcome == "ok"
+    await settle(gate, 0, 1)
+    admission = await gate.admit(hold(), T0)
     assert (admission.outcome, admission.reason) == ("refused", "cost_limit")
 
 
 async def test_soft_budget_is_never_refused_at_its_limit(gate: Gate) -> None:
     await gate.load("acme", state(pause_at_limit=False, tokens_used=5000), T0)
-    await gate.settle("acme", 5000, 0, T0)
-    assert (await gate.admit("acme", T0)).outcome == "ok"
+    await settle(gate, 5000, 0)
+    assert (await gate.admit(hold(5000), T0)).outcome == "ok"
+    assert (await gate.admit(hold(5000), T0)).outcome == "ok"
 
 
 async def test_paused_budget_is_refused_with_its_reason(gate: Gate) -> None:
     await gate.load("acme", state(paused=True, pause_reason="manual"), T0)
-    admission = await gate.admit("acme", T0)
+    admission = await gate.admit(hold(), T0)
     assert (admission.outcome, admission.reason) == ("refused", "manual")
 
 
 async def test_limit_already_reached_is_refused_without_a_pause(gate: Gate) -> None:
     await gate.load("acme", state(tokens_used=1000), T0)
-    assert (await gate.admit("acme", T0)).reason == "token_limit"
+    assert (await gate.admit(hold(), T0)).reason == "token_limit"
+
+
+async def test_reservations_fill_the_limit_until_they_settle(gate: Gate) -> None:
+    await gate.load("acme", state(token_limit=1000), T0)
+    first, second = hold(600, request_id="a"), hold(600, request_id="b")
+    assert (await gate.admit(first, T0)).outcome == "ok"
+    assert (await gate.admit(second, T0)).outcome == "ok"  # 0 used + 600 reserved < 1000
+    busy = await gate.admit(hold(1), T0)  # 1200 reserved >= 1000
+    assert (busy.outcome, busy.reason) == ("busy", "token_limit")
+    await settle(gate, 50, 0, "a")  # the reservation gives way to the actual usage
+    await gate.release("acme", "b")
+    assert (await gate.admit(hold(900), T0)).outcome == "ok"  # 50 used + 0 reserved
+
+
+async def test_concurrent_admissions_stop_at_the_limit(gate: Gate) -> None:
+    await gate.load("acme", state(token_limit=1000, cost_limit=None, mode="tokens"), T0)
+    outcomes = await asyncio.gather(*(gate.admit(hold(100), T0) for _ in range(50)))
+    assert [o.outcome for o in outcomes].count("ok") == 10
+
+
+async def test_expired_reservations_are_claimed_once(gate: Gate) -> None:
+    await gate.load("acme", state(), T0)
+    late = hold(300, 7, expires=T0 + timedelta(seconds=1), request_id="late")
+    await gate.admit(late, T0)
+    await gate.admit(hold(300, expires=T0 + timedelta(hours=1)), T0)
+    assert await gate.claim_expired(T0, 10) == []
+    claims = await asyncio.gather(*(gate.claim_expired(T0 + timedelta(seconds=2), 10) for _ in range(5)))
+    assert [c for c in claims if c] == [[late]]
+    assert (await gate.admit(hold(700), T0)).outcome == "ok"  # its 300 tokens are no longer held
+    assert (await gate.admit(hold(1), T0)).outcome == "busy"  # 300 + 700 held
+
+
+async def test_rebuild_keeps_the_reservations_in_flight(gate: Gate) -> None:
+    await gate.load("acme", state(token_limit=1000), T0)
+    await gate.admit(hold(960, request_id="inflight"), T0)
+    await gate.load("acme", state(token_limit=1000, tokens_used=50), T0)  # rebuilt from the store
+    assert (await gate.admit(hold(1), T0)).outcome == "busy"  # 50 used + 960 still held
+    await settle(gate, 960, 0, "inflight")
+    assert (await gate.admit(hold(1), T0)).reason == "token_limit"  # 1010 used
 
 
 async def test_end_of_period_is_a_miss_and_drops_late_settles(gate: Gate) -> None:
     await gate.load("acme", state(), T0)
     midnight = datetime(2026, 3, 11, tzinfo=UTC)
-    assert (await gate.admit("acme", midnight - timedelta(milliseconds=1))).outcome == "ok"
-    assert (await gate.admit("acme", midnight)).outcome == "miss"
-    await gate.settle("acme", 10, 10, midnight)
-    assert (await gate.admit("acme", T0)).outcome == "miss"  # the stale copy was dropped
+    assert (await gate.admit(hold(), midnight - timedelta(milliseconds=1))).outcome == "ok"
+    assert (await gate.admit(hold(), midnight)).outcome == "miss"
+    await gate.settle(event(10, 10), 10, midnight)
+    assert (await gate.admit(hold(), T0)).outcome == "miss"  # the stale copy was dropped
 
 
 async def test_load_replaces_and_forget_drops(gate: Gate) -> None:
     await gate.load("acme", state(paused=True, pause_reason="manual"), T0)
     await gate.load("acme", state(), T0)
-    assert (await gate.admit("acme", T0)).outcome == "ok"
+    assert (await gate.admit(hold(), T0)).outcome == "ok"
     await gate.forget("acme")
-    assert (await gate.admit("acme", T0)).outcome == "miss"
+    assert (await gate.admit(hold(), T0)).outcome == "miss"
 
 
 async def test_redis_state_is_shared_between_instances(redis_prefix: str) -> None:
@@ -105,11 +173,11 @@ async def test_redis_state_is_shared_between_instances(redis_prefix: str) -> Non
     try:
         await one.load("acme", state(), T0)
         await two.load("acme", state(paused=True, pause_reason="manual"), T0)
-        assert (await one.admit("acme", T0)).reason == "manual"
-        await two.settle("acme", 1, 0, T0)
+        assert (await one.admit(hold(), T0)).reason == "manual"
         await two.load("acme", state(tokens_used=999), T0)
-        await one.settle("acme", 1, 0, T0)
-        assert (await two.admit("acme", T0)).reason == "token_limit"
+        assert (await one.admit(hold(request_id="x"), T0)).outcome == "ok"
+        await two.settle(event(1, 0, "x"), 0, T0)
+        assert (await one.admit(hold(), T0)).reason == "token_limit"
     finally:
         await one.close()
         await two.close()
@@ -120,5 +188,5 @@ async def test_local_gate_reloads_after_its_max_age() -> None:
 
     local = LocalGate(max_age_s=2)
     await local.load("acme", state(), T0)
-    assert (await local.admit("acme", T0 + timedelta(seconds=2))).outcome == "ok"
-    assert (await local.admit("acme", T0 + timedelta(seconds=3))).outcome == "miss"
+    assert (await local.admit(hold(), T0 + timedelta(seconds=2))).outcome == "ok"
+    assert (await local.admit(hold(), T0 + timedelta(seconds=3))).outcome == "miss"
