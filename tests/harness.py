@@ -36,7 +36,7 @@ class Harness:
         return self.app[SERVICES]
 
     def sdk(self, key: str, **kw: Any) -> openai.AsyncOpenAI:
-        client = openai.AsyncOpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, **kw)
+        client = openai.AsyncOpenAI(base_url=f"{self.url}/v1", api_key=key, **{"max_retries": 0, **kw})
         self.sdks.append(client)
         return client
 

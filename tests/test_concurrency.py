@@ -1,0 +1,140 @@
+"""Budgets under concurrent calls: reservations bound the overrun, busy
+refusals are retried by the SDK, and a dead process's calls are charged."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from decimal import Decimal
+
+import openai
+import pytest
+
+from taximeter.store.models import Reservation, UsageEvent
+from tests.conftest import FakeClock
+from tests.fake_upstream import CHAT
+from tests.harness import Harness
+
+CALL_TOKENS = CHAT["prompt"] + CHAT["completion"]  # what the fake reports for each chat call
+
+
+async def test_concurrent_calls_stay_within_the_bound(proxy: Harness) -> None:
+    # max_tokens 400 bounds each call's estimate: prompt ~3 tokens + 400 output.
+    limit = 5 * CALL_TOKENS
+    key = await proxy.new_client("acme", mode="tokens", token_limit=limit)
+    proxy.upstream.delay_s = 0.05  # calls overlap
+    client = proxy.sdk(key)
+
+    async def call() -> str:
+        try:
+            await client.chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": "Hi"}], max_tokens=400
+            )
+            return "ok"
+        except openai.RateLimitError as exc:
+            return "retryable" if exc.response.headers.get("x-should-retry") == "true" else "refused"
+
+    results = await asyncio.gather(*(call() for _ in range(50)))
+    status = await proxy.status("acme")
+    admitted = results.count("ok")
+    # The fake always reports 1500 tokens, more than the ~403 estimated: each
+    # admitted call overruns its estimate by ~1100, the bound's "excess" term.
+    estimate = 403
+    assert admitted >= 1 and status["tokens_used"] == admitted * CALL_TOKENS
+    assert admitted * estimate < limit + estimate  # every admitted call was within the reservations
+    assert "retryable" in results  # the rest were told the limit was only reserved, or spent
+    assert status["paused"] is (status["tokens_used"] >= limit)
+
+
+async def test_sdk_retries_a_busy_refusal_until_it_is_admitted(proxy: Harness) -> None:
+    key = await proxy.new_client("acme", mode="tokens", token_limit=10 * CALL_TOKENS)
+    proxy.upstream.delay_s = 0.3
+    slow = proxy.sdk(key)
+    patient = proxy.sdk(key, max_retries=5)
+    # The first call reserves 9 calls' worth (its max_tokens), leaving no room ...
+    first = asyncio.create_task(
+        slow.chat.completions.create(model="gpt-4o", messages=[], max_tokens=9 * CALL_TOKENS)
+    )
+    await asyncio.sleep(0.1)
+    # ... so the second is busy until the first settles, then admitted on a retry.
+    await patient.chat.completions.create(model="gpt-4o", messages=[], max_tokens=CALL_TOKENS + 100)
+    await first
+    assert len(await proxy.events("acme")) == 2
+
+
+async def test_reservation_of_a_dead_process_is_charged_at_its_estimate(
+    proxy: Harness, clock: FakeClock
+) -> None:
+    key = await proxy.new_client("acme", mode="tokens", token_limit=10**6)
+    await proxy.sdk(key).embeddings.create(model="text-embedding-3-small", input="warm up")
+    meter = proxy.services.meter
+    orphan = UsageEvent(
+        request_id="req_orphan",
+        client_id="acme",
+        api_type="chat",
+        model="gpt-4o",
+        endpoint="/v1/chat/completions",
+        status=0,
+        created_at=clock(),
+        currency="BRL",
+        exchange_rate=Decimal(5),
+        input_tokens=10,
+        output_tokens=4096,
+        cost_usd=Decimal("0.040985"),
+        cost=Decimal("0.204925"),
+        estimated=True,
+    )
+    held = Reservation(orphan, 204_925_000, clock() + timedelta(seconds=30))
+    assert (await meter.gate.admit(held, clock())).outcome == "ok"  # ... then its process died
+    assert await meter.sweep() == 0  # not yet expired
+    clock.advance(seconds=31)
+    assert await meter.sweep() == 1
+    assert await meter.sweep() == 0  # charged once
+    events = {e["request_id"]: e for e in await proxy.events("acme")}
+    charged = events["req_orphan"]
+    assert (charged["estimated"], charged["status"], charged["output_tokens"], charged["cost"]) == (
+        True,
+        0,
+        4096,
+        "0.204925",
+    )
+    status = await proxy.status("acme")
+    assert status["tokens_used"] == 4106 + 42  # the orphan and the warm-up embedding
+
+
+@pytest.mark.parametrize("backend", ["production"], indirect=True)
+async def test_two_proxies_sweep_an_orphan_once(
+    aiohttp_server: object, make_proxy: object, backend: dict[str, str], clock: FakeClock
+) -> None:
+    from taximeter.proxy.app import create_app
+
+    first: Harness = await make_proxy()  # type: ignore[operator]
+    second = await aiohttp_server(create_app(first.services.settings, clock=clock))  # type: ignore[operator]
+    await first.new_client("acme", mode="tokens", token_limit=10**6)
+    meter_a = first.services.meter
+    from taximeter.proxy.context import SERVICES
+
+    meter_b = second.app[SERVICES].meter
+    await meter_a.rebuild("acme", clock())
+    orphan = UsageEvent(
+        request_id="req_orphan2",
+        client_id="acme",
+        api_type="tts",
+        model="tts-1",
+        endpoint="/v1/audio/speech",
+        status=0,
+        created_at=clock(),
+        currency="BRL",
+        exchange_rate=Decimal(5),
+        characters=1000,
+        cost_usd=Decimal("0.015"),
+        cost=Decimal("0.075"),
+        estimated=True,
+    )
+    await meter_a.gate.admit(Reservation(orphan, 75_000_000, clock()), clock())
+    clock.advance(seconds=1)
+    counts = await asyncio.gather(meter_a.sweep(), meter_b.sweep(), meter_a.sweep())
+    assert sum(counts) == 1
+    await meter_b.ledger.flush()
+    events = await first.events("acme")
+    assert [e["request_id"] for e in events] == ["req_orphan2"]

@@ -1,0 +1,72 @@
+"""200 concurrent SDK calls through two `taximeter serve` processes sharing
+Postgres and Redis, at a budget with room for about 10 calls: the admitted
+count and the final overrun stay within the README's bound."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import openai
+
+from taximeter.store.factory import open_store
+from tests.conftest import REDIS_URL
+from tests.fake_upstream import CHAT, FakeUpstream
+from tests.processes import Deployment
+
+CALL_TOKENS = CHAT["prompt"] + CHAT["completion"]  # 1500, what every call reports
+MAX_TOKENS = CALL_TOKENS  # each call bounds its output, so it stays within its estimate
+LIMIT = 10 * CALL_TOKENS
+
+
+async def test_two_processes_hold_one_budget(
+    aiohttp_server: Any, tmp_path: Path, pg_url: str, redis_prefix: str
+) -> None:
+    fake = FakeUpstream(delay_s=0.2)  # calls overlap for real
+    upstream = await aiohttp_server(fake.app())
+    settings = {"database_url": pg_url, "redis_url": REDIS_URL, "redis_prefix": redis_prefix}
+    proxies = [Deployment(tmp_path, str(upstream.make_url("/v1")), **settings) for _ in range(2)]
+    try:
+        await proxies[0].cli("clients", "add", "acme")
+        key = (await proxies[0].cli("keys", "create", "acme")).strip()
+        await proxies[0].cli("budgets", "set", "acme", "--mode", "tokens", "--tokens", str(LIMIT))
+        await asyncio.gather(*(p.start() for p in proxies))
+        clients = [openai.AsyncOpenAI(base_url=f"{p.url}/v1", api_key=key, max_retries=0) for p in proxies]
+
+        async def call(i: int) -> str:
+            try:
+                await clients[i % 2].chat.completions.create(
+                    model="gpt-4o", messages=[{"role": "user", "content": "Hi"}], max_tokens=MAX_TOKENS
+                )
+                return "admitted"
+            except openai.RateLimitError:
+                return "refused"
+
+        results = await asyncio.gather(*(call(i) for i in range(200)))
+        for client in clients:
+            await client.close()
+        await asyncio.gather(*(p.stop() for p in proxies))  # SIGTERM: both drain and flush their ledgers
+    finally:
+        await asyncio.gather(*(p.stop() for p in proxies))
+
+    admitted = results.count("admitted")
+    store = await open_store(pg_url)
+    try:
+        state = await store.get_budget("acme", datetime.now(UTC))
+        assert state is not None
+        ledger_tokens, ledger_cost = await store.ledger_totals("acme", state.period_start)
+    finally:
+        await store.close()
+    estimate = 1 + MAX_TOKENS  # "Hi" is one token; the output bound is the rest
+    overrun = state.tokens_used - LIMIT
+    print(
+        f"\nadmitted {admitted} of 200; tokens {state.tokens_used} for a limit of {LIMIT}; overrun {overrun} (bound {estimate})"
+    )
+    assert (ledger_tokens, ledger_cost) == (state.tokens_used, state.cost_used_nanos)  # ledger = counters
+    assert state.tokens_used == admitted * CALL_TOKENS == len(fake.received) * CALL_TOKENS
+    assert overrun <= estimate  # README: at most limit + the largest single estimate
+    assert admitted <= LIMIT // estimate + 1
+    assert admitted >= 5  # the budget did admit calls while it had room
+    assert state.paused or state.tokens_used + estimate > LIMIT
