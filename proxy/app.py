@@ -54,7 +54,7 @@ def _lifecycle(settings: Settings, clock: Clock):  # type: ignore[no-untyped-def
             exchange_rate=settings.exchange_rate,
             allow_unpriced=settings.unpriced_models == "allow",
             # A live call ends within the upstream timeout; only a dead process's outlives this.
-            reservation_ttl_s=settings.upstream_timeout_s + 60,
+            reservation_ttl_s=settings.upstream_timeout_s + settings.reservation_grace_s,
             clock=clock,
         )
 

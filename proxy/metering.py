@@ -121,6 +121,7 @@ class Meter:
                     admission = _decide(state)
         except StoreUnavailable as exc:
             log.warning("gate_unavailable", extra={"client": client_id, "error": str(exc)})
+            await self.ledger.flush()  # decide on every call this process has answered
             admission = _decide(await self._from_store(client_id, now))
         if admission.outcome == "busy":
             raise BudgetBusy(
@@ -137,7 +138,11 @@ class Meter:
         """Reload the gate's copy of a budget from the store."""
         await self.ledger.flush()
         state = await self._from_store(client_id, now)
-        await self.gate.load(client_id, state, now)
+        try:
+            await self.gate.load(client_id, state, now)
+        except StoreUnavailable as exc:
+            # The store has the change; admissions fall back to it while the gate is down.
+            log.warning("gate_load_failed", extra={"client": client_id, "error": str(exc)})
         return state
 
     async def _from_store(self, client_id: str, now: datetime) -> BudgetState | None:

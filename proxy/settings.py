@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     reserve_audio_seconds: Decimal = Field(
         Decimal(600), gt=0, description="Audio seconds reserved for an upload whose length cannot be read."
     )
+    reservation_grace_s: float = Field(
+        60.0, gt=0, description="A reservation expires this long after upstream_timeout_s."
+    )
     sweep_interval_s: float = Field(
         5.0, gt=0, description="How often expired reservations are charged and periods rolled."
     )

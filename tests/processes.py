@@ -69,6 +69,13 @@ class Deployment:
                 await asyncio.sleep(0.05)
         raise AssertionError("taximeter serve did not become ready")
 
+    async def kill(self) -> None:
+        """kill -9: no drain, no flush, as if the host lost power."""
+        assert self.server is not None
+        self.server.send_signal(signal.SIGKILL)  # only the process this test started
+        await asyncio.wait_for(self.server.wait(), 30)
+        self.server = None
+
     async def stop(self) -> None:
         if self.server is not None and self.server.returncode is None:
             self.server.send_signal(signal.SIGTERM)  # only the process this test started
