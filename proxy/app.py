@@ -20,6 +20,7 @@ from taximeter.proxy.proxying import handle_proxy
 from taximeter.proxy.routing import UpstreamRouter
 from taximeter.proxy.settings import Settings
 from taximeter.proxy.status import status_routes
+from taximeter.proxy.webhooks import Webhook, WebhookSender
 from taximeter.store.factory import open_gate, open_store
 from taximeter.store.ledger import LedgerWriter
 from taximeter.store.models import BudgetState
@@ -67,11 +68,20 @@ def _lifecycle(settings: Settings, clock: Clock):  # type: ignore[no-untyped-def
         )
         # One pooled session for every upstream call; no per-host connection cap.
         session = aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0))
+        webhooks = WebhookSender(
+            store,
+            session,
+            [Webhook(w.url, w.secret.get_secret_value()) for w in settings.webhooks if w.secret],
+            clock=clock,
+            timeout_s=settings.webhook_timeout_s,
+            retry_max_s=settings.webhook_retry_max_s,
+        )
         services = Services(
             settings=settings,
             meter=meter,
             router=UpstreamRouter(settings.resolved_upstreams()),
             session=session,
+            webhooks=webhooks,
         )
         app[SERVICES] = services
         app[OPERATIONS] = Operations(
@@ -82,15 +92,17 @@ def _lifecycle(settings: Settings, clock: Clock):  # type: ignore[no-untyped-def
             on_budget_change=refresh_gate,
             flush_ledger=ledger.flush,
         )
-        sweeper = asyncio.create_task(
-            meter.sweep_forever(settings.sweep_interval_s), name="taximeter-sweeper"
-        )
+        background = [
+            asyncio.create_task(meter.sweep_forever(settings.sweep_interval_s), name="taximeter-sweeper"),
+            asyncio.create_task(webhooks.run_forever(settings.sweep_interval_s), name="taximeter-webhooks"),
+        ]
         try:
             yield
         finally:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            for task in background:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await services.drain()  # calls still relaying are finished and metered first
             await session.close()
             await ledger.close()

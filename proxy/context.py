@@ -13,6 +13,7 @@ from aiohttp import web
 from taximeter.proxy.metering import Meter
 from taximeter.proxy.routing import UpstreamRouter
 from taximeter.proxy.settings import Settings
+from taximeter.proxy.webhooks import WebhookSender
 
 __all__ = ["SERVICES", "Services"]
 
@@ -25,6 +26,7 @@ class Services:
     meter: Meter
     router: UpstreamRouter
     session: aiohttp.ClientSession
+    webhooks: WebhookSender
     inflight: set[asyncio.Task[Any]] = field(default_factory=set)
 
     async def shielded(self, work: Coroutine[Any, Any, T]) -> T:

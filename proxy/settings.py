@@ -29,7 +29,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["ConfigError", "Settings", "UpstreamSettings", "load_settings"]
+__all__ = ["ConfigError", "Settings", "UpstreamSettings", "WebhookSettings", "load_settings"]
 
 MiB = 1024 * 1024
 
@@ -64,6 +64,32 @@ class UpstreamSettings(BaseModel):
             if value is None:
                 raise ValueError(f"api_key_env names {self.api_key_env}, which is not set")
             self.api_key = SecretStr(value)
+        return self
+
+
+class WebhookSettings(BaseModel):
+    """A receiver of budget events (thresholds crossed, pauses, resets)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(description="Where events are POSTed as JSON.")
+    secret: SecretStr | None = Field(None, description="HMAC-SHA256 key of X-Taximeter-Signature.")
+    secret_env: str | None = Field(None, description="Name of an env var holding the secret instead.")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return _http_url(value)
+
+    @model_validator(mode="after")
+    def _secret_from_env(self) -> WebhookSettings:
+        if self.secret is None and self.secret_env:
+            value = os.environ.get(self.secret_env)
+            if value is None:
+                raise ValueError(f"secret_env names {self.secret_env}, which is not set")
+            self.secret = SecretStr(value)
+        if self.secret is None:
+            raise ValueError("a webhook needs a secret (or secret_env) to sign its events")
         return self
 
 
@@ -114,6 +140,13 @@ class Settings(BaseSettings):
         5.0, gt=0, description="How often expired reservations are charged and periods rolled."
     )
     ledger_max_pending: int = Field(10_000, gt=0, description="Events held in memory before back-pressure.")
+    webhooks: list[WebhookSettings] = Field(
+        default_factory=list, description="Receivers of budget events (TOML): url and secret."
+    )
+    webhook_timeout_s: float = Field(10.0, gt=0, description="Longest a webhook delivery may take.")
+    webhook_retry_max_s: float = Field(
+        300.0, gt=0, description="Longest wait between two delivery attempts (backoff doubles to it)."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     log_json: bool = Field(False, description="Write logs as JSON lines.")
 

@@ -8,11 +8,19 @@ choke point each; nothing else of a driver's leaks out.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Protocol
 
-from taximeter.store.models import ApiKey, BudgetConfig, BudgetState, Client, Reservation, UsageEvent
+from taximeter.store.models import (
+    ApiKey,
+    BudgetConfig,
+    BudgetState,
+    Client,
+    OutboxItem,
+    Reservation,
+    UsageEvent,
+)
 
 __all__ = [
     "Admission",
@@ -131,6 +139,17 @@ class Store(Protocol):
 
     async def ledger_totals(self, client_id: str, since: datetime) -> tuple[int, int]:
         """Tokens and cost (nanos of the budget currency) in the ledger since ``since``."""
+
+    async def claim_alerts(self, now: datetime, limit: int, lease: timedelta) -> list[OutboxItem]:
+        """Due, undelivered budget events, each leased to the caller for ``lease``."""
+
+    async def finish_alert(
+        self, item: OutboxItem, failed_urls: list[str], now: datetime, retry_at: datetime, error: str | None
+    ) -> None:
+        """Mark an event delivered, or schedule a retry of its failed webhooks."""
+
+    async def list_alerts(self, client_id: str) -> list[tuple[OutboxItem, bool]]:
+        """A client's budget events, oldest first, with whether each was delivered."""
 
 
 class Gate(Protocol):

@@ -14,7 +14,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from taximeter.pricing.money import NANOS_PER_UNIT, parse_money, to_nanos
-from taximeter.store.models import BudgetConfig, BudgetState
+from taximeter.store.models import BudgetConfig, BudgetEvent, BudgetState
 
 __all__ = [
     "LEVELS",
@@ -30,6 +30,7 @@ __all__ = [
     "refusal",
     "reset",
     "roll",
+    "transition",
 ]
 
 MODES = ("tokens", "cost", "both")
@@ -107,6 +108,7 @@ def reset(state: BudgetState, start: datetime) -> BudgetState:
         paused=manual,
         pause_reason=MANUAL if manual else None,
         version=state.version + 1,
+        alerts_fired=(),
     )
 
 
@@ -166,6 +168,67 @@ def admission(state: BudgetState, reserved_tokens: int, reserved_nanos: int) -> 
         return "ok", None
     busy = _reached(state, state.tokens_used + reserved_tokens, state.cost_used_nanos + reserved_nanos)
     return ("busy", busy) if busy is not None else ("ok", None)
+
+
+def _ratios(state: BudgetState) -> dict[str, Decimal]:
+    config = state.config
+    ratios = {}
+    if config.mode in ("tokens", "both") and config.token_limit:
+        ratios["tokens"] = Decimal(state.tokens_used) / config.token_limit
+    if config.mode in ("cost", "both") and config.cost_limit:
+        ratios["cost"] = Decimal(state.cost_used_nanos) / (config.cost_limit * NANOS_PER_UNIT)
+    return ratios
+
+
+def transition(old: BudgetState | None, new: BudgetState) -> tuple[BudgetState, list[BudgetEvent]]:
+    """The events a change from ``old`` to ``new`` raises, and ``new`` with
+    the thresholds it fired recorded. Each threshold fires once per period
+    per metric; a new period (a rollover or an operator's reset) clears them."""
+    events: list[BudgetEvent] = []
+    client = new.client_id
+    if (
+        old is not None
+        and new.period_start != old.period_start
+        and not (new.tokens_used or new.cost_used_nanos)
+    ):
+        events.append(BudgetEvent("reset", client))
+    if new.paused and (old is None or not old.paused):
+        events.append(BudgetEvent("paused", client, pause_reason=new.pause_reason))
+    fired = set(new.alerts_fired)
+    for metric, ratio in _ratios(new).items():
+        for threshold in new.config.alert_thresholds:
+            key = f"{metric}:{threshold}"
+            if ratio >= threshold and key not in fired:
+                fired.add(key)
+                events.append(BudgetEvent("threshold", client, metric=metric, threshold=threshold))
+    return replace(new, alerts_fired=tuple(sorted(fired))), events
+
+
+def event_payload(event: BudgetEvent, state: BudgetState, event_id: str, now: datetime) -> dict[str, Any]:
+    """The JSON a webhook receives for ``event`` (money as decimal strings)."""
+    config = state.config
+    tokens_pct, cost_pct = percents(state)
+    body: dict[str, Any] = {
+        "id": event_id,
+        "type": f"budget.{event.kind}",
+        "client_id": event.client_id,
+        "created_at": now.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "period_start": state.period_start.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "level": level(state),
+        "paused": state.paused,
+        "pause_reason": state.pause_reason,
+        "tokens_used": state.tokens_used,
+        "token_limit": config.token_limit,
+        "tokens_percent": tokens_pct,
+        "cost_used": str(Decimal(state.cost_used_nanos) / NANOS_PER_UNIT),
+        "cost_limit": None if config.cost_limit is None else str(config.cost_limit),
+        "cost_percent": cost_pct,
+        "currency": config.currency,
+    }
+    if event.kind == "threshold":
+        body["metric"] = event.metric
+        body["threshold"] = float(event.threshold or 0)
+    return body
 
 
 def percents(state: BudgetState) -> tuple[float | None, float | None]:

@@ -75,6 +75,30 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     ),
 ]
 
+MIGRATIONS.append(
+    (
+        2,
+        [
+            "ALTER TABLE budgets ADD COLUMN alerts_fired TEXT NOT NULL DEFAULT '[]'",
+            # Budget events, written in the transaction that raised them and
+            # delivered to the webhooks from here (a durable outbox).
+            """CREATE TABLE alert_outbox (
+                id TEXT PRIMARY KEY,
+                client_id TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                payload TEXT NOT NULL,
+                created_at {time} NOT NULL,
+                next_attempt_at {time} NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                pending_urls TEXT,
+                delivered_at {time},
+                last_error TEXT
+            )""",
+            "CREATE INDEX alert_outbox_due ON alert_outbox (delivered_at, next_attempt_at)",
+        ],
+    )
+)
+
 LATEST = MIGRATIONS[-1][0]
 
 

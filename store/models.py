@@ -8,7 +8,16 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-__all__ = ["ApiKey", "BudgetConfig", "BudgetState", "Client", "Reservation", "UsageEvent"]
+__all__ = [
+    "ApiKey",
+    "BudgetConfig",
+    "BudgetEvent",
+    "BudgetState",
+    "Client",
+    "OutboxItem",
+    "Reservation",
+    "UsageEvent",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,10 +69,37 @@ class BudgetState:
     paused: bool = False
     pause_reason: str | None = None
     version: int = 0
+    alerts_fired: tuple[str, ...] = ()  # "metric:threshold" fired this period
 
     @property
     def client_id(self) -> str:
         return self.config.client_id
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetEvent:
+    """Something an operator is told about: a threshold crossed
+    (``threshold``), the budget paused (``paused``) or a new period begun
+    (``reset``)."""
+
+    kind: str
+    client_id: str
+    metric: str | None = None  # tokens or cost, for thresholds
+    threshold: Decimal | None = None
+    pause_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    """A budget event waiting for delivery to the webhooks in ``pending_urls``
+    (None: all of them, not yet attempted)."""
+
+    id: str
+    client_id: str
+    kind: str
+    payload: str
+    attempts: int
+    pending_urls: tuple[str, ...] | None
 
 
 @dataclass(frozen=True, slots=True)

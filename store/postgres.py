@@ -30,6 +30,7 @@ _DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, Timeou
 
 class PostgresDialect(Dialect):
     for_update = " FOR UPDATE"
+    skip_locked = " FOR UPDATE SKIP LOCKED"
     types = _TYPES
     migration_lock = f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})"
     day_of = "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')"

@@ -9,11 +9,13 @@ and Postgres behave identically.
 from __future__ import annotations
 
 import json
+import logging
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -21,9 +23,11 @@ from taximeter.pricing.money import from_nanos, to_nanos
 from taximeter.store import budgets
 from taximeter.store.base import Conflict, NotFound, RecordResult, ReportRow
 from taximeter.store.migrations import MIGRATIONS, render
-from taximeter.store.models import ApiKey, BudgetConfig, BudgetState, Client, UsageEvent
+from taximeter.store.models import ApiKey, BudgetConfig, BudgetState, Client, OutboxItem, UsageEvent
 
 __all__ = ["Conn", "Dialect", "SqlStore"]
+
+log = logging.getLogger("taximeter.budgets")
 
 Row = Any  # a driver row read by column name: sqlite3.Row or asyncpg.Record
 
@@ -43,6 +47,7 @@ class Dialect(ABC):
     """How one backend stores what the generic SQL does not fix."""
 
     for_update: str = ""
+    skip_locked: str = ""  # lets concurrent senders take different outbox rows
     day_of: str = ""  # SQL expression of created_at's UTC date, 'YYYY-MM-DD'
     types: dict[str, str] = {}  # {money}, {time}, {bool}, {bigint} in the migrations
     migration_lock: str | None = None  # a statement that serialises concurrent migrations
@@ -67,8 +72,9 @@ _EVENT_COLUMNS = (
 )
 _BUDGET_COLUMNS = (
     "client_id, mode, token_limit, cost_limit, period, timezone, currency, pause_at_limit, "
-    "alert_thresholds, period_start, tokens_used, cost_used, paused, pause_reason, version"
+    "alert_thresholds, period_start, tokens_used, cost_used, paused, pause_reason, version, alerts_fired"
 )
+_OUTBOX_COLUMNS = "id, client_id, kind, payload, attempts, pending_urls"
 _GROUPS = {"api_type": "api_type", "model": "model", "end_user": "COALESCE(end_user, '')"}
 _BUDGET_ACTIONS = ("reset", "pause", "resume")
 
@@ -204,12 +210,11 @@ class SqlStore(ABC):
             if old is None:
                 await conn.execute(
                     f"INSERT INTO budgets ({_BUDGET_COLUMNS}, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     *self._budget_values(state),
                     self.dialect.time_in(now),
                 )
-            else:
-                await self._write_budget(conn, state, now)
+            state = await self._write_budget(conn, old or state, state, now)
         return state
 
     async def get_budget(self, client_id: str, now: datetime) -> BudgetState | None:
@@ -226,7 +231,7 @@ class SqlStore(ABC):
                 return None
             rolled = budgets.roll(locked, now)
             if rolled is not locked:
-                await self._write_budget(conn, rolled, now)
+                rolled = await self._write_budget(conn, locked, rolled, now)
         return rolled
 
     async def list_budgets(self, now: datetime) -> list[BudgetState]:
@@ -243,10 +248,10 @@ class SqlStore(ABC):
         if action not in _BUDGET_ACTIONS:
             raise ValueError(f"unknown budget action {action!r}")
         async with self.transaction() as conn:
-            state = await self._locked_budget(conn, client_id)
-            if state is None:
+            old = await self._locked_budget(conn, client_id)
+            if old is None:
                 return None
-            state = budgets.roll(state, now)
+            state = budgets.roll(old, now)
             if action == "reset":
                 state = budgets.reset(state, now)  # counting restarts now
             else:
@@ -257,7 +262,7 @@ class SqlStore(ABC):
                     pause_reason=budgets.MANUAL if pause else None,
                     version=state.version + 1,
                 )
-            await self._write_budget(conn, state, now)
+            state = await self._write_budget(conn, old, state, now)
         return state
 
     # -- ledger ------------------------------------------------------------------
@@ -279,7 +284,7 @@ class SqlStore(ABC):
             if event.created_at >= new.period_start:
                 new = budgets.apply_usage(new, event.tokens, to_nanos(event.cost))
             if new is not state:
-                await self._write_budget(conn, new, event.created_at)
+                new = await self._write_budget(conn, state, new, event.created_at)
         return RecordResult(recorded=True, state=new)
 
     async def list_events(self, client_id: str | None, limit: int) -> list[UsageEvent]:
@@ -351,16 +356,118 @@ class SqlStore(ABC):
         )
         return None if row is None else self._budget(row)
 
-    async def _write_budget(self, conn: Conn, state: BudgetState, now: datetime) -> None:
+    async def _write_budget(
+        self, conn: Conn, old: BudgetState, new: BudgetState, now: datetime
+    ) -> BudgetState:
+        """Write ``new`` over ``old``, with the budget events the change raises
+        put in the outbox in the same transaction."""
+        state, events = budgets.transition(old, new)
         values = self._budget_values(state)
         await conn.execute(
             "UPDATE budgets SET mode = ?, token_limit = ?, cost_limit = ?, period = ?, timezone = ?, "
             "currency = ?, pause_at_limit = ?, alert_thresholds = ?, period_start = ?, tokens_used = ?, "
-            "cost_used = ?, paused = ?, pause_reason = ?, version = ?, updated_at = ? WHERE client_id = ?",
+            "cost_used = ?, paused = ?, pause_reason = ?, version = ?, alerts_fired = ?, updated_at = ? "
+            "WHERE client_id = ?",
             *values[1:],
             self.dialect.time_in(now),
             values[0],
         )
+        micros = int(now.timestamp() * 1_000_000)
+        for index, event in enumerate(events):
+            # Time-ordered ids: the outbox delivers in the order events happened,
+            # including several raised by one transaction.
+            event_id = f"evt_{micros:014x}{index:02x}{uuid.uuid4().hex[:16]}"
+            await conn.execute(
+                "INSERT INTO alert_outbox (id, client_id, kind, payload, created_at, next_attempt_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                event_id,
+                event.client_id,
+                event.kind,
+                json.dumps(budgets.event_payload(event, state, event_id, now)),
+                self.dialect.time_in(now),
+                self.dialect.time_in(now),
+            )
+            log.info(
+                "budget_event",
+                extra={
+                    "client": event.client_id,
+                    "kind": event.kind,
+                    "metric": event.metric,
+                    "threshold": None if event.threshold is None else str(event.threshold),
+                    "event_id": event_id,
+                },
+            )
+        return state
+
+    # -- the alert outbox ---------------------------------------------------------
+
+    async def claim_alerts(self, now: datetime, limit: int, lease: timedelta) -> list[OutboxItem]:
+        """Up to ``limit`` undelivered events that are due, each leased to the
+        caller for ``lease`` (another process does not take it meanwhile)."""
+        async with self.transaction() as conn:
+            rows = await conn.fetchall(
+                f"SELECT {_OUTBOX_COLUMNS} FROM alert_outbox WHERE delivered_at IS NULL "
+                f"AND next_attempt_at <= ? ORDER BY created_at, id LIMIT ?{self.dialect.skip_locked}",
+                self.dialect.time_in(now),
+                limit,
+            )
+            for row in rows:
+                await conn.execute(
+                    "UPDATE alert_outbox SET next_attempt_at = ? WHERE id = ?",
+                    self.dialect.time_in(now + lease),
+                    row["id"],
+                )
+        return [
+            OutboxItem(
+                id=r["id"],
+                client_id=r["client_id"],
+                kind=r["kind"],
+                payload=r["payload"],
+                attempts=int(r["attempts"]),
+                pending_urls=None if r["pending_urls"] is None else tuple(json.loads(r["pending_urls"])),
+            )
+            for r in rows
+        ]
+
+    async def finish_alert(
+        self, item: OutboxItem, failed_urls: list[str], now: datetime, retry_at: datetime, error: str | None
+    ) -> None:
+        """Mark ``item`` delivered (no failed URL), or schedule a retry of the failed ones."""
+        async with self.transaction() as conn:
+            if not failed_urls:
+                await conn.execute(
+                    "UPDATE alert_outbox SET delivered_at = ?, pending_urls = '[]', attempts = ? "
+                    "WHERE id = ?",
+                    self.dialect.time_in(now),
+                    item.attempts + 1,
+                    item.id,
+                )
+            else:
+                await conn.execute(
+                    "UPDATE alert_outbox SET pending_urls = ?, attempts = ?, next_attempt_at = ?, "
+                    "last_error = ? WHERE id = ?",
+                    json.dumps(failed_urls),
+                    item.attempts + 1,
+                    self.dialect.time_in(retry_at),
+                    error,
+                    item.id,
+                )
+
+    async def list_alerts(self, client_id: str) -> list[tuple[OutboxItem, bool]]:
+        """Every event of a client, oldest first, with whether it was delivered."""
+        async with self.connection() as conn:
+            rows = await conn.fetchall(
+                f"SELECT {_OUTBOX_COLUMNS}, delivered_at FROM alert_outbox WHERE client_id = ? "
+                "ORDER BY created_at, id",
+                client_id,
+            )
+        return [
+            (
+                OutboxItem(r["id"], r["client_id"], r["kind"], r["payload"], int(r["attempts"]), None),
+                r["delivered_at"] is not None,
+            )
+            for r in rows
+        ]
 
     def _budget_values(self, state: BudgetState) -> list[Any]:
         c, d = state.config, self.dialect
@@ -380,6 +487,7 @@ class SqlStore(ABC):
             state.paused,
             state.pause_reason,
             state.version,
+            json.dumps(list(state.alerts_fired)),
         ]
 
     def _budget(self, row: Row) -> BudgetState:
@@ -403,6 +511,7 @@ class SqlStore(ABC):
             paused=bool(row["paused"]),
             pause_reason=row["pause_reason"],
             version=int(row["version"]),
+            alerts_fired=tuple(json.loads(row["alerts_fired"])),
         )
 
     def _event_values(self, e: UsageEvent) -> list[Any]:

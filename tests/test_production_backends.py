@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from taximeter.proxy.app import create_app
 from taximeter.proxy.settings import Settings
 from taximeter.store.factory import open_store
+from taximeter.store.migrations import LATEST
 from tests.conftest import REDIS_URL, FakeClock
 from tests.fake_upstream import UPSTREAM_KEY, FakeUpstream
 from tests.harness import ADMIN_TOKEN, Harness
@@ -25,7 +26,7 @@ async def test_concurrent_migrations_are_safe(pg_url: str) -> None:
     try:
         await asyncio.gather(*(s.migrate() for s in stores))
         await asyncio.gather(*(s.migrate() for s in stores))
-        assert [await s.schema_version() for s in stores] == [1, 1, 1, 1]  # type: ignore[attr-defined]
+        assert [await s.schema_version() for s in stores] == [LATEST] * 4  # type: ignore[attr-defined]
     finally:
         for s in stores:
             await s.close()
