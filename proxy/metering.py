@@ -40,6 +40,7 @@ _REASONS = {
     "manual": "it was paused by an operator",
 }
 _CLAIM_BATCH = 100
+_REBUILD_ATTEMPTS = 3
 
 
 def system_clock() -> datetime:
@@ -80,6 +81,13 @@ class Meter:
         self.allow_unpriced = allow_unpriced
         self.reservation_ttl = timedelta(seconds=reservation_ttl_s)
         self.clock = clock
+        # This process's calls in flight, to give back to a gate that lost them.
+        self._held: dict[str, dict[str, Reservation]] = {}
+        self._rebuilding: dict[str, asyncio.Future[BudgetState | None]] = {}
+        # Calls settled while their client's copy is being rebuilt, with their
+        # ledger sequence numbers: re-applied to the new copy unless the store
+        # read already held them.
+        self._deferred: dict[str, list[tuple[int, UsageEvent]]] = {}
 
     def resolve_price(self, model: str | None, metered: bool) -> ModelPrice | None:
         """The model's prices; raises ModelNotPriced when the policy rejects it."""
@@ -114,15 +122,21 @@ class Meter:
         client_id = reservation.client_id
         try:
             admission = await self.gate.admit(reservation, now)
-            if admission.outcome == "miss":
-                state = await self.rebuild(client_id, now)
+            for _ in range(_REBUILD_ATTEMPTS):
+                if admission.outcome != "miss":
+                    break
+                await self.rebuild(client_id, now)
                 admission = await self.gate.admit(reservation, now)
-                if admission.outcome == "miss":  # a boundary passed in between: decide on the state
-                    admission = _decide(state)
+            if admission.outcome == "miss":
+                # The copy vanishes as fast as it is rebuilt (Redis being flushed
+                # over and over): admitting without a reservation would break the bound.
+                raise MeteringUnavailable("the budget gate keeps losing its state; try again shortly")
         except StoreUnavailable as exc:
             log.warning("gate_unavailable", extra={"client": client_id, "error": str(exc)})
             await self.ledger.flush()  # decide on every call this process has answered
             admission = _decide(await self._from_store(client_id, now))
+        if admission.outcome == "ok":
+            self._held.setdefault(client_id, {})[reservation.request_id] = reservation
         if admission.outcome == "busy":
             raise BudgetBusy(
                 f"budget of client {client_id!r} is fully reserved by calls in flight; retry shortly",
@@ -135,15 +149,47 @@ class Meter:
             )
 
     async def rebuild(self, client_id: str, now: datetime) -> BudgetState | None:
-        """Reload the gate's copy of a budget from the store."""
+        """Reload the gate's copy of a budget from the store, once however many
+        calls ask at the same time, and hold this process's calls in flight again."""
+        pending = self._rebuilding.get(client_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[BudgetState | None] = asyncio.get_running_loop().create_future()
+        self._rebuilding[client_id] = future
+        self._deferred[client_id] = []
+        try:
+            state = await self._reload(client_id, now)
+            future.set_result(state)
+            return state
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters get it, the loop does not log it
+            raise
+        finally:
+            del self._rebuilding[client_id]
+            self._deferred.pop(client_id, None)
+
+    async def _reload(self, client_id: str, now: datetime) -> BudgetState | None:
         await self.ledger.flush()
-        state = await self._from_store(client_id, now)
+        async with self.ledger.paused() as durable:  # the read holds exactly events 1..durable
+            state = await self._from_store(client_id, now)
         try:
             await self.gate.load(client_id, state, now)
+            await self.gate.restore(list(self._held.get(client_id, {}).values()))
+            for sequence, event in self._deferred.get(client_id, []):
+                if sequence > durable:  # settled meanwhile, and not in what was read
+                    await self.gate.settle(event, to_nanos(event.cost), event.created_at)
         except StoreUnavailable as exc:
             # The store has the change; admissions fall back to it while the gate is down.
             log.warning("gate_load_failed", extra={"client": client_id, "error": str(exc)})
         return state
+
+    def _forget_held(self, client_id: str, request_id: str) -> None:
+        held = self._held.get(client_id)
+        if held is not None:
+            held.pop(request_id, None)
+            if not held:
+                del self._held[client_id]
 
     async def _from_store(self, client_id: str, now: datetime) -> BudgetState | None:
         try:
@@ -154,15 +200,23 @@ class Meter:
     async def settle(self, event: UsageEvent) -> None:
         """Swap the call's reservation for ``event`` in the gate, then queue
         ``event`` for the ledger."""
+        self._forget_held(event.client_id, event.request_id)
+        # Ledger first: a rebuild that starts from here on flushes this event
+        # into what it reads, or finds it deferred.
+        sequence = await self.ledger.submit(event)
+        deferred = self._deferred.get(event.client_id)
+        if deferred is not None:  # its copy is being rebuilt: applied once it is loaded
+            deferred.append((sequence, event))
+            return
         try:
             await self.gate.settle(event, to_nanos(event.cost), event.created_at)
         except StoreUnavailable as exc:
             # The store still records it; the gate's copy is rebuilt on its next miss.
             log.warning("gate_settle_failed", extra={"client": event.client_id, "error": str(exc)})
-        await self.ledger.submit(event)
 
     async def release(self, client_id: str, request_id: str) -> None:
         """Drop a reservation whose call was never forwarded."""
+        self._forget_held(client_id, request_id)
         with contextlib.suppress(StoreUnavailable):
             await self.gate.release(client_id, request_id)
 

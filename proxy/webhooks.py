@@ -107,10 +107,10 @@ class WebhookSender:
 
     async def run_forever(self, interval_s: float) -> None:
         while True:
+            await asyncio.sleep(interval_s)
             try:
                 await self.deliver_due()
             except StoreUnavailable as exc:
                 log.warning("webhook_delivery_paused", extra={"error": str(exc)})
             except Exception:
                 log.exception("webhook_delivery_failed")
-            await asyncio.sleep(interval_s)

@@ -175,6 +175,10 @@ class Gate(Protocol):
     async def release(self, client_id: str, request_id: str) -> None:
         """Drop a reservation without charging it (the call never went out)."""
 
+    async def restore(self, reservations: list[Reservation]) -> None:
+        """Hold again reservations the gate lost (Redis flushed or restarted);
+        one it still holds is not counted twice."""
+
     async def claim_expired(self, now: datetime, limit: int) -> list[Reservation]:
         """Take reservations whose time is up away from the gate; each is handed
         to exactly one caller, who must record and settle its estimated event."""

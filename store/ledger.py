@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from taximeter.store.base import RecordResult, Store, StoreUnavailable
 from taximeter.store.models import UsageEvent
@@ -42,6 +42,7 @@ class LedgerWriter:
         self._submitted = 0  # sequence number of the last event submitted
         self._written = 0  # ... and of the last one durable (the queue is FIFO)
         self._progress = asyncio.Condition()
+        self._writing = asyncio.Lock()  # held while an event is written; see paused()
 
     @property
     def pending(self) -> int:
@@ -52,10 +53,25 @@ class LedgerWriter:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="taximeter-ledger")
 
-    async def submit(self, event: UsageEvent) -> None:
-        """Queue ``event`` for recording; waits only while the queue is full."""
+    @property
+    def written(self) -> int:
+        """Sequence number of the last event that is durable."""
+        return self._written
+
+    async def submit(self, event: UsageEvent) -> int:
+        """Queue ``event`` for recording (waits only while the queue is full);
+        its sequence number: it is durable once ``written`` reaches it."""
         self._submitted += 1
+        sequence = self._submitted
         await self._queue.put(event)
+        return sequence
+
+    @contextlib.asynccontextmanager
+    async def paused(self) -> AsyncIterator[int]:
+        """No event is written inside this block; yields ``written``, exact for
+        the whole block (a read of the store then holds events up to it)."""
+        async with self._writing:
+            yield self._written
 
     async def flush(self) -> None:
         """Wait until every event submitted before this call is durable
@@ -77,13 +93,14 @@ class LedgerWriter:
     async def _run(self) -> None:
         while True:
             event = await self._queue.get()
-            try:
-                await self._write(event)
-            finally:
-                self._queue.task_done()
-                async with self._progress:
-                    self._written += 1
-                    self._progress.notify_all()
+            async with self._writing:
+                try:
+                    await self._write(event)
+                finally:
+                    self._queue.task_done()
+                    async with self._progress:
+                        self._written += 1
+                        self._progress.notify_all()
 
     async def _write(self, event: UsageEvent) -> None:
         delay = 0.05

@@ -70,6 +70,10 @@ class LocalGate:
             if not held:
                 del self._held[client_id]
 
+    async def restore(self, reservations: list[Reservation]) -> None:
+        for reservation in reservations:  # a load keeps them here; nothing is ever lost
+            self._held[reservation.client_id].setdefault(reservation.request_id, reservation)
+
     async def claim_expired(self, now: datetime, limit: int) -> list[Reservation]:
         expired = [r for held in self._held.values() for r in held.values() if r.expires_at <= now]
         expired = sorted(expired, key=lambda r: r.expires_at)[:limit]

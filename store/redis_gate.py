@@ -102,6 +102,19 @@ return 1
 
 _RELEASE = _RELEASE_FN + "return release(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2])"
 
+# Hold a reservation again after the gate lost it (ARGV as in _ADMIT, without the check).
+_RESTORE = """
+local payload = ARGV[3] .. ':' .. ARGV[4] .. ':' .. ARGV[5] .. ':' .. ARGV[6]
+if redis.call('HSETNX', KEYS[2], ARGV[2], payload) == 0 then return 0 end
+redis.call('EXPIRE', KEYS[2], ARGV[8])
+redis.call('ZADD', KEYS[3], ARGV[5], ARGV[7])
+if redis.call('HGET', KEYS[1], 'nb') == '0' then
+  redis.call('HINCRBY', KEYS[1], 'rt', ARGV[3])
+  redis.call('HINCRBY', KEYS[1], 'rc', ARGV[4])
+end
+return 1
+"""
+
 _CLAIM = (
     _RELEASE_FN
     + """
@@ -181,6 +194,7 @@ class RedisGate:
         self._release = client.register_script(_RELEASE)
         self._claim = client.register_script(_CLAIM)
         self._load = client.register_script(_LOAD)
+        self._restore = client.register_script(_RESTORE)
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "taximeter:") -> RedisGate:
@@ -197,21 +211,23 @@ class RedisGate:
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"Redis: {exc}") from exc
 
-    async def admit(self, reservation: Reservation, now: datetime) -> Admission:
+    @staticmethod
+    def _hold_args(reservation: Reservation, now: datetime) -> list[Any]:
         event = reservation.event
+        return [
+            _ms(now),
+            event.request_id,
+            reservation.tokens,
+            reservation.cost_nanos,
+            _ms(reservation.expires_at),
+            event.to_json(),
+            f"{event.client_id}/{event.request_id}",
+            _HELD_TTL_S,
+        ]
+
+    async def admit(self, reservation: Reservation, now: datetime) -> Admission:
         reply = await self._run(
-            self._admit,
-            self._keys(event.client_id),
-            [
-                _ms(now),
-                event.request_id,
-                reservation.tokens,
-                reservation.cost_nanos,
-                _ms(reservation.expires_at),
-                event.to_json(),
-                f"{event.client_id}/{event.request_id}",
-                _HELD_TTL_S,
-            ],
+            self._admit, self._keys(reservation.client_id), self._hold_args(reservation, now)
         )
         outcome, *rest = (part.decode() if isinstance(part, bytes) else part for part in reply)
         return Admission(outcome, rest[0] if rest else None)
@@ -225,6 +241,13 @@ class RedisGate:
             self._keys(event.client_id),
             [_ms(now), event.request_id, event.tokens, cost_nanos, f"{event.client_id}/{event.request_id}"],
         )
+
+    async def restore(self, reservations: list[Reservation]) -> None:
+        now = datetime.now(UTC)
+        for reservation in reservations:
+            await self._run(
+                self._restore, self._keys(reservation.client_id), self._hold_args(reservation, now)
+            )
 
     async def release(self, client_id: str, request_id: str) -> None:
         await self._run(self._release, self._keys(client_id), [request_id, f"{client_id}/{request_id}"])

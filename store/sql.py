@@ -372,11 +372,8 @@ class SqlStore(ABC):
             self.dialect.time_in(now),
             values[0],
         )
-        micros = int(now.timestamp() * 1_000_000)
-        for index, event in enumerate(events):
-            # Time-ordered ids: the outbox delivers in the order events happened,
-            # including several raised by one transaction.
-            event_id = f"evt_{micros:014x}{index:02x}{uuid.uuid4().hex[:16]}"
+        for event in events:
+            event_id = self._event_id(now)
             await conn.execute(
                 "INSERT INTO alert_outbox (id, client_id, kind, payload, created_at, next_attempt_at) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
@@ -398,6 +395,13 @@ class SqlStore(ABC):
                 },
             )
         return state
+
+    def _event_id(self, now: datetime) -> str:
+        """A time-ordered id: the outbox delivers in the order events happened,
+        even several in one microsecond (one transaction, or a stopped clock)."""
+        micros = max(int(now.timestamp() * 1_000_000), getattr(self, "_last_event_micros", 0) + 1)
+        self._last_event_micros = micros
+        return f"evt_{micros:014x}{uuid.uuid4().hex[:16]}"
 
     # -- the alert outbox ---------------------------------------------------------
 

@@ -4,6 +4,7 @@ the same request replayed concurrently."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -18,6 +19,8 @@ from tests.conftest import REDIS_URL
 from tests.fake_upstream import FakeUpstream
 from tests.harness import Harness
 from tests.processes import Deployment
+
+PG_CTLCLUSTER = shutil.which("pg_ctlcluster")  # looked up once, outside the event loop
 
 
 async def test_proxy_killed_mid_stream_is_charged_by_the_survivor(
@@ -120,3 +123,79 @@ async def test_replayed_request_id_is_charged_once(proxy: Harness, clock: Any) -
     assert sum(r.recorded for r in results) == 1
     status = await proxy.status("acme")
     assert (status["tokens_used"], status["cost_used"]) == (120, "0.00225")
+
+
+@pytest.mark.parametrize("backend", ["production"], indirect=True)
+async def test_redis_flushed_mid_traffic(proxy: Harness, backend: dict[str, str]) -> None:
+    import redis.asyncio as aioredis
+
+    key = await proxy.new_client("acme", mode="tokens", token_limit=6 * 1500)
+    client = proxy.sdk(key)
+    proxy.upstream.delay_s = 0.02
+    redis = aioredis.Redis.from_url(REDIS_URL)
+
+    async def flush_repeatedly() -> None:
+        for _ in range(10):
+            await asyncio.sleep(0.015)
+            keys = [k async for k in redis.scan_iter(match=f"{backend['redis_prefix']}*")]
+            if keys:
+                await redis.delete(*keys)  # what FLUSHALL does to this proxy's keys
+
+    async def call() -> str:
+        try:
+            await client.chat.completions.create(model="gpt-4o", messages=[], max_tokens=1500)
+            return "admitted"
+        except openai.RateLimitError:
+            return "refused"
+        except openai.InternalServerError as exc:  # the gate flushed faster than it is rebuilt
+            assert exc.status_code == 503 and exc.code == "metering_unavailable"
+            return "unavailable"
+
+    try:
+        results = await asyncio.gather(flush_repeatedly(), *(call() for _ in range(40)))
+    finally:
+        await redis.aclose()
+    admitted = results.count("admitted")
+    status = await proxy.status("acme")
+    assert status["tokens_used"] == admitted * 1500
+    # Calls stay within their estimate (max_tokens): at most one estimate past the limit.
+    assert status["tokens_used"] <= 6 * 1500 + 1501
+    while (await proxy.status("acme"))["tokens_used"] < 6 * 1500:  # spend what the 503s left
+        await client.chat.completions.create(model="gpt-4o", messages=[], max_tokens=1500)
+    with pytest.raises(openai.RateLimitError):  # spent: nothing more is admitted, rebuilt or not
+        await client.chat.completions.create(model="gpt-4o", messages=[], max_tokens=1500)
+    await proxy.assert_ledger_matches_counters()
+
+
+@pytest.mark.parametrize("backend", ["production"], indirect=True)
+async def test_postgres_restarted_mid_traffic_loses_and_doubles_nothing(
+    proxy: Harness, backend: dict[str, str]
+) -> None:
+    if PG_CTLCLUSTER is None:
+        pytest.skip("needs pg_ctlcluster to restart the server")
+    key = await proxy.new_client("acme", mode="tokens", token_limit=10**9)
+    client = proxy.sdk(key)
+    for _ in range(3):  # warm: the gate has its copy
+        await client.embeddings.create(model="text-embedding-3-small", input="x")
+    version = await asyncio.to_thread(lambda: sorted(Path("/etc/postgresql").iterdir())[0].name)
+    restart = await asyncio.create_subprocess_exec(
+        "pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart", "-m", "fast"
+    )
+    answered = 0
+    for _ in range(30):  # traffic while the server goes down and comes back
+        try:
+            await client.embeddings.create(model="text-embedding-3-small", input="x")
+            answered += 1
+        except openai.APIStatusError as exc:
+            assert exc.status_code == 503  # metering_unavailable, never unmetered
+        await asyncio.sleep(0.05)
+    assert await restart.wait() == 0
+    for _ in range(100):
+        try:
+            events = await proxy.events("acme")
+            break
+        except AssertionError:
+            await asyncio.sleep(0.1)
+    ids = [e["request_id"] for e in events]
+    assert len(ids) == len(set(ids)) == 3 + answered  # every answered call recorded once
+    await proxy.assert_ledger_matches_counters()

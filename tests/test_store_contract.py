@@ -222,3 +222,23 @@ async def test_closed_store_raises_store_unavailable(store: Store) -> None:
     await store.close()
     with pytest.raises(StoreUnavailable):
         await store.get_client("acme")
+
+
+async def test_reset_racing_with_recording_loses_and_doubles_nothing(store: Store) -> None:
+    await with_client(store)
+    await store.put_budget(config(period="monthly", token_limit=10**9, cost_limit=Decimal(10**6)), T0)
+    reset_at = T0 + timedelta(seconds=1)
+    # Forty calls made before the reset commit while an operator resets the budget:
+    # each lands before it (counted, then zeroed) or after it (older than the new
+    # period, so not counted); forty more made after it commit at the same time.
+    before = [event(f"b{i}", tokens=10, cost="0.001", at=T0 + timedelta(microseconds=i)) for i in range(40)]
+    after = [
+        event(f"a{i}", tokens=7, cost="0.002", at=reset_at + timedelta(microseconds=i + 1)) for i in range(40)
+    ]
+    await asyncio.gather(*(store.record(e) for e in before), store.change_budget("acme", "reset", reset_at))
+    await asyncio.gather(*(store.record(e) for e in after))
+    state = await store.get_budget("acme", reset_at + timedelta(seconds=1))
+    assert state is not None and state.period_start == reset_at
+    assert (state.tokens_used, state.cost_used_nanos) == (40 * 7, 40 * 2_000_000)
+    assert await store.ledger_totals("acme", state.period_start) == (state.tokens_used, state.cost_used_nanos)
+    assert len(await store.list_events("acme", 100)) == 80  # every call in the ledger, once
