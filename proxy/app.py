@@ -21,9 +21,11 @@ from taximeter.proxy.routing import UpstreamRouter
 from taximeter.proxy.settings import Settings
 from taximeter.proxy.status import status_routes
 from taximeter.proxy.webhooks import Webhook, WebhookSender
+from taximeter.store.base import StoreUnavailable
 from taximeter.store.factory import open_gate, open_store
 from taximeter.store.ledger import LedgerWriter
 from taximeter.store.models import BudgetState
+from taximeter.store.store_gate import StoreGate
 
 __all__ = ["create_app"]
 
@@ -56,12 +58,17 @@ def _lifecycle(settings: Settings, clock: Clock):  # type: ignore[no-untyped-def
             allow_unpriced=settings.unpriced_models == "allow",
             # A live call ends within the upstream timeout; only a dead process's outlives this.
             reservation_ttl_s=settings.upstream_timeout_s + settings.reservation_grace_s,
+            # Redis down: admit under the budget's row lock rather than let spend through.
+            fallback=StoreGate(store) if settings.redis_url else None,
             clock=clock,
         )
 
         async def refresh_gate(client_id: str, state: BudgetState | None, now: datetime) -> None:
             # Re-read after the flush, so the copy includes this process's in-flight events.
-            await meter.rebuild(client_id, now)
+            try:
+                await meter.rebuild(client_id, now)
+            except StoreUnavailable:
+                meter.mark_stale(client_id)  # the store has the change; the gate catches up later
 
         timeout = aiohttp.ClientTimeout(
             total=settings.upstream_timeout_s, sock_connect=settings.upstream_connect_timeout_s

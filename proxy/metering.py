@@ -70,6 +70,7 @@ class Meter:
         exchange_rate: Decimal,
         allow_unpriced: bool,
         reservation_ttl_s: float = 660.0,
+        fallback: Gate | None = None,
         clock: Clock = system_clock,
     ) -> None:
         self.store = store
@@ -80,7 +81,12 @@ class Meter:
         self.exchange_rate = exchange_rate
         self.allow_unpriced = allow_unpriced
         self.reservation_ttl = timedelta(seconds=reservation_ttl_s)
+        self.fallback = fallback
         self.clock = clock
+        # Calls admitted by the fallback gate, and clients whose gate copy may be
+        # stale because changes went past it: rebuilt before the gate is trusted again.
+        self._via_fallback: set[str] = set()
+        self._stale: set[str] = set()
         # This process's calls in flight, to give back to a gate that lost them.
         self._held: dict[str, dict[str, Reservation]] = {}
         self._rebuilding: dict[str, asyncio.Future[BudgetState | None]] = {}
@@ -121,22 +127,10 @@ class Meter:
         now = self.clock()
         client_id = reservation.client_id
         try:
-            admission = await self.gate.admit(reservation, now)
-            for _ in range(_REBUILD_ATTEMPTS):
-                if admission.outcome != "miss":
-                    break
-                await self.rebuild(client_id, now)
-                admission = await self.gate.admit(reservation, now)
-            if admission.outcome == "miss":
-                # The copy vanishes as fast as it is rebuilt (Redis being flushed
-                # over and over): admitting without a reservation would break the bound.
-                raise MeteringUnavailable("the budget gate keeps losing its state; try again shortly")
+            admission = await self._admit_via_gate(reservation, now)
         except StoreUnavailable as exc:
             log.warning("gate_unavailable", extra={"client": client_id, "error": str(exc)})
-            await self.ledger.flush()  # decide on every call this process has answered
-            admission = _decide(await self._from_store(client_id, now))
-        if admission.outcome == "ok":
-            self._held.setdefault(client_id, {})[reservation.request_id] = reservation
+            admission = await self._admit_via_fallback(reservation, now)
         if admission.outcome == "busy":
             raise BudgetBusy(
                 f"budget of client {client_id!r} is fully reserved by calls in flight; retry shortly",
@@ -147,6 +141,43 @@ class Meter:
                 f"budget of client {client_id!r} is exhausted: {_REASONS.get(reason, reason)}. "
                 "Requests resume when the period resets or an operator raises the limit.",
             )
+
+    async def _admit_via_gate(self, reservation: Reservation, now: datetime) -> Admission:
+        client_id = reservation.client_id
+        if client_id in self._stale:
+            await self.rebuild(client_id, now)
+            self._stale.discard(client_id)
+        admission = await self.gate.admit(reservation, now)
+        for _ in range(_REBUILD_ATTEMPTS):
+            if admission.outcome != "miss":
+                break
+            await self.rebuild(client_id, now)
+            admission = await self.gate.admit(reservation, now)
+        if admission.outcome == "miss":
+            # The copy vanishes as fast as it is rebuilt (Redis being flushed
+            # over and over): admitting without a reservation would break the bound.
+            raise MeteringUnavailable("the budget gate keeps losing its state; try again shortly")
+        if admission.outcome == "ok":
+            self._held.setdefault(client_id, {})[reservation.request_id] = reservation
+        return admission
+
+    async def _admit_via_fallback(self, reservation: Reservation, now: datetime) -> Admission:
+        """Admission by the store under its row lock, while the gate is down."""
+        self._stale.add(reservation.client_id)
+        await self.ledger.flush()  # decide on every call this process has answered
+        if self.fallback is None:
+            return _decide(await self._from_store(reservation.client_id, now))
+        try:
+            admission = await self.fallback.admit(reservation, now)
+        except StoreUnavailable as exc:
+            raise MeteringUnavailable("neither the budget gate nor the store can be reached") from exc
+        if admission.outcome == "ok":
+            self._via_fallback.add(reservation.request_id)
+        return admission
+
+    def mark_stale(self, client_id: str) -> None:
+        """The gate missed a change of this client's budget: rebuild before trusting it."""
+        self._stale.add(client_id)
 
     async def rebuild(self, client_id: str, now: datetime) -> BudgetState | None:
         """Reload the gate's copy of a budget from the store, once however many
@@ -173,15 +204,11 @@ class Meter:
         await self.ledger.flush()
         async with self.ledger.paused() as durable:  # the read holds exactly events 1..durable
             state = await self._from_store(client_id, now)
-        try:
-            await self.gate.load(client_id, state, now)
-            await self.gate.restore(list(self._held.get(client_id, {}).values()))
-            for sequence, event in self._deferred.get(client_id, []):
-                if sequence > durable:  # settled meanwhile, and not in what was read
-                    await self.gate.settle(event, to_nanos(event.cost), event.created_at)
-        except StoreUnavailable as exc:
-            # The store has the change; admissions fall back to it while the gate is down.
-            log.warning("gate_load_failed", extra={"client": client_id, "error": str(exc)})
+        await self.gate.load(client_id, state, now)
+        await self.gate.restore(list(self._held.get(client_id, {}).values()))
+        for sequence, event in self._deferred.get(client_id, []):
+            if sequence > durable:  # settled meanwhile, and not in what was read
+                await self.gate.settle(event, to_nanos(event.cost), event.created_at)
         return state
 
     def _forget_held(self, client_id: str, request_id: str) -> None:
@@ -201,6 +228,10 @@ class Meter:
         """Swap the call's reservation for ``event`` in the gate, then queue
         ``event`` for the ledger."""
         self._forget_held(event.client_id, event.request_id)
+        if event.request_id in self._via_fallback:
+            self._via_fallback.discard(event.request_id)
+            await self.ledger.submit(event)  # its record frees the store-held reservation
+            return
         # Ledger first: a rebuild that starts from here on flushes this event
         # into what it reads, or finds it deferred.
         sequence = await self.ledger.submit(event)
@@ -217,8 +248,11 @@ class Meter:
     async def release(self, client_id: str, request_id: str) -> None:
         """Drop a reservation whose call was never forwarded."""
         self._forget_held(client_id, request_id)
+        gate = self.fallback if request_id in self._via_fallback else self.gate
+        self._via_fallback.discard(request_id)
         with contextlib.suppress(StoreUnavailable):
-            await self.gate.release(client_id, request_id)
+            if gate is not None:
+                await gate.release(client_id, request_id)
 
     async def sweep(self) -> int:
         """Charge reservations whose call never settled (its process died) at
@@ -226,17 +260,26 @@ class Meter:
         run in every process at once: each reservation is claimed once."""
         now = self.clock()
         charged = 0
-        while True:
-            expired = await self.gate.claim_expired(now, _CLAIM_BATCH)
-            for reservation in expired:
-                log.warning(
-                    "reservation_expired",
-                    extra={"request_id": reservation.request_id, "client": reservation.client_id},
-                )
-                await self.settle(reservation.event)
-            charged += len(expired)
-            if len(expired) < _CLAIM_BATCH:
-                break
+        for gate in (self.gate, self.fallback):
+            if gate is None:
+                continue
+            while True:
+                try:
+                    expired = await gate.claim_expired(now, _CLAIM_BATCH)
+                except StoreUnavailable as exc:
+                    log.warning("sweep_skipped", extra={"error": str(exc)})
+                    break
+                for reservation in expired:
+                    log.warning(
+                        "reservation_expired",
+                        extra={"request_id": reservation.request_id, "client": reservation.client_id},
+                    )
+                    if gate is self.fallback:
+                        self._via_fallback.add(reservation.request_id)
+                    await self.settle(reservation.event)
+                charged += len(expired)
+                if len(expired) < _CLAIM_BATCH:
+                    break
         await self.store.list_budgets(now)  # rolls every budget whose boundary passed
         return charged
 

@@ -140,6 +140,16 @@ class Store(Protocol):
     async def ledger_totals(self, client_id: str, since: datetime) -> tuple[int, int]:
         """Tokens and cost (nanos of the budget currency) in the ledger since ``since``."""
 
+    async def reserve(self, reservation: Reservation, now: datetime) -> Admission:
+        """The gates' admission rule under the budget's row lock (the fallback
+        when the gate is unreachable); holds ``reservation`` if it admits."""
+
+    async def drop_reservation(self, request_id: str) -> None:
+        """Forget a store-held reservation (its call settled or never went out)."""
+
+    async def claim_expired_reservations(self, now: datetime, limit: int) -> list[Reservation]:
+        """Take expired store-held reservations, each by exactly one caller."""
+
     async def claim_alerts(self, now: datetime, limit: int, lease: timedelta) -> list[OutboxItem]:
         """Due, undelivered budget events, each leased to the caller for ``lease``."""
 

@@ -99,6 +99,25 @@ MIGRATIONS.append(
     )
 )
 
+MIGRATIONS.append(
+    (
+        3,
+        [
+            # Reservations held by the store itself, when the Redis gate is unreachable.
+            """CREATE TABLE reservations (
+                request_id TEXT PRIMARY KEY,
+                client_id TEXT NOT NULL,
+                tokens {bigint} NOT NULL,
+                cost {money} NOT NULL,
+                expires_at {time} NOT NULL,
+                event TEXT NOT NULL
+            )""",
+            "CREATE INDEX reservations_client ON reservations (client_id)",
+            "CREATE INDEX reservations_expiry ON reservations (expires_at)",
+        ],
+    )
+)
+
 LATEST = MIGRATIONS[-1][0]
 
 

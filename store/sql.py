@@ -21,9 +21,17 @@ from typing import Any, Protocol
 
 from taximeter.pricing.money import from_nanos, to_nanos
 from taximeter.store import budgets
-from taximeter.store.base import Conflict, NotFound, RecordResult, ReportRow
+from taximeter.store.base import Admission, Conflict, NotFound, RecordResult, ReportRow
 from taximeter.store.migrations import MIGRATIONS, render
-from taximeter.store.models import ApiKey, BudgetConfig, BudgetState, Client, OutboxItem, UsageEvent
+from taximeter.store.models import (
+    ApiKey,
+    BudgetConfig,
+    BudgetState,
+    Client,
+    OutboxItem,
+    Reservation,
+    UsageEvent,
+)
 
 __all__ = ["Conn", "Dialect", "SqlStore"]
 
@@ -277,6 +285,8 @@ class SqlStore(ABC):
             )
             if not touched:
                 return RecordResult(recorded=False, state=None)
+            # A reservation the store held for this call is done with.
+            await conn.execute("DELETE FROM reservations WHERE request_id = ?", event.request_id)
             state = await self._locked_budget(conn, event.client_id)
             if state is None:
                 return RecordResult(recorded=True, state=None)
@@ -402,6 +412,63 @@ class SqlStore(ABC):
         micros = max(int(now.timestamp() * 1_000_000), getattr(self, "_last_event_micros", 0) + 1)
         self._last_event_micros = micros
         return f"evt_{micros:014x}{uuid.uuid4().hex[:16]}"
+
+    # -- reservations held by the store (the gate's fallback) ----------------------
+
+    async def reserve(self, reservation: Reservation, now: datetime) -> Admission:
+        """Check the budget and hold ``reservation``, under the budget's row
+        lock: the same rule as the gates, for when they cannot be reached."""
+        async with self.transaction() as conn:
+            state = await self._locked_budget(conn, reservation.client_id)
+            if state is not None:
+                rolled = budgets.roll(state, now)
+                if rolled is not state:
+                    state = await self._write_budget(conn, state, rolled, now)
+                row = await conn.fetchone(
+                    "SELECT COALESCE(SUM(tokens), 0) AS tokens, SUM(cost) AS cost FROM reservations "
+                    "WHERE client_id = ?",
+                    reservation.client_id,
+                )
+                assert row is not None  # an aggregate always returns a row
+                reserved_cost = to_nanos(self.dialect.money_out(row["cost"]))
+                outcome, reason = budgets.admission(state, int(row["tokens"]), reserved_cost)
+                if outcome != "ok":
+                    return Admission(outcome, reason)
+            await conn.execute(
+                "INSERT INTO reservations (request_id, client_id, tokens, cost, expires_at, event) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING",
+                reservation.request_id,
+                reservation.client_id,
+                reservation.tokens,
+                self.dialect.money_in(from_nanos(reservation.cost_nanos)),
+                self.dialect.time_in(reservation.expires_at),
+                reservation.event.to_json(),
+            )
+        return Admission("ok")
+
+    async def drop_reservation(self, request_id: str) -> None:
+        async with self.transaction() as conn:
+            await conn.execute("DELETE FROM reservations WHERE request_id = ?", request_id)
+
+    async def claim_expired_reservations(self, now: datetime, limit: int) -> list[Reservation]:
+        """Take expired store-held reservations, each by exactly one caller."""
+        async with self.transaction() as conn:
+            rows = await conn.fetchall(
+                "SELECT request_id, cost, expires_at, event FROM reservations WHERE expires_at <= ? "
+                f"ORDER BY expires_at LIMIT ?{self.dialect.skip_locked}",
+                self.dialect.time_in(now),
+                limit,
+            )
+            for row in rows:
+                await conn.execute("DELETE FROM reservations WHERE request_id = ?", row["request_id"])
+        return [
+            Reservation(
+                event=UsageEvent.from_json(r["event"]),
+                cost_nanos=to_nanos(self.dialect.money_out(r["cost"])),
+                expires_at=self.dialect.time_out(r["expires_at"]),
+            )
+            for r in rows
+        ]
 
     # -- the alert outbox ---------------------------------------------------------
 

@@ -199,3 +199,26 @@ async def test_postgres_restarted_mid_traffic_loses_and_doubles_nothing(
     ids = [e["request_id"] for e in events]
     assert len(ids) == len(set(ids)) == 3 + answered  # every answered call recorded once
     await proxy.assert_ledger_matches_counters()
+
+
+@pytest.mark.parametrize("backend", ["production"], indirect=True)
+async def test_redis_down_concurrent_calls_hold_the_bound_under_the_row_lock(
+    make_proxy: Any, backend: dict[str, str]
+) -> None:
+    proxy: Harness = await make_proxy(redis_url="redis://127.0.0.1:1/0")  # Postgres up, Redis down
+    key = await proxy.new_client("acme", mode="tokens", token_limit=5 * 1500)
+    client = proxy.sdk(key)
+    proxy.upstream.delay_s = 0.05
+
+    async def call() -> bool:
+        try:
+            await client.chat.completions.create(model="gpt-4o", messages=[], max_tokens=1500)
+            return True
+        except openai.RateLimitError:
+            return False
+
+    results = await asyncio.gather(*(call() for _ in range(30)))
+    status = await proxy.status("acme")
+    assert status["tokens_used"] == results.count(True) * 1500 <= 5 * 1500 + 1501
+    await proxy.assert_ledger_matches_counters()
+    await proxy.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -10,7 +11,7 @@ import pytest
 
 from taximeter.pricing.money import quantize, to_nanos
 from taximeter.store.base import Conflict, NotFound, Store, StoreUnavailable
-from taximeter.store.models import ApiKey, BudgetConfig, UsageEvent
+from taximeter.store.models import ApiKey, BudgetConfig, Reservation, UsageEvent
 
 T0 = datetime(2026, 3, 10, 15, 0, tzinfo=UTC)
 
@@ -242,3 +243,35 @@ async def test_reset_racing_with_recording_loses_and_doubles_nothing(store: Stor
     assert (state.tokens_used, state.cost_used_nanos) == (40 * 7, 40 * 2_000_000)
     assert await store.ledger_totals("acme", state.period_start) == (state.tokens_used, state.cost_used_nanos)
     assert len(await store.list_events("acme", 100)) == 80  # every call in the ledger, once
+
+
+def reservation(
+    request_id: str, tokens: int, *, expires: datetime = T0 + timedelta(minutes=5)
+) -> Reservation:
+    held = event(request_id, tokens=tokens, cost="0.001")
+    return Reservation(replace(held, estimated=True, status=0), 1_000_000, expires)
+
+
+async def test_store_held_reservations_apply_the_gate_rule(store: Store) -> None:
+    await with_client(store)
+    await store.put_budget(config(mode="tokens", token_limit=1000, cost_limit=None), T0)
+    outcomes = await asyncio.gather(*(store.reserve(reservation(f"h{i}", 100), T0) for i in range(30)))
+    assert [o.outcome for o in outcomes].count("ok") == 10  # under the row lock: exactly the room there is
+    assert {o.outcome for o in outcomes} == {"ok", "busy"}
+    # The ledger's record of a call frees its reservation in the same transaction.
+    await store.record(event("h0", tokens=40))
+    assert (await store.reserve(reservation("late", 100), T0)).outcome == "ok"  # 40 used + 900 held < 1000
+    await store.drop_reservation("late")
+    assert (await store.reserve(reservation("again", 60), T0)).outcome == "ok"
+
+
+async def test_expired_store_held_reservations_are_claimed_once(store: Store) -> None:
+    await with_client(store)
+    await store.reserve(reservation("dead", 10, expires=T0 + timedelta(seconds=1)), T0)
+    await store.reserve(reservation("alive", 10), T0)
+    claims = await asyncio.gather(
+        *(store.claim_expired_reservations(T0 + timedelta(seconds=2), 10) for _ in range(4))
+    )
+    assert [[r.request_id for r in c] for c in claims if c] == [["dead"]]
+    [claimed] = [r for c in claims for r in c]
+    assert (claimed.event.estimated, claimed.tokens, claimed.cost_nanos) == (True, 10, 1_000_000)

@@ -1,0 +1,51 @@
+"""The gate the store itself provides: admission under the budget's row lock.
+
+Used when the configured gate cannot be reached (Redis down), so that spend
+never goes through unchecked. It is slower (a transaction per admission) but
+applies the same rule and holds the same reservations, in the database.
+A reservation stays until the ledger records its call: that transaction
+adds the usage and deletes the row, so the call is never counted as neither.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from taximeter.store.base import Admission, Store
+from taximeter.store.models import BudgetState, Reservation, UsageEvent
+
+__all__ = ["StoreGate"]
+
+
+class StoreGate:
+    """:class:`~taximeter.store.base.Gate` over the store's own tables."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def admit(self, reservation: Reservation, now: datetime) -> Admission:
+        return await self._store.reserve(reservation, now)
+
+    async def load(self, client_id: str, state: BudgetState | None, now: datetime) -> None:
+        return None  # the store is its own copy
+
+    async def settle(self, event: UsageEvent, cost_nanos: int, now: datetime) -> None:
+        return None  # the ledger's record of the call swaps the row for its usage
+
+    async def release(self, client_id: str, request_id: str) -> None:
+        await self._store.drop_reservation(request_id)
+
+    async def restore(self, reservations: list[Reservation]) -> None:
+        return None  # rows in the database are not lost
+
+    async def claim_expired(self, now: datetime, limit: int) -> list[Reservation]:
+        return await self._store.claim_expired_reservations(now, limit)
+
+    async def forget(self, client_id: str) -> None:
+        return None
+
+    async def ping(self) -> None:
+        await self._store.ping()
+
+    async def close(self) -> None:
+        return None
