@@ -280,7 +280,10 @@ class Meter:
                 charged += len(expired)
                 if len(expired) < _CLAIM_BATCH:
                     break
-        await self.store.list_budgets(now)  # rolls every budget whose boundary passed
+        # Roll every budget whose boundary passed, once this process's calls of
+        # the ending period are durable (their thresholds fire in that period).
+        await self.ledger.flush()
+        await self.store.list_budgets(now)
         return charged
 
     async def sweep_forever(self, interval_s: float) -> None:
