@@ -14,6 +14,7 @@ from taximeter.pricing.catalog import load_catalog
 from taximeter.proxy.admin import OPERATIONS, admin_routes
 from taximeter.proxy.context import SERVICES, Services
 from taximeter.proxy.metering import Clock, Meter, system_clock
+from taximeter.proxy.metrics import Metrics
 from taximeter.proxy.middleware import error_middleware
 from taximeter.proxy.operations import Operations
 from taximeter.proxy.proxying import handle_proxy
@@ -21,10 +22,10 @@ from taximeter.proxy.routing import UpstreamRouter
 from taximeter.proxy.settings import Settings
 from taximeter.proxy.status import status_routes
 from taximeter.proxy.webhooks import Webhook, WebhookSender
-from taximeter.store.base import StoreUnavailable
+from taximeter.store.base import RecordResult, StoreUnavailable
 from taximeter.store.factory import open_gate, open_store
 from taximeter.store.ledger import LedgerWriter
-from taximeter.store.models import BudgetState
+from taximeter.store.models import BudgetState, UsageEvent
 from taximeter.store.store_gate import StoreGate
 
 __all__ = ["create_app"]
@@ -46,7 +47,15 @@ def _lifecycle(settings: Settings, clock: Clock):  # type: ignore[no-untyped-def
         store = await open_store(settings.database_url)
         await store.migrate()
         gate = open_gate(settings.redis_url, prefix=settings.redis_prefix, refresh_s=settings.gate_refresh_s)
-        ledger = LedgerWriter(store, max_pending=settings.ledger_max_pending)
+        metrics = Metrics(catalog)
+        store.observe(metrics.budget_event)
+
+        async def recorded(event: UsageEvent, result: RecordResult) -> None:
+            metrics.ledger_pending.set(ledger.pending)
+            if result.state is not None:
+                metrics.budget(result.state)
+
+        ledger = LedgerWriter(store, max_pending=settings.ledger_max_pending, on_recorded=recorded)
         ledger.start()
         meter = Meter(
             store=store,
@@ -65,6 +74,8 @@ def _lifecycle(settings: Settings, clock: Clock):  # type: ignore[no-untyped-def
 
         async def refresh_gate(client_id: str, state: BudgetState | None, now: datetime) -> None:
             # Re-read after the flush, so the copy includes this process's in-flight events.
+            if state is not None:
+                metrics.budget(state)
             try:
                 await meter.rebuild(client_id, now)
             except StoreUnavailable:
@@ -89,6 +100,7 @@ def _lifecycle(settings: Settings, clock: Clock):  # type: ignore[no-untyped-def
             router=UpstreamRouter(settings.resolved_upstreams()),
             session=session,
             webhooks=webhooks,
+            metrics=metrics,
         )
         app[SERVICES] = services
         app[OPERATIONS] = Operations(

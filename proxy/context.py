@@ -11,6 +11,7 @@ import aiohttp
 from aiohttp import web
 
 from taximeter.proxy.metering import Meter
+from taximeter.proxy.metrics import Metrics
 from taximeter.proxy.routing import UpstreamRouter
 from taximeter.proxy.settings import Settings
 from taximeter.proxy.webhooks import WebhookSender
@@ -27,6 +28,7 @@ class Services:
     router: UpstreamRouter
     session: aiohttp.ClientSession
     webhooks: WebhookSender
+    metrics: Metrics
     inflight: set[asyncio.Task[Any]] = field(default_factory=set)
 
     async def shielded(self, work: Coroutine[Any, Any, T]) -> T:

@@ -78,6 +78,7 @@ class BudgetExceeded(TaximeterError):
     status = 429
     type = "insufficient_quota"
     code = "budget_exceeded"
+    reason = "limit"  # token_limit, cost_limit, manual or reserved: the rejections metric label
 
     def headers(self) -> dict[str, str]:
         # The OpenAI SDKs retry 429s unless told not to; a spent budget won't refill in seconds.

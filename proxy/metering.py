@@ -132,15 +132,19 @@ class Meter:
             log.warning("gate_unavailable", extra={"client": client_id, "error": str(exc)})
             admission = await self._admit_via_fallback(reservation, now)
         if admission.outcome == "busy":
-            raise BudgetBusy(
-                f"budget of client {client_id!r} is fully reserved by calls in flight; retry shortly",
+            busy = BudgetBusy(
+                f"budget of client {client_id!r} is fully reserved by calls in flight; retry shortly"
             )
+            busy.reason = "reserved"
+            raise busy
         if admission.outcome == "refused":
             reason = admission.reason or "manual"
-            raise BudgetExceeded(
+            refused = BudgetExceeded(
                 f"budget of client {client_id!r} is exhausted: {_REASONS.get(reason, reason)}. "
                 "Requests resume when the period resets or an operator raises the limit.",
             )
+            refused.reason = reason
+            raise refused
 
     async def _admit_via_gate(self, reservation: Reservation, now: datetime) -> Admission:
         client_id = reservation.client_id

@@ -25,9 +25,11 @@ from taximeter.proxy.audio import audio_seconds
 from taximeter.proxy.context import SERVICES, Services
 from taximeter.proxy.endpoints import DEFAULT_MODELS, Endpoint, find_endpoint
 from taximeter.proxy.errors import (
+    BudgetExceeded,
     EndpointNotMetered,
     InvalidInput,
     InvalidJson,
+    ModelNotPriced,
     RequestTooLarge,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -82,6 +84,8 @@ class Call:
     client_gone: asyncio.Event = field(default_factory=asyncio.Event)
     upstream: aiohttp.ClientResponse | None = None
     settled: bool = False
+    upstream_started: float = 0.0
+    upstream_ended: float | None = None  # when its body was read to the end
 
     def abandon(self) -> None:
         """The client left: stop the upstream call (and its spend) now."""
@@ -102,8 +106,13 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
     body = await _read_body(request, services.settings.max_body_bytes)
     if not endpoint.metered:
         return await _pass_through(request, services, body)
-    call = _parse_call(request, endpoint, key.client_id, body, services)
-    await services.meter.admit(services.meter.reservation(await _estimate(services, call)))
+    try:
+        call = _parse_call(request, endpoint, key.client_id, body, services)
+        await services.meter.admit(services.meter.reservation(await _estimate(services, call)))
+    except (BudgetExceeded, ModelNotPriced) as exc:
+        reason = exc.reason if isinstance(exc, BudgetExceeded) else exc.code
+        services.metrics.rejection(key.client_id, reason)
+        raise
     try:
         return await services.shielded(_forward(request, services, call, body))
     except asyncio.CancelledError:
@@ -130,11 +139,15 @@ async def _estimate(services: Services, call: Call) -> UsageEvent:
 
 
 async def _forward(request: web.Request, services: Services, call: Call, body: bytes) -> web.StreamResponse:
+    call.upstream_started = time.monotonic()
     try:
         return await _forward_and_relay(request, services, call, body)
     finally:
         if not call.settled:  # a failure no path above expected: free the reservation
             await services.meter.release(call.client_id, call.request_id)
+        upstream_s = (call.upstream_ended or time.monotonic()) - call.upstream_started
+        services.metrics.upstream_seconds.observe(upstream_s)
+        services.metrics.overhead_seconds.observe(max(time.monotonic() - call.started - upstream_s, 0.0))
 
 
 async def _forward_and_relay(
@@ -444,7 +457,9 @@ def _event(services: Services, call: Call, usage: Usage, status: int) -> UsageEv
 async def _settle(services: Services, call: Call, usage: Usage, status: int) -> None:
     event = _event(services, call, usage, status)
     call.settled = True
+    call.upstream_ended = call.upstream_ended or time.monotonic()
     await services.meter.settle(event)
+    services.metrics.call(event)
     log.info(
         "request_metered",
         extra={

@@ -6,12 +6,13 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
+import tempfile
 from types import FrameType
 
 from aiohttp import web
 
-from taximeter.proxy.app import create_app
 from taximeter.proxy.settings import Settings
 
 __all__ = ["serve"]
@@ -20,6 +21,9 @@ log = logging.getLogger("taximeter.serve")
 
 
 def _run(settings: Settings, reuse_port: bool) -> None:
+    # Imported here: prometheus-client must see PROMETHEUS_MULTIPROC_DIR first.
+    from taximeter.proxy.app import create_app
+
     log.info("listening", extra={"host": settings.host, "port": settings.port, "pid": os.getpid()})
     web.run_app(
         create_app(settings),
@@ -39,6 +43,10 @@ def serve(settings: Settings) -> int:
     if settings.workers == 1:
         _run(settings, reuse_port=False)
         return 0
+    # One directory of metric values shared by the workers: any of them answers
+    # a scrape with everyone's counts.
+    metrics_dir = tempfile.mkdtemp(prefix="taximeter-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     # fork, not spawn: the children inherit the validated settings as they are.
     context = multiprocessing.get_context("fork")
     workers = [
@@ -56,4 +64,5 @@ def serve(settings: Settings) -> int:
     signal.signal(signal.SIGINT, stop)
     for worker in workers:
         worker.join()
+    shutil.rmtree(metrics_dir, ignore_errors=True)
     return max((w.exitcode or 0) for w in workers)

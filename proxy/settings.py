@@ -147,6 +147,7 @@ class Settings(BaseSettings):
     webhook_retry_max_s: float = Field(
         300.0, gt=0, description="Longest wait between two delivery attempts (backoff doubles to it)."
     )
+    metrics_token: SecretStr | None = Field(None, description="Bearer token /metrics asks for; none = open.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     log_json: bool = Field(False, description="Write logs as JSON lines.")
 

@@ -7,6 +7,7 @@ choke point each; nothing else of a driver's leaks out.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -15,6 +16,7 @@ from typing import Protocol
 from taximeter.store.models import (
     ApiKey,
     BudgetConfig,
+    BudgetEvent,
     BudgetState,
     Client,
     OutboxItem,
@@ -139,6 +141,9 @@ class Store(Protocol):
 
     async def ledger_totals(self, client_id: str, since: datetime) -> tuple[int, int]:
         """Tokens and cost (nanos of the budget currency) in the ledger since ``since``."""
+
+    def observe(self, callback: Callable[[BudgetEvent], None]) -> None:
+        """Call ``callback`` with every budget event the store writes."""
 
     async def reserve(self, reservation: Reservation, now: datetime) -> Admission:
         """The gates' admission rule under the budget's row lock (the fallback

@@ -12,7 +12,7 @@ import json
 import logging
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -26,6 +26,7 @@ from taximeter.store.migrations import MIGRATIONS, render
 from taximeter.store.models import (
     ApiKey,
     BudgetConfig,
+    BudgetEvent,
     BudgetState,
     Client,
     OutboxItem,
@@ -91,6 +92,14 @@ class SqlStore(ABC):
     """:class:`~taximeter.store.base.Store` over any :class:`Dialect`."""
 
     dialect: Dialect
+    # Told of every budget event as it is written (metrics); inside the
+    # transaction, so a rare rolled-back one is still counted.
+    observers: list[Callable[[BudgetEvent], None]]
+
+    def observe(self, callback: Callable[[BudgetEvent], None]) -> None:
+        if not hasattr(self, "observers"):
+            self.observers = []
+        self.observers.append(callback)
 
     @abstractmethod
     def transaction(self) -> AbstractAsyncContextManager[Conn]:
@@ -394,6 +403,8 @@ class SqlStore(ABC):
                 self.dialect.time_in(now),
                 self.dialect.time_in(now),
             )
+            for observer in getattr(self, "observers", ()):
+                observer(event)
             log.info(
                 "budget_event",
                 extra={
