@@ -59,11 +59,7 @@ class UpstreamSettings(BaseModel):
 
     @model_validator(mode="after")
     def _key_from_env(self) -> UpstreamSettings:
-        if self.api_key is None and self.api_key_env:
-            value = os.environ.get(self.api_key_env)
-            if value is None:
-                raise ValueError(f"api_key_env names {self.api_key_env}, which is not set")
-            self.api_key = SecretStr(value)
+        self.api_key = self.api_key or _secret_from_env("api_key_env", self.api_key_env)
         return self
 
 
@@ -83,11 +79,7 @@ class WebhookSettings(BaseModel):
 
     @model_validator(mode="after")
     def _secret_from_env(self) -> WebhookSettings:
-        if self.secret is None and self.secret_env:
-            value = os.environ.get(self.secret_env)
-            if value is None:
-                raise ValueError(f"secret_env names {self.secret_env}, which is not set")
-            self.secret = SecretStr(value)
+        self.secret = self.secret or _secret_from_env("secret_env", self.secret_env)
         if self.secret is None:
             raise ValueError("a webhook needs a secret (or secret_env) to sign its events")
         return self
@@ -226,6 +218,16 @@ class Settings(BaseSettings):
                 name="default", base_url=self.upstream_url, api_key=self.upstream_api_key, api_key_env=None
             )
         ]
+
+
+def _secret_from_env(field: str, name: str | None) -> SecretStr | None:
+    """The secret held by the env var ``name`` (a setting's ``*_env`` field)."""
+    if not name:
+        return None
+    value = os.environ.get(name)
+    if value is None:
+        raise ValueError(f"{field} names {name}, which is not set")
+    return SecretStr(value)
 
 
 def _http_url(value: str) -> str:

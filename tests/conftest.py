@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import aiohttp
@@ -24,6 +25,7 @@ from blockbuster import BlockBuster, blockbuster_ctx
 from taximeter.proxy.app import create_app
 from taximeter.proxy.settings import Settings
 from taximeter.store.base import Gate, Store
+from taximeter.store.models import UsageEvent
 from tests.fake_upstream import UPSTREAM_KEY, FakeUpstream
 from tests.harness import ADMIN_TOKEN, Harness
 
@@ -234,3 +236,20 @@ async def proxy(make_proxy: Callable[..., Awaitable[Harness]]) -> AsyncIterator[
     harness = await make_proxy()
     yield harness
     await harness.assert_ledger_matches_counters()
+
+
+def usage_event(request_id: str, when: datetime, **fields: Any) -> UsageEvent:
+    """A chat event of client acme in BRL at 5.0, with ``fields`` replaced."""
+    values: dict[str, Any] = {
+        "request_id": request_id,
+        "client_id": "acme",
+        "api_type": "chat",
+        "model": "gpt-4o",
+        "endpoint": "/v1/chat/completions",
+        "status": 200,
+        "created_at": when,
+        "currency": "BRL",
+        "exchange_rate": Decimal(5),
+    }
+    values.update(fields)
+    return UsageEvent(**values)

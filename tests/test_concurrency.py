@@ -10,8 +10,8 @@ from decimal import Decimal
 import openai
 import pytest
 
-from taximeter.store.models import Reservation, UsageEvent
-from tests.conftest import FakeClock
+from taximeter.store.models import Reservation
+from tests.conftest import FakeClock, usage_event
 from tests.fake_upstream import CHAT
 from tests.harness import Harness
 
@@ -68,16 +68,10 @@ async def test_reservation_of_a_dead_process_is_charged_at_its_estimate(
     key = await proxy.new_client("acme", mode="tokens", token_limit=10**6)
     await proxy.sdk(key).embeddings.create(model="text-embedding-3-small", input="warm up")
     meter = proxy.services.meter
-    orphan = UsageEvent(
-        request_id="req_orphan",
-        client_id="acme",
-        api_type="chat",
-        model="gpt-4o",
-        endpoint="/v1/chat/completions",
+    orphan = usage_event(
+        "req_orphan",
+        clock(),
         status=0,
-        created_at=clock(),
-        currency="BRL",
-        exchange_rate=Decimal(5),
         input_tokens=10,
         output_tokens=4096,
         cost_usd=Decimal("0.040985"),
@@ -116,16 +110,13 @@ async def test_two_proxies_sweep_an_orphan_once(
 
     meter_b = second.app[SERVICES].meter
     await meter_a.rebuild("acme", clock())
-    orphan = UsageEvent(
-        request_id="req_orphan2",
-        client_id="acme",
+    orphan = usage_event(
+        "req_orphan2",
+        clock(),
         api_type="tts",
         model="tts-1",
         endpoint="/v1/audio/speech",
         status=0,
-        created_at=clock(),
-        currency="BRL",
-        exchange_rate=Decimal(5),
         characters=1000,
         cost_usd=Decimal("0.015"),
         cost=Decimal("0.075"),

@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from taximeter.store.factory import open_store
-from tests.conftest import REDIS_URL
+from tests.conftest import REDIS_URL, usage_event
 from tests.fake_upstream import FakeUpstream
 from tests.harness import Harness
 from tests.processes import Deployment
@@ -101,18 +101,9 @@ async def test_redis_unreachable_falls_back_to_the_store(make_proxy: Any, tmp_pa
 
 async def test_replayed_request_id_is_charged_once(proxy: Harness, clock: Any) -> None:
     await proxy.new_client("acme", mode="tokens", token_limit=10**6)
-    from taximeter.store.models import UsageEvent
-
-    event = UsageEvent(
-        request_id="req_replayed",
-        client_id="acme",
-        api_type="chat",
-        model="gpt-4o",
-        endpoint="/v1/chat/completions",
-        status=200,
-        created_at=clock(),
-        currency="BRL",
-        exchange_rate=Decimal(5),
+    event = usage_event(
+        "req_replayed",
+        clock(),
         input_tokens=100,
         output_tokens=20,
         cost_usd=Decimal("0.00045"),
