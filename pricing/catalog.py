@@ -22,7 +22,7 @@ from typing import Any
 from taximeter.pricing.money import parse_money, quantize
 from taximeter.pricing.usage import Usage
 
-__all__ = ["API_TYPES", "Catalog", "CatalogError", "ModelPrice", "load_catalog"]
+__all__ = ["API_TYPES", "Catalog", "CatalogError", "ModelPrice", "load_catalog", "problems"]
 
 API_TYPES = ("chat", "vision", "embeddings", "tts", "whisper", "image", "moderation")
 _CATALOG_API_TYPES = ("chat", "embeddings", "tts", "whisper", "image", "moderation")
@@ -138,6 +138,30 @@ class Catalog:
             if model.startswith(name):
                 return self._prices[name]
         return None
+
+
+_NEEDS = {
+    "chat": ("input", "output"),
+    "embeddings": ("input",),
+    "moderation": (),
+}
+
+
+def problems(catalog: Catalog) -> list[str]:
+    """What makes a catalog unfit to bill with: a model missing the prices
+    its api_type needs. (Negative and malformed prices are refused on load.)"""
+    found = []
+    for price in sorted(catalog, key=lambda p: p.model):
+        missing = [name for name in _NEEDS.get(price.api_type, ()) if getattr(price, name) is None]
+        if price.api_type == "tts" and price.per_million_characters is None and price.output is None:
+            missing.append("per_million_characters or output")
+        if price.api_type == "whisper" and price.per_minute is None:
+            missing.append("per_minute")
+        if price.api_type == "image" and not price.per_image:
+            missing.append("per_image")
+        if missing:
+            found.append(f"{price.model} ({price.api_type}): no {', '.join(missing)}")
+    return found
 
 
 def load_catalog(*paths: Path) -> Catalog:

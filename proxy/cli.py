@@ -16,8 +16,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from taximeter.pricing.catalog import CatalogError, load_catalog
+from taximeter.pricing.catalog import CatalogError, load_catalog, problems
 from taximeter.pricing.money import from_nanos
+from taximeter.proxy.apply import apply_file
 from taximeter.proxy.errors import TaximeterError
 from taximeter.proxy.logs import configure_logging
 from taximeter.proxy.operations import GROUPINGS, Operations
@@ -53,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         return serve(settings)
     try:
         return asyncio.run(_manage(settings, args))
+    except ConfigError as exc:
+        print(f"taximeter: {exc}", file=sys.stderr)
+        return 2
     except (TaximeterError, CatalogError) as exc:
         print(f"taximeter: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 1
@@ -107,10 +111,16 @@ def _parser() -> argparse.ArgumentParser:
     usage.add_argument("--from", dest="start")
     usage.add_argument("--to", dest="end")
 
+    apply = sub.add_parser("apply", help="create or update the clients and budgets an ops file declares")
+    apply.add_argument("file", type=Path)
+    apply.add_argument("--dry-run", action="store_true", help="print the changes, make none")
+
     pricing = sub.add_parser("pricing", help="inspect the price catalog").add_subparsers(
         dest="action", required=True
     )
     pricing.add_parser("show").add_argument("model")
+    check = pricing.add_parser("check", help="validate the catalog (or FILE over the shipped one)")
+    check.add_argument("file", nargs="?", type=Path)
     return parser
 
 
@@ -243,7 +253,14 @@ async def _usage(ops: Operations, args: argparse.Namespace) -> int:
 
 
 def _pricing(settings: Settings, args: argparse.Namespace) -> int:
-    catalog = load_catalog(*settings.pricing_files)
+    files = [*settings.pricing_files, *([args.file] if getattr(args, "file", None) else [])]
+    catalog = load_catalog(*files)
+    if args.action == "check":
+        found = problems(catalog)
+        for problem in found:
+            print(f"taximeter: {problem}", file=sys.stderr)
+        print(f"{len(catalog)} models checked, {len(found)} problems")
+        return 1 if found else 0
     price = catalog.resolve(args.model)
     if price is None:
         print(f"taximeter: no price for model {args.model!r}", file=sys.stderr)
@@ -252,7 +269,17 @@ def _pricing(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _apply(ops: Operations, args: argparse.Namespace) -> int:
+    changes = await apply_file(ops, args.file, dry_run=args.dry_run)
+    for change in changes:
+        print(("would " if args.dry_run else "") + change)
+    if not changes:
+        print("no changes")
+    return 0
+
+
 _COMMANDS: dict[str, Callable[[Operations, argparse.Namespace], Awaitable[int]]] = {
+    "apply": _apply,
     "clients": _clients,
     "keys": _keys,
     "budgets": _budgets,

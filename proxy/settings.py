@@ -29,7 +29,14 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["ConfigError", "Settings", "UpstreamSettings", "WebhookSettings", "load_settings"]
+__all__ = [
+    "ClientDeclaration",
+    "ConfigError",
+    "Settings",
+    "UpstreamSettings",
+    "WebhookSettings",
+    "load_settings",
+]
 
 MiB = 1024 * 1024
 
@@ -61,6 +68,16 @@ class UpstreamSettings(BaseModel):
     def _key_from_env(self) -> UpstreamSettings:
         self.api_key = self.api_key or _secret_from_env("api_key_env", self.api_key_env)
         return self
+
+
+class ClientDeclaration(BaseModel):
+    """A client (and its budget) declared in an ops file, for ``taximeter apply``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(description="The client's slug.")
+    name: str | None = Field(None, description="Display name; the id when absent.")
+    budget: dict[str, Any] | None = Field(None, description="As PUT /admin/budgets/{id} takes it.")
 
 
 class WebhookSettings(BaseModel):
@@ -132,6 +149,9 @@ class Settings(BaseSettings):
         5.0, gt=0, description="How often expired reservations are charged and periods rolled."
     )
     ledger_max_pending: int = Field(10_000, gt=0, description="Events held in memory before back-pressure.")
+    clients: list[ClientDeclaration] = Field(
+        default_factory=list, description="Clients and budgets applied by `taximeter apply` (TOML)."
+    )
     webhooks: list[WebhookSettings] = Field(
         default_factory=list, description="Receivers of budget events (TOML): url and secret."
     )

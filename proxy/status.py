@@ -12,6 +12,7 @@ from taximeter.proxy.context import SERVICES
 from taximeter.proxy.errors import AdminAuthRequired, NotFoundError
 from taximeter.proxy.metrics import CONTENT_TYPE_LATEST
 from taximeter.store.base import StoreUnavailable
+from taximeter.store.migrations import LATEST
 
 __all__ = ["status_routes"]
 
@@ -40,6 +41,12 @@ async def readyz(request: web.Request) -> web.Response:
             checks[name] = "ok"
         except StoreUnavailable:
             checks[name] = "unavailable"
+    if checks["store"] == "ok":
+        try:
+            version = await meter.store.schema_version()
+            checks["migrations"] = "ok" if version >= LATEST else f"behind ({version} of {LATEST})"
+        except StoreUnavailable:
+            checks["migrations"] = "unavailable"
     ready = all(v == "ok" for v in checks.values())
     return web.json_response(
         {"status": "ok" if ready else "unavailable", **checks}, status=200 if ready else 503

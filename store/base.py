@@ -86,10 +86,16 @@ class Store(Protocol):
     async def ping(self) -> None:
         """Raise StoreUnavailable unless the backend answers."""
 
+    async def schema_version(self) -> int:
+        """The newest migration applied."""
+
     async def close(self) -> None: ...
 
     async def create_client(self, client_id: str, name: str, now: datetime) -> Client:
         """Raises Conflict if the id is taken."""
+
+    async def rename_client(self, client_id: str, name: str) -> None:
+        """Raises NotFound if there is no such client."""
 
     async def get_client(self, client_id: str) -> Client | None: ...
 

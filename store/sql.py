@@ -160,6 +160,11 @@ class SqlStore(ABC):
             raise Conflict(f"client {client_id!r} already exists")
         return Client(client_id, name, now)
 
+    async def rename_client(self, client_id: str, name: str) -> None:
+        async with self.transaction() as conn:
+            if not await conn.execute("UPDATE clients SET name = ? WHERE id = ?", name, client_id):
+                raise NotFound(f"no client {client_id!r}")
+
     async def get_client(self, client_id: str) -> Client | None:
         async with self.connection() as conn:
             row = await conn.fetchone("SELECT id, name, created_at FROM clients WHERE id = ?", client_id)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from taximeter.pricing.catalog import CatalogError, load_catalog, parse_litellm, parse_toml
+from taximeter.pricing.catalog import CatalogError, load_catalog, parse_litellm, parse_toml, problems
 from taximeter.pricing.money import convert, from_nanos, parse_money, quantize, to_nanos
 from taximeter.pricing.usage import Usage
 
@@ -91,6 +91,14 @@ def test_costs_from_list_prices(model: str, usage: Usage, expected_usd: Decimal)
 def test_tts_list_prices_are_15_and_30_dollars_per_million_characters() -> None:
     assert CATALOG.resolve("tts-1").per_million_characters == Decimal("15.00")  # type: ignore[union-attr]
     assert CATALOG.resolve("tts-1-hd").per_million_characters == Decimal("30.00")  # type: ignore[union-attr]
+
+
+def test_pricing_check_finds_missing_prices(tmp_path: Path) -> None:
+    assert problems(CATALOG) == []
+    bad = parse_toml(
+        '[models."half"]\napi_type = "chat"\ninput = "1"\n[models."mute"]\napi_type = "whisper"\n', "x"
+    )
+    assert problems(bad) == ["half (chat): no output", "mute (whisper): no per_minute"]
 
 
 def test_every_shipped_model_has_the_prices_its_api_type_needs() -> None:
