@@ -12,6 +12,7 @@ from aiohttp import web
 from taximeter.proxy.auth import require_admin
 from taximeter.proxy.context import SERVICES
 from taximeter.proxy.errors import InvalidInput, InvalidJson, NotFoundError
+from taximeter.proxy.openapi import document
 from taximeter.proxy.operations import Operations
 from taximeter.proxy.views import EVENT_FIELDS, client_json, event_json, key_json, report_row_json, rfc3339
 
@@ -150,8 +151,13 @@ async def get_pricing(request: web.Request) -> web.Response:
     return _json({**price.as_json(), "requested": model})
 
 
+async def openapi_document(request: web.Request) -> web.Response:
+    return _json(document())  # describes the API, holds no data: served without a token
+
+
 def admin_routes() -> list[web.RouteDef]:
     return [
+        web.get("/admin/openapi.json", openapi_document),
         web.get("/admin/clients", list_clients),
         web.post("/admin/clients", create_client),
         web.post("/admin/clients/{client_id}/keys", create_key),

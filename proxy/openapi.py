@@ -1,0 +1,336 @@
+"""``GET /admin/openapi.json``: the OpenAPI 3.1 document of the admin and status API.
+
+Kept true by a test that validates real responses against these schemas.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["document"]
+
+_MONEY = {"type": "string", "pattern": r"^-?\d+(\.\d+)?$", "description": "A decimal amount, never a float."}
+_TIME = {"type": "string", "format": "date-time"}
+_NULLABLE_MONEY = {"anyOf": [_MONEY, {"type": "null"}]}
+_NULLABLE_NUMBER = {"type": ["number", "null"]}
+
+
+def _obj(required: list[str], properties: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "required": required, "properties": properties}
+
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": _obj(
+        ["error"],
+        {
+            "error": _obj(
+                ["message", "type", "code", "param"],
+                {
+                    "message": {"type": "string"},
+                    "type": {"type": "string"},
+                    "code": {"type": ["string", "null"]},
+                    "param": {"type": ["string", "null"]},
+                },
+            )
+        },
+    ),
+    "Client": _obj(
+        ["id", "name", "created_at"],
+        {"id": {"type": "string"}, "name": {"type": "string"}, "created_at": _TIME},
+    ),
+    "ClientInput": _obj(
+        ["id"],
+        {"id": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$"}, "name": {"type": "string"}},
+    ),
+    "Key": _obj(
+        ["prefix", "client_id", "created_at", "revoked"],
+        {
+            "prefix": {"type": "string"},
+            "client_id": {"type": "string"},
+            "created_at": _TIME,
+            "revoked": {"type": "boolean"},
+        },
+    ),
+    "NewKey": {
+        "allOf": [
+            {"$ref": "#/components/schemas/Key"},
+            _obj(["key"], {"key": {"type": "string", "pattern": "^tm_", "description": "Shown once."}}),
+        ]
+    },
+    "BudgetInput": _obj(
+        ["mode"],
+        {
+            "mode": {"enum": ["tokens", "cost", "brl", "both"]},
+            "token_limit": {"type": "integer", "minimum": 1},
+            "cost_limit": {"anyOf": [_MONEY, {"type": "number", "exclusiveMinimum": 0}]},
+            "period": {"enum": ["daily", "weekly", "monthly", "none"]},
+            "timezone": {"type": "string"},
+            "pause_at_limit": {"type": "boolean"},
+            "alert_thresholds": {"type": "array", "items": {"type": ["number", "string"]}},
+        },
+    ),
+    "BudgetStatus": _obj(
+        [
+            "client_id",
+            "mode",
+            "period",
+            "timezone",
+            "currency",
+            "token_limit",
+            "cost_limit",
+            "tokens_used",
+            "cost_used",
+            "tokens_percent",
+            "cost_percent",
+            "level",
+            "paused",
+            "pause_reason",
+            "pause_at_limit",
+            "alert_thresholds",
+            "period_start",
+            "next_reset_at",
+            "spend_by_api_type",
+        ],
+        {
+            "client_id": {"type": "string"},
+            "mode": {"enum": ["tokens", "cost", "both"]},
+            "period": {"enum": ["daily", "weekly", "monthly", "none"]},
+            "timezone": {"type": "string"},
+            "currency": {"type": "string"},
+            "token_limit": {"type": ["integer", "null"]},
+            "cost_limit": _NULLABLE_MONEY,
+            "tokens_used": {"type": "integer"},
+            "cost_used": _MONEY,
+            "tokens_percent": _NULLABLE_NUMBER,
+            "cost_percent": _NULLABLE_NUMBER,
+            "level": {"enum": ["ok", "warning", "critical", "exceeded"]},
+            "paused": {"type": "boolean"},
+            "pause_reason": {"type": ["string", "null"]},
+            "pause_at_limit": {"type": "boolean"},
+            "alert_thresholds": {"type": "array", "items": {"type": "number"}},
+            "period_start": _TIME,
+            "next_reset_at": {"anyOf": [_TIME, {"type": "null"}]},
+            "spend_by_api_type": {"type": "object", "additionalProperties": _MONEY},
+        },
+    ),
+    "UsageEvent": _obj(
+        [
+            "request_id",
+            "client_id",
+            "end_user",
+            "conversation",
+            "api_type",
+            "model",
+            "endpoint",
+            "status",
+            "input_tokens",
+            "output_tokens",
+            "cached_tokens",
+            "reasoning_tokens",
+            "characters",
+            "audio_seconds",
+            "images",
+            "cost_usd",
+            "cost",
+            "currency",
+            "exchange_rate",
+            "estimated",
+            "created_at",
+        ],
+        {
+            "request_id": {"type": "string"},
+            "client_id": {"type": "string"},
+            "end_user": {"type": ["string", "null"]},
+            "conversation": {"type": ["string", "null"]},
+            "api_type": {"enum": ["chat", "vision", "embeddings", "tts", "whisper", "image", "moderation"]},
+            "model": {"type": "string"},
+            "endpoint": {"type": "string"},
+            "status": {"type": "integer"},
+            **{
+                name: {"type": "integer", "minimum": 0}
+                for name in (
+                    "input_tokens",
+                    "output_tokens",
+                    "cached_tokens",
+                    "reasoning_tokens",
+                    "characters",
+                    "images",
+                )
+            },
+            "audio_seconds": _MONEY,
+            "cost_usd": _MONEY,
+            "cost": _MONEY,
+            "currency": {"type": "string"},
+            "exchange_rate": _MONEY,
+            "estimated": {"type": "boolean"},
+            "unpriced": {"type": "boolean"},
+            "created_at": _TIME,
+        },
+    ),
+    "UsageReport": _obj(
+        ["group_by", "from", "to", "currency", "data"],
+        {
+            "group_by": {"enum": ["api_type", "model", "day", "end_user"]},
+            "from": _TIME,
+            "to": _TIME,
+            "currency": {"type": "string"},
+            "data": {
+                "type": "array",
+                "items": _obj(
+                    ["key", "requests", "input_tokens", "output_tokens", "cost_usd", "cost"],
+                    {
+                        "key": {"type": "string"},
+                        "requests": {"type": "integer"},
+                        "input_tokens": {"type": "integer"},
+                        "output_tokens": {"type": "integer"},
+                        "cost_usd": _MONEY,
+                        "cost": _MONEY,
+                    },
+                ),
+            },
+        },
+    ),
+    "Price": _obj(
+        ["model", "api_type"],
+        {
+            "model": {"type": "string"},
+            "api_type": {"type": "string"},
+            **{
+                name: _NULLABLE_MONEY
+                for name in (
+                    "input",
+                    "cached_input",
+                    "output",
+                    "audio_input",
+                    "audio_output",
+                    "image_input",
+                    "per_million_characters",
+                    "per_minute",
+                )
+            },
+            "per_image": {"type": "object", "additionalProperties": _MONEY},
+        },
+    ),
+}
+
+
+def _list(ref: str) -> dict[str, Any]:
+    return _obj(["data"], {"data": {"type": "array", "items": {"$ref": f"#/components/schemas/{ref}"}}})
+
+
+def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+_ERRORS = {
+    status: _json(_ref("Error"), text)
+    for status, text in (("401", "Missing or wrong token"), ("404", "Not found"), ("422", "Invalid input"))
+}
+
+
+def _op(summary: str, ok: dict[str, Any], status: str = "200", **extra: Any) -> dict[str, Any]:
+    return {"summary": summary, "responses": {status: ok, **_ERRORS}, **extra}
+
+
+def _path_param(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _query(*names: str) -> list[dict[str, Any]]:
+    return [{"name": n, "in": "query", "required": False, "schema": {"type": "string"}} for n in names]
+
+
+def _body(name: str) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": _ref(name)}}}
+
+
+_PATHS: dict[str, Any] = {
+    "/budget/status": {
+        "get": _op(
+            "The calling client's budget (virtual key)",
+            _json(_ref("BudgetStatus")),
+            security=[{"virtualKey": []}],
+        )
+    },
+    "/admin/clients": {
+        "get": _op("List clients", _json(_list("Client"))),
+        "post": _op(
+            "Create a client", _json(_ref("Client"), "Created"), "201", requestBody=_body("ClientInput")
+        ),
+    },
+    "/admin/clients/{client_id}/keys": {
+        "parameters": [_path_param("client_id")],
+        "get": _op("List a client's keys", _json(_list("Key"))),
+        "post": _op("Create a key (the key is in this answer only)", _json(_ref("NewKey"), "Created"), "201"),
+    },
+    "/admin/keys/{prefix}": {
+        "parameters": [_path_param("prefix")],
+        "delete": _op("Revoke a key", _json(_ref("Key"))),
+    },
+    "/admin/budgets": {"get": _op("Every budget's status", _json(_list("BudgetStatus")))},
+    "/admin/budgets/{client_id}": {
+        "parameters": [_path_param("client_id")],
+        "get": _op("A budget's status", _json(_ref("BudgetStatus"))),
+        "put": _op(
+            "Create or replace a budget", _json(_ref("BudgetStatus")), requestBody=_body("BudgetInput")
+        ),
+        "delete": _op("Delete a budget", {"description": "Deleted"}, "204"),
+    },
+    **{
+        f"/admin/budgets/{{client_id}}/{action}": {
+            "parameters": [_path_param("client_id")],
+            "post": _op(f"{action.title()} a budget", _json(_ref("BudgetStatus"))),
+        }
+        for action in ("reset", "pause", "resume")
+    },
+    "/admin/usage": {
+        "get": _op(
+            "Usage report",
+            _json(_ref("UsageReport")),
+            parameters=_query("client_id", "from", "to", "group_by"),
+        )
+    },
+    "/admin/usage/events": {
+        "get": _op(
+            "Usage events, newest first (JSON or CSV with the same columns)",
+            {
+                "description": "OK",
+                "content": {
+                    "application/json": {"schema": _list("UsageEvent")},
+                    "text/csv": {"schema": {"type": "string"}},
+                },
+            },
+            parameters=_query("client_id", "limit", "format"),
+        )
+    },
+    "/admin/pricing": {"get": _op("The price catalog", _json(_list("Price")))},
+    "/admin/pricing/{model}": {
+        "parameters": [_path_param("model")],
+        "get": _op("What a model name resolves to", _json(_ref("Price"))),
+    },
+    "/admin/openapi.json": {"get": _op("This document", {"description": "OK"})},
+}
+
+
+def document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "taximeter admin and status API",
+            "version": "1",
+            "description": "Money is a decimal string; times are RFC 3339 in UTC. Errors use OpenAI's shape.",
+        },
+        "paths": _PATHS,
+        "components": {
+            "schemas": _SCHEMAS,
+            "securitySchemes": {
+                "adminToken": {"type": "http", "scheme": "bearer", "description": "The admin_token setting."},
+                "virtualKey": {"type": "http", "scheme": "bearer", "description": "A tm_ key of the client."},
+            },
+        },
+        "security": [{"adminToken": []}],
+    }
