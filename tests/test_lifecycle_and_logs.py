@@ -1,0 +1,80 @@
+"""A SIGTERM lets a stream in flight finish and be recorded; logs are JSON lines
+with the call's fields and no secret."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from taximeter.proxy.logs import configure_logging
+from taximeter.store.factory import open_store
+from tests.fake_upstream import STREAM_PIECES, UPSTREAM_KEY, FakeUpstream
+from tests.harness import ADMIN_TOKEN, Harness
+from tests.processes import Deployment
+
+
+async def test_sigterm_lets_a_stream_finish_and_records_it(aiohttp_server: Any, tmp_path: Path) -> None:
+    fake = FakeUpstream(gate=asyncio.Event())  # the stream stalls after its first event
+    upstream = await aiohttp_server(fake.app())
+    served = Deployment(tmp_path, str(upstream.make_url("/v1")))
+    try:
+        await served.cli("clients", "add", "acme")
+        key = (await served.cli("keys", "create", "acme")).strip()
+        await served.start()
+        async with aiohttp.ClientSession() as http:
+            resp = await http.post(
+                f"{served.url}/v1/chat/completions",
+                json={"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "Hi"}]},
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            first = await resp.content.readuntil(b"\n\n")
+            assert served.server is not None
+            served.server.send_signal(signal.SIGTERM)  # mid-stream
+            await asyncio.sleep(0.3)
+            assert served.server.returncode is None, "it exited with a stream in flight"
+            fake.gate.set()  # type: ignore[union-attr]
+            rest = await resp.content.read()
+        assert b"data: [DONE]" in rest and all(p.encode() in first + rest for p in STREAM_PIECES)
+        assert await asyncio.wait_for(served.server.wait(), 30) == 0
+        served.server = None
+        store = await open_store(f"sqlite:///{tmp_path}/taximeter.db")
+        try:
+            [event] = await store.list_events("acme", 10)
+        finally:
+            await store.close()
+        assert (event.status, event.estimated, event.input_tokens) == (200, False, 1200)  # the real usage
+    finally:
+        fake.gate.set()  # type: ignore[union-attr]
+        await served.stop()
+
+
+async def test_json_logs_carry_the_call_and_no_secret(
+    proxy: Harness, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    configure_logging("INFO", as_json=True)
+    try:
+        key = await proxy.new_client("acme")
+        await proxy.sdk(key).chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "my secret prompt"}]
+        )
+        await proxy.services.meter.ledger.flush()
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    [metered] = [line for line in lines if line["event"] == "request_metered"]
+    assert metered["client"] == "acme" and metered["model"] == "gpt-4o" and metered["api_type"] == "chat"
+    assert metered["status"] == 200 and metered["tokens"] == 1500 and metered["cost"] == "0.02875"
+    assert metered["request_id"].startswith("req_") and metered["latency_ms"] >= metered["upstream_ms"] >= 0
+    text = json.dumps(lines)
+    for secret in (key, UPSTREAM_KEY, ADMIN_TOKEN, "my secret prompt"):
+        assert secret not in text
