@@ -15,6 +15,7 @@ from taximeter.proxy.errors import InvalidInput
 from taximeter.proxy.operations import Operations
 from taximeter.proxy.settings import ClientDeclaration, ConfigError
 from taximeter.store import budgets
+from taximeter.store.models import BudgetConfig
 
 __all__ = ["apply_file", "read_declarations"]
 
@@ -47,7 +48,7 @@ async def apply_file(ops: Operations, path: Path, *, dry_run: bool) -> list[str]
     return changes
 
 
-def _config(ops: Operations, declaration: ClientDeclaration) -> budgets.BudgetConfig:
+def _config(ops: Operations, declaration: ClientDeclaration) -> BudgetConfig:
     try:
         return budgets.config_from_json(
             declaration.id, declaration.budget, timezone=ops.timezone, currency=ops.currency
@@ -81,7 +82,7 @@ async def _apply_one(ops: Operations, declaration: ClientDeclaration, dry_run: b
     return changes
 
 
-def _describe(config: budgets.BudgetConfig) -> str:
+def _describe(config: BudgetConfig) -> str:
     limits = []
     if config.token_limit is not None:
         limits.append(f"{config.token_limit:,} tokens")

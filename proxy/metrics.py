@@ -57,50 +57,64 @@ class Metrics:
         self._catalog = catalog
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         # In multiprocess mode metrics live in files, not in a registry object.
+        # (prometheus-client registers nothing when registry is None.)
         registry = None if self.multiprocess else CollectorRegistry()
         self.registry = registry
-        kw = {"registry": registry} if registry is not None else {}
         self.requests = Counter(
-            "taximeter_requests", "Proxied calls.", ["client", "api_type", "model", "status"], **kw
+            "taximeter_requests",
+            "Proxied calls.",
+            ["client", "api_type", "model", "status"],
+            registry=registry,
         )
         self.tokens = Counter(
-            "taximeter_tokens", "Tokens metered.", ["client", "api_type", "model", "kind"], **kw
+            "taximeter_tokens", "Tokens metered.", ["client", "api_type", "model", "kind"], registry=registry
         )
         self.cost = Counter(
-            "taximeter_cost", "Cost metered, in the budget currency.", ["client", "currency"], **kw
+            "taximeter_cost",
+            "Cost metered, in the budget currency.",
+            ["client", "currency"],
+            registry=registry,
         )
         self.budget_used_ratio = Gauge(
             "taximeter_budget_used_ratio",
             "Share of a budget limit used this period (1.0 = at the limit).",
             ["client", "metric"],
             multiprocess_mode="mostrecent",
-            **kw,
+            registry=registry,
         )
         self.budget_paused = Gauge(
             "taximeter_budget_paused",
             "1 while a budget is paused.",
             ["client"],
             multiprocess_mode="mostrecent",
-            **kw,
+            registry=registry,
         )
-        self.rejections = Counter("taximeter_rejections", "Calls refused.", ["client", "reason"], **kw)
+        self.rejections = Counter(
+            "taximeter_rejections", "Calls refused.", ["client", "reason"], registry=registry
+        )
         self.alerts = Counter(
-            "taximeter_alerts", "Budget alert thresholds crossed.", ["client", "threshold", "metric"], **kw
+            "taximeter_alerts",
+            "Budget alert thresholds crossed.",
+            ["client", "threshold", "metric"],
+            registry=registry,
         )
         self.upstream_seconds = Histogram(
-            "taximeter_upstream_seconds", "Time spent in the upstream call.", buckets=_LATENCY_BUCKETS, **kw
+            "taximeter_upstream_seconds",
+            "Time spent in the upstream call.",
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
         )
         self.overhead_seconds = Histogram(
             "taximeter_overhead_seconds",
             "Time a call spent in taximeter itself (total minus upstream).",
             buckets=_LATENCY_BUCKETS,
-            **kw,
+            registry=registry,
         )
         self.ledger_pending = Gauge(
             "taximeter_ledger_pending_events",
             "Events recorded in memory, not yet durable in the store.",
             multiprocess_mode="livesum",
-            **kw,
+            registry=registry,
         )
 
     def model(self, name: str) -> str:
