@@ -473,6 +473,9 @@ async def _settle(services: Services, call: Call, usage: Usage, status: int) -> 
             "estimated": event.estimated,
             "latency_ms": round((time.monotonic() - call.started) * 1000, 1),
             "upstream_ms": round((call.upstream_ended - call.upstream_started) * 1000, 1),
+            "overhead_ms": round(
+                (time.monotonic() - call.started - (call.upstream_ended - call.upstream_started)) * 1000, 1
+            ),
         },
     )
 

@@ -75,6 +75,7 @@ async def test_json_logs_carry_the_call_and_no_secret(
     assert metered["client"] == "acme" and metered["model"] == "gpt-4o" and metered["api_type"] == "chat"
     assert metered["status"] == 200 and metered["tokens"] == 1500 and metered["cost"] == "0.02875"
     assert metered["request_id"].startswith("req_") and metered["latency_ms"] >= metered["upstream_ms"] >= 0
+    assert metered["overhead_ms"] >= 0
     text = json.dumps(lines)
     for secret in (key, UPSTREAM_KEY, ADMIN_TOKEN, "my secret prompt"):
         assert secret not in text
