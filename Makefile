@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test install install-test lint types pytest
+.PHONY: serve test bench install install-test lint types pytest
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,3 +30,7 @@ pytest: install-test
 	$(BIN)/python -m pytest
 
 test: lint types pytest
+
+# The benchmark (needs wrk, Postgres and Redis); writes bench/REPORT.md and bench/results.jsonl.
+bench: install-test
+	$(BIN)/python -m bench

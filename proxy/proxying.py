@@ -83,6 +83,7 @@ class Call:
     started: float = field(default_factory=time.monotonic)
     client_gone: asyncio.Event = field(default_factory=asyncio.Event)
     upstream: aiohttp.ClientResponse | None = None
+    estimate: UsageEvent | None = None  # what was reserved; charged if the call ends unaccounted
     settled: bool = False
     upstream_started: float = 0.0
     upstream_ended: float | None = None  # when its body was read to the end
@@ -108,7 +109,8 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
         return await _pass_through(request, services, body)
     try:
         call = _parse_call(request, endpoint, key.client_id, body, services)
-        await services.meter.admit(services.meter.reservation(await _estimate(services, call)))
+        call.estimate = await _estimate(services, call)
+        await services.meter.admit(services.meter.reservation(call.estimate))
     except (BudgetExceeded, ModelNotPriced) as exc:
         reason = exc.reason if isinstance(exc, BudgetExceeded) else exc.code
         services.metrics.rejection(key.client_id, reason)
@@ -143,8 +145,8 @@ async def _forward(request: web.Request, services: Services, call: Call, body: b
     try:
         return await _forward_and_relay(request, services, call, body)
     finally:
-        if not call.settled:  # a failure no path above expected: free the reservation
-            await services.meter.release(call.client_id, call.request_id)
+        if not call.settled:
+            await _unaccounted(services, call)
         upstream_s = (call.upstream_ended or time.monotonic()) - call.upstream_started
         services.metrics.upstream_seconds.observe(upstream_s)
         services.metrics.overhead_seconds.observe(max(time.monotonic() - call.started - upstream_s, 0.0))
@@ -478,6 +480,20 @@ async def _settle(services: Services, call: Call, usage: Usage, status: int) -> 
             ),
         },
     )
+
+
+async def _unaccounted(services: Services, call: Call) -> None:
+    """A call that ended by a path nothing above expected (the client vanished
+    as the response started, say). If it reached the upstream, it may have been
+    charged there: charge its estimate, flagged. If not, free its reservation."""
+    if call.upstream is None or call.estimate is None:
+        await services.meter.release(call.client_id, call.request_id)
+        return
+    call.settled = True
+    event = replace(call.estimate, status=CLIENT_CLOSED, estimated=True, created_at=services.meter.clock())
+    log.warning("call_unaccounted", extra={"request_id": call.request_id, "client": call.client_id})
+    await services.meter.settle(event)
+    services.metrics.call(event)
 
 
 async def _record_failure(services: Services, call: Call, status: int) -> None:

@@ -1,0 +1,1 @@
+"""The benchmark: taximeter against a direct call and a bare forwarder (see README)."""

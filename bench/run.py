@@ -1,0 +1,399 @@
+"""The benchmark run: targets, load, measurements, the ledger check, the report.
+
+Everything runs on 127.0.0.1 and is started here; only processes started here
+are stopped (by pid). Targets are interleaved round by round so a change in
+the machine's load hits them all alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+HERE = Path(__file__).resolve().parent
+PYTHON = sys.executable
+TAXIMETER = str(Path(sys.executable).with_name("taximeter"))
+PG_ADMIN = os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/0")
+CHAT = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 16})
+STREAM = json.dumps(
+    {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 16,
+        "stream": True,
+    }
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Target:
+    name: str
+    url: str  # base URL ending in /v1
+    key: str = ""
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    count_events: Any = None  # async () -> int, for taximeter targets
+
+
+@dataclass
+class Result:
+    target: str
+    mode: str
+    concurrency: int
+    round: int
+    requests: int
+    ok: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    cpu_ms_per_request: float | None
+    rss_mb: float | None
+    ttfb_ms: float | None = None
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def _tree(pid: int) -> list[int]:
+    return [pid, *(c for child in _children(pid) for c in _tree(child))]
+
+
+def cpu_seconds(pid: int) -> float:
+    total = 0
+    for p in _tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mb(pid: int) -> float:
+    peak = 0
+    for p in _tree(pid):
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]))
+        except OSError:
+            continue
+    return peak / 1024
+
+
+async def wait_ready(url: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            try:
+                async with http.get(url) as resp:
+                    if resp.status < 500:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def spawn(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        args, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=False
+    )
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)  # only processes this run started
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def start_taximeter(name: str, upstream: str, workdir: Path, workers: int, production: bool) -> Target:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAXIMETER_")}
+    env |= {
+        "TAXIMETER_UPSTREAM_URL": upstream,
+        "TAXIMETER_UPSTREAM_API_KEY": "sk-bench",
+        "TAXIMETER_PORT": str(port),
+    }
+    database = None
+    if production:
+        database = f"taximeter_bench_{uuid.uuid4().hex[:8]}"
+        admin = await asyncpg.connect(PG_ADMIN)
+        await admin.execute(f'CREATE DATABASE "{database}"')
+        await admin.close()
+        env |= {
+            "TAXIMETER_DATABASE_URL": f"{PG_ADMIN.rsplit('/', 1)[0]}/{database}",
+            "TAXIMETER_REDIS_URL": REDIS,
+            "TAXIMETER_REDIS_PREFIX": f"bench-{uuid.uuid4().hex[:8]}:",
+            "TAXIMETER_WORKERS": str(workers),
+        }
+    else:
+        env["TAXIMETER_DATABASE_URL"] = f"sqlite:///{workdir}/{name}.db"
+
+    def cli(*args: str) -> str:
+        return subprocess.run(
+            [TAXIMETER, *args], env=env, cwd=workdir, check=True, capture_output=True, text=True
+        ).stdout
+
+    cli("clients", "add", "bench")
+    key = cli("keys", "create", "bench").strip()
+    # Budgets on: every call is admitted by reservation and settled against it.
+    cli(
+        "budgets",
+        "set",
+        "bench",
+        "--mode",
+        "both",
+        "--tokens",
+        "1000000000000",
+        "--cost",
+        "1000000000",
+        "--period",
+        "monthly",
+    )
+    proc = spawn(TAXIMETER, "serve", env=env, cwd=workdir)
+    await wait_ready(f"http://127.0.0.1:{port}/readyz")
+
+    query = "SELECT status, estimated, COUNT(*) FROM usage_events GROUP BY status, estimated"
+
+    async def count_events() -> dict[tuple[int, bool], int]:
+        """Events by (status, estimated)."""
+        if database is None:
+
+            def count() -> dict[tuple[int, bool], int]:
+                with sqlite3.connect(f"{workdir}/{name}.db") as db:
+                    return {(int(st), bool(e)): int(n) for st, e, n in db.execute(query)}
+
+            return await asyncio.to_thread(count)
+        conn = await asyncpg.connect(env["TAXIMETER_DATABASE_URL"])
+        try:
+            return {(int(st), bool(e)): int(n) for st, e, n in await conn.fetch(query)}
+        finally:
+            await conn.close()
+
+    target = Target(name, f"http://127.0.0.1:{port}/v1", key, [proc], count_events)
+    target.database = database  # type: ignore[attr-defined]
+    return target
+
+
+def run_wrk(target: Target, body: str, concurrency: int, duration_s: float) -> dict[str, Any]:
+    env = {**os.environ, "BENCH_BODY": body, "BENCH_KEY": target.key}
+    out = subprocess.run(
+        [
+            "wrk",
+            f"-t{min(concurrency, 2)}",
+            f"-c{concurrency}",
+            f"-d{max(1, round(duration_s))}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(HERE / "bench.lua"),
+            f"{target.url}/chat/completions",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=duration_s + 60,
+        check=True,
+    ).stdout
+    line = next(line for line in out.splitlines() if line.startswith("BENCH_JSON "))
+    return dict(json.loads(line.removeprefix("BENCH_JSON ")))
+
+
+async def time_to_first_byte(target: Target, samples: int) -> float:
+    """Median ms from sending a streamed chat call to its first body byte."""
+    headers = {"Content-Type": "application/json"}
+    if target.key:
+        headers["Authorization"] = f"Bearer {target.key}"
+    times = []
+    async with aiohttp.ClientSession() as http:
+        for _ in range(samples):
+            start = time.perf_counter()
+            async with http.post(f"{target.url}/chat/completions", data=STREAM, headers=headers) as resp:
+                await resp.content.readany()
+                times.append((time.perf_counter() - start) * 1000)
+                await resp.read()
+    return statistics.median(times)
+
+
+async def check_ledger(target: Target, upstream: str) -> None:
+    """Every call the target made upstream is in its ledger exactly once.
+    Calls cut off when the load stopped are still being relayed and metered
+    (they were served, so they are charged): wait until both counts settle."""
+    if target.count_events is None:
+        return
+    async with aiohttp.ClientSession() as http:
+        for _ in range(200):
+            async with http.get(f"{upstream}/served") as resp:
+                made = (await resp.json()).get(target.name, 0)
+            by_status = await target.count_events()
+            count = sum(by_status.values())
+            if count == made:
+                return
+            await asyncio.sleep(0.05)
+    raise AssertionError(
+        f"{target.name}: {count} events in the ledger for {made} upstream calls: {by_status}"
+    )
+
+
+async def benchmark(args: argparse.Namespace) -> list[Result]:
+    workdir = Path(tempfile.mkdtemp(prefix="taximeter-bench-"))
+    upstream_port, forwarder_port = free_port(), free_port()
+    upstream = f"http://127.0.0.1:{upstream_port}"
+    started: list[Target] = []
+    try:
+        direct = Target(
+            "direct",
+            f"{upstream}/direct/v1",
+            procs=[spawn(PYTHON, "-m", "bench.upstream", str(upstream_port), cwd=HERE.parent)],
+        )
+        started.append(direct)
+        await wait_ready(f"{upstream}/served")
+        forwarder = Target(
+            "forwarder",
+            f"http://127.0.0.1:{forwarder_port}/v1",
+            procs=[
+                spawn(
+                    PYTHON,
+                    "-m",
+                    "bench.forwarder",
+                    str(forwarder_port),
+                    f"{upstream}/forwarder/v1",
+                    cwd=HERE.parent,
+                )
+            ],
+        )
+        started.append(forwarder)
+        await wait_ready(f"http://127.0.0.1:{forwarder_port}/")
+        for name, workers, production in args.configs:
+            started.append(await start_taximeter(name, f"{upstream}/{name}/v1", workdir, workers, production))
+        results = []
+        for round_ in range(args.rounds):
+            for mode, body in (("chat", CHAT), ("stream", STREAM)):
+                for concurrency in args.concurrency:
+                    for target in started:
+                        results.append(await measure(target, mode, body, concurrency, round_, args))
+                        await check_ledger(target, upstream)
+        return results
+    finally:
+        for target in started:
+            for proc in target.procs:
+                stop(proc)
+        for target in started:
+            database = getattr(target, "database", None)
+            if database:
+                admin = await asyncpg.connect(PG_ADMIN)
+                await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+                await admin.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def measure(
+    target: Target, mode: str, body: str, concurrency: int, round_: int, args: argparse.Namespace
+) -> Result:
+    pid = target.procs[0].pid
+    cpu_before = cpu_seconds(pid)
+    stats = await asyncio.to_thread(run_wrk, target, body, concurrency, args.duration)
+    cpu = cpu_seconds(pid) - cpu_before
+    ok = stats["requests"] - stats["status_errors"] - stats["other_errors"]
+    ttfb = None
+    if mode == "stream" and concurrency == 1:
+        ttfb = await time_to_first_byte(target, args.ttfb_samples)
+    return Result(
+        target=target.name,
+        mode=mode,
+        concurrency=concurrency,
+        round=round_,
+        requests=stats["requests"],
+        ok=ok,
+        rps=stats["requests"] / (stats["duration_us"] / 1e6),
+        p50_ms=stats["p50_us"] / 1000,
+        p99_ms=stats["p99_us"] / 1000,
+        cpu_ms_per_request=1000 * cpu / stats["requests"] if stats["requests"] else None,
+        rss_mb=peak_rss_mb(pid),
+        ttfb_ms=ttfb,
+    )
+
+
+CONFIGS = {
+    "embedded": ("taximeter-embedded", 1, False),
+    "pg-redis": ("taximeter-pg-redis", 1, True),
+    "pg-redis-2w": ("taximeter-pg-redis-2w", 2, True),
+}
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds of load per run")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--concurrency", type=lambda s: [int(c) for c in s.split(",")], default=[1, 16, 64])
+    parser.add_argument(
+        "--configs",
+        type=lambda s: [CONFIGS[c] for c in s.split(",")],
+        default=list(CONFIGS.values()),
+        help="embedded,pg-redis,pg-redis-2w",
+    )
+    parser.add_argument("--ttfb-samples", type=int, default=200)
+    parser.add_argument("--out", type=Path, default=HERE, help="where REPORT.md and results.jsonl go")
+    parser.add_argument(
+        "--smoke", action="store_true", help="a few seconds: that it runs and the ledger is exact"
+    )
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.duration, args.rounds, args.concurrency, args.ttfb_samples = 1.0, 1, [4], 5
+        args.configs = [CONFIGS["embedded"]]
+        args.out = None
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bench.report import write_report
+
+    if shutil.which("wrk") is None:
+        print("bench: wrk is not installed (apt-get install wrk)", file=sys.stderr)
+        return 2
+    args = parse(argv)
+    results = asyncio.run(benchmark(args))
+    if args.out is not None:
+        write_report(results, args, args.out)
+    for r in results:
+        print(json.dumps(asdict(r)))
+    return 0
+
+
+def machine() -> str:
+    return f"{platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}, {platform.platform()}"

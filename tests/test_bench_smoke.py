@@ -1,0 +1,28 @@
+"""The benchmark cannot rot: a few seconds of it run, and its ledger check holds."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_benchmark_smoke_runs_and_the_ledger_is_exact() -> None:
+    if shutil.which("wrk") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("wrk is missing (.ci/run installs Debian's wrk package)")
+        pytest.skip("wrk is not installed")
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke"], cwd=ROOT, capture_output=True, text=True, timeout=240
+    )
+    assert result.returncode == 0, result.stderr[-2000:]  # it raises if any event is lost or doubled
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert {r["target"] for r in rows} == {"direct", "forwarder", "taximeter-embedded"}
+    assert all(r["ok"] > 0 and r["ok"] == r["requests"] for r in rows)
