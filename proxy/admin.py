@@ -65,7 +65,9 @@ async def list_keys(request: web.Request) -> web.Response:
 
 
 async def revoke_key(request: web.Request) -> web.Response:
-    return _json(key_json(await _ops(request).revoke_key(request.match_info["prefix"])))
+    key = await _ops(request).revoke_key(request.match_info["prefix"])
+    request.app[SERVICES].keys.forget(key.prefix)  # at once here; other processes within key_cache_s
+    return _json(key_json(key))
 
 
 async def list_budgets(request: web.Request) -> web.Response:

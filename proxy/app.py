@@ -12,6 +12,7 @@ from aiohttp import web
 
 from taximeter.pricing.catalog import load_catalog
 from taximeter.proxy.admin import OPERATIONS, admin_routes
+from taximeter.proxy.auth import KeyCache
 from taximeter.proxy.context import SERVICES, Services
 from taximeter.proxy.metering import Clock, Meter, system_clock
 from taximeter.proxy.metrics import Metrics
@@ -101,6 +102,7 @@ def _lifecycle(settings: Settings, clock: Clock):  # type: ignore[no-untyped-def
             session=session,
             webhooks=webhooks,
             metrics=metrics,
+            keys=KeyCache(store, ttl_s=settings.key_cache_s),
         )
         app[SERVICES] = services
         app[OPERATIONS] = Operations(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import time
 
 from aiohttp import web
 
@@ -11,7 +12,7 @@ from taximeter.proxy.errors import AdminAuthRequired, InvalidApiKey
 from taximeter.store.base import Store
 from taximeter.store.models import ApiKey
 
-__all__ = ["authenticate", "require_admin"]
+__all__ = ["KeyCache", "authenticate", "require_admin"]
 
 
 def _bearer(request: web.Request) -> str | None:
@@ -19,14 +20,44 @@ def _bearer(request: web.Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-async def authenticate(request: web.Request, store: Store) -> ApiKey:
+class KeyCache:
+    """Keys found in the store, kept for ``ttl_s`` so a call costs no store
+    round trip to authenticate. A key revoked through this process is dropped
+    at once; one revoked elsewhere (another worker, the CLI) stops working
+    within ``ttl_s``. Only keys that exist are kept."""
+
+    def __init__(self, store: Store, *, ttl_s: float) -> None:
+        self._store = store
+        self._ttl_s = ttl_s
+        self._keys: dict[str, tuple[ApiKey, float]] = {}
+
+    async def find(self, prefix: str) -> ApiKey | None:
+        cached = self._keys.get(prefix)
+        now = time.monotonic()
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        key = await self._store.find_key(prefix)
+        if key is not None and self._ttl_s > 0:
+            if len(self._keys) >= _CACHE_MAX:
+                self._keys.clear()  # bounded: an unusual burst of keys just starts over
+            self._keys[prefix] = (key, now + self._ttl_s)
+        return key
+
+    def forget(self, prefix: str) -> None:
+        self._keys.pop(prefix, None)
+
+
+_CACHE_MAX = 100_000
+
+
+async def authenticate(request: web.Request, cache: KeyCache) -> ApiKey:
     """The caller's active virtual key; raises InvalidApiKey (the key is never echoed)."""
     token = _bearer(request)
     if token is None:
         raise InvalidApiKey("missing API key: send Authorization: Bearer tm_...")
     if not keys.looks_like_key(token):
         raise InvalidApiKey("invalid API key: taximeter keys start with tm_")
-    key = await store.find_key(keys.key_prefix(token))
+    key = await cache.find(keys.key_prefix(token))
     if key is None or not keys.matches(token, key.key_hash) or key.revoked:
         raise InvalidApiKey("invalid or revoked API key")
     return key

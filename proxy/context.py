@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import aiohttp
 from aiohttp import web
 
+from taximeter.proxy.auth import KeyCache
 from taximeter.proxy.metering import Meter
 from taximeter.proxy.metrics import Metrics
 from taximeter.proxy.routing import UpstreamRouter
@@ -29,6 +30,7 @@ class Services:
     session: aiohttp.ClientSession
     webhooks: WebhookSender
     metrics: Metrics
+    keys: KeyCache
     inflight: set[asyncio.Task[Any]] = field(default_factory=set)
 
     async def shielded(self, work: Coroutine[Any, Any, T]) -> T:

@@ -103,7 +103,7 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
             f"{request.method} {request.path} is not a metered endpoint; taximeter forwards only "
             "what it can meter (an operator may list pass-through paths)"
         )
-    key = await auth.authenticate(request, services.meter.store)
+    key = await auth.authenticate(request, services.keys)
     body = await _read_body(request, services.settings.max_body_bytes)
     if not endpoint.metered:
         return await _pass_through(request, services, body)

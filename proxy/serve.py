@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import multiprocessing
 import os
@@ -23,6 +24,13 @@ log = logging.getLogger("taximeter.serve")
 def _run(settings: Settings, reuse_port: bool) -> None:
     # Imported here: prometheus-client must see PROMETHEUS_MULTIPROC_DIR first.
     from taximeter.proxy.app import create_app
+
+    try:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:  # not on every platform; the standard loop works, slower
+        pass
 
     log.info("listening", extra={"host": settings.host, "port": settings.port, "pid": os.getpid()})
     web.run_app(

@@ -135,6 +135,11 @@ class Settings(BaseSettings):
     passthrough_paths: list[str] = Field(
         default_factory=list, description="Unmetered paths under /v1 forwarded anyway (e.g. /v1/files)."
     )
+    key_cache_s: float = Field(
+        2.0,
+        ge=0,
+        description="How long a process trusts a key it looked up (a revocation elsewhere waits this).",
+    )
     gate_refresh_s: float = Field(2.0, gt=0, description="In-process gate: reload a budget this often.")
     reserve_output_tokens: int = Field(
         4096, gt=0, description="Output tokens reserved for a call that sets no max_tokens."

@@ -19,7 +19,7 @@ __all__ = ["status_routes"]
 
 async def budget_status(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    key = await auth.authenticate(request, services.meter.store)
+    key = await auth.authenticate(request, services.keys)
     ops = request.app[OPERATIONS]
     try:
         state = await ops.budget(key.client_id)
