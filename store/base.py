@@ -134,6 +134,9 @@ class Store(Protocol):
         before the budget's current period is stored but not counted.
         """
 
+    async def record_many(self, events: list[UsageEvent]) -> list[RecordResult]:
+        """:meth:`record` for a batch, in one transaction (one commit, one fsync)."""
+
     async def list_events(self, client_id: str | None, limit: int) -> list[UsageEvent]:
         """Newest first."""
 

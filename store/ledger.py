@@ -33,7 +33,9 @@ class LedgerWriter:
         max_pending: int = 10_000,
         on_recorded: OnRecorded | None = None,
         retry_max_s: float = 5.0,
+        batch_max: int = 500,
     ) -> None:
+        self._batch_max = batch_max
         self._store = store
         self._queue: asyncio.Queue[UsageEvent] = asyncio.Queue(max_pending)
         self._on_recorded = on_recorded
@@ -92,31 +94,41 @@ class LedgerWriter:
 
     async def _run(self) -> None:
         while True:
-            event = await self._queue.get()
+            # Whatever has queued up goes in one transaction: under load a batch
+            # grows by itself, idle a lone event goes at once (no added delay).
+            batch = [await self._queue.get()]
+            while len(batch) < self._batch_max:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except asyncio.QueueEmpty:
+                    break
             async with self._writing:
                 try:
-                    await self._write(event)
+                    await self._write(batch)
                 finally:
-                    self._queue.task_done()
+                    for _ in batch:
+                        self._queue.task_done()
                     async with self._progress:
-                        self._written += 1
+                        self._written += len(batch)
                         self._progress.notify_all()
 
-    async def _write(self, event: UsageEvent) -> None:
+    async def _write(self, batch: list[UsageEvent]) -> None:
         delay = 0.05
         while True:
             try:
-                result = await self._store.record(event)
+                # A retry after an ambiguous failure is safe: recording is idempotent.
+                results = await self._store.record_many(batch)
                 break
             except StoreUnavailable as exc:
                 log.warning(
                     "ledger_retry",
-                    extra={"request_id": event.request_id, "error": str(exc), "retry_in_s": delay},
+                    extra={"events": len(batch), "error": str(exc), "retry_in_s": delay},
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._retry_max_s)
         if self._on_recorded is not None:
-            try:
-                await self._on_recorded(event, result)
-            except Exception:
-                log.exception("ledger_hook_failed", extra={"request_id": event.request_id})
+            for event, result in zip(batch, results, strict=True):
+                try:
+                    await self._on_recorded(event, result)
+                except Exception:
+                    log.exception("ledger_hook_failed", extra={"request_id": event.request_id})

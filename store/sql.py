@@ -290,26 +290,45 @@ class SqlStore(ABC):
     # -- ledger ------------------------------------------------------------------
 
     async def record(self, event: UsageEvent) -> RecordResult:
+        return (await self.record_many([event]))[0]
+
+    async def record_many(self, events: list[UsageEvent]) -> list[RecordResult]:
+        """Record a batch in one transaction, each event as :meth:`record` does.
+        Each budget is locked and written once, with the events its net
+        change raises."""
+        results: list[RecordResult] = []
         async with self.transaction() as conn:
-            touched = await conn.execute(
-                f"INSERT INTO usage_events ({_EVENT_COLUMNS}) VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (request_id) DO NOTHING",
-                *self._event_values(event),
-            )
-            if not touched:
-                return RecordResult(recorded=False, state=None)
-            # A reservation the store held for this call is done with.
-            await conn.execute("DELETE FROM reservations WHERE request_id = ?", event.request_id)
-            state = await self._locked_budget(conn, event.client_id)
-            if state is None:
-                return RecordResult(recorded=True, state=None)
-            new = budgets.roll(state, event.created_at)
-            if event.created_at >= new.period_start:
-                new = budgets.apply_usage(new, event.tokens, to_nanos(event.cost))
-            if new is not state:
-                new = await self._write_budget(conn, state, new, event.created_at)
-        return RecordResult(recorded=True, state=new)
+            budgets_in_batch: dict[str, tuple[BudgetState | None, BudgetState | None]] = {}
+            last_seen: datetime | None = None
+            for event in events:
+                touched = await conn.execute(
+                    f"INSERT INTO usage_events ({_EVENT_COLUMNS}) VALUES "
+                    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (request_id) DO NOTHING",
+                    *self._event_values(event),
+                )
+                if not touched:
+                    results.append(RecordResult(recorded=False, state=None))
+                    continue
+                # A reservation the store held for this call is done with.
+                await conn.execute("DELETE FROM reservations WHERE request_id = ?", event.request_id)
+                if event.client_id not in budgets_in_batch:
+                    locked = await self._locked_budget(conn, event.client_id)
+                    budgets_in_batch[event.client_id] = (locked, locked)
+                original, current = budgets_in_batch[event.client_id]
+                if current is None:
+                    results.append(RecordResult(recorded=True, state=None))
+                    continue
+                new = budgets.roll(current, event.created_at)
+                if event.created_at >= new.period_start:
+                    new = budgets.apply_usage(new, event.tokens, to_nanos(event.cost))
+                budgets_in_batch[event.client_id] = (original, new)
+                results.append(RecordResult(recorded=True, state=new))
+                last_seen = max(last_seen or event.created_at, event.created_at)
+            for original, final in budgets_in_batch.values():
+                if original is not None and final is not None and final is not original:
+                    await self._write_budget(conn, original, final, last_seen or final.period_start)
+        return results
 
     async def list_events(self, client_id: str | None, limit: int) -> list[UsageEvent]:
         where, args = ("WHERE client_id = ?", [client_id]) if client_id else ("", [])

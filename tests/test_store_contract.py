@@ -275,3 +275,28 @@ async def test_expired_store_held_reservations_are_claimed_once(store: Store) ->
     assert [[r.request_id for r in c] for c in claims if c] == [["dead"]]
     [claimed] = [r for c in claims for r in c]
     assert (claimed.event.estimated, claimed.tokens, claimed.cost_nanos) == (True, 10, 1_000_000)
+
+
+async def test_a_batch_records_like_one_event_at_a_time(store: Store) -> None:
+    await with_client(store)
+    await with_client(store, "beta")
+    await store.put_budget(config(mode="tokens", token_limit=250, cost_limit=None), T0)
+    batch = [
+        event("b1", tokens=100),
+        event("b2", tokens=100, client_id="beta"),  # no budget: recorded, not counted
+        event("b1", tokens=100),  # a replay inside the batch
+        event("b3", tokens=100),
+        event("b4", tokens=100),  # crosses the limit: the budget pauses
+    ]
+    results = await store.record_many(batch)  # type: ignore[attr-defined]
+    assert [r.recorded for r in results] == [True, True, False, True, True]
+    state = await store.get_budget("acme", T0)
+    assert state is not None and (state.tokens_used, state.paused, state.pause_reason) == (
+        300,
+        True,
+        "token_limit",
+    )
+    assert await store.ledger_totals("acme", state.period_start) == (300, state.cost_used_nanos)
+    assert len(await store.list_events(None, 10)) == 4
+    [(paused, _), *thresholds] = await store.list_alerts("acme")  # type: ignore[attr-defined]
+    assert paused.kind == "paused" and [t.kind for t, _ in thresholds] == ["threshold"] * 3
