@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from taximeter.proxy.views import EVENT_FIELDS, STATUS_FIELDS
+
 __all__ = ["document"]
 
 _MONEY = {"type": "string", "pattern": r"^-?\d+(\.\d+)?$", "description": "A decimal amount, never a float."}
@@ -70,27 +72,7 @@ _SCHEMAS: dict[str, Any] = {
         },
     ),
     "BudgetStatus": _obj(
-        [
-            "client_id",
-            "mode",
-            "period",
-            "timezone",
-            "currency",
-            "token_limit",
-            "cost_limit",
-            "tokens_used",
-            "cost_used",
-            "tokens_percent",
-            "cost_percent",
-            "level",
-            "paused",
-            "pause_reason",
-            "pause_at_limit",
-            "alert_thresholds",
-            "period_start",
-            "next_reset_at",
-            "spend_by_api_type",
-        ],
+        list(STATUS_FIELDS),
         {
             "client_id": {"type": "string"},
             "mode": {"enum": ["tokens", "cost", "both"]},
@@ -114,29 +96,7 @@ _SCHEMAS: dict[str, Any] = {
         },
     ),
     "UsageEvent": _obj(
-        [
-            "request_id",
-            "client_id",
-            "end_user",
-            "conversation",
-            "api_type",
-            "model",
-            "endpoint",
-            "status",
-            "input_tokens",
-            "output_tokens",
-            "cached_tokens",
-            "reasoning_tokens",
-            "characters",
-            "audio_seconds",
-            "images",
-            "cost_usd",
-            "cost",
-            "currency",
-            "exchange_rate",
-            "estimated",
-            "created_at",
-        ],
+        list(EVENT_FIELDS),
         {
             "request_id": {"type": "string"},
             "client_id": {"type": "string"},

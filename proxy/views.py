@@ -12,7 +12,16 @@ from taximeter.store import budgets
 from taximeter.store.base import ReportRow
 from taximeter.store.models import ApiKey, BudgetState, Client, UsageEvent
 
-__all__ = ["budget_json", "client_json", "event_json", "key_json", "report_row_json", "rfc3339"]
+__all__ = [
+    "EVENT_FIELDS",
+    "STATUS_FIELDS",
+    "budget_json",
+    "client_json",
+    "event_json",
+    "key_json",
+    "report_row_json",
+    "rfc3339",
+]
 
 EVENT_FIELDS = (
     "request_id",
@@ -36,6 +45,29 @@ EVENT_FIELDS = (
     "exchange_rate",
     "estimated",
     "created_at",
+)
+
+
+STATUS_FIELDS = (
+    "client_id",
+    "mode",
+    "period",
+    "timezone",
+    "currency",
+    "token_limit",
+    "cost_limit",
+    "tokens_used",
+    "cost_used",
+    "tokens_percent",
+    "cost_percent",
+    "level",
+    "paused",
+    "pause_reason",
+    "pause_at_limit",
+    "alert_thresholds",
+    "period_start",
+    "next_reset_at",
+    "spend_by_api_type",
 )
 
 

@@ -12,6 +12,7 @@ import pytest
 from taximeter.pricing.money import quantize, to_nanos
 from taximeter.store.base import Conflict, NotFound, Store, StoreUnavailable
 from taximeter.store.models import ApiKey, BudgetConfig, Reservation, UsageEvent
+from tests.conftest import usage_event
 
 T0 = datetime(2026, 3, 10, 15, 0, tzinfo=UTC)
 
@@ -33,23 +34,16 @@ def config(client_id: str = "acme", **overrides: object) -> BudgetConfig:
 def event(
     request_id: str, *, tokens: int = 100, cost: str = "0.01", at: datetime = T0, **kw: object
 ) -> UsageEvent:
-    values: dict[str, object] = {
-        "request_id": request_id,
-        "client_id": "acme",
-        "api_type": "chat",
-        "model": "gpt-4o",
-        "endpoint": "/v1/chat/completions",
-        "status": 200,
-        "created_at": at,
-        "currency": "BRL",
-        "exchange_rate": Decimal("5.0"),
-        "input_tokens": tokens // 2,
-        "output_tokens": tokens - tokens // 2,
-        "cost_usd": quantize(Decimal(cost) / 5),
-        "cost": Decimal(cost),
-    }
-    values.update(kw)
-    return UsageEvent(**values)  # type: ignore[arg-type]
+    """An event of ``tokens`` (half in, half out) costing ``cost`` BRL."""
+    return usage_event(
+        request_id,
+        at,
+        input_tokens=tokens // 2,
+        output_tokens=tokens - tokens // 2,
+        cost_usd=quantize(Decimal(cost) / 5),
+        cost=Decimal(cost),
+        **kw,
+    )
 
 
 async def with_client(store: Store, client_id: str = "acme") -> None:
