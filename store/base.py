@@ -209,6 +209,10 @@ class Gate(Protocol):
 
     async def forget(self, client_id: str) -> None: ...
 
+    def needs_refresh(self, client_id: str, now: datetime) -> bool:
+        """Whether the copy is old enough to be reloaded in the background
+        (changes made by another process reach a process-local copy this way)."""
+
     async def ping(self) -> None: ...
 
     async def close(self) -> None: ...

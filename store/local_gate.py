@@ -2,8 +2,9 @@
 
 Only valid for a single process (start-up refuses ``workers > 1`` without
 Redis). Each method runs without awaiting, so on one event loop it is atomic.
-Copies older than ``max_age_s`` are reloaded, so a change made by another
-process (the CLI on the same database) takes effect within that time.
+Copies older than ``max_age_s`` are reloaded in the background while they keep
+answering, so a change made by another process (the CLI on the same database)
+takes effect within about that time, and no call waits for the reload.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class LocalGate:
 
     async def admit(self, reservation: Reservation, now: datetime) -> Admission:
         client_id = reservation.client_id
-        if client_id not in self._states or now - self._loaded_at[client_id] > self._max_age:
+        if client_id not in self._states:
             return _MISS
         state = self._states[client_id]
         if state is not None:
@@ -80,6 +81,10 @@ class LocalGate:
         for reservation in expired:
             await self.release(reservation.client_id, reservation.request_id)
         return expired
+
+    def needs_refresh(self, client_id: str, now: datetime) -> bool:
+        loaded = self._loaded_at.get(client_id)
+        return loaded is not None and now - loaded > self._max_age
 
     async def forget(self, client_id: str) -> None:
         self._states.pop(client_id, None)

@@ -44,6 +44,9 @@ class StoreGate:
     async def forget(self, client_id: str) -> None:
         return None
 
+    def needs_refresh(self, client_id: str, now: datetime) -> bool:
+        return False
+
     async def ping(self) -> None:
         await self._store.ping()
 
