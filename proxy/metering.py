@@ -87,7 +87,7 @@ class Meter:
         # stale because changes went past it: rebuilt before the gate is trusted again.
         self._via_fallback: set[str] = set()
         self._stale: set[str] = set()
-        self._refreshing: set[asyncio.Task[None]] = set()
+        self._refreshing: dict[str, asyncio.Task[None]] = {}
         # This process's calls in flight, to give back to a gate that lost them.
         self._held: dict[str, dict[str, Reservation]] = {}
         self._rebuilding: dict[str, asyncio.Future[BudgetState | None]] = {}
@@ -164,20 +164,23 @@ class Meter:
             raise MeteringUnavailable("the budget gate keeps losing its state; try again shortly")
         if admission.outcome == "ok":
             self._held.setdefault(client_id, {})[reservation.request_id] = reservation
-        if self.gate.needs_refresh(client_id, now) and client_id not in self._rebuilding:
+        if client_id not in self._refreshing and self.gate.needs_refresh(client_id, now):
             self._refresh_in_background(client_id, now)
         return admission
 
     def _refresh_in_background(self, client_id: str, now: datetime) -> None:
-        async def refresh() -> None:
-            try:
-                await self.rebuild(client_id, now)
-            except (StoreUnavailable, MeteringUnavailable) as exc:
-                log.warning("gate_refresh_failed", extra={"client": client_id, "error": str(exc)})
+        # Marked before the task runs: the calls admitted meanwhile start no other.
+        self._refreshing[client_id] = asyncio.create_task(
+            self._refresh(client_id, now), name=f"taximeter-refresh-{client_id}"
+        )
 
-        task = asyncio.create_task(refresh(), name=f"taximeter-refresh-{client_id}")
-        self._refreshing.add(task)
-        task.add_done_callback(self._refreshing.discard)
+    async def _refresh(self, client_id: str, now: datetime) -> None:
+        try:
+            await self.rebuild(client_id, now)
+        except (StoreUnavailable, MeteringUnavailable) as exc:
+            log.warning("gate_refresh_failed", extra={"client": client_id, "error": str(exc)})
+        finally:
+            del self._refreshing[client_id]
 
     async def _admit_via_fallback(self, reservation: Reservation, now: datetime) -> Admission:
         """Admission by the store under its row lock, while the gate is down."""
