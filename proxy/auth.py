@@ -12,7 +12,7 @@ from taximeter.proxy.errors import AdminAuthRequired, InvalidApiKey
 from taximeter.store.base import Store
 from taximeter.store.models import ApiKey
 
-__all__ = ["KeyCache", "authenticate", "require_admin"]
+__all__ = ["KeyCache", "authenticate", "require_admin", "require_bearer"]
 
 
 def _bearer(request: web.Request) -> str | None:
@@ -63,13 +63,19 @@ async def authenticate(request: web.Request, cache: KeyCache) -> ApiKey:
     return key
 
 
+def require_bearer(request: web.Request, secret: str, message: str) -> None:
+    """Raise AdminAuthRequired unless the request's bearer token is ``secret``
+    (compared in constant time)."""
+    token = _bearer(request)
+    if token is None or not hmac.compare_digest(token.encode(), secret.encode()):
+        raise AdminAuthRequired(message)
+
+
 def require_admin(request: web.Request, admin_token: str | None) -> None:
-    """Raise unless the request carries the admin token (compared in constant time)."""
+    """Raise unless the request carries the admin token."""
     if admin_token is None:
         raise AdminAuthRequired(
             "the admin API is disabled: set admin_token (TAXIMETER_ADMIN_TOKEN) to enable it",
             status=403,
         )
-    token = _bearer(request)
-    if token is None or not hmac.compare_digest(token.encode(), admin_token.encode()):
-        raise AdminAuthRequired("missing or wrong admin token")
+    require_bearer(request, admin_token, "missing or wrong admin token")

@@ -149,9 +149,9 @@ async def _manage(settings: Settings, args: argparse.Namespace) -> int:
 
 def _gate_refresher(gate: Gate) -> Callable[[str, BudgetState | None, datetime], Awaitable[None]]:
     async def refresh(client_id: str, state: BudgetState | None, now: datetime) -> None:
-        # Only Redis is shared with running proxies; an in-process gate reloads by itself.
-        if type(gate).__name__ == "RedisGate":
-            await gate.load(client_id, state, now)
+        # Reaches running proxies through Redis; an in-process gate here is this
+        # command's own (running proxies reload theirs within gate_refresh_s).
+        await gate.load(client_id, state, now)
 
     return refresh
 

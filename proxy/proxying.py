@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from typing import Any
 
 import aiohttp
@@ -84,6 +85,7 @@ class Call:
     client_gone: asyncio.Event = field(default_factory=asyncio.Event)
     upstream: aiohttp.ClientResponse | None = None
     estimate: UsageEvent | None = None  # what was reserved; charged if the call ends unaccounted
+    upload_seconds: Decimal | None = None  # length of an uploaded audio file, read once
     settled: bool = False
     upstream_started: float = 0.0
     upstream_ended: float | None = None  # when its body was read to the end
@@ -125,17 +127,16 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
 async def _estimate(services: Services, call: Call) -> UsageEvent:
     """The call as it would be charged before its usage is known: reserved at
     admission, and recorded as is if its process dies before it settles."""
-    upload_seconds = None
     if call.endpoint.family == "transcription" and call.form is not None and "file" in call.form.files:
         filename, data = call.form.files["file"]
-        upload_seconds = await asyncio.to_thread(audio_seconds, data, filename=filename)
+        call.upload_seconds = await asyncio.to_thread(audio_seconds, data, filename=filename)
     settings = services.settings
     usage = estimate_usage(
         call.endpoint.family,
         call.fields,
         default_output_tokens=settings.reserve_output_tokens,
         default_audio_seconds=settings.reserve_audio_seconds,
-        upload_seconds=upload_seconds,
+        upload_seconds=call.upload_seconds,
     )
     return _event(services, call, replace(usage, estimated=True), 0)
 
@@ -274,22 +275,11 @@ async def _relay_whole(
     if upstream.status >= 400:
         usage = extract_usage("chat", call.fields, parsed)  # an error body rarely reports usage
     else:
-        usage = extract_usage(call.endpoint.family, call.fields, parsed)
-        if call.endpoint.family == "transcription" and not (usage.has_tokens or usage.audio_seconds):
-            usage = await _uploaded_audio_usage(call, usage)
+        usage = extract_usage(call.endpoint.family, call.fields, parsed, file_seconds=call.upload_seconds)
     await _settle(services, call, usage, upstream.status)
     return web.Response(
         body=data, status=upstream.status, headers=_response_headers(upstream, call.request_id)
     )
-
-
-async def _uploaded_audio_usage(call: Call, usage: Usage) -> Usage:
-    """Usage from the uploaded file's own length, when the reply gave none."""
-    upload = call.form.files.get("file") if call.form else None
-    if upload is None:
-        return usage
-    seconds = await asyncio.to_thread(audio_seconds, upload[1], filename=upload[0])
-    return Usage(audio_seconds=seconds) if seconds else usage
 
 
 async def _relay_events(

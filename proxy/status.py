@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import hmac
-
 from aiohttp import web
 
 from taximeter.proxy import auth
 from taximeter.proxy.admin import OPERATIONS
 from taximeter.proxy.context import SERVICES
-from taximeter.proxy.errors import AdminAuthRequired, NotFoundError
+from taximeter.proxy.errors import NotFoundError
 from taximeter.proxy.metrics import CONTENT_TYPE_LATEST
 from taximeter.store.base import StoreUnavailable
 from taximeter.store.migrations import LATEST
@@ -57,11 +55,7 @@ async def metrics(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     token = services.settings.metrics_token
     if token is not None:
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            given.encode(), token.get_secret_value().encode()
-        ):
-            raise AdminAuthRequired("/metrics needs the metrics token")
+        auth.require_bearer(request, token.get_secret_value(), "/metrics needs the metrics token")
     services.metrics.ledger_pending.set(services.meter.ledger.pending)
     return web.Response(body=services.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 

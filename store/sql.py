@@ -94,12 +94,11 @@ class SqlStore(ABC):
     dialect: Dialect
     # Told of every budget event as it is written (metrics); inside the
     # transaction, so a rare rolled-back one is still counted.
-    observers: list[Callable[[BudgetEvent], None]]
+    _observers: tuple[Callable[[BudgetEvent], None], ...] = ()
+    _last_event_micros = 0  # keeps event ids increasing within this process
 
     def observe(self, callback: Callable[[BudgetEvent], None]) -> None:
-        if not hasattr(self, "observers"):
-            self.observers = []
-        self.observers.append(callback)
+        self._observers = (*self._observers, callback)
 
     @abstractmethod
     def transaction(self) -> AbstractAsyncContextManager[Conn]:
@@ -427,7 +426,7 @@ class SqlStore(ABC):
                 self.dialect.time_in(now),
                 self.dialect.time_in(now),
             )
-            for observer in getattr(self, "observers", ()):
+            for observer in self._observers:
                 observer(event)
             log.info(
                 "budget_event",
@@ -444,7 +443,7 @@ class SqlStore(ABC):
     def _event_id(self, now: datetime) -> str:
         """A time-ordered id: the outbox delivers in the order events happened,
         even several in one microsecond (one transaction, or a stopped clock)."""
-        micros = max(int(now.timestamp() * 1_000_000), getattr(self, "_last_event_micros", 0) + 1)
+        micros = max(int(now.timestamp() * 1_000_000), self._last_event_micros + 1)
         self._last_event_micros = micros
         return f"evt_{micros:014x}{uuid.uuid4().hex[:16]}"
 
