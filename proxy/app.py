@@ -14,12 +14,16 @@ from taximeter.pricing.catalog import load_catalog
 from taximeter.proxy.admin import OPERATIONS, admin_routes
 from taximeter.proxy.auth import KeyCache
 from taximeter.proxy.context import SERVICES, Services
+from taximeter.proxy.dashboard import DASHBOARD, Dashboard, dashboard_routes
+from taximeter.proxy.formatting import Formatter, locale_for
 from taximeter.proxy.metering import Clock, Meter, system_clock
 from taximeter.proxy.metrics import Metrics
 from taximeter.proxy.middleware import error_middleware
 from taximeter.proxy.operations import Operations
+from taximeter.proxy.pages import load_pages
 from taximeter.proxy.proxying import handle_proxy
 from taximeter.proxy.routing import UpstreamRouter
+from taximeter.proxy.sessions import Sessions
 from taximeter.proxy.settings import Settings
 from taximeter.proxy.status import status_routes
 from taximeter.proxy.webhooks import Webhook, WebhookSender
@@ -37,6 +41,7 @@ def create_app(settings: Settings, *, clock: Clock = system_clock) -> web.Applic
     app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
     app.add_routes(status_routes())
     app.add_routes(admin_routes())
+    app.add_routes(dashboard_routes())
     app.router.add_route("*", "/v1/{tail:.*}", handle_proxy)
     app.cleanup_ctx.append(_lifecycle(settings, clock))
     return app
@@ -45,6 +50,7 @@ def create_app(settings: Settings, *, clock: Clock = system_clock) -> web.Applic
 def _lifecycle(settings: Settings, clock: Clock):  # type: ignore[no-untyped-def]
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         catalog = await asyncio.to_thread(load_catalog, *settings.pricing_files)
+        pages = await asyncio.to_thread(load_pages)
         store = await open_store(settings.database_url)
         await store.migrate()
         gate = open_gate(settings.redis_url, prefix=settings.redis_prefix, refresh_s=settings.gate_refresh_s)
@@ -105,13 +111,23 @@ def _lifecycle(settings: Settings, clock: Clock):  # type: ignore[no-untyped-def
             keys=KeyCache(store, ttl_s=settings.key_cache_s),
         )
         app[SERVICES] = services
-        app[OPERATIONS] = Operations(
+        operations = Operations(
             store,
             timezone=settings.timezone,
             currency=settings.currency,
             clock=clock,
             on_budget_change=refresh_gate,
             flush_ledger=ledger.flush,
+        )
+        app[OPERATIONS] = operations
+        admin_token = settings.admin_token.get_secret_value() if settings.admin_token else None
+        app[DASHBOARD] = Dashboard(
+            pages=pages,
+            sessions=None
+            if admin_token is None
+            else Sessions(store, admin_token, lifetime_s=settings.dashboard_session_s, clock=clock),
+            ops=operations,
+            fmt=await asyncio.to_thread(Formatter, locale_for(settings.currency, settings.locale)),
         )
         background = [
             asyncio.create_task(meter.sweep_forever(settings.sweep_interval_s), name="taximeter-sweeper"),

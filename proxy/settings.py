@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import babel
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -122,6 +123,12 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(None, description="redis://...; none = in-process gate (one process).")
     redis_prefix: str = Field("taximeter:", description="Prefix of every Redis key taximeter writes.")
     admin_token: SecretStr | None = Field(None, description="Bearer token of the admin API and dashboard.")
+    dashboard_session_s: float = Field(
+        8 * 3600.0, gt=0, description="How long a dashboard login lasts (the cookie expires with it)."
+    )
+    locale: str | None = Field(
+        None, description="Locale of numbers and money on the dashboard; none = one usual for the currency."
+    )
     currency: str = Field("BRL", description="Budget currency (ISO 4217 code).")
     exchange_rate: Decimal = Field(Decimal("5.0"), gt=0, description="Units of the currency per 1 USD.")
     timezone: str = Field("UTC", description="Default timezone of budget periods.")
@@ -208,6 +215,16 @@ class Settings(BaseSettings):
         if len(value) != 3 or not value.isalpha():
             raise ValueError("must be a three-letter ISO 4217 code such as BRL")
         return value.upper()
+
+    @field_validator("locale")
+    @classmethod
+    def _locale(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        try:
+            return str(babel.Locale.parse(value.replace("-", "_")))
+        except (ValueError, babel.UnknownLocaleError) as exc:
+            raise ValueError(f"unknown locale {value!r} (e.g. pt_BR, en_US)") from exc
 
     @field_validator("timezone")
     @classmethod

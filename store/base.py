@@ -164,6 +164,16 @@ class Store(Protocol):
     async def claim_expired_reservations(self, now: datetime, limit: int) -> list[Reservation]:
         """Take expired store-held reservations, each by exactly one caller."""
 
+    async def create_session(self, id_hash: str, scope: str, now: datetime, expires_at: datetime) -> None:
+        """Keep a dashboard session, known by the hash of its id, until
+        ``expires_at``. Sessions already expired are purged."""
+
+    async def session_valid(self, id_hash: str, scope: str, now: datetime) -> bool:
+        """Whether the session exists, belongs to ``scope`` and has not expired."""
+
+    async def end_session(self, id_hash: str) -> None:
+        """Forget a session (log out); idempotent."""
+
     async def claim_alerts(self, now: datetime, limit: int, lease: timedelta) -> list[OutboxItem]:
         """Due, undelivered budget events, each leased to the caller for ``lease``."""
 

@@ -25,6 +25,7 @@ __all__ = [
     "apply_usage",
     "config_from_json",
     "level",
+    "level_of",
     "percents",
     "period_bounds",
     "refusal",
@@ -231,27 +232,35 @@ def event_payload(event: BudgetEvent, state: BudgetState, event_id: str, now: da
     return body
 
 
-def percents(state: BudgetState) -> tuple[float | None, float | None]:
-    """Percent used of the token and cost limits (None where a limit does not apply)."""
+def percents(state: BudgetState, *, places: int | None = 2) -> tuple[float | None, float | None]:
+    """Percent used of the token and cost limits (None where a limit does not
+    apply), rounded to ``places`` decimals (None: unrounded, to compare with a level)."""
     config = state.config
     tokens_pct = cost_pct = None
     if config.mode in ("tokens", "both") and config.token_limit:
-        tokens_pct = round(100.0 * state.tokens_used / config.token_limit, 2)
+        tokens_pct = 100.0 * state.tokens_used / config.token_limit
     if config.mode in ("cost", "both") and config.cost_limit:
-        ratio = Decimal(100 * state.cost_used_nanos) / (config.cost_limit * NANOS_PER_UNIT)
-        cost_pct = round(float(ratio), 2)
-    return tokens_pct, cost_pct
+        cost_pct = float(Decimal(100 * state.cost_used_nanos) / (config.cost_limit * NANOS_PER_UNIT))
+    if places is None:
+        return tokens_pct, cost_pct
+    return (
+        None if tokens_pct is None else round(tokens_pct, places),
+        None if cost_pct is None else round(cost_pct, places),
+    )
 
 
 def level(state: BudgetState) -> str:
-    """``ok`` < 80% ≤ ``warning`` < 90% ≤ ``critical`` < 100% ≤ ``exceeded``,
-    by the highest of the active metrics."""
-    highest = max((p for p in percents(state) if p is not None), default=0.0)
-    if highest >= 100:
+    """The level of the highest of the active metrics (79.999% is still ``ok``)."""
+    return level_of(max((p for p in percents(state, places=None) if p is not None), default=0.0))
+
+
+def level_of(percent: float) -> str:
+    """``ok`` < 80% ≤ ``warning`` < 90% ≤ ``critical`` < 100% ≤ ``exceeded``."""
+    if percent >= 100:
         return "exceeded"
-    if highest >= 90:
+    if percent >= 90:
         return "critical"
-    if highest >= 80:
+    if percent >= 80:
         return "warning"
     return "ok"
 

@@ -118,6 +118,24 @@ MIGRATIONS.append(
     )
 )
 
+MIGRATIONS.append(
+    (
+        4,
+        [
+            # Dashboard sessions. The cookie holds a random id; only its hash is
+            # kept, so a copy of the database opens no session. ``scope`` ties a
+            # session to the admin token it logged in with: a new token ends them all.
+            """CREATE TABLE dashboard_sessions (
+                id_hash TEXT PRIMARY KEY,
+                scope TEXT NOT NULL,
+                created_at {time} NOT NULL,
+                expires_at {time} NOT NULL
+            )""",
+            "CREATE INDEX dashboard_sessions_expiry ON dashboard_sessions (expires_at)",
+        ],
+    )
+)
+
 LATEST = MIGRATIONS[-1][0]
 
 

@@ -235,7 +235,16 @@ class SqlStore(ABC):
                     *self._budget_values(state),
                     self.dialect.time_in(now),
                 )
-            state = await self._write_budget(conn, old or state, state, now)
+            before = old or state
+            if old is None or state.period_start != old.period_start:
+                # A new budget, or a new period: it counts what the ledger
+                # already holds since its start, so counters and ledger agree
+                # (and a client already past the new limit is paused now).
+                tokens, cost_nanos = await self._totals(conn, config.client_id, state.period_start)
+                zero = replace(state, tokens_used=0, cost_used_nanos=0, alerts_fired=())
+                before = old or zero
+                state = budgets.apply_usage(zero, tokens, cost_nanos)
+            state = await self._write_budget(conn, before, state, now)
         return state
 
     async def get_budget(self, client_id: str, now: datetime) -> BudgetState | None:
@@ -380,12 +389,15 @@ class SqlStore(ABC):
 
     async def ledger_totals(self, client_id: str, since: datetime) -> tuple[int, int]:
         async with self.connection() as conn:
-            row = await conn.fetchone(
-                "SELECT COALESCE(SUM(input_tokens + output_tokens), 0) AS tokens, "
-                "SUM(cost) AS cost FROM usage_events WHERE client_id = ? AND created_at >= ?",
-                client_id,
-                self.dialect.time_in(since),
-            )
+            return await self._totals(conn, client_id, since)
+
+    async def _totals(self, conn: Conn, client_id: str, since: datetime) -> tuple[int, int]:
+        row = await conn.fetchone(
+            "SELECT COALESCE(SUM(input_tokens + output_tokens), 0) AS tokens, "
+            "SUM(cost) AS cost FROM usage_events WHERE client_id = ? AND created_at >= ?",
+            client_id,
+            self.dialect.time_in(since),
+        )
         assert row is not None  # an aggregate always returns a row
         return int(row["tokens"]), to_nanos(self.dialect.money_out(row["cost"]))
 
@@ -503,6 +515,37 @@ class SqlStore(ABC):
             )
             for r in rows
         ]
+
+    # -- dashboard sessions ------------------------------------------------------
+
+    async def create_session(self, id_hash: str, scope: str, now: datetime, expires_at: datetime) -> None:
+        """Keep a new dashboard session (by the hash of its id); expired ones are
+        purged in the same transaction, so the table stays small."""
+        async with self.transaction() as conn:
+            await conn.execute(
+                "DELETE FROM dashboard_sessions WHERE expires_at <= ?", self.dialect.time_in(now)
+            )
+            await conn.execute(
+                "INSERT INTO dashboard_sessions (id_hash, scope, created_at, expires_at) VALUES (?, ?, ?, ?)",
+                id_hash,
+                scope,
+                self.dialect.time_in(now),
+                self.dialect.time_in(expires_at),
+            )
+
+    async def session_valid(self, id_hash: str, scope: str, now: datetime) -> bool:
+        async with self.connection() as conn:
+            row = await conn.fetchone(
+                "SELECT id_hash FROM dashboard_sessions WHERE id_hash = ? AND scope = ? AND expires_at > ?",
+                id_hash,
+                scope,
+                self.dialect.time_in(now),
+            )
+        return row is not None
+
+    async def end_session(self, id_hash: str) -> None:
+        async with self.transaction() as conn:
+            await conn.execute("DELETE FROM dashboard_sessions WHERE id_hash = ?", id_hash)
 
     # -- the alert outbox ---------------------------------------------------------
 

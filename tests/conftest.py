@@ -33,22 +33,27 @@ PG_ADMIN_URL = os.environ.get("TAXIMETER_TEST_PG", "postgresql://postgres@127.0.
 REDIS_URL = os.environ.get("TAXIMETER_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 
+def allow_known_blocking(detector: BlockBuster) -> None:
+    """The blocking calls that are fine, each for its reason."""
+    # zoneinfo reads each timezone's file once, then serves it from its cache.
+    for name in ("os.stat", "io.BufferedReader.read"):
+        detector.functions[name].can_block_in("zoneinfo/_tzpath.py", "find_tzfile")
+        detector.functions[name].can_block_in(
+            "zoneinfo/_common.py", ["load_tzdata", "load_data", "from_file"]
+        )
+    # asyncpg looks for ~/.pgpass and ~/.postgresql while it opens a connection.
+    for function in detector.functions.values():
+        function.can_block_in(
+            "asyncpg/connect_utils.py",
+            ["_read_password_file", "_dot_postgresql_path", "_parse_connect_dsn_and_args"],
+        )
+
+
 @pytest.fixture(autouse=True)
 def blockbuster() -> Iterator[BlockBuster]:
     """Fail any test in which something blocks the event loop."""
     with blockbuster_ctx() as detector:
-        # zoneinfo reads each timezone's file once, then serves it from its cache.
-        for name in ("os.stat", "io.BufferedReader.read"):
-            detector.functions[name].can_block_in("zoneinfo/_tzpath.py", "find_tzfile")
-            detector.functions[name].can_block_in(
-                "zoneinfo/_common.py", ["load_tzdata", "load_data", "from_file"]
-            )
-        # asyncpg looks for ~/.pgpass and ~/.postgresql while it opens a connection.
-        for function in detector.functions.values():
-            function.can_block_in(
-                "asyncpg/connect_utils.py",
-                ["_read_password_file", "_dot_postgresql_path", "_parse_connect_dsn_and_args"],
-            )
+        allow_known_blocking(detector)
         yield detector
 
 

@@ -294,3 +294,39 @@ async def test_a_batch_records_like_one_event_at_a_time(store: Store) -> None:
     assert len(await store.list_events(None, 10)) == 4
     [(paused, _), *thresholds] = await store.list_alerts("acme")  # type: ignore[attr-defined]
     assert paused.kind == "paused" and [t.kind for t, _ in thresholds] == ["threshold"] * 3
+
+
+async def test_dashboard_sessions_expire_end_and_belong_to_their_scope(store: Store) -> None:
+    later = T0 + timedelta(hours=8)
+    await store.create_session("hash-a", "scope-1", T0, later)
+    assert await store.session_valid("hash-a", "scope-1", T0)
+    assert await store.session_valid("hash-a", "scope-1", later - timedelta(seconds=1))
+    assert not await store.session_valid("hash-a", "scope-1", later)  # expired
+    assert not await store.session_valid("hash-a", "scope-2", T0)  # another admin token
+    assert not await store.session_valid("hash-b", "scope-1", T0)
+
+    await store.create_session("hash-b", "scope-1", T0, later)
+    await store.end_session("hash-b")
+    await store.end_session("hash-b")  # idempotent
+    assert not await store.session_valid("hash-b", "scope-1", T0)
+
+    # Opening a session after the first expired purges it: the table stays small.
+    await store.create_session("hash-c", "scope-1", later, later + timedelta(hours=8))
+    assert not await store.session_valid("hash-a", "scope-1", T0)
+    assert await store.session_valid("hash-c", "scope-1", later)
+
+
+async def test_a_new_budget_counts_what_its_period_already_spent(store: Store) -> None:
+    await with_client(store)
+    await store.record_many([event("a", tokens=600, at=T0 - timedelta(hours=1)), event("b", tokens=600)])
+    await store.record(event("old", tokens=900, at=T0 - timedelta(days=1)))  # yesterday: another period
+    later = T0 + timedelta(minutes=1)
+    state = await store.put_budget(config(token_limit=1000, period="daily"), later)
+    assert (state.tokens_used, state.cost_used_nanos) == (1200, to_nanos(Decimal("0.02")))
+    assert (state.paused, state.pause_reason) == (True, "token_limit")  # already past the new limit
+    assert await store.ledger_totals("acme", state.period_start) == (state.tokens_used, state.cost_used_nanos)
+    # A new period recounts from its own start; the same period keeps its counters.
+    state = await store.put_budget(config(token_limit=10_000, period="monthly"), later)
+    assert state.tokens_used == 2100 and not state.paused
+    state = await store.put_budget(config(token_limit=20_000, period="monthly"), later)
+    assert state.tokens_used == 2100

@@ -1,0 +1,111 @@
+"""What a dashboard card shows of one client, computed from its budget (pure)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from decimal import Decimal
+
+from taximeter.pricing.money import from_nanos
+from taximeter.proxy.formatting import Formatter
+from taximeter.store import budgets
+from taximeter.store.models import BudgetState, Client
+
+__all__ = ["API_TYPES", "Bar", "Card", "build_card", "order_cards"]
+
+# Every kind of call the proxy meters, in the order the cards list them.
+API_TYPES = ("chat", "vision", "tts", "whisper", "embeddings", "image")
+
+
+@dataclass(frozen=True)
+class Bar:
+    """One metric against its limit: "12.500 / 50.000 tokens", 25,0%."""
+
+    label: str
+    used: str
+    limit: str
+    percent: float
+    percent_text: str
+    level: str
+
+    @property
+    def width(self) -> float:
+        """How much of the bar is filled, 0 to 100."""
+        return max(0.0, min(100.0, self.percent))
+
+
+@dataclass(frozen=True)
+class Card:
+    client_id: str
+    name: str
+    has_budget: bool
+    mode: str | None = None
+    period: str | None = None
+    level: str = "ok"
+    highest_percent: float = 0.0
+    bars: tuple[Bar, ...] = ()
+    paused: bool = False
+    pause_reason: str | None = None
+    next_reset: str | None = None
+    spend: tuple[tuple[str, str], ...] = ()
+
+
+def build_card(
+    client: Client, state: BudgetState | None, spend: dict[str, Decimal], fmt: Formatter, currency: str
+) -> Card:
+    """The card of ``client``: its bars, level and pause from ``state`` (None:
+    metered, no budget), and ``spend`` by api_type in the budget currency."""
+    if state is not None:
+        currency = state.config.currency
+    kinds = API_TYPES + tuple(sorted(k for k in spend if k not in API_TYPES))
+    spent = tuple((kind, fmt.money(spend.get(kind, Decimal(0)), currency)) for kind in kinds)
+    if state is None:
+        return Card(client.id, client.name, has_budget=False, spend=spent)
+    bars = _bars(state, fmt)
+    reset_at = budgets.next_reset(state)
+    return Card(
+        client_id=client.id,
+        name=client.name,
+        has_budget=True,
+        mode=state.config.mode,
+        period=state.config.period,
+        level=budgets.level(state),
+        highest_percent=max((bar.percent for bar in bars), default=0.0),
+        bars=bars,
+        paused=state.paused,
+        pause_reason=state.pause_reason,
+        next_reset=None if reset_at is None else fmt.when(reset_at, state.config.timezone),
+        spend=spent,
+    )
+
+
+def _bars(state: BudgetState, fmt: Formatter) -> tuple[Bar, ...]:
+    config = state.config
+    tokens_pct, cost_pct = budgets.percents(state, places=None)
+    bars = []
+    if tokens_pct is not None and config.token_limit is not None:
+        used, limit = fmt.number(state.tokens_used), fmt.number(config.token_limit)
+        bars.append(_bar("tokens", used, limit, tokens_pct, fmt))
+    if cost_pct is not None and config.cost_limit is not None:
+        used = fmt.money(from_nanos(state.cost_used_nanos), config.currency)
+        bars.append(_bar("cost", used, fmt.money(config.cost_limit, config.currency), cost_pct, fmt))
+    return tuple(bars)
+
+
+def _bar(label: str, used: str, limit: str, percent: float, fmt: Formatter) -> Bar:
+    # The figure is rounded down to one decimal, so 79.99% never reads "80,0%" while still "ok".
+    shown = math.floor(percent * 10) / 10
+    return Bar(label, used, limit, percent, fmt.percent(shown), budgets.level_of(percent))
+
+
+def order_cards(cards: list[Card], query: str = "") -> list[Card]:
+    """Cards whose name or id contains ``query`` (any case), closest to a limit
+    first; a paused client counts as at its limit. Clients without a budget last."""
+    needle = query.strip().casefold()
+    kept = [c for c in cards if needle in c.name.casefold() or needle in c.client_id.casefold()]
+
+    def closeness(card: Card) -> tuple[bool, float, str]:
+        urgency = max(card.highest_percent, 100.0) if card.paused else card.highest_percent
+        return (not card.has_budget, -urgency, card.name.casefold())
+
+    return sorted(kept, key=closeness)

@@ -1,0 +1,226 @@
+"""What the dashboard shows, pure: locale formats, cards, the budget form, charts."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+
+from taximeter.proxy.budget_form import form_from_state, parse_budget_form
+from taximeter.proxy.cards import build_card, order_cards
+from taximeter.proxy.charts import bar_list, column_chart
+from taximeter.proxy.formatting import Formatter, locale_for
+from taximeter.store.models import BudgetConfig, BudgetState, Client
+
+NBSP = "\u00a0"
+T0 = datetime(2026, 3, 10, 15, 0, tzinfo=UTC)
+PT = Formatter("pt_BR")
+
+
+def plain(text: str) -> str:
+    return text.replace(NBSP, " ")
+
+
+def state(
+    *, tokens: int = 0, cost: str = "0", token_limit: int | None = 50_000, cost_limit: str | None = "500"
+) -> BudgetState:
+    mode = "both" if token_limit and cost_limit else ("tokens" if token_limit else "cost")
+    config = BudgetConfig(
+        client_id="acme",
+        mode=mode,
+        period="monthly",
+        timezone="America/Sao_Paulo",
+        currency="BRL",
+        token_limit=token_limit,
+        cost_limit=None if cost_limit is None else Decimal(cost_limit),
+    )
+    nanos = int(Decimal(cost) * 10**9)
+    return BudgetState(config=config, period_start=T0, tokens_used=tokens, cost_used_nanos=nanos)
+
+
+@pytest.mark.parametrize(
+    ("locale", "amount", "currency", "shown"),
+    [
+        ("pt_BR", "450", "BRL", "R$ 450,00"),
+        ("pt_BR", "1234567.5", "BRL", "R$ 1.234.567,50"),
+        ("en_US", "1234.5", "USD", "$1,234.50"),
+        ("de_DE", "3.5", "EUR", "3,50 €"),
+    ],
+)
+def test_money_is_written_as_its_locale_writes_it(
+    locale: str, amount: str, currency: str, shown: str
+) -> None:
+    assert plain(Formatter(locale).money(Decimal(amount), currency)) == shown
+
+
+def test_one_calls_cost_keeps_every_digit() -> None:
+    assert plain(PT.money_exact(Decimal("0.000125"), "BRL")) == "R$ 0,000125"
+    assert plain(Formatter("en_US").money_exact(Decimal("0.02625"), "USD")) == "$0.02625"
+
+
+def test_numbers_percents_and_times_follow_the_locale() -> None:
+    assert PT.number(1_234_567) == "1.234.567"
+    assert Formatter("en_US").number(1_234_567) == "1,234,567"
+    assert PT.percent(85.0) == "85,0%"
+    # Midnight of Dec 1 in São Paulo is 03:00 UTC.
+    assert PT.when(datetime(2026, 12, 1, 3, tzinfo=UTC), "America/Sao_Paulo") == (
+        "01/12/2026 00:00 (America/Sao_Paulo)"
+    )
+
+
+def test_a_currency_brings_its_usual_locale_unless_one_is_set() -> None:
+    assert locale_for("BRL") == "pt_BR"
+    assert locale_for("usd") == "en_US"
+    assert locale_for("XYZ") == "en_US"
+    assert locale_for("BRL", "en_GB") == "en_GB"
+
+
+def test_a_card_has_a_bar_per_limit_in_its_units_with_the_level_of_each() -> None:
+    card = build_card(Client("acme", "Acme", T0), state(tokens=12_500, cost="450"), {}, PT, "BRL")
+    tokens, cost = card.bars
+    assert (tokens.used, tokens.limit, tokens.percent_text, tokens.level) == (
+        "12.500",
+        "50.000",
+        "25,0%",
+        "ok",
+    )
+    assert plain(f"{cost.used} / {cost.limit}") == "R$ 450,00 / R$ 500,00"
+    assert (cost.percent_text, cost.level) == ("90,0%", "critical")
+    assert card.level == "critical"  # the highest metric's
+    assert card.next_reset == "01/04/2026 00:00 (America/Sao_Paulo)"
+
+
+@pytest.mark.parametrize(
+    ("tokens", "level", "width"),
+    [
+        (0, "ok", 0.0),
+        (39_999, "ok", 79.998),
+        (39_996, "ok", 79.992),
+        (40_000, "warning", 80.0),
+        (45_000, "critical", 90.0),
+        (50_000, "exceeded", 100.0),
+        (75_000, "exceeded", 100.0),
+    ],
+)
+def test_levels_change_at_80_90_and_100_percent(tokens: int, level: str, width: float) -> None:
+    card = build_card(Client("a", "A", T0), state(tokens=tokens, cost_limit=None), {}, PT, "BRL")
+    assert card.level == level
+    assert card.bars[0].width == pytest.approx(width)
+
+
+def test_a_card_lists_spend_for_every_api_type_and_any_other() -> None:
+    spend = {"chat": Decimal("12.5"), "image": Decimal("0.2"), "moderation": Decimal("1")}
+    card = build_card(Client("a", "A", T0), None, spend, PT, "BRL")
+    assert not card.has_budget and card.bars == ()
+    shown = {kind: plain(text) for kind, text in card.spend}
+    assert list(shown) == ["chat", "vision", "tts", "whisper", "embeddings", "image", "moderation"]
+    assert shown["chat"] == "R$ 12,50" and shown["tts"] == "R$ 0,00"
+
+
+def test_cards_closest_to_a_limit_come_first_and_filter_by_name() -> None:
+    def card(cid: str, name: str, tokens: int, paused: bool = False) -> object:
+        s = state(tokens=tokens, cost_limit=None)
+        s = BudgetState(
+            config=s.config, period_start=T0, tokens_used=tokens, paused=paused, pause_reason="manual"
+        )
+        return build_card(Client(cid, name, T0), s, {}, PT, "BRL")
+
+    cards = [
+        card("low", "Low Co", 1_000),
+        build_card(Client("none", "No Budget", T0), None, {}, PT, "BRL"),
+        card("high", "High Co", 47_000),
+        card("stop", "Stopped", 10, paused=True),
+        card("mid", "Mid Co", 30_000),
+    ]
+    ordered = order_cards(cards)  # type: ignore[arg-type]
+    assert [c.client_id for c in ordered] == ["stop", "high", "mid", "low", "none"]
+    assert [c.client_id for c in order_cards(cards, "zzz")] == []  # type: ignore[arg-type]
+    assert [c.client_id for c in order_cards(cards, "CO")] == ["high", "mid", "low"]  # type: ignore[arg-type]
+    assert [c.client_id for c in order_cards(cards, "stop")] == ["stop"]  # type: ignore[arg-type]
+
+
+def test_the_budget_form_reads_either_number_convention() -> None:
+    body, errors = parse_budget_form(
+        {
+            "mode": "both",
+            "token_limit": "1.000.000",
+            "cost_limit": "1.250,50",
+            "period": "weekly",
+            "timezone": "America/Sao_Paulo",
+            "pause_at_limit": "on",
+            "alert_thresholds": "50, 75; 100",
+        }
+    )
+    assert errors == {}
+    assert body == {
+        "mode": "both",
+        "token_limit": 1_000_000,
+        "cost_limit": "1250.50",
+        "period": "weekly",
+        "timezone": "America/Sao_Paulo",
+        "pause_at_limit": True,
+        "alert_thresholds": ["0.5", "0.75", "1"],
+    }
+    assert parse_budget_form({"mode": "cost", "cost_limit": "1,250.50"})[0]["cost_limit"] == "1250.50"
+    assert parse_budget_form({"mode": "cost", "cost_limit": "450"})[0]["pause_at_limit"] is False
+
+
+def test_the_budget_form_names_every_bad_field() -> None:
+    _, errors = parse_budget_form(
+        {
+            "mode": "both",
+            "token_limit": "lots",
+            "cost_limit": "-1",
+            "timezone": "Mars/Olympus",
+            "alert_thresholds": "80, 190",
+        }
+    )
+    assert set(errors) == {"token_limit", "cost_limit", "timezone", "alert_thresholds"}
+    assert "percent" in errors["alert_thresholds"]
+    assert parse_budget_form({"mode": "tokens"})[1] == {"token_limit": "required for this mode"}
+    assert set(parse_budget_form({"mode": "dollars"})[1]) == {"mode"}
+    # A limit the mode does not use is ignored, even unreadable.
+    assert parse_budget_form({"mode": "tokens", "token_limit": "5", "cost_limit": "abc"}) == (
+        {"mode": "tokens", "token_limit": 5, "pause_at_limit": False},
+        {},
+    )
+
+
+def test_the_form_shows_a_budget_as_it_was_entered() -> None:
+    values = form_from_state(state(token_limit=1000, cost_limit="450.5"), "UTC")
+    assert values["token_limit"] == "1000" and values["cost_limit"] == "450.50"
+    assert values["alert_thresholds"] == "80, 90, 100"
+    assert values["timezone"] == "America/Sao_Paulo"
+    assert form_from_state(state(cost_limit="0.125000000"), "UTC")["cost_limit"] == "0.125"
+    body, errors = parse_budget_form(values)
+    assert errors == {} and body["token_limit"] == 1000 and body["pause_at_limit"] is True
+
+
+def test_a_column_chart_is_proportional_and_escapes_its_labels() -> None:
+    svg = str(
+        column_chart(
+            [("day <1>", Decimal("10")), ("day 2", Decimal("5")), ("day 3", Decimal("0"))],
+            label=lambda v: f"R$ {v}",
+            title="Spend & more",
+        )
+    )
+    heights = [float(h) for h in re.findall(r'class="column"[^>]*height="([\d.]+)"', svg)]
+    assert heights[0] == pytest.approx(2 * heights[1]) and heights[2] == 0
+    assert "day &lt;1&gt;" in svg and "<1>" not in svg and "Spend &amp; more" in svg
+    assert "max R$ 10" in svg
+    assert "http" not in svg.replace("http://www.w3.org", "")  # nothing fetched
+
+
+def test_a_bar_list_writes_each_value_beside_its_bar() -> None:
+    svg = str(bar_list([("gpt-4o", Decimal("3")), ("tts-1", Decimal("1"))], label=str, title="By model"))
+    widths = [float(w) for w in re.findall(r'class="bar-fill"[^>]*width="([\d.]+)"', svg)]
+    assert widths[0] == pytest.approx(3 * widths[1], abs=0.2)
+    assert ">gpt-4o<" in svg and ">3<" in svg
+    assert "<rect" not in str(bar_list([], label=str, title="empty"))
+
+
+def test_a_percent_just_under_a_level_never_reads_as_it() -> None:
+    card = build_card(Client("a", "A", T0), state(tokens=39_999, cost_limit=None), {}, PT, "BRL")
+    assert (card.bars[0].percent_text, card.level) == ("79,9%", "ok")
