@@ -72,8 +72,9 @@ def build_card(
         level=budgets.level(state),
         highest_percent=max((bar.percent for bar in bars), default=0.0),
         bars=bars,
-        paused=state.paused,
-        pause_reason=state.pause_reason,
+        # Paused, or resumed while still at a limit: either way calls are refused.
+        paused=budgets.refusal(state) is not None,
+        pause_reason=budgets.refusal(state),
         next_reset=None if reset_at is None else fmt.when(reset_at, state.config.timezone),
         spend=spent,
     )

@@ -29,6 +29,7 @@ from taximeter.proxy.formatting import Formatter
 from taximeter.proxy.operations import Operations
 from taximeter.proxy.pages import Pages
 from taximeter.proxy.sessions import Session, Sessions
+from taximeter.store import budgets
 from taximeter.store.base import StoreUnavailable
 from taximeter.store.models import BudgetState, Client
 
@@ -44,6 +45,9 @@ DONE = {
     "reset": "Budget reset: counting starts again now.",
     "pause": "Client paused.",
     "resume": "Client resumed.",
+    "resume-at-limit": (
+        "Resumed, but a limit is still reached: raise it or reset the budget to let calls through."
+    ),
     "delete": "Budget removed: the client is metered but never blocked.",
     "revoked": "Key revoked.",
     "created": "Client created. Give it a key and a budget.",
@@ -300,11 +304,14 @@ async def save_budget(request: web.Request, dash: Dashboard, session: Session) -
 @page
 async def budget_action(request: web.Request, dash: Dashboard, session: Session) -> web.StreamResponse:
     client_id, action = request.match_info["client_id"], request.match_info["action"]
+    done = action
     if action == "delete":
         await dash.ops.delete_budget(client_id)
     else:
-        await dash.ops.change_budget(client_id, action)
-    return _redirect(f"/dashboard/clients/{client_id}?done={action}")
+        state = await dash.ops.change_budget(client_id, action)
+        if action == "resume" and budgets.refusal(state) is not None:
+            done = "resume-at-limit"
+    return _redirect(f"/dashboard/clients/{client_id}?done={done}")
 
 
 @page

@@ -150,16 +150,18 @@ async def test_an_operator_runs_a_client_from_the_browser(
     assert await fill.evaluate("e => getComputedStyle(e).fill") == RED
     await steps.shot("red-paused")
 
-    # Resume lifts the pause, but the limit still holds; a higher limit lets calls through.
+    # Resume lifts the pause, but the limit still holds (and the page says so);
+    # a higher limit lets calls through.
     await acme.locator("h2 a").click()
     await page.get_by_role("button", name="Resume", exact=True).click()
-    await expect(page.locator(".notice")).to_have_text("Client resumed.")
-    await expect(page.locator(".badge.paused")).to_have_count(0)
+    await expect(page.locator(".notice")).to_contain_text("Resumed, but a limit is still reached")
+    await expect(page.locator(".badge.paused")).to_have_text("paused · token limit")
     with pytest.raises(openai.RateLimitError):
         await chat(proxy, key)
     await page.fill("#token_limit", "30000")
     await page.get_by_role("button", name="Save budget", exact=True).click()
     await expect(page.locator(".notice")).to_have_text("Budget saved.")
+    await expect(page.locator(".badge.paused")).to_have_count(0)
     await chat(proxy, key)
     await page.reload()
     await expect(page.locator("article.card")).to_have_attribute("data-level", "ok")
