@@ -141,7 +141,16 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-async def start_taximeter(name: str, upstream: str, workdir: Path, workers: int, production: bool) -> Target:
+async def start_taximeter(
+    name: str,
+    upstream: str,
+    workdir: Path,
+    workers: int,
+    production: bool,
+    runner: tuple[str, ...] = (),
+) -> Target:
+    """taximeter serving ``name``'s config, with a client, key and budget;
+    ``runner`` goes before the command (e.g. a profiler)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAXIMETER_")}
     env |= {
@@ -185,7 +194,7 @@ async def start_taximeter(name: str, upstream: str, workdir: Path, workers: int,
         "--period",
         "monthly",
     )
-    proc = spawn(TAXIMETER, "serve", env=env, cwd=workdir)
+    proc = spawn(*runner, TAXIMETER, "serve", env=env, cwd=workdir)
     await wait_ready(f"http://127.0.0.1:{port}/readyz")
 
     query = "SELECT status, estimated, COUNT(*) FROM usage_events GROUP BY status, estimated"

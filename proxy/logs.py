@@ -6,12 +6,16 @@ Authorization headers or request and response bodies.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import queue
 import sys
+from collections.abc import Iterator
+from logging.handlers import QueueHandler, QueueListener
 from typing import Any
 
-__all__ = ["configure_logging"]
+__all__ = ["configure_logging", "written_in_background"]
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
@@ -31,6 +35,8 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:  # formatted already, by the handler that queued it
+            line["exc"] = record.exc_text
         return json.dumps(line, default=str)
 
 
@@ -39,6 +45,51 @@ class PlainFormatter(logging.Formatter):
         base = super().format(record)
         fields = " ".join(f"{k}={v}" for k, v in _fields(record).items())
         return f"{base} {fields}".rstrip()
+
+
+class _QueueHandler(QueueHandler):
+    """Hands records to the writer thread; a full queue drops (and counts)
+    rather than making the event loop wait on a slow stderr."""
+
+    def __init__(self, records: queue.Queue[logging.LogRecord]) -> None:
+        super().__init__(records)
+        self.dropped = 0
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        # The message and traceback become text here; the extra= fields stay.
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        record.msg, record.args, record.exc_info = record.getMessage(), None, None
+        return record
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
+
+
+@contextlib.contextmanager
+def written_in_background(max_queued: int = 10_000) -> Iterator[None]:
+    """Format and write log records in a thread while inside: a log line
+    costs the event loop a queue put, never a write to stderr. On the way
+    out every queued record is written."""
+    root = logging.getLogger()
+    handlers = root.handlers[:]
+    records: queue.Queue[logging.LogRecord] = queue.Queue(max_queued)
+    handler = _QueueHandler(records)
+    listener = QueueListener(records, *handlers, respect_handler_level=True)
+    listener.start()
+    root.handlers[:] = [handler]
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        listener.stop()
+        if handler.dropped:
+            logging.getLogger("taximeter.logs").warning(
+                "log_records_dropped", extra={"count": handler.dropped}
+            )
 
 
 def configure_logging(level: str, as_json: bool) -> None:

@@ -11,6 +11,7 @@ catalog does not know is labelled ``other``.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from decimal import Decimal
 
 from prometheus_client import (
@@ -48,6 +49,19 @@ _LATENCY_BUCKETS = (
     60,
     120,
 )
+
+
+_TOKEN_KINDS = ("input", "output", "cached", "reasoning")
+_SERIES_MAX = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class _CallSeries:
+    """The children one kind of call counts in."""
+
+    requests: Counter
+    tokens: tuple[Counter, ...]  # in the order of _TOKEN_KINDS
+    cost: Counter
 
 
 class Metrics:
@@ -117,32 +131,61 @@ class Metrics:
             registry=registry,
         )
 
+        # Labelled children, looked up once per label set rather than on every
+        # call (``labels()`` validates and hashes its arguments each time).
+        self._calls: dict[tuple[str, str, str, int, str], _CallSeries] = {}
+        self._budgets: dict[str, tuple[Gauge, Gauge, Gauge]] = {}
+
     def model(self, name: str) -> str:
         price = self._catalog.resolve(name)
         return price.model if price is not None else "other"
 
     def call(self, event: UsageEvent) -> None:
         """A settled call: its request, tokens and cost."""
-        model = self.model(event.model)
-        self.requests.labels(event.client_id, event.api_type, model, str(event.status)).inc()
-        for kind, count in (
-            ("input", event.input_tokens),
-            ("output", event.output_tokens),
-            ("cached", event.cached_tokens),
-            ("reasoning", event.reasoning_tokens),
+        key = (event.client_id, event.api_type, event.model, event.status, event.currency)
+        series = self._calls.get(key)
+        if series is None:
+            series = self._calls[key] = self._call_series(*key)
+        series.requests.inc()
+        for child, count in zip(
+            series.tokens,
+            (event.input_tokens, event.output_tokens, event.cached_tokens, event.reasoning_tokens),
+            strict=True,
         ):
             if count:
-                self.tokens.labels(event.client_id, event.api_type, model, kind).inc(count)
+                child.inc(count)
         if event.cost:
             # Prometheus counts in floats; the ledger, not this, is the record of money.
-            self.cost.labels(event.client_id, event.currency).inc(float(event.cost))
+            series.cost.inc(float(event.cost))
+
+    def _call_series(self, client: str, api_type: str, model: str, status: int, currency: str) -> _CallSeries:
+        if len(self._calls) >= _SERIES_MAX:
+            self._calls.clear()  # bounded: an unusual spread of labels just starts over
+        label = self.model(model)
+        return _CallSeries(
+            requests=self.requests.labels(client, api_type, label, str(status)),
+            tokens=tuple(self.tokens.labels(client, api_type, label, kind) for kind in _TOKEN_KINDS),
+            cost=self.cost.labels(client, currency),
+        )
 
     def budget(self, state: BudgetState) -> None:
+        children = self._budgets.get(state.client_id)
+        if children is None:
+            if len(self._budgets) >= _SERIES_MAX:
+                self._budgets.clear()
+            client = state.client_id
+            children = self._budgets[client] = (
+                self.budget_used_ratio.labels(client, "tokens"),
+                self.budget_used_ratio.labels(client, "cost"),
+                self.budget_paused.labels(client),
+            )
+        tokens_ratio, cost_ratio, paused = children
         tokens_pct, cost_pct = budgets.percents(state)
-        for metric, percent in (("tokens", tokens_pct), ("cost", cost_pct)):
-            if percent is not None:
-                self.budget_used_ratio.labels(state.client_id, metric).set(percent / 100)
-        self.budget_paused.labels(state.client_id).set(1 if state.paused else 0)
+        if tokens_pct is not None:
+            tokens_ratio.set(tokens_pct / 100)
+        if cost_pct is not None:
+            cost_ratio.set(cost_pct / 100)
+        paused.set(1 if state.paused else 0)
 
     def budget_event(self, event: BudgetEvent) -> None:
         if event.kind == "threshold" and event.threshold is not None:

@@ -14,6 +14,7 @@ from types import FrameType
 
 from aiohttp import web
 
+from taximeter.proxy.logs import written_in_background
 from taximeter.proxy.settings import Settings
 
 __all__ = ["serve"]
@@ -33,18 +34,20 @@ def _run(settings: Settings, reuse_port: bool) -> None:
         pass
 
     log.info("listening", extra={"host": settings.host, "port": settings.port, "pid": os.getpid()})
-    web.run_app(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        reuse_port=reuse_port,
-        access_log=None,  # each call is logged once, as request_metered, without secrets
-        # A client that leaves cancels its handler; the upstream call is closed at
-        # once and what was delivered is metered (see Services.shielded).
-        handler_cancellation=True,
-        print=None,
-        shutdown_timeout=30,
-    )
+    # Started here, in the process that serves: a thread does not survive a fork.
+    with written_in_background():
+        web.run_app(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            reuse_port=reuse_port,
+            access_log=None,  # each call is logged once, as request_metered, without secrets
+            # A client that leaves cancels its handler; the upstream call is closed at
+            # once and what was delivered is metered (see Services.shielded).
+            handler_cancellation=True,
+            print=None,
+            shutdown_timeout=30,
+        )
 
 
 def serve(settings: Settings) -> int:

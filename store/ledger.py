@@ -34,8 +34,11 @@ class LedgerWriter:
         on_recorded: OnRecorded | None = None,
         retry_max_s: float = 5.0,
         batch_max: int = 500,
+        linger_s: float = 0.002,
     ) -> None:
         self._batch_max = batch_max
+        self._linger_s = linger_s
+        self._flushing = 0  # callers waiting in flush(): no lingering for them
         self._store = store
         self._queue: asyncio.Queue[UsageEvent] = asyncio.Queue(max_pending)
         self._on_recorded = on_recorded
@@ -79,8 +82,12 @@ class LedgerWriter:
         """Wait until every event submitted before this call is durable
         (later ones do not keep it waiting)."""
         target = self._submitted
-        async with self._progress:
-            await self._progress.wait_for(lambda: self._written >= target)
+        self._flushing += 1
+        try:
+            async with self._progress:
+                await self._progress.wait_for(lambda: self._written >= target)
+        finally:
+            self._flushing -= 1
 
     async def close(self) -> None:
         """Flush, then stop the writer task."""
@@ -94,14 +101,15 @@ class LedgerWriter:
 
     async def _run(self) -> None:
         while True:
-            # Whatever has queued up goes in one transaction: under load a batch
-            # grows by itself, idle a lone event goes at once (no added delay).
+            # Whatever has queued up goes in one transaction. A short linger
+            # lets a batch gather the calls finishing meanwhile: one commit for
+            # many instead of one each (the writes are off the responses' path,
+            # so this delays durability by linger_s, never an answer).
             batch = [await self._queue.get()]
-            while len(batch) < self._batch_max:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except asyncio.QueueEmpty:
-                    break
+            self._drain(batch)
+            if len(batch) < self._batch_max and self._linger_s > 0 and not self._flushing:
+                await asyncio.sleep(self._linger_s)
+                self._drain(batch)
             async with self._writing:
                 try:
                     await self._write(batch)
@@ -111,6 +119,13 @@ class LedgerWriter:
                     async with self._progress:
                         self._written += len(batch)
                         self._progress.notify_all()
+
+    def _drain(self, batch: list[UsageEvent]) -> None:
+        while len(batch) < self._batch_max:
+            try:
+                batch.append(self._queue.get_nowait())
+            except asyncio.QueueEmpty:
+                return
 
     async def _write(self, batch: list[UsageEvent]) -> None:
         delay = 0.05

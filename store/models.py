@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+
+import orjson
 
 __all__ = [
     "ApiKey",
@@ -135,21 +135,26 @@ class UsageEvent:
         return self.input_tokens + self.output_tokens
 
     def to_json(self) -> str:
-        """Compact JSON (money and seconds as strings, time as ISO 8601)."""
-        data: dict[str, Any] = asdict(self)
-        for name in ("cost_usd", "cost", "exchange_rate", "audio_seconds"):
+        """Compact JSON (money and seconds as strings, time as ISO 8601).
+        On every admission's path: no ``asdict`` (it deep-copies each value)."""
+        data = {name: getattr(self, name) for name in _EVENT_FIELDS}
+        for name in _DECIMAL_FIELDS:
             data[name] = str(data[name])
         data["created_at"] = self.created_at.isoformat()
-        return json.dumps(data, separators=(",", ":"))
+        return orjson.dumps(data).decode()
 
     @classmethod
     def from_json(cls, text: str) -> UsageEvent:
-        data = json.loads(text)
-        for name in ("cost_usd", "cost", "exchange_rate", "audio_seconds"):
+        data = orjson.loads(text)
+        for name in _DECIMAL_FIELDS:
             data[name] = Decimal(data[name])
         data["created_at"] = datetime.fromisoformat(data["created_at"])
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**{k: v for k, v in data.items() if k in _EVENT_FIELD_SET})
+
+
+_EVENT_FIELDS = tuple(f.name for f in fields(UsageEvent))
+_EVENT_FIELD_SET = frozenset(_EVENT_FIELDS)
+_DECIMAL_FIELDS = ("cost_usd", "cost", "exchange_rate", "audio_seconds")
 
 
 @dataclass(frozen=True, slots=True)

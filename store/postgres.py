@@ -18,7 +18,8 @@ import asyncpg
 
 from taximeter.pricing.money import quantize
 from taximeter.store.base import Conflict, StoreUnavailable
-from taximeter.store.sql import Conn, Dialect, SqlStore
+from taximeter.store.models import UsageEvent
+from taximeter.store.sql import EVENT_COLUMNS, Conn, Dialect, SqlStore
 
 __all__ = ["PostgresStore"]
 
@@ -85,10 +86,36 @@ class _Conn:
             raise StoreUnavailable(f"Postgres: {exc}") from exc
 
 
+# Types of EVENT_COLUMNS, in order, for inserting a batch as one array per column.
+_EVENT_TYPES = (
+    ["text"] * 7
+    + ["integer"]
+    + ["bigint"] * 5
+    + ["numeric", "integer", "numeric", "numeric", "text"]
+    + ["numeric", "boolean", "boolean", "timestamptz"]
+)
+# The batch in one statement: events inserted (a request id already there is
+# skipped) and the store-held reservations of those calls deleted.
+_INSERT_EVENTS = (
+    f"WITH inserted AS (INSERT INTO usage_events ({EVENT_COLUMNS}) "
+    f"SELECT * FROM unnest({', '.join(f'?::{t}[]' for t in _EVENT_TYPES)}) "
+    "ON CONFLICT (request_id) DO NOTHING RETURNING request_id), "
+    "dropped AS (DELETE FROM reservations WHERE request_id IN (SELECT request_id FROM inserted)) "
+    "SELECT request_id FROM inserted"
+)
+
+
 class PostgresStore(SqlStore):
     """:class:`~taximeter.store.base.Store` on Postgres."""
 
     dialect = PostgresDialect()
+
+    async def _insert_events(self, conn: Conn, events: list[UsageEvent]) -> set[str]:
+        # One round trip for the whole batch: a column per array.
+        if not events:
+            return set()
+        columns = [list(column) for column in zip(*(self._event_values(e) for e in events), strict=True)]
+        return {row["request_id"] for row in await conn.fetchall(_INSERT_EVENTS, *columns)}
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool

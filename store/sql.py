@@ -34,7 +34,7 @@ from taximeter.store.models import (
     UsageEvent,
 )
 
-__all__ = ["Conn", "Dialect", "SqlStore"]
+__all__ = ["EVENT_COLUMNS", "Conn", "Dialect", "SqlStore"]
 
 log = logging.getLogger("taximeter.budgets")
 
@@ -74,7 +74,7 @@ class Dialect(ABC):
     def time_out(self, value: Any) -> datetime: ...
 
 
-_EVENT_COLUMNS = (
+EVENT_COLUMNS = (
     "request_id, client_id, end_user, conversation, api_type, model, endpoint, status, "
     "input_tokens, output_tokens, cached_tokens, reasoning_tokens, characters, audio_seconds, "
     "images, cost_usd, cost, currency, exchange_rate, estimated, unpriced, created_at"
@@ -306,20 +306,14 @@ class SqlStore(ABC):
         change raises."""
         results: list[RecordResult] = []
         async with self.transaction() as conn:
+            inserted = await self._insert_events(conn, events)
             budgets_in_batch: dict[str, tuple[BudgetState | None, BudgetState | None]] = {}
             last_seen: datetime | None = None
             for event in events:
-                touched = await conn.execute(
-                    f"INSERT INTO usage_events ({_EVENT_COLUMNS}) VALUES "
-                    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (request_id) DO NOTHING",
-                    *self._event_values(event),
-                )
-                if not touched:
+                if event.request_id not in inserted:  # recorded before (or twice in this batch)
                     results.append(RecordResult(recorded=False, state=None))
                     continue
-                # A reservation the store held for this call is done with.
-                await conn.execute("DELETE FROM reservations WHERE request_id = ?", event.request_id)
+                inserted.discard(event.request_id)
                 if event.client_id not in budgets_in_batch:
                     locked = await self._locked_budget(conn, event.client_id)
                     budgets_in_batch[event.client_id] = (locked, locked)
@@ -338,11 +332,27 @@ class SqlStore(ABC):
                     await self._write_budget(conn, original, final, last_seen or final.period_start)
         return results
 
+    async def _insert_events(self, conn: Conn, events: list[UsageEvent]) -> set[str]:
+        """Insert the events not recorded yet and drop the store-held
+        reservations of those calls; the request ids inserted. (Statements per
+        event here; a backend may do the whole batch in one.)"""
+        inserted = set()
+        for event in events:
+            if await conn.execute(
+                f"INSERT INTO usage_events ({EVENT_COLUMNS}) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (request_id) DO NOTHING",
+                *self._event_values(event),
+            ):
+                inserted.add(event.request_id)
+                await conn.execute("DELETE FROM reservations WHERE request_id = ?", event.request_id)
+        return inserted
+
     async def list_events(self, client_id: str | None, limit: int) -> list[UsageEvent]:
         where, args = ("WHERE client_id = ?", [client_id]) if client_id else ("", [])
         async with self.connection() as conn:
             rows = await conn.fetchall(
-                f"SELECT {_EVENT_COLUMNS} FROM usage_events {where} "
+                f"SELECT {EVENT_COLUMNS} FROM usage_events {where} "
                 "ORDER BY created_at DESC, request_id DESC LIMIT ?",
                 *args,
                 limit,

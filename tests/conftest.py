@@ -213,9 +213,11 @@ def upstream() -> FakeUpstream:
 
 @pytest.fixture
 async def make_proxy(
-    aiohttp_server: Any, upstream: FakeUpstream, backend: dict[str, str], clock: FakeClock
+    backend: dict[str, str], aiohttp_server: Any, upstream: FakeUpstream, clock: FakeClock
 ) -> AsyncIterator[Callable[..., Awaitable[Harness]]]:
-    """Start the proxy (on port 0) in front of the fake upstream."""
+    """Start the proxy (on port 0) in front of the fake upstream. ``backend``
+    comes first so its database outlives the servers: a proxy shutting down
+    still writes its last events."""
     harnesses: list[Harness] = []
 
     async def start(**overrides: Any) -> Harness:

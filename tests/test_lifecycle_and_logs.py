@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import queue
 import signal
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from taximeter.proxy.logs import configure_logging
+from taximeter.proxy.logs import _QueueHandler, configure_logging, written_in_background
 from taximeter.store.factory import open_store
 from tests.fake_upstream import STREAM_PIECES, UPSTREAM_KEY, FakeUpstream
 from tests.harness import ADMIN_TOKEN, Harness
@@ -79,3 +80,35 @@ async def test_json_logs_carry_the_call_and_no_secret(
     text = json.dumps(lines)
     for secret in (key, UPSTREAM_KEY, ADMIN_TOKEN, "my secret prompt"):
         assert secret not in text
+
+
+def test_logs_written_in_background_arrive_whole_and_in_order(capsys: pytest.CaptureFixture[str]) -> None:
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    configure_logging("INFO", as_json=True)
+    log = logging.getLogger("taximeter.test")
+    try:
+        with written_in_background():
+            for i in range(200):
+                log.info("step", extra={"n": i, "client": "acme"})
+            try:
+                raise ValueError("boom")
+            except ValueError:
+                log.exception("failed", extra={"client": "acme"})
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    assert [line["n"] for line in lines if line["event"] == "step"] == list(range(200))
+    [failed] = [line for line in lines if line["event"] == "failed"]
+    assert failed["client"] == "acme" and "ValueError: boom" in failed["exc"]
+
+
+def test_a_full_log_queue_drops_and_counts_rather_than_blocks() -> None:
+    records: queue.Queue[logging.LogRecord] = queue.Queue(1)
+    handler = _QueueHandler(records)
+    record = logging.LogRecord("t", logging.INFO, __file__, 1, "line", (), None)
+    handler.handle(record)
+    handler.handle(record)
+    handler.handle(record)
+    assert (records.qsize(), handler.dropped) == (1, 2)
