@@ -15,11 +15,12 @@ as doubles, exact below 2**53 nanos (about 9 million currency units a period).
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from taximeter.pricing.money import to_nanos
 from taximeter.store import budgets
@@ -182,6 +183,63 @@ def _reservation(payload: bytes | str) -> Reservation:
     )
 
 
+class _Pipeliner:
+    """Script calls made while the event loop is busy go to Redis together:
+    the calls issued in one turn of the loop are sent as one pipeline (one
+    write, one read) instead of a round trip each. Each script still runs
+    atomically on its own; only the trip is shared. Under load this is what
+    keeps Redis from costing a syscall pair per call; alone, a call goes at once."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._client = client
+        self._queued: list[tuple[Any, list[str], list[Any], asyncio.Future[Any]]] = []
+
+    async def call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if not self._queued:
+            asyncio.get_running_loop().call_soon(self._send_queued)
+        self._queued.append((script, keys, args, future))
+        return await future
+
+    def _send_queued(self) -> None:
+        batch, self._queued = self._queued, []
+        task = asyncio.ensure_future(self._send(batch))
+        _SENDING.add(task)
+        task.add_done_callback(_SENDING.discard)
+
+    async def _send(self, batch: list[tuple[Any, list[str], list[Any], asyncio.Future[Any]]]) -> None:
+        try:
+            replies = await self._execute([(s, k, a) for s, k, a, _ in batch])
+            missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+            if missing:  # Redis restarted or was flushed: load the scripts, run those again
+                for script in {id(batch[i][0]): batch[i][0] for i in missing}.values():
+                    await self._client.script_load(script.script)
+                again = await self._execute([batch[i][:3] for i in missing])
+                for i, reply in zip(missing, again, strict=True):
+                    replies[i] = reply
+        except (RedisError, OSError) as exc:
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(StoreUnavailable(f"Redis: {exc}"))
+            return
+        for (*_, future), reply in zip(batch, replies, strict=True):
+            if future.done():
+                continue  # its caller was cancelled
+            if isinstance(reply, Exception):
+                future.set_exception(StoreUnavailable(f"Redis: {reply}"))
+            else:
+                future.set_result(reply)
+
+    async def _execute(self, calls: list[tuple[Any, list[str], list[Any]]]) -> list[Any]:
+        pipe = self._client.pipeline(transaction=False)
+        for script, keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        return list(await pipe.execute(raise_on_error=False))
+
+
+_SENDING: set[asyncio.Task[None]] = set()  # pipelines in flight (the loop keeps weak references)
+
+
 class RedisGate:
     """:class:`~taximeter.store.base.Gate` shared by every process through Redis."""
 
@@ -195,6 +253,7 @@ class RedisGate:
         self._claim = client.register_script(_CLAIM)
         self._load = client.register_script(_LOAD)
         self._restore = client.register_script(_RESTORE)
+        self._pipeliner = _Pipeliner(client)
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "taximeter:") -> RedisGate:
@@ -206,10 +265,7 @@ class RedisGate:
         return [f"{p}budget:{client_id}", f"{p}held:{client_id}", f"{p}expiry"]
 
     async def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
-        try:
-            return await script(keys=keys, args=args)
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"Redis: {exc}") from exc
+        return await self._pipeliner.call(script, keys, args)
 
     @staticmethod
     def _hold_args(reservation: Reservation, now: datetime) -> list[Any]:

@@ -183,6 +183,30 @@ async def test_redis_state_is_shared_between_instances(redis_prefix: str) -> Non
         await two.close()
 
 
+async def test_redis_calls_share_trips_and_survive_an_unloaded_script(redis_prefix: str) -> None:
+    import uuid
+
+    import redis.asyncio as aioredis
+
+    from taximeter.store.redis_gate import _Pipeliner
+    from tests.conftest import REDIS_URL
+
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        # A script Redis has never seen: the first trip answers NOSCRIPT, then it is loaded.
+        fresh = client.register_script(f"return ARGV[1] .. '-{uuid.uuid4().hex}'")
+        pipeliner = _Pipeliner(client)
+        replies = await asyncio.gather(*(pipeliner.call(fresh, [], [str(i)]) for i in range(50)))
+        assert [r.decode().split("-")[0] for r in replies] == [str(i) for i in range(50)]
+        failing = client.register_script("return redis.error_reply('no way')")
+        ok, bad = await asyncio.gather(
+            pipeliner.call(fresh, [], ["x"]), pipeliner.call(failing, [], []), return_exceptions=True
+        )
+        assert isinstance(ok, bytes) and "no way" in str(bad)  # one call's error is its own
+    finally:
+        await client.aclose()
+
+
 async def test_local_gate_reloads_after_its_max_age() -> None:
     from taximeter.store.local_gate import LocalGate
 
