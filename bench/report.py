@@ -37,11 +37,15 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return "—" if value is None else f"{value:,.{digits}f}"
 
 
-def write_report(results: list[Result], args: argparse.Namespace, out: Path) -> None:
+def write_report(
+    results: list[Result], memory: list[dict[str, Any]], args: argparse.Namespace, out: Path
+) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with (out / "results.jsonl").open("w") as f:
         for r in results:
             f.write(json.dumps(asdict(r)) + "\n")
+        for m in memory:
+            f.write(json.dumps({"memory": m}) + "\n")
     summary = summarise(results)
     targets = list(dict.fromkeys(r.target for r in results))
     lines = [
@@ -87,11 +91,29 @@ def write_report(results: list[Result], args: argparse.Namespace, out: Path) -> 
                             f"- {target}: {_fmt(s['ttfb_ms'], 3)} (+{_fmt(s['ttfb_ms'] - base['ttfb_ms'], 3)} vs direct)"
                         )
             lines.append("")
-    lines += _targets(summary)
+    lines += _memory(memory)
+    lines += _targets(summary, memory)
+    profile = out / "PROFILE.md"  # written by python -m bench.profile
+    if profile.exists():
+        lines += ["", *profile.read_text().splitlines()]
     (out / "REPORT.md").write_text("\n".join(lines) + "\n")
 
 
-def _targets(summary: dict[tuple[str, int, str], dict[str, Any]]) -> list[str]:
+def _memory(memory: list[dict[str, Any]]) -> list[str]:
+    if not memory:
+        return []
+    out = [
+        "## Memory",
+        "",
+        "Resident memory of a fresh `taximeter` on Postgres + Redis (1 worker, budgets on), driven at "
+        "concurrency 16, after a number of calls:",
+        "",
+    ]
+    out += [f"- after {m['requests']:,} calls: {m['rss_mb']:.1f} MB" for m in memory]
+    return [*out, ""]
+
+
+def _targets(summary: dict[tuple[str, int, str], dict[str, Any]], memory: list[dict[str, Any]]) -> list[str]:
     def get(mode: str, c: int, target: str, attr: str) -> float | None:
         s = summary.get((mode, c, target))
         return None if s is None else s[attr]
@@ -113,6 +135,13 @@ def _targets(summary: dict[tuple[str, int, str], dict[str, Any]]) -> list[str]:
     if one and two:
         out.append(
             f"- Two workers: {two / one:.2f}× one worker's throughput (target ≥ 1.6× where there are the cores)."
+        )
+    if len(memory) >= 2:
+        first, last = memory[0], memory[-1]
+        out.append(
+            f"- RSS after {last['requests']:,} calls: {last['rss_mb']:.1f} MB, "
+            f"{last['rss_mb'] / first['rss_mb'] - 1:+.1%} of its {first['rss_mb']:.1f} MB after "
+            f"{first['requests']:,} (target within 10%)."
         )
     out.append("- Lost or doubled events: 0 (checked after every run; the run stops on any mismatch).")
     return out

@@ -111,6 +111,39 @@ def peak_rss_mb(pid: int) -> float:
     return peak / 1024
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory now of ``pid`` and its children (their worker processes)."""
+    total = 0
+    for p in _tree(pid):
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
+async def served(upstream: str, name: str) -> int:
+    async with aiohttp.ClientSession() as http, http.get(f"{upstream}/served") as resp:
+        return int((await resp.json()).get(name, 0))
+
+
+async def memory_check(target: Target, upstream: str, checkpoints: tuple[int, ...]) -> list[dict[str, Any]]:
+    """RSS after each checkpoint's number of calls (driven in 2 s bursts at
+    concurrency 16), to show nothing per call outlives the call."""
+    pid = target.procs[0].pid
+    out = []
+    for checkpoint in checkpoints:
+        while await served(upstream, target.name) < checkpoint:
+            await asyncio.to_thread(run_wrk, target, CHAT, 16, 2)
+        await check_ledger(target, upstream)
+        out.append(
+            {"target": target.name, "requests": await served(upstream, target.name), "rss_mb": rss_mb(pid)}
+        )
+    return out
+
+
 async def wait_ready(url: str, timeout_s: float = 30) -> None:
     deadline = time.monotonic() + timeout_s
     async with aiohttp.ClientSession() as http:
@@ -279,7 +312,8 @@ async def check_ledger(target: Target, upstream: str) -> None:
     )
 
 
-async def benchmark(args: argparse.Namespace) -> list[Result]:
+async def benchmark(args: argparse.Namespace) -> tuple[list[Result], list[dict[str, Any]]]:
+    """The measurements, and the RSS checks (when ``args.memory``)."""
     workdir = Path(tempfile.mkdtemp(prefix="taximeter-bench-"))
     upstream_port, forwarder_port = free_port(), free_port()
     upstream = f"http://127.0.0.1:{upstream_port}"
@@ -310,14 +344,21 @@ async def benchmark(args: argparse.Namespace) -> list[Result]:
         await wait_ready(f"http://127.0.0.1:{forwarder_port}/")
         for name, workers, production in args.configs:
             started.append(await start_taximeter(name, f"{upstream}/{name}/v1", workdir, workers, production))
-        results = []
+        results: list[Result] = []
+        memory: list[dict[str, Any]] = []
         for round_ in range(args.rounds):
             for mode, body in (("chat", CHAT), ("stream", STREAM)):
                 for concurrency in args.concurrency:
                     for target in started:
                         results.append(await measure(target, mode, body, concurrency, round_, args))
                         await check_ledger(target, upstream)
-        return results
+        if args.memory:
+            # A fresh process, so the counts are its own: RSS after a tenth, then after all.
+            name = "taximeter-memory"
+            fresh = await start_taximeter(name, f"{upstream}/{name}/v1", workdir, 1, True)
+            started.append(fresh)
+            memory.extend(await memory_check(fresh, upstream, (args.memory // 10, args.memory)))
+        return results, memory
     finally:
         for target in started:
             for proc in target.procs:
@@ -377,6 +418,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="embedded,pg-redis,pg-redis-2w",
     )
     parser.add_argument("--ttfb-samples", type=int, default=200)
+    parser.add_argument(
+        "--memory",
+        type=int,
+        default=100_000,
+        help="calls for the RSS check (RSS after a tenth of them, then after all; 0: skip)",
+    )
     parser.add_argument("--out", type=Path, default=HERE, help="where REPORT.md and results.jsonl go")
     parser.add_argument(
         "--smoke", action="store_true", help="a few seconds: that it runs and the ledger is exact"
@@ -384,6 +431,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.smoke:
         args.duration, args.rounds, args.concurrency, args.ttfb_samples = 1.0, 1, [4], 5
+        args.memory = 0
         args.configs = [CONFIGS["embedded"]]
         args.out = None
     return args
@@ -396,9 +444,9 @@ def main(argv: list[str] | None = None) -> int:
         print("bench: wrk is not installed (apt-get install wrk)", file=sys.stderr)
         return 2
     args = parse(argv)
-    results = asyncio.run(benchmark(args))
+    results, memory = asyncio.run(benchmark(args))
     if args.out is not None:
-        write_report(results, args, args.out)
+        write_report(results, memory, args, args.out)
     for r in results:
         print(json.dumps(asdict(r)))
     return 0

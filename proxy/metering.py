@@ -119,7 +119,7 @@ class Meter:
 
     def reservation(self, estimate: UsageEvent) -> Reservation:
         """A reservation holding ``estimate`` (an event flagged estimated)."""
-        event = replace(estimate, estimated=True)
+        event = estimate if estimate.estimated else replace(estimate, estimated=True)
         return Reservation(event, to_nanos(event.cost), self.clock() + self.reservation_ttl)
 
     async def admit(self, reservation: Reservation) -> None:
