@@ -216,6 +216,12 @@ class Meter:
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: waiters get it, the loop does not log it
+            # Calls that settled meanwhile still hold their reservations in the
+            # gate: let them go (their usage reaches the copy at its next rebuild).
+            for _, event in self._deferred.get(client_id, []):
+                with contextlib.suppress(StoreUnavailable):
+                    await self.gate.release(client_id, event.request_id)
+            self.mark_stale(client_id)
             raise
         finally:
             del self._rebuilding[client_id]
@@ -230,6 +236,8 @@ class Meter:
         for sequence, event in self._deferred.get(client_id, []):
             if sequence > durable:  # settled meanwhile, and not in what was read
                 await self.gate.settle(event, to_nanos(event.cost), event.created_at)
+            else:  # already counted in what was read: only its reservation goes
+                await self.gate.release(client_id, event.request_id)
         return state
 
     def _forget_held(self, client_id: str, request_id: str) -> None:

@@ -332,21 +332,12 @@ class SqlStore(ABC):
                     await self._write_budget(conn, original, final, last_seen or final.period_start)
         return results
 
+    @abstractmethod
     async def _insert_events(self, conn: Conn, events: list[UsageEvent]) -> set[str]:
-        """Insert the events not recorded yet and drop the store-held
-        reservations of those calls; the request ids inserted. (Statements per
-        event here; a backend may do the whole batch in one.)"""
-        inserted = set()
-        for event in events:
-            if await conn.execute(
-                f"INSERT INTO usage_events ({EVENT_COLUMNS}) VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (request_id) DO NOTHING",
-                *self._event_values(event),
-            ):
-                inserted.add(event.request_id)
-                await conn.execute("DELETE FROM reservations WHERE request_id = ?", event.request_id)
-        return inserted
+        """Insert the events not recorded yet (a request id already there, or
+        twice in ``events``, goes in once) and drop the store-held reservations
+        of the calls inserted; the request ids inserted. In as few round trips
+        as the backend allows."""
 
     async def list_events(self, client_id: str | None, limit: int) -> list[UsageEvent]:
         where, args = ("WHERE client_id = ?", [client_id]) if client_id else ("", [])

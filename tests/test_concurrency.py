@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 from decimal import Decimal
+from typing import Any
 
 import openai
 import pytest
@@ -129,3 +130,38 @@ async def test_two_proxies_sweep_an_orphan_once(
     await meter_b.ledger.flush()
     events = await first.events("acme")
     assert [e["request_id"] for e in events] == ["req_orphan2"]
+
+
+async def test_calls_settled_while_the_gate_is_rebuilt_hold_nothing_afterwards(
+    make_proxy: Any, clock: FakeClock
+) -> None:
+    # The in-process gate rebuilds a copy every gate_refresh_s while calls go on;
+    # the reservations of calls that settle meanwhile must not stay held.
+    proxy: Harness = await make_proxy(gate_refresh_s=1, reserve_output_tokens=1000)
+    limit = 10**6
+    key = await proxy.new_client("acme", mode="tokens", token_limit=limit)
+    client = proxy.sdk(key)
+    meter = proxy.services.meter
+    rebuilds = 0
+
+    async def caller() -> None:
+        for _ in range(15):
+            await client.chat.completions.create(model="gpt-4o", messages=[])
+
+    async def ticker(callers: asyncio.Future[Any]) -> None:
+        nonlocal rebuilds
+        while not callers.done():
+            clock.advance(seconds=2)  # the next admission starts a background rebuild
+            rebuilds += "acme" in meter._refreshing
+            await asyncio.sleep(0.002)
+
+    callers = asyncio.gather(*(caller() for _ in range(8)))
+    await asyncio.gather(callers, ticker(callers))
+    await meter.ledger.flush()
+    used = (await proxy.status("acme"))["tokens_used"]
+    assert used == 15 * 8 * CALL_TOKENS
+    # Room for one more call: admitted only if no finished call still holds a reservation.
+    status, _ = await proxy.admin("PUT", "/admin/budgets/acme", {"mode": "tokens", "token_limit": used + 1})
+    assert status == 200
+    await client.chat.completions.create(model="gpt-4o", messages=[])
+    await proxy.assert_ledger_matches_counters()
