@@ -184,21 +184,28 @@ def _reservation(payload: bytes | str) -> Reservation:
 
 
 class _Pipeliner:
-    """Script calls made while the event loop is busy go to Redis together:
-    the calls issued in one turn of the loop are sent as one pipeline (one
-    write, one read) instead of a round trip each. Each script still runs
-    atomically on its own; only the trip is shared. Under load this is what
-    keeps Redis from costing a syscall pair per call; alone, a call goes at once."""
+    """Script calls made while Redis is busy go together: a call made when no
+    other is on its way goes at once, in its own coroutine; calls made while
+    some are on their way are queued, and those queued in one turn of the
+    event loop are sent as one pipeline (one write, one read) instead of a
+    round trip each. Each script still runs atomically on its own; only the
+    trip is shared."""
 
     def __init__(self, client: aioredis.Redis) -> None:
         self._client = client
-        self._queued: list[tuple[Any, list[str], list[Any], asyncio.Future[Any]]] = []
+        self._queued: list[tuple[_Call, asyncio.Future[Any]]] = []
+        self._on_the_way = 0
 
     async def call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        if not self._on_the_way and not self._queued:
+            [reply] = await self._run([(script, keys, args)])
+            if isinstance(reply, Exception):
+                raise reply
+            return reply
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if not self._queued:
             asyncio.get_running_loop().call_soon(self._send_queued)
-        self._queued.append((script, keys, args, future))
+        self._queued.append(((script, keys, args), future))
         return await future
 
     def _send_queued(self) -> None:
@@ -207,34 +214,42 @@ class _Pipeliner:
         _SENDING.add(task)
         task.add_done_callback(_SENDING.discard)
 
-    async def _send(self, batch: list[tuple[Any, list[str], list[Any], asyncio.Future[Any]]]) -> None:
-        try:
-            replies = await self._execute([(s, k, a) for s, k, a, _ in batch])
-            missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-            if missing:  # Redis restarted or was flushed: load the scripts, run those again
-                for script in {id(batch[i][0]): batch[i][0] for i in missing}.values():
-                    await self._client.script_load(script.script)
-                again = await self._execute([batch[i][:3] for i in missing])
-                for i, reply in zip(missing, again, strict=True):
-                    replies[i] = reply
-        except (RedisError, OSError) as exc:
-            for *_, future in batch:
-                if not future.done():
-                    future.set_exception(StoreUnavailable(f"Redis: {exc}"))
-            return
-        for (*_, future), reply in zip(batch, replies, strict=True):
+    async def _send(self, batch: list[tuple[_Call, asyncio.Future[Any]]]) -> None:
+        replies = await self._run([call for call, _ in batch])
+        for (_, future), reply in zip(batch, replies, strict=True):
             if future.done():
                 continue  # its caller was cancelled
             if isinstance(reply, Exception):
-                future.set_exception(StoreUnavailable(f"Redis: {reply}"))
+                future.set_exception(reply)
             else:
                 future.set_result(reply)
 
-    async def _execute(self, calls: list[tuple[Any, list[str], list[Any]]]) -> list[Any]:
+    async def _run(self, calls: list[_Call]) -> list[Any]:
+        """Each call's reply, or the StoreUnavailable it ended in."""
+        self._on_the_way += 1
+        try:
+            replies = await self._execute(calls)
+            missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+            if missing:  # Redis restarted or was flushed: load the scripts, run those again
+                for script in {id(calls[i][0]): calls[i][0] for i in missing}.values():
+                    await self._client.script_load(script.script)
+                again = await self._execute([calls[i] for i in missing])
+                for i, reply in zip(missing, again, strict=True):
+                    replies[i] = reply
+        except (RedisError, OSError) as exc:
+            return [StoreUnavailable(f"Redis: {exc}")] * len(calls)
+        finally:
+            self._on_the_way -= 1
+        return [StoreUnavailable(f"Redis: {r}") if isinstance(r, Exception) else r for r in replies]
+
+    async def _execute(self, calls: list[_Call]) -> list[Any]:
         pipe = self._client.pipeline(transaction=False)
         for script, keys, args in calls:
             pipe.evalsha(script.sha, len(keys), *keys, *args)
         return list(await pipe.execute(raise_on_error=False))
+
+
+_Call = tuple[Any, list[str], list[Any]]  # a script, its keys, its arguments
 
 
 _SENDING: set[asyncio.Task[None]] = set()  # pipelines in flight (the loop keeps weak references)
