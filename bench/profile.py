@@ -88,7 +88,9 @@ def summarise(profile: Path, requests: int, top: int = 25) -> list[str]:
         "| function | calls per request | own µs per request | cumulative µs per request |",
         "| --- | ---: | ---: | ---: |",
     ]
-    for tottime, ncalls, cumtime, name, filename in sorted(rows, reverse=True)[:top]:
+    # Start-up and shutdown (well under one call per hundred requests) are left out of this table.
+    per_request = [row for row in rows if row[1] / requests >= 0.01]
+    for tottime, ncalls, cumtime, name, filename in sorted(per_request, reverse=True)[:top]:
         where = _package(filename)
         out.append(
             f"| `{name}` ({where}) | {ncalls / requests:.2f} | {1e6 * tottime / requests:.1f} | "

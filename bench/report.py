@@ -105,11 +105,11 @@ def _memory(memory: list[dict[str, Any]]) -> list[str]:
     out = [
         "## Memory",
         "",
-        "Resident memory of a fresh `taximeter` on Postgres + Redis (1 worker, budgets on), driven at "
-        "concurrency 16, after a number of calls:",
+        "Resident memory of a fresh `taximeter` (1 worker, budgets on), embedded and on Postgres + Redis, "
+        "driven at concurrency 16, after a number of calls:",
         "",
     ]
-    out += [f"- after {m['requests']:,} calls: {m['rss_mb']:.1f} MB" for m in memory]
+    out += [f"- {m['target']}, after {m['requests']:,} calls: {m['rss_mb']:.1f} MB" for m in memory]
     return [*out, ""]
 
 
@@ -136,10 +136,10 @@ def _targets(summary: dict[tuple[str, int, str], dict[str, Any]], memory: list[d
         out.append(
             f"- Two workers: {two / one:.2f}× one worker's throughput (target ≥ 1.6× where there are the cores)."
         )
-    if len(memory) >= 2:
-        first, last = memory[0], memory[-1]
+    for target in dict.fromkeys(m["target"] for m in memory):
+        first, *_, last = [m for m in memory if m["target"] == target]
         out.append(
-            f"- RSS after {last['requests']:,} calls: {last['rss_mb']:.1f} MB, "
+            f"- RSS of {target} after {last['requests']:,} calls: {last['rss_mb']:.1f} MB, "
             f"{last['rss_mb'] / first['rss_mb'] - 1:+.1%} of its {first['rss_mb']:.1f} MB after "
             f"{first['requests']:,} (target within 10%)."
         )

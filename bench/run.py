@@ -353,11 +353,11 @@ async def benchmark(args: argparse.Namespace) -> tuple[list[Result], list[dict[s
                         results.append(await measure(target, mode, body, concurrency, round_, args))
                         await check_ledger(target, upstream)
         if args.memory:
-            # A fresh process, so the counts are its own: RSS after a tenth, then after all.
-            name = "taximeter-memory"
-            fresh = await start_taximeter(name, f"{upstream}/{name}/v1", workdir, 1, True)
-            started.append(fresh)
-            memory.extend(await memory_check(fresh, upstream, (args.memory // 10, args.memory)))
+            # Fresh processes, so the counts are their own: RSS after a tenth, then after all.
+            for name, production in (("memory-embedded", False), ("memory-pg-redis", True)):
+                fresh = await start_taximeter(name, f"{upstream}/{name}/v1", workdir, 1, production)
+                started.append(fresh)
+                memory.extend(await memory_check(fresh, upstream, (args.memory // 10, args.memory)))
         return results, memory
     finally:
         for target in started:

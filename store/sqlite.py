@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
+import orjson
 
 from taximeter.pricing.money import from_nanos, to_nanos
 from taximeter.store.base import Conflict, StoreUnavailable
@@ -77,8 +78,20 @@ class _Conn:
         return list(await (await self._cursor(sql, args)).fetchall())
 
 
-_ROWS_PER_INSERT = 400  # 22 values a row: well under SQLite's 32,766 parameters
+_ROWS_PER_INSERT = 256  # 22 values a row: well under SQLite's 32,766 parameters
 _EVENT_ROW = "(" + ", ".join(["?"] * len(EVENT_COLUMNS.split(","))) + ")"
+
+
+def _power_of_two_chunks(events: list[UsageEvent], largest: int) -> list[list[UsageEvent]]:
+    """``events`` in chunks of 256, 128, ... 1 rows: a handful of statement
+    shapes, so the driver's cache of prepared statements stays small."""
+    chunks, start, size = [], 0, largest
+    while start < len(events):
+        while size > len(events) - start:
+            size //= 2
+        chunks.append(events[start : start + size])
+        start += size
+    return chunks
 
 
 class SqliteStore(SqlStore):
@@ -89,8 +102,7 @@ class SqliteStore(SqlStore):
     async def _insert_events(self, conn: Conn, events: list[UsageEvent]) -> set[str]:
         # Each statement is a hop to aiosqlite's thread: a batch takes a few, not two per event.
         inserted: set[str] = set()
-        for start in range(0, len(events), _ROWS_PER_INSERT):
-            chunk = events[start : start + _ROWS_PER_INSERT]
+        for chunk in _power_of_two_chunks(events, _ROWS_PER_INSERT):
             rows = await conn.fetchall(
                 f"INSERT INTO usage_events ({EVENT_COLUMNS}) VALUES {', '.join([_EVENT_ROW] * len(chunk))} "
                 "ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
@@ -100,7 +112,8 @@ class SqliteStore(SqlStore):
             inserted.update(ids)
             if ids:  # store-held reservations of these calls are done with
                 await conn.execute(
-                    f"DELETE FROM reservations WHERE request_id IN ({', '.join('?' * len(ids))})", *ids
+                    "DELETE FROM reservations WHERE request_id IN (SELECT value FROM json_each(?))",
+                    orjson.dumps(ids).decode(),
                 )
         return inserted
 
