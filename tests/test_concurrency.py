@@ -99,8 +99,9 @@ async def test_reservation_of_a_dead_process_is_charged_at_its_estimate(
 
 @pytest.mark.parametrize("backend", ["production"], indirect=True)
 async def test_two_proxies_sweep_an_orphan_once(
-    aiohttp_server: object, make_proxy: object, backend: dict[str, str], clock: FakeClock
+    backend: dict[str, str], aiohttp_server: object, make_proxy: object, clock: FakeClock
 ) -> None:
+    # backend first: its database outlives the second server, which may still be writing at teardown.
     from taximeter.proxy.app import create_app
 
     first: Harness = await make_proxy()  # type: ignore[operator]

@@ -52,8 +52,9 @@ async def test_redis_flush_rebuilds_the_gate_from_the_store(proxy: Harness, back
 
 @pytest.mark.parametrize("backend", ["production"], indirect=True)
 async def test_two_proxies_share_one_budget(
-    aiohttp_server: Any, make_proxy: Any, backend: dict[str, str], clock: FakeClock
+    backend: dict[str, str], aiohttp_server: Any, make_proxy: Any, clock: FakeClock
 ) -> None:
+    # backend first: its database outlives the second server, which may still be writing at teardown.
     first: Harness = await make_proxy()
     second = await aiohttp_server(create_app(first.services.settings, clock=clock))
     key = await first.new_client("acme", mode="tokens", token_limit=10**6)
