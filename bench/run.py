@@ -99,29 +99,26 @@ def cpu_seconds(pid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def peak_rss_mb(pid: int) -> float:
-    peak = 0
+def _status_kb(pid: int, field: str) -> list[int]:
+    """``field`` of /proc/PID/status (in kB) for ``pid`` and its children."""
+    values = []
     for p in _tree(pid):
         try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    peak = max(peak, int(line.split()[1]))
+            lines = Path(f"/proc/{p}/status").read_text().splitlines()
         except OSError:
             continue
-    return peak / 1024
+        values += [int(line.split()[1]) for line in lines if line.startswith(f"{field}:")]
+    return values
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The largest peak resident memory of ``pid`` and its worker processes."""
+    return max(_status_kb(pid, "VmHWM"), default=0) / 1024
 
 
 def rss_mb(pid: int) -> float:
     """Resident memory now of ``pid`` and its children (their worker processes)."""
-    total = 0
-    for p in _tree(pid):
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            continue
-    return total / 1024
+    return sum(_status_kb(pid, "VmRSS")) / 1024
 
 
 async def served(upstream: str, name: str) -> int:
