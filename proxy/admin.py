@@ -66,7 +66,6 @@ async def list_keys(request: web.Request) -> web.Response:
 
 async def revoke_key(request: web.Request) -> web.Response:
     key = await _ops(request).revoke_key(request.match_info["prefix"])
-    request.app[SERVICES].keys.forget(key.prefix)  # at once here; other processes within key_cache_s
     return _json(key_json(key))
 
 

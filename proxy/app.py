@@ -118,6 +118,7 @@ def _lifecycle(settings: Settings, clock: Clock):  # type: ignore[no-untyped-def
             clock=clock,
             on_budget_change=refresh_gate,
             flush_ledger=ledger.flush,
+            on_key_revoked=services.keys.forget,
         )
         app[OPERATIONS] = operations
         admin_token = settings.admin_token.get_secret_value() if settings.admin_token else None

@@ -14,16 +14,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, date, timedelta
 from decimal import Decimal
-from typing import Any
 from urllib.parse import quote, urlsplit
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from taximeter.proxy.budget_form import form_from_state, parse_budget_form
-from taximeter.proxy.cards import build_card, order_cards
+from taximeter.proxy.cards import Card, build_card, order_cards
 from taximeter.proxy.charts import bar_list, column_chart
-from taximeter.proxy.context import SERVICES
 from taximeter.proxy.errors import InvalidInput, NotFoundError, TaximeterError
 from taximeter.proxy.formatting import Formatter
 from taximeter.proxy.operations import Operations
@@ -181,18 +179,18 @@ async def logout(request: web.Request, dash: Dashboard, session: Session) -> web
 # -- overview ------------------------------------------------------------------------
 
 
-async def _cards(dash: Dashboard, clients: list[Client], query: str) -> list[Any]:
+async def _card(dash: Dashboard, client: Client, state: BudgetState | None) -> Card:
+    """The client's card, with its spend this period (the last 30 days without a budget)."""
     ops = dash.ops
-    states = {s.client_id: s for s in await ops.budgets()}
-    month_ago = ops.clock() - timedelta(days=USAGE_DAYS)
+    since = state.period_start if state is not None else ops.clock() - timedelta(days=USAGE_DAYS)
+    spend = await ops.store.spend_by_api_type(client.id, since)
+    return build_card(client, state, spend, dash.fmt, ops.currency)
 
-    async def card(client: Client) -> Any:
-        state = states.get(client.id)
-        since = state.period_start if state is not None else month_ago
-        spend = await ops.store.spend_by_api_type(client.id, since)
-        return build_card(client, state, spend, dash.fmt, ops.currency)
 
-    return order_cards(list(await asyncio.gather(*(card(c) for c in clients))), query)
+async def _cards(dash: Dashboard, clients: list[Client], query: str) -> list[Card]:
+    states = {s.client_id: s for s in await dash.ops.budgets()}
+    cards = await asyncio.gather(*(_card(dash, c, states.get(c.id)) for c in clients))
+    return order_cards(list(cards), query)
 
 
 async def _overview(
@@ -252,8 +250,6 @@ async def _client_page(
     ops = dash.ops
     client = await ops.client(request.match_info["client_id"])
     state = await _budget_or_none(ops, client.id)
-    since = state.period_start if state is not None else ops.clock() - timedelta(days=USAGE_DAYS)
-    spend = await ops.store.spend_by_api_type(client.id, since)
     events = await ops.events(client.id, RECENT_EVENTS)
     return dash.pages.render(
         "client.html",
@@ -261,7 +257,7 @@ async def _client_page(
         session=session,
         csrf=session.csrf,
         client=client,
-        card=build_card(client, state, spend, dash.fmt, ops.currency),
+        card=await _card(dash, client, state),
         state=state,
         keys=await ops.store.list_keys(client.id),
         events=events,
@@ -328,7 +324,6 @@ async def revoke_key(request: web.Request, dash: Dashboard, session: Session) ->
     if key is None or key.client_id != client_id:
         raise NotFoundError(f"client {client_id!r} has no key {prefix!r}")
     await dash.ops.revoke_key(prefix)
-    request.app[SERVICES].keys.forget(prefix)  # at once here; other processes within key_cache_s
     return _redirect(f"/dashboard/clients/{client_id}?done=revoked")
 
 

@@ -33,6 +33,10 @@ async def _no_hook(client_id: str, state: BudgetState | None, now: datetime) -> 
     return None
 
 
+def _no_key_hook(prefix: str) -> None:
+    return None
+
+
 async def _nothing_pending() -> None:
     return None
 
@@ -58,6 +62,7 @@ class Operations:
         clock: Clock = system_clock,
         on_budget_change: BudgetHook = _no_hook,
         flush_ledger: Callable[[], Awaitable[None]] = _nothing_pending,
+        on_key_revoked: Callable[[str], None] = _no_key_hook,
     ) -> None:
         self.store = store
         self.timezone = timezone
@@ -68,6 +73,8 @@ class Operations:
         # events, so a status includes every answered call and a reset
         # cannot be followed by charges from before it.
         self.flush_ledger = flush_ledger
+        # A revoked key stops working at once in this process (in others within key_cache_s).
+        self._on_key_revoked = on_key_revoked
 
     # -- clients and keys --------------------------------------------------------
 
@@ -110,6 +117,7 @@ class Operations:
         key = await self.store.revoke_key(prefix, self.clock())
         if key is None:
             raise NotFoundError(f"no key with prefix {prefix!r}", param="prefix")
+        self._on_key_revoked(prefix)
         return key
 
     # -- budgets -------------------------------------------------------------------
