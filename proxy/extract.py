@@ -5,74 +5,145 @@ usage parser reads every shape OpenAI reports: ``prompt_tokens`` /
 ``completion_tokens`` (chat, embeddings), ``input_tokens`` / ``output_tokens``
 (responses, images, speech, token-priced transcription) with their
 ``*_details``, and ``{"type": "duration", "seconds": …}`` (whisper).
+
+The upstream's numbers are untrusted input: a usage object is either valid
+(every count an int in ``[0, MAX_TOKENS]``, details within their totals,
+seconds a finite number in ``[0, MAX_AUDIO_SECONDS]``) or it is not, and one
+that is not never reads as zero: it reads as usage missing, flagged
+``estimated`` so the caller charges at least its reservation.
 """
 
 from __future__ import annotations
 
-import json
 import math
+from collections.abc import Iterator
 from dataclasses import replace
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
+
+import orjson
 
 from taximeter.pricing.usage import Usage
 from taximeter.proxy.sse import SseEvent
 
 __all__ = [
+    "MAX_AUDIO_SECONDS",
+    "MAX_TOKENS",
     "StreamMeter",
     "estimate_tokens",
     "extract_usage",
     "has_image_part",
     "parse_usage",
+    "reported_usage",
     "request_text",
 ]
 
+# Per count, per call: 100x the largest context window sold today, far below
+# where a count times a price could overflow a ledger column.
+MAX_TOKENS = 100_000_000
+MAX_AUDIO_SECONDS = Decimal(86_400 * 7)  # a week of audio in one call
+
 _CHARS_PER_TOKEN = 4  # OpenAI's rule of thumb for English text; used only to estimate
+_TOKEN_FAMILIES = frozenset({"chat", "completions", "responses", "embeddings"})
+_RESPONSES_TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
+_INPUT_DETAILS = ("prompt_tokens_details", "input_tokens_details", "input_token_details")
+_OUTPUT_DETAILS = ("completion_tokens_details", "output_tokens_details")
+_CHAT_DELTA_TEXT = ("content", "reasoning_content", "reasoning", "refusal")
 
 
-def _int(obj: Any, *path: str) -> int:
-    for key in path:
-        if not isinstance(obj, dict):
-            return 0
-        obj = obj.get(key)
-    return obj if isinstance(obj, int) and not isinstance(obj, bool) else 0
+class _Invalid(Exception):
+    """A usage object that cannot be trusted; raised and caught in this module."""
 
 
-def _seconds(value: Any) -> Decimal:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        return Decimal(0)
-    try:
-        seconds = Decimal(str(value))
-    except InvalidOperation:
-        return Decimal(0)
-    return seconds if seconds.is_finite() and seconds > 0 else Decimal(0)
+def _count(obj: dict[str, Any], key: str) -> int | None:
+    """The count at ``key``: None when absent or null, _Invalid when not a sane int."""
+    value = obj.get(key)
+    if value is None:
+        return None
+    if type(value) is not int or not 0 <= value <= MAX_TOKENS:  # type(): no bools, no int subclasses
+        raise _Invalid(key)
+    return value
+
+
+def _seconds(value: Any) -> Decimal | None:
+    """Seconds from a JSON number in ``[0, MAX_AUDIO_SECONDS]``, else None."""
+    if type(value) is int:
+        seconds = Decimal(value) if 0 <= value <= MAX_AUDIO_SECONDS else None
+    elif type(value) is float and math.isfinite(value):
+        seconds = Decimal(repr(value))  # repr: 8.47 reads as 8.47, not its binary expansion
+    else:
+        return None
+    if seconds is None or not 0 <= seconds <= MAX_AUDIO_SECONDS:
+        return None
+    return seconds.copy_abs()  # -0.0 is zero
 
 
 def parse_usage(usage: Any) -> Usage | None:
-    """A Usage from any OpenAI ``usage`` object, or None if there is none."""
+    """A Usage from any OpenAI ``usage`` object, or None if there is none.
+
+    A usage object that is present but invalid (see the module docstring, or
+    one with no input or output count at all) gives zero counts flagged
+    ``estimated``: the caller must not read it as a free call.
+    """
     if not isinstance(usage, dict):
         return None
-    if usage.get("type") == "duration":
-        return Usage(audio_seconds=_seconds(usage.get("seconds")))
-    in_details = (
-        usage.get("prompt_tokens_details")
-        or usage.get("input_tokens_details")
-        or usage.get("input_token_details")
-    )
-    out_details = usage.get("completion_tokens_details") or usage.get("output_tokens_details")
-    return Usage(
-        input_tokens=_int(usage, "prompt_tokens") or _int(usage, "input_tokens"),
-        output_tokens=_int(usage, "completion_tokens") or _int(usage, "output_tokens"),
-        cached_tokens=_int(in_details, "cached_tokens"),
-        audio_input_tokens=_int(in_details, "audio_tokens"),
-        image_input_tokens=_int(in_details, "image_tokens"),
-        reasoning_tokens=_int(out_details, "reasoning_tokens"),
-        audio_output_tokens=_int(out_details, "audio_tokens"),
-    )
+    try:
+        if usage.get("type") == "duration":
+            seconds = _seconds(usage.get("seconds"))
+            if seconds is None:
+                raise _Invalid("seconds")
+            return Usage(audio_seconds=seconds)
+        return _token_usage(usage)
+    except _Invalid:
+        return Usage(estimated=True)
 
 
-def _response_usage(body: Any) -> Usage | None:
-    """Usage at ``body.usage`` or ``body.response.usage`` (Responses API events)."""
+def _token_usage(usage: dict[str, Any]) -> Usage:
+    input_tokens = _total(usage, "prompt_tokens", "input_tokens")
+    output_tokens = _total(usage, "completion_tokens", "output_tokens")
+    if input_tokens is None and output_tokens is None:
+        raise _Invalid("no token counts")
+    in_details = _details(usage, _INPUT_DETAILS)
+    out_details = _details(usage, _OUTPUT_DETAILS)
+    parsed = Usage(
+        input_tokens=input_tokens or 0,
+        output_tokens=output_tokens or 0,
+        cached_tokens=_count(in_details, "cached_tokens") or 0,
+        audio_input_tokens=_count(in_details, "audio_tokens") or 0,
+        image_input_tokens=_count(in_details, "image_tokens") or 0,
+        reasoning_tokens=_count(out_details, "reasoning_tokens") or 0,
+        audio_output_tokens=_count(out_details, "audio_tokens") or 0,
+    )
+    # Pricing reads the details as parts of their totals; parts larger than
+    # the whole would price a negative remainder.
+    if parsed.cached_tokens + parsed.audio_input_tokens + parsed.image_input_tokens > parsed.input_tokens:
+        raise _Invalid("input details exceed input tokens")
+    if parsed.reasoning_tokens + parsed.audio_output_tokens > parsed.output_tokens:
+        raise _Invalid("output details exceed output tokens")
+    return parsed
+
+
+def _total(usage: dict[str, Any], *keys: str) -> int | None:
+    # Either name may be used; where an upstream sends both, the larger is the safe reading.
+    counts = [count for key in keys if (count := _count(usage, key)) is not None]
+    return max(counts) if counts else None
+
+
+def _details(usage: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """The first non-empty details object among ``keys``; _Invalid if one is not an object."""
+    found: dict[str, Any] = {}
+    for key in keys:
+        value = usage.get(key)
+        if value is not None and not isinstance(value, dict):
+            raise _Invalid(key)
+        if value and not found:
+            found = value
+    return found
+
+
+def reported_usage(body: Any) -> Usage | None:
+    """Usage at ``body.usage`` or ``body.response.usage`` (Responses API events),
+    as :func:`parse_usage` reads it; None when the body reports none."""
     if not isinstance(body, dict):
         return None
     found = parse_usage(body.get("usage"))
@@ -120,7 +191,11 @@ def request_text(request: dict[str, Any]) -> str:
 
 
 def estimate_tokens(text: str) -> int:
-    return math.ceil(len(text) / _CHARS_PER_TOKEN)
+    return _tokens_of(len(text))
+
+
+def _tokens_of(characters: int) -> int:
+    return math.ceil(characters / _CHARS_PER_TOKEN)
 
 
 def extract_usage(
@@ -130,24 +205,37 @@ def extract_usage(
     *,
     file_seconds: Decimal | None = None,
     output_seconds: Decimal | None = None,
+    token_priced: bool = False,
 ) -> Usage:
     """Usage of a finished, non-streamed call.
 
     ``response`` is the parsed JSON body (None when it was not JSON);
     ``file_seconds`` the uploaded audio's length, ``output_seconds`` the
-    returned audio's length, where the caller measured them.
+    returned audio's length, where the caller measured them; ``token_priced``
+    says a speech model is priced by tokens or audio length, not characters.
+
+    The result is flagged ``estimated`` (zero counts: the caller charges its
+    reservation) when a family that reports usage (chat, completions,
+    responses, embeddings) reports none or an invalid one; for speech, when
+    nothing priced it (no valid tokens, and no output seconds for a
+    token-priced model or no characters otherwise); for transcription, when
+    neither usage, ``duration`` nor ``file_seconds`` tells its length; for
+    images, when the usage is invalid or there is neither token usage nor a
+    ``data`` list. Moderation is free.
     """
-    reported = _response_usage(response)
+    reported = reported_usage(response)
+    valid = reported if reported is not None and not reported.estimated else None
     if family == "speech":
-        base = reported or Usage(audio_seconds=output_seconds or Decimal(0))
-        return replace(base, characters=_characters(request))
+        return _speech_usage(valid, request, output_seconds, token_priced=token_priced)
     if family == "transcription":
-        return _transcription_usage(reported, response, file_seconds)
+        return _transcription_usage(valid, response, file_seconds)
     if family == "image":
         return _image_usage(reported, request, response)
     if family == "moderation":
         return Usage()
-    return reported or Usage()
+    if valid is not None:
+        return valid
+    return Usage(estimated=family in _TOKEN_FAMILIES or reported is not None)
 
 
 def _characters(request: dict[str, Any]) -> int:
@@ -155,12 +243,24 @@ def _characters(request: dict[str, Any]) -> int:
     return len(text) if isinstance(text, str) else 0
 
 
-def _transcription_usage(reported: Usage | None, response: Any, file_seconds: Decimal | None) -> Usage:
-    if reported is not None and (reported.has_tokens or reported.audio_seconds):
-        return reported
-    if isinstance(response, dict) and _seconds(response.get("duration")):
-        return Usage(audio_seconds=_seconds(response.get("duration")))
-    if file_seconds:
+def _speech_usage(
+    valid: Usage | None, request: dict[str, Any], output_seconds: Decimal | None, *, token_priced: bool
+) -> Usage:
+    characters = _characters(request)
+    if valid is not None and (valid.has_tokens or valid.audio_seconds):
+        return replace(valid, characters=characters)
+    seconds = output_seconds if output_seconds is not None and output_seconds > 0 else Decimal(0)
+    priced = seconds > 0 if token_priced else characters > 0
+    return Usage(characters=characters, audio_seconds=seconds, estimated=not priced)
+
+
+def _transcription_usage(valid: Usage | None, response: Any, file_seconds: Decimal | None) -> Usage:
+    if valid is not None and (valid.has_tokens or valid.audio_seconds):
+        return valid
+    duration = _seconds(response.get("duration")) if isinstance(response, dict) else None
+    if duration:
+        return Usage(audio_seconds=duration)
+    if file_seconds is not None and file_seconds > 0:
         return Usage(audio_seconds=file_seconds)
     return Usage(estimated=True)
 
@@ -170,67 +270,124 @@ def _image_usage(reported: Usage | None, request: dict[str, Any], response: Any)
     count = len(data) if isinstance(data, list) else 0
     size = request.get("size") if isinstance(request.get("size"), str) else "1024x1024"
     quality = request.get("quality") if isinstance(request.get("quality"), str) else None
-    base = reported if reported is not None and reported.has_tokens else Usage()
-    return replace(base, images=count, image_size=size, image_quality=quality)
+    invalid = reported is not None and reported.estimated
+    tokens = reported is not None and not invalid and reported.has_tokens
+    base = reported if reported is not None and tokens else Usage()
+    estimated = invalid or (not tokens and not isinstance(data, list))
+    return replace(base, images=count, image_size=size, image_quality=quality, estimated=estimated)
 
 
 class StreamMeter:
-    """Follows one SSE stream: finds its usage, hides the usage chunk the proxy
-    asked for on the client's behalf, and estimates usage if the stream ends
-    without any."""
+    """Follows one SSE stream: finds its usage, tells when the stream's
+    terminal usage went by, hides the usage chunk the proxy asked for on the
+    client's behalf, and estimates usage if the stream ends without it.
+
+    ``usage`` is the latest usage seen (cumulative in vLLM-style streams that
+    report it in every chunk; flagged ``estimated`` when it was invalid).
+    """
 
     def __init__(self, family: str, request: dict[str, Any], *, hide_usage_chunk: bool) -> None:
         self._family = family
         self._request = request
         self._hide = hide_usage_chunk
-        self._delivered: list[str] = []
+        self._delivered_chars = 0  # a count, not the text: a long stream must not grow memory
+        self._valid: Usage | None = None
+        self._finished = False
         self.usage: Usage | None = None
-        self.done = False
+        self.done = False  # the ``data: [DONE]`` event went by
+
+    @property
+    def finished(self) -> bool:
+        """True from the stream's terminal usage on: a chat or completions chunk
+        with usage and no choices, a Responses API ``response.completed``,
+        ``.incomplete`` or ``.failed`` event, or ``data: [DONE]``."""
+        return self._finished
 
     def on_event(self, event: SseEvent) -> bool:
         """Take one event; True if it should be forwarded to the client."""
-        if event.data == "[DONE]":
-            self.done = True
+        if event.data.strip() == "[DONE]":
+            self.done = self._finished = True
             return True
-        try:
-            body = json.loads(event.data)
-        except ValueError:
-            return True
-        found = _response_usage(body)
+        body = _json(event.data)
+        if not isinstance(body, dict):
+            return True  # not a JSON object: forwarded, not read
+        found = reported_usage(body)
         if found is not None:
             self.usage = found
-            if self._hide and body.get("choices") == []:
-                return False
-        self._delivered.append(_delta_text(body))
+            if not found.estimated:
+                self._valid = found
+        if self._is_terminal(body, event, found):
+            self._finished = True
+        if found is not None and self._hide and body.get("choices") == []:
+            return False
+        self._delivered_chars += len(_delta_text(body))
         return True
 
     def final_usage(self) -> Usage:
-        """The reported usage, or an estimate (flagged) from what was delivered."""
-        usage = self.usage or Usage(
-            input_tokens=estimate_tokens(request_text(self._request)),
-            output_tokens=estimate_tokens("".join(self._delivered)),
-            estimated=True,
-        )
+        """The terminal usage when the stream finished with a valid one;
+        otherwise a lower bound flagged ``estimated``: the latest valid usage
+        or the estimate from the request and the text delivered, whichever
+        has more output tokens."""
+        if self._finished and self.usage is not None and not self.usage.estimated:
+            usage = self.usage
+        else:
+            usage = self._lower_bound()
         if self._family == "speech":
             return replace(usage, characters=_characters(self._request))
         return usage
 
+    def _lower_bound(self) -> Usage:
+        delivered = Usage(
+            input_tokens=estimate_tokens(request_text(self._request)),
+            output_tokens=_tokens_of(self._delivered_chars),
+            estimated=True,
+        )
+        if self._valid is None or delivered.output_tokens > self._valid.output_tokens:
+            return delivered
+        return replace(self._valid, estimated=True)
 
-def _delta_text(body: Any) -> str:
-    if not isinstance(body, dict):
-        return ""
-    if isinstance(body.get("delta"), str):  # responses / transcription deltas
-        return str(body["delta"])
+    def _is_terminal(self, body: dict[str, Any], event: SseEvent, found: Usage | None) -> bool:
+        if self._family == "responses":
+            kind = body.get("type")
+            return (kind if isinstance(kind, str) else event.event) in _RESPONSES_TERMINAL
+        choices = body.get("choices")
+        return found is not None and (choices is None or choices == [])
+
+
+def _json(data: str) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _delta_text(body: dict[str, Any]) -> str:
+    delta = body.get("delta")
+    if isinstance(delta, str):  # Responses API text, reasoning and arguments; transcription deltas
+        kind = body.get("type")
+        return "" if isinstance(kind, str) and kind.endswith("audio.delta") else delta  # base64, not text
     choices = body.get("choices")
     if not isinstance(choices, list):
         return ""
-    texts = []
+    texts: list[str] = []
     for choice in choices:
         if not isinstance(choice, dict):
             continue
         delta = choice.get("delta")
-        if isinstance(delta, dict) and isinstance(delta.get("content"), str):
-            texts.append(delta["content"])
+        if isinstance(delta, dict):
+            texts.extend(_chat_delta_texts(delta))
         elif isinstance(choice.get("text"), str):  # legacy completions
             texts.append(choice["text"])
     return "".join(texts)
+
+
+def _chat_delta_texts(delta: dict[str, Any]) -> Iterator[str]:
+    for key in _CHAT_DELTA_TEXT:
+        if isinstance(delta.get(key), str):
+            yield delta[key]
+    calls = delta.get("tool_calls")
+    functions = [c.get("function") for c in calls if isinstance(c, dict)] if isinstance(calls, list) else []
+    functions.append(delta.get("function_call"))  # the legacy single call
+    for function in functions:
+        if isinstance(function, dict):
+            yield from (v for k in ("name", "arguments") if isinstance(v := function.get(k), str))

@@ -1,14 +1,24 @@
 """Server-sent events, parsed incrementally and without I/O.
 
 The proxy forwards bytes as they arrive and feeds the same bytes here to find
-the events that carry usage.
+the events that carry usage. Lines end with CRLF, LF or CR and an event ends at
+a blank line, as the WHATWG event stream format says; nothing else ends a line
+(``str.splitlines`` would also cut at U+2028, U+0085 and friends, which JSON
+carries raw inside strings).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-__all__ = ["SseEvent", "SseSplitter"]
+__all__ = ["MAX_EVENT_BYTES", "SseEvent", "SseSplitter"]
+
+MAX_EVENT_BYTES = 8 * 1024 * 1024  # far above any real event; bounds what one stream can make us hold
+
+_LINE_END = re.compile(rb"[\r\n]")
+_CR = 0x0D
+_LF = 0x0A
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,39 +29,97 @@ class SseEvent:
 
 
 class SseSplitter:
-    """Cuts a byte stream into complete events (``\\n\\n`` or ``\\r\\n\\r\\n``)."""
+    """Cuts a byte stream into events, each ending at a blank line.
 
-    def __init__(self) -> None:
-        self._buffer = b""
+    Whatever the chunking, the same bytes give the same events, and the
+    ``raw`` of every event returned by :meth:`feed` and :meth:`end`, followed
+    by :meth:`rest`, is exactly the bytes fed. An event longer than
+    ``max_event_bytes`` is handed back in pieces of that size (and a last,
+    shorter one) with ``event=None`` and ``data=""``: forwarded, never read.
+    """
+
+    def __init__(self, *, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+        if max_event_bytes < 1:
+            raise ValueError("max_event_bytes must be positive")
+        self._max = max_event_bytes
+        self._buffer = bytearray()  # bytes not yet handed back: the start of the next event
+        self._scanned = 0  # the buffer before this offset is already cut into lines
+        self._line_start = 0  # offset of the line being read; negative once handed back in a piece
+        self._oversized = False  # the event being read passed the cap: the rest of it is not read
 
     def feed(self, chunk: bytes) -> list[SseEvent]:
-        self._buffer += chunk
+        """The events that ``chunk`` completes, in order; amortized linear in the bytes fed."""
+        buffer = self._buffer
+        buffer += chunk
         events: list[SseEvent] = []
-        while True:
-            cut = _boundary(self._buffer)
-            if cut is None:
-                return events
-            raw, self._buffer = self._buffer[:cut], self._buffer[cut:]
-            events.append(_parse(raw))
+        pos = self._scanned
+        while (match := _LINE_END.search(buffer, pos)) is not None:
+            at = match.start()
+            if buffer[at] == _CR:
+                if at + 1 == len(buffer):
+                    pos = at  # maybe the first half of a CRLF: decide when the next byte comes
+                    break
+                end = at + 2 if buffer[at + 1] == _LF else at + 1
+            else:
+                end = at + 1
+            blank = at == self._line_start
+            pos = self._line_start = end
+            if blank:
+                self._cut(end, events)
+                pos = 0
+        else:
+            pos = len(buffer)
+        self._scanned = pos
+        self._spill(events)
+        return events
+
+    def end(self) -> list[SseEvent]:
+        """The stream ended: the event held back because its blank line ended
+        in a CR that might have been the first half of a CRLF (if any)."""
+        events: list[SseEvent] = []
+        buffer = self._buffer
+        if buffer and self._scanned == len(buffer) - 1 == self._line_start and buffer[-1] == _CR:
+            self._cut(len(buffer), events)
+        return events
 
     def rest(self) -> bytes:
-        """Bytes after the last complete event (a stream cut mid-event)."""
-        return self._buffer
+        """Bytes after the last event handed back (a stream cut mid-event)."""
+        return bytes(self._buffer)
 
+    def _cut(self, end: int, events: list[SseEvent]) -> None:
+        """Hand back the event that ends at ``end``, in pieces if it is too long."""
+        while end > self._max:
+            self._piece(self._max, events)
+            end -= self._max
+        raw = bytes(self._buffer[:end])
+        events.append(SseEvent(raw=raw, event=None, data="") if self._oversized else _parse(raw))
+        del self._buffer[:end]  # a bytearray drops its head without copying the tail
+        self._scanned = self._line_start = 0
+        self._oversized = False
 
-def _boundary(buffer: bytes) -> int | None:
-    ends = [i + len(sep) for sep in (b"\n\n", b"\r\n\r\n") if (i := buffer.find(sep)) >= 0]
-    return min(ends) if ends else None
+    def _spill(self, events: list[SseEvent]) -> None:
+        # Cut at fixed offsets from the event's start, so the pieces do not
+        # depend on how the stream was chunked.
+        while len(self._buffer) > self._max:
+            self._piece(self._max, events)
+            self._scanned -= self._max
+            self._line_start -= self._max
+
+    def _piece(self, size: int, events: list[SseEvent]) -> None:
+        events.append(SseEvent(raw=bytes(self._buffer[:size]), event=None, data=""))
+        del self._buffer[:size]
+        self._oversized = True
 
 
 def _parse(raw: bytes) -> SseEvent:
     name: str | None = None
     data: list[str] = []
-    for line in raw.decode("utf-8", "replace").splitlines():
-        field, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if field == "event":
-            name = value
-        elif field == "data":
-            data.append(value)
+    for line in raw.splitlines():  # bytes split at CR, LF and CRLF only (str would split at more)
+        field, _, value = line.partition(b":")
+        if value.startswith(b" "):
+            value = value[1:]
+        if field == b"event":
+            name = value.decode("utf-8", "replace")
+        elif field == b"data":
+            data.append(value.decode("utf-8", "replace"))
     return SseEvent(raw=raw, event=name, data="\n".join(data))

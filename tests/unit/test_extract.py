@@ -58,9 +58,10 @@ def test_responses_and_image_and_transcription_usage_shapes() -> None:
     assert parse_usage(None) is None and parse_usage("x") is None
 
 
-def test_garbage_numbers_count_as_zero() -> None:
-    assert parse_usage({"prompt_tokens": "12", "completion_tokens": True}) == Usage()
-    assert parse_usage({"type": "duration", "seconds": -4}) == Usage()
+def test_garbage_numbers_never_read_as_an_exact_zero() -> None:
+    # A count that cannot be trusted is flagged, so the call is charged as reserved.
+    assert parse_usage({"prompt_tokens": "12", "completion_tokens": True}) == Usage(estimated=True)
+    assert parse_usage({"type": "duration", "seconds": -4}) == Usage(estimated=True)
 
 
 def test_speech_counts_characters_of_the_input() -> None:
