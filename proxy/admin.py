@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from typing import Any
 
 import orjson
@@ -20,6 +21,10 @@ __all__ = ["OPERATIONS", "admin_routes"]
 
 OPERATIONS = web.AppKey("operations", Operations)
 MAX_EVENTS = 10_000
+# What a spreadsheet would run as a formula (OWASP, "CSV injection"), and what
+# stays a number: a decimal string such as a cost is left as it is.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"-?\d+(\.\d+)?")
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -31,6 +36,14 @@ async def _body(request: web.Request) -> Any:
         return orjson.loads(await request.read())
     except orjson.JSONDecodeError as exc:
         raise InvalidJson(f"request body is not valid JSON: {exc}") from exc
+
+
+def _csv_cell(value: Any) -> Any:
+    """A value as a CSV cell a spreadsheet shows and never evaluates: text
+    that starts like a formula gets a leading ``'``; numbers are left alone."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START) and not _NUMBER.fullmatch(value):
+        return "'" + value
+    return value
 
 
 def _ops(request: web.Request) -> Operations:
@@ -133,7 +146,7 @@ async def usage_events(request: web.Request) -> web.Response:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=EVENT_FIELDS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    writer.writerows(events)
+    writer.writerows({k: _csv_cell(v) for k, v in event.items()} for event in events)
     return web.Response(text=out.getvalue(), content_type="text/csv")
 
 

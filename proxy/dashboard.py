@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, date, timedelta
@@ -156,15 +157,39 @@ async def login(request: web.Request) -> web.StreamResponse:
     dash = request.app[DASHBOARD]
     if dash.sessions is None:
         return _disabled(dash)
+    throttle = dash.sessions.throttle
+    # Checked before the token: while throttled, even the right one is not
+    # tried, so the answer tells a guesser nothing.
+    wait_s = throttle.retry_after_s(request.remote)
+    if wait_s is not None:
+        return _throttled(dash, wait_s)
     form = await _form(request)
     if not Sessions.login_csrf_matches(request, form.get("csrf", "")):
         return _login_page(request, dash, status=403, error="The form expired. Try again.")
     if not dash.sessions.token_matches(form.get("token", "")):
         log.warning("dashboard_login_failed", extra={"remote": request.remote})
+        if throttle.failed(request.remote):  # logged once per lock-out, not per refused try
+            log.warning(
+                "dashboard_login_throttled",
+                extra={"remote": request.remote, "failures": throttle.max_failures},
+            )
         return _login_page(request, dash, status=401, error="Wrong admin token.")
+    throttle.succeeded(request.remote)
     response = _redirect(_safe_next(form.get("next", "/dashboard")))
     await dash.sessions.start(response, request)
     log.info("dashboard_login", extra={"remote": request.remote})
+    return response
+
+
+def _throttled(dash: Dashboard, wait_s: int) -> web.Response:
+    minutes = math.ceil(wait_s / 60)
+    response = _message(
+        dash,
+        429,
+        "Too many attempts",
+        f"Too many wrong tokens from your address. Try again in {minutes} minute{'s' * (minutes != 1)}.",
+    )
+    response.headers["Retry-After"] = str(wait_s)
     return response
 
 

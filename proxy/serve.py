@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import multiprocessing
 import os
@@ -17,7 +18,7 @@ from aiohttp import web
 from taximeter.proxy.logs import written_in_background
 from taximeter.proxy.settings import Settings
 
-__all__ = ["serve"]
+__all__ = ["serve", "warn_if_exposed"]
 
 log = logging.getLogger("taximeter.serve")
 
@@ -50,7 +51,30 @@ def _run(settings: Settings, reuse_port: bool) -> None:
         )
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def warn_if_exposed(settings: Settings) -> None:
+    """Warn when ``/metrics``, whose labels name clients and their spend, is
+    open on an address others can reach."""
+    if settings.metrics_token is None and not _is_loopback(settings.host):
+        log.warning(
+            "metrics_open",
+            extra={
+                "host": settings.host,
+                "hint": "set metrics_token (TAXIMETER_METRICS_TOKEN): /metrics shows every client's spend",
+            },
+        )
+
+
 def serve(settings: Settings) -> int:
+    warn_if_exposed(settings)  # once, before any worker starts
     if settings.workers == 1:
         _run(settings, reuse_port=False)
         return 0

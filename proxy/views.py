@@ -45,6 +45,7 @@ EVENT_FIELDS = (
     "exchange_rate",
     "estimated",
     "created_at",
+    "unpriced",
 )
 
 

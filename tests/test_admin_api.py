@@ -163,6 +163,7 @@ async def test_usage_report_and_events_csv(proxy: Harness) -> None:
         "exchange_rate",
         "estimated",
         "created_at",
+        "unpriced",
     ]
     status, body = await proxy.admin("GET", "/admin/usage/events?limit=0")
     assert status == 422 and body["error"]["param"] == "limit"

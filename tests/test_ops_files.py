@@ -64,6 +64,24 @@ def test_prometheus_scrapes_the_proxy() -> None:
     config = yaml.safe_load((ROOT / "config" / "prometheus.yml").read_text())
     [job] = config["scrape_configs"]
     assert job["metrics_path"] == "/metrics" and job["static_configs"][0]["targets"] == ["taximeter:8787"]
+    assert job["authorization"] == {
+        "type": "Bearer",
+        "credentials_file": "/run/secrets/taximeter_metrics_token",
+    }
+
+
+def test_compose_guards_metrics_with_a_token_prometheus_sends() -> None:
+    """The proxy's port is published: /metrics (client ids and spend) must ask for the
+    token, Prometheus must send the same one, and Prometheus itself stays on loopback."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    # `:?` makes `docker compose up` refuse to start without it, never open.
+    assert services["taximeter"]["environment"]["TAXIMETER_METRICS_TOKEN"].startswith(
+        "${TAXIMETER_METRICS_TOKEN:?"
+    )
+    assert compose["secrets"]["taximeter_metrics_token"] == {"environment": "TAXIMETER_METRICS_TOKEN"}
+    assert services["prometheus"]["secrets"] == ["taximeter_metrics_token"]  # /run/secrets/<name>
+    assert all(port.startswith("127.0.0.1:") for port in services["prometheus"]["ports"])
 
 
 def test_grafana_dashboard_charts_real_metrics() -> None:
