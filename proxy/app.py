@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from datetime import datetime
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -16,6 +17,7 @@ from taximeter.proxy.auth import KeyCache
 from taximeter.proxy.context import SERVICES, Services
 from taximeter.proxy.dashboard import DASHBOARD, Dashboard, dashboard_routes
 from taximeter.proxy.formatting import Formatter, locale_for
+from taximeter.proxy.logs import protect_logs
 from taximeter.proxy.metering import Clock, Meter, system_clock
 from taximeter.proxy.metrics import Metrics
 from taximeter.proxy.middleware import error_middleware
@@ -38,13 +40,49 @@ __all__ = ["create_app"]
 
 def create_app(settings: Settings, *, clock: Clock = system_clock) -> web.Application:
     """The proxy as an aiohttp app; backends open on start-up, close on clean-up."""
-    app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
+    # Here, not only in `serve`: any server that runs this app (tests too) keeps
+    # keys out of aiohttp's error logs and drops connections that stall.
+    protect_logs(_secrets(settings))
+    app = web.Application(
+        middlewares=[error_middleware],
+        client_max_size=settings.max_body_bytes,
+        handler_args=_connection_limits(settings),
+    )
     app.add_routes(status_routes())
     app.add_routes(admin_routes())
     app.add_routes(dashboard_routes())
     app.router.add_route("*", "/v1/{tail:.*}", handle_proxy)
     app.cleanup_ctx.append(_lifecycle(settings, clock))
     return app
+
+
+def _connection_limits(settings: Settings) -> dict[str, Any]:
+    """Arguments of aiohttp's RequestHandler (web_protocol.py) for every connection.
+
+    aiohttp 3.14 has no timeout on reading a request's head; its keep-alive
+    timer is the one that closes a connection that has sent no complete head:
+    armed when the connection opens and again after each response, it closes the
+    connection only while no request is being handled (a long stream is never
+    cut), and bytes trickling in do not push it back. So ``header_timeout_s`` is
+    that timer. Passed as handler_args, it overrides run_app's own default (75 s)
+    and the test server's (3630 s).
+    """
+    return {
+        "keepalive_timeout": settings.header_timeout_s,
+        # aiohttp's defaults, pinned so an upgrade cannot loosen them: at most
+        # 128 header lines of 8190 bytes each, a request line of 8190 bytes.
+        "max_line_size": 8190,
+        "max_field_size": 8190,
+        "max_headers": 128,
+    }
+
+
+def _secrets(settings: Settings) -> list[str]:
+    """The configured secrets that must never appear in a log line."""
+    found = [settings.admin_token, settings.metrics_token, settings.upstream_api_key]
+    found += [upstream.api_key for upstream in settings.upstreams]
+    found += [webhook.secret for webhook in settings.webhooks]
+    return [secret.get_secret_value() for secret in found if secret is not None]
 
 
 def _lifecycle(settings: Settings, clock: Clock):  # type: ignore[no-untyped-def]
@@ -59,10 +97,25 @@ def _lifecycle(settings: Settings, clock: Clock):  # type: ignore[no-untyped-def
 
         async def recorded(event: UsageEvent, result: RecordResult) -> None:
             metrics.ledger_pending.set(ledger.pending)
+            meter.recorded(event, result.recorded)
             if result.state is not None:
                 metrics.budget(result.state)
 
-        ledger = LedgerWriter(store, max_pending=settings.ledger_max_pending, on_recorded=recorded)
+        def quarantined(event: UsageEvent, error: str) -> None:
+            # Refused by the store and set aside: counted as written, in no budget.
+            metrics.ledger_quarantined.inc()
+            metrics.ledger_pending.set(ledger.pending)
+            # Done with, as far as the gate is concerned: it forgets its copy of the
+            # event, or a sweep would hand the same refused event back to the ledger.
+            meter.recorded(event, False)
+
+        ledger = LedgerWriter(
+            store,
+            max_pending=settings.ledger_max_pending,
+            on_recorded=recorded,
+            on_quarantined=quarantined,
+            clock=clock,
+        )
         ledger.start()
         meter = Meter(
             store=store,
@@ -74,6 +127,7 @@ def _lifecycle(settings: Settings, clock: Clock):  # type: ignore[no-untyped-def
             allow_unpriced=settings.unpriced_models == "allow",
             # A live call ends within the upstream timeout; only a dead process's outlives this.
             reservation_ttl_s=settings.upstream_timeout_s + settings.reservation_grace_s,
+            record_grace_s=settings.reservation_grace_s,
             # Redis down: admit under the budget's row lock rather than let spend through.
             fallback=StoreGate(store) if settings.redis_url else None,
             clock=clock,
@@ -143,7 +197,7 @@ def _lifecycle(settings: Settings, clock: Clock):  # type: ignore[no-untyped-def
                     await task
             await services.drain()  # calls still relaying are finished and metered first
             await session.close()
-            await ledger.close()
+            await ledger.close(timeout_s=settings.ledger_drain_s)  # a store still down cannot hold up exit
             await gate.close()
             await store.close()
 

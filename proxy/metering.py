@@ -6,7 +6,10 @@ copy from the store (after the local ledger is flushed, so the copy includes
 this process's latest events). ``settle`` swaps the reservation for the actual
 usage *before* the response's last byte goes out, so a client's next request
 always sees it, then hands the event to the ledger writer to be made durable
-off the critical path. ``sweep`` charges reservations whose process died.
+off the critical path; a shared gate keeps the event until the ledger says it
+is durable, so a process killed in between loses nothing. ``sweep`` keeps the
+reservations of this process's live calls from expiring, charges those whose
+process died, and records the events such a process had not made durable.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ class Meter:
         exchange_rate: Decimal,
         allow_unpriced: bool,
         reservation_ttl_s: float = 660.0,
+        record_grace_s: float = 60.0,
         fallback: Gate | None = None,
         clock: Clock = system_clock,
     ) -> None:
@@ -81,11 +85,20 @@ class Meter:
         self.exchange_rate = exchange_rate
         self.allow_unpriced = allow_unpriced
         self.reservation_ttl = timedelta(seconds=reservation_ttl_s)
+        # How long a settled event may wait for the ledger before the sweeper
+        # of any process takes it for lost with its process and records it.
+        self.record_grace = timedelta(seconds=record_grace_s)
         self.fallback = fallback
         self.clock = clock
         # Calls admitted by the fallback gate, and clients whose gate copy may be
         # stale because changes went past it: rebuilt before the gate is trusted again.
         self._via_fallback: set[str] = set()
+        # Events charged by the sweeper, by ledger sequence: the gate counts them
+        # once the store has recorded them (a replay is counted already).
+        self._swept: dict[str, int] = {}
+        self._recorded: list[UsageEvent] = []  # durable, not yet told to the gate
+        self._recorded_swept: list[tuple[int, UsageEvent]] = []
+        self._telling: asyncio.Task[None] | None = None
         self._stale: set[str] = set()
         self._refreshing: dict[str, asyncio.Task[None]] = {}
         # This process's calls in flight, to give back to a gate that lost them.
@@ -183,18 +196,43 @@ class Meter:
             del self._refreshing[client_id]
 
     async def _admit_via_fallback(self, reservation: Reservation, now: datetime) -> Admission:
-        """Admission by the store under its row lock, while the gate is down."""
-        self._stale.add(reservation.client_id)
+        """Admission by the store under its row lock, while the gate is down.
+        The calls this process has in flight through the gate are held in the
+        store first, so the row lock's rule counts them too."""
+        client_id = reservation.client_id
+        self._stale.add(client_id)
         await self.ledger.flush()  # decide on every call this process has answered
         if self.fallback is None:
-            return _decide(await self._from_store(reservation.client_id, now))
+            return _decide(await self._from_store(client_id, now))
         try:
+            await self.fallback.restore(list(self._held.get(client_id, {}).values()))
             admission = await self.fallback.admit(reservation, now)
         except StoreUnavailable as exc:
             raise MeteringUnavailable("neither the budget gate nor the store can be reached") from exc
         if admission.outcome == "ok":
             self._via_fallback.add(reservation.request_id)
+            # Held here too: the gate's copy, once rebuilt, holds it again.
+            self._held.setdefault(client_id, {})[reservation.request_id] = reservation
         return admission
+
+    async def precheck(self, client_id: str, request_id: str) -> None:
+        """Raise as :meth:`admit` would for a paused or spent client, before its
+        request is parsed: a reservation of nothing, admitted and let go."""
+        now = self.clock()
+        probe = UsageEvent(
+            request_id=f"{request_id}:precheck",
+            client_id=client_id,
+            api_type="none",
+            model="",
+            endpoint="",
+            status=0,
+            created_at=now,
+            currency=self.currency,
+            exchange_rate=self.exchange_rate,
+            estimated=True,
+        )
+        await self.admit(Reservation(probe, 0, now + self.reservation_ttl))
+        await self.release(client_id, probe.request_id)
 
     def mark_stale(self, client_id: str) -> None:
         """The gate missed a change of this client's budget: rebuild before trusting it."""
@@ -235,7 +273,8 @@ class Meter:
         await self.gate.restore(list(self._held.get(client_id, {}).values()))
         for sequence, event in self._deferred.get(client_id, []):
             if sequence > durable:  # settled meanwhile, and not in what was read
-                await self.gate.settle(event, to_nanos(event.cost), event.created_at)
+                keep_until = self.clock() + self.record_grace
+                await self.gate.settle(event, to_nanos(event.cost), event.created_at, keep_until=keep_until)
             else:  # already counted in what was read: only its reservation goes
                 await self.gate.release(client_id, event.request_id)
         return state
@@ -255,39 +294,70 @@ class Meter:
 
     async def settle(self, event: UsageEvent) -> None:
         """Swap the call's reservation for ``event`` in the gate, then queue
-        ``event`` for the ledger."""
+        ``event`` for the ledger (whose record also frees a store-held one)."""
         self._forget_held(event.client_id, event.request_id)
-        if event.request_id in self._via_fallback:
-            self._via_fallback.discard(event.request_id)
-            await self.ledger.submit(event)  # its record frees the store-held reservation
-            return
+        self._via_fallback.discard(event.request_id)
         # Ledger first: a rebuild that starts from here on flushes this event
         # into what it reads, or finds it deferred.
         sequence = await self.ledger.submit(event)
+        await self._count(event, sequence, keep_until=self.clock() + self.record_grace)
+
+    async def _count(self, event: UsageEvent, sequence: int, *, keep_until: datetime | None) -> None:
+        """Add ``event`` (ledger ``sequence``) to the gate's copy of its budget."""
         deferred = self._deferred.get(event.client_id)
         if deferred is not None:  # its copy is being rebuilt: applied once it is loaded
             deferred.append((sequence, event))
             return
         try:
-            await self.gate.settle(event, to_nanos(event.cost), event.created_at)
+            await self.gate.settle(event, to_nanos(event.cost), event.created_at, keep_until=keep_until)
         except StoreUnavailable as exc:
             # The store still records it; the gate's copy is rebuilt on its next miss.
             log.warning("gate_settle_failed", extra={"client": event.client_id, "error": str(exc)})
+            self.mark_stale(event.client_id)
+
+    def recorded(self, event: UsageEvent, recorded: bool) -> None:
+        """The ledger made ``event`` durable (``recorded`` False: it already
+        was). Tells the gate, batched: one trip for a whole ledger batch."""
+        self._recorded.append(event)
+        sequence = self._swept.pop(event.request_id, None)
+        if sequence is not None and recorded:
+            self._recorded_swept.append((sequence, event))
+        if self._telling is None:
+            self._telling = asyncio.create_task(self._tell_gate(), name="taximeter-recorded")
+
+    async def _tell_gate(self) -> None:
+        try:
+            while self._recorded or self._recorded_swept:
+                events, self._recorded = self._recorded, []
+                swept, self._recorded_swept = self._recorded_swept, []
+                for sequence, event in swept:  # charged by the sweeper, now in the store
+                    await self._count(event, sequence, keep_until=None)
+                try:
+                    await self.gate.recorded(events)
+                except StoreUnavailable as exc:  # kept there; a sweep records them again, harmlessly
+                    log.warning("gate_recorded_failed", extra={"events": len(events), "error": str(exc)})
+        finally:
+            self._telling = None
 
     async def release(self, client_id: str, request_id: str) -> None:
-        """Drop a reservation whose call was never forwarded."""
+        """Drop a reservation whose call was never forwarded (from every gate
+        that may hold it: a rebuilt copy holds the fallback's calls too)."""
         self._forget_held(client_id, request_id)
-        gate = self.fallback if request_id in self._via_fallback else self.gate
+        gates = [self.gate, self.fallback] if request_id in self._via_fallback else [self.gate]
         self._via_fallback.discard(request_id)
-        with contextlib.suppress(StoreUnavailable):
-            if gate is not None:
-                await gate.release(client_id, request_id)
+        for gate in gates:
+            with contextlib.suppress(StoreUnavailable):
+                if gate is not None:
+                    await gate.release(client_id, request_id)
 
     async def sweep(self) -> int:
-        """Charge reservations whose call never settled (its process died) at
-        their estimate, flagged; roll budgets whose period has ended. Safe to
-        run in every process at once: each reservation is claimed once."""
+        """Keep this process's live calls' reservations from expiring; charge
+        reservations whose call never settled (its process died) at their
+        estimate, flagged; record events a dead process had counted but not
+        made durable; roll budgets whose period has ended. Safe to run in every
+        process at once: each reservation and event is claimed once."""
         now = self.clock()
+        await self._keep_alive(now)
         charged = 0
         for gate in (self.gate, self.fallback):
             if gate is None:
@@ -303,17 +373,49 @@ class Meter:
                         "reservation_expired",
                         extra={"request_id": reservation.request_id, "client": reservation.client_id},
                     )
-                    if gate is self.fallback:
-                        self._via_fallback.add(reservation.request_id)
-                    await self.settle(reservation.event)
+                    # Counted by the gate only once the store has recorded it: the
+                    # same call may be held by both gates, or recorded already.
+                    self._swept[reservation.request_id] = await self.ledger.submit(reservation.event)
                 charged += len(expired)
                 if len(expired) < _CLAIM_BATCH:
                     break
+        await self._record_unrecorded(now)
         # Roll every budget whose boundary passed, once this process's calls of
         # the ending period are durable (their thresholds fire in that period).
         await self.ledger.flush()
         await self.store.list_budgets(now)
         return charged
+
+    async def _keep_alive(self, now: datetime) -> None:
+        """Push out the expiry of this process's live calls' reservations
+        before it comes (a slow reader may outlive the first one)."""
+        due = now + self.reservation_ttl / 2
+        renewed = [
+            replace(r, expires_at=now + self.reservation_ttl)
+            for held in self._held.values()
+            for r in held.values()
+            if r.expires_at <= due
+        ]
+        if not renewed:
+            return
+        for gate in (self.gate, self.fallback):
+            with contextlib.suppress(StoreUnavailable):
+                if gate is not None:
+                    await gate.extend(renewed)
+        for reservation in renewed:
+            held = self._held.get(reservation.client_id)
+            if held is not None and reservation.request_id in held:
+                held[reservation.request_id] = reservation
+
+    async def _record_unrecorded(self, now: datetime) -> None:
+        try:
+            events = await self.gate.claim_unrecorded(now, _CLAIM_BATCH)
+        except StoreUnavailable as exc:
+            log.warning("sweep_skipped", extra={"error": str(exc)})
+            return
+        for event in events:  # counted by the gate already; the store may have it too
+            log.warning("event_unrecorded", extra={"request_id": event.request_id, "client": event.client_id})
+            await self.ledger.submit(event)
 
     async def sweep_forever(self, interval_s: float) -> None:
         while True:

@@ -130,6 +130,11 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=registry,
         )
+        self.ledger_quarantined = Counter(
+            "taximeter_ledger_quarantined_events",
+            "Usage events the store refused to record: kept in quarantined_events, counted in no budget.",
+            registry=registry,
+        )
 
         # Labelled children, looked up once per label set rather than on every
         # call (``labels()`` validates and hashes its arguments each time).

@@ -24,6 +24,7 @@ from taximeter.pricing.usage import Usage
 from taximeter.proxy import auth
 from taximeter.proxy.audio import audio_seconds
 from taximeter.proxy.context import SERVICES, Services
+from taximeter.proxy.edge import label, refuse_unmetered_options
 from taximeter.proxy.endpoints import DEFAULT_MODELS, Endpoint, find_endpoint
 from taximeter.proxy.errors import (
     BudgetExceeded,
@@ -35,11 +36,12 @@ from taximeter.proxy.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from taximeter.proxy.estimate import estimate_usage
+from taximeter.proxy.estimate import at_least, estimate_usage
 from taximeter.proxy.extract import StreamMeter, extract_usage, has_image_part
 from taximeter.proxy.forms import Form, parse_form
 from taximeter.proxy.middleware import REQUEST_ID
-from taximeter.proxy.sse import SseSplitter
+from taximeter.proxy.paths import canonical_path, upstream_path
+from taximeter.proxy.sse import SseEvent, SseSplitter
 from taximeter.proxy.views import money
 from taximeter.store.models import UsageEvent
 
@@ -62,6 +64,9 @@ _DROP_RESPONSE = {
     "trailer",
     "upgrade",
     "set-cookie",
+    # The operator's account, not the tenant's business.
+    "openai-organization",
+    "openai-project",
 }
 CLIENT_CLOSED = 499  # recorded status of a call whose client went away mid-stream
 MAX_AUDIO_CAPTURE = 64 * 1024 * 1024
@@ -85,6 +90,7 @@ class Call:
     client_gone: asyncio.Event = field(default_factory=asyncio.Event)
     upstream: aiohttp.ClientResponse | None = None
     estimate: UsageEvent | None = None  # what was reserved; charged if the call ends unaccounted
+    reserved: Usage = field(default_factory=Usage)  # what estimate prices: the floor of a lost count
     upload_seconds: Decimal | None = None  # length of an uploaded audio file, read once
     settled: bool = False
     upstream_started: float = 0.0
@@ -99,20 +105,27 @@ class Call:
 
 async def handle_proxy(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
-    endpoint = find_endpoint(request.method, request.path, services.settings.passthrough_paths)
+    # Matched on the path as sent: a decoded or normalised path could name another.
+    path = canonical_path(request.raw_path)
+    endpoint = (
+        None if path is None else find_endpoint(request.method, path, services.settings.passthrough_paths)
+    )
     if endpoint is None:
         raise EndpointNotMetered(
-            f"{request.method} {request.path} is not a metered endpoint; taximeter forwards only "
-            "what it can meter (an operator may list pass-through paths)"
+            "this method and path are not a metered endpoint (paths must be plain: no dot segments "
+            "or escaped slashes); taximeter forwards only what it can meter, and an operator may "
+            "list pass-through paths"
         )
     key = await auth.authenticate(request, services.keys)
     body = await _read_body(request, services.settings.max_body_bytes)
     if not endpoint.metered:
-        return await _pass_through(request, services, body)
+        return await _pass_through(request, services, endpoint, body)
     try:
-        call = _parse_call(request, endpoint, key.client_id, body, services)
+        if endpoint.body == "multipart":  # the costly parse waits for the cheap refusal
+            await services.meter.precheck(key.client_id, request[REQUEST_ID])
+        call = await _parse_call(request, endpoint, key.client_id, body, services)
         call.estimate = await _estimate(services, call)
-        await services.meter.admit(services.meter.reservation(call.estimate))
+        await _admit(services, call.estimate)
     except (BudgetExceeded, ModelNotPriced) as exc:
         reason = exc.reason if isinstance(exc, BudgetExceeded) else exc.code
         services.metrics.rejection(key.client_id, reason)
@@ -136,9 +149,21 @@ async def _estimate(services: Services, call: Call) -> UsageEvent:
         call.fields,
         default_output_tokens=settings.reserve_output_tokens,
         default_audio_seconds=settings.reserve_audio_seconds,
+        unseen_input_tokens=settings.reserve_input_tokens,
         upload_seconds=call.upload_seconds,
     )
-    return _event(services, call, replace(usage, estimated=True), 0)
+    call.reserved = replace(usage, estimated=True)
+    return _event(services, call, call.reserved, 0)
+
+
+async def _admit(services: Services, estimate: UsageEvent) -> None:
+    """Admit the call, or raise. A client that leaves while admission is under
+    way leaves no reservation behind for the sweeper to charge."""
+    try:
+        await services.meter.admit(services.meter.reservation(estimate))
+    except asyncio.CancelledError:
+        await services.shielded(services.meter.release(estimate.client_id, estimate.request_id))
+        raise
 
 
 async def _forward(request: web.Request, services: Services, call: Call, body: bytes) -> web.StreamResponse:
@@ -156,7 +181,7 @@ async def _forward(request: web.Request, services: Services, call: Call, body: b
 async def _forward_and_relay(
     request: web.Request, services: Services, call: Call, body: bytes
 ) -> web.StreamResponse:
-    upstream = call.upstream = await _send(request, services, call, _upstream_body(call, body))
+    upstream = call.upstream = await _send(request, services, call.endpoint, call, _upstream_body(call, body))
     try:
         content_type = upstream.headers.get("Content-Type", "")
         if upstream.status < 400 and content_type.startswith("text/event-stream"):
@@ -180,28 +205,27 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _parse_call(
+_OFF_LOOP_BYTES = 256 * 1024  # bodies larger than this are parsed in a thread
+
+
+async def _parse_call(
     request: web.Request, endpoint: Endpoint, client_id: str, body: bytes, services: Services
 ) -> Call:
     form = None
     if endpoint.body == "json":
-        try:
-            fields = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidJson(f"request body is not valid JSON: {exc}") from exc
-        if not isinstance(fields, dict):
-            raise InvalidJson("request body must be a JSON object")
+        fields = await _parse_json(body)
     else:
+        content_type = request.headers.get("Content-Type", "")
         try:
-            form = parse_form(request.headers.get("Content-Type", ""), body)
+            form = await asyncio.to_thread(parse_form, content_type, body)
         except ValueError as exc:
             raise InvalidInput(f"expected a multipart/form-data body: {exc}", status=400) from exc
         fields = dict(form.fields)
-    model = fields.get("model") or DEFAULT_MODELS.get(endpoint.path)
-    if not isinstance(model, str) or not model:
-        raise InvalidInput("'model' is required", param="model", status=400)
+    refuse_unmetered_options(endpoint.family, fields)
+    model = label(fields.get("model") or DEFAULT_MODELS.get(endpoint.path), "model", required=True)
+    assert model is not None  # required
     vision = endpoint.family in ("chat", "responses") and has_image_part(fields)
-    user = fields.get("user") if isinstance(fields.get("user"), str) else None
+    header_user = request.headers.get("X-Taximeter-End-User")
     return Call(
         request_id=request[REQUEST_ID],
         client_id=client_id,
@@ -211,9 +235,23 @@ def _parse_call(
         fields=fields,
         form=form,
         price=services.meter.resolve_price(model, endpoint.family != "moderation"),
-        end_user=request.headers.get("X-Taximeter-End-User") or user,
-        conversation=request.headers.get("X-Taximeter-Conversation"),
+        end_user=label(header_user, "X-Taximeter-End-User") or label(fields.get("user"), "user"),
+        conversation=label(request.headers.get("X-Taximeter-Conversation"), "X-Taximeter-Conversation"),
     )
+
+
+async def _parse_json(body: bytes) -> dict[str, Any]:
+    try:
+        fields = (
+            orjson.loads(body)
+            if len(body) <= _OFF_LOOP_BYTES
+            else await asyncio.to_thread(orjson.loads, body)
+        )
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJson(f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(fields, dict):
+        raise InvalidJson("request body must be a JSON object")
+    return fields
 
 
 def _wants_injected_usage(call: Call) -> bool:
@@ -234,27 +272,34 @@ def _upstream_body(call: Call, body: bytes) -> bytes:
 
 
 async def _send(
-    request: web.Request, services: Services, call: Call | None, body: bytes
+    request: web.Request, services: Services, endpoint: Endpoint, call: Call | None, body: bytes
 ) -> aiohttp.ClientResponse:
+    """Send the call upstream. The URL is built from the matched endpoint's
+    canonical path, never from the client's text."""
     upstream = services.router.pick(call.model if call else None)
     headers = {k: v for k in _FORWARD_REQUEST if (v := request.headers.get(k)) is not None}
     if upstream.authorization:
         headers["Authorization"] = upstream.authorization
+    _, _, query = request.raw_path.partition("?")
     try:
         return await services.session.request(
             request.method,
-            upstream.url(request.path, request.query_string),
+            upstream.url(upstream_path(endpoint.path), query),
             data=body if body else None,
             headers=headers,
         )
-    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-        if call is not None:
-            await _record_failure(services, call, 504)
-        raise UpstreamTimeout(f"upstream {upstream.name} did not answer in time") from exc
-    except aiohttp.ClientError as exc:
+    except aiohttp.ClientConnectorError as exc:  # never reached the upstream: nothing was spent
         if call is not None:
             await _record_failure(services, call, 502)
         raise UpstreamUnavailable(f"upstream {upstream.name} is unreachable: {type(exc).__name__}") from exc
+    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        if call is not None:  # sent, and maybe run: charged as reserved
+            await _record_lost(services, call, 504)
+        raise UpstreamTimeout(f"upstream {upstream.name} did not answer in time") from exc
+    except aiohttp.ClientError as exc:
+        if call is not None:
+            await _record_lost(services, call, 502)
+        raise UpstreamUnavailable(f"upstream {upstream.name} failed: {type(exc).__name__}") from exc
 
 
 def _response_headers(upstream: aiohttp.ClientResponse, request_id: str) -> dict[str, str]:
@@ -267,13 +312,27 @@ async def _relay_whole(
     request: web.Request, services: Services, call: Call, upstream: aiohttp.ClientResponse
 ) -> web.Response:
     try:
-        data = await upstream.read()
+        data = await _read_bounded(upstream, services.settings.max_response_bytes)
     except (aiohttp.ClientError, TimeoutError) as exc:
-        await _record_failure(services, call, 502)
+        # The upstream had answered: a success may have been charged there.
+        status = CLIENT_CLOSED if call.client_gone.is_set() else 502
+        await (
+            _record_lost(services, call, status)
+            if upstream.status < 400
+            else _record_failure(services, call, status)
+        )
         raise UpstreamUnavailable(f"upstream connection failed mid-response: {type(exc).__name__}") from exc
+    except _TooLarge as exc:
+        upstream.close()
+        await _record_lost(services, call, 502)
+        raise UpstreamUnavailable(
+            f"upstream response is larger than max_response_bytes ({services.settings.max_response_bytes})"
+        ) from exc
     parsed = _json_or_none(data, upstream.headers.get("Content-Type", ""))
     if upstream.status >= 400:
-        usage = extract_usage("chat", call.fields, parsed)  # an error body rarely reports usage
+        # The upstream refused the call: free, unless its body reports usage.
+        reported = extract_usage("chat", call.fields, parsed)
+        usage = Usage() if reported.estimated else reported
     else:
         usage = extract_usage(call.endpoint.family, call.fields, parsed, file_seconds=call.upload_seconds)
     await _settle(services, call, usage, upstream.status)
@@ -288,17 +347,29 @@ async def _relay_events(
     relay = await _Relay.start(request, upstream, call.client_gone)
     meter = StreamMeter(call.endpoint.family, call.fields, hide_usage_chunk=_wants_injected_usage(call))
     splitter = SseSplitter()
-    settled = False
     async for chunk in relay.chunks():
-        out = b"".join(e.raw for e in splitter.feed(chunk) if meter.on_event(e))
-        if meter.usage is not None and not settled:
-            settled = True  # before the usage (and the end of the stream) reaches the client
-            await _settle(services, call, meter.final_usage(), relay.status)
-        await relay.write(out)
+        await relay.write(await _meter_events(services, call, meter, splitter.feed(chunk), relay.status))
+    await relay.write(await _meter_events(services, call, meter, splitter.end(), relay.status))
     await relay.write(splitter.rest())
-    if not settled:
+    if not call.settled:
         await _settle(services, call, meter.final_usage(), relay.status)
     return await relay.finish()
+
+
+async def _meter_events(
+    services: Services, call: Call, meter: StreamMeter, events: list[SseEvent], status: int
+) -> bytes:
+    """The bytes of ``events`` to forward. The call is settled at its final
+    usage, before that (and the end of the stream) reaches the client; a
+    running count in earlier events is not final."""
+    out = []
+    for event in events:
+        forward = meter.on_event(event)
+        if meter.finished and not call.settled:
+            await _settle(services, call, meter.final_usage(), status)
+        if forward:
+            out.append(event.raw)
+    return b"".join(out)
 
 
 async def _relay_audio(
@@ -326,8 +397,8 @@ async def _relay_audio(
             audio_seconds, b"".join(captured), filename=f"x.{fmt}", response_format=fmt
         )
     usage = extract_usage("speech", call.fields, None, output_seconds=seconds)
-    if relay.status != upstream.status:
-        usage = replace(usage, estimated=True)
+    if relay.status != upstream.status or (measure and not seconds):
+        usage = replace(usage, estimated=True)  # cut off, or audio whose length could not be read
     await _settle(services, call, usage, relay.status)
     return await relay.finish()
 
@@ -417,8 +488,12 @@ class _Relay:
 
 
 def _event(services: Services, call: Call, usage: Usage, status: int) -> UsageEvent:
-    """The ledger event of ``call`` with ``usage``, priced."""
-    priced = usage if status < 400 or usage.has_tokens else Usage(estimated=usage.estimated)
+    """The ledger event of ``call`` with ``usage``, priced. A count that is
+    missing, unreadable or cut off (``estimated``) of a call that may have
+    cost money is never less than what was reserved for it."""
+    if usage.estimated:
+        usage = at_least(usage, call.reserved)
+    priced = usage if status < 400 or usage.has_tokens or usage.estimated else Usage()
     charge = services.meter.charge(call.price, priced)
     return UsageEvent(
         request_id=call.request_id,
@@ -487,7 +562,34 @@ async def _unaccounted(services: Services, call: Call) -> None:
 
 
 async def _record_failure(services: Services, call: Call, status: int) -> None:
+    """A call the upstream refused or never got: recorded at no cost."""
     await _settle(services, call, Usage(), status)
+
+
+async def _record_lost(services: Services, call: Call, status: int) -> None:
+    """A call the upstream may have run, whose usage never came back: charged
+    as reserved, flagged ``estimated``."""
+    await _settle(services, call, replace(call.reserved, estimated=True), status)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_bounded(upstream: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole upstream body, or _TooLarge once it passes ``limit`` bytes
+    (read in pieces: a hostile upstream cannot make us hold more)."""
+    if upstream.content_length is not None:  # the usual case: one read of a known size
+        if upstream.content_length > limit:
+            raise _TooLarge
+        return await upstream.read()
+    chunks, size = [], 0
+    async for chunk in upstream.content.iter_chunked(256 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _json_or_none(data: bytes, content_type: str) -> Any:
@@ -499,9 +601,11 @@ def _json_or_none(data: bytes, content_type: str) -> Any:
         return None
 
 
-async def _pass_through(request: web.Request, services: Services, body: bytes) -> web.StreamResponse:
+async def _pass_through(
+    request: web.Request, services: Services, endpoint: Endpoint, body: bytes
+) -> web.StreamResponse:
     """Unmetered paths (model listing, operator-listed pass-throughs), relayed as-is."""
-    upstream = await _send(request, services, None, body)
+    upstream = await _send(request, services, endpoint, None, body)
     try:
         relay = await _Relay.start(request, upstream)
         async for chunk in relay.chunks():

@@ -30,6 +30,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from taximeter.proxy.paths import canonical_path
+
 __all__ = [
     "ClientDeclaration",
     "ConfigError",
@@ -112,6 +114,14 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(8787, ge=1, le=65535, description="Port to listen on.")
     workers: int = Field(1, ge=1, le=64, description="Worker processes sharing the port.")
+    header_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description=(
+            "A connection must send a request's complete headers within this long of opening,"
+            " or of its previous response; an idle kept-alive connection is closed after it too."
+        ),
+    )
     upstream_url: str = Field("https://api.openai.com/v1", description="Default upstream base URL.")
     upstream_api_key: SecretStr | None = Field(None, description="Real key sent upstream; never shown.")
     upstreams: list[UpstreamSettings] = Field(
@@ -136,6 +146,11 @@ class Settings(BaseSettings):
         "reject", description="reject: 400 model_not_priced; allow: record at cost 0, flagged."
     )
     max_body_bytes: int = Field(25 * MiB, gt=0, description="Larger request bodies get 413.")
+    max_response_bytes: int = Field(
+        64 * MiB,
+        gt=0,
+        description="Larger non-streamed upstream bodies are not relayed: 502, charged the estimate.",
+    )
     pricing_files: list[Path] = Field(
         default_factory=list, description="Extra catalogs (TOML or LiteLLM JSON) over the shipped one."
     )
@@ -151,6 +166,12 @@ class Settings(BaseSettings):
     reserve_output_tokens: int = Field(
         4096, gt=0, description="Output tokens reserved for a call that sets no max_tokens."
     )
+    reserve_input_tokens: int = Field(
+        32_000,
+        gt=0,
+        description="Input tokens reserved for input a request names but does not carry "
+        "(previous_response_id, conversation, a file by id).",
+    )
     reserve_audio_seconds: Decimal = Field(
         Decimal(600), gt=0, description="Audio seconds reserved for an upload whose length cannot be read."
     )
@@ -161,6 +182,11 @@ class Settings(BaseSettings):
         5.0, gt=0, description="How often expired reservations are charged and periods rolled."
     )
     ledger_max_pending: int = Field(10_000, gt=0, description="Events held in memory before back-pressure.")
+    ledger_drain_s: float = Field(
+        25.0,
+        gt=0,
+        description="At shutdown, longest to wait for the store to take the events still in memory.",
+    )
     clients: list[ClientDeclaration] = Field(
         default_factory=list, description="Clients and budgets applied by `taximeter apply` (TOML)."
     )
@@ -241,6 +267,8 @@ class Settings(BaseSettings):
         for path in value:
             if not path.startswith("/v1/"):
                 raise ValueError(f"{path!r} must start with /v1/")
+            if canonical_path(path.rstrip("/")) != path.rstrip("/"):
+                raise ValueError(f"{path!r} must be a plain path: no dot segments, escapes or empty segments")
         return value
 
     @model_validator(mode="after")

@@ -27,17 +27,26 @@ from taximeter.store.models import (
 __all__ = [
     "Admission",
     "Conflict",
+    "DataRejected",
     "Gate",
     "NotFound",
     "RecordResult",
     "ReportRow",
     "Store",
     "StoreUnavailable",
+    "printable",
 ]
 
 
 class StoreUnavailable(Exception):
     """The backend cannot be reached or failed mid-operation; nothing was written."""
+
+
+class DataRejected(StoreUnavailable):
+    """The backend refused a value (a number out of its range, a character its
+    text cannot hold): the same write fails again however often it is tried.
+    A :class:`StoreUnavailable`, so a caller that knows only that one still
+    fails the operation cleanly; the ledger writer sets such an event aside."""
 
 
 class Conflict(Exception):
@@ -137,6 +146,12 @@ class Store(Protocol):
     async def record_many(self, events: list[UsageEvent]) -> list[RecordResult]:
         """:meth:`record` for a batch, in one transaction (one commit, one fsync)."""
 
+    async def quarantine(self, event: UsageEvent, error: str, now: datetime) -> None:
+        """Set aside an event the store refused to record, with the error: kept
+        in ``quarantined_events`` (its JSON, every character escaped), counted
+        nowhere. Idempotent by request id. Raises DataRejected if even that
+        row is refused."""
+
     async def list_events(self, client_id: str | None, limit: int) -> list[UsageEvent]:
         """Newest first."""
 
@@ -157,6 +172,13 @@ class Store(Protocol):
     async def reserve(self, reservation: Reservation, now: datetime) -> Admission:
         """The gates' admission rule under the budget's row lock (the fallback
         when the gate is unreachable); holds ``reservation`` if it admits."""
+
+    async def hold_reservations(self, reservations: list[Reservation]) -> None:
+        """Hold reservations a gate admitted before it went away, with no check
+        (so the store's own admissions count them); idempotent per request."""
+
+    async def extend_reservations(self, reservations: list[Reservation]) -> None:
+        """Move the expiry of store-held reservations of live calls to theirs."""
 
     async def drop_reservation(self, request_id: str) -> None:
         """Forget a store-held reservation (its call settled or never went out)."""
@@ -201,10 +223,29 @@ class Gate(Protocol):
         """Replace the gate's copy, read from the store at ``now`` (None: the
         client has no budget)."""
 
-    async def settle(self, event: UsageEvent, cost_nanos: int, now: datetime) -> None:
+    async def settle(
+        self, event: UsageEvent, cost_nanos: int, now: datetime, *, keep_until: datetime | None = None
+    ) -> None:
         """Release the call's reservation (if still held) and add its actual
         usage, pausing at a limit, atomically. A copy that is missing or whose
-        period has ended gets nothing added: it is rebuilt from the store."""
+        period has ended gets nothing added: it is rebuilt from the store.
+
+        With ``keep_until``, a gate that outlives this process also keeps the
+        event itself until :meth:`recorded` says the store has it; if that never
+        comes (the process died first), :meth:`claim_unrecorded` hands it out
+        after ``keep_until``, so a call already counted is never lost."""
+
+    async def recorded(self, events: list[UsageEvent]) -> None:
+        """The store holds these events: forget the copies kept by :meth:`settle`."""
+
+    async def claim_unrecorded(self, now: datetime, limit: int) -> list[UsageEvent]:
+        """Events settled here whose record never arrived by their
+        ``keep_until``; each handed to one caller (and kept again for the same
+        time, in case that caller dies too), who records it without settling it."""
+
+    async def extend(self, reservations: list[Reservation]) -> None:
+        """Move the expiry of reservations still held by live calls to their
+        (later) ``expires_at``, so the sweeper never charges a live call."""
 
     async def release(self, client_id: str, request_id: str) -> None:
         """Drop a reservation without charging it (the call never went out)."""
@@ -226,3 +267,13 @@ class Gate(Protocol):
     async def ping(self) -> None: ...
 
     async def close(self) -> None: ...
+
+
+def printable(value: object, limit: int = 200) -> str:
+    """``value`` as printable ASCII of at most ``limit`` characters, whatever
+    it carried (NUL, a lone surrogate, a newline): for a log line or a key."""
+    text = str(value)
+    if not (text.isascii() and text.isprintable()):
+        text = text.encode("ascii", "backslashreplace").decode("ascii")
+        text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+    return text[:limit]

@@ -53,7 +53,10 @@ class LocalGate:
         self._states[client_id] = state
         self._loaded_at[client_id] = now
 
-    async def settle(self, event: UsageEvent, cost_nanos: int, now: datetime) -> None:
+    async def settle(
+        self, event: UsageEvent, cost_nanos: int, now: datetime, *, keep_until: datetime | None = None
+    ) -> None:
+        # keep_until is moot: this copy dies with the process that would record the event.
         await self.release(event.client_id, event.request_id)
         state = self._states.get(event.client_id)
         if state is None:
@@ -70,6 +73,18 @@ class LocalGate:
             held.pop(request_id, None)
             if not held:
                 del self._held[client_id]
+
+    async def recorded(self, events: list[UsageEvent]) -> None:
+        return None
+
+    async def claim_unrecorded(self, now: datetime, limit: int) -> list[UsageEvent]:
+        return []
+
+    async def extend(self, reservations: list[Reservation]) -> None:
+        for reservation in reservations:
+            held = self._held.get(reservation.client_id)
+            if held is not None and reservation.request_id in held:
+                held[reservation.request_id] = reservation
 
     async def restore(self, reservations: list[Reservation]) -> None:
         for reservation in reservations:  # a load keeps them here; nothing is ever lost

@@ -136,6 +136,26 @@ MIGRATIONS.append(
     )
 )
 
+MIGRATIONS.append(
+    (
+        5,
+        [
+            # Events the store refused to record (a value it cannot hold), set
+            # aside by the ledger writer instead of retried forever. ``payload``
+            # is the event's JSON with every non-ASCII character escaped, so it
+            # stores whatever the event carried; ``request_id`` and
+            # ``client_id`` are printable copies. Nothing here is counted.
+            """CREATE TABLE quarantined_events (
+                request_id TEXT PRIMARY KEY,
+                client_id TEXT NOT NULL,
+                payload TEXT NOT NULL,
+                error TEXT NOT NULL,
+                created_at {time} NOT NULL
+            )""",
+        ],
+    )
+)
+
 LATEST = MIGRATIONS[-1][0]
 
 

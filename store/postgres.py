@@ -7,17 +7,21 @@ any number of proxy processes can record against one budget.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
+from types import TracebackType
 from typing import Any
 
 import asyncpg
+from asyncpg.exceptions import _base as asyncpg_base
 
 from taximeter.pricing.money import quantize
-from taximeter.store.base import Conflict, StoreUnavailable
+from taximeter.store.base import Conflict, DataRejected, StoreUnavailable
 from taximeter.store.models import UsageEvent
 from taximeter.store.sql import EVENT_COLUMNS, Conn, Dialect, SqlStore
 
@@ -26,7 +30,52 @@ __all__ = ["PostgresStore"]
 _TYPES = {"money": "NUMERIC(30, 9)", "time": "TIMESTAMPTZ", "bool": "BOOLEAN", "bigint": "BIGINT"}
 _MIGRATION_LOCK = 0x7A61_6D65  # any constant; one advisory lock serialises concurrent start-ups
 _PLACEHOLDER = re.compile(r"\?")
-_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+_CLOSE_S = 10.0  # a pool whose server is gone is dropped rather than closed politely
+
+# A value the server or asyncpg refuses: the same write fails however often it
+# is retried, so it is the data's fault (the ledger sets the event aside).
+_DATA_ERRORS: tuple[type[Exception], ...] = (
+    asyncpg_base.DataError,  # asyncpg cannot encode it: an int past bigint, a lone surrogate
+    asyncpg.DataError,  # class 22: NUL in text, a numeric out of range, an untranslatable character
+    asyncpg.IntegrityConstraintViolationError,  # class 23 (a unique violation is a Conflict)
+    asyncpg.ProgramLimitExceededError,  # class 54: e.g. a key too long for its index
+)
+# Everything else asyncpg raises is the connection's, the server's or the
+# pool's, and passes: a connection lost or terminated (class 08, 57), too many
+# connections (53), a serialization failure or deadlock (40), a pool closed or
+# timed out, the network.
+_DRIVER_ERRORS: tuple[type[Exception], ...] = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+    TimeoutError,
+)
+
+
+class _Mapped:
+    """The one place asyncpg's exceptions become the store's: every call into
+    asyncpg (pool, transaction, statement) runs inside ``with _DRIVER:``."""
+
+    def __init__(self, prefix: str) -> None:
+        self._prefix = prefix
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if isinstance(exc, asyncpg.UniqueViolationError):
+            raise Conflict(str(exc)) from exc
+        if isinstance(exc, _DATA_ERRORS):
+            raise DataRejected(f"{self._prefix} refused a value: {exc}") from exc
+        if isinstance(exc, _DRIVER_ERRORS):
+            raise StoreUnavailable(f"{self._prefix}: {exc}") from exc
+
+
+_DRIVER = _Mapped("Postgres")
+_CONNECT = _Mapped("cannot connect to Postgres")
 
 
 class PostgresDialect(Dialect):
@@ -58,32 +107,24 @@ def _numbered(sql: str, cache: dict[str, str] = {}) -> str:  # noqa: B006 - a de
 
 
 class _Conn:
-    """The one place asyncpg's exceptions become the store's."""
+    """A pooled asyncpg connection speaking the store's exceptions."""
 
     def __init__(self, conn: Any) -> None:  # a pooled asyncpg connection
         self._conn = conn
 
     async def execute(self, sql: str, *args: Any) -> int:
-        try:
+        with _DRIVER:
             status = await self._conn.execute(_numbered(sql), *args)
-        except asyncpg.UniqueViolationError as exc:
-            raise Conflict(str(exc)) from exc
-        except _DRIVER_ERRORS as exc:
-            raise StoreUnavailable(f"Postgres: {exc}") from exc
         tail = status.rsplit(" ", 1)[-1]
         return int(tail) if tail.isdigit() else 0
 
     async def fetchone(self, sql: str, *args: Any) -> Any:
-        try:
+        with _DRIVER:
             return await self._conn.fetchrow(_numbered(sql), *args)
-        except _DRIVER_ERRORS as exc:
-            raise StoreUnavailable(f"Postgres: {exc}") from exc
 
     async def fetchall(self, sql: str, *args: Any) -> Sequence[Any]:
-        try:
+        with _DRIVER:
             return list(await self._conn.fetch(_numbered(sql), *args))
-        except _DRIVER_ERRORS as exc:
-            raise StoreUnavailable(f"Postgres: {exc}") from exc
 
 
 # Types of EVENT_COLUMNS, in order, for inserting a batch as one array per column.
@@ -122,32 +163,32 @@ class PostgresStore(SqlStore):
 
     @classmethod
     async def open(cls, dsn: str, *, min_size: int = 1, max_size: int = 10) -> PostgresStore:
-        try:
+        with _CONNECT:
             pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, timeout=10)
-        except _DRIVER_ERRORS as exc:
-            raise StoreUnavailable(f"cannot connect to Postgres: {exc}") from exc
         return cls(pool)
 
     async def close(self) -> None:
-        await self._pool.close()
+        """Close the pool; if its server is gone and it does not close in
+        time, its connections are dropped (shutdown never waits on them)."""
+        try:
+            with _DRIVER:
+                await asyncio.wait_for(self._pool.close(), _CLOSE_S)
+        except StoreUnavailable:
+            self._pool.terminate()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Conn]:
         async with self._acquire() as conn:
-            tx = conn.transaction()
-            try:
+            with _DRIVER:
+                tx = conn.transaction()
                 await tx.start()
-            except _DRIVER_ERRORS as exc:
-                raise StoreUnavailable(f"Postgres: {exc}") from exc
             try:
                 yield _Conn(conn)
             except BaseException:
-                await _quietly(tx.rollback())
+                await _quietly(tx.rollback)
                 raise
-            try:
+            with _DRIVER:
                 await tx.commit()
-            except _DRIVER_ERRORS as exc:
-                raise StoreUnavailable(f"Postgres commit failed: {exc}") from exc
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Conn]:
@@ -156,19 +197,17 @@ class PostgresStore(SqlStore):
 
     @asynccontextmanager
     async def _acquire(self) -> AsyncIterator[Any]:
-        try:
+        with _DRIVER:
             conn = await self._pool.acquire(timeout=10)
-        except _DRIVER_ERRORS as exc:
-            raise StoreUnavailable(f"Postgres: {exc}") from exc
         try:
             yield conn
         finally:
-            await _quietly(self._pool.release(conn))
+            await _quietly(lambda: self._pool.release(conn))
 
 
-async def _quietly(awaitable: Any) -> None:
-    # Rolling back or releasing a broken connection must not hide the first error.
-    try:
-        await awaitable
-    except _DRIVER_ERRORS:
-        pass
+async def _quietly(operation: Callable[[], Awaitable[object]]) -> None:
+    """Roll back or release after a failure: a broken connection must not hide
+    the first error. The call is inside the mapping too, since asyncpg raises
+    on a closed connection before it hands back anything to await."""
+    with contextlib.suppress(StoreUnavailable, Conflict), _DRIVER:
+        await operation()

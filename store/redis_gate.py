@@ -2,8 +2,11 @@
 
 Keys (under the configured prefix): ``budget:{client}``, a hash with the
 budget's limits, counters and reserved totals; ``held:{client}``, a hash of
-the client's reservations (``tokens:nanos:expires_ms:event-json``); and
-``expiry``, a sorted set of ``client/request`` by expiry time for the sweeper.
+the client's reservations (``tokens:nanos:expires_ms:event-json``);
+``expiry``, a sorted set of ``client/request`` by expiry time for the sweeper;
+and ``unrecorded`` (a hash of ``client/request`` to event JSON) with
+``unrecorded:due`` (by time): events counted here whose process has not yet
+made them durable in the store, so a process killed in between loses nothing.
 
 Admission, settlement, release and claiming are each one Lua script, so one
 round trip answers "may this client spend?" and holds its reservation, and a
@@ -78,6 +81,10 @@ _SETTLE = (
     _RELEASE_FN
     + """
 release(KEYS[1], KEYS[2], KEYS[3], ARGV[2], ARGV[5])
+if ARGV[6] then
+  redis.call('HSET', KEYS[4], ARGV[5], ARGV[6])
+  redis.call('ZADD', KEYS[5], ARGV[7], ARGV[5])
+end
 local h = redis.call('HMGET', KEYS[1], 'nb', 'nr')
 if (not h[1]) or h[1] == '1' then return 0 end
 local nr = tonumber(h[2])
@@ -142,6 +149,14 @@ if redis.call('HGET', KEYS[1], 'nb') == '0' then
 end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 return 1
+"""
+
+# Hand out an unrecorded event whose time is up, keeping it for another lease.
+_CLAIM_UNRECORDED = """
+local due = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if (not due) or tonumber(due) > tonumber(ARGV[2]) then return false end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+return redis.call('HGET', KEYS[1], ARGV[1])
 """
 
 _HELD_TTL_S = 7 * 86400  # a reservations hash outlives any call; the sweeper empties it
@@ -258,8 +273,16 @@ _SENDING: set[asyncio.Task[None]] = set()  # pipelines in flight (the loop keeps
 class RedisGate:
     """:class:`~taximeter.store.base.Gate` shared by every process through Redis."""
 
-    def __init__(self, client: aioredis.Redis, *, prefix: str = "taximeter:", ttl_s: int = 3600) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        prefix: str = "taximeter:",
+        ttl_s: int = 3600,
+        unrecorded_lease_s: float = 60.0,
+    ) -> None:
         self._redis = client
+        self._unrecorded_lease_ms = int(unrecorded_lease_s * 1000)
         self._prefix = prefix
         self._ttl_s = ttl_s
         self._admit = client.register_script(_ADMIT)
@@ -268,6 +291,7 @@ class RedisGate:
         self._claim = client.register_script(_CLAIM)
         self._load = client.register_script(_LOAD)
         self._restore = client.register_script(_RESTORE)
+        self._claim_unrecorded = client.register_script(_CLAIM_UNRECORDED)
         self._pipeliner = _Pipeliner(client)
 
     @classmethod
@@ -306,12 +330,62 @@ class RedisGate:
     async def load(self, client_id: str, state: BudgetState | None, now: datetime) -> None:
         await self._run(self._load, self._keys(client_id)[:2], [self._ttl_s, *_fields(state)])
 
-    async def settle(self, event: UsageEvent, cost_nanos: int, now: datetime) -> None:
-        await self._run(
-            self._settle,
-            self._keys(event.client_id),
-            [_ms(now), event.request_id, event.tokens, cost_nanos, f"{event.client_id}/{event.request_id}"],
-        )
+    async def settle(
+        self, event: UsageEvent, cost_nanos: int, now: datetime, *, keep_until: datetime | None = None
+    ) -> None:
+        member = f"{event.client_id}/{event.request_id}"
+        args: list[Any] = [_ms(now), event.request_id, event.tokens, cost_nanos, member]
+        if keep_until is not None:
+            args += [event.to_json(), _ms(keep_until)]
+        await self._run(self._settle, [*self._keys(event.client_id), *self._unrecorded_keys()], args)
+
+    def _unrecorded_keys(self) -> list[str]:
+        return [f"{self._prefix}unrecorded", f"{self._prefix}unrecorded:due"]
+
+    async def recorded(self, events: list[UsageEvent]) -> None:
+        if not events:
+            return
+        members = [f"{e.client_id}/{e.request_id}" for e in events]
+        table, due = self._unrecorded_keys()
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hdel(table, *members)
+                pipe.zrem(due, *members)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"Redis: {exc}") from exc
+
+    async def claim_unrecorded(self, now: datetime, limit: int) -> list[UsageEvent]:
+        table, due = self._unrecorded_keys()
+        try:
+            members = await self._redis.zrangebyscore(due, "-inf", _ms(now), start=0, num=limit)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"Redis: {exc}") from exc
+        claimed = []
+        for member in members:
+            # Kept again for as long as it waited: the claimer may die too.
+            lease_ms = _ms(now) + self._unrecorded_lease_ms
+            payload = await self._run(
+                self._claim_unrecorded, [table, due], [member.decode(), _ms(now), lease_ms]
+            )
+            if payload:
+                claimed.append(
+                    UsageEvent.from_json(payload.decode() if isinstance(payload, bytes) else payload)
+                )
+        return claimed
+
+    async def extend(self, reservations: list[Reservation]) -> None:
+        if not reservations:
+            return
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for r in reservations:  # XX: a reservation already claimed is not held again
+                    pipe.zadd(
+                        f"{self._prefix}expiry", {f"{r.client_id}/{r.request_id}": _ms(r.expires_at)}, xx=True
+                    )
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"Redis: {exc}") from exc
 
     async def restore(self, reservations: list[Reservation]) -> None:
         now = datetime.now(UTC)

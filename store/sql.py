@@ -21,7 +21,15 @@ from typing import Any, Protocol
 
 from taximeter.pricing.money import from_nanos, to_nanos
 from taximeter.store import budgets
-from taximeter.store.base import Admission, Conflict, NotFound, RecordResult, ReportRow
+from taximeter.store.base import (
+    Admission,
+    Conflict,
+    DataRejected,
+    NotFound,
+    RecordResult,
+    ReportRow,
+    printable,
+)
 from taximeter.store.migrations import MIGRATIONS, render
 from taximeter.store.models import (
     ApiKey,
@@ -34,7 +42,7 @@ from taximeter.store.models import (
     UsageEvent,
 )
 
-__all__ = ["EVENT_COLUMNS", "Conn", "Dialect", "SqlStore"]
+__all__ = ["EVENT_COLUMNS", "Conn", "Dialect", "SqlStore", "sanitised"]
 
 log = logging.getLogger("taximeter.budgets")
 
@@ -305,6 +313,7 @@ class SqlStore(ABC):
         Each budget is locked and written once, with the events its net
         change raises."""
         results: list[RecordResult] = []
+        events = [sanitised(e) for e in events]
         async with self.transaction() as conn:
             inserted = await self._insert_events(conn, events)
             budgets_in_batch: dict[str, tuple[BudgetState | None, BudgetState | None]] = {}
@@ -338,6 +347,18 @@ class SqlStore(ABC):
         twice in ``events``, goes in once) and drop the store-held reservations
         of the calls inserted; the request ids inserted. In as few round trips
         as the backend allows."""
+
+    async def quarantine(self, event: UsageEvent, error: str, now: datetime) -> None:
+        async with self.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO quarantined_events (request_id, client_id, payload, error, created_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING",
+                printable(event.request_id),
+                printable(event.client_id),
+                _escaped_json(event),
+                printable(error, 2000),
+                self.dialect.time_in(now),
+            )
 
     async def list_events(self, client_id: str | None, limit: int) -> list[UsageEvent]:
         where, args = ("WHERE client_id = ?", [client_id]) if client_id else ("", [])
@@ -481,17 +502,39 @@ class SqlStore(ABC):
                 outcome, reason = budgets.admission(state, int(row["tokens"]), reserved_cost)
                 if outcome != "ok":
                     return Admission(outcome, reason)
-            await conn.execute(
-                "INSERT INTO reservations (request_id, client_id, tokens, cost, expires_at, event) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING",
-                reservation.request_id,
-                reservation.client_id,
-                reservation.tokens,
-                self.dialect.money_in(from_nanos(reservation.cost_nanos)),
-                self.dialect.time_in(reservation.expires_at),
-                reservation.event.to_json(),
-            )
+            await self._insert_reservation(conn, reservation)
         return Admission("ok")
+
+    async def hold_reservations(self, reservations: list[Reservation]) -> None:
+        """Hold reservations admitted elsewhere (by a gate that went away), with
+        no check, so the next admission here counts them; one already held
+        stays as it is."""
+        async with self.transaction() as conn:
+            for reservation in reservations:
+                await self._insert_reservation(conn, reservation)
+
+    async def _insert_reservation(self, conn: Conn, reservation: Reservation) -> None:
+        await conn.execute(
+            "INSERT INTO reservations (request_id, client_id, tokens, cost, expires_at, event) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING",
+            reservation.request_id,
+            reservation.client_id,
+            reservation.tokens,
+            self.dialect.money_in(from_nanos(reservation.cost_nanos)),
+            self.dialect.time_in(reservation.expires_at),
+            reservation.event.to_json(),
+        )
+
+    async def extend_reservations(self, reservations: list[Reservation]) -> None:
+        """Move store-held reservations' expiry to theirs (live calls); one no
+        longer held is not held again."""
+        async with self.transaction() as conn:
+            for reservation in reservations:
+                await conn.execute(
+                    "UPDATE reservations SET expires_at = ? WHERE request_id = ?",
+                    self.dialect.time_in(reservation.expires_at),
+                    reservation.request_id,
+                )
 
     async def drop_reservation(self, request_id: str) -> None:
         async with self.transaction() as conn:
@@ -728,6 +771,55 @@ class SqlStore(ABC):
             created_at=self.dialect.time_out(row["created_at"]),
             revoked=row["revoked_at"] is not None,
         )
+
+
+_TEXT_FIELDS = (
+    "request_id",
+    "client_id",
+    "end_user",
+    "conversation",
+    "api_type",
+    "model",
+    "endpoint",
+    "currency",
+)
+_NUMBER_FIELDS = ("cost_usd", "cost", "exchange_rate", "audio_seconds")
+_MONEY_LIMIT = Decimal(10) ** 19  # quantize() keeps 28 digits: 19 before the point, 9 after
+
+
+def sanitised(event: UsageEvent) -> UsageEvent:
+    """``event`` as the store binds it: its text without NUL and lone
+    surrogates, which no legitimate value carries and Postgres text cannot
+    hold (the proxy's edge refuses them too; this is the store's own guard).
+    Raises DataRejected for a value no store can keep: text that is not text,
+    a money figure that is not finite or too large to quantize."""
+    changes: dict[str, str] = {}
+    for name in _TEXT_FIELDS:
+        value = getattr(event, name)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise DataRejected(f"{name} is not text")
+        if value.isascii() and "\x00" not in value:
+            continue  # the usual case: nothing to strip
+        changes[name] = value.encode("utf-8", "ignore").decode("utf-8").replace("\x00", "")
+    for name in _NUMBER_FIELDS:
+        number = getattr(event, name)
+        if isinstance(number, Decimal) and not (number.is_finite() and abs(number) < _MONEY_LIMIT):
+            raise DataRejected(f"{name} is not a finite number within the ledger's range: {number}")
+    return replace(event, **changes) if changes else event  # type: ignore[arg-type]
+
+
+def _escaped_json(event: UsageEvent) -> str:
+    """``event`` as JSON, every non-ASCII character and control character
+    escaped (``\\u0000``, ``\\ud800``): storable whatever it carries, and read
+    back by :meth:`UsageEvent.from_json`."""
+    data = {name: getattr(event, name) for name in UsageEvent.__dataclass_fields__}
+    return json.dumps(data, ensure_ascii=True, default=_json_default)
+
+
+def _json_default(value: object) -> str:
+    return value.isoformat() if isinstance(value, datetime) else str(value)
 
 
 def _configured(old: BudgetState | None, config: BudgetConfig, now: datetime) -> BudgetState:

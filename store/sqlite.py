@@ -8,19 +8,21 @@ once. Money is stored as integer nanos, times as fixed-width UTC ISO text.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import aiosqlite
 import orjson
 
 from taximeter.pricing.money import from_nanos, to_nanos
-from taximeter.store.base import Conflict, StoreUnavailable
+from taximeter.store.base import Conflict, DataRejected, StoreUnavailable
 from taximeter.store.models import UsageEvent
 from taximeter.store.sql import EVENT_COLUMNS, Conn, Dialect, SqlStore
 
@@ -54,28 +56,56 @@ class SqliteDialect(Dialect):
         return datetime.strptime(value, _TIME_FORMAT).replace(tzinfo=UTC)
 
 
+_UNIQUE = frozenset({"SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"})
+
+
+class _Mapped:
+    """The one place SQLite's exceptions become the store's: every call into
+    aiosqlite (statement, fetch, transaction control) runs inside ``with _DRIVER:``.
+
+    A value SQLite cannot take is the data's fault (DataRejected): an int past
+    64 bits (OverflowError), text that is not UTF-8 (a lone surrogate), a
+    constraint other than uniqueness. Anything else (locked, busy, disk I/O,
+    a closed connection: aiosqlite's ValueError) passes (StoreUnavailable).
+    """
+
+    def __init__(self, prefix: str) -> None:
+        self._prefix = prefix
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if isinstance(exc, sqlite3.IntegrityError) and getattr(exc, "sqlite_errorname", "") in _UNIQUE:
+            raise Conflict(str(exc)) from exc
+        if isinstance(exc, sqlite3.IntegrityError | sqlite3.DataError | OverflowError | UnicodeError):
+            raise DataRejected(f"{self._prefix} refused a value: {exc}") from exc
+        if isinstance(exc, sqlite3.Error | ValueError):
+            raise StoreUnavailable(f"{self._prefix}: {exc}") from exc
+
+
+_DRIVER = _Mapped("SQLite")
+
+
 class _Conn:
-    """The one place SQLite's exceptions become the store's."""
+    """An aiosqlite connection speaking the store's exceptions."""
 
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
 
-    async def _cursor(self, sql: str, args: tuple[Any, ...]) -> aiosqlite.Cursor:
-        try:
-            return await self._db.execute(sql, args)
-        except sqlite3.IntegrityError as exc:
-            raise Conflict(str(exc)) from exc
-        except (sqlite3.Error, ValueError) as exc:  # ValueError: connection closed
-            raise StoreUnavailable(f"SQLite: {exc}") from exc
-
     async def execute(self, sql: str, *args: Any) -> int:
-        return (await self._cursor(sql, args)).rowcount
+        with _DRIVER:
+            return (await self._db.execute(sql, args)).rowcount
 
     async def fetchone(self, sql: str, *args: Any) -> Any:
-        return await (await self._cursor(sql, args)).fetchone()
+        with _DRIVER:
+            return await (await self._db.execute(sql, args)).fetchone()
 
     async def fetchall(self, sql: str, *args: Any) -> Sequence[Any]:
-        return list(await (await self._cursor(sql, args)).fetchall())
+        with _DRIVER:
+            return list(await (await self._db.execute(sql, args)).fetchall())
 
 
 _ROWS_PER_INSERT = 256  # 22 values a row: well under SQLite's 32,766 parameters
@@ -132,12 +162,10 @@ class SqliteStore(SqlStore):
     async def _connect(self) -> None:
         if self._path != ":memory:":
             await asyncio.to_thread(Path(self._path).parent.mkdir, parents=True, exist_ok=True)
-        try:
+        with _Mapped(f"cannot open SQLite database {self._path}"):
             self._writer = await self._open_one()
             # An in-memory database exists once per connection: share it.
             self._reader = self._writer if self._path == ":memory:" else await self._open_one()
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"cannot open SQLite database {self._path}: {exc}") from exc
 
     async def _open_one(self) -> aiosqlite.Connection:
         db = await aiosqlite.connect(self._path, isolation_level=None)
@@ -150,29 +178,29 @@ class SqliteStore(SqlStore):
 
     async def close(self) -> None:
         for db in {id(c): c for c in (self._reader, self._writer) if c is not None}.values():
-            await db.close()
+            with contextlib.suppress(StoreUnavailable), _DRIVER:
+                await db.close()
         self._reader = self._writer = None
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Conn]:
         async with self._write_lock:
             db = self._require(self._writer)
-            try:
+            with _DRIVER:
                 # IMMEDIATE takes the write lock up front, so two processes
                 # cannot both read a budget and then both write it.
                 await db.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise StoreUnavailable(f"SQLite: {exc}") from exc
             try:
                 yield _Conn(db)
             except BaseException:
-                await db.execute("ROLLBACK")
+                await _quietly(db, "ROLLBACK")
                 raise
             try:
-                await db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                await db.execute("ROLLBACK")
-                raise StoreUnavailable(f"SQLite commit failed: {exc}") from exc
+                with _DRIVER:
+                    await db.execute("COMMIT")
+            except StoreUnavailable:
+                await _quietly(db, "ROLLBACK")
+                raise
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Conn]:
@@ -182,3 +210,9 @@ class SqliteStore(SqlStore):
         if db is None:
             raise StoreUnavailable("SQLite store is closed")
         return db
+
+
+async def _quietly(db: aiosqlite.Connection, statement: str) -> None:
+    """Roll back after a failure: a second error must not hide the first."""
+    with contextlib.suppress(StoreUnavailable, Conflict), _DRIVER:
+        await db.execute(statement)

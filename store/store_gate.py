@@ -29,14 +29,27 @@ class StoreGate:
     async def load(self, client_id: str, state: BudgetState | None, now: datetime) -> None:
         return None  # the store is its own copy
 
-    async def settle(self, event: UsageEvent, cost_nanos: int, now: datetime) -> None:
+    async def settle(
+        self, event: UsageEvent, cost_nanos: int, now: datetime, *, keep_until: datetime | None = None
+    ) -> None:
         return None  # the ledger's record of the call swaps the row for its usage
+
+    async def recorded(self, events: list[UsageEvent]) -> None:
+        return None
+
+    async def claim_unrecorded(self, now: datetime, limit: int) -> list[UsageEvent]:
+        return []
+
+    async def extend(self, reservations: list[Reservation]) -> None:
+        await self._store.extend_reservations(reservations)
 
     async def release(self, client_id: str, request_id: str) -> None:
         await self._store.drop_reservation(request_id)
 
     async def restore(self, reservations: list[Reservation]) -> None:
-        return None  # rows in the database are not lost
+        # Rows in the database are never lost; these are calls the other gate
+        # admitted, held here so that admissions under the row lock count them.
+        await self._store.hold_reservations(reservations)
 
     async def claim_expired(self, now: datetime, limit: int) -> list[Reservation]:
         return await self._store.claim_expired_reservations(now, limit)

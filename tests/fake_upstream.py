@@ -10,6 +10,7 @@ import io
 import json
 import struct
 import wave
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,8 @@ IMAGE_TOKENS = {"text": 30, "image": 0, "output": 4160}
 STREAM_PIECES = ["Hel", "lo", " there", "!"]
 TTS_WAV_SECONDS = 2.5
 UPSTREAM_KEY = "sk-upstream-SENTINEL-5f2c"
+# Headers OpenAI sends that name the operator's account: a tenant must never see them.
+ACCOUNT_HEADERS = {"openai-organization": "org-SENTINEL", "openai-project": "proj_SENTINEL"}
 
 
 def wav_bytes(seconds: float, rate: int = 24_000) -> bytes:
@@ -56,10 +59,13 @@ class FakeUpstream:
     cut_after: int | None = None  # break off streams after this many events
     delay_s: float = 0.0
     gate: asyncio.Event | None = None  # streams wait on it after their first event
+    # A scripted reply in place of the usual one (hostile or odd upstreams).
+    script: Callable[[web.Request, bytes], Awaitable[web.StreamResponse]] | None = None
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/v1/{tail:.*}", self._handle)
+        app.on_response_prepare.append(_account_headers)
         return app
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
@@ -71,6 +77,8 @@ class FakeUpstream:
             return _error(401, "Incorrect API key provided", "invalid_api_key")
         if self.fail_status is not None:
             return _error(self.fail_status, "The server had an error processing your request.", None)
+        if self.script is not None:
+            return await self.script(request, body)
         handler = getattr(self, "_" + request.path.removeprefix("/v1/").replace("/", "_"), None)
         if handler is None:
             return _error(404, f"Unknown path {request.path}", "unknown_url")
@@ -296,6 +304,10 @@ class FakeUpstream:
             await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+
+async def _account_headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.update(ACCOUNT_HEADERS)  # on every reply, JSON, SSE and errors alike
 
 
 def _dated(model: str) -> str:

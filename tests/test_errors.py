@@ -219,7 +219,11 @@ async def test_client_disconnect_mid_stream_is_recorded_as_estimated(proxy: Harn
         await asyncio.sleep(0.02)
     [event] = events
     assert event["estimated"] is True and event["status"] == 499
-    assert event["input_tokens"] == 100  # 400+ characters of prompt, about 4 per token
+    # Charged as reserved, never less: every string of the request at about 4
+    # characters a token ("gpt-4o" 2, "user" 1, the prompt 100), and the default
+    # output reservation, as the call set no max_tokens.
+    assert event["input_tokens"] == 2 + 1 + 100
+    assert event["output_tokens"] == 4096
     assert event["cost_usd"] != "0"
 
 
@@ -235,6 +239,8 @@ async def test_upstream_cut_mid_stream_is_estimated(proxy: Harness) -> None:
             received.append(chunk)
     [event] = await proxy.events("acme")
     assert (event["estimated"], event["status"]) == (True, 502)
-    assert event["input_tokens"] == 7 and event["output_tokens"] == 2  # "Hello" = "Hel" + "lo" delivered
+    # Cut off: charged as reserved ("gpt-4o" 2, "user" 1, the prompt 7 tokens; the
+    # default output reservation), not the 2 tokens delivered before the cut.
+    assert event["input_tokens"] == 10 and event["output_tokens"] == 4096
     status = await proxy.status("acme")
-    assert status["tokens_used"] == 9
+    assert status["tokens_used"] == 4106

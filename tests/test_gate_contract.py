@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from taximeter.store.base import Gate
 from taximeter.store.budgets import period_bounds
+from taximeter.store.local_gate import LocalGate
 from taximeter.store.models import BudgetConfig, BudgetState, Reservation, UsageEvent
 
 T0 = datetime(2026, 3, 10, 15, 0, tzinfo=UTC)
@@ -216,3 +218,32 @@ async def test_local_gate_reloads_after_its_max_age() -> None:
     assert local.needs_refresh("acme", T0 + timedelta(seconds=3))
     # An old copy keeps answering while it is reloaded in the background.
     assert (await local.admit(hold(), T0 + timedelta(seconds=3))).outcome == "ok"
+
+
+async def test_extend_keeps_a_live_call_from_the_sweeper(gate: Gate) -> None:
+    await gate.load("acme", state(), T0)
+    live = hold(10, 10, expires=T0 + timedelta(seconds=10))
+    assert (await gate.admit(live, T0)).outcome == "ok"
+    await gate.extend([replace(live, expires_at=T0 + timedelta(seconds=100))])
+    assert await gate.claim_expired(T0 + timedelta(seconds=50), 10) == []
+    [claimed] = await gate.claim_expired(T0 + timedelta(seconds=150), 10)
+    assert claimed.request_id == live.request_id
+    await gate.extend([live])  # no longer held: not held again
+    assert await gate.claim_expired(T0 + timedelta(days=1), 10) == []
+
+
+async def test_a_settled_event_outlives_its_process_until_recorded(gate: Gate) -> None:
+    """A gate that outlives the process (Redis) keeps a settled event until the
+    store has it; the in-process gate dies with the process and keeps nothing."""
+    shared = not isinstance(gate, LocalGate)
+    await gate.load("acme", state(), T0)
+    kept, told = event(5, 5), event(7, 7)
+    for e in (kept, told):
+        await gate.settle(e, 5, T0, keep_until=T0 + timedelta(seconds=10))
+    await gate.recorded([told])
+    assert await gate.claim_unrecorded(T0 + timedelta(seconds=5), 10) == []
+    claimed = await gate.claim_unrecorded(T0 + timedelta(seconds=11), 10)
+    assert [e.request_id for e in claimed] == ([kept.request_id] if shared else [])
+    assert await gate.claim_unrecorded(T0 + timedelta(seconds=12), 10) == []  # leased to one caller
+    await gate.recorded([kept])
+    assert await gate.claim_unrecorded(T0 + timedelta(days=1), 10) == []
