@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from types import TracebackType
 from typing import Protocol
 
 from taximeter.store.models import (
@@ -28,6 +29,7 @@ __all__ = [
     "Admission",
     "Conflict",
     "DataRejected",
+    "DriverErrors",
     "Gate",
     "NotFound",
     "RecordResult",
@@ -47,6 +49,28 @@ class DataRejected(StoreUnavailable):
     text cannot hold): the same write fails again however often it is tried.
     A :class:`StoreUnavailable`, so a caller that knows only that one still
     fails the operation cleanly; the ledger writer sets such an event aside."""
+
+
+class DriverErrors:
+    """A backend's one choke point for its driver's exceptions: every call into
+    the driver runs inside ``with ERRORS:``, and :meth:`translate` says what
+    each exception becomes (None: it passes unchanged)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        mapped = None if exc is None else self.translate(exc)
+        if mapped is not None:
+            raise mapped from exc
+
+    def translate(self, exc: BaseException) -> Exception | None:
+        raise NotImplementedError
 
 
 class Conflict(Exception):

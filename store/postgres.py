@@ -14,14 +14,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
-from types import TracebackType
 from typing import Any
 
 import asyncpg
 from asyncpg.exceptions import _base as asyncpg_base
 
 from taximeter.pricing.money import quantize
-from taximeter.store.base import Conflict, DataRejected, StoreUnavailable
+from taximeter.store.base import Conflict, DataRejected, DriverErrors, StoreUnavailable
 from taximeter.store.models import UsageEvent
 from taximeter.store.sql import EVENT_COLUMNS, Conn, Dialect, SqlStore
 
@@ -53,25 +52,18 @@ _DRIVER_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
-class _Mapped:
+class _Mapped(DriverErrors):
     """The one place asyncpg's exceptions become the store's: every call into
     asyncpg (pool, transaction, statement) runs inside ``with _DRIVER:``."""
 
-    def __init__(self, prefix: str) -> None:
-        self._prefix = prefix
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def translate(self, exc: BaseException) -> Exception | None:
         if isinstance(exc, asyncpg.UniqueViolationError):
-            raise Conflict(str(exc)) from exc
+            return Conflict(str(exc))
         if isinstance(exc, _DATA_ERRORS):
-            raise DataRejected(f"{self._prefix} refused a value: {exc}") from exc
+            return DataRejected(f"{self.prefix} refused a value: {exc}")
         if isinstance(exc, _DRIVER_ERRORS):
-            raise StoreUnavailable(f"{self._prefix}: {exc}") from exc
+            return StoreUnavailable(f"{self.prefix}: {exc}")
+        return None
 
 
 _DRIVER = _Mapped("Postgres")

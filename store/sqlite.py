@@ -15,14 +15,13 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import aiosqlite
 import orjson
 
 from taximeter.pricing.money import from_nanos, to_nanos
-from taximeter.store.base import Conflict, DataRejected, StoreUnavailable
+from taximeter.store.base import Conflict, DataRejected, DriverErrors, StoreUnavailable
 from taximeter.store.models import UsageEvent
 from taximeter.store.sql import EVENT_COLUMNS, Conn, Dialect, SqlStore
 
@@ -59,7 +58,7 @@ class SqliteDialect(Dialect):
 _UNIQUE = frozenset({"SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"})
 
 
-class _Mapped:
+class _Mapped(DriverErrors):
     """The one place SQLite's exceptions become the store's: every call into
     aiosqlite (statement, fetch, transaction control) runs inside ``with _DRIVER:``.
 
@@ -69,21 +68,14 @@ class _Mapped:
     a closed connection: aiosqlite's ValueError) passes (StoreUnavailable).
     """
 
-    def __init__(self, prefix: str) -> None:
-        self._prefix = prefix
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def translate(self, exc: BaseException) -> Exception | None:
         if isinstance(exc, sqlite3.IntegrityError) and getattr(exc, "sqlite_errorname", "") in _UNIQUE:
-            raise Conflict(str(exc)) from exc
+            return Conflict(str(exc))
         if isinstance(exc, sqlite3.IntegrityError | sqlite3.DataError | OverflowError | UnicodeError):
-            raise DataRejected(f"{self._prefix} refused a value: {exc}") from exc
+            return DataRejected(f"{self.prefix} refused a value: {exc}")
         if isinstance(exc, sqlite3.Error | ValueError):
-            raise StoreUnavailable(f"{self._prefix}: {exc}") from exc
+            return StoreUnavailable(f"{self.prefix}: {exc}")
+        return None
 
 
 _DRIVER = _Mapped("SQLite")
