@@ -12,6 +12,7 @@ import aiohttp
 from aiohttp import web
 
 from taximeter.pricing.catalog import load_catalog
+from taximeter.pricing.models import BudgetState, UsageEvent
 from taximeter.proxy.admin import OPERATIONS, admin_routes
 from taximeter.proxy.auth import KeyCache
 from taximeter.proxy.context import SERVICES, Services
@@ -32,7 +33,6 @@ from taximeter.proxy.webhooks import Webhook, WebhookSender
 from taximeter.store.base import RecordResult, StoreUnavailable
 from taximeter.store.factory import open_gate, open_store
 from taximeter.store.ledger import LedgerWriter
-from taximeter.store.models import BudgetState, UsageEvent
 from taximeter.store.store_gate import StoreGate
 
 __all__ = ["create_app"]

@@ -11,11 +11,11 @@ from pathlib import Path
 
 from pydantic import TypeAdapter, ValidationError
 
+from taximeter.pricing import budgets
+from taximeter.pricing.models import BudgetConfig
 from taximeter.proxy.errors import InvalidInput
 from taximeter.proxy.operations import Operations
 from taximeter.proxy.settings import ClientDeclaration, ConfigError
-from taximeter.store import budgets
-from taximeter.store.models import BudgetConfig
 
 __all__ = ["apply_file", "read_declarations"]
 

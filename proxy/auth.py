@@ -7,10 +7,10 @@ import time
 
 from aiohttp import web
 
+from taximeter.pricing.models import ApiKey
 from taximeter.proxy import keys
 from taximeter.proxy.errors import AdminAuthRequired, InvalidApiKey
 from taximeter.store.base import Store
-from taximeter.store.models import ApiKey
 
 __all__ = ["KeyCache", "authenticate", "require_admin", "require_bearer"]
 

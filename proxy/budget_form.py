@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from taximeter.store import budgets
-from taximeter.store.models import BudgetState
+from taximeter.pricing import budgets
+from taximeter.pricing.models import BudgetState
 
 __all__ = ["form_from_state", "parse_budget_form"]
 

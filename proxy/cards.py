@@ -6,10 +6,10 @@ import math
 from dataclasses import dataclass
 from decimal import Decimal
 
+from taximeter.pricing import budgets
+from taximeter.pricing.models import BudgetState, Client
 from taximeter.pricing.money import from_nanos
 from taximeter.proxy.formatting import Formatter
-from taximeter.store import budgets
-from taximeter.store.models import BudgetState, Client
 
 __all__ = ["API_TYPES", "Bar", "Card", "build_card", "order_cards"]
 

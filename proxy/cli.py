@@ -16,7 +16,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from taximeter.pricing import budgets
 from taximeter.pricing.catalog import CatalogError, load_catalog, problems
+from taximeter.pricing.models import BudgetState
 from taximeter.pricing.money import from_nanos
 from taximeter.proxy.apply import apply_file
 from taximeter.proxy.errors import TaximeterError
@@ -24,10 +26,8 @@ from taximeter.proxy.logs import configure_logging
 from taximeter.proxy.operations import GROUPINGS, Operations
 from taximeter.proxy.settings import ConfigError, Settings, load_settings
 from taximeter.proxy.views import money
-from taximeter.store import budgets
 from taximeter.store.base import Gate, StoreUnavailable
 from taximeter.store.factory import open_gate, open_store
-from taximeter.store.models import BudgetState
 
 __all__ = ["main"]
 

@@ -20,6 +20,8 @@ from urllib.parse import quote, urlsplit
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from taximeter.pricing import budgets
+from taximeter.pricing.models import BudgetState, Client
 from taximeter.proxy.budget_form import form_from_state, parse_budget_form
 from taximeter.proxy.cards import Card, build_card, order_cards
 from taximeter.proxy.charts import bar_list, column_chart
@@ -28,9 +30,7 @@ from taximeter.proxy.formatting import Formatter
 from taximeter.proxy.operations import Operations
 from taximeter.proxy.pages import Pages
 from taximeter.proxy.sessions import Session, Sessions
-from taximeter.store import budgets
 from taximeter.store.base import StoreUnavailable
-from taximeter.store.models import BudgetState, Client
 
 __all__ = ["DASHBOARD", "Dashboard", "dashboard_routes"]
 

@@ -22,14 +22,14 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from taximeter.pricing import budgets
 from taximeter.pricing.catalog import Catalog, ModelPrice
+from taximeter.pricing.models import BudgetState, Reservation, UsageEvent
 from taximeter.pricing.money import convert, quantize, to_nanos
 from taximeter.pricing.usage import Usage
 from taximeter.proxy.errors import BudgetBusy, BudgetExceeded, MeteringUnavailable, ModelNotPriced
-from taximeter.store import budgets
 from taximeter.store.base import Admission, Gate, Store, StoreUnavailable
 from taximeter.store.ledger import LedgerWriter
-from taximeter.store.models import BudgetState, Reservation, UsageEvent
 
 __all__ = ["Charge", "Clock", "Meter", "system_clock"]
 

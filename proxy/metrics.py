@@ -24,9 +24,9 @@ from prometheus_client import (
     multiprocess,
 )
 
+from taximeter.pricing import budgets
 from taximeter.pricing.catalog import Catalog
-from taximeter.store import budgets
-from taximeter.store.models import BudgetEvent, BudgetState, UsageEvent
+from taximeter.pricing.models import BudgetEvent, BudgetState, UsageEvent
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 

@@ -12,13 +12,13 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from taximeter.pricing import budgets
+from taximeter.pricing.models import ApiKey, BudgetState, Client, UsageEvent
 from taximeter.proxy import keys
 from taximeter.proxy.errors import ConflictError, InvalidInput, NotFoundError
 from taximeter.proxy.metering import Clock, system_clock
 from taximeter.proxy.views import budget_json
-from taximeter.store import budgets
 from taximeter.store.base import Conflict, NotFound, ReportRow, Store
-from taximeter.store.models import ApiKey, BudgetState, Client, UsageEvent
 
 __all__ = ["GROUPINGS", "Operations", "parse_day"]
 

@@ -20,6 +20,10 @@ import orjson
 from aiohttp import web
 
 from taximeter.pricing.catalog import ModelPrice
+from taximeter.pricing.estimate import at_least, estimate_usage
+from taximeter.pricing.extract import StreamMeter, extract_usage, has_image_part
+from taximeter.pricing.models import UsageEvent
+from taximeter.pricing.sse import SseEvent, SseSplitter
 from taximeter.pricing.usage import Usage
 from taximeter.proxy import auth
 from taximeter.proxy.audio import audio_seconds
@@ -36,14 +40,10 @@ from taximeter.proxy.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from taximeter.proxy.estimate import at_least, estimate_usage
-from taximeter.proxy.extract import StreamMeter, extract_usage, has_image_part
 from taximeter.proxy.forms import Form, parse_form
 from taximeter.proxy.middleware import REQUEST_ID
 from taximeter.proxy.paths import canonical_path, upstream_path
-from taximeter.proxy.sse import SseEvent, SseSplitter
 from taximeter.proxy.views import money
-from taximeter.store.models import UsageEvent
 
 __all__ = ["handle_proxy"]
 

@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from taximeter.pricing import budgets
+from taximeter.pricing.models import ApiKey, BudgetState, Client, UsageEvent
 from taximeter.pricing.money import from_nanos
-from taximeter.store import budgets
 from taximeter.store.base import ReportRow
-from taximeter.store.models import ApiKey, BudgetState, Client, UsageEvent
 
 __all__ = [
     "EVENT_FIELDS",

@@ -19,9 +19,9 @@ from datetime import timedelta
 
 import aiohttp
 
+from taximeter.pricing.models import OutboxItem
 from taximeter.proxy.metering import Clock
 from taximeter.store.base import Store, StoreUnavailable
-from taximeter.store.models import OutboxItem
 
 __all__ = ["Webhook", "WebhookSender", "signature"]
 

@@ -14,7 +14,7 @@ from decimal import Decimal
 from types import TracebackType
 from typing import Protocol
 
-from taximeter.store.models import (
+from taximeter.pricing.models import (
     ApiKey,
     BudgetConfig,
     BudgetEvent,

@@ -35,8 +35,8 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import TypeVar
 
+from taximeter.pricing.models import UsageEvent
 from taximeter.store.base import DataRejected, RecordResult, Store, StoreUnavailable, printable
-from taximeter.store.models import UsageEvent
 
 __all__ = ["LedgerWriter"]
 

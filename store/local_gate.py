@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import datetime, timedelta
 
-from taximeter.store import budgets
+from taximeter.pricing import budgets
+from taximeter.pricing.models import BudgetState, Reservation, UsageEvent
 from taximeter.store.base import Admission
-from taximeter.store.models import BudgetState, Reservation, UsageEvent
 
 __all__ = ["LocalGate"]
 

@@ -19,9 +19,9 @@ from typing import Any
 import asyncpg
 from asyncpg.exceptions import _base as asyncpg_base
 
+from taximeter.pricing.models import UsageEvent
 from taximeter.pricing.money import quantize
 from taximeter.store.base import Conflict, DataRejected, DriverErrors, StoreUnavailable
-from taximeter.store.models import UsageEvent
 from taximeter.store.sql import EVENT_COLUMNS, Conn, Dialect, SqlStore
 
 __all__ = ["PostgresStore"]

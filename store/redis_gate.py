@@ -11,7 +11,7 @@ made them durable in the store, so a process killed in between loses nothing.
 Admission, settlement, release and claiming are each one Lua script, so one
 round trip answers "may this client spend?" and holds its reservation, and a
 pause set by any process is seen by every process on its next request. The
-scripts mirror :mod:`taximeter.store.budgets` (the contract tests hold both
+scripts mirror :mod:`taximeter.pricing.budgets` (the contract tests hold both
 gates to the same behaviour). Counters are Redis integers; Lua compares them
 as doubles, exact below 2**53 nanos (about 9 million currency units a period).
 """
@@ -25,10 +25,10 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
 
+from taximeter.pricing import budgets
+from taximeter.pricing.models import BudgetState, Reservation, UsageEvent
 from taximeter.pricing.money import to_nanos
-from taximeter.store import budgets
 from taximeter.store.base import Admission, StoreUnavailable
-from taximeter.store.models import BudgetState, Reservation, UsageEvent
 
 __all__ = ["RedisGate"]
 

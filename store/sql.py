@@ -2,7 +2,7 @@
 
 A backend supplies connections (:class:`Conn`) and a :class:`Dialect` that
 says how money, times and booleans are stored; every transaction here loads a
-budget, applies :mod:`taximeter.store.budgets` and writes it back, so SQLite
+budget, applies :mod:`taximeter.pricing.budgets` and writes it back, so SQLite
 and Postgres behave identically.
 """
 
@@ -19,8 +19,18 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 
+from taximeter.pricing import budgets
+from taximeter.pricing.models import (
+    ApiKey,
+    BudgetConfig,
+    BudgetEvent,
+    BudgetState,
+    Client,
+    OutboxItem,
+    Reservation,
+    UsageEvent,
+)
 from taximeter.pricing.money import from_nanos, to_nanos
-from taximeter.store import budgets
 from taximeter.store.base import (
     Admission,
     Conflict,
@@ -31,16 +41,6 @@ from taximeter.store.base import (
     printable,
 )
 from taximeter.store.migrations import MIGRATIONS, render
-from taximeter.store.models import (
-    ApiKey,
-    BudgetConfig,
-    BudgetEvent,
-    BudgetState,
-    Client,
-    OutboxItem,
-    Reservation,
-    UsageEvent,
-)
 
 __all__ = ["EVENT_COLUMNS", "Conn", "Dialect", "SqlStore", "sanitised"]
 

@@ -20,9 +20,9 @@ from typing import Any
 import aiosqlite
 import orjson
 
+from taximeter.pricing.models import UsageEvent
 from taximeter.pricing.money import from_nanos, to_nanos
 from taximeter.store.base import Conflict, DataRejected, DriverErrors, StoreUnavailable
-from taximeter.store.models import UsageEvent
 from taximeter.store.sql import EVENT_COLUMNS, Conn, Dialect, SqlStore
 
 __all__ = ["SqliteStore", "sqlite_path"]

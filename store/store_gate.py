@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from taximeter.pricing.models import BudgetState, Reservation, UsageEvent
 from taximeter.store.base import Admission, Store
-from taximeter.store.models import BudgetState, Reservation, UsageEvent
 
 __all__ = ["StoreGate"]
 

@@ -22,10 +22,10 @@ import pytest
 import redis.asyncio as aioredis
 from blockbuster import BlockBuster, blockbuster_ctx
 
+from taximeter.pricing.models import UsageEvent
 from taximeter.proxy.app import create_app
 from taximeter.proxy.settings import Settings
 from taximeter.store.base import Gate, Store
-from taximeter.store.models import UsageEvent
 from tests.fake_upstream import UPSTREAM_KEY, FakeUpstream
 from tests.harness import ADMIN_TOKEN, Harness
 

@@ -36,8 +36,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from taximeter.pricing.models import BudgetConfig, UsageEvent
 from taximeter.store.ledger import LedgerWriter
-from taximeter.store.models import BudgetConfig, UsageEvent
 from taximeter.store.postgres import PostgresStore
 from taximeter.store.sql import SqlStore
 from taximeter.store.sqlite import SqliteStore

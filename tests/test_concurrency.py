@@ -11,7 +11,7 @@ from typing import Any
 import openai
 import pytest
 
-from taximeter.store.models import Reservation
+from taximeter.pricing.models import Reservation
 from tests.conftest import FakeClock, usage_event
 from tests.fake_upstream import CHAT
 from tests.harness import Harness

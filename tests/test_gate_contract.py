@@ -7,10 +7,10 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from taximeter.pricing.budgets import period_bounds
+from taximeter.pricing.models import BudgetConfig, BudgetState, Reservation, UsageEvent
 from taximeter.store.base import Gate
-from taximeter.store.budgets import period_bounds
 from taximeter.store.local_gate import LocalGate
-from taximeter.store.models import BudgetConfig, BudgetState, Reservation, UsageEvent
 
 T0 = datetime(2026, 3, 10, 15, 0, tzinfo=UTC)
 _counter = iter(range(10**9))

@@ -21,10 +21,10 @@ import pytest
 import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
+from taximeter.pricing.models import BudgetConfig, UsageEvent
 from taximeter.store import sql
 from taximeter.store.base import DataRejected, RecordResult, Store
 from taximeter.store.ledger import LedgerWriter
-from taximeter.store.models import BudgetConfig, UsageEvent
 from taximeter.store.postgres import PostgresStore
 from taximeter.store.sql import SqlStore
 from taximeter.store.sqlite import SqliteStore

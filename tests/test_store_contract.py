@@ -9,9 +9,9 @@ from decimal import Decimal
 
 import pytest
 
+from taximeter.pricing.models import ApiKey, BudgetConfig, Reservation, UsageEvent
 from taximeter.pricing.money import quantize, to_nanos
 from taximeter.store.base import Conflict, NotFound, Store, StoreUnavailable
-from taximeter.store.models import ApiKey, BudgetConfig, Reservation, UsageEvent
 from tests.conftest import usage_event
 
 T0 = datetime(2026, 3, 10, 15, 0, tzinfo=UTC)

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from taximeter.store.budgets import (
+from taximeter.pricing.budgets import (
     BudgetInputError,
     apply_usage,
     config_from_json,
@@ -19,7 +19,7 @@ from taximeter.store.budgets import (
     reset,
     roll,
 )
-from taximeter.store.models import BudgetConfig, BudgetState
+from taximeter.pricing.models import BudgetConfig, BudgetState
 
 
 def utc(*args: int) -> datetime:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 
+from taximeter.pricing.extract import StreamMeter, estimate_tokens, extract_usage, has_image_part, parse_usage
+from taximeter.pricing.sse import SseSplitter
 from taximeter.pricing.usage import Usage
-from taximeter.proxy.extract import StreamMeter, estimate_tokens, extract_usage, has_image_part, parse_usage
 from taximeter.proxy.forms import parse_form
-from taximeter.proxy.sse import SseSplitter
 
 
 def test_chat_usage_with_details() -> None:

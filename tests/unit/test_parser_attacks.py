@@ -18,10 +18,10 @@ import httpx
 import openai
 import pytest
 
+from taximeter.pricing.extract import MAX_TOKENS, StreamMeter, extract_usage, parse_usage
+from taximeter.pricing.sse import SseEvent, SseSplitter
 from taximeter.pricing.usage import Usage
-from taximeter.proxy.extract import MAX_TOKENS, StreamMeter, extract_usage, parse_usage
 from taximeter.proxy.forms import MAX_PART_HEADER_BYTES, MAX_PARTS, parse_form
-from taximeter.proxy.sse import SseEvent, SseSplitter
 
 # --- SSE: line ends, separators, chunking, memory ------------------------------------------
 

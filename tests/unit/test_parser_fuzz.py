@@ -18,8 +18,7 @@ import httpx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from taximeter.pricing.usage import Usage
-from taximeter.proxy.extract import (
+from taximeter.pricing.extract import (
     MAX_AUDIO_SECONDS,
     MAX_TOKENS,
     StreamMeter,
@@ -27,8 +26,9 @@ from taximeter.proxy.extract import (
     parse_usage,
     reported_usage,
 )
+from taximeter.pricing.sse import SseEvent, SseSplitter
+from taximeter.pricing.usage import Usage
 from taximeter.proxy.forms import parse_form
-from taximeter.proxy.sse import SseEvent, SseSplitter
 
 FUZZ = settings(deadline=None, max_examples=200, database=None)  # no example files left in the tree
 

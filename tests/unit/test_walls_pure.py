@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
+from taximeter.pricing.estimate import at_least, estimate_usage, input_tokens
 from taximeter.pricing.usage import Usage
 from taximeter.proxy.edge import label, refuse_unmetered_options
 from taximeter.proxy.errors import InvalidInput
-from taximeter.proxy.estimate import at_least, estimate_usage, input_tokens
 from taximeter.proxy.paths import canonical_path, upstream_path
 
 

@@ -1,4 +1,4 @@
-"""The store's own types: what backends take and return (never driver rows)."""
+"""The domain types: what the stores and gates take and return (never driver rows)."""
 
 from __future__ import annotations
 

@@ -13,8 +13,8 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from taximeter.pricing.models import BudgetConfig, BudgetEvent, BudgetState
 from taximeter.pricing.money import NANOS_PER_UNIT, parse_money, to_nanos
-from taximeter.store.models import BudgetConfig, BudgetEvent, BudgetState
 
 __all__ = [
     "LEVELS",

@@ -23,8 +23,8 @@ from typing import Any
 
 import orjson
 
+from taximeter.pricing.sse import SseEvent
 from taximeter.pricing.usage import Usage
-from taximeter.proxy.sse import SseEvent
 
 __all__ = [
     "MAX_AUDIO_SECONDS",
