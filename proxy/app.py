@@ -198,6 +198,7 @@ def _lifecycle(settings: Settings, clock: Clock):  # type: ignore[no-untyped-def
             await services.drain()  # calls still relaying are finished and metered first
             await session.close()
             await ledger.close(timeout_s=settings.ledger_drain_s)  # a store still down cannot hold up exit
+            await meter.close()  # the gate hears of the last events recorded before it closes
             await gate.close()
             await store.close()
 

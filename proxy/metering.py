@@ -325,6 +325,11 @@ class Meter:
         if self._telling is None:
             self._telling = asyncio.create_task(self._tell_gate(), name="taximeter-recorded")
 
+    async def close(self) -> None:
+        """Wait until the gate has been told of every event recorded so far."""
+        if self._telling is not None:
+            await asyncio.shield(self._telling)
+
     async def _tell_gate(self) -> None:
         try:
             while self._recorded or self._recorded_swept:
