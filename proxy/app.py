@@ -13,22 +13,22 @@ from aiohttp import web
 
 from taximeter.pricing.catalog import load_catalog
 from taximeter.pricing.models import BudgetState, UsageEvent
-from taximeter.proxy.admin import OPERATIONS, admin_routes
-from taximeter.proxy.auth import KeyCache
-from taximeter.proxy.context import SERVICES, Services
-from taximeter.proxy.dashboard import DASHBOARD, Dashboard, dashboard_routes
-from taximeter.proxy.formatting import Formatter, locale_for
+from taximeter.proxy.admin.admin import admin_routes
+from taximeter.proxy.context import OPERATIONS, SERVICES, Services
+from taximeter.proxy.dashboard.dashboard import DASHBOARD, Dashboard, dashboard_routes
+from taximeter.proxy.dashboard.formatting import Formatter, locale_for
+from taximeter.proxy.dashboard.pages import load_pages
+from taximeter.proxy.dashboard.sessions import Sessions
+from taximeter.proxy.gateway.auth import KeyCache
+from taximeter.proxy.gateway.metering import Clock, Meter, system_clock
+from taximeter.proxy.gateway.proxying import handle_proxy
+from taximeter.proxy.gateway.routing import UpstreamRouter
+from taximeter.proxy.gateway.status import status_routes
 from taximeter.proxy.logs import protect_logs
-from taximeter.proxy.metering import Clock, Meter, system_clock
 from taximeter.proxy.metrics import Metrics
 from taximeter.proxy.middleware import error_middleware
 from taximeter.proxy.operations import Operations
-from taximeter.proxy.pages import load_pages
-from taximeter.proxy.proxying import handle_proxy
-from taximeter.proxy.routing import UpstreamRouter
-from taximeter.proxy.sessions import Sessions
 from taximeter.proxy.settings import Settings
-from taximeter.proxy.status import status_routes
 from taximeter.proxy.webhooks import Webhook, WebhookSender
 from taximeter.store.base import RecordResult, StoreUnavailable
 from taximeter.store.factory import open_gate, open_store

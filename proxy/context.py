@@ -1,4 +1,4 @@
-"""What handlers reach through the application: one typed key, one object."""
+"""What handlers reach through the application: typed app keys, one object each."""
 
 from __future__ import annotations
 
@@ -10,14 +10,15 @@ from typing import Any, TypeVar
 import aiohttp
 from aiohttp import web
 
-from taximeter.proxy.auth import KeyCache
-from taximeter.proxy.metering import Meter
+from taximeter.proxy.gateway.auth import KeyCache
+from taximeter.proxy.gateway.metering import Meter
+from taximeter.proxy.gateway.routing import UpstreamRouter
 from taximeter.proxy.metrics import Metrics
-from taximeter.proxy.routing import UpstreamRouter
+from taximeter.proxy.operations import Operations
 from taximeter.proxy.settings import Settings
 from taximeter.proxy.webhooks import WebhookSender
 
-__all__ = ["SERVICES", "Services"]
+__all__ = ["OPERATIONS", "SERVICES", "Services"]
 
 T = TypeVar("T")
 
@@ -49,3 +50,6 @@ class Services:
 
 
 SERVICES = web.AppKey("services", Services)
+# Declared here, beside SERVICES, so the gateway's /budget/status reads it
+# without importing the admin package.
+OPERATIONS = web.AppKey("operations", Operations)

@@ -30,7 +30,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from taximeter.proxy.paths import canonical_path
+from taximeter.proxy.gateway.paths import canonical_path
 
 __all__ = [
     "ClientDeclaration",

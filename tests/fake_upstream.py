@@ -380,7 +380,7 @@ def _images(model: str, n: int) -> dict[str, Any]:
 
 
 async def _form(request: web.Request, body: bytes) -> dict[str, str]:
-    from taximeter.proxy.forms import parse_form
+    from taximeter.proxy.gateway.forms import parse_form
 
     return parse_form(request.headers["Content-Type"], body).fields
 

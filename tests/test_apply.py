@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from taximeter.proxy.apply import apply_file
+from taximeter.proxy.cli.apply import apply_file
 from taximeter.proxy.errors import InvalidInput
 from taximeter.proxy.operations import Operations
 from taximeter.proxy.settings import ConfigError

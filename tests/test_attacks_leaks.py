@@ -19,10 +19,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from taximeter.proxy.admin import _csv_cell
+from taximeter.proxy.admin.admin import _csv_cell
+from taximeter.proxy.cli.serve import warn_if_exposed
+from taximeter.proxy.dashboard.sessions import LoginThrottle
 from taximeter.proxy.logs import JsonFormatter, PlainFormatter, configure_logging
-from taximeter.proxy.serve import warn_if_exposed
-from taximeter.proxy.sessions import LoginThrottle
 from taximeter.proxy.settings import Settings
 from taximeter.proxy.views import EVENT_FIELDS
 from tests.conftest import FakeClock

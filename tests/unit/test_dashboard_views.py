@@ -9,10 +9,10 @@ from decimal import Decimal
 import pytest
 
 from taximeter.pricing.models import BudgetConfig, BudgetState, Client
-from taximeter.proxy.budget_form import form_from_state, parse_budget_form
-from taximeter.proxy.cards import build_card, order_cards
-from taximeter.proxy.charts import bar_list, column_chart
-from taximeter.proxy.formatting import Formatter, locale_for
+from taximeter.proxy.dashboard.budget_form import form_from_state, parse_budget_form
+from taximeter.proxy.dashboard.cards import build_card, order_cards
+from taximeter.proxy.dashboard.charts import bar_list, column_chart
+from taximeter.proxy.dashboard.formatting import Formatter, locale_for
 
 NBSP = "\u00a0"
 T0 = datetime(2026, 3, 10, 15, 0, tzinfo=UTC)

@@ -8,7 +8,7 @@ from decimal import Decimal
 from taximeter.pricing.extract import StreamMeter, estimate_tokens, extract_usage, has_image_part, parse_usage
 from taximeter.pricing.sse import SseSplitter
 from taximeter.pricing.usage import Usage
-from taximeter.proxy.forms import parse_form
+from taximeter.proxy.gateway.forms import parse_form
 
 
 def test_chat_usage_with_details() -> None:

@@ -1,10 +1,9 @@
 """Dependencies point one way (SPEC section 1): ``pricing`` imports neither
-``store`` nor ``proxy`` nor any driver, and ``store`` never imports ``proxy``.
+``store`` nor ``proxy`` nor any driver, ``store`` never imports ``proxy``, and
+``proxy/gateway`` never imports ``admin``, ``dashboard`` or ``cli``.
 
 Read with ``ast`` from the source tree, so nothing is imported to check it and
-an import inside a function or under ``TYPE_CHECKING`` counts as well. The rule
-that ``proxy/gateway`` never imports ``admin``, ``dashboard`` or ``cli`` is added
-here with the gateway package.
+an import inside a function or under ``TYPE_CHECKING`` counts as well.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ DRIVERS = ("aiohttp", "asyncpg", "redis", "aiosqlite", "sqlite3")
 FORBIDDEN = {
     "pricing": ("taximeter.store", "taximeter.proxy", *DRIVERS),
     "store": ("taximeter.proxy",),
+    "proxy/gateway": ("taximeter.proxy.admin", "taximeter.proxy.dashboard", "taximeter.proxy.cli"),
 }
 
 
@@ -61,3 +61,6 @@ def test_the_check_sees_the_tree() -> None:
     assert {"extract.py", "sse.py", "estimate.py", "budgets.py", "models.py", "catalog.py"} <= pure
     assert "taximeter.pricing.models" in imported_modules(ROOT / "store" / "base.py")
     assert "aiohttp" in imported_modules(ROOT / "proxy" / "app.py")
+    gateway = {path.name for path in (ROOT / "proxy" / "gateway").rglob("*.py")}
+    assert "proxying.py" in gateway
+    assert "taximeter.proxy.gateway.auth" in imported_modules(ROOT / "proxy" / "gateway" / "proxying.py")

@@ -21,7 +21,7 @@ import pytest
 from taximeter.pricing.extract import MAX_TOKENS, StreamMeter, extract_usage, parse_usage
 from taximeter.pricing.sse import SseEvent, SseSplitter
 from taximeter.pricing.usage import Usage
-from taximeter.proxy.forms import MAX_PART_HEADER_BYTES, MAX_PARTS, parse_form
+from taximeter.proxy.gateway.forms import MAX_PART_HEADER_BYTES, MAX_PARTS, parse_form
 
 # --- SSE: line ends, separators, chunking, memory ------------------------------------------
 

@@ -28,7 +28,7 @@ from taximeter.pricing.extract import (
 )
 from taximeter.pricing.sse import SseEvent, SseSplitter
 from taximeter.pricing.usage import Usage
-from taximeter.proxy.forms import parse_form
+from taximeter.proxy.gateway.forms import parse_form
 
 FUZZ = settings(deadline=None, max_examples=200, database=None)  # no example files left in the tree
 

@@ -13,9 +13,9 @@ import pytest
 
 from taximeter.pricing.estimate import at_least, estimate_usage, input_tokens
 from taximeter.pricing.usage import Usage
-from taximeter.proxy.edge import label, refuse_unmetered_options
 from taximeter.proxy.errors import InvalidInput
-from taximeter.proxy.paths import canonical_path, upstream_path
+from taximeter.proxy.gateway.edge import label, refuse_unmetered_options
+from taximeter.proxy.gateway.paths import canonical_path, upstream_path
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,8 @@ import time
 from aiohttp import web
 
 from taximeter.pricing.models import ApiKey
-from taximeter.proxy import keys
 from taximeter.proxy.errors import AdminAuthRequired, InvalidApiKey
+from taximeter.proxy.gateway import keys
 from taximeter.store.base import Store
 
 __all__ = ["KeyCache", "authenticate", "require_admin", "require_bearer"]

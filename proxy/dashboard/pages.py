@@ -49,7 +49,7 @@ class Pages:
 def load_pages() -> Pages:
     """Read every template and static file of the package. It reads files:
     call it off the event loop, once at start-up."""
-    root = resources.files("taximeter.proxy")
+    root = resources.files("taximeter.proxy.dashboard")
     templates = {
         item.name: item.read_text(encoding="utf-8")
         for item in root.joinpath("templates").iterdir()

@@ -9,7 +9,7 @@ from decimal import Decimal
 from taximeter.pricing import budgets
 from taximeter.pricing.models import BudgetState, Client
 from taximeter.pricing.money import from_nanos
-from taximeter.proxy.formatting import Formatter
+from taximeter.proxy.dashboard.formatting import Formatter
 
 __all__ = ["API_TYPES", "Bar", "Card", "build_card", "order_cards"]
 

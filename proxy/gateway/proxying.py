@@ -25,11 +25,7 @@ from taximeter.pricing.extract import StreamMeter, extract_usage, has_image_part
 from taximeter.pricing.models import UsageEvent
 from taximeter.pricing.sse import SseEvent, SseSplitter
 from taximeter.pricing.usage import Usage
-from taximeter.proxy import auth
-from taximeter.proxy.audio import audio_seconds
 from taximeter.proxy.context import SERVICES, Services
-from taximeter.proxy.edge import label, refuse_unmetered_options
-from taximeter.proxy.endpoints import DEFAULT_MODELS, Endpoint, find_endpoint
 from taximeter.proxy.errors import (
     BudgetExceeded,
     EndpointNotMetered,
@@ -40,9 +36,13 @@ from taximeter.proxy.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from taximeter.proxy.forms import Form, parse_form
+from taximeter.proxy.gateway import auth
+from taximeter.proxy.gateway.audio import audio_seconds
+from taximeter.proxy.gateway.edge import label, refuse_unmetered_options
+from taximeter.proxy.gateway.endpoints import DEFAULT_MODELS, Endpoint, find_endpoint
+from taximeter.proxy.gateway.forms import Form, parse_form
+from taximeter.proxy.gateway.paths import canonical_path, upstream_path
 from taximeter.proxy.middleware import REQUEST_ID
-from taximeter.proxy.paths import canonical_path, upstream_path
 from taximeter.proxy.views import money
 
 __all__ = ["handle_proxy"]

@@ -20,7 +20,7 @@ from taximeter.pricing import budgets
 from taximeter.pricing.catalog import CatalogError, load_catalog, problems
 from taximeter.pricing.models import BudgetState
 from taximeter.pricing.money import from_nanos
-from taximeter.proxy.apply import apply_file
+from taximeter.proxy.cli.apply import apply_file
 from taximeter.proxy.errors import TaximeterError
 from taximeter.proxy.logs import configure_logging
 from taximeter.proxy.operations import GROUPINGS, Operations
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level, settings.log_json)
     if args.command == "serve":
-        from taximeter.proxy.serve import serve
+        from taximeter.proxy.cli.serve import serve
 
         return serve(settings)
     try:

@@ -22,14 +22,14 @@ from aiohttp.typedefs import Handler
 
 from taximeter.pricing import budgets
 from taximeter.pricing.models import BudgetState, Client
-from taximeter.proxy.budget_form import form_from_state, parse_budget_form
-from taximeter.proxy.cards import Card, build_card, order_cards
-from taximeter.proxy.charts import bar_list, column_chart
+from taximeter.proxy.dashboard.budget_form import form_from_state, parse_budget_form
+from taximeter.proxy.dashboard.cards import Card, build_card, order_cards
+from taximeter.proxy.dashboard.charts import bar_list, column_chart
+from taximeter.proxy.dashboard.formatting import Formatter
+from taximeter.proxy.dashboard.pages import Pages
+from taximeter.proxy.dashboard.sessions import Session, Sessions
 from taximeter.proxy.errors import InvalidInput, NotFoundError, TaximeterError
-from taximeter.proxy.formatting import Formatter
 from taximeter.proxy.operations import Operations
-from taximeter.proxy.pages import Pages
-from taximeter.proxy.sessions import Session, Sessions
 from taximeter.store.base import StoreUnavailable
 
 __all__ = ["DASHBOARD", "Dashboard", "dashboard_routes"]

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from taximeter.proxy import auth
-from taximeter.proxy.admin import OPERATIONS
-from taximeter.proxy.context import SERVICES
+from taximeter.proxy.context import OPERATIONS, SERVICES
 from taximeter.proxy.errors import NotFoundError
+from taximeter.proxy.gateway import auth
 from taximeter.proxy.metrics import CONTENT_TYPE_LATEST
 from taximeter.store.base import StoreUnavailable
 from taximeter.store.migrations import LATEST

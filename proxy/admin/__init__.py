@@ -1,0 +1,1 @@
+"""The admin JSON API (``/admin/*``) and its OpenAPI document."""

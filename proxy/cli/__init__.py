@@ -1,0 +1,1 @@
+"""The ``taximeter`` command: its sub-commands, ``apply`` of ops files and ``serve``."""
