@@ -568,3 +568,15 @@ async def test_a_line_break_or_bad_byte_in_the_end_user_header_is_refused(
     status, reply = await raw_request(proxy, "POST", "/v1/chat/completions", key, body, extra)
     assert status == 400 and reply["error"]["param"] == "X-Taximeter-End-User"
     assert proxy.upstream.received == []
+
+
+async def test_a_streamed_transcription_form_is_not_refused(proxy: Harness) -> None:
+    """Multipart fields are text: `stream=true` in a form is the SDK's own shape."""
+    key = await proxy.new_client("acme")
+    body, content_type = multipart(
+        [("model", None, b"whisper-1"), ("stream", None, b"true"), ("file", "a.wav", wav_bytes(1))]
+    )
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": content_type}
+    async with proxy.http.post(f"{proxy.url}/v1/audio/transcriptions", data=body, headers=headers) as resp:
+        assert resp.status == 200
+    assert len(proxy.upstream.received) == 1

@@ -43,15 +43,18 @@ def _encodable(value: str) -> bool:
     return True
 
 
-def refuse_unmetered_options(family: str, fields: dict[str, Any]) -> None:
+def refuse_unmetered_options(family: str, fields: dict[str, Any], *, form: bool = False) -> None:
     """Refuse request options whose spend taximeter could not read back.
 
-    ``stream`` must be a JSON boolean: an upstream that takes ``"true"`` would
-    stream without the usage chunk taximeter asks for. A background response
-    is answered before it runs, with no usage, so it cannot be metered here.
+    ``stream`` must be a JSON boolean (in a multipart ``form``, where every
+    field is text, ``true`` or ``false``): an upstream that takes ``"true"``
+    in JSON would stream without the usage chunk taximeter asks for. A
+    background response is answered before it runs, with no usage, so it
+    cannot be metered here.
     """
     stream = fields.get("stream")
-    if stream is not None and not isinstance(stream, bool):
+    valid = stream in ("true", "false") if form else isinstance(stream, bool)
+    if stream is not None and not valid:
         raise InvalidInput("'stream' must be true or false", param="stream", status=400)
     options = fields.get("stream_options")
     if options is not None and not isinstance(options, dict):

@@ -221,7 +221,7 @@ async def _parse_call(
         except ValueError as exc:
             raise InvalidInput(f"expected a multipart/form-data body: {exc}", status=400) from exc
         fields = dict(form.fields)
-    refuse_unmetered_options(endpoint.family, fields)
+    refuse_unmetered_options(endpoint.family, fields, form=form is not None)
     model = label(fields.get("model") or DEFAULT_MODELS.get(endpoint.path), "model", required=True)
     assert model is not None  # required
     vision = endpoint.family in ("chat", "responses") and has_image_part(fields)

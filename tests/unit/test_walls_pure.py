@@ -96,6 +96,10 @@ def test_options_taximeter_could_not_meter_are_refused(
 def test_options_that_are_metered_pass() -> None:
     refuse_unmetered_options("chat", {"stream": True, "stream_options": {"include_usage": True}})
     refuse_unmetered_options("responses", {"background": False})
+    # Multipart fields are text: the SDK streams a transcription with stream=true.
+    refuse_unmetered_options("transcription", {"stream": "true"}, form=True)
+    with pytest.raises(InvalidInput):
+        refuse_unmetered_options("transcription", {"stream": "yes"}, form=True)
 
 
 def estimate(family: str, request: dict[str, Any], unseen: int = 0) -> Usage:
