@@ -8,6 +8,7 @@ usage is settled with the gate before the response's final byte is sent.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -70,6 +71,7 @@ _DROP_RESPONSE = {
 }
 CLIENT_CLOSED = 499  # recorded status of a call whose client went away mid-stream
 MAX_AUDIO_CAPTURE = 64 * 1024 * 1024
+_OFF_LOOP_BYTES = 256 * 1024  # bodies larger than this are parsed and estimated in a thread
 
 
 @dataclass
@@ -124,7 +126,7 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
         if endpoint.body == "multipart":  # the costly parse waits for the cheap refusal
             await services.meter.precheck(key.client_id, request[REQUEST_ID])
         call = await _parse_call(request, endpoint, key.client_id, body, services)
-        call.estimate = await _estimate(services, call)
+        call.estimate = await _estimate(services, call, off_loop=len(body) > _OFF_LOOP_BYTES)
         await _admit(services, call.estimate)
     except (BudgetExceeded, ModelNotPriced) as exc:
         reason = exc.reason if isinstance(exc, BudgetExceeded) else exc.code
@@ -137,14 +139,16 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
         raise
 
 
-async def _estimate(services: Services, call: Call) -> UsageEvent:
+async def _estimate(services: Services, call: Call, *, off_loop: bool) -> UsageEvent:
     """The call as it would be charged before its usage is known: reserved at
-    admission, and recorded as is if its process dies before it settles."""
+    admission, and recorded as is if its process dies before it settles. The
+    estimate walks the whole request: a large one is walked in a thread."""
     if call.endpoint.family == "transcription" and call.form is not None and "file" in call.form.files:
         filename, data = call.form.files["file"]
         call.upload_seconds = await asyncio.to_thread(audio_seconds, data, filename=filename)
     settings = services.settings
-    usage = estimate_usage(
+    estimate = functools.partial(
+        estimate_usage,
         call.endpoint.family,
         call.fields,
         default_output_tokens=settings.reserve_output_tokens,
@@ -152,6 +156,7 @@ async def _estimate(services: Services, call: Call) -> UsageEvent:
         unseen_input_tokens=settings.reserve_input_tokens,
         upload_seconds=call.upload_seconds,
     )
+    usage = await asyncio.to_thread(estimate) if off_loop else estimate()
     call.reserved = replace(usage, estimated=True)
     return _event(services, call, call.reserved, 0)
 
@@ -203,9 +208,6 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
             raise RequestTooLarge(f"request body is larger than the {limit}-byte limit")
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-_OFF_LOOP_BYTES = 256 * 1024  # bodies larger than this are parsed in a thread
 
 
 async def _parse_call(
