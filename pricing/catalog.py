@@ -22,9 +22,8 @@ from typing import Any
 from taximeter.pricing.money import parse_money, quantize
 from taximeter.pricing.usage import Usage
 
-__all__ = ["API_TYPES", "Catalog", "CatalogError", "ModelPrice", "load_catalog", "problems"]
+__all__ = ["Catalog", "CatalogError", "ModelPrice", "load_catalog", "problems"]
 
-API_TYPES = ("chat", "vision", "embeddings", "tts", "whisper", "image", "moderation")
 _CATALOG_API_TYPES = ("chat", "embeddings", "tts", "whisper", "image", "moderation")
 _MILLION = Decimal(1_000_000)
 _SIXTY = Decimal(60)

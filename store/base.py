@@ -282,8 +282,6 @@ class Gate(Protocol):
         """Take reservations whose time is up away from the gate; each is handed
         to exactly one caller, who must record and settle its estimated event."""
 
-    async def forget(self, client_id: str) -> None: ...
-
     def needs_refresh(self, client_id: str, now: datetime) -> bool:
         """Whether the copy is old enough to be reloaded in the background
         (changes made by another process reach a process-local copy this way)."""

@@ -103,11 +103,6 @@ class LedgerWriter:
         """Whether the writer task is running (only :meth:`close` ends it)."""
         return self._task is not None and not self._task.done()
 
-    @property
-    def written(self) -> int:
-        """Sequence number of the last event that is durable."""
-        return self._written
-
     async def submit(self, event: UsageEvent) -> int:
         """Queue ``event`` for recording (waits only while the queue is full);
         its sequence number: it is durable once ``written`` reaches it."""

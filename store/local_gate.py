@@ -101,10 +101,6 @@ class LocalGate:
         loaded = self._loaded_at.get(client_id)
         return loaded is not None and now - loaded > self._max_age
 
-    async def forget(self, client_id: str) -> None:
-        self._states.pop(client_id, None)
-        self._loaded_at.pop(client_id, None)
-
     async def ping(self) -> None:
         return None
 

@@ -415,12 +415,6 @@ class RedisGate:
     def needs_refresh(self, client_id: str, now: datetime) -> bool:
         return False  # every process writes its changes here: the copy is never behind
 
-    async def forget(self, client_id: str) -> None:
-        try:
-            await self._redis.delete(self._keys(client_id)[0])
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"Redis: {exc}") from exc
-
     async def ping(self) -> None:
         try:
             await self._redis.ping()

@@ -54,9 +54,6 @@ class StoreGate:
     async def claim_expired(self, now: datetime, limit: int) -> list[Reservation]:
         return await self._store.claim_expired_reservations(now, limit)
 
-    async def forget(self, client_id: str) -> None:
-        return None
-
     def needs_refresh(self, client_id: str, now: datetime) -> bool:
         return False
 

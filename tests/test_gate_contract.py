@@ -159,12 +159,10 @@ async def test_end_of_period_is_a_miss_and_drops_late_settles(gate: Gate) -> Non
     assert (await gate.admit(hold(), T0)).outcome == "miss"  # the stale copy was dropped
 
 
-async def test_load_replaces_and_forget_drops(gate: Gate) -> None:
+async def test_load_replaces(gate: Gate) -> None:
     await gate.load("acme", state(paused=True, pause_reason="manual"), T0)
     await gate.load("acme", state(), T0)
     assert (await gate.admit(hold(), T0)).outcome == "ok"
-    await gate.forget("acme")
-    assert (await gate.admit(hold(), T0)).outcome == "miss"
 
 
 async def test_redis_state_is_shared_between_instances(redis_prefix: str) -> None:
