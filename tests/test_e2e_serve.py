@@ -16,6 +16,8 @@ import pytest
 from tests.fake_upstream import CHAT, FakeUpstream
 from tests.processes import TAXIMETER, Deployment
 
+pytestmark = pytest.mark.slow  # starts real processes
+
 CALL_TOKENS = CHAT["prompt"] + CHAT["completion"]
 
 

@@ -30,6 +30,8 @@ from tests.harness import ADMIN_TOKEN, Harness
 from tests.private_services import PrivateRedis
 from tests.processes import Deployment
 
+pytestmark = pytest.mark.slow  # starts real processes
+
 Serve = Callable[[web.Application], Awaitable[TestServer]]  # aiohttp_server, or the runner's own
 TOKENS_PER_CALL = 1_000  # each call sends (and the fake reports) this many embedding tokens
 
@@ -149,7 +151,6 @@ async def settled_figures(
         await store.close()
 
 
-@pytest.mark.slow
 async def test_kill_9_under_load_loses_nothing(
     aiohttp_server: Any, tmp_path: Path, pg_url: str, redis_prefix: str
 ) -> None:
@@ -239,7 +240,6 @@ async def redis_restart_overrun(
             await each.close()
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("slow_through", ["redis", "store"])
 async def test_redis_restart_mid_traffic_holds_the_overrun_bound(
     aiohttp_server: Any, pg_url: str, slow_through: str
@@ -256,7 +256,6 @@ async def test_redis_restart_mid_traffic_holds_the_overrun_bound(
     assert overrun <= TOKENS_PER_CALL  # limit + the largest single estimate
 
 
-@pytest.mark.slow
 async def test_redis_outage_across_processes_holds_the_stated_bound(aiohttp_server: Any, pg_url: str) -> None:
     """The README's bound with several processes: a process that has not yet
     noticed the outage has not moved its calls in flight into the store, so

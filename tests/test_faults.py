@@ -24,6 +24,7 @@ from tests.processes import Deployment
 MISSING = missing_binaries()  # looked up once, outside any event loop
 
 
+@pytest.mark.slow
 async def test_proxy_killed_mid_stream_is_charged_by_the_survivor(
     aiohttp_server: Any, tmp_path: Path, pg_url: str, redis_prefix: str
 ) -> None:
@@ -160,6 +161,7 @@ async def test_redis_flushed_mid_traffic(proxy: Harness, backend: dict[str, str]
     await proxy.assert_ledger_matches_counters()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["production"], indirect=True)
 async def test_postgres_restarted_mid_traffic_loses_and_doubles_nothing(
     make_proxy: Any, backend: dict[str, str]

@@ -34,6 +34,8 @@ from tests.harness import Harness
 from tests.private_services import PrivatePostgres, PrivateRedis, missing_binaries
 from tests.processes import Deployment
 
+pytestmark = pytest.mark.slow  # starts real processes
+
 NOW = datetime(2026, 3, 10, 15, 0, tzinfo=UTC)
 MISSING = missing_binaries()  # looked up once, outside any event loop
 

@@ -10,11 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import openai
+import pytest
 
 from taximeter.store.factory import open_store
 from tests.conftest import REDIS_URL
 from tests.fake_upstream import CHAT, FakeUpstream
 from tests.processes import Deployment
+
+pytestmark = pytest.mark.slow  # starts real processes
 
 CALL_TOKENS = CHAT["prompt"] + CHAT["completion"]  # 1500, what every call reports
 MAX_TOKENS = CALL_TOKENS  # each call bounds its output, so it stays within its estimate
