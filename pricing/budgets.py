@@ -14,7 +14,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from taximeter.pricing.models import BudgetConfig, BudgetEvent, BudgetState
-from taximeter.pricing.money import NANOS_PER_UNIT, parse_money, to_nanos
+from taximeter.pricing.money import NANOS_PER_UNIT, from_nanos, money_text, parse_money, to_nanos
 
 __all__ = [
     "LEVELS",
@@ -221,8 +221,8 @@ def event_payload(event: BudgetEvent, state: BudgetState, event_id: str, now: da
         "tokens_used": state.tokens_used,
         "token_limit": config.token_limit,
         "tokens_percent": tokens_pct,
-        "cost_used": str(Decimal(state.cost_used_nanos) / NANOS_PER_UNIT),
-        "cost_limit": None if config.cost_limit is None else str(config.cost_limit),
+        "cost_used": money_text(from_nanos(state.cost_used_nanos)),
+        "cost_limit": None if config.cost_limit is None else money_text(config.cost_limit),
         "cost_percent": cost_pct,
         "currency": config.currency,
     }

@@ -11,7 +11,16 @@ from __future__ import annotations
 
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 
-__all__ = ["NANO", "NANOS_PER_UNIT", "convert", "from_nanos", "parse_money", "quantize", "to_nanos"]
+__all__ = [
+    "NANO",
+    "NANOS_PER_UNIT",
+    "convert",
+    "from_nanos",
+    "money_text",
+    "parse_money",
+    "quantize",
+    "to_nanos",
+]
 
 NANO = Decimal("0.000000001")
 NANOS_PER_UNIT = 1_000_000_000
@@ -35,6 +44,13 @@ def from_nanos(nanos: int) -> Decimal:
 def convert(amount_usd: Decimal, rate: Decimal) -> Decimal:
     """``amount_usd`` in a currency worth ``rate`` units per USD, quantized."""
     return quantize(amount_usd * rate)
+
+
+def money_text(amount: Decimal) -> str:
+    """``amount`` as the text JSON carries it, the one rule for every API and
+    webhook: plain notation, never an exponent, no trailing zeros ("500",
+    "0.0000005", "12.5"), and zero as "0"."""
+    return format(amount.normalize(), "f") if amount else "0"
 
 
 def parse_money(value: object) -> Decimal:

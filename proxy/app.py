@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from datetime import datetime
 from typing import Any
 
@@ -14,7 +14,20 @@ from aiohttp import web
 from taximeter.pricing.catalog import load_catalog
 from taximeter.pricing.models import BudgetState, UsageEvent
 from taximeter.proxy.admin.admin import admin_routes
-from taximeter.proxy.context import OPERATIONS, SERVICES, Services
+from taximeter.proxy.context import (
+    CATALOG,
+    CLOCK,
+    GATE,
+    LEDGER,
+    METER,
+    METRICS,
+    OPERATIONS,
+    SERVICES,
+    SESSION,
+    SETTINGS,
+    STORE,
+    Services,
+)
 from taximeter.proxy.dashboard.dashboard import DASHBOARD, Dashboard, dashboard_routes
 from taximeter.proxy.dashboard.formatting import Formatter, locale_for
 from taximeter.proxy.dashboard.pages import load_pages
@@ -27,7 +40,7 @@ from taximeter.proxy.gateway.status import status_routes
 from taximeter.proxy.logs import protect_logs
 from taximeter.proxy.metrics import Metrics
 from taximeter.proxy.middleware import error_middleware
-from taximeter.proxy.operations import Operations
+from taximeter.proxy.operations import BudgetHook, Operations
 from taximeter.proxy.settings import Settings
 from taximeter.proxy.webhooks import Webhook, WebhookSender
 from taximeter.store.base import RecordResult, StoreUnavailable
@@ -52,7 +65,13 @@ def create_app(settings: Settings, *, clock: Clock = system_clock) -> web.Applic
     app.add_routes(admin_routes())
     app.add_routes(dashboard_routes())
     app.router.add_route("*", "/v1/{tail:.*}", handle_proxy)
-    app.cleanup_ctx.append(_lifecycle(settings, clock))
+    app[SETTINGS] = settings
+    app[CLOCK] = clock
+    # One context per resource, in the order they depend on each other: aiohttp
+    # closes them in reverse, and only those that finished opening, so a failed
+    # start releases exactly what it opened. Shutdown runs: background tasks
+    # stop, calls in flight finish, session, ledger (drained), meter, gate, store.
+    app.cleanup_ctx.extend(_CONTEXTS)
     return app
 
 
@@ -85,121 +104,212 @@ def _secrets(settings: Settings) -> list[str]:
     return [secret.get_secret_value() for secret in found if secret is not None]
 
 
-def _lifecycle(settings: Settings, clock: Clock):  # type: ignore[no-untyped-def]
-    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        catalog = await asyncio.to_thread(load_catalog, *settings.pricing_files)
-        pages = await asyncio.to_thread(load_pages)
-        store = await open_store(settings.database_url)
+async def _catalog_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The price catalog and the metrics that label by it (nothing to close)."""
+    settings = app[SETTINGS]
+    catalog = await asyncio.to_thread(load_catalog, *settings.pricing_files)
+    app[CATALOG] = catalog
+    app[METRICS] = Metrics(catalog)
+    yield
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The store, migrated; closed last."""
+    store = await open_store(app[SETTINGS].database_url)
+    try:
         await store.migrate()
-        gate = open_gate(settings.redis_url, prefix=settings.redis_prefix, refresh_s=settings.gate_refresh_s)
-        metrics = Metrics(catalog)
-        store.observe(metrics.budget_event)
+        store.observe(app[METRICS].budget_event)
+        app[STORE] = store
+        yield
+    finally:
+        await store.close()
 
-        async def recorded(event: UsageEvent, result: RecordResult) -> None:
-            metrics.ledger_pending.set(ledger.pending)
-            meter.recorded(event, result.recorded)
-            if result.state is not None:
-                metrics.budget(result.state)
 
-        def quarantined(event: UsageEvent, error: str) -> None:
-            # Refused by the store and set aside: counted as written, in no budget.
-            metrics.ledger_quarantined.inc()
-            metrics.ledger_pending.set(ledger.pending)
-            # Done with, as far as the gate is concerned: it forgets its copy of the
-            # event, or a sweep would hand the same refused event back to the ledger.
-            meter.recorded(event, False)
+async def _gate_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    gate = open_gate(settings.redis_url, prefix=settings.redis_prefix, refresh_s=settings.gate_refresh_s)
+    try:
+        app[GATE] = gate
+        yield
+    finally:
+        await gate.close()
 
-        ledger = LedgerWriter(
-            store,
-            max_pending=settings.ledger_max_pending,
-            on_recorded=recorded,
-            on_quarantined=quarantined,
-            clock=clock,
-        )
-        ledger.start()
-        meter = Meter(
-            store=store,
-            gate=gate,
-            ledger=ledger,
-            catalog=catalog,
-            currency=settings.currency,
-            exchange_rate=settings.exchange_rate,
-            allow_unpriced=settings.unpriced_models == "allow",
-            # A live call ends within the upstream timeout; only a dead process's outlives this.
-            reservation_ttl_s=settings.upstream_timeout_s + settings.reservation_grace_s,
-            record_grace_s=settings.reservation_grace_s,
-            # Redis down: admit under the budget's row lock rather than let spend through.
-            fallback=StoreGate(store) if settings.redis_url else None,
-            clock=clock,
-        )
 
-        async def refresh_gate(client_id: str, state: BudgetState | None, now: datetime) -> None:
-            # Re-read after the flush, so the copy includes this process's in-flight events.
-            if state is not None:
-                metrics.budget(state)
-            try:
-                await meter.rebuild(client_id, now)
-            except StoreUnavailable:
-                meter.mark_stale(client_id)  # the store has the change; the gate catches up later
+async def _meter_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The meter and its ledger writer (started by :func:`_ledger_ctx`, which
+    closes first: the meter then tells the gate of the last events recorded)."""
+    app[LEDGER], app[METER] = _new_meter(app)
+    try:
+        yield
+    finally:
+        await app[METER].close()  # the gate hears of the last events recorded before it closes
 
-        timeout = aiohttp.ClientTimeout(
-            total=settings.upstream_timeout_s, sock_connect=settings.upstream_connect_timeout_s
-        )
-        # One pooled session for every upstream call; no per-host connection cap.
-        session = aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0))
-        webhooks = WebhookSender(
-            store,
-            session,
-            [Webhook(w.url, w.secret.get_secret_value()) for w in settings.webhooks if w.secret],
-            clock=clock,
-            timeout_s=settings.webhook_timeout_s,
-            retry_max_s=settings.webhook_retry_max_s,
-        )
-        services = Services(
-            settings=settings,
-            meter=meter,
-            router=UpstreamRouter(settings.resolved_upstreams()),
-            session=session,
-            webhooks=webhooks,
-            metrics=metrics,
-            keys=KeyCache(store, ttl_s=settings.key_cache_s),
-        )
-        app[SERVICES] = services
-        operations = Operations(
-            store,
-            timezone=settings.timezone,
-            currency=settings.currency,
-            clock=clock,
-            on_budget_change=refresh_gate,
-            flush_ledger=ledger.flush,
-            on_key_revoked=services.keys.forget,
-        )
-        app[OPERATIONS] = operations
-        admin_token = settings.admin_token.get_secret_value() if settings.admin_token else None
-        app[DASHBOARD] = Dashboard(
-            pages=pages,
-            sessions=None
-            if admin_token is None
-            else Sessions(store, admin_token, lifetime_s=settings.dashboard_session_s, clock=clock),
-            ops=operations,
-            fmt=await asyncio.to_thread(Formatter, locale_for(settings.currency, settings.locale)),
-        )
-        background = [
-            asyncio.create_task(meter.sweep_forever(settings.sweep_interval_s), name="taximeter-sweeper"),
-            asyncio.create_task(webhooks.run_forever(settings.sweep_interval_s), name="taximeter-webhooks"),
-        ]
+
+def _new_meter(app: web.Application) -> tuple[LedgerWriter, Meter]:
+    settings, store, metrics = app[SETTINGS], app[STORE], app[METRICS]
+
+    async def recorded(event: UsageEvent, result: RecordResult) -> None:
+        metrics.ledger_pending.set(ledger.pending)
+        meter.recorded(event, result.recorded)
+        if result.state is not None:
+            metrics.budget(result.state)
+
+    def quarantined(event: UsageEvent, error: str) -> None:
+        # Refused by the store and set aside: counted as written, in no budget.
+        metrics.ledger_quarantined.inc()
+        metrics.ledger_pending.set(ledger.pending)
+        # Done with, as far as the gate is concerned: it forgets its copy of the
+        # event, or a sweep would hand the same refused event back to the ledger.
+        meter.recorded(event, False)
+
+    ledger = LedgerWriter(
+        store,
+        max_pending=settings.ledger_max_pending,
+        on_recorded=recorded,
+        on_quarantined=quarantined,
+        clock=app[CLOCK],
+    )
+    meter = Meter(
+        store=store,
+        gate=app[GATE],
+        ledger=ledger,
+        catalog=app[CATALOG],
+        currency=settings.currency,
+        exchange_rate=settings.exchange_rate,
+        allow_unpriced=settings.unpriced_models == "allow",
+        # A live call ends within the upstream timeout; only a dead process's outlives this.
+        reservation_ttl_s=settings.upstream_timeout_s + settings.reservation_grace_s,
+        record_grace_s=settings.reservation_grace_s,
+        # Redis down: admit under the budget's row lock rather than let spend through.
+        fallback=StoreGate(store) if settings.redis_url else None,
+        clock=app[CLOCK],
+    )
+    return ledger, meter
+
+
+async def _ledger_ctx(app: web.Application) -> AsyncIterator[None]:
+    ledger = app[LEDGER]
+    ledger.start()
+    try:
+        yield
+    finally:
+        # A store still down cannot hold up exit.
+        await ledger.close(timeout_s=app[SETTINGS].ledger_drain_s)
+
+
+async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
+    """One pooled session for every upstream call; no per-host connection cap."""
+    settings = app[SETTINGS]
+    timeout = aiohttp.ClientTimeout(
+        total=settings.upstream_timeout_s, sock_connect=settings.upstream_connect_timeout_s
+    )
+    session = aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0))
+    try:
+        app[SESSION] = session
+        yield
+    finally:
+        await session.close()
+
+
+async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
+    """What handlers reach: services, operations, the dashboard. On the way
+    out, calls still relaying are finished and metered before the session closes."""
+    settings, store, clock = app[SETTINGS], app[STORE], app[CLOCK]
+    webhooks = WebhookSender(
+        store,
+        app[SESSION],
+        [Webhook(w.url, w.secret.get_secret_value()) for w in settings.webhooks if w.secret],
+        clock=clock,
+        timeout_s=settings.webhook_timeout_s,
+        retry_max_s=settings.webhook_retry_max_s,
+    )
+    services = Services(
+        settings=settings,
+        meter=app[METER],
+        router=UpstreamRouter(settings.resolved_upstreams()),
+        session=app[SESSION],
+        webhooks=webhooks,
+        metrics=app[METRICS],
+        keys=KeyCache(store, ttl_s=settings.key_cache_s),
+    )
+    app[SERVICES] = services
+    app[OPERATIONS] = Operations(
+        store,
+        timezone=settings.timezone,
+        currency=settings.currency,
+        clock=clock,
+        on_budget_change=_gate_refresher(app[METRICS], app[METER]),
+        flush_ledger=app[LEDGER].flush,
+        on_key_revoked=services.keys.forget,
+    )
+    app[DASHBOARD] = await _dashboard(app)
+    try:
+        yield
+    finally:
+        await services.drain()
+
+
+def _gate_refresher(metrics: Metrics, meter: Meter) -> BudgetHook:
+    async def refresh_gate(client_id: str, state: BudgetState | None, now: datetime) -> None:
+        # Re-read after the flush, so the copy includes this process's in-flight events.
+        if state is not None:
+            metrics.budget(state)
         try:
-            yield
-        finally:
-            for task in background:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            await services.drain()  # calls still relaying are finished and metered first
-            await session.close()
-            await ledger.close(timeout_s=settings.ledger_drain_s)  # a store still down cannot hold up exit
-            await meter.close()  # the gate hears of the last events recorded before it closes
-            await gate.close()
-            await store.close()
+            await meter.rebuild(client_id, now)
+        except StoreUnavailable:
+            meter.mark_stale(client_id)  # the store has the change; the gate catches up later
 
-    return lifecycle
+    return refresh_gate
+
+
+async def _dashboard(app: web.Application) -> Dashboard:
+    settings = app[SETTINGS]
+    admin_token = settings.admin_token.get_secret_value() if settings.admin_token else None
+    sessions = None
+    if admin_token is not None:
+        sessions = Sessions(
+            app[STORE], admin_token, lifetime_s=settings.dashboard_session_s, clock=app[CLOCK]
+        )
+    return Dashboard(
+        pages=await asyncio.to_thread(load_pages),
+        sessions=sessions,
+        ops=app[OPERATIONS],
+        fmt=await asyncio.to_thread(Formatter, locale_for(settings.currency, settings.locale)),
+    )
+
+
+async def _sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
+    sweep = app[METER].sweep_forever(app[SETTINGS].sweep_interval_s)
+    async with _background(sweep, "taximeter-sweeper"):
+        yield
+
+
+async def _webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
+    deliver = app[SERVICES].webhooks.run_forever(app[SETTINGS].sweep_interval_s)
+    async with _background(deliver, "taximeter-webhooks"):
+        yield
+
+
+@contextlib.asynccontextmanager
+async def _background(work: Coroutine[Any, Any, None], name: str) -> AsyncIterator[None]:
+    """``work`` as a task for as long as the block runs, cancelled at its end."""
+    task = asyncio.create_task(work, name=name)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+_CONTEXTS = (
+    _catalog_ctx,
+    _store_ctx,
+    _gate_ctx,
+    _meter_ctx,
+    _ledger_ctx,
+    _session_ctx,
+    _services_ctx,
+    _webhooks_ctx,
+    _sweeper_ctx,
+)

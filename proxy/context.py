@@ -10,15 +10,31 @@ from typing import Any, TypeVar
 import aiohttp
 from aiohttp import web
 
+from taximeter.pricing.catalog import Catalog
 from taximeter.proxy.gateway.auth import KeyCache
-from taximeter.proxy.gateway.metering import Meter
+from taximeter.proxy.gateway.metering import Clock, Meter
 from taximeter.proxy.gateway.routing import UpstreamRouter
 from taximeter.proxy.metrics import Metrics
 from taximeter.proxy.operations import Operations
 from taximeter.proxy.settings import Settings
 from taximeter.proxy.webhooks import WebhookSender
+from taximeter.store.base import Gate, Store
+from taximeter.store.ledger import LedgerWriter
 
-__all__ = ["OPERATIONS", "SERVICES", "Services"]
+__all__ = [
+    "CATALOG",
+    "CLOCK",
+    "GATE",
+    "LEDGER",
+    "METER",
+    "METRICS",
+    "OPERATIONS",
+    "SERVICES",
+    "SESSION",
+    "SETTINGS",
+    "STORE",
+    "Services",
+]
 
 T = TypeVar("T")
 
@@ -53,3 +69,15 @@ SERVICES = web.AppKey("services", Services)
 # Declared here, beside SERVICES, so the gateway's /budget/status reads it
 # without importing the admin package.
 OPERATIONS = web.AppKey("operations", Operations)
+
+# The resources the start-up contexts open, one key each, in the order they open
+# (proxy/app.py): a later one reaches an earlier one through its key.
+SETTINGS = web.AppKey("settings", Settings)
+CLOCK: web.AppKey[Clock] = web.AppKey("clock")
+CATALOG = web.AppKey("catalog", Catalog)
+METRICS = web.AppKey("metrics", Metrics)
+STORE: web.AppKey[Store] = web.AppKey("store")
+GATE: web.AppKey[Gate] = web.AppKey("gate")
+LEDGER = web.AppKey("ledger", LedgerWriter)
+METER = web.AppKey("meter", Meter)
+SESSION = web.AppKey("session", aiohttp.ClientSession)

@@ -7,6 +7,7 @@
     │   └── BudgetBusy                429 the same, retryable: calls in flight hold the rest
     ├── ModelNotPriced                400 invalid_request_error / model_not_priced
     ├── EndpointNotMetered            404 invalid_request_error / endpoint_not_metered
+    ├── MethodNotAllowed              405 invalid_request_error / method_not_allowed (with Allow)
     ├── RequestTooLarge               413 invalid_request_error / request_too_large
     ├── InvalidJson                   400 invalid_request_error / invalid_json
     ├── InvalidInput                  400/422 invalid_request_error / invalid_value (param names the field)
@@ -17,11 +18,14 @@
     └── MeteringUnavailable           503 server_error / metering_unavailable
 
 Handlers raise these; one middleware renders them. Nothing below the HTTP
-layer raises an aiohttp exception.
+layer raises an aiohttp exception; those aiohttp raises itself (no route, a
+method the route lacks, a body over ``client_max_size``) are turned into these
+by the middleware, so every error has the same shape.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 __all__ = [
@@ -34,6 +38,7 @@ __all__ = [
     "InvalidInput",
     "InvalidJson",
     "MeteringUnavailable",
+    "MethodNotAllowed",
     "ModelNotPriced",
     "NotFoundError",
     "RequestTooLarge",
@@ -103,6 +108,19 @@ class EndpointNotMetered(TaximeterError):
     status = 404
     type = "invalid_request_error"
     code = "endpoint_not_metered"
+
+
+class MethodNotAllowed(TaximeterError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+    def __init__(self, message: str, *, allowed: Iterable[str]) -> None:
+        super().__init__(message)
+        self.allowed = sorted(allowed)
+
+    def headers(self) -> dict[str, str]:
+        return {"Allow": ",".join(self.allowed)}  # as aiohttp writes it (RFC 9110: required on a 405)
 
 
 class RequestTooLarge(TaximeterError):

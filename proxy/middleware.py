@@ -5,15 +5,22 @@ anything unexpected a logged 500 that shows no internals."""
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from taximeter.proxy.errors import MeteringUnavailable, TaximeterError
+from taximeter.proxy.errors import (
+    MeteringUnavailable,
+    MethodNotAllowed,
+    NotFoundError,
+    RequestTooLarge,
+    TaximeterError,
+)
 from taximeter.store.base import StoreUnavailable
 
-__all__ = ["REQUEST_ID", "error_middleware", "error_response"]
+__all__ = ["REQUEST_ID", "error_middleware", "error_response", "from_aiohttp"]
 
 REQUEST_ID = web.RequestKey("request_id", str)
 
@@ -23,6 +30,23 @@ log = logging.getLogger("taximeter.http")
 def error_response(error: TaximeterError, request_id: str) -> web.Response:
     headers = {"X-Taximeter-Request-Id": request_id, **error.headers()}
     return web.json_response(error.body(), status=error.status, headers=headers)
+
+
+def from_aiohttp(exc: web.HTTPException) -> TaximeterError:
+    """The error of ours for one aiohttp raised itself: no route (404), a method
+    the route lacks (405, its ``Allow`` kept), a body over ``client_max_size`` (413)."""
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        message = f"method {exc.method} is not allowed here; use {', '.join(sorted(exc.allowed_methods))}"
+        return MethodNotAllowed(message, allowed=exc.allowed_methods)
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return RequestTooLarge(exc.text or "request body is too large")
+    if isinstance(exc, web.HTTPNotFound):
+        return NotFoundError(exc.reason)
+    error = TaximeterError(exc.reason, status=exc.status)
+    if exc.status < 500:
+        error.type = "invalid_request_error"  # type: ignore[misc]
+    error.code = re.sub(r"[^a-z0-9]+", "_", exc.reason.lower()).strip("_") or "http_error"  # type: ignore[misc]
+    return error
 
 
 @web.middleware
@@ -37,12 +61,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         log.warning("store_unavailable", extra={"request_id": request_id, "error": str(exc)})
         return error_response(MeteringUnavailable("metering is unavailable; try again shortly"), request_id)
     except web.HTTPException as exc:
-        if exc.status >= 400 and exc.status != 404 and exc.status != 405:
+        if exc.status < 400:  # a redirect is an answer, not an error
             raise
-        error = TaximeterError(exc.reason, status=exc.status)
-        error.code = "not_found" if exc.status == 404 else "method_not_allowed"  # type: ignore[misc]
-        error.type = "invalid_request_error"  # type: ignore[misc]
-        return error_response(error, request_id)
+        return error_response(from_aiohttp(exc), request_id)
     except Exception:
         log.exception("unhandled_error", extra={"request_id": request_id, "path": request.path})
         return error_response(TaximeterError("internal error"), request_id)

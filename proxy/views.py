@@ -9,7 +9,7 @@ from typing import Any
 
 from taximeter.pricing import budgets
 from taximeter.pricing.models import ApiKey, BudgetState, Client, UsageEvent
-from taximeter.pricing.money import from_nanos
+from taximeter.pricing.money import from_nanos, money_text
 from taximeter.store.base import ReportRow
 
 __all__ = [
@@ -78,10 +78,6 @@ def rfc3339(when: datetime | None) -> str | None:
     return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def money(amount: Decimal) -> str:
-    return format(amount.normalize(), "f") if amount else "0"
-
-
 def client_json(client: Client) -> dict[str, Any]:
     return {"id": client.id, "name": client.name, "created_at": rfc3339(client.created_at)}
 
@@ -110,12 +106,12 @@ def event_json(event: UsageEvent) -> dict[str, Any]:
         "cached_tokens": event.cached_tokens,
         "reasoning_tokens": event.reasoning_tokens,
         "characters": event.characters,
-        "audio_seconds": money(event.audio_seconds),
+        "audio_seconds": money_text(event.audio_seconds),
         "images": event.images,
-        "cost_usd": money(event.cost_usd),
-        "cost": money(event.cost),
+        "cost_usd": money_text(event.cost_usd),
+        "cost": money_text(event.cost),
         "currency": event.currency,
-        "exchange_rate": money(event.exchange_rate),
+        "exchange_rate": money_text(event.exchange_rate),
         "estimated": event.estimated,
         "unpriced": event.unpriced,
         "created_at": rfc3339(event.created_at),
@@ -132,9 +128,9 @@ def budget_json(state: BudgetState, spend: dict[str, Decimal]) -> dict[str, Any]
         "timezone": config.timezone,
         "currency": config.currency,
         "token_limit": config.token_limit,
-        "cost_limit": None if config.cost_limit is None else money(config.cost_limit),
+        "cost_limit": None if config.cost_limit is None else money_text(config.cost_limit),
         "tokens_used": state.tokens_used,
-        "cost_used": money(from_nanos(state.cost_used_nanos)),
+        "cost_used": money_text(from_nanos(state.cost_used_nanos)),
         "tokens_percent": tokens_pct,
         "cost_percent": cost_pct,
         "level": budgets.level(state),
@@ -144,7 +140,7 @@ def budget_json(state: BudgetState, spend: dict[str, Decimal]) -> dict[str, Any]
         "alert_thresholds": [float(t) for t in config.alert_thresholds],
         "period_start": rfc3339(state.period_start),
         "next_reset_at": rfc3339(budgets.next_reset(state)),
-        "spend_by_api_type": {k: money(v) for k, v in spend.items()},
+        "spend_by_api_type": {k: money_text(v) for k, v in spend.items()},
     }
 
 
@@ -154,6 +150,6 @@ def report_row_json(row: ReportRow) -> dict[str, Any]:
         "requests": row.requests,
         "input_tokens": row.input_tokens,
         "output_tokens": row.output_tokens,
-        "cost_usd": money(row.cost_usd),
-        "cost": money(row.cost),
+        "cost_usd": money_text(row.cost_usd),
+        "cost": money_text(row.cost),
     }

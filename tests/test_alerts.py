@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import openai
@@ -134,3 +135,28 @@ async def test_no_webhooks_means_events_wait_in_the_outbox(proxy: Harness) -> No
     assert await proxy.services.webhooks.deliver_due() == 0
     [(item, delivered)] = await proxy.services.meter.store.list_alerts("acme")
     assert (item.kind, delivered) == ("paused", False)
+
+
+async def test_webhook_money_is_written_as_the_admin_api_writes_it(
+    make_proxy: Any, receiver: tuple[Receiver, str]
+) -> None:
+    hook, url = receiver
+    proxy: Harness = await make_proxy(webhooks=[{"url": url, "secret": SECRET}])
+    limits = {"big": "500", "tiny": "0.0000005"}
+    for client_id, cost_limit in limits.items():
+        key = await proxy.new_client(client_id, mode="cost", cost_limit=cost_limit, period="none")
+        async with proxy.sdk(key) as client:
+            # 42 tokens at $0.02/1M: a cost of a few millionths, which str() writes with an exponent.
+            await client.embeddings.create(model="text-embedding-3-small", input="hello")
+    await proxy.services.meter.ledger.flush()
+    status, _ = await proxy.admin("POST", "/admin/budgets/big/pause")  # an event while far from its limit
+    assert status == 200
+    await proxy.services.webhooks.deliver_due()
+    events = hook.events()
+    assert {e["client_id"] for e in events} == set(limits)
+    for event in events:
+        admin = await proxy.status(event["client_id"])
+        assert (event["cost_limit"], event["cost_used"]) == (admin["cost_limit"], admin["cost_used"])
+        assert event["cost_limit"] == limits[event["client_id"]]
+        assert "E" not in event["cost_used"] and Decimal(event["cost_used"]) > 0
+    await proxy.close()

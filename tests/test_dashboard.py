@@ -421,3 +421,19 @@ async def test_static_files_are_served_and_nothing_else(operator: Browser) -> No
     assert css.status == 200 and css.headers["Content-Type"].startswith("text/css")
     assert (await operator.get("/dashboard/static/..%2Fdashboard.py")).status == 404
     assert (await operator.get("/dashboard/static/missing.js")).status == 404
+
+
+async def test_a_form_over_the_body_limit_is_a_page_not_json(make_proxy: Any) -> None:
+    proxy = await make_proxy(max_body_bytes=1024)
+    browser = Browser(proxy.url)
+    try:
+        assert (await browser.login()).status == 303
+        await browser.get("/dashboard")
+        page = await browser.post("/dashboard/clients", {"id": "acme", "name": "x" * 2000})
+        assert page.status == 413 and page.headers["Content-Type"].startswith("text/html")
+        await browser.get("/dashboard/login")
+        page = await browser.post("/dashboard/login", {"token": "x" * 2000})
+        assert page.status == 413 and page.headers["Content-Type"].startswith("text/html")
+        assert "too large" in page.plain()
+    finally:
+        await browser.close()

@@ -244,3 +244,56 @@ async def test_upstream_cut_mid_stream_is_estimated(proxy: Harness) -> None:
     assert event["input_tokens"] == 10 and event["output_tokens"] == 4096
     status = await proxy.status("acme")
     assert status["tokens_used"] == 4106
+
+
+async def raw_request(proxy: Harness, method: str, path: str, data: bytes = b"", **headers: str) -> Any:
+    async with proxy.http.request(method, f"{proxy.url}{path}", data=data, headers=headers) as resp:
+        assert resp.content_type == "application/json", await resp.text()
+        assert "X-Taximeter-Request-Id" in resp.headers
+        return resp.status, await resp.json(), resp.headers
+
+
+async def test_aiohttp_own_413_is_in_the_error_shape(make_proxy: Any) -> None:
+    proxy = await make_proxy(max_body_bytes=1024)
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"}
+    body = b'{"id": "acme", "name": "' + b"x" * 2000 + b'"}'
+    status, answer, _ = await raw_request(proxy, "POST", "/admin/clients", body, **admin)
+    assert status == 413
+    assert_error_shape(answer, "request_too_large", "invalid_request_error")
+    status, _ = await proxy.admin("GET", "/admin/clients/acme")
+    assert status == 404  # nothing was written
+    key = await proxy.new_client("acme")
+    status, answer, _ = await raw_request(
+        proxy,
+        "POST",
+        "/v1/embeddings",
+        body,
+        Authorization=f"Bearer {key}",
+        **{"Content-Type": "application/json"},
+    )
+    assert status == 413
+    assert_error_shape(answer, "request_too_large", "invalid_request_error")
+
+
+async def test_a_wrong_method_is_405_in_the_error_shape_with_allow(proxy: Harness) -> None:
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    status, answer, headers = await raw_request(proxy, "DELETE", "/admin/clients", **admin)
+    assert status == 405
+    assert_error_shape(answer, "method_not_allowed", "invalid_request_error")
+    assert set(headers["Allow"].split(",")) >= {"GET", "POST"}
+    key = await proxy.new_client("acme")
+    status, answer, headers = await raw_request(
+        proxy, "POST", "/budget/status", Authorization=f"Bearer {key}"
+    )
+    assert status == 405
+    assert_error_shape(answer, "method_not_allowed", "invalid_request_error")
+    assert "GET" in headers["Allow"].split(",")
+    status, answer, headers = await raw_request(proxy, "PUT", "/healthz")
+    assert (status, answer["error"]["code"]) == (405, "method_not_allowed") and "GET" in headers["Allow"]
+
+
+async def test_an_unknown_path_is_404_in_the_error_shape(proxy: Harness) -> None:
+    for path in ("/nowhere", "/admin/nowhere", "/v2/chat/completions"):
+        status, answer, _ = await raw_request(proxy, "GET", path, Authorization=f"Bearer {ADMIN_TOKEN}")
+        assert status == 404
+        assert_error_shape(answer, "not_found", "invalid_request_error")

@@ -19,13 +19,12 @@ from typing import Any
 from taximeter.pricing import budgets
 from taximeter.pricing.catalog import CatalogError, load_catalog, problems
 from taximeter.pricing.models import BudgetState
-from taximeter.pricing.money import from_nanos
+from taximeter.pricing.money import from_nanos, money_text
 from taximeter.proxy.cli.apply import apply_file
 from taximeter.proxy.errors import TaximeterError
 from taximeter.proxy.logs import configure_logging
 from taximeter.proxy.operations import GROUPINGS, Operations
 from taximeter.proxy.settings import ConfigError, Settings, load_settings
-from taximeter.proxy.views import money
 from taximeter.store.base import Gate, StoreUnavailable
 from taximeter.store.factory import open_gate, open_store
 
@@ -226,8 +225,8 @@ def _bars(state: BudgetState) -> str:
     if tokens_pct is not None:
         lines.append(_bar("tokens", tokens_pct, f"{state.tokens_used:,} / {config.token_limit:,}", color))
     if cost_pct is not None and config.cost_limit is not None:
-        used = money(from_nanos(state.cost_used_nanos))
-        lines.append(_bar("cost", cost_pct, f"{used} / {money(config.cost_limit)} {config.currency}", color))
+        used, limit = money_text(from_nanos(state.cost_used_nanos)), money_text(config.cost_limit)
+        lines.append(_bar("cost", cost_pct, f"{used} / {limit} {config.currency}", color))
     return "\n".join(lines)
 
 
@@ -247,7 +246,7 @@ async def _usage(ops: Operations, args: argparse.Namespace) -> int:
     for r in rows:
         print(
             f"{r.key:<24}{r.requests:>10}{r.input_tokens:>12}{r.output_tokens:>12}"
-            f"{money(r.cost_usd):>14}{money(r.cost):>14}"
+            f"{money_text(r.cost_usd):>14}{money_text(r.cost):>14}"
         )
     return 0
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from taximeter.pricing import budgets
 from taximeter.pricing.models import BudgetState
+from taximeter.pricing.money import money_text
 
 __all__ = ["form_from_state", "parse_budget_form"]
 
@@ -117,9 +118,10 @@ def _check_rules(body: dict[str, Any], errors: dict[str, str]) -> None:
 
 
 def _amount(value: Decimal) -> str:
-    """As typed: "500.00", "0.125" (the store may keep trailing zeros)."""
+    """As typed: "500.00" when whole cents, else the API's text, "0.125"
+    (the store may keep trailing zeros)."""
     cents = value.quantize(Decimal("0.01"))
-    return format(cents if cents == value else value.normalize(), "f")
+    return format(cents, "f") if cents == value else money_text(value)
 
 
 def form_from_state(state: BudgetState | None, timezone: str) -> dict[str, str]:

@@ -108,6 +108,11 @@ def page(handler: Page) -> Handler:
             return await handler(request, dash, session)
         except TaximeterError as exc:
             return _message(dash, exc.status, "Not done", exc.message, session)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            # aiohttp's own, e.g. a form over client_max_size: a page here too, not JSON.
+            return _message(dash, exc.status, "Not done", exc.text or exc.reason, session)
         except StoreUnavailable:
             return _message(dash, 503, "Store unavailable", "The store cannot be reached; try again shortly.")
 
@@ -163,7 +168,10 @@ async def login(request: web.Request) -> web.StreamResponse:
     wait_s = throttle.retry_after_s(request.remote)
     if wait_s is not None:
         return _throttled(dash, wait_s)
-    form = await _form(request)
+    try:
+        form = await _form(request)
+    except web.HTTPRequestEntityTooLarge:
+        return _login_page(request, dash, status=413, error="The form is too large.")
     if not Sessions.login_csrf_matches(request, form.get("csrf", "")):
         return _login_page(request, dash, status=403, error="The form expired. Try again.")
     if not dash.sessions.token_matches(form.get("token", "")):

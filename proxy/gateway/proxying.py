@@ -24,6 +24,7 @@ from taximeter.pricing.catalog import ModelPrice
 from taximeter.pricing.estimate import at_least, estimate_usage
 from taximeter.pricing.extract import StreamMeter, extract_usage, has_image_part
 from taximeter.pricing.models import UsageEvent
+from taximeter.pricing.money import money_text
 from taximeter.pricing.sse import SseEvent, SseSplitter
 from taximeter.pricing.usage import Usage
 from taximeter.proxy.context import SERVICES, Services
@@ -44,7 +45,6 @@ from taximeter.proxy.gateway.endpoints import DEFAULT_MODELS, Endpoint, find_end
 from taximeter.proxy.gateway.forms import Form, parse_form
 from taximeter.proxy.gateway.paths import canonical_path, upstream_path
 from taximeter.proxy.middleware import REQUEST_ID
-from taximeter.proxy.views import money
 
 __all__ = ["handle_proxy"]
 
@@ -538,7 +538,7 @@ async def _settle(services: Services, call: Call, usage: Usage, status: int) -> 
             "api_type": call.api_type,
             "status": status,
             "tokens": event.tokens,
-            "cost": money(event.cost),
+            "cost": money_text(event.cost),
             "estimated": event.estimated,
             "latency_ms": round((time.monotonic() - call.started) * 1000, 1),
             "upstream_ms": round((call.upstream_ended - call.upstream_started) * 1000, 1),

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from taximeter.pricing.catalog import CatalogError, load_catalog, parse_litellm, parse_toml, problems
-from taximeter.pricing.money import convert, from_nanos, parse_money, quantize, to_nanos
+from taximeter.pricing.money import convert, from_nanos, money_text, parse_money, quantize, to_nanos
 from taximeter.pricing.usage import Usage
 
 CATALOG = load_catalog()
@@ -172,3 +172,19 @@ def test_pricing_package_imports_no_driver() -> None:
     code = "import sys, taximeter.pricing.catalog; print(sorted(m for m in ('aiohttp','asyncpg','redis','sqlite3','aiosqlite') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("amount", "text"),
+    [
+        ("5E-7", "0.0000005"),
+        ("500.000000000", "500"),
+        ("1E+3", "1000"),
+        ("12.50", "12.5"),
+        ("0E-9", "0"),
+        ("-0", "0"),
+        ("0.000000001", "0.000000001"),
+    ],
+)
+def test_money_text_is_plain_with_no_exponent_and_no_trailing_zeros(amount: str, text: str) -> None:
+    assert money_text(Decimal(amount)) == text
