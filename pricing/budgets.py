@@ -18,6 +18,8 @@ from taximeter.pricing.money import NANOS_PER_UNIT, from_nanos, money_text, pars
 
 __all__ = [
     "LEVELS",
+    "MAX_COST_LIMIT",
+    "MAX_TOKEN_LIMIT",
     "MODES",
     "PERIODS",
     "BudgetInputError",
@@ -35,6 +37,10 @@ __all__ = [
 ]
 
 MODES = ("tokens", "cost", "both")
+# The largest limits every store holds: a signed 64-bit integer of tokens, and
+# of nanos for money (SQLite keeps nanos; 9.2e18 nanos is 9.2e9 units).
+MAX_TOKEN_LIMIT = 2**63 - 1
+MAX_COST_LIMIT = Decimal(9 * 10**9)
 MODE_ALIASES = {"brl": "cost"}
 PERIODS = ("daily", "weekly", "monthly", "none")
 LEVELS = ("ok", "warning", "critical", "exceeded")
@@ -276,7 +282,9 @@ def config_from_json(client_id: str, data: Any, *, timezone: str, currency: str)
     for key in data:
         if key not in known:
             raise BudgetInputError(str(key), "unknown field")
-    mode = MODE_ALIASES.get(data.get("mode"), data.get("mode"))  # type: ignore[arg-type]
+    mode = data.get("mode")
+    if isinstance(mode, str):  # a list or an object is no mode (and no key of MODE_ALIASES)
+        mode = MODE_ALIASES.get(mode, mode)
     if mode not in MODES:
         raise BudgetInputError(
             "mode", f"must be one of tokens, cost (or brl), both; got {data.get('mode')!r}"
@@ -286,7 +294,9 @@ def config_from_json(client_id: str, data: Any, *, timezone: str, currency: str)
     period = data.get("period", "monthly")
     if period not in PERIODS:
         raise BudgetInputError("period", f"must be one of {', '.join(PERIODS)}")
-    tz = data.get("timezone") or timezone
+    tz = data.get("timezone")
+    if tz is None or tz == "":  # left out or empty: the server's (not any other falsy value)
+        tz = timezone
     _check_timezone(tz)
     pause = data.get("pause_at_limit", True)
     if not isinstance(pause, bool):
@@ -309,8 +319,12 @@ def _token_limit(value: Any, *, required: bool) -> int | None:
         if required:
             raise BudgetInputError("token_limit", "required for this mode")
         return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # 2.0 is an integer in JSON (and in JSON Schema)
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise BudgetInputError("token_limit", "must be a positive integer")
+    if value > MAX_TOKEN_LIMIT:
+        raise BudgetInputError("token_limit", f"must be at most {MAX_TOKEN_LIMIT}")
     return value
 
 
@@ -325,6 +339,8 @@ def _cost_limit(value: Any, *, required: bool) -> Decimal | None:
         raise BudgetInputError("cost_limit", str(exc)) from exc
     if limit <= 0:
         raise BudgetInputError("cost_limit", "must be greater than zero")
+    if limit > MAX_COST_LIMIT:
+        raise BudgetInputError("cost_limit", f"must be at most {MAX_COST_LIMIT}")
     return limit
 
 

@@ -20,10 +20,11 @@ from taximeter.proxy.gateway.metering import Clock, system_clock
 from taximeter.proxy.views import budget_json
 from taximeter.store.base import Conflict, NotFound, ReportRow, Store
 
-__all__ = ["GROUPINGS", "Operations", "parse_day"]
+__all__ = ["GROUPINGS", "MAX_EVENTS", "Operations", "parse_day"]
 
-_CLIENT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_CLIENT_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # the whole id: fullmatch, not a trailing "\n"
 GROUPINGS = ("api_type", "model", "day", "end_user")
+MAX_EVENTS = 10_000  # the most events one GET /admin/usage/events answers
 _KEY_ATTEMPTS = 5
 
 BudgetHook = Callable[[str, BudgetState | None, datetime], Awaitable[None]]
@@ -79,7 +80,7 @@ class Operations:
     # -- clients and keys --------------------------------------------------------
 
     async def create_client(self, client_id: Any, name: Any = None) -> Client:
-        if not isinstance(client_id, str) or not _CLIENT_ID.match(client_id):
+        if not isinstance(client_id, str) or not _CLIENT_ID.fullmatch(client_id):
             raise InvalidInput(
                 "id must be a slug: lowercase letters, digits, '-' or '_', at most 63 characters",
                 param="id",

@@ -14,12 +14,11 @@ from taximeter.proxy.admin.openapi import document
 from taximeter.proxy.context import OPERATIONS, SERVICES
 from taximeter.proxy.errors import InvalidInput, InvalidJson, NotFoundError
 from taximeter.proxy.gateway.auth import require_admin
-from taximeter.proxy.operations import Operations
+from taximeter.proxy.operations import MAX_EVENTS, Operations
 from taximeter.proxy.views import EVENT_FIELDS, client_json, event_json, key_json, report_row_json, rfc3339
 
 __all__ = ["admin_routes"]
 
-MAX_EVENTS = 10_000
 # What a spreadsheet would run as a formula (OWASP, "CSV injection"), and what
 # stays a number: a decimal string such as a cost is left as it is.
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")

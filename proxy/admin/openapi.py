@@ -6,7 +6,10 @@ Kept true by a test that validates real responses against these schemas.
 from __future__ import annotations
 
 from typing import Any
+from zoneinfo import available_timezones
 
+from taximeter.pricing.budgets import MAX_COST_LIMIT, MAX_TOKEN_LIMIT, MODE_ALIASES, MODES, PERIODS
+from taximeter.proxy.operations import GROUPINGS, MAX_EVENTS
 from taximeter.proxy.views import EVENT_FIELDS, STATUS_FIELDS
 
 __all__ = ["document"]
@@ -15,6 +18,29 @@ _MONEY = {"type": "string", "pattern": r"^-?\d+(\.\d+)?$", "description": "A dec
 _TIME = {"type": "string", "format": "date-time"}
 _NULLABLE_MONEY = {"anyOf": [_MONEY, {"type": "null"}]}
 _NULLABLE_NUMBER = {"type": ["number", "null"]}
+# What a request may send, exactly what the handlers accept (a null is the field left out).
+_POSITIVE_INT = {"type": "integer", "minimum": 1, "maximum": MAX_TOKEN_LIMIT}
+_POSITIVE_MONEY = {
+    "anyOf": [
+        # 0 < amount <= 9000000000 (MAX_COST_LIMIT), in plain notation
+        {
+            "type": "string",
+            "pattern": r"^0*([1-9]\d{0,8}(\.\d+)?|[1-8]\d{9}(\.\d+)?|9000000000(\.0+)?|0?\.\d*[1-9]\d*)$",
+        },
+        {"type": "number", "exclusiveMinimum": 0, "maximum": int(MAX_COST_LIMIT)},
+    ],
+    "description": f"A decimal string or a number, greater than zero and at most {MAX_COST_LIMIT}.",
+}
+_FRACTION = {
+    "anyOf": [
+        {"type": "string", "pattern": r"^(0*(0\.|\.)\d*[1-9]\d*|0*1(\.0*)?)$"},
+        {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+    ],
+    "description": "A fraction in (0, 1], as a decimal string or a number.",
+}
+_SLUG = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+# Python's str.strip() also takes \x1c-\x1f for blanks, which \s does not.
+_NAME = {"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"[^\s\x1c-\x1f]"}
 
 
 def _obj(required: list[str], properties: dict[str, Any]) -> dict[str, Any]:
@@ -42,7 +68,13 @@ _SCHEMAS: dict[str, Any] = {
     ),
     "ClientInput": _obj(
         ["id"],
-        {"id": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$"}, "name": {"type": "string"}},
+        {
+            "id": {"type": "string", "pattern": _SLUG},
+            "name": {
+                "anyOf": [_NAME, {"type": "null"}],
+                "description": "Not blank, at most 200 characters; the id when left out.",
+            },
+        },
     ),
     "Key": _obj(
         ["prefix", "client_id", "created_at", "revoked"],
@@ -59,18 +91,45 @@ _SCHEMAS: dict[str, Any] = {
             _obj(["key"], {"key": {"type": "string", "pattern": "^tm_", "description": "Shown once."}}),
         ]
     },
-    "BudgetInput": _obj(
-        ["mode"],
-        {
-            "mode": {"enum": ["tokens", "cost", "brl", "both"]},
-            "token_limit": {"type": "integer", "minimum": 1},
-            "cost_limit": {"anyOf": [_MONEY, {"type": "number", "exclusiveMinimum": 0}]},
-            "period": {"enum": ["daily", "weekly", "monthly", "none"]},
-            "timezone": {"type": "string"},
-            "pause_at_limit": {"type": "boolean"},
-            "alert_thresholds": {"type": "array", "items": {"type": ["number", "string"]}},
-        },
-    ),
+    "BudgetInput": {
+        **_obj(
+            ["mode"],
+            {
+                "mode": {"enum": [*MODES, *MODE_ALIASES]},
+                "token_limit": {"anyOf": [_POSITIVE_INT, {"type": "null"}]},
+                "cost_limit": {"anyOf": [_POSITIVE_MONEY, {"type": "null"}]},
+                "period": {"enum": list(PERIODS), "default": "monthly"},
+                "timezone": {
+                    "anyOf": [{"enum": sorted(available_timezones())}, {"enum": ["", None]}],
+                    "description": "An IANA timezone; the server's when empty or left out.",
+                },
+                "pause_at_limit": {"type": "boolean", "default": True},
+                "alert_thresholds": {
+                    "anyOf": [{"type": "array", "minItems": 1, "items": _FRACTION}, {"type": "null"}]
+                },
+            },
+        ),
+        "additionalProperties": False,
+        # The limits the mode needs (brl is an alias of cost).
+        "anyOf": [
+            {
+                "properties": {"mode": {"const": "tokens"}, "token_limit": _POSITIVE_INT},
+                "required": ["token_limit"],
+            },
+            {
+                "properties": {"mode": {"enum": ["cost", *MODE_ALIASES]}, "cost_limit": _POSITIVE_MONEY},
+                "required": ["cost_limit"],
+            },
+            {
+                "properties": {
+                    "mode": {"const": "both"},
+                    "token_limit": _POSITIVE_INT,
+                    "cost_limit": _POSITIVE_MONEY,
+                },
+                "required": ["token_limit", "cost_limit"],
+            },
+        ],
+    },
     "BudgetStatus": _obj(
         list(STATUS_FIELDS),
         {
@@ -130,7 +189,7 @@ _SCHEMAS: dict[str, Any] = {
     "UsageReport": _obj(
         ["group_by", "from", "to", "currency", "data"],
         {
-            "group_by": {"enum": ["api_type", "model", "day", "end_user"]},
+            "group_by": {"enum": list(GROUPINGS)},
             "from": _TIME,
             "to": _TIME,
             "currency": {"type": "string"},
@@ -188,20 +247,40 @@ def _ref(name: str) -> dict[str, str]:
 
 _ERRORS = {
     status: _json(_ref("Error"), text)
-    for status, text in (("401", "Missing or wrong token"), ("404", "Not found"), ("422", "Invalid input"))
+    for status, text in (
+        ("400", "Malformed body: not JSON, or not a JSON object"),
+        ("401", "Missing or wrong token"),
+        ("403", "The admin API is disabled (no admin_token set)"),
+        ("404", "Not found"),
+        ("409", "Conflict: it exists already"),
+        ("413", "Body too large"),
+        ("422", "Invalid input; param names the field"),
+    )
 }
+_ADMIN = ("401", "403")  # every admin operation
 
 
-def _op(summary: str, ok: dict[str, Any], status: str = "200", **extra: Any) -> dict[str, Any]:
-    return {"summary": summary, "responses": {status: ok, **_ERRORS}, **extra}
+def _op(
+    summary: str, ok: dict[str, Any], status: str = "200", errors: tuple[str, ...] = (), **extra: Any
+) -> dict[str, Any]:
+    """An operation answering ``ok`` with ``status``, or one of the ``errors``."""
+    failures = {code: _ERRORS[code] for code in sorted({*_ADMIN, *errors})}
+    return {"summary": summary, "responses": {status: ok, **failures}, **extra}
 
 
 def _path_param(name: str) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
 
 
-def _query(*names: str) -> list[dict[str, Any]]:
-    return [{"name": n, "in": "query", "required": False, "schema": {"type": "string"}} for n in names]
+def _query(**schemas: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"name": n, "in": "query", "required": False, "schema": s} for n, s in schemas.items()]
+
+
+# A date or an RFC 3339 time; empty is the default (the last 30 days, up to now).
+_DAY: dict[str, Any] = {
+    "anyOf": [{"type": "string", "format": "date"}, {"type": "string", "format": "date-time"}, {"const": ""}]
+}
+_TO: dict[str, Any] = {**_DAY, "description": "After from (422 otherwise); a bare date is that whole day."}
 
 
 def _body(name: str) -> dict[str, Any]:
@@ -210,40 +289,52 @@ def _body(name: str) -> dict[str, Any]:
 
 _PATHS: dict[str, Any] = {
     "/budget/status": {
-        "get": _op(
-            "The calling client's budget (virtual key)",
-            _json(_ref("BudgetStatus")),
-            security=[{"virtualKey": []}],
-        )
+        "get": {
+            "summary": "The calling client's budget (virtual key)",
+            "responses": {"200": _json(_ref("BudgetStatus")), "401": _ERRORS["401"], "404": _ERRORS["404"]},
+            "security": [{"virtualKey": []}],
+        }
     },
     "/admin/clients": {
         "get": _op("List clients", _json(_list("Client"))),
         "post": _op(
-            "Create a client", _json(_ref("Client"), "Created"), "201", requestBody=_body("ClientInput")
+            "Create a client",
+            _json(_ref("Client"), "Created"),
+            "201",
+            ("400", "409", "413", "422"),
+            requestBody=_body("ClientInput"),
         ),
     },
     "/admin/clients/{client_id}/keys": {
         "parameters": [_path_param("client_id")],
-        "get": _op("List a client's keys", _json(_list("Key"))),
-        "post": _op("Create a key (the key is in this answer only)", _json(_ref("NewKey"), "Created"), "201"),
+        "get": _op("List a client's keys", _json(_list("Key")), errors=("404",)),
+        "post": _op(
+            "Create a key (the key is in this answer only)",
+            _json(_ref("NewKey"), "Created"),
+            "201",
+            ("404", "409"),
+        ),
     },
     "/admin/keys/{prefix}": {
         "parameters": [_path_param("prefix")],
-        "delete": _op("Revoke a key", _json(_ref("Key"))),
+        "delete": _op("Revoke a key", _json(_ref("Key")), errors=("404",)),
     },
     "/admin/budgets": {"get": _op("Every budget's status", _json(_list("BudgetStatus")))},
     "/admin/budgets/{client_id}": {
         "parameters": [_path_param("client_id")],
-        "get": _op("A budget's status", _json(_ref("BudgetStatus"))),
+        "get": _op("A budget's status", _json(_ref("BudgetStatus")), errors=("404",)),
         "put": _op(
-            "Create or replace a budget", _json(_ref("BudgetStatus")), requestBody=_body("BudgetInput")
+            "Create or replace a budget",
+            _json(_ref("BudgetStatus")),
+            errors=("400", "404", "413", "422"),
+            requestBody=_body("BudgetInput"),
         ),
-        "delete": _op("Delete a budget", {"description": "Deleted"}, "204"),
+        "delete": _op("Delete a budget", {"description": "Deleted"}, "204", ("404",)),
     },
     **{
         f"/admin/budgets/{{client_id}}/{action}": {
             "parameters": [_path_param("client_id")],
-            "post": _op(f"{action.title()} a budget", _json(_ref("BudgetStatus"))),
+            "post": _op(f"{action.title()} a budget", _json(_ref("BudgetStatus")), errors=("404",)),
         }
         for action in ("reset", "pause", "resume")
     },
@@ -251,7 +342,12 @@ _PATHS: dict[str, Any] = {
         "get": _op(
             "Usage report",
             _json(_ref("UsageReport")),
-            parameters=_query("client_id", "from", "to", "group_by"),
+            errors=("422",),
+            parameters=_query(
+                client_id={"type": "string"},
+                **{"from": _DAY, "to": _TO},
+                group_by={"enum": list(GROUPINGS), "default": "api_type"},
+            ),
         )
     },
     "/admin/usage/events": {
@@ -264,15 +360,26 @@ _PATHS: dict[str, Any] = {
                     "text/csv": {"schema": {"type": "string"}},
                 },
             },
-            parameters=_query("client_id", "limit", "format"),
+            errors=("422",),
+            parameters=_query(
+                client_id={"type": "string"},
+                limit={"type": "integer", "minimum": 1, "maximum": MAX_EVENTS, "default": 100},
+                format={"enum": ["json", "csv"], "default": "json"},
+            ),
         )
     },
     "/admin/pricing": {"get": _op("The price catalog", _json(_list("Price")))},
     "/admin/pricing/{model}": {
         "parameters": [_path_param("model")],
-        "get": _op("What a model name resolves to", _json(_ref("Price"))),
+        "get": _op("What a model name resolves to", _json(_ref("Price")), errors=("404",)),
     },
-    "/admin/openapi.json": {"get": _op("This document", {"description": "OK"})},
+    "/admin/openapi.json": {
+        "get": {
+            "summary": "This document (served without a token: it holds no data)",
+            "responses": {"200": _json({"type": "object"})},
+            "security": [],
+        }
+    },
 }
 
 

@@ -131,12 +131,23 @@ def test_percents_use_the_highest_active_metric() -> None:
         ({"mode": "tokens", "token_limit": 5, "pause_at_limit": "yes"}, "pause_at_limit"),
         ({"mode": "tokens", "token_limit": 5, "alert_thresholds": [0.5, 1.5]}, "alert_thresholds"),
         ({"mode": "tokens", "token_limit": 5, "limit": 3}, "limit"),
+        ({"mode": {"tokens": 1}}, "mode"),  # was a TypeError (a 500), found by schemathesis
+        ({"mode": "tokens", "token_limit": 5, "timezone": {}}, "timezone"),  # was the default
+        ({"mode": "tokens", "token_limit": 2**63}, "token_limit"),  # more than a store holds
+        ({"mode": "cost", "cost_limit": "1e10"}, "cost_limit"),  # was a 500 (nanos overflow)
+        ({"mode": "cost", "cost_limit": "1e400"}, "cost_limit"),
     ],
 )
 def test_bad_budget_input_names_the_field(body: dict[str, object], field: str) -> None:
     with pytest.raises(BudgetInputError) as caught:
         config_from_json("acme", body, timezone="UTC", currency="BRL")
     assert caught.value.field == field
+
+
+def test_a_whole_float_is_a_token_limit() -> None:
+    """2.0 is an integer in JSON Schema, so the document allows it: so does the server."""
+    config = config_from_json("acme", {"mode": "tokens", "token_limit": 2.0}, timezone="UTC", currency="BRL")
+    assert config.token_limit == 2 and isinstance(config.token_limit, int)
 
 
 def test_brl_is_an_alias_of_cost_and_money_may_be_a_number() -> None:
