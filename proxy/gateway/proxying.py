@@ -199,15 +199,12 @@ async def _forward_and_relay(
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
-    if request.content_length is not None and request.content_length > limit:
-        raise RequestTooLarge(f"request body is larger than the {limit}-byte limit")
-    chunks, size = [], 0
-    async for chunk in request.content.iter_chunked(256 * 1024):
-        size += len(chunk)
-        if size > limit:
-            raise RequestTooLarge(f"request body is larger than the {limit}-byte limit")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    try:
+        if request.content_length is not None and request.content_length > limit:
+            raise _TooLarge
+        return await _read_at_most(request.content, limit)
+    except _TooLarge as exc:
+        raise RequestTooLarge(f"request body is larger than the {limit}-byte limit") from exc
 
 
 async def _parse_call(
@@ -318,11 +315,8 @@ async def _relay_whole(
     except (aiohttp.ClientError, TimeoutError) as exc:
         # The upstream had answered: a success may have been charged there.
         status = CLIENT_CLOSED if call.client_gone.is_set() else 502
-        await (
-            _record_lost(services, call, status)
-            if upstream.status < 400
-            else _record_failure(services, call, status)
-        )
+        record = _record_lost if upstream.status < 400 else _record_failure
+        await record(services, call, status)
         raise UpstreamUnavailable(f"upstream connection failed mid-response: {type(exc).__name__}") from exc
     except _TooLarge as exc:
         upstream.close()
@@ -571,7 +565,7 @@ async def _record_failure(services: Services, call: Call, status: int) -> None:
 async def _record_lost(services: Services, call: Call, status: int) -> None:
     """A call the upstream may have run, whose usage never came back: charged
     as reserved, flagged ``estimated``."""
-    await _settle(services, call, replace(call.reserved, estimated=True), status)
+    await _settle(services, call, call.reserved, status)  # flagged estimated since _estimate
 
 
 class _TooLarge(Exception):
@@ -579,14 +573,19 @@ class _TooLarge(Exception):
 
 
 async def _read_bounded(upstream: aiohttp.ClientResponse, limit: int) -> bytes:
-    """The whole upstream body, or _TooLarge once it passes ``limit`` bytes
-    (read in pieces: a hostile upstream cannot make us hold more)."""
+    """The whole upstream body, or _TooLarge once it passes ``limit`` bytes."""
     if upstream.content_length is not None:  # the usual case: one read of a known size
         if upstream.content_length > limit:
             raise _TooLarge
         return await upstream.read()
+    return await _read_at_most(upstream.content, limit)
+
+
+async def _read_at_most(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """A body read in pieces, or _TooLarge once it passes ``limit`` bytes: a
+    hostile peer cannot make us hold more."""
     chunks, size = [], 0
-    async for chunk in upstream.content.iter_chunked(256 * 1024):
+    async for chunk in content.iter_chunked(256 * 1024):
         size += len(chunk)
         if size > limit:
             raise _TooLarge
