@@ -392,9 +392,10 @@ async def _relay_audio(
         seconds = await asyncio.to_thread(
             audio_seconds, b"".join(captured), filename=f"x.{fmt}", response_format=fmt
         )
-    usage = extract_usage("speech", call.fields, None, output_seconds=seconds)
-    if relay.status != upstream.status or (measure and not seconds):
-        usage = replace(usage, estimated=True)  # cut off, or audio whose length could not be read
+    # A token-priced reply whose length could not be read comes back estimated.
+    usage = extract_usage("speech", call.fields, None, output_seconds=seconds, token_priced=measure)
+    if relay.status != upstream.status:
+        usage = replace(usage, estimated=True)  # cut off
     await _settle(services, call, usage, relay.status)
     return await relay.finish()
 
