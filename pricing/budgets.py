@@ -10,19 +10,19 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from taximeter.pricing.models import BudgetConfig, BudgetEvent, BudgetState
+from taximeter.pricing.models import BudgetConfig, BudgetEvent, BudgetState, Outcome
 from taximeter.pricing.money import NANOS_PER_UNIT, from_nanos, money_text, parse_money, to_nanos
 
 __all__ = [
-    "LEVELS",
     "MAX_COST_LIMIT",
     "MAX_TOKEN_LIMIT",
     "MODES",
     "PERIODS",
     "BudgetInputError",
+    "Level",
     "admission",
     "apply_usage",
     "config_from_json",
@@ -43,7 +43,8 @@ MAX_TOKEN_LIMIT = 2**63 - 1
 MAX_COST_LIMIT = Decimal(9 * 10**9)
 MODE_ALIASES = {"brl": "cost"}
 PERIODS = ("daily", "weekly", "monthly", "none")
-LEVELS = ("ok", "warning", "critical", "exceeded")
+# How full a budget is (dashboard colours, CLI bars, the budget status).
+Level = Literal["ok", "warning", "critical", "exceeded"]
 MANUAL = "manual"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -161,7 +162,7 @@ def refusal(state: BudgetState) -> str | None:
     return None
 
 
-def admission(state: BudgetState, reserved_tokens: int, reserved_nanos: int) -> tuple[str, str | None]:
+def admission(state: BudgetState, reserved_tokens: int, reserved_nanos: int) -> tuple[Outcome, str | None]:
     """Whether a new call may start while others hold ``reserved_*``.
 
     ``("ok", None)``; ``("refused", reason)`` when paused or a limit is reached
@@ -255,12 +256,12 @@ def percents(state: BudgetState, *, places: int | None = 2) -> tuple[float | Non
     )
 
 
-def level(state: BudgetState) -> str:
+def level(state: BudgetState) -> Level:
     """The level of the highest of the active metrics (79.999% is still ``ok``)."""
     return level_of(max((p for p in percents(state, places=None) if p is not None), default=0.0))
 
 
-def level_of(percent: float) -> str:
+def level_of(percent: float) -> Level:
     """``ok`` < 80% ≤ ``warning`` < 90% ≤ ``critical`` < 100% ≤ ``exceeded``."""
     if percent >= 100:
         return "exceeded"

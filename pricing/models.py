@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from decimal import Decimal
+from typing import Literal
 
 import orjson
 
@@ -15,9 +16,14 @@ __all__ = [
     "BudgetState",
     "Client",
     "OutboxItem",
+    "Outcome",
     "Reservation",
     "UsageEvent",
 ]
+
+# A gate's answer to "may this call start?": held, refused (paused or over a
+# limit), busy (only calls in flight fill the limit) or miss (no state loaded).
+Outcome = Literal["ok", "refused", "busy", "miss"]
 
 
 @dataclass(frozen=True, slots=True)

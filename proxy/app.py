@@ -14,7 +14,21 @@ from aiohttp import web
 from taximeter.pricing.catalog import load_catalog
 from taximeter.pricing.models import BudgetState, UsageEvent
 from taximeter.proxy.admin.admin import admin_routes
-from taximeter.proxy.context import (
+from taximeter.proxy.clock import Clock, system_clock
+from taximeter.proxy.dashboard.dashboard import DASHBOARD, Dashboard, dashboard_routes
+from taximeter.proxy.dashboard.formatting import Formatter, locale_for
+from taximeter.proxy.dashboard.pages import load_pages
+from taximeter.proxy.dashboard.sessions import Sessions
+from taximeter.proxy.gateway.auth import KeyCache
+from taximeter.proxy.gateway.metering import Meter
+from taximeter.proxy.gateway.proxying import handle_proxy
+from taximeter.proxy.gateway.status import status_routes
+from taximeter.proxy.gateway.upstreams import Upstreams
+from taximeter.proxy.logs import protect_logs
+from taximeter.proxy.metrics import Metrics
+from taximeter.proxy.middleware import error_middleware
+from taximeter.proxy.operations import BudgetHook, Operations
+from taximeter.proxy.services import (
     CATALOG,
     CLOCK,
     GATE,
@@ -28,19 +42,6 @@ from taximeter.proxy.context import (
     STORE,
     Services,
 )
-from taximeter.proxy.dashboard.dashboard import DASHBOARD, Dashboard, dashboard_routes
-from taximeter.proxy.dashboard.formatting import Formatter, locale_for
-from taximeter.proxy.dashboard.pages import load_pages
-from taximeter.proxy.dashboard.sessions import Sessions
-from taximeter.proxy.gateway.auth import KeyCache
-from taximeter.proxy.gateway.metering import Clock, Meter, system_clock
-from taximeter.proxy.gateway.proxying import handle_proxy
-from taximeter.proxy.gateway.routing import UpstreamRouter
-from taximeter.proxy.gateway.status import status_routes
-from taximeter.proxy.logs import protect_logs
-from taximeter.proxy.metrics import Metrics
-from taximeter.proxy.middleware import error_middleware
-from taximeter.proxy.operations import BudgetHook, Operations
 from taximeter.proxy.settings import Settings
 from taximeter.proxy.webhooks import Webhook, WebhookSender
 from taximeter.store.base import RecordResult, StoreUnavailable
@@ -226,7 +227,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     services = Services(
         settings=settings,
         meter=app[METER],
-        router=UpstreamRouter(settings.resolved_upstreams()),
+        router=Upstreams(settings.resolved_upstreams()),
         session=app[SESSION],
         webhooks=webhooks,
         metrics=app[METRICS],

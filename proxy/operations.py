@@ -14,10 +14,10 @@ from typing import Any
 
 from taximeter.pricing import budgets
 from taximeter.pricing.models import ApiKey, BudgetState, Client, UsageEvent
+from taximeter.proxy.api_shapes import budget_json
+from taximeter.proxy.clock import Clock, system_clock
 from taximeter.proxy.errors import ConflictError, InvalidInput, NotFoundError
 from taximeter.proxy.gateway import keys
-from taximeter.proxy.gateway.metering import Clock, system_clock
-from taximeter.proxy.views import budget_json
 from taximeter.store.base import Conflict, NotFound, ReportRow, Store
 
 __all__ = ["GROUPINGS", "MAX_EVENTS", "Operations", "parse_day"]

@@ -20,7 +20,7 @@ from datetime import timedelta
 import aiohttp
 
 from taximeter.pricing.models import OutboxItem
-from taximeter.proxy.gateway.metering import Clock
+from taximeter.proxy.clock import Clock
 from taximeter.store.base import Store, StoreUnavailable
 
 __all__ = ["Webhook", "WebhookSender", "signature"]

@@ -21,6 +21,7 @@ from taximeter.pricing.models import (
     BudgetState,
     Client,
     OutboxItem,
+    Outcome,
     Reservation,
     UsageEvent,
 )
@@ -106,7 +107,7 @@ class Admission:
     reservations of calls in flight; nothing was reserved), or ``miss`` when it
     holds no current state for the client and must be loaded from the store."""
 
-    outcome: str
+    outcome: Outcome
     reason: str | None = None
 
 

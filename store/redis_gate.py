@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast, get_args
 
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
 
 from taximeter.pricing import budgets
-from taximeter.pricing.models import BudgetState, Reservation, UsageEvent
+from taximeter.pricing.models import BudgetState, Outcome, Reservation, UsageEvent
 from taximeter.pricing.money import to_nanos
 from taximeter.store.base import Admission, StoreUnavailable
 
@@ -160,6 +160,7 @@ return redis.call('HGET', KEYS[1], ARGV[1])
 """
 
 _HELD_TTL_S = 7 * 86400  # a reservations hash outlives any call; the sweeper empties it
+_OUTCOMES = frozenset(get_args(Outcome))
 
 
 def _ms(when: datetime) -> int:
@@ -325,7 +326,9 @@ class RedisGate:
             self._admit, self._keys(reservation.client_id), self._hold_args(reservation, now)
         )
         outcome, *rest = (part.decode() if isinstance(part, bytes) else part for part in reply)
-        return Admission(outcome, rest[0] if rest else None)
+        if outcome not in _OUTCOMES:
+            raise StoreUnavailable(f"the admission script answered {outcome!r}")
+        return Admission(cast(Outcome, outcome), rest[0] if rest else None)
 
     async def load(self, client_id: str, state: BudgetState | None, now: datetime) -> None:
         await self._run(self._load, self._keys(client_id)[:2], [self._ttl_s, *_fields(state)])

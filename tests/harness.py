@@ -10,7 +10,7 @@ import openai
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from taximeter.proxy.context import SERVICES, Services
+from taximeter.proxy.services import SERVICES, Services
 from tests.fake_upstream import FakeUpstream
 
 ADMIN_TOKEN = "admin-SENTINEL-token-91c3"

@@ -20,11 +20,11 @@ import aiohttp
 import pytest
 
 from taximeter.proxy.admin.admin import _csv_cell
+from taximeter.proxy.api_shapes import EVENT_FIELDS
 from taximeter.proxy.cli.serve import warn_if_exposed
 from taximeter.proxy.dashboard.sessions import LoginThrottle
 from taximeter.proxy.logs import JsonFormatter, PlainFormatter, configure_logging
 from taximeter.proxy.settings import Settings
-from taximeter.proxy.views import EVENT_FIELDS
 from tests.conftest import FakeClock
 from tests.fake_upstream import ACCOUNT_HEADERS, UPSTREAM_KEY
 from tests.harness import ADMIN_TOKEN, Harness

@@ -108,7 +108,7 @@ async def test_two_proxies_sweep_an_orphan_once(
     second = await aiohttp_server(create_app(first.services.settings, clock=clock))  # type: ignore[operator]
     await first.new_client("acme", mode="tokens", token_limit=10**6)
     meter_a = first.services.meter
-    from taximeter.proxy.context import SERVICES
+    from taximeter.proxy.services import SERVICES
 
     meter_b = second.app[SERVICES].meter
     await meter_a.rebuild("acme", clock())

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from taximeter.proxy import app as app_module
 from taximeter.proxy.app import create_app
-from taximeter.proxy.context import LEDGER, SERVICES
+from taximeter.proxy.services import LEDGER, SERVICES
 from taximeter.proxy.settings import Settings
 from taximeter.store.base import Gate, Store
 from tests.conftest import FakeClock

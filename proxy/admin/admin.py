@@ -11,11 +11,18 @@ import orjson
 from aiohttp import web
 
 from taximeter.proxy.admin.openapi import document
-from taximeter.proxy.context import OPERATIONS, SERVICES
+from taximeter.proxy.api_shapes import (
+    EVENT_FIELDS,
+    client_json,
+    event_json,
+    key_json,
+    report_row_json,
+    rfc3339,
+)
 from taximeter.proxy.errors import InvalidInput, InvalidJson, NotFoundError
 from taximeter.proxy.gateway.auth import require_admin
 from taximeter.proxy.operations import MAX_EVENTS, Operations
-from taximeter.proxy.views import EVENT_FIELDS, client_json, event_json, key_json, report_row_json, rfc3339
+from taximeter.proxy.services import OPERATIONS, SERVICES
 
 __all__ = ["admin_routes"]
 

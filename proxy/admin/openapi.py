@@ -9,8 +9,8 @@ from typing import Any
 from zoneinfo import available_timezones
 
 from taximeter.pricing.budgets import MAX_COST_LIMIT, MAX_TOKEN_LIMIT, MODE_ALIASES, MODES, PERIODS
+from taximeter.proxy.api_shapes import EVENT_FIELDS, STATUS_FIELDS
 from taximeter.proxy.operations import GROUPINGS, MAX_EVENTS
-from taximeter.proxy.views import EVENT_FIELDS, STATUS_FIELDS
 
 __all__ = ["document"]
 

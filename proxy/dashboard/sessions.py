@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 
 from aiohttp import web
 
-from taximeter.proxy.gateway.metering import Clock
+from taximeter.proxy.clock import Clock
 from taximeter.store.base import Store
 
 __all__ = ["LOGIN_COOKIE", "SESSION_COOKIE", "LoginThrottle", "Session", "Sessions"]

@@ -17,9 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from taximeter.pricing import budgets
@@ -27,15 +26,14 @@ from taximeter.pricing.catalog import Catalog, ModelPrice
 from taximeter.pricing.models import BudgetState, Reservation, UsageEvent
 from taximeter.pricing.money import convert, quantize, to_nanos
 from taximeter.pricing.usage import Usage
+from taximeter.proxy.clock import Clock, system_clock
 from taximeter.proxy.errors import BudgetBusy, BudgetExceeded, MeteringUnavailable, ModelNotPriced
 from taximeter.store.base import Admission, Gate, Store, StoreUnavailable
 from taximeter.store.ledger import LedgerWriter
 
-__all__ = ["Charge", "Clock", "Meter", "system_clock"]
+__all__ = ["Charge", "Meter"]
 
 log = logging.getLogger("taximeter.metering")
-
-Clock = Callable[[], datetime]
 
 _REASONS = {
     "token_limit": "its token limit is reached",
@@ -44,10 +42,6 @@ _REASONS = {
 }
 _CLAIM_BATCH = 100
 _REBUILD_ATTEMPTS = 3
-
-
-def system_clock() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)

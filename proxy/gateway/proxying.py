@@ -27,7 +27,6 @@ from taximeter.pricing.models import UsageEvent
 from taximeter.pricing.money import money_text
 from taximeter.pricing.sse import SseEvent, SseSplitter
 from taximeter.pricing.usage import Usage
-from taximeter.proxy.context import SERVICES, Services
 from taximeter.proxy.errors import (
     BudgetExceeded,
     EndpointNotMetered,
@@ -45,6 +44,7 @@ from taximeter.proxy.gateway.endpoints import DEFAULT_MODELS, Endpoint, find_end
 from taximeter.proxy.gateway.forms import Form, parse_form
 from taximeter.proxy.gateway.paths import canonical_path, upstream_path
 from taximeter.proxy.middleware import REQUEST_ID
+from taximeter.proxy.services import SERVICES, Services
 
 __all__ = ["handle_proxy"]
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from taximeter.proxy.context import OPERATIONS, SERVICES
 from taximeter.proxy.errors import NotFoundError
 from taximeter.proxy.gateway import auth
 from taximeter.proxy.metrics import CONTENT_TYPE_LATEST
+from taximeter.proxy.services import OPERATIONS, SERVICES
 from taximeter.store.base import StoreUnavailable
 from taximeter.store.migrations import LATEST
 

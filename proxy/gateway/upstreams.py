@@ -7,7 +7,7 @@ from fnmatch import fnmatchcase
 
 from taximeter.proxy.settings import UpstreamSettings
 
-__all__ = ["Upstream", "UpstreamRouter"]
+__all__ = ["Upstream", "Upstreams"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +22,7 @@ class Upstream:
         return f"{self.base_url}{tail}" + (f"?{query}" if query else "")
 
 
-class UpstreamRouter:
+class Upstreams:
     def __init__(self, configured: list[UpstreamSettings]) -> None:
         self._routes = [
             (

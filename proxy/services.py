@@ -11,9 +11,10 @@ import aiohttp
 from aiohttp import web
 
 from taximeter.pricing.catalog import Catalog
+from taximeter.proxy.clock import Clock
 from taximeter.proxy.gateway.auth import KeyCache
-from taximeter.proxy.gateway.metering import Clock, Meter
-from taximeter.proxy.gateway.routing import UpstreamRouter
+from taximeter.proxy.gateway.metering import Meter
+from taximeter.proxy.gateway.upstreams import Upstreams
 from taximeter.proxy.metrics import Metrics
 from taximeter.proxy.operations import Operations
 from taximeter.proxy.settings import Settings
@@ -43,7 +44,7 @@ T = TypeVar("T")
 class Services:
     settings: Settings
     meter: Meter
-    router: UpstreamRouter
+    router: Upstreams
     session: aiohttp.ClientSession
     webhooks: WebhookSender
     metrics: Metrics
