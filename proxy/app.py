@@ -12,6 +12,7 @@ import aiohttp
 from aiohttp import web
 
 from taximeter.pricing.catalog import load_catalog
+from taximeter.pricing.charge import Tariff
 from taximeter.pricing.models import BudgetState, UsageEvent
 from taximeter.proxy.admin.admin import admin_routes
 from taximeter.proxy.clock import Clock, system_clock
@@ -23,6 +24,7 @@ from taximeter.proxy.gateway.auth import KeyCache
 from taximeter.proxy.gateway.metering import Meter
 from taximeter.proxy.gateway.proxying import handle_proxy
 from taximeter.proxy.gateway.status import status_routes
+from taximeter.proxy.gateway.sweeper import sweep_forever
 from taximeter.proxy.gateway.upstreams import Upstreams
 from taximeter.proxy.logs import protect_logs
 from taximeter.proxy.metrics import Metrics
@@ -175,14 +177,13 @@ def _new_meter(app: web.Application) -> tuple[LedgerWriter, Meter]:
         gate=app[GATE],
         ledger=ledger,
         catalog=app[CATALOG],
-        currency=settings.currency,
-        exchange_rate=settings.exchange_rate,
+        tariff=Tariff(settings.currency, settings.exchange_rate),
         allow_unpriced=settings.unpriced_models == "allow",
         # A live call ends within the upstream timeout; only a dead process's outlives this.
         reservation_ttl_s=settings.upstream_timeout_s + settings.reservation_grace_s,
         record_grace_s=settings.reservation_grace_s,
-        # Redis down: admit under the budget's row lock rather than let spend through.
-        fallback=StoreGate(store) if settings.redis_url else None,
+        # The gate down (Redis): admit under the budget's row lock rather than let spend through.
+        fallback=StoreGate(store),
         clock=app[CLOCK],
     )
     return ledger, meter
@@ -280,8 +281,8 @@ async def _dashboard(app: web.Application) -> Dashboard:
 
 
 async def _sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
-    sweep = app[METER].sweep_forever(app[SETTINGS].sweep_interval_s)
-    async with _background(sweep, "taximeter-sweeper"):
+    sweeping = sweep_forever(app[METER], app[SETTINGS].sweep_interval_s)
+    async with _background(sweeping, "taximeter-sweeper"):
         yield
 
 

@@ -15,6 +15,7 @@ import openai
 import pytest
 from aiohttp import web
 
+from taximeter.proxy.gateway.sweeper import sweep
 from tests.conftest import FakeClock
 from tests.fake_upstream import CHAT
 from tests.harness import Harness
@@ -94,7 +95,7 @@ async def test_pause_and_reset_events_and_thresholds_again_next_period(
     with pytest.raises(openai.RateLimitError):
         await chat(client)
     clock.advance(days=1)
-    await proxy.services.meter.sweep()  # the new day: reset
+    await sweep(proxy.services.meter)  # the new day: reset
     await chat(client)  # 50% of the new period: nothing
     await chat(client)  # 100% again: the thresholds fire again
     await proxy.services.meter.ledger.flush()

@@ -20,6 +20,7 @@ import openai
 import pytest
 from aiohttp import web
 
+from taximeter.proxy.gateway.sweeper import sweep
 from tests.conftest import FakeClock
 from tests.fake_upstream import wav_bytes
 from tests.harness import Harness
@@ -357,7 +358,7 @@ async def test_a_client_that_gives_up_during_admission_leaves_nothing_to_charge(
     release.set()
     meter.gate.admit = admit  # type: ignore[method-assign]
     clock.advance(seconds=3600)
-    assert await meter.sweep() == 0
+    assert await sweep(meter) == 0
     assert proxy.upstream.received == [] and await proxy.events("acme") == []
 
 
@@ -376,7 +377,7 @@ async def test_a_slow_stream_outliving_its_reservation_is_charged_once(
     ttl = meter.reservation_ttl
     for _ in range(4):  # four reservation lifetimes pass while the client reads slowly
         clock.advance(seconds=ttl.total_seconds() * 0.4)
-        assert await meter.sweep() == 0  # kept alive, never charged
+        assert await sweep(meter) == 0  # kept alive, never charged
     proxy.upstream.gate.set()
     rest = [chunk async for chunk in stream]
     assert "".join(c.choices[0].delta.content or "" for c in rest if c.choices) == "Hello there!"

@@ -12,6 +12,7 @@ import openai
 import pytest
 
 from taximeter.pricing.models import Reservation
+from taximeter.proxy.gateway.sweeper import sweep
 from tests.conftest import FakeClock, usage_event
 from tests.fake_upstream import CHAT
 from tests.harness import Harness
@@ -81,10 +82,10 @@ async def test_reservation_of_a_dead_process_is_charged_at_its_estimate(
     )
     held = Reservation(orphan, 204_925_000, clock() + timedelta(seconds=30))
     assert (await meter.gate.admit(held, clock())).outcome == "ok"  # ... then its process died
-    assert await meter.sweep() == 0  # not yet expired
+    assert await sweep(meter) == 0  # not yet expired
     clock.advance(seconds=31)
-    assert await meter.sweep() == 1
-    assert await meter.sweep() == 0  # charged once
+    assert await sweep(meter) == 1
+    assert await sweep(meter) == 0  # charged once
     events = {e["request_id"]: e for e in await proxy.events("acme")}
     charged = events["req_orphan"]
     assert (charged["estimated"], charged["status"], charged["output_tokens"], charged["cost"]) == (
@@ -126,7 +127,7 @@ async def test_two_proxies_sweep_an_orphan_once(
     )
     await meter_a.gate.admit(Reservation(orphan, 75_000_000, clock()), clock())
     clock.advance(seconds=1)
-    counts = await asyncio.gather(meter_a.sweep(), meter_b.sweep(), meter_a.sweep())
+    counts = await asyncio.gather(sweep(meter_a), sweep(meter_b), sweep(meter_a))
     assert sum(counts) == 1
     await meter_b.ledger.flush()
     events = await first.events("acme")

@@ -7,9 +7,12 @@ this process's latest events). ``settle`` swaps the reservation for the actual
 usage *before* the response's last byte goes out, so a client's next request
 always sees it, then hands the event to the ledger writer to be made durable
 off the critical path; a shared gate keeps the event until the ledger says it
-is durable, so a process killed in between loses nothing. ``sweep`` keeps the
-reservations of this process's live calls from expiring, charges those whose
-process died, and records the events such a process had not made durable.
+is durable, so a process killed in between loses nothing.
+
+When the gate cannot be reached, the fallback gate (the store, under the
+budget's row lock) admits instead; the Meter remembers which gate took each
+call in flight. The sweeper (``sweeper.py``) keeps those calls alive and
+charges the calls of processes that died.
 """
 
 from __future__ import annotations
@@ -19,19 +22,17 @@ import contextlib
 import logging
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from decimal import Decimal
 
-from taximeter.pricing import budgets
 from taximeter.pricing.catalog import Catalog, ModelPrice
+from taximeter.pricing.charge import Tariff
 from taximeter.pricing.models import BudgetState, Reservation, UsageEvent
-from taximeter.pricing.money import convert, quantize, to_nanos
-from taximeter.pricing.usage import Usage
+from taximeter.pricing.money import to_nanos
 from taximeter.proxy.clock import Clock, system_clock
 from taximeter.proxy.errors import BudgetBusy, BudgetExceeded, MeteringUnavailable, ModelNotPriced
 from taximeter.store.base import Admission, Gate, Store, StoreUnavailable
 from taximeter.store.ledger import LedgerWriter
 
-__all__ = ["Charge", "Meter"]
+__all__ = ["Meter"]
 
 log = logging.getLogger("taximeter.metering")
 
@@ -40,19 +41,15 @@ _REASONS = {
     "cost_limit": "its cost limit is reached",
     "manual": "it was paused by an operator",
 }
-_CLAIM_BATCH = 100
 _REBUILD_ATTEMPTS = 3
 
 
 @dataclass(frozen=True, slots=True)
-class Charge:
-    """The price of one call: USD, budget currency, and the rate between them."""
+class _Held:
+    """A call of this process in flight, and the gate that admitted it."""
 
-    cost_usd: Decimal
-    cost: Decimal
-    exchange_rate: Decimal
-    currency: str
-    unpriced: bool
+    reservation: Reservation
+    gate: Gate
 
 
 class Meter:
@@ -62,41 +59,40 @@ class Meter:
         store: Store,
         gate: Gate,
         ledger: LedgerWriter,
+        fallback: Gate,
         catalog: Catalog,
-        currency: str,
-        exchange_rate: Decimal,
+        tariff: Tariff,
         allow_unpriced: bool,
         reservation_ttl_s: float = 660.0,
         record_grace_s: float = 60.0,
-        fallback: Gate | None = None,
         clock: Clock = system_clock,
     ) -> None:
         self.store = store
         self.gate = gate
         self.ledger = ledger
         self.catalog = catalog
-        self.currency = currency
-        self.exchange_rate = exchange_rate
+        self.tariff = tariff
         self.allow_unpriced = allow_unpriced
         self.reservation_ttl = timedelta(seconds=reservation_ttl_s)
         # How long a settled event may wait for the ledger before the sweeper
         # of any process takes it for lost with its process and records it.
         self.record_grace = timedelta(seconds=record_grace_s)
+        # Admits under the store's row lock while the gate cannot be reached.
         self.fallback = fallback
         self.clock = clock
-        # Calls admitted by the fallback gate, and clients whose gate copy may be
-        # stale because changes went past it: rebuilt before the gate is trusted again.
-        self._via_fallback: set[str] = set()
         # Events charged by the sweeper, by ledger sequence: the gate counts them
         # once the store has recorded them (a replay is counted already).
         self._swept: dict[str, int] = {}
         self._recorded: list[UsageEvent] = []  # durable, not yet told to the gate
         self._recorded_swept: list[tuple[int, UsageEvent]] = []
         self._telling: asyncio.Task[None] | None = None
+        # Clients whose gate copy may be stale because changes went past it:
+        # rebuilt before the gate is trusted again.
         self._stale: set[str] = set()
         self._refreshing: dict[str, asyncio.Task[None]] = {}
-        # This process's calls in flight, to give back to a gate that lost them.
-        self._held: dict[str, dict[str, Reservation]] = {}
+        # This process's calls in flight, by client and request, with the gate
+        # that admitted each: given back to a gate that lost them.
+        self._held: dict[str, dict[str, _Held]] = {}
         self._rebuilding: dict[str, asyncio.Future[BudgetState | None]] = {}
         # Calls settled while their client's copy is being rebuilt, with their
         # ledger sequence numbers: re-applied to the new copy unless the store
@@ -113,16 +109,6 @@ class Meter:
                 param="model",
             )
         return price
-
-    def charge(self, price: ModelPrice | None, usage: Usage) -> Charge:
-        cost_usd = price.cost_usd(usage) if price is not None else quantize(Decimal(0))
-        return Charge(
-            cost_usd=cost_usd,
-            cost=convert(cost_usd, self.exchange_rate),
-            exchange_rate=self.exchange_rate,
-            currency=self.currency,
-            unpriced=price is None,
-        )
 
     def reservation(self, estimate: UsageEvent) -> Reservation:
         """A reservation holding ``estimate`` (an event flagged estimated)."""
@@ -170,7 +156,7 @@ class Meter:
             # over and over): admitting without a reservation would break the bound.
             raise MeteringUnavailable("the budget gate keeps losing its state; try again shortly")
         if admission.outcome == "ok":
-            self._held.setdefault(client_id, {})[reservation.request_id] = reservation
+            self._hold(reservation, self.gate)
         if client_id not in self._refreshing and self.gate.needs_refresh(client_id, now):
             self._refresh_in_background(client_id, now)
         return admission
@@ -196,17 +182,13 @@ class Meter:
         client_id = reservation.client_id
         self._stale.add(client_id)
         await self.ledger.flush()  # decide on every call this process has answered
-        if self.fallback is None:
-            return _decide(await self._from_store(client_id, now))
         try:
-            await self.fallback.restore(list(self._held.get(client_id, {}).values()))
+            await self.fallback.restore(self.held_by(client_id))
             admission = await self.fallback.admit(reservation, now)
         except StoreUnavailable as exc:
             raise MeteringUnavailable("neither the budget gate nor the store can be reached") from exc
         if admission.outcome == "ok":
-            self._via_fallback.add(reservation.request_id)
-            # Held here too: the gate's copy, once rebuilt, holds it again.
-            self._held.setdefault(client_id, {})[reservation.request_id] = reservation
+            self._hold(reservation, self.fallback)  # the gate's copy, once rebuilt, holds it too
         return admission
 
     async def precheck(self, client_id: str, request_id: str) -> None:
@@ -221,8 +203,8 @@ class Meter:
             endpoint="",
             status=0,
             created_at=now,
-            currency=self.currency,
-            exchange_rate=self.exchange_rate,
+            currency=self.tariff.currency,
+            exchange_rate=self.tariff.exchange_rate,
             estimated=True,
         )
         await self.admit(Reservation(probe, 0, now + self.reservation_ttl))
@@ -264,7 +246,7 @@ class Meter:
         async with self.ledger.paused() as durable:  # the read holds exactly events 1..durable
             state = await self._from_store(client_id, now)
         await self.gate.load(client_id, state, now)
-        await self.gate.restore(list(self._held.get(client_id, {}).values()))
+        await self.gate.restore(self.held_by(client_id))
         for sequence, event in self._deferred.get(client_id, []):
             if sequence > durable:  # settled meanwhile, and not in what was read
                 keep_until = self.clock() + self.record_grace
@@ -273,12 +255,37 @@ class Meter:
                 await self.gate.release(client_id, event.request_id)
         return state
 
-    def _forget_held(self, client_id: str, request_id: str) -> None:
-        held = self._held.get(client_id)
-        if held is not None:
-            held.pop(request_id, None)
-            if not held:
-                del self._held[client_id]
+    def _hold(self, reservation: Reservation, gate: Gate) -> None:
+        self._held.setdefault(reservation.client_id, {})[reservation.request_id] = _Held(reservation, gate)
+
+    def _forget_held(self, client_id: str, request_id: str) -> _Held | None:
+        calls = self._held.get(client_id)
+        if calls is None:
+            return None
+        held = calls.pop(request_id, None)
+        if not calls:
+            del self._held[client_id]
+        return held
+
+    def held_by(self, client_id: str) -> list[Reservation]:
+        """The reservations of ``client_id``'s calls in flight in this process."""
+        return [held.reservation for held in self._held.get(client_id, {}).values()]
+
+    def held_expiring(self, before: datetime) -> list[Reservation]:
+        """The reservations of this process's calls in flight expiring by ``before``."""
+        return [
+            held.reservation
+            for calls in self._held.values()
+            for held in calls.values()
+            if held.reservation.expires_at <= before
+        ]
+
+    def renewed(self, reservations: list[Reservation]) -> None:
+        """The gates now hold ``reservations`` until their new expiry."""
+        for reservation in reservations:
+            held = self._held.get(reservation.client_id, {}).get(reservation.request_id)
+            if held is not None:
+                self._hold(reservation, held.gate)
 
     async def _from_store(self, client_id: str, now: datetime) -> BudgetState | None:
         try:
@@ -290,7 +297,6 @@ class Meter:
         """Swap the call's reservation for ``event`` in the gate, then queue
         ``event`` for the ledger (whose record also frees a store-held one)."""
         self._forget_held(event.client_id, event.request_id)
-        self._via_fallback.discard(event.request_id)
         # Ledger first: a rebuild that starts from here on flushes this event
         # into what it reads, or finds it deferred.
         sequence = await self.ledger.submit(event)
@@ -339,94 +345,15 @@ class Meter:
             self._telling = None
 
     async def release(self, client_id: str, request_id: str) -> None:
-        """Drop a reservation whose call was never forwarded (from every gate
-        that may hold it: a rebuilt copy holds the fallback's calls too)."""
-        self._forget_held(client_id, request_id)
-        gates = [self.gate, self.fallback] if request_id in self._via_fallback else [self.gate]
-        self._via_fallback.discard(request_id)
-        for gate in gates:
+        """Drop a reservation whose call was never forwarded, from the gate that
+        admitted it and the gate (a rebuilt copy holds the fallback's calls
+        too); from both when admission was cut short."""
+        held = self._forget_held(client_id, request_id)
+        for gate in {self.gate, self.fallback if held is None else held.gate}:
             with contextlib.suppress(StoreUnavailable):
-                if gate is not None:
-                    await gate.release(client_id, request_id)
+                await gate.release(client_id, request_id)
 
-    async def sweep(self) -> int:
-        """Keep this process's live calls' reservations from expiring; charge
-        reservations whose call never settled (its process died) at their
-        estimate, flagged; record events a dead process had counted but not
-        made durable; roll budgets whose period has ended. Safe to run in every
-        process at once: each reservation and event is claimed once."""
-        now = self.clock()
-        await self._keep_alive(now)
-        charged = 0
-        for gate in (self.gate, self.fallback):
-            if gate is None:
-                continue
-            while True:
-                try:
-                    expired = await gate.claim_expired(now, _CLAIM_BATCH)
-                except StoreUnavailable as exc:
-                    log.warning("sweep_skipped", extra={"error": str(exc)})
-                    break
-                for reservation in expired:
-                    log.warning(
-                        "reservation_expired",
-                        extra={"request_id": reservation.request_id, "client": reservation.client_id},
-                    )
-                    # Counted by the gate only once the store has recorded it: the
-                    # same call may be held by both gates, or recorded already.
-                    self._swept[reservation.request_id] = await self.ledger.submit(reservation.event)
-                charged += len(expired)
-                if len(expired) < _CLAIM_BATCH:
-                    break
-        await self._record_unrecorded(now)
-        # Roll every budget whose boundary passed, once this process's calls of
-        # the ending period are durable (their thresholds fire in that period).
-        await self.ledger.flush()
-        await self.store.list_budgets(now)
-        return charged
-
-    async def _keep_alive(self, now: datetime) -> None:
-        """Push out the expiry of this process's live calls' reservations
-        before it comes (a slow reader may outlive the first one)."""
-        due = now + self.reservation_ttl / 2
-        renewed = [
-            replace(r, expires_at=now + self.reservation_ttl)
-            for held in self._held.values()
-            for r in held.values()
-            if r.expires_at <= due
-        ]
-        if not renewed:
-            return
-        for gate in (self.gate, self.fallback):
-            with contextlib.suppress(StoreUnavailable):
-                if gate is not None:
-                    await gate.extend(renewed)
-        for reservation in renewed:
-            held = self._held.get(reservation.client_id)
-            if held is not None and reservation.request_id in held:
-                held[reservation.request_id] = reservation
-
-    async def _record_unrecorded(self, now: datetime) -> None:
-        try:
-            events = await self.gate.claim_unrecorded(now, _CLAIM_BATCH)
-        except StoreUnavailable as exc:
-            log.warning("sweep_skipped", extra={"error": str(exc)})
-            return
-        for event in events:  # counted by the gate already; the store may have it too
-            log.warning("event_unrecorded", extra={"request_id": event.request_id, "client": event.client_id})
-            await self.ledger.submit(event)
-
-    async def sweep_forever(self, interval_s: float) -> None:
-        while True:
-            await asyncio.sleep(interval_s)
-            try:
-                await self.sweep()
-            except (StoreUnavailable, MeteringUnavailable) as exc:
-                log.warning("sweep_failed", extra={"error": str(exc)})
-            except Exception:
-                log.exception("sweep_failed")
-
-
-def _decide(state: BudgetState | None) -> Admission:
-    reason = None if state is None else budgets.refusal(state)
-    return Admission("ok") if reason is None else Admission("refused", reason)
+    def swept(self, request_id: str, sequence: int) -> None:
+        """The sweeper charged ``request_id`` (ledger ``sequence``): the gate
+        counts it once the store has recorded it (a replay is counted already)."""
+        self._swept[request_id] = sequence

@@ -21,7 +21,8 @@ import orjson
 from aiohttp import web
 
 from taximeter.pricing.catalog import ModelPrice
-from taximeter.pricing.estimate import at_least, estimate_usage
+from taximeter.pricing.charge import CallFacts, charge
+from taximeter.pricing.estimate import estimate_usage
 from taximeter.pricing.extract import StreamMeter, extract_usage, has_image_part
 from taximeter.pricing.models import UsageEvent
 from taximeter.pricing.money import money_text
@@ -485,37 +486,21 @@ class _Relay:
 
 
 def _event(services: Services, call: Call, usage: Usage, status: int) -> UsageEvent:
-    """The ledger event of ``call`` with ``usage``, priced. A count that is
-    missing, unreadable or cut off (``estimated``) of a call that may have
-    cost money is never less than what was reserved for it."""
-    if usage.estimated:
-        usage = at_least(usage, call.reserved)
-    priced = usage if status < 400 or usage.has_tokens or usage.estimated else Usage()
-    charge = services.meter.charge(call.price, priced)
-    return UsageEvent(
+    """The ledger event of ``call``, ended with ``status`` after ``usage``:
+    the rules are in :mod:`taximeter.pricing.charge`."""
+    facts = CallFacts(
         request_id=call.request_id,
         client_id=call.client_id,
-        end_user=call.end_user,
-        conversation=call.conversation,
         api_type=call.api_type,
         model=call.model,
         endpoint=call.endpoint.path,
-        status=status,
-        created_at=services.meter.clock(),
-        input_tokens=priced.input_tokens,
-        output_tokens=priced.output_tokens,
-        cached_tokens=priced.cached_tokens,
-        reasoning_tokens=priced.reasoning_tokens,
-        characters=priced.characters,
-        audio_seconds=priced.audio_seconds,
-        images=priced.images,
-        cost_usd=charge.cost_usd,
-        cost=charge.cost,
-        currency=charge.currency,
-        exchange_rate=charge.exchange_rate,
-        estimated=priced.estimated,
-        unpriced=charge.unpriced and call.endpoint.family != "moderation",
+        family=call.endpoint.family,
+        price=call.price,
+        end_user=call.end_user,
+        conversation=call.conversation,
+        reserved=call.reserved,
     )
+    return charge(facts, usage, status, services.meter.tariff, services.meter.clock())
 
 
 async def _settle(services: Services, call: Call, usage: Usage, status: int) -> None:

@@ -1,0 +1,115 @@
+"""Charging: usage + price + status → the ledger event. One pure step.
+
+Every metered call ends here, however it ended (a full answer, a stream cut
+off, an upstream that timed out, a client that left): the gateway says what
+it knows, and these rules decide what is charged.
+
+- A count that is missing, unreadable or cut off (``usage.estimated``) of a
+  call that may have cost money is never less than what was reserved for it.
+- A call the upstream refused (status ≥ 400) is free, unless its body reports
+  token usage (the upstream charged it) or its count is estimated.
+- A model the catalogs do not name is recorded at 0, flagged ``unpriced``,
+  except moderation, which is free by nature.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+from taximeter.pricing.catalog import ModelPrice
+from taximeter.pricing.estimate import at_least
+from taximeter.pricing.models import UsageEvent
+from taximeter.pricing.money import convert, quantize
+from taximeter.pricing.usage import Usage
+
+__all__ = ["CallFacts", "Charge", "Tariff", "charge", "price_of", "usage_charged"]
+
+# Endpoint families whose calls cost nothing, priced or not.
+FREE_FAMILIES = frozenset({"moderation"})
+
+
+@dataclass(frozen=True, slots=True)
+class Tariff:
+    """How money is expressed: the budget currency and its rate per USD."""
+
+    currency: str
+    exchange_rate: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class CallFacts:
+    """What the ledger records of a call besides its usage: who, what, where,
+    and what was reserved for it (the floor of an estimated count)."""
+
+    request_id: str
+    client_id: str
+    api_type: str
+    model: str
+    endpoint: str
+    family: str
+    price: ModelPrice | None
+    end_user: str | None = None
+    conversation: str | None = None
+    reserved: Usage = field(default_factory=Usage)
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """The price of one call: USD, budget currency, and the rate between them."""
+
+    cost_usd: Decimal
+    cost: Decimal
+    exchange_rate: Decimal
+    currency: str
+    unpriced: bool
+
+
+def price_of(price: ModelPrice | None, usage: Usage, tariff: Tariff) -> Charge:
+    """``usage`` at ``price`` (0 and ``unpriced`` without one), in ``tariff``'s currency."""
+    cost_usd = price.cost_usd(usage) if price is not None else quantize(Decimal(0))
+    return Charge(
+        cost_usd=cost_usd,
+        cost=convert(cost_usd, tariff.exchange_rate),
+        exchange_rate=tariff.exchange_rate,
+        currency=tariff.currency,
+        unpriced=price is None,
+    )
+
+
+def usage_charged(usage: Usage, status: int, reserved: Usage) -> Usage:
+    """The usage a call is charged for (the first two rules of this module)."""
+    if usage.estimated:
+        usage = at_least(usage, reserved)
+    return usage if status < 400 or usage.has_tokens or usage.estimated else Usage()
+
+
+def charge(call: CallFacts, usage: Usage, status: int, tariff: Tariff, now: datetime) -> UsageEvent:
+    """The ledger event of ``call``, ended with ``status`` after ``usage``."""
+    charged = usage_charged(usage, status, call.reserved)
+    cost = price_of(call.price, charged, tariff)
+    return UsageEvent(
+        request_id=call.request_id,
+        client_id=call.client_id,
+        end_user=call.end_user,
+        conversation=call.conversation,
+        api_type=call.api_type,
+        model=call.model,
+        endpoint=call.endpoint,
+        status=status,
+        created_at=now,
+        input_tokens=charged.input_tokens,
+        output_tokens=charged.output_tokens,
+        cached_tokens=charged.cached_tokens,
+        reasoning_tokens=charged.reasoning_tokens,
+        characters=charged.characters,
+        audio_seconds=charged.audio_seconds,
+        images=charged.images,
+        cost_usd=cost.cost_usd,
+        cost=cost.cost,
+        currency=cost.currency,
+        exchange_rate=cost.exchange_rate,
+        estimated=charged.estimated,
+        unpriced=cost.unpriced and call.family not in FREE_FAMILIES,
+    )
