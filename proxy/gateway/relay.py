@@ -1,0 +1,279 @@
+"""Relaying an upstream's answer to the client while metering it: a whole
+body, an SSE stream event by event, or TTS audio chunk by chunk. Each relay
+settles the call before the answer's last byte reaches the client."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from taximeter.pricing.extract import StreamMeter, extract_usage
+from taximeter.pricing.sse import SseEvent, SseSplitter
+from taximeter.pricing.usage import Usage
+from taximeter.proxy.errors import UpstreamUnavailable
+from taximeter.proxy.gateway.audio import audio_seconds
+from taximeter.proxy.gateway.settling import CLIENT_CLOSED, Call, record_failure, record_lost, settle
+from taximeter.proxy.middleware import REQUEST_ID
+from taximeter.proxy.services import Services
+
+__all__ = [
+    "Relay",
+    "TooLarge",
+    "read_at_most",
+    "relay_audio",
+    "relay_events",
+    "relay_whole",
+    "wants_injected_usage",
+]
+
+log = logging.getLogger("taximeter.proxy")
+
+_DROP_RESPONSE = {
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "content-length",
+    "content-encoding",
+    "proxy-authenticate",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "set-cookie",
+    # The operator's account, not the tenant's business.
+    "openai-organization",
+    "openai-project",
+}
+MAX_AUDIO_CAPTURE = 64 * 1024 * 1024
+
+
+def wants_injected_usage(call: Call) -> bool:
+    """A streamed chat call whose client did not ask for the usage chunk."""
+    if call.endpoint.family not in ("chat", "completions") or call.fields.get("stream") is not True:
+        return False
+    options = call.fields.get("stream_options")
+    return not (isinstance(options, dict) and options.get("include_usage") is True)
+
+
+def response_headers(upstream: aiohttp.ClientResponse, request_id: str) -> dict[str, str]:
+    headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _DROP_RESPONSE}
+    headers["X-Taximeter-Request-Id"] = request_id
+    return headers
+
+
+async def relay_whole(
+    request: web.Request, services: Services, call: Call, upstream: aiohttp.ClientResponse
+) -> web.Response:
+    try:
+        data = await read_bounded(upstream, services.settings.max_response_bytes)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        # The upstream had answered: a success may have been charged there.
+        status = CLIENT_CLOSED if call.client_gone.is_set() else 502
+        record = record_lost if upstream.status < 400 else record_failure
+        await record(services, call, status)
+        raise UpstreamUnavailable(f"upstream connection failed mid-response: {type(exc).__name__}") from exc
+    except TooLarge as exc:
+        upstream.close()
+        await record_lost(services, call, 502)
+        raise UpstreamUnavailable(
+            f"upstream response is larger than max_response_bytes ({services.settings.max_response_bytes})"
+        ) from exc
+    parsed = json_or_none(data, upstream.headers.get("Content-Type", ""))
+    if upstream.status >= 400:
+        # The upstream refused the call: free, unless its body reports usage.
+        reported = extract_usage("chat", call.fields, parsed)
+        usage = Usage() if reported.estimated else reported
+    else:
+        usage = extract_usage(call.endpoint.family, call.fields, parsed, file_seconds=call.upload_seconds)
+    await settle(services, call, usage, upstream.status)
+    return web.Response(
+        body=data, status=upstream.status, headers=response_headers(upstream, call.request_id)
+    )
+
+
+async def relay_events(
+    request: web.Request, services: Services, call: Call, upstream: aiohttp.ClientResponse
+) -> web.StreamResponse:
+    relay = await Relay.start(request, upstream, call.client_gone)
+    meter = StreamMeter(call.endpoint.family, call.fields, hide_usage_chunk=wants_injected_usage(call))
+    splitter = SseSplitter()
+    async for chunk in relay.chunks():
+        await relay.write(await _meter_events(services, call, meter, splitter.feed(chunk), relay.status))
+    await relay.write(await _meter_events(services, call, meter, splitter.end(), relay.status))
+    await relay.write(splitter.rest())
+    if not call.settled:
+        await settle(services, call, meter.final_usage(), relay.status)
+    return await relay.finish()
+
+
+async def _meter_events(
+    services: Services, call: Call, meter: StreamMeter, events: list[SseEvent], status: int
+) -> bytes:
+    """The bytes of ``events`` to forward. The call is settled at its final
+    usage, before that (and the end of the stream) reaches the client; a
+    running count in earlier events is not final."""
+    out = []
+    for event in events:
+        forward = meter.on_event(event)
+        if meter.finished and not call.settled:
+            await settle(services, call, meter.final_usage(), status)
+        if forward:
+            out.append(event.raw)
+    return b"".join(out)
+
+
+async def relay_audio(
+    request: web.Request, services: Services, call: Call, upstream: aiohttp.ClientResponse
+) -> web.StreamResponse:
+    # Characters price tts-1; a token-priced model's raw audio has no usage,
+    # so its own length is measured instead.
+    measure = call.price is not None and call.price.per_million_characters is None
+    captured: list[bytes] = []
+    size = 0
+    relay = await Relay.start(request, upstream, call.client_gone)
+    async for chunk in relay.chunks():
+        if measure and size < MAX_AUDIO_CAPTURE:
+            captured.append(chunk)
+            size += len(chunk)
+        await relay.write(chunk)
+    seconds = None
+    if measure:
+        fmt = (
+            call.fields.get("response_format")
+            if isinstance(call.fields.get("response_format"), str)
+            else "mp3"
+        )
+        seconds = await asyncio.to_thread(
+            audio_seconds, b"".join(captured), filename=f"x.{fmt}", response_format=fmt
+        )
+    # A token-priced reply whose length could not be read comes back estimated.
+    usage = extract_usage("speech", call.fields, None, output_seconds=seconds, token_priced=measure)
+    if relay.status != upstream.status:
+        usage = replace(usage, estimated=True)  # cut off
+    await settle(services, call, usage, relay.status)
+    return await relay.finish()
+
+
+class Relay:
+    """Copies an upstream body to the client, remembering which side broke off:
+    ``status`` becomes 502 if the upstream did, CLIENT_CLOSED if the client did
+    (a failed write, or ``client_gone`` set when its handler was cancelled)."""
+
+    def __init__(
+        self,
+        upstream: aiohttp.ClientResponse,
+        response: web.StreamResponse,
+        request: web.Request,
+        client_gone: asyncio.Event | None = None,
+    ) -> None:
+        self._request = request
+        self._request_id = request[REQUEST_ID]
+        self._upstream = upstream
+        self._response = response
+        self._gone = client_gone if client_gone is not None else asyncio.Event()
+        self._status = upstream.status
+
+    @classmethod
+    async def start(
+        cls, request: web.Request, upstream: aiohttp.ClientResponse, client_gone: asyncio.Event | None = None
+    ) -> Relay:
+        """Send the upstream's status and headers, and relay its body from here."""
+        response = web.StreamResponse(
+            status=upstream.status, headers=response_headers(upstream, request[REQUEST_ID])
+        )
+        await response.prepare(request)
+        return cls(upstream, response, request, client_gone)
+
+    @property
+    def status(self) -> int:
+        return CLIENT_CLOSED if self._gone.is_set() else self._status
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        iterator = self._upstream.content.iter_any().__aiter__()
+        while self.status != CLIENT_CLOSED:
+            try:
+                chunk = await iterator.__anext__()
+            except StopAsyncIteration:
+                return
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                self._broke(502, exc)
+                return
+            if self.status == CLIENT_CLOSED:
+                return
+            yield chunk
+
+    async def write(self, data: bytes) -> None:
+        if not data or self.status == CLIENT_CLOSED:
+            return
+        try:
+            await self._response.write(data)
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
+            self._broke(CLIENT_CLOSED, exc)
+
+    async def finish(self) -> web.StreamResponse:
+        if self.status == CLIENT_CLOSED:
+            return self._response
+        if self.status == 502 and self._request.transport is not None:
+            # The upstream broke off: break the client's connection too, so it
+            # sees a failed stream rather than a short one that looks complete.
+            self._request.transport.abort()
+            return self._response
+        try:
+            await self._response.write_eof()
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            pass  # the client left after the last byte; the call is already recorded
+        return self._response
+
+    def _broke(self, status: int, exc: BaseException) -> None:
+        if self._gone.is_set():
+            return  # the client left first; the upstream closing is our doing
+        if status == CLIENT_CLOSED:
+            self._gone.set()
+        else:
+            self._status = status
+        side = "client" if status == CLIENT_CLOSED else "upstream"
+        log.warning(
+            "stream_interrupted",
+            extra={"request_id": self._request_id, "side": side, "error": type(exc).__name__},
+        )
+
+
+class TooLarge(Exception):
+    pass
+
+
+async def read_bounded(upstream: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole upstream body, or TooLarge once it passes ``limit`` bytes."""
+    if upstream.content_length is not None:  # the usual case: one read of a known size
+        if upstream.content_length > limit:
+            raise TooLarge
+        return await upstream.read()
+    return await read_at_most(upstream.content, limit)
+
+
+async def read_at_most(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """A body read in pieces, or TooLarge once it passes ``limit`` bytes: a
+    hostile peer cannot make us hold more."""
+    chunks, size = [], 0
+    async for chunk in content.iter_chunked(256 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def json_or_none(data: bytes, content_type: str) -> Any:
+    if "json" not in content_type:
+        return None
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
