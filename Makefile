@@ -10,11 +10,26 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-install: $(BIN)/python
-	$(BIN)/python -m pip install --quiet .
+# Installed once, and again only when the code or pyproject.toml changes.
+# setuptools builds in ./build and keeps there the files of modules since
+# renamed or deleted, which a later install would ship: it goes before and after.
+SOURCES := pyproject.toml $(shell find proxy pricing store -type f ! -path '*/__pycache__/*')
 
-install-test: $(BIN)/python
+$(VENV)/.installed: $(BIN)/python $(SOURCES)
+	rm -rf build taximeter.egg-info
+	$(BIN)/python -m pip install --quiet .
+	rm -rf build taximeter.egg-info
+	touch $@
+
+$(VENV)/.installed-test: $(BIN)/python $(SOURCES)
+	rm -rf build taximeter.egg-info
 	$(BIN)/python -m pip install --quiet ".[test]"
+	rm -rf build taximeter.egg-info
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+
+install-test: $(VENV)/.installed-test
 
 serve: install
 	$(BIN)/taximeter serve
