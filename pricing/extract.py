@@ -23,13 +23,13 @@ from typing import Any
 
 import orjson
 
-from taximeter.pricing.sse import SseEvent
+from taximeter.pricing.sse import SseMessage
 from taximeter.pricing.usage import Usage
 
 __all__ = [
     "MAX_AUDIO_SECONDS",
     "MAX_TOKENS",
-    "StreamMeter",
+    "StreamUsage",
     "estimate_tokens",
     "extract_usage",
     "has_image_part",
@@ -277,7 +277,7 @@ def _image_usage(reported: Usage | None, request: dict[str, Any], response: Any)
     return replace(base, images=count, image_size=size, image_quality=quality, estimated=estimated)
 
 
-class StreamMeter:
+class StreamUsage:
     """Follows one SSE stream: finds its usage, tells when the stream's
     terminal usage went by, hides the usage chunk the proxy asked for on the
     client's behalf, and estimates usage if the stream ends without it.
@@ -303,12 +303,12 @@ class StreamMeter:
         ``.incomplete`` or ``.failed`` event, or ``data: [DONE]``."""
         return self._finished
 
-    def on_event(self, event: SseEvent) -> bool:
-        """Take one event; True if it should be forwarded to the client."""
-        if event.data.strip() == "[DONE]":
+    def on_message(self, message: SseMessage) -> bool:
+        """Take one SSE message; True if it should be forwarded to the client."""
+        if message.data.strip() == "[DONE]":
             self.done = self._finished = True
             return True
-        body = _json(event.data)
+        body = _json(message.data)
         if not isinstance(body, dict):
             return True  # not a JSON object: forwarded, not read
         found = reported_usage(body)
@@ -316,7 +316,7 @@ class StreamMeter:
             self.usage = found
             if not found.estimated:
                 self._valid = found
-        if self._is_terminal(body, event, found):
+        if self._is_terminal(body, message, found):
             self._finished = True
         if found is not None and self._hide and body.get("choices") == []:
             return False
@@ -346,7 +346,7 @@ class StreamMeter:
             return delivered
         return replace(self._valid, estimated=True)
 
-    def _is_terminal(self, body: dict[str, Any], event: SseEvent, found: Usage | None) -> bool:
+    def _is_terminal(self, body: dict[str, Any], event: SseMessage, found: Usage | None) -> bool:
         if self._family == "responses":
             kind = body.get("type")
             return (kind if isinstance(kind, str) else event.event) in _RESPONSES_TERMINAL

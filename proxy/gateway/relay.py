@@ -14,8 +14,8 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from taximeter.pricing.extract import StreamMeter, extract_usage
-from taximeter.pricing.sse import SseEvent, SseSplitter
+from taximeter.pricing.extract import StreamUsage, extract_usage
+from taximeter.pricing.sse import SseMessage, SseSplitter
 from taximeter.pricing.usage import Usage
 from taximeter.proxy.errors import UpstreamUnavailable
 from taximeter.proxy.gateway.audio import audio_seconds
@@ -102,30 +102,30 @@ async def relay_events(
     request: web.Request, services: Services, call: Call, upstream: aiohttp.ClientResponse
 ) -> web.StreamResponse:
     relay = await Relay.start(request, upstream, call.client_gone)
-    meter = StreamMeter(call.endpoint.family, call.fields, hide_usage_chunk=wants_injected_usage(call))
+    usage = StreamUsage(call.endpoint.family, call.fields, hide_usage_chunk=wants_injected_usage(call))
     splitter = SseSplitter()
     async for chunk in relay.chunks():
-        await relay.write(await _meter_events(services, call, meter, splitter.feed(chunk), relay.status))
-    await relay.write(await _meter_events(services, call, meter, splitter.end(), relay.status))
+        await relay.write(await _follow_messages(services, call, usage, splitter.feed(chunk), relay.status))
+    await relay.write(await _follow_messages(services, call, usage, splitter.end(), relay.status))
     await relay.write(splitter.rest())
     if not call.settled:
-        await settle(services, call, meter.final_usage(), relay.status)
+        await settle(services, call, usage.final_usage(), relay.status)
     return await relay.finish()
 
 
-async def _meter_events(
-    services: Services, call: Call, meter: StreamMeter, events: list[SseEvent], status: int
+async def _follow_messages(
+    services: Services, call: Call, usage: StreamUsage, messages: list[SseMessage], status: int
 ) -> bytes:
-    """The bytes of ``events`` to forward. The call is settled at its final
+    """The bytes of ``messages`` to forward. The call is settled at its final
     usage, before that (and the end of the stream) reaches the client; a
-    running count in earlier events is not final."""
+    running count in earlier messages is not final."""
     out = []
-    for event in events:
-        forward = meter.on_event(event)
-        if meter.finished and not call.settled:
-            await settle(services, call, meter.final_usage(), status)
+    for message in messages:
+        forward = usage.on_message(message)
+        if usage.finished and not call.settled:
+            await settle(services, call, usage.final_usage(), status)
         if forward:
-            out.append(event.raw)
+            out.append(message.raw)
     return b"".join(out)
 
 

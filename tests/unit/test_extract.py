@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 
-from taximeter.pricing.extract import StreamMeter, estimate_tokens, extract_usage, has_image_part, parse_usage
+from taximeter.pricing.extract import StreamUsage, estimate_tokens, extract_usage, has_image_part, parse_usage
 from taximeter.pricing.sse import SseSplitter
 from taximeter.pricing.usage import Usage
 from taximeter.proxy.gateway.forms import parse_form
@@ -117,18 +117,20 @@ def test_stream_meter_hides_only_the_injected_usage_chunk() -> None:
     usage_chunk = {"choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 2}}
     content = {"choices": [{"delta": {"content": "hi"}}], "usage": None}
     stream = _events(content, usage_chunk)
-    splitter, meter = SseSplitter(), StreamMeter("chat", {}, hide_usage_chunk=True)
-    kept = b"".join(e.raw for e in splitter.feed(stream[:7]) + splitter.feed(stream[7:]) if meter.on_event(e))
+    splitter, meter = SseSplitter(), StreamUsage("chat", {}, hide_usage_chunk=True)
+    kept = b"".join(
+        e.raw for e in splitter.feed(stream[:7]) + splitter.feed(stream[7:]) if meter.on_message(e)
+    )
     assert kept == _events(content)
     assert meter.final_usage() == Usage(input_tokens=10, output_tokens=2)
-    keeping = StreamMeter("chat", {}, hide_usage_chunk=False)
-    assert all(keeping.on_event(e) for e in SseSplitter().feed(stream))
+    keeping = StreamUsage("chat", {}, hide_usage_chunk=False)
+    assert all(keeping.on_message(e) for e in SseSplitter().feed(stream))
 
 
 def test_stream_without_usage_is_estimated_from_what_was_delivered() -> None:
-    meter = StreamMeter("chat", {"messages": [{"role": "user", "content": "x" * 41}]}, hide_usage_chunk=True)
+    meter = StreamUsage("chat", {"messages": [{"role": "user", "content": "x" * 41}]}, hide_usage_chunk=True)
     for event in SseSplitter().feed(_events({"choices": [{"delta": {"content": "abcdefgh"}}]}, done=False)):
-        meter.on_event(event)
+        meter.on_message(event)
     assert meter.final_usage() == Usage(input_tokens=11, output_tokens=2, estimated=True)
     assert estimate_tokens("") == 0
 

@@ -18,15 +18,15 @@ import httpx
 import openai
 import pytest
 
-from taximeter.pricing.extract import MAX_TOKENS, StreamMeter, extract_usage, parse_usage
-from taximeter.pricing.sse import SseEvent, SseSplitter
+from taximeter.pricing.extract import MAX_TOKENS, StreamUsage, extract_usage, parse_usage
+from taximeter.pricing.sse import SseMessage, SseSplitter
 from taximeter.pricing.usage import Usage
 from taximeter.proxy.gateway.forms import MAX_PART_HEADER_BYTES, MAX_PARTS, parse_form
 
 # --- SSE: line ends, separators, chunking, memory ------------------------------------------
 
 
-def _split(*chunks: bytes, max_event_bytes: int = 8 * 1024 * 1024) -> tuple[list[SseEvent], bytes]:
+def _split(*chunks: bytes, max_event_bytes: int = 8 * 1024 * 1024) -> tuple[list[SseMessage], bytes]:
     splitter = SseSplitter(max_event_bytes=max_event_bytes)
     events = [e for chunk in chunks for e in splitter.feed(chunk)]
     return events + splitter.end(), splitter.rest()
@@ -180,9 +180,9 @@ def test_a_transcription_duration_must_be_a_sane_number() -> None:
 # --- streams settled too early --------------------------------------------------------------
 
 
-def _event(body: object, name: str | None = None) -> SseEvent:
+def _event(body: object, name: str | None = None) -> SseMessage:
     data = body if isinstance(body, str) else json.dumps(body)
-    return SseEvent(raw=b"data: " + data.encode() + b"\n\n", event=name, data=data)
+    return SseMessage(raw=b"data: " + data.encode() + b"\n\n", event=name, data=data)
 
 
 def _chunk(text: str, prompt: int, completion: int) -> dict[str, Any]:
@@ -194,47 +194,47 @@ def _chunk(text: str, prompt: int, completion: int) -> dict[str, Any]:
 
 def test_cumulative_usage_in_every_chunk_does_not_finish_the_stream() -> None:
     """vLLM continuous_usage_stats: the call was settled on its first chunk's few tokens."""
-    meter = StreamMeter("chat", {}, hide_usage_chunk=False)
+    meter = StreamUsage("chat", {}, hide_usage_chunk=False)
     for n in range(1, 6):
-        assert meter.on_event(_event(_chunk("tok", 10, n)))
+        assert meter.on_message(_event(_chunk("tok", 10, n)))
         assert not meter.finished and meter.usage == Usage(input_tokens=10, output_tokens=n)
-    meter.on_event(_event({"choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 5}}))
+    meter.on_message(_event({"choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 5}}))
     assert meter.finished and meter.final_usage() == Usage(input_tokens=10, output_tokens=5)
 
 
 def test_done_finishes_a_stream_that_reported_usage_in_its_chunks() -> None:
     """Without a usage-only chunk, [DONE] ends the stream: the latest cumulative usage is exact."""
-    meter = StreamMeter("completions", {}, hide_usage_chunk=False)
+    meter = StreamUsage("completions", {}, hide_usage_chunk=False)
     for n in (1, 2, 3):
-        meter.on_event(
+        meter.on_message(
             _event({"choices": [{"text": "x"}], "usage": {"prompt_tokens": 4, "completion_tokens": n}})
         )
     finished_before_done = meter.finished
-    meter.on_event(_event("[DONE]"))
+    meter.on_message(_event("[DONE]"))
     assert not finished_before_done and meter.finished
     assert meter.final_usage() == Usage(input_tokens=4, output_tokens=3)
 
 
 def test_a_stream_cut_after_cumulative_usage_is_a_flagged_lower_bound() -> None:
     """A cut stream's latest cumulative usage was taken as exact."""
-    meter = StreamMeter("chat", {}, hide_usage_chunk=False)
+    meter = StreamUsage("chat", {}, hide_usage_chunk=False)
     for n in (1, 2, 3):
-        meter.on_event(_event(_chunk("t", 10, n)))
+        meter.on_message(_event(_chunk("t", 10, n)))
     assert meter.final_usage() == Usage(input_tokens=10, output_tokens=3, estimated=True)
 
 
 def test_a_cut_stream_charges_the_delivered_text_when_it_exceeds_the_reported_usage() -> None:
     """An upstream that reports 1 output token while delivering 400 characters."""
-    meter = StreamMeter("chat", {"messages": [{"role": "user", "content": "q" * 8}]}, hide_usage_chunk=False)
-    meter.on_event(_event(_chunk("a" * 400, 2, 1)))
+    meter = StreamUsage("chat", {"messages": [{"role": "user", "content": "q" * 8}]}, hide_usage_chunk=False)
+    meter.on_message(_event(_chunk("a" * 400, 2, 1)))
     assert meter.final_usage() == Usage(input_tokens=2, output_tokens=100, estimated=True)
 
 
 def test_an_invalid_terminal_usage_is_not_read_as_zero() -> None:
     """A final usage chunk with a negative count was charged as reported."""
-    meter = StreamMeter("chat", {}, hide_usage_chunk=False)
-    meter.on_event(_event(_chunk("b" * 40, 3, 10)))
-    meter.on_event(_event({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": -10}}))
+    meter = StreamUsage("chat", {}, hide_usage_chunk=False)
+    meter.on_message(_event(_chunk("b" * 40, 3, 10)))
+    meter.on_message(_event({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": -10}}))
     assert meter.finished
     assert meter.final_usage() == Usage(input_tokens=3, output_tokens=10, estimated=True)
 
@@ -242,12 +242,12 @@ def test_an_invalid_terminal_usage_is_not_read_as_zero() -> None:
 @pytest.mark.parametrize("kind", ["response.completed", "response.incomplete", "response.failed"])
 def test_the_responses_api_finishes_at_its_terminal_event(kind: str) -> None:
     """Responses API usage lives at response.usage of its terminal event, and only there."""
-    meter = StreamMeter("responses", {}, hide_usage_chunk=False)
-    meter.on_event(_event({"type": "response.created", "response": {"usage": None}}, "response.created"))
-    meter.on_event(_event({"type": "response.output_text.delta", "delta": "hi"}))
+    meter = StreamUsage("responses", {}, hide_usage_chunk=False)
+    meter.on_message(_event({"type": "response.created", "response": {"usage": None}}, "response.created"))
+    meter.on_message(_event({"type": "response.output_text.delta", "delta": "hi"}))
     finished_before = meter.finished
     usage = {"input_tokens": 7, "output_tokens": 2, "output_tokens_details": {"reasoning_tokens": 1}}
-    meter.on_event(_event({"type": kind, "response": {"usage": usage}}, kind))
+    meter.on_message(_event({"type": kind, "response": {"usage": usage}}, kind))
     assert not finished_before and meter.finished
     assert meter.final_usage() == Usage(input_tokens=7, output_tokens=2, reasoning_tokens=1)
 
@@ -263,15 +263,15 @@ def test_the_responses_api_finishes_at_its_terminal_event(kind: str) -> None:
 )
 def test_tool_call_and_reasoning_deltas_count_towards_a_cut_stream(body: dict[str, Any]) -> None:
     """A stream of tool-call arguments or reasoning, cut before its usage, was estimated at ~0 output."""
-    meter = StreamMeter("chat", {}, hide_usage_chunk=True)
-    meter.on_event(_event(body))
+    meter = StreamUsage("chat", {}, hide_usage_chunk=True)
+    meter.on_message(_event(body))
     assert meter.final_usage() == Usage(output_tokens=100, estimated=True)
 
 
 def test_deeply_nested_event_data_is_ignored_not_a_crash() -> None:
     """json.loads raised RecursionError (not ValueError) on deep nesting and broke the relay."""
-    meter = StreamMeter("chat", {}, hide_usage_chunk=True)
-    assert meter.on_event(_event("[" * 100_000))
+    meter = StreamUsage("chat", {}, hide_usage_chunk=True)
+    assert meter.on_message(_event("[" * 100_000))
     assert meter.usage is None and not meter.finished
 
 

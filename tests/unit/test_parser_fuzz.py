@@ -21,12 +21,12 @@ from hypothesis import strategies as st
 from taximeter.pricing.extract import (
     MAX_AUDIO_SECONDS,
     MAX_TOKENS,
-    StreamMeter,
+    StreamUsage,
     extract_usage,
     parse_usage,
     reported_usage,
 )
-from taximeter.pricing.sse import SseEvent, SseSplitter
+from taximeter.pricing.sse import SseMessage, SseSplitter
 from taximeter.pricing.usage import Usage
 from taximeter.proxy.gateway.forms import parse_form
 
@@ -62,7 +62,7 @@ def _chunked(draw: st.DrawFn) -> tuple[bytes, list[bytes]]:
     return stream, [stream[a:b] for a, b in itertools.pairwise(bounds)]
 
 
-def _run(chunks: list[bytes], max_event_bytes: int, *, end: bool = True) -> tuple[list[SseEvent], bytes]:
+def _run(chunks: list[bytes], max_event_bytes: int, *, end: bool = True) -> tuple[list[SseMessage], bytes]:
     splitter = SseSplitter(max_event_bytes=max_event_bytes)
     events = [e for chunk in chunks for e in splitter.feed(chunk)]
     if end:
@@ -310,10 +310,10 @@ _EVENT_BODIES = (
 def test_stream_meter_never_raises_and_finishing_is_final(
     family: str, bodies: list[tuple[str | None, str]], hide: bool
 ) -> None:
-    meter = StreamMeter(family, {"input": "hello"}, hide_usage_chunk=hide)
+    meter = StreamUsage(family, {"input": "hello"}, hide_usage_chunk=hide)
     was_finished = False
     for name, data in bodies:
-        forwarded = meter.on_event(SseEvent(raw=data.encode(), event=name, data=data))
+        forwarded = meter.on_message(SseMessage(raw=data.encode(), event=name, data=data))
         assert forwarded or (hide and meter.usage is not None)
         assert meter.finished or not was_finished
         was_finished = meter.finished
