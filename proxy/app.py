@@ -145,7 +145,7 @@ async def _meter_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await app[METER].close()  # the gate hears of the last events recorded before it closes
+        await app[METER].feedback.close()  # the gate hears of the last events recorded before it closes
 
 
 def _new_meter(app: web.Application) -> tuple[LedgerWriter, Meter]:
@@ -153,7 +153,7 @@ def _new_meter(app: web.Application) -> tuple[LedgerWriter, Meter]:
 
     async def recorded(event: UsageEvent, result: RecordResult) -> None:
         metrics.ledger_pending.set(ledger.pending)
-        meter.recorded(event, result.recorded)
+        meter.feedback.recorded(event, result.recorded)
         if result.state is not None:
             metrics.budget(result.state)
 
@@ -163,7 +163,7 @@ def _new_meter(app: web.Application) -> tuple[LedgerWriter, Meter]:
         metrics.ledger_pending.set(ledger.pending)
         # Done with, as far as the gate is concerned: it forgets its copy of the
         # event, or a sweep would hand the same refused event back to the ledger.
-        meter.recorded(event, False)
+        meter.feedback.recorded(event, False)
 
     ledger = LedgerWriter(
         store,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 from taximeter.pricing.catalog import Catalog, ModelPrice
@@ -29,6 +29,8 @@ from taximeter.pricing.models import BudgetState, Reservation, UsageEvent
 from taximeter.pricing.money import to_nanos
 from taximeter.proxy.clock import Clock, system_clock
 from taximeter.proxy.errors import BudgetBusy, BudgetExceeded, MeteringUnavailable, ModelNotPriced
+from taximeter.proxy.gateway.held import HeldCalls
+from taximeter.proxy.gateway.ledger_feedback import LedgerFeedback
 from taximeter.store.base import Admission, Gate, Store, StoreUnavailable
 from taximeter.store.ledger import LedgerWriter
 
@@ -42,14 +44,6 @@ _REASONS = {
     "manual": "it was paused by an operator",
 }
 _REBUILD_ATTEMPTS = 3
-
-
-@dataclass(frozen=True, slots=True)
-class _Held:
-    """A call of this process in flight, and the gate that admitted it."""
-
-    reservation: Reservation
-    gate: Gate
 
 
 class Meter:
@@ -80,19 +74,12 @@ class Meter:
         # Admits under the store's row lock while the gate cannot be reached.
         self.fallback = fallback
         self.clock = clock
-        # Events charged by the sweeper, by ledger sequence: the gate counts them
-        # once the store has recorded them (a replay is counted already).
-        self._swept: dict[str, int] = {}
-        self._recorded: list[UsageEvent] = []  # durable, not yet told to the gate
-        self._recorded_swept: list[tuple[int, UsageEvent]] = []
-        self._telling: asyncio.Task[None] | None = None
+        self.held = HeldCalls()
+        self.feedback = LedgerFeedback(gate, lambda event, sequence: self._count(event, sequence))
         # Clients whose gate copy may be stale because changes went past it:
         # rebuilt before the gate is trusted again.
         self._stale: set[str] = set()
         self._refreshing: dict[str, asyncio.Task[None]] = {}
-        # This process's calls in flight, by client and request, with the gate
-        # that admitted each: given back to a gate that lost them.
-        self._held: dict[str, dict[str, _Held]] = {}
         self._rebuilding: dict[str, asyncio.Future[BudgetState | None]] = {}
         # Calls settled while their client's copy is being rebuilt, with their
         # ledger sequence numbers: re-applied to the new copy unless the store
@@ -156,7 +143,7 @@ class Meter:
             # over and over): admitting without a reservation would break the bound.
             raise MeteringUnavailable("the budget gate keeps losing its state; try again shortly")
         if admission.outcome == "ok":
-            self._hold(reservation, self.gate)
+            self.held.add(reservation, self.gate)
         if client_id not in self._refreshing and self.gate.needs_refresh(client_id, now):
             self._refresh_in_background(client_id, now)
         return admission
@@ -183,12 +170,12 @@ class Meter:
         self._stale.add(client_id)
         await self.ledger.flush()  # decide on every call this process has answered
         try:
-            await self.fallback.restore(self.held_by(client_id))
+            await self.fallback.restore(self.held.of(client_id))
             admission = await self.fallback.admit(reservation, now)
         except StoreUnavailable as exc:
             raise MeteringUnavailable("neither the budget gate nor the store can be reached") from exc
         if admission.outcome == "ok":
-            self._hold(reservation, self.fallback)  # the gate's copy, once rebuilt, holds it too
+            self.held.add(reservation, self.fallback)  # the gate's copy, once rebuilt, holds it too
         return admission
 
     async def precheck(self, client_id: str, request_id: str) -> None:
@@ -246,7 +233,7 @@ class Meter:
         async with self.ledger.paused() as durable:  # the read holds exactly events 1..durable
             state = await self._from_store(client_id, now)
         await self.gate.load(client_id, state, now)
-        await self.gate.restore(self.held_by(client_id))
+        await self.gate.restore(self.held.of(client_id))
         for sequence, event in self._deferred.get(client_id, []):
             if sequence > durable:  # settled meanwhile, and not in what was read
                 keep_until = self.clock() + self.record_grace
@@ -254,38 +241,6 @@ class Meter:
             else:  # already counted in what was read: only its reservation goes
                 await self.gate.release(client_id, event.request_id)
         return state
-
-    def _hold(self, reservation: Reservation, gate: Gate) -> None:
-        self._held.setdefault(reservation.client_id, {})[reservation.request_id] = _Held(reservation, gate)
-
-    def _forget_held(self, client_id: str, request_id: str) -> _Held | None:
-        calls = self._held.get(client_id)
-        if calls is None:
-            return None
-        held = calls.pop(request_id, None)
-        if not calls:
-            del self._held[client_id]
-        return held
-
-    def held_by(self, client_id: str) -> list[Reservation]:
-        """The reservations of ``client_id``'s calls in flight in this process."""
-        return [held.reservation for held in self._held.get(client_id, {}).values()]
-
-    def held_expiring(self, before: datetime) -> list[Reservation]:
-        """The reservations of this process's calls in flight expiring by ``before``."""
-        return [
-            held.reservation
-            for calls in self._held.values()
-            for held in calls.values()
-            if held.reservation.expires_at <= before
-        ]
-
-    def renewed(self, reservations: list[Reservation]) -> None:
-        """The gates now hold ``reservations`` until their new expiry."""
-        for reservation in reservations:
-            held = self._held.get(reservation.client_id, {}).get(reservation.request_id)
-            if held is not None:
-                self._hold(reservation, held.gate)
 
     async def _from_store(self, client_id: str, now: datetime) -> BudgetState | None:
         try:
@@ -296,14 +251,15 @@ class Meter:
     async def settle(self, event: UsageEvent) -> None:
         """Swap the call's reservation for ``event`` in the gate, then queue
         ``event`` for the ledger (whose record also frees a store-held one)."""
-        self._forget_held(event.client_id, event.request_id)
+        self.held.pop(event.client_id, event.request_id)
         # Ledger first: a rebuild that starts from here on flushes this event
         # into what it reads, or finds it deferred.
         sequence = await self.ledger.submit(event)
         await self._count(event, sequence, keep_until=self.clock() + self.record_grace)
 
-    async def _count(self, event: UsageEvent, sequence: int, *, keep_until: datetime | None) -> None:
-        """Add ``event`` (ledger ``sequence``) to the gate's copy of its budget."""
+    async def _count(self, event: UsageEvent, sequence: int, *, keep_until: datetime | None = None) -> None:
+        """Add ``event`` (ledger ``sequence``) to the gate's copy of its budget;
+        kept there until ``keep_until`` unless the ledger says it is durable."""
         deferred = self._deferred.get(event.client_id)
         if deferred is not None:  # its copy is being rebuilt: applied once it is loaded
             deferred.append((sequence, event))
@@ -315,45 +271,11 @@ class Meter:
             log.warning("gate_settle_failed", extra={"client": event.client_id, "error": str(exc)})
             self.mark_stale(event.client_id)
 
-    def recorded(self, event: UsageEvent, recorded: bool) -> None:
-        """The ledger made ``event`` durable (``recorded`` False: it already
-        was). Tells the gate, batched: one trip for a whole ledger batch."""
-        self._recorded.append(event)
-        sequence = self._swept.pop(event.request_id, None)
-        if sequence is not None and recorded:
-            self._recorded_swept.append((sequence, event))
-        if self._telling is None:
-            self._telling = asyncio.create_task(self._tell_gate(), name="taximeter-recorded")
-
-    async def close(self) -> None:
-        """Wait until the gate has been told of every event recorded so far."""
-        if self._telling is not None:
-            await asyncio.shield(self._telling)
-
-    async def _tell_gate(self) -> None:
-        try:
-            while self._recorded or self._recorded_swept:
-                events, self._recorded = self._recorded, []
-                swept, self._recorded_swept = self._recorded_swept, []
-                for sequence, event in swept:  # charged by the sweeper, now in the store
-                    await self._count(event, sequence, keep_until=None)
-                try:
-                    await self.gate.recorded(events)
-                except StoreUnavailable as exc:  # kept there; a sweep records them again, harmlessly
-                    log.warning("gate_recorded_failed", extra={"events": len(events), "error": str(exc)})
-        finally:
-            self._telling = None
-
     async def release(self, client_id: str, request_id: str) -> None:
         """Drop a reservation whose call was never forwarded, from the gate that
         admitted it and the gate (a rebuilt copy holds the fallback's calls
         too); from both when admission was cut short."""
-        held = self._forget_held(client_id, request_id)
+        held = self.held.pop(client_id, request_id)
         for gate in {self.gate, self.fallback if held is None else held.gate}:
             with contextlib.suppress(StoreUnavailable):
                 await gate.release(client_id, request_id)
-
-    def swept(self, request_id: str, sequence: int) -> None:
-        """The sweeper charged ``request_id`` (ledger ``sequence``): the gate
-        counts it once the store has recorded it (a replay is counted already)."""
-        self._swept[request_id] = sequence

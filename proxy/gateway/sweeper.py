@@ -66,7 +66,7 @@ async def _charge_expired(meter: Meter, gate: Gate, now: datetime) -> int:
             )
             # Counted by the gate only once the store has recorded it: the
             # same call may be held by both gates, or recorded already.
-            meter.swept(reservation.request_id, await meter.ledger.submit(reservation.event))
+            meter.feedback.swept(reservation.request_id, await meter.ledger.submit(reservation.event))
         charged += len(expired)
         if len(expired) < _CLAIM_BATCH:
             return charged
@@ -77,14 +77,14 @@ async def _keep_alive(meter: Meter, now: datetime) -> None:
     it comes (a slow reader may outlive the first one)."""
     renewed = [
         replace(r, expires_at=now + meter.reservation_ttl)
-        for r in meter.held_expiring(now + meter.reservation_ttl / 2)
+        for r in meter.held.expiring(now + meter.reservation_ttl / 2)
     ]
     if not renewed:
         return
     for gate in (meter.gate, meter.fallback):
         with contextlib.suppress(StoreUnavailable):
             await gate.extend(renewed)
-    meter.renewed(renewed)
+    meter.held.renew(renewed)
 
 
 async def _record_unrecorded(meter: Meter, now: datetime) -> None:
