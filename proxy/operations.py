@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from taximeter.pricing import budgets
@@ -95,10 +96,28 @@ class Operations:
             raise ConflictError(f"client {client_id!r} already exists", param="id") from exc
 
     async def client(self, client_id: str) -> Client:
-        client = await self.store.get_client(client_id)
+        client = await self.find_client(client_id)
         if client is None:
             raise NotFoundError(f"no client {client_id!r}", param="client_id")
         return client
+
+    async def find_client(self, client_id: str) -> Client | None:
+        return await self.store.get_client(client_id)
+
+    async def clients(self) -> list[Client]:
+        """Every client, by id."""
+        return await self.store.list_clients()
+
+    async def rename_client(self, client_id: str, name: str) -> None:
+        """Raises the store's NotFound if there is no such client."""
+        await self.store.rename_client(client_id, name)
+
+    async def keys(self, client_id: str) -> list[ApiKey]:
+        """The client's keys, oldest first, revoked ones included."""
+        return await self.store.list_keys(client_id)
+
+    async def find_key(self, prefix: str) -> ApiKey | None:
+        return await self.store.find_key(prefix)
 
     async def create_key(self, client_id: str) -> tuple[str, ApiKey]:
         """A new key for the client: the key itself (shown once) and its record."""
@@ -142,6 +161,11 @@ class Operations:
             raise NotFoundError(f"client {client_id!r} has no budget", param="client_id")
         return state
 
+    async def find_budget(self, client_id: str) -> BudgetState | None:
+        """The budget as the store holds it now, without waiting for pending
+        events: for comparing its settings, not its counters."""
+        return await self.store.get_budget(client_id, self.clock())
+
     async def budgets(self) -> list[BudgetState]:
         await self.flush_ledger()
         return await self.store.list_budgets(self.clock())
@@ -165,8 +189,12 @@ class Operations:
         await self.flush_ledger()
         return await self.store.list_events(client_id, limit)
 
+    async def spend_by_api_type(self, client_id: str, since: datetime) -> dict[str, Decimal]:
+        """Cost in the budget currency per api_type since ``since``."""
+        return await self.store.spend_by_api_type(client_id, since)
+
     async def status_json(self, state: BudgetState) -> dict[str, Any]:
-        spend = await self.store.spend_by_api_type(state.client_id, state.period_start)
+        spend = await self.spend_by_api_type(state.client_id, state.period_start)
         return budget_json(state, spend)
 
     # -- usage -----------------------------------------------------------------------
