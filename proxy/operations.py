@@ -11,7 +11,7 @@ import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from taximeter.pricing import budgets
 from taximeter.pricing.models import ApiKey, BudgetState, Client, UsageEvent
@@ -19,9 +19,9 @@ from taximeter.proxy.api_shapes import budget_json
 from taximeter.proxy.clock import Clock, system_clock
 from taximeter.proxy.errors import ConflictError, InvalidInput, NotFoundError
 from taximeter.proxy.gateway import keys
-from taximeter.store.base import Conflict, NotFound, ReportRow, Store
+from taximeter.store.base import Budgets, Conflict, Directory, LedgerReads, NotFound, ReportRow
 
-__all__ = ["GROUPINGS", "MAX_EVENTS", "Operations", "parse_day"]
+__all__ = ["GROUPINGS", "MAX_EVENTS", "Operations", "OperatorStore", "parse_day"]
 
 _CLIENT_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # the whole id: fullmatch, not a trailing "\n"
 GROUPINGS = ("api_type", "model", "day", "end_user")
@@ -54,10 +54,15 @@ def parse_day(value: str | None, field: str, default: datetime) -> datetime:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
+class OperatorStore(Directory, Budgets, LedgerReads, Protocol):
+    """The parts of the store an operator works on: clients and keys, budgets,
+    and reads of the ledger (never its writes, reservations or sessions)."""
+
+
 class Operations:
     def __init__(
         self,
-        store: Store,
+        store: OperatorStore,
         *,
         timezone: str,
         currency: str,
