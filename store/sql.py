@@ -235,7 +235,7 @@ class SqlStore(ABC):
             if await conn.fetchone("SELECT id FROM clients WHERE id = ?", config.client_id) is None:
                 raise NotFound(f"no client {config.client_id!r}")
             old = await self._locked_budget(conn, config.client_id)
-            state = _configured(old, config, now)
+            state = budgets.configure(old, config, now)
             if old is None:
                 await conn.execute(
                     f"INSERT INTO budgets ({_BUDGET_COLUMNS}, updated_at) "
@@ -256,6 +256,9 @@ class SqlStore(ABC):
         return state
 
     async def get_budget(self, client_id: str, now: datetime) -> BudgetState | None:
+        """The budget in the period containing ``now``. A read that writes: if
+        a boundary has passed, the rollover is persisted first (with its reset
+        event), so the counters and the outbox agree with what is returned."""
         async with self.connection() as conn:
             row = await conn.fetchone(f"SELECT {_BUDGET_COLUMNS} FROM budgets WHERE client_id = ?", client_id)
         if row is None:
@@ -263,16 +266,19 @@ class SqlStore(ABC):
         state = self._budget(row)
         if budgets.roll(state, now) is state:
             return state
-        async with self.transaction() as conn:  # a boundary has passed: roll under the lock
+        return await self._roll_over(client_id, now)
+
+    async def _roll_over(self, client_id: str, now: datetime) -> BudgetState | None:
+        """Persist the rollover of a budget whose period has ended, under its
+        row lock (another process may have rolled it meanwhile); None if the
+        budget is gone."""
+        async with self.transaction() as conn:
             locked = await self._locked_budget(conn, client_id)
-            if locked is None:
-                return None
-            rolled = budgets.roll(locked, now)
-            if rolled is not locked:
-                rolled = await self._write_budget(conn, locked, rolled, now)
-        return rolled
+            return None if locked is None else await self._rolled(conn, locked, now)
 
     async def list_budgets(self, now: datetime) -> list[BudgetState]:
+        """Every budget, each read as :meth:`get_budget` does: a budget whose
+        period has ended is rolled over and written on the way."""
         async with self.connection() as conn:
             rows = await conn.fetchall("SELECT client_id FROM budgets ORDER BY client_id")
         states = [await self.get_budget(r["client_id"], now) for r in rows]
@@ -474,6 +480,15 @@ class SqlStore(ABC):
             )
         return state
 
+    async def _rolled(self, conn: Conn, state: BudgetState, now: datetime) -> BudgetState:
+        """``state`` moved to the period containing ``now`` by
+        :func:`~taximeter.pricing.budgets.roll`; written, with the reset event
+        it raises, when a boundary has passed. ``state`` must be locked."""
+        rolled = budgets.roll(state, now)
+        if rolled is state:
+            return state
+        return await self._write_budget(conn, state, rolled, now)
+
     def _event_id(self, now: datetime) -> str:
         """A time-ordered id: the outbox delivers in the order events happened,
         even several in one microsecond (one transaction, or a stopped clock)."""
@@ -489,9 +504,7 @@ class SqlStore(ABC):
         async with self.transaction() as conn:
             state = await self._locked_budget(conn, reservation.client_id)
             if state is not None:
-                rolled = budgets.roll(state, now)
-                if rolled is not state:
-                    state = await self._write_budget(conn, state, rolled, now)
+                state = await self._rolled(conn, state, now)
                 row = await conn.fetchone(
                     "SELECT COALESCE(SUM(tokens), 0) AS tokens, SUM(cost) AS cost FROM reservations "
                     "WHERE client_id = ?",
@@ -820,23 +833,3 @@ def _escaped_json(event: UsageEvent) -> str:
 
 def _json_default(value: object) -> str:
     return value.isoformat() if isinstance(value, datetime) else str(value)
-
-
-def _configured(old: BudgetState | None, config: BudgetConfig, now: datetime) -> BudgetState:
-    """A budget with new settings. Counters and a manual pause carry over; a
-    limit pause is lifted when the new limits are no longer reached."""
-    start = budgets.period_bounds(config.period, config.timezone, now)[0]
-    if old is None:
-        return BudgetState(config=config, period_start=start, version=1)
-    same_period = (old.config.period, old.config.timezone) == (config.period, config.timezone)
-    state = replace(
-        old,
-        config=config,
-        period_start=old.period_start if same_period else start,
-        version=old.version + 1,
-    )
-    if state.paused and state.pause_reason != budgets.MANUAL:
-        unpaused = replace(state, paused=False, pause_reason=None)
-        if budgets.refusal(unpaused) is None:
-            state = unpaused
-    return state
