@@ -26,6 +26,8 @@ __all__ = [
     "admission",
     "apply_usage",
     "config_from_json",
+    "configure",
+    "event_payload",
     "level",
     "level_of",
     "percents",
@@ -118,6 +120,28 @@ def reset(state: BudgetState, start: datetime) -> BudgetState:
         version=state.version + 1,
         alerts_fired=(),
     )
+
+
+def configure(old: BudgetState | None, config: BudgetConfig, now: datetime) -> BudgetState:
+    """A budget with new settings, as of ``now``. Counters and a manual pause
+    carry over; a limit pause is lifted when the new limits are no longer
+    reached. A new budget, or a new period or timezone, starts counting at the
+    start of the period containing ``now``."""
+    start = period_bounds(config.period, config.timezone, now)[0]
+    if old is None:
+        return BudgetState(config=config, period_start=start, version=1)
+    same_period = (old.config.period, old.config.timezone) == (config.period, config.timezone)
+    state = replace(
+        old,
+        config=config,
+        period_start=old.period_start if same_period else start,
+        version=old.version + 1,
+    )
+    if state.paused and state.pause_reason != MANUAL:
+        unpaused = replace(state, paused=False, pause_reason=None)
+        if refusal(unpaused) is None:
+            state = unpaused
+    return state
 
 
 def _reached(state: BudgetState, tokens_used: int, cost_used_nanos: int) -> str | None:

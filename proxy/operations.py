@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from decimal import Decimal
+from typing import Any, Protocol
 
 from taximeter.pricing import budgets
 from taximeter.pricing.models import ApiKey, BudgetState, Client, UsageEvent
@@ -18,9 +19,9 @@ from taximeter.proxy.api_shapes import budget_json
 from taximeter.proxy.clock import Clock, system_clock
 from taximeter.proxy.errors import ConflictError, InvalidInput, NotFoundError
 from taximeter.proxy.gateway import keys
-from taximeter.store.base import Conflict, NotFound, ReportRow, Store
+from taximeter.store.base import Budgets, Conflict, Directory, LedgerReads, NotFound, ReportRow
 
-__all__ = ["GROUPINGS", "MAX_EVENTS", "Operations", "parse_day"]
+__all__ = ["GROUPINGS", "MAX_EVENTS", "Operations", "OperatorStore", "parse_day"]
 
 _CLIENT_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # the whole id: fullmatch, not a trailing "\n"
 GROUPINGS = ("api_type", "model", "day", "end_user")
@@ -53,10 +54,15 @@ def parse_day(value: str | None, field: str, default: datetime) -> datetime:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
+class OperatorStore(Directory, Budgets, LedgerReads, Protocol):
+    """The parts of the store an operator works on: clients and keys, budgets,
+    and reads of the ledger (never its writes, reservations or sessions)."""
+
+
 class Operations:
     def __init__(
         self,
-        store: Store,
+        store: OperatorStore,
         *,
         timezone: str,
         currency: str,
@@ -65,7 +71,7 @@ class Operations:
         flush_ledger: Callable[[], Awaitable[None]] = _nothing_pending,
         on_key_revoked: Callable[[str], None] = _no_key_hook,
     ) -> None:
-        self.store = store
+        self._store = store  # private: admin, dashboard and cli ask Operations, never its store
         self.timezone = timezone
         self.currency = currency
         self.clock = clock
@@ -90,15 +96,33 @@ class Operations:
         if not isinstance(name, str) or not name.strip() or len(name) > 200:
             raise InvalidInput("name must be a non-empty string of at most 200 characters", param="name")
         try:
-            return await self.store.create_client(client_id, name.strip(), self.clock())
+            return await self._store.create_client(client_id, name.strip(), self.clock())
         except Conflict as exc:
             raise ConflictError(f"client {client_id!r} already exists", param="id") from exc
 
     async def client(self, client_id: str) -> Client:
-        client = await self.store.get_client(client_id)
+        client = await self.find_client(client_id)
         if client is None:
             raise NotFoundError(f"no client {client_id!r}", param="client_id")
         return client
+
+    async def find_client(self, client_id: str) -> Client | None:
+        return await self._store.get_client(client_id)
+
+    async def clients(self) -> list[Client]:
+        """Every client, by id."""
+        return await self._store.list_clients()
+
+    async def rename_client(self, client_id: str, name: str) -> None:
+        """Raises the store's NotFound if there is no such client."""
+        await self._store.rename_client(client_id, name)
+
+    async def keys(self, client_id: str) -> list[ApiKey]:
+        """The client's keys, oldest first, revoked ones included."""
+        return await self._store.list_keys(client_id)
+
+    async def find_key(self, prefix: str) -> ApiKey | None:
+        return await self._store.find_key(prefix)
 
     async def create_key(self, client_id: str) -> tuple[str, ApiKey]:
         """A new key for the client: the key itself (shown once) and its record."""
@@ -107,7 +131,7 @@ class Operations:
             secret = keys.generate_key()
             record = ApiKey(keys.key_prefix(secret), client_id, keys.hash_key(secret), self.clock())
             try:
-                return secret, await self.store.create_key(record)
+                return secret, await self._store.create_key(record)
             except Conflict:
                 continue
             except NotFound as exc:
@@ -115,7 +139,7 @@ class Operations:
         raise ConflictError("could not allocate a unique key prefix")
 
     async def revoke_key(self, prefix: str) -> ApiKey:
-        key = await self.store.revoke_key(prefix, self.clock())
+        key = await self._store.revoke_key(prefix, self.clock())
         if key is None:
             raise NotFoundError(f"no key with prefix {prefix!r}", param="prefix")
         self._on_key_revoked(prefix)
@@ -131,25 +155,30 @@ class Operations:
             raise InvalidInput(exc.message, param=exc.field) from exc
         await self.flush_ledger()
         now = self.clock()
-        state = await self.store.put_budget(config, now)
+        state = await self._store.put_budget(config, now)
         await self._on_budget_change(client_id, state, now)
         return state
 
     async def budget(self, client_id: str) -> BudgetState:
         await self.flush_ledger()
-        state = await self.store.get_budget(client_id, self.clock())
+        state = await self._store.get_budget(client_id, self.clock())
         if state is None:
             raise NotFoundError(f"client {client_id!r} has no budget", param="client_id")
         return state
 
+    async def find_budget(self, client_id: str) -> BudgetState | None:
+        """The budget as the store holds it now, without waiting for pending
+        events: for comparing its settings, not its counters."""
+        return await self._store.get_budget(client_id, self.clock())
+
     async def budgets(self) -> list[BudgetState]:
         await self.flush_ledger()
-        return await self.store.list_budgets(self.clock())
+        return await self._store.list_budgets(self.clock())
 
     async def change_budget(self, client_id: str, action: str) -> BudgetState:
         await self.flush_ledger()
         now = self.clock()
-        state = await self.store.change_budget(client_id, action, now)
+        state = await self._store.change_budget(client_id, action, now)
         if state is None:
             raise NotFoundError(f"client {client_id!r} has no budget", param="client_id")
         await self._on_budget_change(client_id, state, now)
@@ -157,16 +186,20 @@ class Operations:
 
     async def delete_budget(self, client_id: str) -> None:
         await self.flush_ledger()
-        if not await self.store.delete_budget(client_id):
+        if not await self._store.delete_budget(client_id):
             raise NotFoundError(f"client {client_id!r} has no budget", param="client_id")
         await self._on_budget_change(client_id, None, self.clock())
 
     async def events(self, client_id: str | None, limit: int) -> list[UsageEvent]:
         await self.flush_ledger()
-        return await self.store.list_events(client_id, limit)
+        return await self._store.list_events(client_id, limit)
+
+    async def spend_by_api_type(self, client_id: str, since: datetime) -> dict[str, Decimal]:
+        """Cost in the budget currency per api_type since ``since``."""
+        return await self._store.spend_by_api_type(client_id, since)
 
     async def status_json(self, state: BudgetState) -> dict[str, Any]:
-        spend = await self.store.spend_by_api_type(state.client_id, state.period_start)
+        spend = await self.spend_by_api_type(state.client_id, state.period_start)
         return budget_json(state, spend)
 
     # -- usage -----------------------------------------------------------------------
@@ -184,4 +217,4 @@ class Operations:
         if end_at <= start_at:
             raise InvalidInput("to must be after from", param="to")
         await self.flush_ledger()
-        return start_at, end_at, await self.store.usage_report(client_id, start_at, end_at, group_by)
+        return start_at, end_at, await self._store.usage_report(client_id, start_at, end_at, group_by)

@@ -21,7 +21,7 @@ import aiohttp
 
 from taximeter.pricing.models import OutboxItem
 from taximeter.proxy.clock import Clock
-from taximeter.store.base import Store, StoreUnavailable
+from taximeter.store.base import Outbox, StoreUnavailable
 
 __all__ = ["Webhook", "WebhookSender", "signature"]
 
@@ -46,7 +46,7 @@ def signature(secret: str, body: bytes, timestamp: int) -> str:
 class WebhookSender:
     def __init__(
         self,
-        store: Store,
+        store: Outbox,
         session: aiohttp.ClientSession,
         webhooks: list[Webhook],
         *,

@@ -1,6 +1,12 @@
 """The two backend roles, as Protocols: the store (ledger and budgets, the source
 of truth) and the gate (the fast "may this client spend?" check).
 
+The store is declared as narrow Protocols, one for each thing it holds
+(:class:`Directory`, :class:`Budgets`, :class:`Ledger`, :class:`LedgerReads`,
+:class:`HeldReservations`, :class:`Outbox`, :class:`DashboardSessions`), so each
+consumer names only the part it uses; :class:`Store` is all of them plus the
+backend's lifecycle.
+
 Backends turn their driver's failures into :class:`StoreUnavailable` at one
 choke point each; nothing else of a driver's leaks out.
 """
@@ -28,11 +34,18 @@ from taximeter.pricing.models import (
 
 __all__ = [
     "Admission",
+    "Budgets",
     "Conflict",
+    "DashboardSessions",
     "DataRejected",
+    "Directory",
     "DriverErrors",
     "Gate",
+    "HeldReservations",
+    "Ledger",
+    "LedgerReads",
     "NotFound",
+    "Outbox",
     "RecordResult",
     "ReportRow",
     "Store",
@@ -84,7 +97,9 @@ class NotFound(Exception):
 
 @dataclass(frozen=True, slots=True)
 class RecordResult:
-    """What :meth:`Store.record` did: ``recorded`` is False for a replay."""
+    """What recording one event did (:meth:`Ledger.record_many`): ``recorded``
+    is False for a replay; ``state`` is its budget after it (None for a
+    replay or a client without a budget)."""
 
     recorded: bool
     state: BudgetState | None
@@ -111,19 +126,8 @@ class Admission:
     reason: str | None = None
 
 
-class Store(Protocol):
-    """Clients, keys, budgets and the usage ledger. The source of truth."""
-
-    async def migrate(self) -> None:
-        """Bring the schema up to date; safe when several processes start at once."""
-
-    async def ping(self) -> None:
-        """Raise StoreUnavailable unless the backend answers."""
-
-    async def schema_version(self) -> int:
-        """The newest migration applied."""
-
-    async def close(self) -> None: ...
+class Directory(Protocol):
+    """Clients and their virtual keys (only each key's hash and prefix)."""
 
     async def create_client(self, client_id: str, name: str, now: datetime) -> Client:
         """Raises Conflict if the id is taken."""
@@ -131,45 +135,68 @@ class Store(Protocol):
     async def rename_client(self, client_id: str, name: str) -> None:
         """Raises NotFound if there is no such client."""
 
-    async def get_client(self, client_id: str) -> Client | None: ...
+    async def get_client(self, client_id: str) -> Client | None:
+        """The client, or None if there is none with that id."""
 
-    async def list_clients(self) -> list[Client]: ...
+    async def list_clients(self) -> list[Client]:
+        """Every client, by id."""
 
     async def create_key(self, key: ApiKey) -> ApiKey:
         """Store a key's hash. Raises NotFound (no such client) or Conflict (prefix taken)."""
 
-    async def find_key(self, prefix: str) -> ApiKey | None: ...
+    async def find_key(self, prefix: str) -> ApiKey | None:
+        """The key with that prefix, revoked or not; None if there is none."""
 
-    async def list_keys(self, client_id: str) -> list[ApiKey]: ...
+    async def list_keys(self, client_id: str) -> list[ApiKey]:
+        """A client's keys, oldest first, revoked ones included."""
 
     async def revoke_key(self, prefix: str, now: datetime) -> ApiKey | None:
         """Mark a key revoked (idempotent); None if no key has that prefix."""
+
+
+class Budgets(Protocol):
+    """One budget per client: its settings, counters and pause.
+
+    Every write that changes a budget also puts the budget events it raises
+    (a pause, a threshold crossed, a new period) in the outbox, in the same
+    transaction. Reading a budget whose period has ended writes too: the
+    rollover is persisted (with its ``reset`` event) before the state is
+    returned, so every reader sees the same current period.
+    """
 
     async def put_budget(self, config: BudgetConfig, now: datetime) -> BudgetState:
         """Create or replace a budget's settings, keeping its counters and pause.
         Raises NotFound if the client does not exist."""
 
     async def get_budget(self, client_id: str, now: datetime) -> BudgetState | None:
-        """The budget, moved to the period containing ``now`` (persisted) if a
-        boundary has passed; None if the client has no budget."""
+        """The budget, rolled over to the period containing ``now`` (a write,
+        when a boundary has passed); None if the client has no budget."""
 
-    async def list_budgets(self, now: datetime) -> list[BudgetState]: ...
+    async def list_budgets(self, now: datetime) -> list[BudgetState]:
+        """Every budget, by client id, each rolled over as :meth:`get_budget`
+        does: a read that writes every budget whose period has ended."""
 
-    async def delete_budget(self, client_id: str) -> bool: ...
+    async def delete_budget(self, client_id: str) -> bool:
+        """Remove a client's budget; whether there was one."""
 
     async def change_budget(self, client_id: str, action: str, now: datetime) -> BudgetState | None:
         """Apply ``reset``, ``pause`` or ``resume`` atomically; None if no budget."""
 
-    async def record(self, event: UsageEvent) -> RecordResult:
-        """Insert the event and add it to its client's counters in one
-        transaction, pausing the budget when a limit is reached.
+    def observe(self, callback: Callable[[BudgetEvent], None]) -> None:
+        """Call ``callback`` with every budget event the store writes."""
 
-        Idempotent by ``request_id``: a replay changes nothing. An event from
-        before the budget's current period is stored but not counted.
-        """
+
+class Ledger(Protocol):
+    """Writing the usage ledger: each call's event, counted in its budget."""
 
     async def record_many(self, events: list[UsageEvent]) -> list[RecordResult]:
-        """:meth:`record` for a batch, in one transaction (one commit, one fsync)."""
+        """Insert the events and add them to their clients' counters in one
+        transaction (one commit, one fsync), pausing a budget when a limit is
+        reached; a result per event, in order.
+
+        Idempotent by ``request_id``: a replay changes nothing. An event from
+        before its budget's current period is stored but not counted.
+        """
 
     async def quarantine(self, event: UsageEvent, error: str, now: datetime) -> None:
         """Set aside an event the store refused to record, with the error: kept
@@ -177,8 +204,12 @@ class Store(Protocol):
         nowhere. Idempotent by request id. Raises DataRejected if even that
         row is refused."""
 
+
+class LedgerReads(Protocol):
+    """Reading the usage ledger: recent events, spend and reports."""
+
     async def list_events(self, client_id: str | None, limit: int) -> list[UsageEvent]:
-        """Newest first."""
+        """At most ``limit`` events (of one client, or all), newest first."""
 
     async def spend_by_api_type(self, client_id: str, since: datetime) -> dict[str, Decimal]:
         """Cost in the budget currency per api_type, for events at or after ``since``."""
@@ -188,11 +219,10 @@ class Store(Protocol):
     ) -> list[ReportRow]:
         """Totals per ``api_type``, ``model``, ``day`` (UTC) or ``end_user`` over [start, end)."""
 
-    async def ledger_totals(self, client_id: str, since: datetime) -> tuple[int, int]:
-        """Tokens and cost (nanos of the budget currency) in the ledger since ``since``."""
 
-    def observe(self, callback: Callable[[BudgetEvent], None]) -> None:
-        """Call ``callback`` with every budget event the store writes."""
+class HeldReservations(Protocol):
+    """Reservations held in the store itself, under each budget's row lock:
+    what the store-held gate (the fallback when the gate is down) runs on."""
 
     async def reserve(self, reservation: Reservation, now: datetime) -> Admission:
         """The gates' admission rule under the budget's row lock (the fallback
@@ -211,6 +241,27 @@ class Store(Protocol):
     async def claim_expired_reservations(self, now: datetime, limit: int) -> list[Reservation]:
         """Take expired store-held reservations, each by exactly one caller."""
 
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless the backend answers."""
+
+
+class Outbox(Protocol):
+    """Budget events waiting for their webhooks. The payload of each is
+    built by :func:`taximeter.pricing.budgets.event_payload` when the event
+    is written; the outbox only keeps and hands out that JSON."""
+
+    async def claim_alerts(self, now: datetime, limit: int, lease: timedelta) -> list[OutboxItem]:
+        """Due, undelivered budget events, each leased to the caller for ``lease``."""
+
+    async def finish_alert(
+        self, item: OutboxItem, failed_urls: list[str], now: datetime, retry_at: datetime, error: str | None
+    ) -> None:
+        """Mark an event delivered, or schedule a retry of its failed webhooks."""
+
+
+class DashboardSessions(Protocol):
+    """Dashboard sessions, known by the hash of their id."""
+
     async def create_session(self, id_hash: str, scope: str, now: datetime, expires_at: datetime) -> None:
         """Keep a dashboard session, known by the hash of its id, until
         ``expires_at``. Sessions already expired are purged."""
@@ -221,16 +272,21 @@ class Store(Protocol):
     async def end_session(self, id_hash: str) -> None:
         """Forget a session (log out); idempotent."""
 
-    async def claim_alerts(self, now: datetime, limit: int, lease: timedelta) -> list[OutboxItem]:
-        """Due, undelivered budget events, each leased to the caller for ``lease``."""
 
-    async def finish_alert(
-        self, item: OutboxItem, failed_urls: list[str], now: datetime, retry_at: datetime, error: str | None
-    ) -> None:
-        """Mark an event delivered, or schedule a retry of its failed webhooks."""
+class Store(Directory, Budgets, Ledger, LedgerReads, HeldReservations, Outbox, DashboardSessions, Protocol):
+    """Clients, keys, budgets and the usage ledger. The source of truth: every
+    role above, plus the backend's lifecycle."""
 
-    async def list_alerts(self, client_id: str) -> list[tuple[OutboxItem, bool]]:
-        """A client's budget events, oldest first, with whether each was delivered."""
+    async def migrate(self) -> None:
+        """Bring the schema up to date; safe when several processes start at once."""
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless the backend answers."""
+
+    async def schema_version(self) -> int:
+        """The newest migration applied."""
+
+    async def close(self) -> None: ...
 
 
 class Gate(Protocol):

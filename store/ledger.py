@@ -36,7 +36,7 @@ from functools import partial
 from typing import TypeVar
 
 from taximeter.pricing.models import UsageEvent
-from taximeter.store.base import DataRejected, RecordResult, Store, StoreUnavailable, printable
+from taximeter.store.base import DataRejected, Ledger, RecordResult, StoreUnavailable, printable
 
 __all__ = ["LedgerWriter"]
 
@@ -64,7 +64,7 @@ def _system_clock() -> datetime:
 class LedgerWriter:
     def __init__(
         self,
-        store: Store,
+        store: Ledger,
         *,
         max_pending: int = 10_000,
         on_recorded: OnRecorded | None = None,

@@ -23,6 +23,7 @@ from taximeter.pricing.models import UsageEvent
 from taximeter.pricing.money import quantize
 from taximeter.store.base import Conflict, DataRejected, DriverErrors, StoreUnavailable
 from taximeter.store.sql import EVENT_COLUMNS, Conn, Dialect, SqlStore
+from taximeter.store.sql.rows import event_row
 
 __all__ = ["PostgresStore"]
 
@@ -147,7 +148,7 @@ class PostgresStore(SqlStore):
         # One round trip for the whole batch: a column per array.
         if not events:
             return set()
-        columns = [list(column) for column in zip(*(self._event_values(e) for e in events), strict=True)]
+        columns = [list(column) for column in zip(*(event_row(self.dialect, e) for e in events), strict=True)]
         return {row["request_id"] for row in await conn.fetchall(_INSERT_EVENTS, *columns)}
 
     def __init__(self, pool: asyncpg.Pool) -> None:

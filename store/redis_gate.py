@@ -8,7 +8,8 @@ and ``unrecorded`` (a hash of ``client/request`` to event JSON) with
 ``unrecorded:due`` (by time): events counted here whose process has not yet
 made them durable in the store, so a process killed in between loses nothing.
 
-Admission, settlement, release and claiming are each one Lua script, so one
+Admission, settlement, release and claiming are each one Lua script (in
+``store/lua/``, read at import), so one
 round trip answers "may this client spend?" and holds its reservation, and a
 pause set by any process is seen by every process on its next request. The
 scripts mirror :mod:`taximeter.pricing.budgets` (the contract tests hold both
@@ -19,6 +20,7 @@ as doubles, exact below 2**53 nanos (about 9 million currency units a period).
 from __future__ import annotations
 
 import asyncio
+import pkgutil
 from datetime import UTC, datetime
 from typing import Any, cast, get_args
 
@@ -32,132 +34,27 @@ from taximeter.store.base import Admission, StoreUnavailable
 
 __all__ = ["RedisGate"]
 
-# Fields of budget:{client}: nb = no budget, p = paused, r = reason, tl/cl =
-# token and cost limits (-1: not active), pal = pause at limit, t/c = tokens
-# and cost used, rt/rc = tokens and cost reserved, nr = next reset (epoch ms,
-# 0: never), v = version.
-_RELEASE_FN = """
-local function release(budget, held, expiry, request_id, member)
-  local v = redis.call('HGET', held, request_id)
-  if not v then return false end
-  redis.call('HDEL', held, request_id)
-  redis.call('ZREM', expiry, member)
-  local et, ec = string.match(v, '^(%d+):(%d+):')
-  if redis.call('HGET', budget, 'nb') == '0' then
-    -- HINCRBY refuses "-0", the form both a string and a Lua number of zero would take
-    if et ~= '0' then redis.call('HINCRBY', budget, 'rt', '-' .. et) end
-    if ec ~= '0' then redis.call('HINCRBY', budget, 'rc', '-' .. ec) end
-  end
-  return v
-end
-"""
 
-_ADMIT = """
-local h = redis.call('HMGET', KEYS[1], 'nb', 'p', 'r', 'tl', 'cl', 'pal', 't', 'c', 'nr', 'rt', 'rc')
-if not h[1] then return {'miss'} end
-if h[1] ~= '1' then
-  local nr = tonumber(h[9])
-  if nr > 0 and tonumber(ARGV[1]) >= nr then return {'miss'} end
-  if h[2] == '1' then return {'refused', h[3]} end
-  if h[6] == '1' then
-    local tl, cl = tonumber(h[4]), tonumber(h[5])
-    local t, c = tonumber(h[7]), tonumber(h[8])
-    local rt, rc = tonumber(h[10] or '0'), tonumber(h[11] or '0')
-    if tl >= 0 and t >= tl then return {'refused', 'token_limit'} end
-    if cl >= 0 and c >= cl then return {'refused', 'cost_limit'} end
-    if tl >= 0 and t + rt >= tl then return {'busy', 'token_limit'} end
-    if cl >= 0 and c + rc >= cl then return {'busy', 'cost_limit'} end
-  end
-  redis.call('HINCRBY', KEYS[1], 'rt', ARGV[3])
-  redis.call('HINCRBY', KEYS[1], 'rc', ARGV[4])
-end
-redis.call('HSET', KEYS[2], ARGV[2], ARGV[3] .. ':' .. ARGV[4] .. ':' .. ARGV[5] .. ':' .. ARGV[6])
-redis.call('EXPIRE', KEYS[2], ARGV[8])
-redis.call('ZADD', KEYS[3], ARGV[5], ARGV[7])
-return {'ok'}
-"""
+def _lua(name: str) -> str:
+    """A script of store/lua/, shipped as package data beside this module.
+    Read through the package's loader, as the import reads this module's own
+    source: part of the import's I/O, done once (even when the first import
+    happens on a running event loop, as the gate factory's does)."""
+    data = pkgutil.get_data("taximeter.store", f"lua/{name}")
+    if data is None:  # a loader that cannot read files: the install is broken
+        raise ImportError(f"taximeter.store cannot read lua/{name}")
+    return data.decode("utf-8")
 
-_SETTLE = (
-    _RELEASE_FN
-    + """
-release(KEYS[1], KEYS[2], KEYS[3], ARGV[2], ARGV[5])
-if ARGV[6] then
-  redis.call('HSET', KEYS[4], ARGV[5], ARGV[6])
-  redis.call('ZADD', KEYS[5], ARGV[7], ARGV[5])
-end
-local h = redis.call('HMGET', KEYS[1], 'nb', 'nr')
-if (not h[1]) or h[1] == '1' then return 0 end
-local nr = tonumber(h[2])
-if nr > 0 and tonumber(ARGV[1]) >= nr then
-  redis.call('DEL', KEYS[1])
-  return 0
-end
-local t = redis.call('HINCRBY', KEYS[1], 't', ARGV[3])
-local c = redis.call('HINCRBY', KEYS[1], 'c', ARGV[4])
-redis.call('HINCRBY', KEYS[1], 'v', 1)
-local f = redis.call('HMGET', KEYS[1], 'p', 'pal', 'tl', 'cl')
-if f[1] ~= '1' and f[2] == '1' then
-  local tl, cl = tonumber(f[3]), tonumber(f[4])
-  if tl >= 0 and t >= tl then
-    redis.call('HSET', KEYS[1], 'p', '1', 'r', 'token_limit')
-  elseif cl >= 0 and c >= cl then
-    redis.call('HSET', KEYS[1], 'p', '1', 'r', 'cost_limit')
-  end
-end
-return 1
-"""
-)
 
-_RELEASE = _RELEASE_FN + "return release(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2])"
-
-# Hold a reservation again after the gate lost it (ARGV as in _ADMIT, without the check).
-_RESTORE = """
-local payload = ARGV[3] .. ':' .. ARGV[4] .. ':' .. ARGV[5] .. ':' .. ARGV[6]
-if redis.call('HSETNX', KEYS[2], ARGV[2], payload) == 0 then return 0 end
-redis.call('EXPIRE', KEYS[2], ARGV[8])
-redis.call('ZADD', KEYS[3], ARGV[5], ARGV[7])
-if redis.call('HGET', KEYS[1], 'nb') == '0' then
-  redis.call('HINCRBY', KEYS[1], 'rt', ARGV[3])
-  redis.call('HINCRBY', KEYS[1], 'rc', ARGV[4])
-end
-return 1
-"""
-
-_CLAIM = (
-    _RELEASE_FN
-    + """
-if redis.call('ZSCORE', KEYS[3], ARGV[2]) == false then return false end
-local v = release(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2])
-redis.call('ZREM', KEYS[3], ARGV[2])  -- even if its reservation was already gone
-return v
-"""
-)
-
-# Replace a budget copy; its reserved totals are recomputed from the held
-# reservations, so a copy rebuilt mid-flight still counts them.
-_LOAD = """
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-if redis.call('HGET', KEYS[1], 'nb') == '0' then
-  local rt, rc = 0, 0
-  for _, v in ipairs(redis.call('HVALS', KEYS[2])) do
-    local et, ec = string.match(v, '^(%d+):(%d+):')
-    rt = rt + tonumber(et)
-    rc = rc + tonumber(ec)
-  end
-  redis.call('HSET', KEYS[1], 'rt', string.format('%d', rt), 'rc', string.format('%d', rc))
-end
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-return 1
-"""
-
-# Hand out an unrecorded event whose time is up, keeping it for another lease.
-_CLAIM_UNRECORDED = """
-local due = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if (not due) or tonumber(due) > tonumber(ARGV[2]) then return false end
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
-return redis.call('HGET', KEYS[1], ARGV[1])
-"""
+# Read once, at import. release() is shared by the scripts that drop a reservation.
+_RELEASE_FN = _lua("release_function.lua")
+_ADMIT = _lua("admit.lua")
+_SETTLE = _RELEASE_FN + _lua("settle.lua")
+_RELEASE = _RELEASE_FN + _lua("release.lua")
+_RESTORE = _lua("restore.lua")
+_CLAIM = _RELEASE_FN + _lua("claim_expired.lua")
+_LOAD = _lua("load.lua")
+_CLAIM_UNRECORDED = _lua("claim_unrecorded.lua")
 
 _HELD_TTL_S = 7 * 86400  # a reservations hash outlives any call; the sweeper empties it
 _OUTCOMES = frozenset(get_args(Outcome))
@@ -167,6 +64,10 @@ def _ms(when: datetime) -> int:
     return int(when.timestamp() * 1000)
 
 
+# Fields of budget:{client}: nb = no budget, p = paused, r = reason, tl/cl =
+# token and cost limits (-1: not active), pal = pause at limit, t/c = tokens
+# and cost used, rt/rc = tokens and cost reserved, nr = next reset (epoch ms,
+# 0: never), v = version.
 def _fields(state: BudgetState | None) -> list[Any]:
     if state is None:
         return ["nb", "1"]

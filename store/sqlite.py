@@ -24,6 +24,7 @@ from taximeter.pricing.models import UsageEvent
 from taximeter.pricing.money import from_nanos, to_nanos
 from taximeter.store.base import Conflict, DataRejected, DriverErrors, StoreUnavailable
 from taximeter.store.sql import EVENT_COLUMNS, Conn, Dialect, SqlStore
+from taximeter.store.sql.rows import event_row
 
 __all__ = ["SqliteStore", "sqlite_path"]
 
@@ -128,7 +129,7 @@ class SqliteStore(SqlStore):
             rows = await conn.fetchall(
                 f"INSERT INTO usage_events ({EVENT_COLUMNS}) VALUES {', '.join([_EVENT_ROW] * len(chunk))} "
                 "ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
-                *(value for event in chunk for value in self._event_values(event)),
+                *(value for event in chunk for value in event_row(self.dialect, event)),
             )
             ids = [row["request_id"] for row in rows]
             inserted.update(ids)

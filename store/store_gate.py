@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from taximeter.pricing.models import BudgetState, Reservation, UsageEvent
-from taximeter.store.base import Admission, Store
+from taximeter.store.base import Admission, HeldReservations
 
 __all__ = ["StoreGate"]
 
@@ -20,7 +20,7 @@ __all__ = ["StoreGate"]
 class StoreGate:
     """:class:`~taximeter.store.base.Gate` over the store's own tables."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: HeldReservations) -> None:
         self._store = store
 
     async def admit(self, reservation: Reservation, now: datetime) -> Admission:

@@ -22,11 +22,11 @@ import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
 from taximeter.pricing.models import BudgetConfig, UsageEvent
-from taximeter.store import sql
 from taximeter.store.base import DataRejected, RecordResult, Store
 from taximeter.store.ledger import LedgerWriter
 from taximeter.store.postgres import PostgresStore
 from taximeter.store.sql import SqlStore
+from taximeter.store.sql import ledger as sql_ledger
 from taximeter.store.sqlite import SqliteStore
 from tests.conftest import FakeClock, usage_event
 from tests.fake_upstream import FakeUpstream
@@ -335,7 +335,7 @@ async def test_nul_and_lone_surrogates_are_stripped_at_the_store_edge(
 async def test_poison_that_bypasses_the_sanitiser_is_quarantined_by_the_driver_error(
     any_store: SqlStore, make_writer: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sql, "sanitised", lambda e: e)  # as if the store's own guard missed them
+    monkeypatch.setattr(sql_ledger, "sanitised", lambda e: e)  # as if the store's own guard missed them
     told = Quarantined()
     writer: LedgerWriter = make_writer(any_store, on_quarantined=told)
     bad = [event(900, model="gpt-4o\ud800")]  # not UTF-8: asyncpg / sqlite3 cannot encode it

@@ -59,7 +59,7 @@ def _ops(request: web.Request) -> Operations:
 
 
 async def list_clients(request: web.Request) -> web.Response:
-    clients = await _ops(request).store.list_clients()
+    clients = await _ops(request).clients()
     return _json({"data": [client_json(c) for c in clients]})
 
 
@@ -79,7 +79,7 @@ async def create_key(request: web.Request) -> web.Response:
 async def list_keys(request: web.Request) -> web.Response:
     ops = _ops(request)
     client = await ops.client(request.match_info["client_id"])
-    return _json({"data": [key_json(k) for k in await ops.store.list_keys(client.id)]})
+    return _json({"data": [key_json(k) for k in await ops.keys(client.id)]})
 
 
 async def revoke_key(request: web.Request) -> web.Response:

@@ -60,7 +60,7 @@ def _config(ops: Operations, declaration: ClientDeclaration) -> BudgetConfig:
 async def _apply_one(ops: Operations, declaration: ClientDeclaration, dry_run: bool) -> list[str]:
     changes = []
     name = declaration.name or declaration.id
-    client = await ops.store.get_client(declaration.id)
+    client = await ops.find_client(declaration.id)
     if client is None:
         changes.append(f"create client {declaration.id} ({name})")
         if not dry_run:
@@ -68,11 +68,11 @@ async def _apply_one(ops: Operations, declaration: ClientDeclaration, dry_run: b
     elif client.name != name:
         changes.append(f"rename client {declaration.id}: {client.name!r} -> {name!r}")
         if not dry_run:
-            await ops.store.rename_client(declaration.id, name)
+            await ops.rename_client(declaration.id, name)
     if declaration.budget is None:
         return changes
     wanted = _config(ops, declaration)
-    current = await ops.store.get_budget(declaration.id, ops.clock()) if client is not None else None
+    current = await ops.find_budget(declaration.id) if client is not None else None
     if current is not None and replace(current.config, currency=wanted.currency) == wanted:
         return changes
     verb = "set" if current is None else "update"

@@ -160,7 +160,7 @@ async def _clients(ops: Operations, args: argparse.Namespace) -> int:
         client = await ops.create_client(args.id, args.name)
         print(f"client {client.id} ({client.name}) created")
     else:
-        for client in await ops.store.list_clients():
+        for client in await ops.clients():
             print(f"{client.id}\t{client.name}\t{client.created_at:%Y-%m-%d}")
     return 0
 
@@ -172,7 +172,7 @@ async def _keys(ops: Operations, args: argparse.Namespace) -> int:
         print(f"prefix {key.prefix}: store this key now, it is not shown again", file=sys.stderr)
     elif args.action == "list":
         await ops.client(args.client)
-        for key in await ops.store.list_keys(args.client):
+        for key in await ops.keys(args.client):
             print(f"{key.prefix}\t{'revoked' if key.revoked else 'active'}\t{key.created_at:%Y-%m-%d %H:%M}")
     else:
         key = await ops.revoke_key(args.prefix)

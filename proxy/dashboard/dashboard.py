@@ -216,7 +216,7 @@ async def _card(dash: Dashboard, client: Client, state: BudgetState | None) -> C
     """The client's card, with its spend this period (the last 30 days without a budget)."""
     ops = dash.ops
     since = state.period_start if state is not None else ops.clock() - timedelta(days=USAGE_DAYS)
-    spend = await ops.store.spend_by_api_type(client.id, since)
+    spend = await ops.spend_by_api_type(client.id, since)
     return build_card(client, state, spend, dash.fmt, ops.currency)
 
 
@@ -236,7 +236,7 @@ async def _overview(
     values: dict[str, str] | None = None,
 ) -> web.Response:
     query = request.query.get("q", "")
-    clients = await dash.ops.store.list_clients()
+    clients = await dash.ops.clients()
     return dash.pages.render(
         "overview.html",
         status=status,
@@ -292,7 +292,7 @@ async def _client_page(
         client=client,
         card=await _card(dash, client, state),
         state=state,
-        keys=await ops.store.list_keys(client.id),
+        keys=await ops.keys(client.id),
         events=events,
         values=values or form_from_state(state, ops.timezone),
         errors=errors or {},
@@ -353,7 +353,7 @@ async def create_key(request: web.Request, dash: Dashboard, session: Session) ->
 @page
 async def revoke_key(request: web.Request, dash: Dashboard, session: Session) -> web.StreamResponse:
     client_id, prefix = request.match_info["client_id"], request.match_info["prefix"]
-    key = await dash.ops.store.find_key(prefix)
+    key = await dash.ops.find_key(prefix)
     if key is None or key.client_id != client_id:
         raise NotFoundError(f"client {client_id!r} has no key {prefix!r}")
     await dash.ops.revoke_key(prefix)
@@ -366,7 +366,7 @@ async def revoke_key(request: web.Request, dash: Dashboard, session: Session) ->
 @page
 async def usage(request: web.Request, dash: Dashboard, session: Session) -> web.StreamResponse:
     ops, fmt = dash.ops, dash.fmt
-    clients = await ops.store.list_clients()
+    clients = await ops.clients()
     client_id = request.query.get("client_id") or None
     if client_id is not None and all(c.id != client_id for c in clients):
         raise NotFoundError(f"no client {client_id!r}")

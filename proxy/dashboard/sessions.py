@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from aiohttp import web
 
 from taximeter.proxy.clock import Clock
-from taximeter.store.base import Store
+from taximeter.store.base import DashboardSessions
 
 __all__ = ["LOGIN_COOKIE", "SESSION_COOKIE", "LoginThrottle", "Session", "Sessions"]
 
@@ -111,7 +111,9 @@ class Session:
 
 
 class Sessions:
-    def __init__(self, store: Store, admin_token: str, *, lifetime_s: float, clock: Clock) -> None:
+    def __init__(
+        self, store: DashboardSessions, admin_token: str, *, lifetime_s: float, clock: Clock
+    ) -> None:
         self._store = store
         self._admin_token = admin_token
         self._scope = hmac.new(

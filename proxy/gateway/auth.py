@@ -10,7 +10,7 @@ from aiohttp import web
 from taximeter.pricing.models import ApiKey
 from taximeter.proxy.errors import AdminAuthRequired, InvalidApiKey
 from taximeter.proxy.gateway import keys
-from taximeter.store.base import Store
+from taximeter.store.base import Directory
 
 __all__ = ["KeyCache", "authenticate", "require_admin", "require_bearer"]
 
@@ -26,7 +26,7 @@ class KeyCache:
     at once; one revoked elsewhere (another worker, the CLI) stops working
     within ``ttl_s``. Only keys that exist are kept."""
 
-    def __init__(self, store: Store, *, ttl_s: float) -> None:
+    def __init__(self, store: Directory, *, ttl_s: float) -> None:
         self._store = store
         self._ttl_s = ttl_s
         self._keys: dict[str, tuple[ApiKey, float]] = {}

@@ -1,0 +1,7 @@
+-- Take an expired reservation away from the gate, for exactly one caller.
+-- KEYS: budget:{client}, held:{client}, expiry
+-- ARGV: request id, expiry member (client/request)
+if redis.call('ZSCORE', KEYS[3], ARGV[2]) == false then return false end
+local v = release(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2])
+redis.call('ZREM', KEYS[3], ARGV[2])  -- even if its reservation was already gone
+return v

@@ -1,0 +1,89 @@
+"""Clients and their keys, in SQL."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from taximeter.pricing.models import ApiKey, Client
+from taximeter.store.base import Conflict, NotFound
+from taximeter.store.sql.core import SqlBase
+from taximeter.store.sql.rows import client_from_row, key_from_row
+
+__all__ = ["SqlDirectory"]
+
+
+class SqlDirectory(SqlBase):
+    """:class:`~taximeter.store.base.Directory` in SQL."""
+
+    async def create_client(self, client_id: str, name: str, now: datetime) -> Client:
+        async with self.transaction() as conn:
+            touched = await conn.execute(
+                "INSERT INTO clients (id, name, created_at) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                client_id,
+                name,
+                self.dialect.time_in(now),
+            )
+        if not touched:
+            raise Conflict(f"client {client_id!r} already exists")
+        return Client(client_id, name, now)
+
+    async def rename_client(self, client_id: str, name: str) -> None:
+        async with self.transaction() as conn:
+            if not await conn.execute("UPDATE clients SET name = ? WHERE id = ?", name, client_id):
+                raise NotFound(f"no client {client_id!r}")
+
+    async def get_client(self, client_id: str) -> Client | None:
+        async with self.connection() as conn:
+            row = await conn.fetchone("SELECT id, name, created_at FROM clients WHERE id = ?", client_id)
+        return None if row is None else client_from_row(self.dialect, row)
+
+    async def list_clients(self) -> list[Client]:
+        async with self.connection() as conn:
+            rows = await conn.fetchall("SELECT id, name, created_at FROM clients ORDER BY id")
+        return [client_from_row(self.dialect, r) for r in rows]
+
+    async def create_key(self, key: ApiKey) -> ApiKey:
+        async with self.transaction() as conn:
+            if await conn.fetchone("SELECT id FROM clients WHERE id = ?", key.client_id) is None:
+                raise NotFound(f"no client {key.client_id!r}")
+            touched = await conn.execute(
+                "INSERT INTO api_keys (prefix, client_id, key_hash, created_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                key.prefix,
+                key.client_id,
+                key.key_hash,
+                self.dialect.time_in(key.created_at),
+            )
+        if not touched:
+            raise Conflict("key prefix already in use")
+        return key
+
+    async def find_key(self, prefix: str) -> ApiKey | None:
+        async with self.connection() as conn:
+            row = await conn.fetchone(
+                "SELECT prefix, client_id, key_hash, created_at, revoked_at FROM api_keys WHERE prefix = ?",
+                prefix,
+            )
+        return None if row is None else key_from_row(self.dialect, row)
+
+    async def list_keys(self, client_id: str) -> list[ApiKey]:
+        async with self.connection() as conn:
+            rows = await conn.fetchall(
+                "SELECT prefix, client_id, key_hash, created_at, revoked_at FROM api_keys "
+                "WHERE client_id = ? ORDER BY created_at, prefix",
+                client_id,
+            )
+        return [key_from_row(self.dialect, r) for r in rows]
+
+    async def revoke_key(self, prefix: str, now: datetime) -> ApiKey | None:
+        async with self.transaction() as conn:
+            await conn.execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE prefix = ? AND revoked_at IS NULL",
+                self.dialect.time_in(now),
+                prefix,
+            )
+            row = await conn.fetchone(
+                "SELECT prefix, client_id, key_hash, created_at, revoked_at FROM api_keys WHERE prefix = ?",
+                prefix,
+            )
+        return None if row is None else key_from_row(self.dialect, row)

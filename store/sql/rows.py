@@ -1,0 +1,149 @@
+"""Rows and models: the columns of each table and the conversions both ways,
+through the backend's :class:`~taximeter.store.sql.core.Dialect`."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+from taximeter.pricing.models import ApiKey, BudgetConfig, BudgetState, Client, UsageEvent
+from taximeter.pricing.money import from_nanos, to_nanos
+from taximeter.store.sql.core import Dialect, Row
+
+__all__ = [
+    "BUDGET_COLUMNS",
+    "EVENT_COLUMNS",
+    "OUTBOX_COLUMNS",
+    "budget_from_row",
+    "budget_row",
+    "client_from_row",
+    "event_from_row",
+    "event_row",
+    "key_from_row",
+]
+
+EVENT_COLUMNS = (
+    "request_id, client_id, end_user, conversation, api_type, model, endpoint, status, "
+    "input_tokens, output_tokens, cached_tokens, reasoning_tokens, characters, audio_seconds, "
+    "images, cost_usd, cost, currency, exchange_rate, estimated, unpriced, created_at"
+)
+BUDGET_COLUMNS = (
+    "client_id, mode, token_limit, cost_limit, period, timezone, currency, pause_at_limit, "
+    "alert_thresholds, period_start, tokens_used, cost_used, paused, pause_reason, version, alerts_fired"
+)
+OUTBOX_COLUMNS = "id, client_id, kind, payload, attempts, pending_urls"
+
+
+def budget_row(d: Dialect, state: BudgetState) -> list[Any]:
+    c = state.config
+    return [
+        c.client_id,
+        c.mode,
+        c.token_limit,
+        None if c.cost_limit is None else d.money_in(c.cost_limit),
+        c.period,
+        c.timezone,
+        c.currency,
+        c.pause_at_limit,
+        json.dumps([str(t) for t in c.alert_thresholds]),
+        d.time_in(state.period_start),
+        state.tokens_used,
+        d.money_in(from_nanos(state.cost_used_nanos)),
+        state.paused,
+        state.pause_reason,
+        state.version,
+        json.dumps(list(state.alerts_fired)),
+    ]
+
+
+def budget_from_row(d: Dialect, row: Row) -> BudgetState:
+    config = BudgetConfig(
+        client_id=row["client_id"],
+        mode=row["mode"],
+        period=row["period"],
+        timezone=row["timezone"],
+        currency=row["currency"],
+        token_limit=row["token_limit"],
+        cost_limit=None if row["cost_limit"] is None else d.money_out(row["cost_limit"]),
+        pause_at_limit=bool(row["pause_at_limit"]),
+        alert_thresholds=tuple(Decimal(t) for t in json.loads(row["alert_thresholds"])),
+    )
+    return BudgetState(
+        config=config,
+        period_start=d.time_out(row["period_start"]),
+        tokens_used=int(row["tokens_used"]),
+        cost_used_nanos=to_nanos(d.money_out(row["cost_used"])),
+        paused=bool(row["paused"]),
+        pause_reason=row["pause_reason"],
+        version=int(row["version"]),
+        alerts_fired=tuple(json.loads(row["alerts_fired"])),
+    )
+
+
+def event_row(d: Dialect, e: UsageEvent) -> list[Any]:
+    return [
+        e.request_id,
+        e.client_id,
+        e.end_user,
+        e.conversation,
+        e.api_type,
+        e.model,
+        e.endpoint,
+        e.status,
+        e.input_tokens,
+        e.output_tokens,
+        e.cached_tokens,
+        e.reasoning_tokens,
+        e.characters,
+        d.money_in(e.audio_seconds),
+        e.images,
+        d.money_in(e.cost_usd),
+        d.money_in(e.cost),
+        e.currency,
+        d.money_in(e.exchange_rate),
+        e.estimated,
+        e.unpriced,
+        d.time_in(e.created_at),
+    ]
+
+
+def event_from_row(d: Dialect, r: Row) -> UsageEvent:
+    return UsageEvent(
+        request_id=r["request_id"],
+        client_id=r["client_id"],
+        end_user=r["end_user"],
+        conversation=r["conversation"],
+        api_type=r["api_type"],
+        model=r["model"],
+        endpoint=r["endpoint"],
+        status=int(r["status"]),
+        input_tokens=int(r["input_tokens"]),
+        output_tokens=int(r["output_tokens"]),
+        cached_tokens=int(r["cached_tokens"]),
+        reasoning_tokens=int(r["reasoning_tokens"]),
+        characters=int(r["characters"]),
+        audio_seconds=d.money_out(r["audio_seconds"]),
+        images=int(r["images"]),
+        cost_usd=d.money_out(r["cost_usd"]),
+        cost=d.money_out(r["cost"]),
+        currency=r["currency"],
+        exchange_rate=d.money_out(r["exchange_rate"]),
+        estimated=bool(r["estimated"]),
+        unpriced=bool(r["unpriced"]),
+        created_at=d.time_out(r["created_at"]),
+    )
+
+
+def client_from_row(d: Dialect, row: Row) -> Client:
+    return Client(row["id"], row["name"], d.time_out(row["created_at"]))
+
+
+def key_from_row(d: Dialect, row: Row) -> ApiKey:
+    return ApiKey(
+        prefix=row["prefix"],
+        client_id=row["client_id"],
+        key_hash=row["key_hash"],
+        created_at=d.time_out(row["created_at"]),
+        revoked=row["revoked_at"] is not None,
+    )
