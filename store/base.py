@@ -176,6 +176,11 @@ class Budgets(Protocol):
         """Every budget, by client id, each rolled over as :meth:`get_budget`
         does: a read that writes every budget whose period has ended."""
 
+    async def roll_due(self, now: datetime) -> int:
+        """Start the new period of every budget whose period has ended by
+        ``now`` (the sweeper's step, so a reset fires on time even for a
+        client that makes no call); how many budgets rolled over."""
+
     async def delete_budget(self, client_id: str) -> bool:
         """Remove a client's budget; whether there was one."""
 

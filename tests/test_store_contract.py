@@ -160,6 +160,19 @@ async def test_period_rollover_resets_counters_but_keeps_manual_pause(store: Sto
     assert after is not None and after.paused and after.pause_reason == "manual" and after.tokens_used == 0
 
 
+async def test_roll_due_starts_each_ended_period_once(store: Store) -> None:
+    for client_id, period in (("daily", "daily"), ("monthly", "monthly"), ("forever", "none")):
+        await with_client(store, client_id)
+        await store.put_budget(config(client_id, period=period), T0)
+        await store.record(event(f"{client_id}-1", client_id=client_id))
+    assert await store.roll_due(T0 + timedelta(hours=1)) == 0
+    next_day = datetime(2026, 3, 11, tzinfo=UTC)
+    assert await store.roll_due(next_day) == 1  # only the daily budget's period ended
+    assert await store.roll_due(next_day) == 0  # and only once
+    used = {s.client_id: s.tokens_used for s in await store.list_budgets(next_day)}
+    assert used == {"daily": 0, "forever": 100, "monthly": 100}
+
+
 async def test_event_from_a_past_period_is_stored_not_counted(store: Store) -> None:
     await with_client(store)
     await store.put_budget(config(), T0)

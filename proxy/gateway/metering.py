@@ -31,7 +31,7 @@ from taximeter.proxy.clock import Clock, system_clock
 from taximeter.proxy.errors import BudgetBusy, BudgetExceeded, MeteringUnavailable, ModelNotPriced
 from taximeter.proxy.gateway.held import HeldCalls
 from taximeter.proxy.gateway.ledger_feedback import LedgerFeedback
-from taximeter.store.base import Admission, Gate, Store, StoreUnavailable
+from taximeter.store.base import Admission, Budgets, Gate, StoreUnavailable
 from taximeter.store.ledger import LedgerWriter
 
 __all__ = ["Meter"]
@@ -50,7 +50,7 @@ class Meter:
     def __init__(
         self,
         *,
-        store: Store,
+        store: Budgets,
         gate: Gate,
         ledger: LedgerWriter,
         fallback: Gate,

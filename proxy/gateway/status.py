@@ -7,7 +7,7 @@ from aiohttp import web
 from taximeter.proxy.errors import NotFoundError
 from taximeter.proxy.gateway import auth
 from taximeter.proxy.metrics import CONTENT_TYPE_LATEST
-from taximeter.proxy.services import OPERATIONS, SERVICES
+from taximeter.proxy.services import GATE, OPERATIONS, SERVICES, STORE
 from taximeter.store.base import StoreUnavailable
 from taximeter.store.migrations import LATEST
 
@@ -30,9 +30,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    meter = request.app[SERVICES].meter
+    store, gate = request.config_dict[STORE], request.config_dict[GATE]
     checks: dict[str, str] = {}
-    for name, ping in (("store", meter.store.ping), ("gate", meter.gate.ping)):
+    for name, ping in (("store", store.ping), ("gate", gate.ping)):
         try:
             await ping()
             checks[name] = "ok"
@@ -40,7 +40,7 @@ async def readyz(request: web.Request) -> web.Response:
             checks[name] = "unavailable"
     if checks["store"] == "ok":
         try:
-            version = await meter.store.schema_version()
+            version = await store.schema_version()
             checks["migrations"] = "ok" if version >= LATEST else f"behind ({version} of {LATEST})"
         except StoreUnavailable:
             checks["migrations"] = "unavailable"

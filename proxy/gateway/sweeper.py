@@ -36,7 +36,7 @@ async def sweep(meter: Meter) -> int:
     # Roll every budget whose boundary passed, once this process's calls of
     # the ending period are durable (their thresholds fire in that period).
     await meter.ledger.flush()
-    await meter.store.list_budgets(now)
+    await meter.store.roll_due(now)
     return charged
 
 

@@ -68,6 +68,15 @@ class SqlBudgets(BudgetWrites):
             locked = await self._locked_budget(conn, client_id)
             return None if locked is None else await self._rolled(conn, locked, now)
 
+    async def roll_due(self, now: datetime) -> int:
+        """Persist the rollover of every budget whose period has ended by
+        ``now`` (one read of all budgets, a write per budget rolled); how
+        many were rolled."""
+        async with self.connection() as conn:
+            rows = await conn.fetchall(f"SELECT {BUDGET_COLUMNS} FROM budgets")
+        due = [s for s in (budget_from_row(self.dialect, r) for r in rows) if budgets.roll(s, now) is not s]
+        return sum([await self._roll_over(state.client_id, now) is not None for state in due])
+
     async def list_budgets(self, now: datetime) -> list[BudgetState]:
         """Every budget, each read as :meth:`get_budget` does: a budget whose
         period has ended is rolled over and written on the way."""
