@@ -26,7 +26,7 @@ from taximeter.proxy.gateway.status import status_routes
 from taximeter.proxy.gateway.upstreams import Upstreams
 from taximeter.proxy.logs import protect_logs
 from taximeter.proxy.metrics import Metrics
-from taximeter.proxy.middleware import error_middleware
+from taximeter.proxy.middleware import json_error_middleware, request_id_middleware
 from taximeter.proxy.operations import BudgetHook, Operations
 from taximeter.proxy.services import (
     CATALOG,
@@ -58,7 +58,7 @@ def create_app(settings: Settings, *, clock: Clock = system_clock) -> web.Applic
     # keys out of aiohttp's error logs and drops connections that stall.
     protect_logs(_secrets(settings))
     app = web.Application(
-        middlewares=[error_middleware],
+        middlewares=[request_id_middleware, json_error_middleware],
         client_max_size=settings.max_body_bytes,
         handler_args=_connection_limits(settings),
     )
