@@ -15,10 +15,11 @@ from taximeter.pricing.catalog import load_catalog
 from taximeter.pricing.models import BudgetState, UsageEvent
 from taximeter.proxy.admin.admin import admin_app
 from taximeter.proxy.clock import Clock, system_clock
-from taximeter.proxy.dashboard.dashboard import DASHBOARD, Dashboard, dashboard_routes
+from taximeter.proxy.dashboard.dashboard import DASHBOARD, Dashboard
 from taximeter.proxy.dashboard.formatting import Formatter, locale_for
 from taximeter.proxy.dashboard.pages import load_pages
 from taximeter.proxy.dashboard.sessions import Sessions
+from taximeter.proxy.dashboard.site import dashboard_app
 from taximeter.proxy.gateway.auth import KeyCache
 from taximeter.proxy.gateway.metering import Meter
 from taximeter.proxy.gateway.proxying import handle_proxy
@@ -66,9 +67,9 @@ def create_app(settings: Settings, *, clock: Clock = system_clock) -> web.Applic
         handler_args=_connection_limits(settings),
     )
     app.add_routes(status_routes())
-    app.add_routes(dashboard_routes())
     app.router.add_route("*", "/v1/{tail:.*}", handle_proxy)
     app.add_subapp("/admin", admin_app())
+    app.add_subapp("/dashboard", dashboard_app())
     app[SETTINGS] = settings
     app[CLOCK] = clock
     # One context per resource, in the order they depend on each other: aiohttp
