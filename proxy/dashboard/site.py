@@ -50,9 +50,8 @@ async def error_page_middleware(request: web.Request, handler: Handler) -> web.S
     except web.HTTPException as exc:
         if exc.status < 400:  # a redirect is an answer, not an error
             raise
-        error = from_aiohttp(exc)
-        title, text = _HTTP_PAGES.get(exc.status, ("Not done", error.message))
-        return _error_page(request, error, title, text)
+        title, text = _HTTP_PAGES.get(exc.status, ("Not done", exc.text or exc.reason))
+        return _error_page(request, from_aiohttp(exc), title, text)
     except StoreUnavailable as exc:
         request_id = request[REQUEST_ID]
         log.warning("store_unavailable", extra={"request_id": request_id, "error": str(exc)})
