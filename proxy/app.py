@@ -14,12 +14,13 @@ from aiohttp import web
 from taximeter.pricing.catalog import load_catalog
 from taximeter.pricing.charge import Tariff
 from taximeter.pricing.models import BudgetState, UsageEvent
-from taximeter.proxy.admin.admin import admin_routes
+from taximeter.proxy.admin.admin import admin_app
 from taximeter.proxy.clock import Clock, system_clock
-from taximeter.proxy.dashboard.dashboard import DASHBOARD, Dashboard, dashboard_routes
+from taximeter.proxy.dashboard.dashboard import DASHBOARD, Dashboard
 from taximeter.proxy.dashboard.formatting import Formatter, locale_for
 from taximeter.proxy.dashboard.pages import load_pages
 from taximeter.proxy.dashboard.sessions import Sessions
+from taximeter.proxy.dashboard.site import dashboard_app
 from taximeter.proxy.gateway.auth import KeyCache
 from taximeter.proxy.gateway.metering import Meter
 from taximeter.proxy.gateway.proxying import handle_proxy
@@ -28,7 +29,7 @@ from taximeter.proxy.gateway.sweeper import sweep_forever
 from taximeter.proxy.gateway.upstreams import Upstreams
 from taximeter.proxy.logs import protect_logs
 from taximeter.proxy.metrics import Metrics
-from taximeter.proxy.middleware import error_middleware
+from taximeter.proxy.middleware import json_error_middleware, request_id_middleware
 from taximeter.proxy.operations import BudgetHook, Operations
 from taximeter.proxy.services import (
     CATALOG,
@@ -59,15 +60,18 @@ def create_app(settings: Settings, *, clock: Clock = system_clock) -> web.Applic
     # Here, not only in `serve`: any server that runs this app (tests too) keeps
     # keys out of aiohttp's error logs and drops connections that stall.
     protect_logs(_secrets(settings))
+    # The root app's middlewares wrap the sub-apps' too: every request gets an
+    # id; the JSON errors are those of the root's own routes (the gateway,
+    # status, unknown paths), as the sub-apps render their own.
     app = web.Application(
-        middlewares=[error_middleware],
-        client_max_size=settings.max_body_bytes,
+        middlewares=[request_id_middleware, json_error_middleware],
+        client_max_size=settings.max_body_bytes,  # read from the root app, for every route
         handler_args=_connection_limits(settings),
     )
     app.add_routes(status_routes())
-    app.add_routes(admin_routes())
-    app.add_routes(dashboard_routes())
     app.router.add_route("*", "/v1/{tail:.*}", handle_proxy)
+    app.add_subapp("/admin", admin_app())
+    app.add_subapp("/dashboard", dashboard_app())
     app[SETTINGS] = settings
     app[CLOCK] = clock
     # One context per resource, in the order they depend on each other: aiohttp

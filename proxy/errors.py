@@ -17,10 +17,12 @@
     ├── UpstreamTimeout               504 upstream_error / upstream_timeout
     └── MeteringUnavailable           503 server_error / metering_unavailable
 
-Handlers raise these; one middleware renders them. Nothing below the HTTP
-layer raises an aiohttp exception; those aiohttp raises itself (no route, a
-method the route lacks, a body over ``client_max_size``) are turned into these
-by the middleware, so every error has the same shape.
+Handlers raise these; one middleware renders them as JSON, for the root app
+and the admin sub-app (``middleware.json_error_middleware``), and the
+dashboard sub-app's renders them as pages. Nothing below the HTTP layer
+raises an aiohttp exception; those aiohttp raises itself (no route, a method
+the route lacks, a body over ``client_max_size``) are turned into these by
+``middleware.from_aiohttp``, so every error of an app has the same shape.
 """
 
 from __future__ import annotations

@@ -74,6 +74,18 @@ class Metrics:
         # (prometheus-client registers nothing when registry is None.)
         registry = None if self.multiprocess else CollectorRegistry()
         self.registry = registry
+        # Family by family, in the order /metrics has always listed them.
+        self._add_call_metrics(registry)
+        self._add_budget_metrics(registry)
+        self._add_latency_metrics(registry)
+        self._add_ledger_metrics(registry)
+        # Labelled children, looked up once per label set rather than on every
+        # call (``labels()`` validates and hashes its arguments each time).
+        self._calls: dict[tuple[str, str, str, int, str], _CallSeries] = {}
+        self._budgets: dict[str, tuple[Gauge, Gauge, Gauge]] = {}
+
+    def _add_call_metrics(self, registry: CollectorRegistry | None) -> None:
+        """What the calls were: requests, tokens and cost."""
         self.requests = Counter(
             "taximeter_requests",
             "Proxied calls.",
@@ -89,6 +101,9 @@ class Metrics:
             ["client", "currency"],
             registry=registry,
         )
+
+    def _add_budget_metrics(self, registry: CollectorRegistry | None) -> None:
+        """Where each budget stands, the calls refused, the alert thresholds crossed."""
         self.budget_used_ratio = Gauge(
             "taximeter_budget_used_ratio",
             "Share of a budget limit used this period (1.0 = at the limit).",
@@ -112,6 +127,9 @@ class Metrics:
             ["client", "threshold", "metric"],
             registry=registry,
         )
+
+    def _add_latency_metrics(self, registry: CollectorRegistry | None) -> None:
+        """Where a call's time went: upstream, or taximeter itself."""
         self.upstream_seconds = Histogram(
             "taximeter_upstream_seconds",
             "Time spent in the upstream call.",
@@ -124,6 +142,9 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=registry,
         )
+
+    def _add_ledger_metrics(self, registry: CollectorRegistry | None) -> None:
+        """Events not yet durable, and those the store refused."""
         self.ledger_pending = Gauge(
             "taximeter_ledger_pending_events",
             "Events recorded in memory, not yet durable in the store.",
@@ -135,11 +156,6 @@ class Metrics:
             "Usage events the store refused to record: kept in quarantined_events, counted in no budget.",
             registry=registry,
         )
-
-        # Labelled children, looked up once per label set rather than on every
-        # call (``labels()`` validates and hashes its arguments each time).
-        self._calls: dict[tuple[str, str, str, int, str], _CallSeries] = {}
-        self._budgets: dict[str, tuple[Gauge, Gauge, Gauge]] = {}
 
     def model(self, name: str) -> str:
         price = self._catalog.resolve(name)

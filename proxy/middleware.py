@@ -1,6 +1,13 @@
-"""One middleware: a request id for every request, and every error rendered in
-OpenAI's shape. Store failures that reach here become 503 metering_unavailable;
-anything unexpected a logged 500 that shows no internals."""
+"""The root app's middlewares, which every request passes through (those of
+the admin and dashboard sub-apps run inside them): a request id for every
+request, and every error rendered in OpenAI's shape. Store failures that
+reach here become 503 metering_unavailable; anything unexpected a logged 500
+that shows no internals.
+
+The admin sub-app renders its errors with :func:`json_error_middleware` too;
+the dashboard's become pages (``dashboard/site.py``), so here they are only
+a last resort.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +27,13 @@ from taximeter.proxy.errors import (
 )
 from taximeter.store.base import StoreUnavailable
 
-__all__ = ["REQUEST_ID", "error_middleware", "error_response", "from_aiohttp"]
+__all__ = [
+    "REQUEST_ID",
+    "error_response",
+    "from_aiohttp",
+    "json_error_middleware",
+    "request_id_middleware",
+]
 
 REQUEST_ID = web.RequestKey("request_id", str)
 
@@ -50,11 +63,23 @@ def from_aiohttp(exc: web.HTTPException) -> TaximeterError:
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give the request its id, and every response not yet sent the id's header."""
     request_id = f"req_{uuid.uuid4().hex}"
     request[REQUEST_ID] = request_id
+    response = await handler(request)
+    if not response.prepared:
+        response.headers.setdefault("X-Taximeter-Request-Id", request_id)
+    return response
+
+
+@web.middleware
+async def json_error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error of the routes below it as an OpenAI-shaped JSON answer.
+    Needs :func:`request_id_middleware` outside it."""
+    request_id = request[REQUEST_ID]
     try:
-        response = await handler(request)
+        return await handler(request)
     except TaximeterError as exc:
         return error_response(exc, request_id)
     except StoreUnavailable as exc:
@@ -67,6 +92,3 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         log.exception("unhandled_error", extra={"request_id": request_id, "path": request.path})
         return error_response(TaximeterError("internal error"), request_id)
-    if not response.prepared:
-        response.headers.setdefault("X-Taximeter-Request-Id", request_id)
-    return response

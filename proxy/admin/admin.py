@@ -1,4 +1,11 @@
-"""The admin API (``/admin/*``): clients, keys, budgets, usage, pricing."""
+"""The admin API (``/admin/*``): clients, keys, budgets, usage, pricing.
+
+A sub-app of its own (:func:`admin_app`): its middlewares check the admin
+token once for every route but the OpenAPI document, and render every error
+of its routes, aiohttp's own included (no route, a wrong method, a body too
+large), in the spec's JSON shape. Services come from the root app's keys,
+through ``request.config_dict``.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from taximeter.proxy.admin.openapi import document
 from taximeter.proxy.api_shapes import (
@@ -21,10 +29,11 @@ from taximeter.proxy.api_shapes import (
 )
 from taximeter.proxy.errors import InvalidInput, InvalidJson, NotFoundError
 from taximeter.proxy.gateway.auth import require_admin
+from taximeter.proxy.middleware import json_error_middleware
 from taximeter.proxy.operations import MAX_EVENTS, Operations
-from taximeter.proxy.services import OPERATIONS, SERVICES
+from taximeter.proxy.services import CATALOG, OPERATIONS, SETTINGS
 
-__all__ = ["admin_routes"]
+__all__ = ["admin_app"]
 
 # What a spreadsheet would run as a formula (OWASP, "CSV injection"), and what
 # stays a number: a decimal string such as a cost is left as it is.
@@ -52,10 +61,7 @@ def _csv_cell(value: Any) -> Any:
 
 
 def _ops(request: web.Request) -> Operations:
-    settings = request.app[SERVICES].settings
-    token = settings.admin_token.get_secret_value() if settings.admin_token else None
-    require_admin(request, token)
-    return request.app[OPERATIONS]
+    return request.config_dict[OPERATIONS]
 
 
 async def list_clients(request: web.Request) -> web.Response:
@@ -156,15 +162,13 @@ async def usage_events(request: web.Request) -> web.Response:
 
 
 async def list_pricing(request: web.Request) -> web.Response:
-    _ops(request)
-    catalog = request.app[SERVICES].meter.catalog
+    catalog = request.config_dict[CATALOG]
     return _json({"data": [p.as_json() for p in sorted(catalog, key=lambda p: p.model)]})
 
 
 async def get_pricing(request: web.Request) -> web.Response:
-    _ops(request)
     model = request.match_info["model"]
-    price = request.app[SERVICES].meter.catalog.resolve(model)
+    price = request.config_dict[CATALOG].resolve(model)
     if price is None:
         raise NotFoundError(f"no price for model {model!r}", param="model")
     return _json({**price.as_json(), "requested": model})
@@ -174,21 +178,40 @@ async def openapi_document(request: web.Request) -> web.Response:
     return _json(document())  # describes the API, holds no data: served without a token
 
 
-def admin_routes() -> list[web.RouteDef]:
-    return [
-        web.get("/admin/openapi.json", openapi_document),
-        web.get("/admin/clients", list_clients),
-        web.post("/admin/clients", create_client),
-        web.post("/admin/clients/{client_id}/keys", create_key),
-        web.get("/admin/clients/{client_id}/keys", list_keys),
-        web.delete("/admin/keys/{prefix}", revoke_key),
-        web.get("/admin/budgets", list_budgets),
-        web.get("/admin/budgets/{client_id}", get_budget),
-        web.put("/admin/budgets/{client_id}", put_budget),
-        web.delete("/admin/budgets/{client_id}", delete_budget),
-        web.post("/admin/budgets/{client_id}/{action:reset|pause|resume}", change_budget),
-        web.get("/admin/usage", usage),
-        web.get("/admin/usage/events", usage_events),
-        web.get("/admin/pricing", list_pricing),
-        web.get("/admin/pricing/{model}", get_pricing),
-    ]
+# Served without a token: they describe the API and hold no data.
+_PUBLIC: frozenset[Handler] = frozenset({openapi_document})
+
+
+@web.middleware
+async def admin_token_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The admin token, checked before any route of the API runs. A request no
+    route takes (an unknown path, a wrong method) gets its 404 or 405 as is."""
+    if request.match_info.http_exception is None and request.match_info.handler not in _PUBLIC:
+        token = request.config_dict[SETTINGS].admin_token
+        require_admin(request, token.get_secret_value() if token else None)
+    return await handler(request)
+
+
+def admin_app() -> web.Application:
+    """The admin API as a sub-app, to be mounted at ``/admin``."""
+    app = web.Application(middlewares=[json_error_middleware, admin_token_middleware])
+    app.add_routes(
+        [
+            web.get("/openapi.json", openapi_document),
+            web.get("/clients", list_clients),
+            web.post("/clients", create_client),
+            web.post("/clients/{client_id}/keys", create_key),
+            web.get("/clients/{client_id}/keys", list_keys),
+            web.delete("/keys/{prefix}", revoke_key),
+            web.get("/budgets", list_budgets),
+            web.get("/budgets/{client_id}", get_budget),
+            web.put("/budgets/{client_id}", put_budget),
+            web.delete("/budgets/{client_id}", delete_budget),
+            web.post("/budgets/{client_id}/{action:reset|pause|resume}", change_budget),
+            web.get("/usage", usage),
+            web.get("/usage/events", usage_events),
+            web.get("/pricing", list_pricing),
+            web.get("/pricing/{model}", get_pricing),
+        ]
+    )
+    return app

@@ -78,7 +78,18 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int)
 
     sub.add_parser("migrate", help="create or update the database schema")
+    # In the order `taximeter --help` lists them.
+    _add_client_commands(sub)
+    _add_budget_commands(sub)
+    _add_usage_command(sub)
+    apply = sub.add_parser("apply", help="create or update the clients and budgets an ops file declares")
+    apply.add_argument("file", type=Path)
+    apply.add_argument("--dry-run", action="store_true", help="print the changes, make none")
+    _add_pricing_commands(sub)
+    return parser
 
+
+def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     clients = sub.add_parser("clients", help="manage clients").add_subparsers(dest="action", required=True)
     add = clients.add_parser("add")
     add.add_argument("id")
@@ -90,6 +101,8 @@ def _parser() -> argparse.ArgumentParser:
     keys.add_parser("list").add_argument("client")
     keys.add_parser("revoke").add_argument("prefix")
 
+
+def _add_budget_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bud = sub.add_parser("budgets", help="manage budgets").add_subparsers(dest="action", required=True)
     put = bud.add_parser("set")
     put.add_argument("client")
@@ -104,23 +117,22 @@ def _parser() -> argparse.ArgumentParser:
     for action in ("show", "reset", "pause", "resume", "delete"):
         bud.add_parser(action).add_argument("client")
 
+
+def _add_usage_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     usage = sub.add_parser("usage", help="usage report of a client")
     usage.add_argument("client")
     usage.add_argument("--by", default="api_type", choices=list(GROUPINGS))
     usage.add_argument("--from", dest="start")
     usage.add_argument("--to", dest="end")
 
-    apply = sub.add_parser("apply", help="create or update the clients and budgets an ops file declares")
-    apply.add_argument("file", type=Path)
-    apply.add_argument("--dry-run", action="store_true", help="print the changes, make none")
 
+def _add_pricing_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     pricing = sub.add_parser("pricing", help="inspect the price catalog").add_subparsers(
         dest="action", required=True
     )
     pricing.add_parser("show").add_argument("model")
     check = pricing.add_parser("check", help="validate the catalog (or FILE over the shipped one)")
     check.add_argument("file", nargs="?", type=Path)
-    return parser
 
 
 async def _manage(settings: Settings, args: argparse.Namespace) -> int:

@@ -1,0 +1,236 @@
+"""The schemas of the admin API's OpenAPI document (``components.schemas``):
+what each answer holds and exactly what each request may send.
+
+Kept true by tests that validate real responses against them and fuzz the
+API with them (tests/test_openapi.py, tests/test_openapi_fuzz.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from zoneinfo import available_timezones
+
+from taximeter.pricing.budgets import MAX_COST_LIMIT, MAX_TOKEN_LIMIT, MODE_ALIASES, MODES, PERIODS
+from taximeter.proxy.api_shapes import EVENT_FIELDS, STATUS_FIELDS
+from taximeter.proxy.operations import GROUPINGS
+
+__all__ = ["SCHEMAS", "obj"]
+
+_MONEY = {"type": "string", "pattern": r"^-?\d+(\.\d+)?$", "description": "A decimal amount, never a float."}
+_TIME = {"type": "string", "format": "date-time"}
+_NULLABLE_MONEY = {"anyOf": [_MONEY, {"type": "null"}]}
+_NULLABLE_NUMBER = {"type": ["number", "null"]}
+# What a request may send, exactly what the handlers accept (a null is the field left out).
+_POSITIVE_INT = {"type": "integer", "minimum": 1, "maximum": MAX_TOKEN_LIMIT}
+_POSITIVE_MONEY = {
+    "anyOf": [
+        # 0 < amount <= 9000000000 (MAX_COST_LIMIT), in plain notation
+        {
+            "type": "string",
+            "pattern": r"^0*([1-9]\d{0,8}(\.\d+)?|[1-8]\d{9}(\.\d+)?|9000000000(\.0+)?|0?\.\d*[1-9]\d*)$",
+        },
+        {"type": "number", "exclusiveMinimum": 0, "maximum": int(MAX_COST_LIMIT)},
+    ],
+    "description": f"A decimal string or a number, greater than zero and at most {MAX_COST_LIMIT}.",
+}
+_FRACTION = {
+    "anyOf": [
+        {"type": "string", "pattern": r"^(0*(0\.|\.)\d*[1-9]\d*|0*1(\.0*)?)$"},
+        {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+    ],
+    "description": "A fraction in (0, 1], as a decimal string or a number.",
+}
+_SLUG = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+# Python's str.strip() also takes \x1c-\x1f for blanks, which \s does not.
+_NAME = {"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"[^\s\x1c-\x1f]"}
+
+
+def obj(required: list[str], properties: dict[str, Any]) -> dict[str, Any]:
+    """An object schema with these properties, ``required`` of them required."""
+    return {"type": "object", "required": required, "properties": properties}
+
+
+SCHEMAS: dict[str, Any] = {
+    "Error": obj(
+        ["error"],
+        {
+            "error": obj(
+                ["message", "type", "code", "param"],
+                {
+                    "message": {"type": "string"},
+                    "type": {"type": "string"},
+                    "code": {"type": ["string", "null"]},
+                    "param": {"type": ["string", "null"]},
+                },
+            )
+        },
+    ),
+    "Client": obj(
+        ["id", "name", "created_at"],
+        {"id": {"type": "string"}, "name": {"type": "string"}, "created_at": _TIME},
+    ),
+    "ClientInput": obj(
+        ["id"],
+        {
+            "id": {"type": "string", "pattern": _SLUG},
+            "name": {
+                "anyOf": [_NAME, {"type": "null"}],
+                "description": "Not blank, at most 200 characters; the id when left out.",
+            },
+        },
+    ),
+    "Key": obj(
+        ["prefix", "client_id", "created_at", "revoked"],
+        {
+            "prefix": {"type": "string"},
+            "client_id": {"type": "string"},
+            "created_at": _TIME,
+            "revoked": {"type": "boolean"},
+        },
+    ),
+    "NewKey": {
+        "allOf": [
+            {"$ref": "#/components/schemas/Key"},
+            obj(["key"], {"key": {"type": "string", "pattern": "^tm_", "description": "Shown once."}}),
+        ]
+    },
+    "BudgetInput": {
+        **obj(
+            ["mode"],
+            {
+                "mode": {"enum": [*MODES, *MODE_ALIASES]},
+                "token_limit": {"anyOf": [_POSITIVE_INT, {"type": "null"}]},
+                "cost_limit": {"anyOf": [_POSITIVE_MONEY, {"type": "null"}]},
+                "period": {"enum": list(PERIODS), "default": "monthly"},
+                "timezone": {
+                    "anyOf": [{"enum": sorted(available_timezones())}, {"enum": ["", None]}],
+                    "description": "An IANA timezone; the server's when empty or left out.",
+                },
+                "pause_at_limit": {"type": "boolean", "default": True},
+                "alert_thresholds": {
+                    "anyOf": [{"type": "array", "minItems": 1, "items": _FRACTION}, {"type": "null"}]
+                },
+            },
+        ),
+        "additionalProperties": False,
+        # The limits the mode needs (brl is an alias of cost).
+        "anyOf": [
+            {
+                "properties": {"mode": {"const": "tokens"}, "token_limit": _POSITIVE_INT},
+                "required": ["token_limit"],
+            },
+            {
+                "properties": {"mode": {"enum": ["cost", *MODE_ALIASES]}, "cost_limit": _POSITIVE_MONEY},
+                "required": ["cost_limit"],
+            },
+            {
+                "properties": {
+                    "mode": {"const": "both"},
+                    "token_limit": _POSITIVE_INT,
+                    "cost_limit": _POSITIVE_MONEY,
+                },
+                "required": ["token_limit", "cost_limit"],
+            },
+        ],
+    },
+    "BudgetStatus": obj(
+        list(STATUS_FIELDS),
+        {
+            "client_id": {"type": "string"},
+            "mode": {"enum": ["tokens", "cost", "both"]},
+            "period": {"enum": ["daily", "weekly", "monthly", "none"]},
+            "timezone": {"type": "string"},
+            "currency": {"type": "string"},
+            "token_limit": {"type": ["integer", "null"]},
+            "cost_limit": _NULLABLE_MONEY,
+            "tokens_used": {"type": "integer"},
+            "cost_used": _MONEY,
+            "tokens_percent": _NULLABLE_NUMBER,
+            "cost_percent": _NULLABLE_NUMBER,
+            "level": {"enum": ["ok", "warning", "critical", "exceeded"]},
+            "paused": {"type": "boolean"},
+            "pause_reason": {"type": ["string", "null"]},
+            "pause_at_limit": {"type": "boolean"},
+            "alert_thresholds": {"type": "array", "items": {"type": "number"}},
+            "period_start": _TIME,
+            "next_reset_at": {"anyOf": [_TIME, {"type": "null"}]},
+            "spend_by_api_type": {"type": "object", "additionalProperties": _MONEY},
+        },
+    ),
+    "UsageEvent": obj(
+        list(EVENT_FIELDS),
+        {
+            "request_id": {"type": "string"},
+            "client_id": {"type": "string"},
+            "end_user": {"type": ["string", "null"]},
+            "conversation": {"type": ["string", "null"]},
+            "api_type": {"enum": ["chat", "vision", "embeddings", "tts", "whisper", "image", "moderation"]},
+            "model": {"type": "string"},
+            "endpoint": {"type": "string"},
+            "status": {"type": "integer"},
+            **{
+                name: {"type": "integer", "minimum": 0}
+                for name in (
+                    "input_tokens",
+                    "output_tokens",
+                    "cached_tokens",
+                    "reasoning_tokens",
+                    "characters",
+                    "images",
+                )
+            },
+            "audio_seconds": _MONEY,
+            "cost_usd": _MONEY,
+            "cost": _MONEY,
+            "currency": {"type": "string"},
+            "exchange_rate": _MONEY,
+            "estimated": {"type": "boolean"},
+            "unpriced": {"type": "boolean"},
+            "created_at": _TIME,
+        },
+    ),
+    "UsageReport": obj(
+        ["group_by", "from", "to", "currency", "data"],
+        {
+            "group_by": {"enum": list(GROUPINGS)},
+            "from": _TIME,
+            "to": _TIME,
+            "currency": {"type": "string"},
+            "data": {
+                "type": "array",
+                "items": obj(
+                    ["key", "requests", "input_tokens", "output_tokens", "cost_usd", "cost"],
+                    {
+                        "key": {"type": "string"},
+                        "requests": {"type": "integer"},
+                        "input_tokens": {"type": "integer"},
+                        "output_tokens": {"type": "integer"},
+                        "cost_usd": _MONEY,
+                        "cost": _MONEY,
+                    },
+                ),
+            },
+        },
+    ),
+    "Price": obj(
+        ["model", "api_type"],
+        {
+            "model": {"type": "string"},
+            "api_type": {"type": "string"},
+            **{
+                name: _NULLABLE_MONEY
+                for name in (
+                    "input",
+                    "cached_input",
+                    "output",
+                    "audio_input",
+                    "audio_output",
+                    "image_input",
+                    "per_million_characters",
+                    "per_minute",
+                )
+            },
+            "per_image": {"type": "object", "additionalProperties": _MONEY},
+        },
+    ),
+}
