@@ -13,7 +13,7 @@ from decimal import Decimal
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from taximeter.pricing.models import BudgetConfig, BudgetEvent, BudgetState, Outcome
+from taximeter.pricing.models import BudgetAlert, BudgetConfig, BudgetState, Outcome
 from taximeter.pricing.money import NANOS_PER_UNIT, from_nanos, money_text, parse_money, to_nanos
 
 __all__ = [
@@ -24,10 +24,10 @@ __all__ = [
     "BudgetInputError",
     "Level",
     "admission",
+    "alert_payload",
     "apply_usage",
     "config_from_json",
     "configure",
-    "event_payload",
     "level",
     "level_of",
     "percents",
@@ -212,38 +212,38 @@ def _ratios(state: BudgetState) -> dict[str, Decimal]:
     return ratios
 
 
-def transition(old: BudgetState | None, new: BudgetState) -> tuple[BudgetState, list[BudgetEvent]]:
-    """The events a change from ``old`` to ``new`` raises, and ``new`` with
+def transition(old: BudgetState | None, new: BudgetState) -> tuple[BudgetState, list[BudgetAlert]]:
+    """The alerts a change from ``old`` to ``new`` raises, and ``new`` with
     the thresholds it fired recorded. Each threshold fires once per period
     per metric; a new period (a rollover or an operator's reset) clears them."""
-    events: list[BudgetEvent] = []
+    alerts: list[BudgetAlert] = []
     client = new.client_id
     if (
         old is not None
         and new.period_start != old.period_start
         and not (new.tokens_used or new.cost_used_nanos)
     ):
-        events.append(BudgetEvent("reset", client))
+        alerts.append(BudgetAlert("reset", client))
     if new.paused and (old is None or not old.paused):
-        events.append(BudgetEvent("paused", client, pause_reason=new.pause_reason))
+        alerts.append(BudgetAlert("paused", client, pause_reason=new.pause_reason))
     fired = set(new.alerts_fired)
     for metric, ratio in _ratios(new).items():
         for threshold in new.config.alert_thresholds:
             key = f"{metric}:{threshold}"
             if ratio >= threshold and key not in fired:
                 fired.add(key)
-                events.append(BudgetEvent("threshold", client, metric=metric, threshold=threshold))
-    return replace(new, alerts_fired=tuple(sorted(fired))), events
+                alerts.append(BudgetAlert("threshold", client, metric=metric, threshold=threshold))
+    return replace(new, alerts_fired=tuple(sorted(fired))), alerts
 
 
-def event_payload(event: BudgetEvent, state: BudgetState, event_id: str, now: datetime) -> dict[str, Any]:
-    """The JSON a webhook receives for ``event`` (money as decimal strings)."""
+def alert_payload(alert: BudgetAlert, state: BudgetState, alert_id: str, now: datetime) -> dict[str, Any]:
+    """The JSON a webhook receives for ``alert`` (money as decimal strings)."""
     config = state.config
     tokens_pct, cost_pct = percents(state)
     body: dict[str, Any] = {
-        "id": event_id,
-        "type": f"budget.{event.kind}",
-        "client_id": event.client_id,
+        "id": alert_id,
+        "type": f"budget.{alert.kind}",
+        "client_id": alert.client_id,
         "created_at": now.astimezone(UTC).isoformat().replace("+00:00", "Z"),
         "period_start": state.period_start.astimezone(UTC).isoformat().replace("+00:00", "Z"),
         "level": level(state),
@@ -257,9 +257,9 @@ def event_payload(event: BudgetEvent, state: BudgetState, event_id: str, now: da
         "cost_percent": cost_pct,
         "currency": config.currency,
     }
-    if event.kind == "threshold":
-        body["metric"] = event.metric
-        body["threshold"] = float(event.threshold or 0)
+    if alert.kind == "threshold":
+        body["metric"] = alert.metric
+        body["threshold"] = float(alert.threshold or 0)
     return body
 
 

@@ -11,8 +11,8 @@ import orjson
 
 __all__ = [
     "ApiKey",
+    "BudgetAlert",
     "BudgetConfig",
-    "BudgetEvent",
     "BudgetState",
     "Client",
     "OutboxItem",
@@ -83,7 +83,7 @@ class BudgetState:
 
 
 @dataclass(frozen=True, slots=True)
-class BudgetEvent:
+class BudgetAlert:
     """Something an operator is told about: a threshold crossed
     (``threshold``), the budget paused (``paused``) or a new period begun
     (``reset``)."""

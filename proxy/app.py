@@ -125,7 +125,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     store = await open_store(app[SETTINGS].database_url)
     try:
         await store.migrate()
-        store.observe(app[METRICS].budget_event)
+        store.observe(app[METRICS].budget_alert)
         app[STORE] = store
         yield
     finally:

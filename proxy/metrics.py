@@ -26,7 +26,7 @@ from prometheus_client import (
 
 from taximeter.pricing import budgets
 from taximeter.pricing.catalog import Catalog
-from taximeter.pricing.models import BudgetEvent, BudgetState, UsageEvent
+from taximeter.pricing.models import BudgetAlert, BudgetState, UsageEvent
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
@@ -208,7 +208,7 @@ class Metrics:
             cost_ratio.set(cost_pct / 100)
         paused.set(1 if state.paused else 0)
 
-    def budget_event(self, event: BudgetEvent) -> None:
+    def budget_alert(self, event: BudgetAlert) -> None:
         if event.kind == "threshold" and event.threshold is not None:
             threshold = format(Decimal(event.threshold).normalize(), "f")
             self.alerts.labels(event.client_id, threshold, event.metric or "").inc()

@@ -22,8 +22,8 @@ from typing import Protocol
 
 from taximeter.pricing.models import (
     ApiKey,
+    BudgetAlert,
     BudgetConfig,
-    BudgetEvent,
     BudgetState,
     Client,
     OutboxItem,
@@ -187,7 +187,7 @@ class Budgets(Protocol):
     async def change_budget(self, client_id: str, action: str, now: datetime) -> BudgetState | None:
         """Apply ``reset``, ``pause`` or ``resume`` atomically; None if no budget."""
 
-    def observe(self, callback: Callable[[BudgetEvent], None]) -> None:
+    def observe(self, callback: Callable[[BudgetAlert], None]) -> None:
         """Call ``callback`` with every budget event the store writes."""
 
 
@@ -252,7 +252,7 @@ class HeldReservations(Protocol):
 
 class Outbox(Protocol):
     """Budget events waiting for their webhooks. The payload of each is
-    built by :func:`taximeter.pricing.budgets.event_payload` when the event
+    built by :func:`taximeter.pricing.budgets.alert_payload` when the event
     is written; the outbox only keeps and hands out that JSON."""
 
     async def claim_alerts(self, now: datetime, limit: int, lease: timedelta) -> list[OutboxItem]:

@@ -1,6 +1,6 @@
 """The step every budget-changing transaction shares: lock the budget's row,
 write it back, and put the budget events the change raises in the outbox (the
-webhook body is :func:`taximeter.pricing.budgets.event_payload`'s, stored as is)."""
+webhook body is :func:`taximeter.pricing.budgets.alert_payload`'s, stored as is)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from taximeter.pricing import budgets
-from taximeter.pricing.models import BudgetEvent, BudgetState
+from taximeter.pricing.models import BudgetAlert, BudgetState
 from taximeter.pricing.money import to_nanos
 from taximeter.store.sql.core import Conn, Dialect, SqlBase
 from taximeter.store.sql.rows import BUDGET_COLUMNS, budget_from_row, budget_row
@@ -26,10 +26,10 @@ class BudgetWrites(SqlBase):
 
     # Told of every budget event as it is written (metrics); inside the
     # transaction, so a rare rolled-back one is still counted.
-    _observers: tuple[Callable[[BudgetEvent], None], ...] = ()
+    _observers: tuple[Callable[[BudgetAlert], None], ...] = ()
     _last_event_micros = 0  # keeps event ids increasing within this process
 
-    def observe(self, callback: Callable[[BudgetEvent], None]) -> None:
+    def observe(self, callback: Callable[[BudgetAlert], None]) -> None:
         self._observers = (*self._observers, callback)
 
     async def _locked_budget(self, conn: Conn, client_id: str) -> BudgetState | None:
@@ -59,9 +59,9 @@ class BudgetWrites(SqlBase):
             await self._enqueue(conn, event, state, now)
         return state
 
-    async def _enqueue(self, conn: Conn, event: BudgetEvent, state: BudgetState, now: datetime) -> None:
+    async def _enqueue(self, conn: Conn, event: BudgetAlert, state: BudgetState, now: datetime) -> None:
         """Put ``event`` in the outbox with its webhook body, built by
-        :func:`~taximeter.pricing.budgets.event_payload` and stored as is."""
+        :func:`~taximeter.pricing.budgets.alert_payload` and stored as is."""
         event_id = self._event_id(now)
         await conn.execute(
             "INSERT INTO alert_outbox (id, client_id, kind, payload, created_at, next_attempt_at) "
@@ -69,7 +69,7 @@ class BudgetWrites(SqlBase):
             event_id,
             event.client_id,
             event.kind,
-            json.dumps(budgets.event_payload(event, state, event_id, now)),
+            json.dumps(budgets.alert_payload(event, state, event_id, now)),
             self.dialect.time_in(now),
             self.dialect.time_in(now),
         )
