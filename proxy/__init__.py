@@ -1,4 +1,6 @@
-"""The aiohttp application, one sub-package per audience (gateway, admin,
-dashboard, cli) plus the app wiring, settings, errors, metrics, webhooks, logs
-and the operations layer they share. Usage extraction and estimates are pure
-and live in :mod:`taximeter.pricing`."""
+"""The aiohttp shell, one sub-package per audience: ``gateway`` (the /v1 data
+path), ``admin`` (a sub-app at /admin), ``dashboard`` (a sub-app at
+/dashboard) and ``cli``; plus the app wiring (``app``: start with its
+docstring), settings, errors, metrics, webhooks, logs and the ``operations``
+layer admin, dashboard and CLI share. What is pure (usage, prices, budget
+math) lives in :mod:`taximeter.pricing`."""

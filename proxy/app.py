@@ -1,4 +1,22 @@
-"""The aiohttp application: wiring, routes and lifecycle."""
+"""The aiohttp application: wiring, routes and lifecycle.
+
+One start-up context per resource, in order (store, gate, ledger, HTTP
+session, services, webhooks, sweeper): a failure releases what was opened.
+
+Where the answers are (one hop from here):
+
+- why a call got a 429: the rule is ``pricing/budgets.py`` (``admission``);
+  who asks it, and how the gates fall back, ``gateway/metering.py``;
+- what a webhook body holds: ``pricing/budgets.py`` (``alert_payload``);
+  how it is signed and retried, ``webhooks.py``;
+- when a budget resets: ``pricing/budgets.py`` (``period_bounds``, ``roll``),
+  rolled on access and by ``gateway/sweeper.py``;
+- how a call is priced (TTS included): ``pricing/charge.py`` takes the usage
+  read by ``pricing/extract.py`` (TTS: characters, or the measured length
+  of token-priced audio) and the rates of ``pricing/catalog.py``;
+- where a stream's usage is read: ``pricing/extract.py`` (``StreamUsage``),
+  fed message by message by ``gateway/relay.py``.
+"""
 
 from __future__ import annotations
 
