@@ -1,7 +1,7 @@
 """The pure core, one module per question:
 
-- :mod:`.catalog`: which rates a model name resolves to (exact, or without a
-  date suffix) and what a usage costs at them; loads ``prices.toml`` and the
+- :mod:`.catalog`: which rates a model name resolves to and what a usage
+  costs at them; loads ``prices.toml`` and the
   operator's files.
 - :mod:`.extract` and :mod:`.sse`: the usage an upstream reports, from JSON
   bodies and SSE streams (``StreamUsage`` follows a stream message by message).
