@@ -2,7 +2,7 @@
 
 - :mod:`.catalog`: which rates a model name resolves to and what a usage
   costs at them; loads ``prices.toml`` and the operator's files.
-- :mod:`.extract` and :mod:`.sse`: the usage an upstream reports, from JSON
+- :mod:`.extract`, :mod:`.stream_usage` and :mod:`.sse`: the usage an upstream reports, from JSON
   bodies and SSE streams (``StreamUsage`` follows a stream message by message).
 - :mod:`.estimate`: what a call may cost before it runs (its reservation).
 - :mod:`.charge`: usage + price + status → the ledger event, one step.

@@ -16,26 +16,25 @@ that is not never reads as zero: it reads as usage missing, flagged
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
-import orjson
-
-from taximeter.pricing.sse import SseMessage
 from taximeter.pricing.usage import Usage
 
 __all__ = [
     "MAX_AUDIO_SECONDS",
     "MAX_TOKENS",
-    "StreamUsage",
+    "characters_of",
     "estimate_tokens",
     "extract_usage",
     "has_image_part",
     "parse_usage",
     "reported_usage",
     "request_text",
+    "service_tier",
+    "tokens_of",
+    "tool_calls",
 ]
 
 # Per count, per call: 100x the largest context window sold today, far below
@@ -45,10 +44,17 @@ MAX_AUDIO_SECONDS = Decimal(86_400 * 7)  # a week of audio in one call
 
 _CHARS_PER_TOKEN = 4  # OpenAI's rule of thumb for English text; used only to estimate
 _TOKEN_FAMILIES = frozenset({"chat", "completions", "responses", "embeddings"})
-_RESPONSES_TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
 _INPUT_DETAILS = ("prompt_tokens_details", "input_tokens_details", "input_token_details")
 _OUTPUT_DETAILS = ("completion_tokens_details", "output_tokens_details")
-_CHAT_DELTA_TEXT = ("content", "reasoning_content", "reasoning", "refusal")
+_SERVICE_TIERS = frozenset({"default", "auto", "flex", "priority", "scale", "batch"})
+# Output items of the Responses API that are built-in tool calls, and the tool each one is.
+_TOOL_CALLS = {
+    "web_search_call": "web_search",
+    "file_search_call": "file_search",
+    "code_interpreter_call": "code_interpreter",
+    "image_generation_call": "image_generation",
+    "computer_call": "computer_use",
+}
 
 
 class _Invalid(Exception):
@@ -143,13 +149,40 @@ def _details(usage: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
 
 def reported_usage(body: Any) -> Usage | None:
     """Usage at ``body.usage`` or ``body.response.usage`` (Responses API events),
-    as :func:`parse_usage` reads it; None when the body reports none."""
+    as :func:`parse_usage` reads it, with the ``service_tier`` and built-in
+    tool calls the same object reports; None when the body reports none."""
     if not isinstance(body, dict):
         return None
+    holder = body
     found = parse_usage(body.get("usage"))
     if found is None and isinstance(body.get("response"), dict):
-        found = parse_usage(body["response"].get("usage"))
-    return found
+        holder = body["response"]
+        found = parse_usage(holder.get("usage"))
+    if found is None:
+        return None
+    return replace(found, service_tier=service_tier(holder), tool_calls=tool_calls(holder))
+
+
+def service_tier(body: dict[str, Any]) -> str | None:
+    """The tier a response says served it, if it names one taximeter knows
+    (anything else is recorded as ``unknown``, and priced as standard)."""
+    tier = body.get("service_tier")
+    if tier is None:
+        return None
+    return tier if tier in _SERVICE_TIERS else "unknown"
+
+
+def tool_calls(body: dict[str, Any]) -> dict[str, int]:
+    """Built-in tool calls among a Responses API ``output``, counted by tool."""
+    output = body.get("output")
+    counts: dict[str, int] = {}
+    if isinstance(output, list):
+        for item in output:
+            kind = item.get("type") if isinstance(item, dict) else None
+            tool = _TOOL_CALLS.get(kind) if isinstance(kind, str) else None
+            if tool is not None:
+                counts[tool] = counts.get(tool, 0) + 1
+    return counts
 
 
 def has_image_part(request: dict[str, Any]) -> bool:
@@ -191,10 +224,10 @@ def request_text(request: dict[str, Any]) -> str:
 
 
 def estimate_tokens(text: str) -> int:
-    return _tokens_of(len(text))
+    return tokens_of(len(text))
 
 
-def _tokens_of(characters: int) -> int:
+def tokens_of(characters: int) -> int:
     return math.ceil(characters / _CHARS_PER_TOKEN)
 
 
@@ -238,7 +271,7 @@ def extract_usage(
     return Usage(estimated=family in _TOKEN_FAMILIES or reported is not None)
 
 
-def _characters(request: dict[str, Any]) -> int:
+def characters_of(request: dict[str, Any]) -> int:
     text = request.get("input")
     return len(text) if isinstance(text, str) else 0
 
@@ -246,7 +279,7 @@ def _characters(request: dict[str, Any]) -> int:
 def _speech_usage(
     valid: Usage | None, request: dict[str, Any], output_seconds: Decimal | None, *, token_priced: bool
 ) -> Usage:
-    characters = _characters(request)
+    characters = characters_of(request)
     if valid is not None and (valid.has_tokens or valid.audio_seconds):
         return replace(valid, characters=characters)
     seconds = output_seconds if output_seconds is not None and output_seconds > 0 else Decimal(0)
@@ -275,119 +308,3 @@ def _image_usage(reported: Usage | None, request: dict[str, Any], response: Any)
     base = reported if reported is not None and tokens else Usage()
     estimated = invalid or (not tokens and not isinstance(data, list))
     return replace(base, images=count, image_size=size, image_quality=quality, estimated=estimated)
-
-
-class StreamUsage:
-    """Follows one SSE stream: finds its usage, tells when the stream's
-    terminal usage went by, hides the usage chunk the proxy asked for on the
-    client's behalf, and estimates usage if the stream ends without it.
-
-    ``usage`` is the latest usage seen (cumulative in vLLM-style streams that
-    report it in every chunk; flagged ``estimated`` when it was invalid).
-    """
-
-    def __init__(self, family: str, request: dict[str, Any], *, hide_usage_chunk: bool) -> None:
-        self._family = family
-        self._request = request
-        self._hide = hide_usage_chunk
-        self._delivered_chars = 0  # a count, not the text: a long stream must not grow memory
-        self._valid: Usage | None = None
-        self._finished = False
-        self.usage: Usage | None = None
-        self.done = False  # the ``data: [DONE]`` event went by
-
-    @property
-    def finished(self) -> bool:
-        """True from the stream's terminal usage on: a chat or completions chunk
-        with usage and no choices, a Responses API ``response.completed``,
-        ``.incomplete`` or ``.failed`` event, or ``data: [DONE]``."""
-        return self._finished
-
-    def on_message(self, message: SseMessage) -> bool:
-        """Take one SSE message; True if it should be forwarded to the client."""
-        if message.data.strip() == "[DONE]":
-            self.done = self._finished = True
-            return True
-        body = _json(message.data)
-        if not isinstance(body, dict):
-            return True  # not a JSON object: forwarded, not read
-        found = reported_usage(body)
-        if found is not None:
-            self.usage = found
-            if not found.estimated:
-                self._valid = found
-        if self._is_terminal(body, message, found):
-            self._finished = True
-        if found is not None and self._hide and body.get("choices") == []:
-            return False
-        self._delivered_chars += len(_delta_text(body))
-        return True
-
-    def final_usage(self) -> Usage:
-        """The terminal usage when the stream finished with a valid one;
-        otherwise a lower bound flagged ``estimated``: the latest valid usage
-        or the estimate from the request and the text delivered, whichever
-        has more output tokens."""
-        if self._finished and self.usage is not None and not self.usage.estimated:
-            usage = self.usage
-        else:
-            usage = self._lower_bound()
-        if self._family == "speech":
-            return replace(usage, characters=_characters(self._request))
-        return usage
-
-    def _lower_bound(self) -> Usage:
-        delivered = Usage(
-            input_tokens=estimate_tokens(request_text(self._request)),
-            output_tokens=_tokens_of(self._delivered_chars),
-            estimated=True,
-        )
-        if self._valid is None or delivered.output_tokens > self._valid.output_tokens:
-            return delivered
-        return replace(self._valid, estimated=True)
-
-    def _is_terminal(self, body: dict[str, Any], event: SseMessage, found: Usage | None) -> bool:
-        if self._family == "responses":
-            kind = body.get("type")
-            return (kind if isinstance(kind, str) else event.event) in _RESPONSES_TERMINAL
-        choices = body.get("choices")
-        return found is not None and (choices is None or choices == [])
-
-
-def _json(data: str) -> Any:
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None
-
-
-def _delta_text(body: dict[str, Any]) -> str:
-    delta = body.get("delta")
-    if isinstance(delta, str):  # Responses API text, reasoning and arguments; transcription deltas
-        kind = body.get("type")
-        return "" if isinstance(kind, str) and kind.endswith("audio.delta") else delta  # base64, not text
-    choices = body.get("choices")
-    if not isinstance(choices, list):
-        return ""
-    texts: list[str] = []
-    for choice in choices:
-        if not isinstance(choice, dict):
-            continue
-        delta = choice.get("delta")
-        if isinstance(delta, dict):
-            texts.extend(_chat_delta_texts(delta))
-        elif isinstance(choice.get("text"), str):  # legacy completions
-            texts.append(choice["text"])
-    return "".join(texts)
-
-
-def _chat_delta_texts(delta: dict[str, Any]) -> Iterator[str]:
-    for key in _CHAT_DELTA_TEXT:
-        if isinstance(delta.get(key), str):
-            yield delta[key]
-    calls = delta.get("tool_calls")
-    functions = [c.get("function") for c in calls if isinstance(c, dict)] if isinstance(calls, list) else []
-    functions.append(delta.get("function_call"))  # the legacy single call
-    for function in functions:
-        if isinstance(function, dict):
-            yield from (v for k in ("name", "arguments") if isinstance(v := function.get(k), str))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -12,9 +13,12 @@ __all__ = ["Usage"]
 class Usage:
     """Usage of one call, as read from the upstream's response (or estimated).
 
-    ``input_tokens`` includes ``cached_tokens``, ``audio_input_tokens`` and
-    ``image_input_tokens``; ``output_tokens`` includes ``reasoning_tokens`` and
-    ``audio_output_tokens``, the way OpenAI reports them.
+    ``input_tokens`` includes ``cached_tokens``, ``cache_write_tokens``,
+    ``audio_input_tokens`` and ``image_input_tokens`` (and ``cached_tokens``
+    its audio and image parts); ``output_tokens`` includes
+    ``reasoning_tokens``, ``audio_output_tokens`` and ``image_output_tokens``,
+    the way OpenAI reports them. ``service_tier`` is the tier the response
+    says served the call; ``tool_calls`` counts built-in tool calls by tool.
     """
 
     input_tokens: int = 0
@@ -24,11 +28,17 @@ class Usage:
     audio_input_tokens: int = 0
     audio_output_tokens: int = 0
     image_input_tokens: int = 0
+    cached_audio_tokens: int = 0
+    cached_image_tokens: int = 0
+    cache_write_tokens: int = 0
+    image_output_tokens: int = 0
     characters: int = 0
     audio_seconds: Decimal = field(default_factory=lambda: Decimal(0))
     images: int = 0
     image_size: str | None = None
     image_quality: str | None = None
+    service_tier: str | None = None
+    tool_calls: Mapping[str, int] = field(default_factory=dict)
     estimated: bool = False
 
     @property

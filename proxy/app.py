@@ -14,7 +14,7 @@ Where the answers are (one hop from here):
 - how a call is priced (TTS included): ``pricing/charge.py`` takes the usage
   read by ``pricing/extract.py`` (TTS: characters, or the measured length
   of token-priced audio) and the rates of ``pricing/catalog.py``;
-- where a stream's usage is read: ``pricing/extract.py`` (``StreamUsage``),
+- where a stream's usage is read: ``pricing/stream_usage.py`` (``StreamUsage``),
   fed message by message by ``gateway/relay.py``.
 """
 

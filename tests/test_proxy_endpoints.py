@@ -248,9 +248,11 @@ async def test_token_priced_transcription(proxy: Harness) -> None:
         model="gpt-4o-transcribe", file=("a.wav", wav_bytes(1.0))
     )
     [event] = await proxy.events("acme")
-    # gpt-4o-transcribe: audio and text input $2.50, output $10.00 per 1M tokens.
+    # gpt-4o-transcribe (pricing page, checked 2026-11-25): audio input $6.00,
+    # text input $2.50, output $10.00 per 1M tokens.
     expected = (
-        (TRANSCRIBE_TOKENS["audio"] + TRANSCRIBE_TOKENS["text"]) * Decimal("2.50")
+        TRANSCRIBE_TOKENS["audio"] * Decimal("6.00")
+        + TRANSCRIBE_TOKENS["text"] * Decimal("2.50")
         + TRANSCRIBE_TOKENS["output"] * Decimal("10.00")
     ) / M
     assert event["cost_usd"] == usd(expected)

@@ -14,8 +14,9 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from taximeter.pricing.extract import StreamUsage, extract_usage
+from taximeter.pricing.extract import extract_usage
 from taximeter.pricing.sse import SseMessage, SseSplitter
+from taximeter.pricing.stream_usage import StreamUsage
 from taximeter.pricing.usage import Usage
 from taximeter.proxy.errors import UpstreamUnavailable
 from taximeter.proxy.gateway.audio import audio_seconds

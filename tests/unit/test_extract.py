@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 
-from taximeter.pricing.extract import StreamUsage, estimate_tokens, extract_usage, has_image_part, parse_usage
+from taximeter.pricing.extract import estimate_tokens, extract_usage, has_image_part, parse_usage
 from taximeter.pricing.sse import SseSplitter
+from taximeter.pricing.stream_usage import StreamUsage
 from taximeter.pricing.usage import Usage
 from taximeter.proxy.gateway.forms import parse_form
 

@@ -18,8 +18,9 @@ import httpx
 import openai
 import pytest
 
-from taximeter.pricing.extract import MAX_TOKENS, StreamUsage, extract_usage, parse_usage
+from taximeter.pricing.extract import MAX_TOKENS, extract_usage, parse_usage
 from taximeter.pricing.sse import SseMessage, SseSplitter
+from taximeter.pricing.stream_usage import StreamUsage
 from taximeter.pricing.usage import Usage
 from taximeter.proxy.gateway.forms import MAX_PART_HEADER_BYTES, MAX_PARTS, parse_form
 

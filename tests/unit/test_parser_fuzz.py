@@ -21,12 +21,12 @@ from hypothesis import strategies as st
 from taximeter.pricing.extract import (
     MAX_AUDIO_SECONDS,
     MAX_TOKENS,
-    StreamUsage,
     extract_usage,
     parse_usage,
     reported_usage,
 )
 from taximeter.pricing.sse import SseMessage, SseSplitter
+from taximeter.pricing.stream_usage import StreamUsage
 from taximeter.pricing.usage import Usage
 from taximeter.proxy.gateway.forms import parse_form
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from taximeter.pricing.catalog import CatalogError, load_catalog, parse_litellm, parse_toml, problems
+from taximeter.pricing.catalog import Catalog, CatalogError, load_catalog, problems
+from taximeter.pricing.catalog_files import parse_litellm, parse_toml
 from taximeter.pricing.money import convert, from_nanos, money_text, parse_money, quantize, to_nanos
 from taximeter.pricing.usage import Usage
 
@@ -26,14 +27,44 @@ M = Decimal(1_000_000)
         ("gpt-4o-mini-2024-07-18", "gpt-4o-mini"),
         ("gpt-4o-mini-tts-2025-03-20", "gpt-4o-mini-tts"),
         ("gpt-3.5-turbo-0125", "gpt-3.5-turbo"),
-        ("gpt-4.1-mini-custom", "gpt-4.1-mini"),
-        ("o4-mini-deep-research", "o4-mini"),
         ("text-embedding-3-large", "text-embedding-3-large"),
+        # A dated name that is listed is its own model ($5/$15, not gpt-4o's $2.50/$10).
+        ("gpt-4o-2024-05-13", "gpt-4o-2024-05-13"),
+        ("gpt-5.5-pro", "gpt-5.5-pro"),
+        ("gpt-5-pro", "gpt-5-pro"),
+        ("o3-deep-research", "o3-deep-research"),
     ],
 )
-def test_resolution_exact_then_undated_then_longest_prefix(requested: str, resolved: str) -> None:
+def test_resolution_exact_then_undated(requested: str, resolved: str) -> None:
     price = CATALOG.resolve(requested)
     assert price is not None and price.model == resolved
+
+
+@pytest.mark.parametrize(
+    "model",
+    # Before: each was priced as the longest listed prefix (gpt-4.1-mini,
+    # o4-mini, gpt-4, gpt-5.5), with no flag: a guess is never a price.
+    [
+        "gpt-4.1-mini-custom",
+        "o4-mini-deep-research",
+        "gpt-4.5-preview",
+        "gpt-5.5-ultra",
+        "gpt-4o-x-2024-08-06",
+    ],
+)
+def test_no_prefix_guessing(model: str) -> None:
+    assert CATALOG.resolve(model) is None
+
+
+def test_a_declared_alias_resolves_dated_or_not() -> None:
+    catalog = Catalog(
+        parse_toml(
+            '[models."m"]\napi_type = "chat"\ninput = "1"\noutput = "2"\naliases = ["m-latest"]\n', "x"
+        )
+    )
+    assert catalog.resolve("m-latest").model == "m"  # type: ignore[union-attr]
+    assert catalog.resolve("m-latest-2026-01-01").model == "m"  # type: ignore[union-attr]
+    assert catalog.resolve("m-lat") is None
 
 
 def test_unknown_model_resolves_to_nothing() -> None:
@@ -95,18 +126,20 @@ def test_tts_list_prices_are_15_and_30_dollars_per_million_characters() -> None:
 
 def test_pricing_check_finds_missing_prices(tmp_path: Path) -> None:
     assert problems(CATALOG) == []
-    bad = parse_toml(
-        '[models."half"]\napi_type = "chat"\ninput = "1"\n[models."mute"]\napi_type = "whisper"\n', "x"
+    bad = Catalog(
+        parse_toml(
+            '[models."half"]\napi_type = "chat"\ninput = "1"\n[models."mute"]\napi_type = "whisper"\n', "x"
+        )
     )
-    assert problems(bad) == ["half (chat): no output", "mute (whisper): no per_minute"]
+    assert problems(bad) == ["half (chat): no output", "mute (whisper): no per_minute or token rates"]
 
 
 def test_every_shipped_model_has_the_prices_its_api_type_needs() -> None:
     for price in CATALOG:
         priced = {
-            "chat": price.input is not None and price.output is not None,
-            "embeddings": price.input is not None,
-            "tts": price.per_million_characters is not None or price.output is not None,
+            "chat": price.rates.input is not None and price.rates.output is not None,
+            "embeddings": price.rates.input is not None,
+            "tts": price.per_million_characters is not None or price.rates.output is not None,
             "whisper": price.per_minute is not None,
             "image": bool(price.per_image),
             "moderation": True,
@@ -131,8 +164,9 @@ def test_operator_file_overrides_and_extends(tmp_path: Path) -> None:
         '[models."gpt-4o"]\napi_type = "chat"\ninput = "1.00"\noutput = "2.00"\n\n[models."my-llm"]\napi_type = "chat"\ninput = "0.10"\noutput = "0.20"\n'
     )
     catalog = load_catalog(custom)
-    assert catalog.resolve("gpt-4o").input == Decimal("1.00")  # type: ignore[union-attr]
-    assert catalog.resolve("my-llm-v2") is not None
+    assert catalog.resolve("gpt-4o").rates.input == Decimal("1.00")  # type: ignore[union-attr]
+    assert catalog.resolve("gpt-4o").source == str(custom)  # type: ignore[union-attr]
+    assert catalog.resolve("my-llm") is not None and catalog.resolve("my-llm-v2") is None
     assert catalog.resolve("tts-1") is not None  # the rest of the shipped catalog stays
 
 
@@ -153,13 +187,15 @@ def test_bad_catalog_names_the_field(text: str, message: str) -> None:
 
 
 def test_litellm_format_prices_like_the_toml_catalog() -> None:
-    litellm = parse_litellm(
+    models, refused = parse_litellm(
         '{"sample_spec": {"mode": "chat"}, "gpt-4o": {"mode": "chat", "input_cost_per_token": 2.5e-06,'
         ' "output_cost_per_token": 1e-05, "cache_read_input_token_cost": 1.25e-06, "litellm_provider": "openai"},'
         ' "tts-1": {"mode": "audio_speech", "input_cost_per_character": 1.5e-05},'
         ' "whisper-1": {"mode": "audio_transcription", "input_cost_per_second": 0.0001}}',
         "litellm.json",
     )
+    litellm = Catalog(models)
+    assert refused == []
     usage = Usage(input_tokens=1000, cached_tokens=400, output_tokens=100)
     assert litellm.resolve("gpt-4o").cost_usd(usage) == CATALOG.resolve("gpt-4o").cost_usd(usage)  # type: ignore[union-attr]
     assert litellm.resolve("tts-1").cost_usd(Usage(characters=999)) == CATALOG.resolve("tts-1").cost_usd(

@@ -1,0 +1,173 @@
+"""One row per (model family x unit x tier x tool): the expected cost is
+worked out here by hand from the public list price (cited with its date),
+never read from the catalog code.
+
+Sources (checked 2026-11-25): P = developers.openai.com/api/docs/pricing
+(the copy of 2026-06-27: standard, batch, flex and priority tables, "Built-in
+tools"); M = the model's page at developers.openai.com/api/docs/models/<model>;
+G = genai-prices 0.2.3 (verified against P on 2026-10-12/14), which agrees.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from taximeter.pricing.catalog import load_catalog
+from taximeter.pricing.extract import extract_usage
+from taximeter.pricing.money import quantize
+from taximeter.pricing.usage import Usage
+
+CATALOG = load_catalog()
+M = Decimal(1_000_000)
+D = Decimal
+
+ROWS = [
+    # gpt-5.5 standard (P): $5 in, $0.50 cached, $30 out per 1M.
+    (
+        "gpt-5.5",
+        Usage(input_tokens=10_000, cached_tokens=2_000, output_tokens=1_000),
+        (8_000 * 5 + 2_000 * D("0.5") + 1_000 * 30) / M,
+    ),
+    # gpt-5.5 flex (P, flex table): $2.50 / $0.25 / $15.
+    (
+        "gpt-5.5",
+        Usage(input_tokens=10_000, cached_tokens=2_000, output_tokens=1_000, service_tier="flex"),
+        (8_000 * D("2.5") + 2_000 * D("0.25") + 1_000 * 15) / M,
+    ),
+    # gpt-5.5 priority (P, priority table): $12.50 / $1.25 / $75.
+    (
+        "gpt-5.5",
+        Usage(input_tokens=10_000, cached_tokens=2_000, output_tokens=1_000, service_tier="priority"),
+        (8_000 * D("12.5") + 2_000 * D("1.25") + 1_000 * 75) / M,
+    ),
+    # gpt-5.5, 300k prompt (> 272K): the whole call at 2x input and cached, 1.5x output: $10 / $1 / $45 (P, M).
+    (
+        "gpt-5.5",
+        Usage(input_tokens=300_000, cached_tokens=100_000, output_tokens=2_000),
+        (200_000 * 10 + 100_000 * 1 + 2_000 * 45) / M,
+    ),
+    # ... and flex past 272K: 2 x $2.50, 2 x $0.25, 1.5 x $15.
+    (
+        "gpt-5.5",
+        Usage(input_tokens=300_000, output_tokens=2_000, service_tier="flex"),
+        (300_000 * 5 + 2_000 * D("22.5")) / M,
+    ),
+    # Exactly 272,000 input tokens is not past the threshold.
+    ("gpt-5.5", Usage(input_tokens=272_000, output_tokens=0), 272_000 * 5 / M),
+    # A tier the response names but the model is not sold in (default, scale): standard.
+    (
+        "gpt-5.5",
+        Usage(input_tokens=1_000, output_tokens=1_000, service_tier="default"),
+        (1_000 * 5 + 1_000 * 30) / M,
+    ),
+    # gpt-5.5-pro (P): $30 in, $180 out; no cached rate, so cached input is input.
+    (
+        "gpt-5.5-pro",
+        Usage(input_tokens=1_000, cached_tokens=500, output_tokens=1_000),
+        (1_000 * 30 + 1_000 * 180) / M,
+    ),
+    # gpt-5.5-pro batch (P): $15 / $90.
+    (
+        "gpt-5.5-pro",
+        Usage(input_tokens=1_000, output_tokens=1_000, service_tier="batch"),
+        (1_000 * 15 + 1_000 * 90) / M,
+    ),
+    # gpt-5-pro (P): $15 / $120.
+    ("gpt-5-pro", Usage(input_tokens=2_000, output_tokens=500), (2_000 * 15 + 500 * 120) / M),
+    # gpt-4o-2024-05-13 (P): $5 / $15, not gpt-4o's $2.50 / $10.
+    ("gpt-4o-2024-05-13", Usage(input_tokens=1_000, output_tokens=1_000), (1_000 * 5 + 1_000 * 15) / M),
+    # gpt-4o priority (P): $4.25 / $2.125 / $17.
+    (
+        "gpt-4o",
+        Usage(input_tokens=1_000, cached_tokens=1_000, output_tokens=100, service_tier="priority"),
+        (1_000 * D("2.125") + 100 * 17) / M,
+    ),
+    # o3 flex (P): $1 / $0.25 / $4.
+    (
+        "o3",
+        Usage(
+            input_tokens=4_000,
+            cached_tokens=1_000,
+            output_tokens=3_000,
+            reasoning_tokens=2_500,
+            service_tier="flex",
+        ),
+        (3_000 * 1 + 1_000 * D("0.25") + 3_000 * 4) / M,
+    ),
+    # web_search x3 on gpt-5 (P, built-in tools): $10 / 1K calls, plus the tokens at gpt-5's $1.25 / $10.
+    (
+        "gpt-5",
+        Usage(input_tokens=1_000, output_tokens=100, tool_calls={"web_search": 3}),
+        (1_000 * D("1.25") + 100 * 10) / M + 3 * D("0.01"),
+    ),
+    # file_search (P): $2.50 / 1K calls, on gpt-4.1 ($2 / $8).
+    (
+        "gpt-4.1",
+        Usage(input_tokens=500, output_tokens=50, tool_calls={"file_search": 1}),
+        (500 * 2 + 50 * 8) / M + D("0.0025"),
+    ),
+    # gpt-image-1 (M): text in $5, image in $10, image out $40 per 1M tokens.
+    (
+        "gpt-image-1",
+        Usage(input_tokens=300, image_input_tokens=200, output_tokens=4_160),
+        (100 * 5 + 200 * 10 + 4_160 * 40) / M,
+    ),
+    # gpt-4o-mini-tts by tokens (M): $0.60 per 1M text in, $12 per 1M audio out.
+    (
+        "gpt-4o-mini-tts",
+        Usage(input_tokens=100, output_tokens=2_000, audio_output_tokens=2_000),
+        (100 * D("0.6") + 2_000 * 12) / M,
+    ),
+    # ... and by audio length when no tokens are reported: $0.015 / minute (pricing page estimate).
+    ("gpt-4o-mini-tts", Usage(audio_seconds=D(90)), D("0.015") * D("1.5")),
+    # tts-1 (M): $15 per 1M characters.
+    ("tts-1", Usage(characters=1_234), 1_234 * 15 / M),
+    # whisper-1 (M): $0.006 / minute.
+    ("whisper-1", Usage(audio_seconds=D("61.5")), D("0.006") * D("61.5") / 60),
+    # gpt-4o-transcribe by tokens: text in $2.50, out $10, audio in $6.00 (P, "Transcription
+    # and speech generation"; the model page's $2.50 is its text rate).
+    (
+        "gpt-4o-transcribe",
+        Usage(input_tokens=1_000, audio_input_tokens=900, output_tokens=200),
+        (100 * D("2.5") + 900 * 6 + 200 * 10) / M,
+    ),
+    # dall-e-3 with no quality or size: the API's default, standard 1024x1024, $0.04 (P), not hd's $0.12.
+    ("dall-e-3", Usage(images=2), 2 * D("0.04")),
+    ("dall-e-3", Usage(images=1, image_quality="hd", image_size="1792x1024"), D("0.12")),
+    # gpt-3.5-turbo-instruct: $1.50 / $2.00 (the API price as quoted by llmreference.com, 2026-05-22).
+    (
+        "gpt-3.5-turbo-instruct",
+        Usage(input_tokens=1_000, output_tokens=1_000),
+        (1_000 * D("1.5") + 1_000 * 2) / M,
+    ),
+]
+
+
+@pytest.mark.parametrize(("model", "usage", "expected"), ROWS)
+def test_list_price(model: str, usage: Usage, expected: Decimal) -> None:
+    price = CATALOG.resolve(model)
+    assert price is not None, model
+    assert price.cost_usd(usage) == quantize(expected)
+
+
+def test_dall_e_3_without_quality_is_standard_end_to_end() -> None:
+    """Before: no ``quality`` was priced as the dearest listed option, $0.12."""
+    usage = extract_usage("image", {"model": "dall-e-3", "prompt": "a cat"}, {"data": [{"url": "u"}]})
+    assert CATALOG.resolve("dall-e-3").cost_usd(usage) == quantize(D("0.04"))  # type: ignore[union-attr]
+
+
+def test_tier_and_tools_are_read_from_the_response() -> None:
+    body = {
+        "object": "response",
+        "service_tier": "flex",
+        "output": [{"type": "web_search_call"}, {"type": "message"}, {"type": "web_search_call"}],
+        "usage": {"input_tokens": 10, "output_tokens": 5},
+    }
+    usage = extract_usage("responses", {}, body)
+    assert (usage.service_tier, dict(usage.tool_calls)) == ("flex", {"web_search": 2})
+    weird = extract_usage(
+        "chat", {}, {"service_tier": "x" * 500, "usage": {"prompt_tokens": 1, "completion_tokens": 1}}
+    )
+    assert weird.service_tier == "unknown"  # an upstream's text never lands in the ledger unbounded
