@@ -24,7 +24,7 @@ from taximeter.pricing.models import UsageEvent
 from taximeter.pricing.money import convert, quantize
 from taximeter.pricing.usage import Usage
 
-__all__ = ["CallFacts", "Charge", "Tariff", "charge", "price_of", "usage_charged"]
+__all__ = ["CallFacts", "Charge", "Tariff", "charge", "price_of", "price_source", "usage_charged"]
 
 # Endpoint families whose calls cost nothing, priced or not.
 FREE_FAMILIES = frozenset({"moderation"})
@@ -53,6 +53,8 @@ class CallFacts:
     end_user: str | None = None
     conversation: str | None = None
     reserved: Usage = field(default_factory=Usage)
+    upstream: str | None = None
+    latency_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,4 +114,22 @@ def charge(call: CallFacts, usage: Usage, status: int, tariff: Tariff, now: date
         exchange_rate=cost.exchange_rate,
         estimated=charged.estimated,
         unpriced=cost.unpriced and call.family not in FREE_FAMILIES,
+        service_tier=charged.service_tier,
+        tool_calls=tuple(sorted(charged.tool_calls.items())),
+        price_source=price_source(call.price, charged),
+        upstream=call.upstream,
+        latency_ms=call.latency_ms,
     )
+
+
+def price_source(price: ModelPrice | None, usage: Usage) -> str | None:
+    """Which catalog priced the call, and what it could not price as the
+    response said (a tier it has no rates for, a tool it has no fee for)."""
+    if price is None:
+        return None
+    notes = []
+    tier = price.unmet_tier(usage)
+    if tier is not None:
+        notes.append(f"no {tier} rates: standard")
+    notes += [f"no {tool} fee" for tool in sorted(usage.tool_calls) if tool not in price.tool_fees]
+    return price.source + (f" ({'; '.join(notes)})" if notes else "")

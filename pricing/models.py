@@ -134,6 +134,11 @@ class UsageEvent:
     images: int = 0
     estimated: bool = False
     unpriced: bool = False
+    service_tier: str | None = None  # the tier the response reported
+    tool_calls: tuple[tuple[str, int], ...] = ()  # built-in tool calls, (tool, count) by tool
+    price_source: str | None = None  # the catalog that priced it, and any note on how
+    upstream: str | None = None  # the upstream that served it
+    latency_ms: int | None = None  # from the request to its settlement
 
     @property
     def tokens(self) -> int:
@@ -155,6 +160,7 @@ class UsageEvent:
         for name in _DECIMAL_FIELDS:
             data[name] = Decimal(data[name])
         data["created_at"] = datetime.fromisoformat(data["created_at"])
+        data["tool_calls"] = tuple((str(t), int(n)) for t, n in data.get("tool_calls", ()))
         return cls(**{k: v for k, v in data.items() if k in _EVENT_FIELD_SET})
 
 

@@ -45,7 +45,14 @@ EVENT_FIELDS = (
     "exchange_rate",
     "estimated",
     "created_at",
+    "markup",
+    "service_tier",
+    "tool_calls",
+    "batch_id",
     "unpriced",
+    "price_source",
+    "upstream",
+    "latency_ms",
 )
 
 
@@ -113,8 +120,15 @@ def event_json(event: UsageEvent) -> dict[str, Any]:
         "currency": event.currency,
         "exchange_rate": money_text(event.exchange_rate),
         "estimated": event.estimated,
-        "unpriced": event.unpriced,
         "created_at": rfc3339(event.created_at),
+        "markup": "1",  # no markup is applied yet
+        "service_tier": event.service_tier,
+        "tool_calls": dict(event.tool_calls),
+        "batch_id": None,  # no call is part of a batch yet
+        "unpriced": event.unpriced,
+        "price_source": event.price_source,
+        "upstream": event.upstream,
+        "latency_ms": event.latency_ms,
     }
 
 

@@ -156,6 +156,21 @@ MIGRATIONS.append(
     )
 )
 
+MIGRATIONS.append(
+    (
+        6,
+        [
+            # What decided each event's price, and where and how fast it ran.
+            # ``tool_calls`` is a JSON object of counts by tool.
+            "ALTER TABLE usage_events ADD COLUMN service_tier TEXT",
+            "ALTER TABLE usage_events ADD COLUMN tool_calls TEXT NOT NULL DEFAULT '{{}}'",
+            "ALTER TABLE usage_events ADD COLUMN price_source TEXT",
+            "ALTER TABLE usage_events ADD COLUMN upstream TEXT",
+            "ALTER TABLE usage_events ADD COLUMN latency_ms INTEGER",
+        ],
+    )
+)
+
 LATEST = MIGRATIONS[-1][0]
 
 

@@ -127,6 +127,7 @@ _EVENT_TYPES = (
     + ["bigint"] * 5
     + ["numeric", "integer", "numeric", "numeric", "text"]
     + ["numeric", "boolean", "boolean", "timestamptz"]
+    + ["text", "text", "text", "text", "integer"]
 )
 # The batch in one statement: events inserted (a request id already there is
 # skipped) and the store-held reservations of those calls deleted.

@@ -163,8 +163,16 @@ async def test_usage_report_and_events_csv(proxy: Harness) -> None:
         "exchange_rate",
         "estimated",
         "created_at",
+        "markup",
+        "service_tier",
+        "tool_calls",
+        "batch_id",
         "unpriced",
+        "price_source",
+        "upstream",
+        "latency_ms",
     ]
+    assert (rows[0]["price_source"], rows[0]["upstream"], rows[0]["markup"]) == ("prices.toml", "default", "1")
     status, body = await proxy.admin("GET", "/admin/usage/events?limit=0")
     assert status == 422 and body["error"]["param"] == "limit"
 

@@ -134,8 +134,9 @@ async def test_legacy_completions(proxy: Harness) -> None:
     key = await proxy.new_client("acme")
     await proxy.sdk(key).completions.create(model="gpt-3.5-turbo-instruct", prompt="Say hi")
     [event] = await proxy.events("acme")
-    # gpt-3.5-turbo (longest prefix): $0.50 input, $1.50 output per 1M tokens.
-    assert event["cost_usd"] == usd((12 * Decimal("0.50") + 7 * Decimal("1.50")) / M)
+    # gpt-3.5-turbo-instruct, its own price (no longer gpt-3.5-turbo's by prefix):
+    # $1.50 input, $2.00 output per 1M tokens (llmreference.com, 2026-05-22).
+    assert event["cost_usd"] == usd((12 * Decimal("1.50") + 7 * Decimal("2.00")) / M)
 
 
 RESPONSES_USD = (

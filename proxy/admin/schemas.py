@@ -11,6 +11,7 @@ from typing import Any
 from zoneinfo import available_timezones
 
 from taximeter.pricing.budgets import MAX_COST_LIMIT, MAX_TOKEN_LIMIT, MODE_ALIASES, MODES, PERIODS
+from taximeter.pricing.rates import TOKEN_RATES
 from taximeter.proxy.api_shapes import EVENT_FIELDS, STATUS_FIELDS
 from taximeter.proxy.operations import GROUPINGS
 
@@ -20,6 +21,7 @@ _MONEY = {"type": "string", "pattern": r"^-?\d+(\.\d+)?$", "description": "A dec
 _TIME = {"type": "string", "format": "date-time"}
 _NULLABLE_MONEY = {"anyOf": [_MONEY, {"type": "null"}]}
 _NULLABLE_NUMBER = {"type": ["number", "null"]}
+_RATES = {name: _NULLABLE_MONEY for name in TOKEN_RATES}  # USD per 1M tokens, one tier
 # What a request may send, exactly what the handlers accept (a null is the field left out).
 _POSITIVE_INT = {"type": "integer", "minimum": 1, "maximum": MAX_TOKEN_LIMIT}
 _POSITIVE_MONEY = {
@@ -187,6 +189,13 @@ SCHEMAS: dict[str, Any] = {
             "estimated": {"type": "boolean"},
             "unpriced": {"type": "boolean"},
             "created_at": _TIME,
+            "markup": _MONEY,
+            "service_tier": {"type": ["string", "null"]},
+            "tool_calls": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}},
+            "batch_id": {"type": ["string", "null"]},
+            "price_source": {"type": ["string", "null"]},
+            "upstream": {"type": ["string", "null"]},
+            "latency_ms": {"type": ["integer", "null"], "minimum": 0},
         },
     ),
     "UsageReport": obj(
@@ -213,24 +222,41 @@ SCHEMAS: dict[str, Any] = {
         },
     ),
     "Price": obj(
-        ["model", "api_type"],
+        [
+            "model",
+            "api_type",
+            "tiers",
+            "long_context",
+            "tool_fees",
+            "aliases",
+            "source",
+            "checked",
+            "shutdown",
+        ],
         {
             "model": {"type": "string"},
             "api_type": {"type": "string"},
-            **{
-                name: _NULLABLE_MONEY
-                for name in (
-                    "input",
-                    "cached_input",
-                    "output",
-                    "audio_input",
-                    "audio_output",
-                    "image_input",
-                    "per_million_characters",
-                    "per_minute",
-                )
-            },
+            **_RATES,
+            **{name: _NULLABLE_MONEY for name in ("per_million_characters", "per_minute")},
             "per_image": {"type": "object", "additionalProperties": _MONEY},
+            "tiers": {"type": "object", "additionalProperties": obj([], _RATES)},
+            "long_context": {
+                "oneOf": [
+                    {"type": "null"},
+                    obj(
+                        ["above", "rates"],
+                        {
+                            "above": {"type": "integer"},
+                            "rates": {"type": "object", "additionalProperties": obj([], _RATES)},
+                        },
+                    ),
+                ]
+            },
+            "tool_fees": {"type": "object", "additionalProperties": _MONEY},
+            "aliases": {"type": "array", "items": {"type": "string"}},
+            "source": {"type": "string"},
+            "checked": {"type": ["string", "null"], "format": "date"},
+            "shutdown": {"type": ["string", "null"], "format": "date"},
         },
     ),
 }

@@ -189,6 +189,7 @@ async def _parse_call(
         price=services.meter.resolve_price(model, endpoint.family != "moderation"),
         end_user=label(header_user, "X-Taximeter-End-User") or label(fields.get("user"), "user"),
         conversation=label(request.headers.get("X-Taximeter-Conversation"), "X-Taximeter-Conversation"),
+        upstream_name=services.router.pick(model).name,
     )
 
 

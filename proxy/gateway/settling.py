@@ -53,6 +53,7 @@ class Call:
     price: ModelPrice | None
     end_user: str | None
     conversation: str | None
+    upstream_name: str
     started: float = field(default_factory=time.monotonic)
     client_gone: asyncio.Event = field(default_factory=asyncio.Event)
     upstream: aiohttp.ClientResponse | None = None
@@ -84,6 +85,8 @@ def event_of(services: Services, call: Call, usage: Usage, status: int) -> Usage
         end_user=call.end_user,
         conversation=call.conversation,
         reserved=call.reserved,
+        upstream=call.upstream_name,
+        latency_ms=None if status == 0 else round((time.monotonic() - call.started) * 1000),
     )
     return charge(facts, usage, status, services.meter.tariff, services.meter.clock())
 

@@ -148,6 +148,9 @@ _TEXT_FIELDS = (
     "model",
     "endpoint",
     "currency",
+    "service_tier",
+    "price_source",
+    "upstream",
 )
 _NUMBER_FIELDS = ("cost_usd", "cost", "exchange_rate", "audio_seconds")
 _MONEY_LIMIT = Decimal(10) ** 19  # quantize() keeps 28 digits: 19 before the point, 9 after

@@ -7,6 +7,8 @@ import json
 from decimal import Decimal
 from typing import Any
 
+import orjson
+
 from taximeter.pricing.models import ApiKey, BudgetConfig, BudgetState, Client, UsageEvent
 from taximeter.pricing.money import from_nanos, to_nanos
 from taximeter.store.sql.core import Dialect, Row
@@ -26,7 +28,8 @@ __all__ = [
 EVENT_COLUMNS = (
     "request_id, client_id, end_user, conversation, api_type, model, endpoint, status, "
     "input_tokens, output_tokens, cached_tokens, reasoning_tokens, characters, audio_seconds, "
-    "images, cost_usd, cost, currency, exchange_rate, estimated, unpriced, created_at"
+    "images, cost_usd, cost, currency, exchange_rate, estimated, unpriced, created_at, "
+    "service_tier, tool_calls, price_source, upstream, latency_ms"
 )
 BUDGET_COLUMNS = (
     "client_id, mode, token_limit, cost_limit, period, timezone, currency, pause_at_limit, "
@@ -105,6 +108,11 @@ def event_row(d: Dialect, e: UsageEvent) -> list[Any]:
         e.estimated,
         e.unpriced,
         d.time_in(e.created_at),
+        e.service_tier,
+        orjson.dumps(dict(e.tool_calls)).decode(),
+        e.price_source,
+        e.upstream,
+        e.latency_ms,
     ]
 
 
@@ -132,6 +140,11 @@ def event_from_row(d: Dialect, r: Row) -> UsageEvent:
         estimated=bool(r["estimated"]),
         unpriced=bool(r["unpriced"]),
         created_at=d.time_out(r["created_at"]),
+        service_tier=r["service_tier"],
+        tool_calls=tuple(sorted(orjson.loads(r["tool_calls"]).items())),
+        price_source=r["price_source"],
+        upstream=r["upstream"],
+        latency_ms=None if r["latency_ms"] is None else int(r["latency_ms"]),
     )
 
 
