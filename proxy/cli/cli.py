@@ -12,12 +12,12 @@ import json
 import os
 import sys
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from taximeter.pricing import budgets
-from taximeter.pricing.catalog import CatalogError, load_catalog, problems
+from taximeter.pricing.catalog import CatalogError, load_catalog, problems, warnings
 from taximeter.pricing.models import BudgetState
 from taximeter.pricing.money import from_nanos, money_text
 from taximeter.proxy.cli.apply import apply_file
@@ -270,7 +270,10 @@ def _pricing(settings: Settings, args: argparse.Namespace) -> int:
         found = problems(catalog)
         for problem in found:
             print(f"taximeter: {problem}", file=sys.stderr)
-        print(f"{len(catalog)} models checked, {len(found)} problems")
+        notes = warnings(catalog, datetime.now(UTC).date())
+        for note in notes:
+            print(f"taximeter: warning: {note}", file=sys.stderr)
+        print(f"{len(catalog)} models checked, {len(found)} problems, {len(notes)} warnings")
         return 1 if found else 0
     price = catalog.resolve(args.model)
     if price is None:

@@ -10,6 +10,7 @@ G = genai-prices 0.2.3 (verified against P on 2026-10-12/14), which agrees.
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 
 import pytest
@@ -171,3 +172,54 @@ def test_tier_and_tools_are_read_from_the_response() -> None:
         "chat", {}, {"service_tier": "x" * 500, "usage": {"prompt_tokens": 1, "completion_tokens": 1}}
     )
     assert weird.service_tier == "unknown"  # an upstream's text never lands in the ledger unbounded
+
+
+def test_pricing_check_warns_of_models_past_their_shutdown() -> None:
+    from datetime import date
+
+    from taximeter.pricing.catalog import warnings
+
+    notes = warnings(CATALOG, date(2026, 11, 25))
+    assert "dall-e-3: shut down upstream on 2026-05-12 (prices.toml)" in notes
+    assert not any(n.startswith("gpt-5.5:") for n in notes)
+    assert not any(n.startswith("gpt-5:") for n in notes)  # until 2026-12-11
+    assert any(n.startswith("gpt-5:") for n in warnings(CATALOG, date(2026, 12, 11)))
+
+
+def test_litellm_fields_are_read_or_the_model_refused_by_name() -> None:
+    from taximeter.pricing.catalog_files import parse_litellm
+
+    text = json.dumps(
+        {
+            "gpt-image-1": {
+                "mode": "image_generation",
+                "input_cost_per_token": 5e-06,
+                "input_cost_per_image_token": 1e-05,
+                "output_cost_per_image_token": 4e-05,
+            },
+            "gpt-5.5": {
+                "mode": "chat",
+                "input_cost_per_token": 5e-06,
+                "output_cost_per_token": 3e-05,
+                "input_cost_per_token_flex": 2.5e-06,
+                "output_cost_per_token_flex": 1.5e-05,
+                "input_cost_per_token_above_272k_tokens": 1e-05,
+                "output_cost_per_token_above_272k_tokens": 4.5e-05,
+            },
+            "exotic": {"mode": "chat", "input_cost_per_token": 1e-06, "input_cost_per_pixel": 1e-09},
+        }
+    )
+    models, refused = parse_litellm(text, "litellm.json")
+    by_name = {m.model: m for m in models}
+    # Before: image output tokens were dropped, so gpt-image-1 output was free.
+    image = by_name["gpt-image-1"].cost_usd(
+        Usage(input_tokens=100, output_tokens=1_000, image_output_tokens=1_000)
+    )
+    assert image == quantize((100 * 5 + 1_000 * 40) / M)
+    flex = by_name["gpt-5.5"].cost_usd(Usage(input_tokens=1_000, output_tokens=100, service_tier="flex"))
+    assert flex == quantize((1_000 * D("2.5") + 100 * 15) / M)
+    long = by_name["gpt-5.5"].cost_usd(Usage(input_tokens=300_000, output_tokens=100))
+    assert long == quantize((300_000 * 10 + 100 * 45) / M)
+    assert "exotic" not in by_name and refused == [
+        "litellm.json: exotic: input_cost_per_pixel is a price taximeter cannot read; price it in TOML"
+    ]
