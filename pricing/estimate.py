@@ -115,6 +115,9 @@ def estimate_usage(
         return Usage(
             input_tokens=input_tokens(request, unseen_input_tokens),
             output_tokens=choices * _output_limit(request, default_output_tokens),
+            # The dearest tier a request may ask for is reserved at its rates (a
+            # long prompt reserves at long-context rates by its own count).
+            service_tier="priority" if request.get("service_tier") == "priority" else None,
         )
     if family == "embeddings":
         return Usage(input_tokens=input_tokens(request.get("input"), unseen_input_tokens))

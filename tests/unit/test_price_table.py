@@ -223,3 +223,21 @@ def test_litellm_fields_are_read_or_the_model_refused_by_name() -> None:
     assert "exotic" not in by_name and refused == [
         "litellm.json: exotic: input_cost_per_pixel is a price taximeter cannot read; price it in TOML"
     ]
+
+
+def test_a_priority_request_reserves_at_priority_rates() -> None:
+    from taximeter.pricing.estimate import estimate_usage
+
+    request = {"model": "gpt-5.5", "messages": [{"role": "user", "content": "x" * 400}], "max_tokens": 1_000}
+    standard = estimate_usage("chat", request, default_output_tokens=4096, default_audio_seconds=D(600))
+    priority = estimate_usage(
+        "chat",
+        {**request, "service_tier": "priority"},
+        default_output_tokens=4096,
+        default_audio_seconds=D(600),
+    )
+    price = CATALOG.resolve("gpt-5.5")
+    assert price is not None
+    # gpt-5.5 priority $12.50 / $75 per 1M, standard $5 / $30.
+    assert price.cost_usd(priority) == quantize((priority.input_tokens * D("12.5") + 1_000 * 75) / M)
+    assert price.cost_usd(standard) == quantize((standard.input_tokens * 5 + 1_000 * 30) / M)
