@@ -107,6 +107,8 @@ class Operations:
         return client
 
     async def find_client(self, client_id: str) -> Client | None:
+        if not _possible(client_id):
+            return None
         return await self._store.get_client(client_id)
 
     async def clients(self) -> list[Client]:
@@ -119,10 +121,10 @@ class Operations:
 
     async def keys(self, client_id: str) -> list[ApiKey]:
         """The client's keys, oldest first, revoked ones included."""
-        return await self._store.list_keys(client_id)
+        return await self._store.list_keys(client_id) if _possible(client_id) else []
 
     async def find_key(self, prefix: str) -> ApiKey | None:
-        return await self._store.find_key(prefix)
+        return await self._store.find_key(prefix) if _possible_text(prefix) else None
 
     async def create_key(self, client_id: str) -> tuple[str, ApiKey]:
         """A new key for the client: the key itself (shown once) and its record."""
@@ -139,7 +141,7 @@ class Operations:
         raise ConflictError("could not allocate a unique key prefix")
 
     async def revoke_key(self, prefix: str) -> ApiKey:
-        key = await self._store.revoke_key(prefix, self.clock())
+        key = await self._store.revoke_key(prefix, self.clock()) if _possible_text(prefix) else None
         if key is None:
             raise NotFoundError(f"no key with prefix {prefix!r}", param="prefix")
         self._on_key_revoked(prefix)
@@ -161,7 +163,7 @@ class Operations:
 
     async def budget(self, client_id: str) -> BudgetState:
         await self.flush_ledger()
-        state = await self._store.get_budget(client_id, self.clock())
+        state = await self.find_budget(client_id)
         if state is None:
             raise NotFoundError(f"client {client_id!r} has no budget", param="client_id")
         return state
@@ -169,6 +171,8 @@ class Operations:
     async def find_budget(self, client_id: str) -> BudgetState | None:
         """The budget as the store holds it now, without waiting for pending
         events: for comparing its settings, not its counters."""
+        if not _possible(client_id):
+            return None
         return await self._store.get_budget(client_id, self.clock())
 
     async def budgets(self) -> list[BudgetState]:
@@ -178,7 +182,7 @@ class Operations:
     async def change_budget(self, client_id: str, action: str) -> BudgetState:
         await self.flush_ledger()
         now = self.clock()
-        state = await self._store.change_budget(client_id, action, now)
+        state = await self._store.change_budget(client_id, action, now) if _possible(client_id) else None
         if state is None:
             raise NotFoundError(f"client {client_id!r} has no budget", param="client_id")
         await self._on_budget_change(client_id, state, now)
@@ -186,17 +190,19 @@ class Operations:
 
     async def delete_budget(self, client_id: str) -> None:
         await self.flush_ledger()
-        if not await self._store.delete_budget(client_id):
+        if not (_possible(client_id) and await self._store.delete_budget(client_id)):
             raise NotFoundError(f"client {client_id!r} has no budget", param="client_id")
         await self._on_budget_change(client_id, None, self.clock())
 
     async def events(self, client_id: str | None, limit: int) -> list[UsageEvent]:
         await self.flush_ledger()
+        if client_id is not None and not _possible(client_id):
+            return []
         return await self._store.list_events(client_id, limit)
 
     async def spend_by_api_type(self, client_id: str, since: datetime) -> dict[str, Decimal]:
         """Cost in the budget currency per api_type since ``since``."""
-        return await self._store.spend_by_api_type(client_id, since)
+        return await self._store.spend_by_api_type(client_id, since) if _possible(client_id) else {}
 
     async def status_json(self, state: BudgetState) -> dict[str, Any]:
         spend = await self.spend_by_api_type(state.client_id, state.period_start)
@@ -217,4 +223,16 @@ class Operations:
         if end_at <= start_at:
             raise InvalidInput("to must be after from", param="to")
         await self.flush_ledger()
+        if client_id is not None and not _possible(client_id):
+            return start_at, end_at, []
         return start_at, end_at, await self._store.usage_report(client_id, start_at, end_at, group_by)
+
+
+def _possible(client_id: str) -> bool:
+    """Whether a client could have this id: one that could not (control
+    characters, a NUL no database text holds) has nothing, without asking."""
+    return _CLIENT_ID.fullmatch(client_id) is not None
+
+
+def _possible_text(value: str) -> bool:
+    return value.isprintable() and len(value) <= 256

@@ -172,7 +172,11 @@ async def test_usage_report_and_events_csv(proxy: Harness) -> None:
         "upstream",
         "latency_ms",
     ]
-    assert (rows[0]["price_source"], rows[0]["upstream"], rows[0]["markup"]) == ("prices.toml", "default", "1")
+    assert (rows[0]["price_source"], rows[0]["upstream"], rows[0]["markup"]) == (
+        "prices.toml",
+        "default",
+        "1",
+    )
     status, body = await proxy.admin("GET", "/admin/usage/events?limit=0")
     assert status == 422 and body["error"]["param"] == "limit"
 
@@ -183,4 +187,19 @@ async def test_pricing_endpoints(proxy: Harness) -> None:
     status, listing = await proxy.admin("GET", "/admin/pricing")
     assert "tts-1" in {p["model"] for p in listing["data"]}
     status, _ = await proxy.admin("GET", "/admin/pricing/unknown-model")
+    assert status == 404
+
+
+async def test_an_id_no_client_could_have_reads_as_missing(proxy: Harness) -> None:
+    """Before: a NUL in a client_id query reached Postgres, which cannot hold
+    it in text, and the admin API answered 503 (found by the schemathesis run)."""
+    await proxy.new_client("acme")
+    for path in ("/admin/usage/events?client_id=ac%00me", "/admin/usage/events?client_id=ac%0Ame&format=csv"):
+        status, body = await proxy.admin("GET", path)
+        assert status == 200 and (body == {"data": []} or body.strip().count("\n") == 0), body
+    status, body = await proxy.admin("GET", "/admin/usage?client_id=ac%00me")
+    assert status == 200 and body["data"] == []
+    status, body = await proxy.admin("GET", "/admin/budgets/ac%00me")
+    assert status == 404 and body["error"]["code"] == "not_found"
+    status, body = await proxy.admin("DELETE", "/admin/keys/tm_%00")
     assert status == 404
