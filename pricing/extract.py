@@ -45,7 +45,7 @@ MAX_AUDIO_SECONDS = Decimal(86_400 * 7)  # a week of audio in one call
 _CHARS_PER_TOKEN = 4  # OpenAI's rule of thumb for English text; used only to estimate
 _TOKEN_FAMILIES = frozenset({"chat", "completions", "responses", "embeddings"})
 _INPUT_DETAILS = ("prompt_tokens_details", "input_tokens_details", "input_token_details")
-_OUTPUT_DETAILS = ("completion_tokens_details", "output_tokens_details")
+_OUTPUT_DETAILS = ("completion_tokens_details", "output_tokens_details", "output_token_details")
 _SERVICE_TIERS = frozenset({"default", "auto", "flex", "priority", "scale", "batch"})
 # Output items of the Responses API that are built-in tool calls, and the tool each one is.
 _TOOL_CALLS = {
@@ -111,22 +111,36 @@ def _token_usage(usage: dict[str, Any]) -> Usage:
         raise _Invalid("no token counts")
     in_details = _details(usage, _INPUT_DETAILS)
     out_details = _details(usage, _OUTPUT_DETAILS)
+    cached_details = _details(in_details, ("cached_tokens_details",))
     parsed = Usage(
         input_tokens=input_tokens or 0,
         output_tokens=output_tokens or 0,
         cached_tokens=_count(in_details, "cached_tokens") or 0,
         audio_input_tokens=_count(in_details, "audio_tokens") or 0,
         image_input_tokens=_count(in_details, "image_tokens") or 0,
+        cached_audio_tokens=_count(cached_details, "audio_tokens") or 0,
+        cached_image_tokens=_count(cached_details, "image_tokens") or 0,
         reasoning_tokens=_count(out_details, "reasoning_tokens") or 0,
         audio_output_tokens=_count(out_details, "audio_tokens") or 0,
+        image_output_tokens=_count(out_details, "image_tokens") or 0,
     )
-    # Pricing reads the details as parts of their totals; parts larger than
-    # the whole would price a negative remainder.
-    if parsed.cached_tokens + parsed.audio_input_tokens + parsed.image_input_tokens > parsed.input_tokens:
-        raise _Invalid("input details exceed input tokens")
-    if parsed.reasoning_tokens + parsed.audio_output_tokens > parsed.output_tokens:
-        raise _Invalid("output details exceed output tokens")
+    _check_parts(parsed)
     return parsed
+
+
+def _check_parts(u: Usage) -> None:
+    """Pricing reads the details as parts of their totals; parts larger than
+    the whole would price a negative remainder."""
+    if u.cached_tokens + u.audio_input_tokens + u.image_input_tokens > u.input_tokens + min(
+        u.cached_tokens, u.cached_audio_tokens + u.cached_image_tokens
+    ):
+        raise _Invalid("input details exceed input tokens")
+    if u.cached_audio_tokens > min(u.cached_tokens, u.audio_input_tokens):
+        raise _Invalid("cached audio tokens exceed cached or audio tokens")
+    if u.cached_image_tokens > min(u.cached_tokens, u.image_input_tokens):
+        raise _Invalid("cached image tokens exceed cached or image tokens")
+    if u.reasoning_tokens + u.audio_output_tokens + u.image_output_tokens > u.output_tokens:
+        raise _Invalid("output details exceed output tokens")
 
 
 def _total(usage: dict[str, Any], *keys: str) -> int | None:

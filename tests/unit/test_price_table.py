@@ -241,3 +241,34 @@ def test_a_priority_request_reserves_at_priority_rates() -> None:
     # gpt-5.5 priority $12.50 / $75 per 1M, standard $5 / $30.
     assert price.cost_usd(priority) == quantize((priority.input_tokens * D("12.5") + 1_000 * 75) / M)
     assert price.cost_usd(standard) == quantize((standard.input_tokens * 5 + 1_000 * 30) / M)
+
+
+def test_cached_audio_and_image_output_details_are_priced_at_their_rates() -> None:
+    from taximeter.pricing.catalog import Catalog
+    from taximeter.pricing.catalog_files import parse_toml
+
+    # A realtime-style model (rates as the pricing page lists gpt-realtime's, per 1M):
+    # text $4 in, $0.40 cached, $16 out; audio $32 in, $0.40 cached, $64 out.
+    toml = (
+        '[models."rt"]\napi_type = "chat"\ninput = "4"\ncached_input = "0.40"\noutput = "16"\n'
+        'audio_input = "32"\ncached_audio_input = "0.40"\naudio_output = "64"\n'
+    )
+    price = Catalog(parse_toml(toml, "x")).resolve("rt")
+    body = {
+        "usage": {
+            "input_tokens": 1_000,
+            "output_tokens": 500,
+            "input_token_details": {
+                "cached_tokens": 300,
+                "audio_tokens": 600,
+                "cached_tokens_details": {"text_tokens": 100, "audio_tokens": 200},
+            },
+            "output_token_details": {"audio_tokens": 400},
+        }
+    }
+    usage = extract_usage("responses", {}, body)
+    assert (usage.cached_audio_tokens, usage.audio_input_tokens, usage.cached_tokens) == (200, 600, 300)
+    # text: 1000 - 300 cached - 400 uncached audio = 300 uncached text, 100 cached text;
+    # audio: 400 uncached, 200 cached; output: 100 text, 400 audio.
+    expected = (300 * 4 + 100 * D("0.4") + 400 * 32 + 200 * D("0.4") + 100 * 16 + 400 * 64) / M
+    assert price is not None and price.cost_usd(usage) == quantize(expected)
