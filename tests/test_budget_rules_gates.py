@@ -9,20 +9,14 @@ seed, so a failure names a case that can be replayed)."""
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-
-import pytest
 
 from taximeter.pricing import budgets
 from taximeter.pricing.models import BudgetConfig, BudgetState, Reservation, UsageEvent
 from taximeter.store.base import Admission, Gate
 from taximeter.store.local_gate import LocalGate
-from taximeter.store.redis_gate import RedisGate
-from tests.conftest import REDIS_URL, fresh_redis_prefix
 
 T0 = datetime(2026, 3, 10, 15, 0, tzinfo=UTC)
 SEED = 20261125
@@ -189,19 +183,6 @@ async def replay(
             else:
                 await gate.release(client_id, request_id)
     return differences, answers
-
-
-@pytest.fixture(params=["local", "redis"])
-async def gate(request: pytest.FixtureRequest) -> AsyncIterator[Gate]:
-    async with AsyncExitStack() as stack:
-        opened: Gate
-        if request.param == "redis":
-            prefix = await stack.enter_async_context(fresh_redis_prefix())
-            opened = RedisGate.from_url(REDIS_URL, prefix=prefix)
-        else:
-            opened = LocalGate(max_age_s=30 * 86400)
-        stack.push_async_callback(opened.close)
-        yield opened
 
 
 async def test_every_gate_decides_as_the_python_rules(gate: Gate) -> None:
