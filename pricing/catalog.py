@@ -1,35 +1,59 @@
 """The price catalog: which rates a model name resolves to.
 
 Catalogs stack, lowest first, each overriding the one before for the models
-it names: the shipped ``prices.toml`` (OpenAI list prices, each checked
-against a public source), then the operator's ``pricing_files``. A name
-resolves exactly; then without a date suffix (``-2024-08-06``, ``-0806``)
-when the dated name is not listed itself; then through an alias a catalog
-declares. Nothing else: no prefix guessing. Anything else is unpriced.
+it names: every provider's prices from ``genai-prices`` (:mod:`.genai`), the
+shipped ``prices.toml`` (OpenAI list prices, each checked against a public
+source), then the operator's ``pricing_files``. Prices belong to a provider
+(``openai``, ``anthropic``, ``groq``, ...): a model is priced from the prices
+of the provider its upstream is. A name resolves exactly; then without a
+date suffix (``-2024-08-06``, ``-0806``) when the dated name is not listed
+itself; then through an alias a catalog declares. Nothing else: no prefix
+guessing. Anything else is unpriced.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from datetime import date
 from importlib import resources
 from pathlib import Path
 
 from taximeter.pricing.catalog_files import CatalogError, parse_litellm, parse_toml
+from taximeter.pricing.genai import load_genai, provider_for_url
 from taximeter.pricing.rates import ModelPrice
 
-__all__ = ["SHIPPED", "Catalog", "CatalogError", "ModelPrice", "load_catalog", "problems", "warnings"]
+__all__ = [
+    "DEFAULT_PROVIDER",
+    "SHIPPED",
+    "Catalog",
+    "CatalogError",
+    "ModelPrice",
+    "load_catalog",
+    "problems",
+    "warnings",
+]
 
 SHIPPED = "prices.toml"
+DEFAULT_PROVIDER = "openai"
 _DATE_SUFFIX = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{4})$")
 
 
 class Catalog:
-    def __init__(self, prices: Iterable[ModelPrice], refused: Iterable[str] = ()) -> None:
-        self._prices = {p.model: p for p in prices}
-        self._aliases = {alias: p for p in self._prices.values() for alias in p.aliases}
-        self.refused = tuple(refused)  # entries of operator files left unpriced, and why
+    def __init__(
+        self,
+        prices: Iterable[ModelPrice],
+        refused: Iterable[str] = (),
+        url_patterns: Iterable[tuple[str, str]] = (),
+        notes: Iterable[str] = (),
+    ) -> None:
+        self._prices = {(p.provider, p.model): p for p in prices}
+        self._aliases = {(p.provider, alias): p for p in self._prices.values() for alias in p.aliases}
+        self._any = {name: p for (_, name), p in (*self._aliases.items(), *self._prices.items())}
+        self.refused = tuple(refused)  # models of a catalog left unpriced, and why
+        self.url_patterns = tuple(url_patterns)  # (provider, regex of its API base URL)
+        self.notes = tuple(notes)  # models of the base catalog left out, and why
 
     def __len__(self) -> int:
         return len(self._prices)
@@ -38,28 +62,53 @@ class Catalog:
         return iter(self._prices.values())
 
     def merged(self, other: Catalog) -> Catalog:
-        """A catalog where ``other``'s models replace or extend this one's."""
-        return Catalog([*self._prices.values(), *other._prices.values()], (*self.refused, *other.refused))
+        """A catalog where ``other``'s models replace or extend this one's. A
+        model replaced keeps the names it answered to, unless the new entry
+        declares its own."""
+        replaced = []
+        for key, price in other._prices.items():
+            old = self._prices.get(key)
+            replaced.append(replace(price, aliases=old.aliases) if old and not price.aliases else price)
+        return Catalog(
+            [*self._prices.values(), *replaced],
+            (*self.refused, *other.refused),
+            (*self.url_patterns, *other.url_patterns),
+            (*self.notes, *other.notes),
+        )
 
-    def resolve(self, model: str) -> ModelPrice | None:
-        """The price entry for ``model``, or None when no rule names it."""
-        found = self._prices.get(model)
+    def resolve(self, model: str, provider: str = DEFAULT_PROVIDER) -> ModelPrice | None:
+        """The price entry for ``model`` at ``provider``, or None when no rule names it."""
+        found = self._prices.get((provider, model))
         if found is not None:
             return found
         undated = _DATE_SUFFIX.sub("", model)
-        if undated != model and undated in self._prices:
-            return self._prices[undated]
-        return self._aliases.get(model) or self._aliases.get(undated)
+        if undated != model and (provider, undated) in self._prices:
+            return self._prices[provider, undated]
+        return self._aliases.get((provider, model)) or self._aliases.get((provider, undated))
+
+    def canonical(self, model: str) -> str | None:
+        """The model a name stands for at openai, else at any provider that
+        lists it exactly; None when no catalog names it."""
+        price = self.resolve(model) or self._any.get(model)
+        return None if price is None else price.model
+
+    def provider_for(self, base_url: str) -> str:
+        """The provider an upstream at ``base_url`` is (``openai`` when no
+        catalog knows its address: any OpenAI-compatible server)."""
+        return provider_for_url(base_url, self.url_patterns) or DEFAULT_PROVIDER
 
 
-def load_catalog(*paths: Path) -> Catalog:
-    """The shipped catalog, with each file in ``paths`` merged over it in order.
+def load_catalog(*paths: Path, today: date) -> Catalog:
+    """The catalogs as of ``today``: every provider's from ``genai-prices``,
+    the shipped one over it, and each file in ``paths`` over both, in order.
 
     A ``.json`` file is read in LiteLLM's ``model_prices_and_context_window.json``
     format; anything else as taximeter TOML. Raises CatalogError.
     """
+    base = load_genai(today)
+    catalog = Catalog(base.models, url_patterns=base.url_patterns, notes=base.refused)
     shipped = resources.files("taximeter.pricing").joinpath(SHIPPED).read_text("utf-8")
-    catalog = Catalog(parse_toml(shipped, source=SHIPPED))
+    catalog = catalog.merged(Catalog(parse_toml(shipped, source=SHIPPED)))
     for path in paths:
         try:
             text = path.read_text("utf-8")
@@ -100,9 +149,9 @@ def problems(catalog: Catalog) -> list[str]:
 
 def warnings(catalog: Catalog, today: date) -> list[str]:
     """What an operator should know but that does not stop billing: models
-    past their shutdown date."""
+    past their shutdown date, and models of the base catalog left unpriced."""
     return [
         f"{p.model}: shut down upstream on {p.shutdown.isoformat()} ({p.source})"
         for p in sorted(catalog, key=lambda p: p.model)
         if p.shutdown is not None and p.shutdown <= today
-    ]
+    ] + [f"unpriced: {note}" for note in catalog.notes]

@@ -59,6 +59,7 @@ _MODEL_KEYS = frozenset(
         "aliases",
         "checked",
         "shutdown",
+        "provider",
     }
 )
 
@@ -111,10 +112,17 @@ def _model(name: str, entry: object, source: str, default_fees: dict[str, Decima
         image_defaults=_image_defaults(entry.get("image_defaults"), where),
         tool_fees=tool_fees,
         aliases=_names(entry.get("aliases", []), f"{where}.aliases"),
+        provider=_provider(entry.get("provider", "openai"), where),
         source=source,
         checked=_date(entry.get("checked"), f"{where}.checked"),
         shutdown=_date(entry.get("shutdown"), f"{where}.shutdown"),
     )
+
+
+def _provider(value: object, where: str) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,63}", value):
+        raise CatalogError(f"{where}.provider must be a provider id such as openai, anthropic, groq")
+    return value
 
 
 def _chat_only(api_type: str, fees: dict[str, Decimal]) -> dict[str, Decimal]:
@@ -224,6 +232,8 @@ _LITELLM_TOKEN_FIELDS = {
     "cache_read_input_image_token_cost": "cached_image_input",
     "output_cost_per_image_token": "image_output",
 }
+# LiteLLM's provider names that are spelled otherwise here; a missing one is openai.
+_LITELLM_PROVIDERS = {"None": "openai", "gemini": "google", "together_ai": "together", "xai": "x-ai"}
 _LITELLM_TIERS = {"_flex": "flex", "_priority": "priority", "_batches": "batch"}
 
 
@@ -286,6 +296,7 @@ def _litellm_model(name: str, entry: dict[str, Any], source: str) -> ModelPrice:
     if unread:
         raise CatalogError(f"{where}: {unread[0]} is a price taximeter cannot read; price it in TOML")
     seconds = per_second if per_second is not None else per_output_second
+    litellm_provider = str(entry.get("litellm_provider"))
     return ModelPrice(
         model=name,
         api_type=_LITELLM_MODES[entry["mode"]],
@@ -295,6 +306,7 @@ def _litellm_model(name: str, entry: dict[str, Any], source: str) -> ModelPrice:
         per_million_characters=per_character,
         per_minute=None if seconds is None else seconds * _SIXTY,
         per_image={} if per_image is None else {"default": per_image},
+        provider=_LITELLM_PROVIDERS.get(litellm_provider, litellm_provider),
         source=source,
     )
 

@@ -133,6 +133,7 @@ class ModelPrice:
     image_defaults: tuple[str | None, str | None] = (None, None)  # quality, size the API takes
     tool_fees: Mapping[str, Decimal] = field(default_factory=dict)  # USD per call, by tool
     aliases: tuple[str, ...] = ()
+    provider: str = "openai"  # whose price it is: an upstream is priced from its provider's
     source: str = ""  # the catalog that priced it
     checked: date | None = None
     shutdown: date | None = None
@@ -206,6 +207,7 @@ class ModelPrice:
             "per_image": {k: str(v) for k, v in self.per_image.items()},
             "tool_fees": {k: str(v) for k, v in self.tool_fees.items()},
             "aliases": list(self.aliases),
+            "provider": self.provider,
             "source": self.source,
             "checked": None if self.checked is None else self.checked.isoformat(),
             "shutdown": None if self.shutdown is None else self.shutdown.isoformat(),

@@ -132,7 +132,7 @@ def _secrets(settings: Settings) -> list[str]:
 async def _catalog_ctx(app: web.Application) -> AsyncIterator[None]:
     """The price catalog and the metrics that label by it (nothing to close)."""
     settings = app[SETTINGS]
-    catalog = await asyncio.to_thread(load_catalog, *settings.pricing_files)
+    catalog = await asyncio.to_thread(load_catalog, *settings.pricing_files, today=app[CLOCK]().date())
     app[CATALOG] = catalog
     app[METRICS] = Metrics(catalog)
     yield
@@ -250,7 +250,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     services = Services(
         settings=settings,
         meter=app[METER],
-        router=Upstreams(settings.resolved_upstreams()),
+        router=Upstreams(settings.resolved_upstreams(), app[CATALOG].provider_for),
         session=app[SESSION],
         webhooks=webhooks,
         metrics=app[METRICS],

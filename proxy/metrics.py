@@ -158,8 +158,9 @@ class Metrics:
         )
 
     def model(self, name: str) -> str:
-        price = self._catalog.resolve(name)
-        return price.model if price is not None else "other"
+        """A model label: a name some catalog prices, else ``other`` (a client
+        cannot grow the series without bound)."""
+        return self._catalog.canonical(name) or "other"
 
     def call(self, event: UsageEvent) -> None:
         """A settled call: its request, tokens and cost."""

@@ -61,6 +61,12 @@ class UpstreamSettings(BaseModel):
         default_factory=lambda: ["*"],
         description="Glob patterns of model names this upstream serves; first match wins.",
     )
+    provider: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$",
+        description="Whose prices price its calls (openai, anthropic, groq, deepseek, mistral, google, "
+        "together, ...); inferred from base_url when unset, openai when the address is unknown.",
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -285,7 +291,11 @@ class Settings(BaseSettings):
             return self.upstreams
         return [
             UpstreamSettings(
-                name="default", base_url=self.upstream_url, api_key=self.upstream_api_key, api_key_env=None
+                name="default",
+                base_url=self.upstream_url,
+                api_key=self.upstream_api_key,
+                api_key_env=None,
+                provider=None,
             )
         ]
 

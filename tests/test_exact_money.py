@@ -10,6 +10,7 @@ import json
 from decimal import Decimal
 from typing import Any
 
+import aiohttp
 import openai
 import pytest
 from aiohttp import web
@@ -193,3 +194,62 @@ async def test_an_upload_of_unreadable_length_is_charged_its_reservation(
     [event] = await proxy.events("acme")
     # reserve_audio_seconds (600 s) at whisper-1's $0.006 / minute.
     assert (event["cost_usd"], event["estimated"]) == (usd(Decimal("0.006") * 10), True)
+
+
+async def test_each_upstream_is_priced_from_its_provider(
+    aiohttp_server: Any, tmp_path: Any, clock: Any
+) -> None:
+    """A Groq and an Anthropic model through their OpenAI-compatible upstreams,
+    priced from their providers' prices (genai-prices 0.2.3, the base catalog):
+    llama-3.3-70b-versatile $0.59 in / $0.79 out; claude-opus-4-5 $5 in, $0.50
+    cached read, $25 out per 1M (Anthropic's list prices)."""
+    from taximeter.proxy.app import create_app
+    from taximeter.proxy.settings import Settings
+    from tests.conftest import ADMIN_TOKEN, UPSTREAM_KEY
+    from tests.fake_upstream import FakeUpstream
+
+    groq, anthropic = FakeUpstream(), FakeUpstream()
+    groq.script = replying(chat_body("llama-3.3-70b-versatile", 2_000, 500, None))
+    body = chat_body("claude-opus-4-5", 3_000, 400, None)
+    body["usage"]["prompt_tokens_details"] = {"cached_tokens": 1_000}
+    anthropic.script = replying(body)
+    groq_server, anthropic_server = await aiohttp_server(groq.app()), await aiohttp_server(anthropic.app())
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path}/t.db",
+        admin_token=ADMIN_TOKEN,
+        upstreams=[
+            {
+                "name": "groq",
+                "base_url": str(groq_server.make_url("/v1")),
+                "api_key": UPSTREAM_KEY,
+                "models": ["llama-*"],
+                "provider": "groq",
+            },
+            {
+                "name": "anthropic",
+                "base_url": str(anthropic_server.make_url("/v1")),
+                "api_key": UPSTREAM_KEY,
+                "models": ["claude-*"],
+                "provider": "anthropic",
+            },
+        ],
+    )
+    server = await aiohttp_server(create_app(settings, clock=clock))
+    async with aiohttp.ClientSession() as http:
+        harness = Harness(server=server, upstream=groq, http=http)
+        key = await harness.new_client("acme")
+        client = harness.sdk(key)
+        await client.chat.completions.create(model="llama-3.3-70b-versatile", messages=[])
+        await client.chat.completions.create(model="claude-opus-4-5", messages=[])
+        with pytest.raises(openai.BadRequestError):  # a name only a prefix matches: never priced
+            await client.chat.completions.create(model="claude-opus-4-5-turbo", messages=[])
+        events = {e["model"]: e for e in await harness.events("acme")}
+        status, shown = await harness.admin("GET", "/admin/pricing/claude-opus-4-5?upstream=anthropic")
+        await harness.close()
+    assert events["llama-3.3-70b-versatile"]["cost_usd"] == usd(
+        (2_000 * Decimal("0.59") + 500 * Decimal("0.79")) / M
+    )
+    assert events["llama-3.3-70b-versatile"]["upstream"] == "groq"
+    assert events["claude-opus-4-5"]["cost_usd"] == usd((2_000 * 5 + 1_000 * Decimal("0.5") + 400 * 25) / M)
+    assert events["claude-opus-4-5"]["price_source"] == "genai-prices 0.2.3"
+    assert (status, shown["provider"], shown["output"]) == (200, "anthropic", "25")

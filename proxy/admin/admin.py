@@ -31,7 +31,7 @@ from taximeter.proxy.errors import InvalidInput, InvalidJson, NotFoundError
 from taximeter.proxy.gateway.auth import require_admin
 from taximeter.proxy.middleware import json_error_middleware
 from taximeter.proxy.operations import MAX_EVENTS, Operations
-from taximeter.proxy.services import CATALOG, OPERATIONS, SETTINGS
+from taximeter.proxy.services import CATALOG, OPERATIONS, SERVICES, SETTINGS
 
 __all__ = ["admin_app"]
 
@@ -162,16 +162,28 @@ async def usage_events(request: web.Request) -> web.Response:
 
 
 async def list_pricing(request: web.Request) -> web.Response:
+    """The catalog of one provider (``?provider=``), or of every provider an
+    upstream is priced by."""
     catalog = request.config_dict[CATALOG]
-    return _json({"data": [p.as_json() for p in sorted(catalog, key=lambda p: p.model)]})
+    wanted = request.query.get("provider")
+    providers = {wanted} if wanted else {u.provider for u in request.config_dict[SERVICES].router.all()}
+    prices = sorted((p for p in catalog if p.provider in providers), key=lambda p: (p.provider, p.model))
+    return _json({"data": [p.as_json() for p in prices]})
 
 
 async def get_pricing(request: web.Request) -> web.Response:
+    """What a name resolves to at an upstream's provider (``?upstream=NAME``;
+    the first upstream's by default)."""
     model = request.match_info["model"]
-    price = request.config_dict[CATALOG].resolve(model)
+    router = request.config_dict[SERVICES].router
+    name = request.query.get("upstream")
+    upstream = router.all()[0] if name is None else router.named(name)
+    if upstream is None:
+        raise NotFoundError(f"no upstream named {name!r}", param="upstream")
+    price = request.config_dict[CATALOG].resolve(model, upstream.provider)
     if price is None:
-        raise NotFoundError(f"no price for model {model!r}", param="model")
-    return _json({**price.as_json(), "requested": model})
+        raise NotFoundError(f"no {upstream.provider} price for model {model!r}", param="model")
+    return _json({**price.as_json(), "requested": model, "upstream": upstream.name})
 
 
 async def openapi_document(request: web.Request) -> web.Response:

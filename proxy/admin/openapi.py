@@ -149,10 +149,13 @@ _PATHS: dict[str, Any] = {
             ),
         )
     },
-    "/admin/pricing": {"get": _op("The price catalog", _json(_list("Price")))},
+    "/admin/pricing": {
+        "parameters": _query(provider={"type": "string"}),
+        "get": _op("The price catalog of one provider, or of every upstream's", _json(_list("Price"))),
+    },
     "/admin/pricing/{model}": {
-        "parameters": [_path_param("model")],
-        "get": _op("What a model name resolves to", _json(_ref("Price")), errors=("404",)),
+        "parameters": [_path_param("model"), *_query(upstream={"type": "string"})],
+        "get": _op("What a model name resolves to at an upstream", _json(_ref("Price")), errors=("404",)),
     },
     "/admin/openapi.json": {
         "get": {

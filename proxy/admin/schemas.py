@@ -254,6 +254,7 @@ SCHEMAS: dict[str, Any] = {
             },
             "tool_fees": {"type": "object", "additionalProperties": _MONEY},
             "aliases": {"type": "array", "items": {"type": "string"}},
+            "provider": {"type": "string"},
             "source": {"type": "string"},
             "checked": {"type": ["string", "null"], "format": "date"},
             "shutdown": {"type": ["string", "null"], "format": "date"},

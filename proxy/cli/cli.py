@@ -130,7 +130,9 @@ def _add_pricing_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
     pricing = sub.add_parser("pricing", help="inspect the price catalog").add_subparsers(
         dest="action", required=True
     )
-    pricing.add_parser("show").add_argument("model")
+    show = pricing.add_parser("show", help="what a model name resolves to, every rate, and its catalog")
+    show.add_argument("model")
+    show.add_argument("--upstream", help="price it at this upstream's provider (default: the first upstream)")
     check = pricing.add_parser("check", help="validate the catalog (or FILE over the shipped one)")
     check.add_argument("file", nargs="?", type=Path)
 
@@ -265,7 +267,7 @@ async def _usage(ops: Operations, args: argparse.Namespace) -> int:
 
 def _pricing(settings: Settings, args: argparse.Namespace) -> int:
     files = [*settings.pricing_files, *([args.file] if getattr(args, "file", None) else [])]
-    catalog = load_catalog(*files)
+    catalog = load_catalog(*files, today=datetime.now(UTC).date())
     if args.action == "check":
         found = problems(catalog)
         for problem in found:
@@ -275,9 +277,15 @@ def _pricing(settings: Settings, args: argparse.Namespace) -> int:
             print(f"taximeter: warning: {note}", file=sys.stderr)
         print(f"{len(catalog)} models checked, {len(found)} problems, {len(notes)} warnings")
         return 1 if found else 0
-    price = catalog.resolve(args.model)
+    upstreams = settings.resolved_upstreams()
+    chosen = next((u for u in upstreams if u.name == args.upstream), None) if args.upstream else upstreams[0]
+    if chosen is None:
+        print(f"taximeter: no upstream named {args.upstream!r}", file=sys.stderr)
+        return 1
+    provider = chosen.provider or catalog.provider_for(chosen.base_url)
+    price = catalog.resolve(args.model, provider)
     if price is None:
-        print(f"taximeter: no price for model {args.model!r}", file=sys.stderr)
+        print(f"taximeter: no {provider} price for model {args.model!r}", file=sys.stderr)
         return 1
     print(json.dumps(price.as_json(), indent=2))
     return 0

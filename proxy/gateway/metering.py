@@ -86,12 +86,12 @@ class Meter:
         # read already held them.
         self._deferred: dict[str, list[tuple[int, UsageEvent]]] = {}
 
-    def resolve_price(self, model: str | None, metered: bool) -> ModelPrice | None:
-        """The model's prices; raises ModelNotPriced when the policy rejects it."""
-        price = self.catalog.resolve(model) if model else None
+    def resolve_price(self, model: str | None, metered: bool, provider: str) -> ModelPrice | None:
+        """The model's prices at ``provider``; raises ModelNotPriced when the policy rejects it."""
+        price = self.catalog.resolve(model, provider) if model else None
         if price is None and metered and not self.allow_unpriced:
             raise ModelNotPriced(
-                f"model {model!r} has no price in the catalog; add it to a pricing file "
+                f"model {model!r} has no {provider} price in the catalog; add it to a pricing file "
                 'or set unpriced_models = "allow"',
                 param="model",
             )

@@ -178,6 +178,7 @@ async def _parse_call(
     assert model is not None  # required
     vision = endpoint.family in ("chat", "responses") and has_image_part(fields)
     header_user = request.headers.get("X-Taximeter-End-User")
+    upstream = services.router.pick(model)
     return Call(
         request_id=request[REQUEST_ID],
         client_id=client_id,
@@ -186,10 +187,10 @@ async def _parse_call(
         model=model,
         fields=fields,
         form=form,
-        price=services.meter.resolve_price(model, endpoint.family != "moderation"),
+        price=services.meter.resolve_price(model, endpoint.family != "moderation", upstream.provider),
         end_user=label(header_user, "X-Taximeter-End-User") or label(fields.get("user"), "user"),
         conversation=label(request.headers.get("X-Taximeter-Conversation"), "X-Taximeter-Conversation"),
-        upstream_name=services.router.pick(model).name,
+        upstream_name=upstream.name,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
@@ -15,6 +16,7 @@ class Upstream:
     name: str
     base_url: str
     authorization: str | None  # the full header value; never logged
+    provider: str  # whose prices price its calls
 
     def url(self, path: str, query: str) -> str:
         """The upstream URL of a proxied ``/v1/...`` path."""
@@ -23,7 +25,7 @@ class Upstream:
 
 
 class Upstreams:
-    def __init__(self, configured: list[UpstreamSettings]) -> None:
+    def __init__(self, configured: list[UpstreamSettings], infer_provider: Callable[[str], str]) -> None:
         self._routes = [
             (
                 u.models,
@@ -31,10 +33,17 @@ class Upstreams:
                     name=u.name,
                     base_url=u.base_url,
                     authorization=None if u.api_key is None else f"Bearer {u.api_key.get_secret_value()}",
+                    provider=u.provider or infer_provider(u.base_url),
                 ),
             )
             for u in configured
         ]
+
+    def all(self) -> list[Upstream]:
+        return [upstream for _, upstream in self._routes]
+
+    def named(self, name: str) -> Upstream | None:
+        return next((upstream for _, upstream in self._routes if upstream.name == name), None)
 
     def pick(self, model: str | None) -> Upstream:
         """The upstream serving ``model``; the first one when no pattern matches."""

@@ -11,6 +11,7 @@ G = genai-prices 0.2.3 (verified against P on 2026-10-12/14), which agrees.
 from __future__ import annotations
 
 import json
+from datetime import date
 from decimal import Decimal
 
 import pytest
@@ -20,7 +21,7 @@ from taximeter.pricing.extract import extract_usage
 from taximeter.pricing.money import quantize
 from taximeter.pricing.usage import Usage
 
-CATALOG = load_catalog()
+CATALOG = load_catalog(today=date(2026, 11, 25))
 M = Decimal(1_000_000)
 D = Decimal
 
@@ -272,3 +273,23 @@ def test_cached_audio_and_image_output_details_are_priced_at_their_rates() -> No
     # audio: 400 uncached, 200 cached; output: 100 text, 400 audio.
     expected = (300 * 4 + 100 * D("0.4") + 400 * 32 + 200 * D("0.4") + 100 * 16 + 400 * 64) / M
     assert price is not None and price.cost_usd(usage) == quantize(expected)
+
+
+def test_the_base_catalog_is_read_offline_and_guesses_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from taximeter.pricing.genai import load_genai
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the catalog tried to reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    base = load_genai.__wrapped__(date(2026, 11, 25))
+    names = {(m.provider, m.model) for m in base.models}
+    assert ("groq", "llama-3.3-70b-versatile") in names and ("anthropic", "claude-opus-4-5") in names
+    # genai-prices' own lookup prices these by prefix or substring; here they are unpriced.
+    for provider, model in (("anthropic", "claude-opus-4-5-anything"), ("openai", "text-moderation-999")):
+        assert CATALOG.resolve(model, provider) is None
+    # Its units taximeter does not meter leave the model out, by name.
+    assert any("input_document_kpages" in r for r in base.refused)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from datetime import date
 from decimal import Decimal
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from taximeter.pricing.catalog_files import parse_litellm, parse_toml
 from taximeter.pricing.money import convert, from_nanos, money_text, parse_money, quantize, to_nanos
 from taximeter.pricing.usage import Usage
 
-CATALOG = load_catalog()
+CATALOG = load_catalog(today=date(2026, 11, 25))
 M = Decimal(1_000_000)
 
 
@@ -33,6 +34,9 @@ M = Decimal(1_000_000)
         ("gpt-5.5-pro", "gpt-5.5-pro"),
         ("gpt-5-pro", "gpt-5-pro"),
         ("o3-deep-research", "o3-deep-research"),
+        # Named by the genai-prices base catalog, at their own prices.
+        ("o4-mini-deep-research", "o4-mini-deep-research"),
+        ("gpt-4.5-preview", "gpt-4.5-preview"),
     ],
 )
 def test_resolution_exact_then_undated(requested: str, resolved: str) -> None:
@@ -43,14 +47,8 @@ def test_resolution_exact_then_undated(requested: str, resolved: str) -> None:
 @pytest.mark.parametrize(
     "model",
     # Before: each was priced as the longest listed prefix (gpt-4.1-mini,
-    # o4-mini, gpt-4, gpt-5.5), with no flag: a guess is never a price.
-    [
-        "gpt-4.1-mini-custom",
-        "o4-mini-deep-research",
-        "gpt-4.5-preview",
-        "gpt-5.5-ultra",
-        "gpt-4o-x-2024-08-06",
-    ],
+    # o4-mini, gpt-5.5, gpt-4o), with no flag: a guess is never a price.
+    ["gpt-4.1-mini-custom", "o4-mini-super", "gpt-5.5-ultra", "gpt-4o-x-2024-08-06"],
 )
 def test_no_prefix_guessing(model: str) -> None:
     assert CATALOG.resolve(model) is None
@@ -163,7 +161,7 @@ def test_operator_file_overrides_and_extends(tmp_path: Path) -> None:
     custom.write_text(
         '[models."gpt-4o"]\napi_type = "chat"\ninput = "1.00"\noutput = "2.00"\n\n[models."my-llm"]\napi_type = "chat"\ninput = "0.10"\noutput = "0.20"\n'
     )
-    catalog = load_catalog(custom)
+    catalog = load_catalog(custom, today=date(2026, 11, 25))
     assert catalog.resolve("gpt-4o").rates.input == Decimal("1.00")  # type: ignore[union-attr]
     assert catalog.resolve("gpt-4o").source == str(custom)  # type: ignore[union-attr]
     assert catalog.resolve("my-llm") is not None and catalog.resolve("my-llm-v2") is None
