@@ -78,13 +78,13 @@ class Catalog:
 
     def resolve(self, model: str, provider: str = DEFAULT_PROVIDER) -> ModelPrice | None:
         """The price entry for ``model`` at ``provider``, or None when no rule names it."""
-        found = self._prices.get((provider, model))
-        if found is not None:
+        found = self._prices.get((provider, model)) or self._aliases.get((provider, model))
+        if found is not None:  # listed itself, as a model or a declared name of one
             return found
         undated = _DATE_SUFFIX.sub("", model)
-        if undated != model and (provider, undated) in self._prices:
-            return self._prices[provider, undated]
-        return self._aliases.get((provider, model)) or self._aliases.get((provider, undated))
+        if undated == model:
+            return None
+        return self._prices.get((provider, undated)) or self._aliases.get((provider, undated))
 
     def canonical(self, model: str) -> str | None:
         """The model a name stands for at openai, else at any provider that

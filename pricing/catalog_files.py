@@ -253,8 +253,8 @@ def parse_litellm(text: str, source: str) -> tuple[list[ModelPrice], list[str]]:
         raise CatalogError(f"{source}: expected a JSON object of models")
     models, refused = [], []
     for name, entry in data.items():
-        if not isinstance(entry, dict) or entry.get("mode") not in _LITELLM_MODES:
-            continue
+        if name == "sample_spec" or not isinstance(entry, dict) or entry.get("mode") not in _LITELLM_MODES:
+            continue  # sample_spec documents the format: no model
         try:
             models.append(_litellm_model(name, entry, source))
         except CatalogError as exc:
@@ -264,6 +264,7 @@ def parse_litellm(text: str, source: str) -> tuple[list[ModelPrice], list[str]]:
 
 def _litellm_model(name: str, entry: dict[str, Any], source: str) -> ModelPrice:
     where = f"{source}: {name}"
+    api_type = _LITELLM_MODES[entry["mode"]]
     read: set[str] = set()
 
     def take(key: str, scale: Decimal = Decimal(1)) -> Decimal | None:
@@ -284,9 +285,12 @@ def _litellm_model(name: str, entry: dict[str, Any], source: str) -> ModelPrice:
         if not (tier_rates := rates(suffix)).empty:
             tiers[tier] = tier_rates.over(standard)
     long_context = None
-    for above in sorted({int(m.group(1)) for k in entry if (m := _ABOVE.search(k))}):
+    thresholds = sorted({int(m.group(1)) for k in entry if (m := _ABOVE.search(k))})
+    if len(thresholds) > 1:
+        raise CatalogError(f"{where}: more than one context threshold; price it in TOML")
+    for above in thresholds:
         long_rates = rates(f"_above_{above}k_tokens")
-        if long_context is None and not long_rates.empty:
+        if not long_rates.empty:
             long_context = LongContext(above * 1000, {STANDARD: long_rates.over(standard)})
     per_second = take("input_cost_per_second")
     per_output_second = take("output_cost_per_second")
@@ -295,11 +299,13 @@ def _litellm_model(name: str, entry: dict[str, Any], source: str) -> ModelPrice:
     unread = sorted(k for k in entry if _is_cost(k) and k not in read and entry[k] is not None)
     if unread:
         raise CatalogError(f"{where}: {unread[0]} is a price taximeter cannot read; price it in TOML")
+    if api_type in ("chat", "embeddings") and standard.empty:
+        raise CatalogError(f"{where}: no token price; price it in TOML")
     seconds = per_second if per_second is not None else per_output_second
     litellm_provider = str(entry.get("litellm_provider"))
     return ModelPrice(
         model=name,
-        api_type=_LITELLM_MODES[entry["mode"]],
+        api_type=api_type,
         rates=standard,
         tiers=tiers,
         long_context=long_context,
@@ -315,4 +321,4 @@ _ABOVE = re.compile(r"_above_(\d+)k_tokens$")
 
 
 def _is_cost(key: str) -> bool:
-    return "cost" in key or "price" in key
+    return "cost" in key or "pric" in key

@@ -146,5 +146,10 @@ def at_least(usage: Usage, floor: Usage) -> Usage:
         images=max(usage.images, floor.images),
         image_size=usage.image_size or floor.image_size,
         image_quality=usage.image_quality or floor.image_quality,
+        service_tier=usage.service_tier or floor.service_tier,
+        tool_calls={
+            t: max(usage.tool_calls.get(t, 0), floor.tool_calls.get(t, 0))
+            for t in {*usage.tool_calls, *floor.tool_calls}
+        },
         estimated=True,
     )

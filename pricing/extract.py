@@ -131,14 +131,13 @@ def _token_usage(usage: dict[str, Any]) -> Usage:
 def _check_parts(u: Usage) -> None:
     """Pricing reads the details as parts of their totals; parts larger than
     the whole would price a negative remainder."""
-    if u.cached_tokens + u.audio_input_tokens + u.image_input_tokens > u.input_tokens + min(
-        u.cached_tokens, u.cached_audio_tokens + u.cached_image_tokens
-    ):
+    cached_media = u.cached_audio_tokens + u.cached_image_tokens
+    if cached_media > u.cached_tokens:
+        raise _Invalid("cached audio and image tokens exceed cached tokens")
+    if u.cached_audio_tokens > u.audio_input_tokens or u.cached_image_tokens > u.image_input_tokens:
+        raise _Invalid("cached audio or image tokens exceed their totals")
+    if u.cached_tokens + u.audio_input_tokens + u.image_input_tokens - cached_media > u.input_tokens:
         raise _Invalid("input details exceed input tokens")
-    if u.cached_audio_tokens > min(u.cached_tokens, u.audio_input_tokens):
-        raise _Invalid("cached audio tokens exceed cached or audio tokens")
-    if u.cached_image_tokens > min(u.cached_tokens, u.image_input_tokens):
-        raise _Invalid("cached image tokens exceed cached or image tokens")
     if u.reasoning_tokens + u.audio_output_tokens + u.image_output_tokens > u.output_tokens:
         raise _Invalid("output details exceed output tokens")
 

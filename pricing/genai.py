@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import date
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
 from taximeter.pricing.rates import STANDARD, LongContext, ModelPrice, Rates
@@ -107,17 +108,17 @@ def _model(provider: str, info: Any, today: date, source: str) -> ModelPrice:
     standard, long_rates, above = _rates(prices)
     tiers = {STANDARD: standard}
     long_context = {STANDARD: long_rates} if long_rates is not None else {}
-    for variant in info.price_variants or ():
-        tier = _TIER_VARIANTS.get(next(iter(variant.when.items()), ("", "")))
-        if tier is None or not _in_force(variant.constraint, today):
-            continue
-        rates, tier_long, tier_above = _rates(variant.prices)
-        tiers[tier] = rates.over(standard)
+    for tier, variant in _variants(info.price_variants or (), today).items():
+        # A variant overrides the standard prices unit by unit, tiered ones whole.
+        merged = SimpleNamespace(
+            **{unit: _first(getattr(variant, unit), value) for unit, value in vars(prices).items()}
+        )
+        tiers[tier], tier_long, tier_above = _rates(merged)
         if tier_long is not None:
             if above is not None and tier_above != above:
                 raise _Unsupported("tiers with different context thresholds")
             above = tier_above
-            long_context[tier] = tier_long.over(tiers[tier])
+            long_context[tier] = tier_long
     units = _unit_prices(prices)
     if standard.empty and not units:
         raise _Unsupported("no price listed")
@@ -136,6 +137,28 @@ def _model(provider: str, info: Any, today: date, source: str) -> ModelPrice:
     )
 
 
+def _variants(variants: Iterable[Any], today: date) -> dict[str, Any]:
+    """The prices of each tier in force ``today``: the variant that started
+    last (the data lists them newest first; the order is not relied on)."""
+    chosen: dict[str, Any] = {}
+    for variant in variants:
+        tier = _TIER_VARIANTS.get(next(iter(variant.when.items()), ("", "")))
+        if tier is None or not _in_force(variant.constraint, today):
+            continue
+        start = _start(variant.constraint)
+        if tier not in chosen or start > chosen[tier][0]:
+            chosen[tier] = (start, variant.prices)
+    return {tier: prices for tier, (_, prices) in chosen.items()}
+
+
+def _start(constraint: Any) -> date:
+    return date.min if constraint is None else constraint.start_date
+
+
+def _first(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
 def _current(prices: Any, today: date) -> Any:
     """The prices in force ``today``: the latest dated set that has started,
     or, among prices by time of day, the dearest."""
@@ -145,7 +168,7 @@ def _current(prices: Any, today: date) -> Any:
     started = [p for p in dated if _in_force(p.constraint, today)]
     if not started:
         raise _Unsupported("no price in force")
-    current = max(started, key=lambda p: p.constraint.start_date if p.constraint is not None else date.min)
+    current = max(started, key=lambda p: _start(p.constraint))
     by_hour = [p for p in prices if type(p.constraint).__name__ == "TimeOfDateConstraint"]
     return max([current, *by_hour], key=lambda p: _weight(p.prices)).prices
 

@@ -173,11 +173,11 @@ async def list_pricing(request: web.Request) -> web.Response:
 
 async def get_pricing(request: web.Request) -> web.Response:
     """What a name resolves to at an upstream's provider (``?upstream=NAME``;
-    the first upstream's by default)."""
+    by default the upstream that serves the model)."""
     model = request.match_info["model"]
     router = request.config_dict[SERVICES].router
     name = request.query.get("upstream")
-    upstream = router.all()[0] if name is None else router.named(name)
+    upstream = router.pick(model) if name is None else router.named(name)
     if upstream is None:
         raise NotFoundError(f"no upstream named {name!r}", param="upstream")
     price = request.config_dict[CATALOG].resolve(model, upstream.provider)

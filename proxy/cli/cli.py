@@ -22,6 +22,7 @@ from taximeter.pricing.models import BudgetState
 from taximeter.pricing.money import from_nanos, money_text
 from taximeter.proxy.cli.apply import apply_file
 from taximeter.proxy.errors import TaximeterError
+from taximeter.proxy.gateway.upstreams import Upstreams
 from taximeter.proxy.logs import configure_logging
 from taximeter.proxy.operations import GROUPINGS, Operations
 from taximeter.proxy.settings import ConfigError, Settings, load_settings
@@ -132,7 +133,7 @@ def _add_pricing_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
     )
     show = pricing.add_parser("show", help="what a model name resolves to, every rate, and its catalog")
     show.add_argument("model")
-    show.add_argument("--upstream", help="price it at this upstream's provider (default: the first upstream)")
+    show.add_argument("--upstream", help="price it at this upstream's provider (default: the one serving it)")
     check = pricing.add_parser("check", help="validate the catalog (or FILE over the shipped one)")
     check.add_argument("file", nargs="?", type=Path)
 
@@ -277,12 +278,12 @@ def _pricing(settings: Settings, args: argparse.Namespace) -> int:
             print(f"taximeter: warning: {note}", file=sys.stderr)
         print(f"{len(catalog)} models checked, {len(found)} problems, {len(notes)} warnings")
         return 1 if found else 0
-    upstreams = settings.resolved_upstreams()
-    chosen = next((u for u in upstreams if u.name == args.upstream), None) if args.upstream else upstreams[0]
+    router = Upstreams(settings.resolved_upstreams(), catalog.provider_for)
+    chosen = router.named(args.upstream) if args.upstream else router.pick(args.model)
     if chosen is None:
         print(f"taximeter: no upstream named {args.upstream!r}", file=sys.stderr)
         return 1
-    provider = chosen.provider or catalog.provider_for(chosen.base_url)
+    provider = chosen.provider
     price = catalog.resolve(args.model, provider)
     if price is None:
         print(f"taximeter: no {provider} price for model {args.model!r}", file=sys.stderr)

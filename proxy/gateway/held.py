@@ -16,15 +16,21 @@ __all__ = ["Held", "HeldCalls"]
 @dataclass(frozen=True, slots=True)
 class Held:
     reservation: Reservation
-    gate: Gate
+    gates: frozenset[Gate]  # every gate that holds it: the one that admitted it, and any it was restored to
 
 
 class HeldCalls:
     def __init__(self) -> None:
         self._calls: dict[str, dict[str, Held]] = {}  # by client, then request
 
-    def add(self, reservation: Reservation, gate: Gate) -> None:
-        self._calls.setdefault(reservation.client_id, {})[reservation.request_id] = Held(reservation, gate)
+    def add(self, reservation: Reservation, *gates: Gate) -> None:
+        held = Held(reservation, frozenset(gates))
+        self._calls.setdefault(reservation.client_id, {})[reservation.request_id] = held
+
+    def restored(self, client_id: str, gate: Gate) -> None:
+        """``gate`` now holds every call of ``client_id`` in flight too."""
+        for held in self._calls.get(client_id, {}).values():
+            self.add(held.reservation, *held.gates, gate)
 
     def pop(self, client_id: str, request_id: str) -> Held | None:
         calls = self._calls.get(client_id)
@@ -53,4 +59,4 @@ class HeldCalls:
         for reservation in reservations:
             held = self._calls.get(reservation.client_id, {}).get(reservation.request_id)
             if held is not None:
-                self.add(reservation, held.gate)
+                self.add(reservation, *held.gates)

@@ -171,11 +171,12 @@ class Meter:
         await self.ledger.flush()  # decide on every call this process has answered
         try:
             await self.fallback.restore(self.held.of(client_id))
+            self.held.restored(client_id, self.fallback)
             admission = await self.fallback.admit(reservation, now)
         except StoreUnavailable as exc:
             raise MeteringUnavailable("neither the budget gate nor the store can be reached") from exc
         if admission.outcome == "ok":
-            self.held.add(reservation, self.fallback)  # the gate's copy, once rebuilt, holds it too
+            self.held.add(reservation, self.fallback)
         return admission
 
     async def precheck(self, client_id: str, request_id: str) -> None:
@@ -194,8 +195,10 @@ class Meter:
             exchange_rate=self.tariff.exchange_rate,
             estimated=True,
         )
-        await self.admit(Reservation(probe, 0, now + self.reservation_ttl))
-        await self.release(client_id, probe.request_id)
+        try:
+            await self.admit(Reservation(probe, 0, now + self.reservation_ttl))
+        finally:  # admitted, refused or cut short: nothing of the probe stays behind
+            await asyncio.shield(self.release(client_id, probe.request_id))
 
     def mark_stale(self, client_id: str) -> None:
         """The gate missed a change of this client's budget: rebuild before trusting it."""
@@ -234,6 +237,7 @@ class Meter:
             state = await self._from_store(client_id, now)
         await self.gate.load(client_id, state, now)
         await self.gate.restore(self.held.of(client_id))
+        self.held.restored(client_id, self.gate)
         for sequence, event in self._deferred.get(client_id, []):
             if sequence > durable:  # settled meanwhile, and not in what was read
                 keep_until = self.clock() + self.record_grace
@@ -272,10 +276,9 @@ class Meter:
             self.mark_stale(event.client_id)
 
     async def release(self, client_id: str, request_id: str) -> None:
-        """Drop a reservation whose call was never forwarded, from the gate that
-        admitted it and the gate (a rebuilt copy holds the fallback's calls
-        too); from both when admission was cut short."""
+        """Drop a reservation whose call was never forwarded, from every gate
+        that holds it (from both when admission was cut short)."""
         held = self.held.pop(client_id, request_id)
-        for gate in {self.gate, self.fallback if held is None else held.gate}:
+        for gate in {self.gate, self.fallback} if held is None else held.gates:
             with contextlib.suppress(StoreUnavailable):
                 await gate.release(client_id, request_id)

@@ -293,3 +293,74 @@ def test_the_base_catalog_is_read_offline_and_guesses_nothing(monkeypatch: pytes
         assert CATALOG.resolve(model, provider) is None
     # Its units taximeter does not meter leave the model out, by name.
     assert any("input_document_kpages" in r for r in base.refused)
+
+
+def test_the_base_catalog_prices_as_genai_prices_own_calculator() -> None:
+    """Every model of the base catalog, every tier, below and past its context
+    threshold: the cost equals what genai-prices' own calculator gives for the
+    same usage, or more where the data prices by time of day (the dearer is
+    taken)."""
+    from datetime import UTC, datetime
+
+    from genai_prices import Usage as GenaiUsage
+    from genai_prices import calc_price
+
+    from taximeter.pricing.genai import load_genai
+
+    when = datetime(2026, 11, 25, tzinfo=UTC)
+    contexts = {"standard": None, "flex": {"service_tier": "flex"}, "priority": {"service_tier": "priority"}}
+    contexts["batch"] = {"processing": "batch"}
+    compared = dearer = 0
+    for model in load_genai(date(2026, 11, 25)).models:
+        if model.rates.empty:
+            continue
+        for tier in model.tiers:
+            for prompt in (10_000, 300_000, 600_000):
+                usage = Usage(
+                    input_tokens=prompt, cached_tokens=prompt // 5, output_tokens=3_000, service_tier=tier
+                )
+                try:
+                    theirs = calc_price(
+                        GenaiUsage(input_tokens=prompt, cache_read_tokens=prompt // 5, output_tokens=3_000),
+                        model.model,
+                        provider_id=model.provider,
+                        genai_request_timestamp=when,
+                        price_context=contexts[tier],
+                    ).total_price
+                except LookupError:  # its id is not among the names its own rule matches
+                    continue
+                ours = model.cost_usd(usage)
+                assert ours >= quantize(theirs), (model.provider, model.model, tier, prompt, ours, theirs)
+                compared += 1
+                dearer += ours > quantize(theirs)
+    assert compared > 6_000 and dearer < compared // 50, (compared, dearer)
+
+
+def test_a_cut_call_is_charged_at_least_its_reservation_at_its_tier() -> None:
+    """Before: the floor kept the reserved tokens but not the reserved tier: a
+    cut stream of a priority request was charged at standard rates."""
+    from taximeter.pricing.estimate import at_least
+
+    reserved = Usage(input_tokens=1_000, output_tokens=4_000, service_tier="priority", estimated=True)
+    cut = at_least(Usage(input_tokens=1_000, output_tokens=200, estimated=True), reserved)
+    price = CATALOG.resolve("gpt-5.5")
+    assert price is not None and cut.service_tier == "priority"
+    assert price.cost_usd(cut) == quantize((1_000 * D("12.5") + 4_000 * 75) / M)
+
+
+@pytest.mark.parametrize(
+    "details",
+    [
+        # cached audio and image parts larger than the cached total
+        {"cached_tokens": 10, "audio_tokens": 50, "cached_tokens_details": {"audio_tokens": 40}},
+        # a cached audio part larger than the audio total
+        {"cached_tokens": 50, "audio_tokens": 10, "cached_tokens_details": {"audio_tokens": 40}},
+    ],
+)
+def test_cached_parts_that_do_not_add_up_are_not_a_count(details: dict[str, object]) -> None:
+    usage = extract_usage(
+        "chat",
+        {},
+        {"usage": {"prompt_tokens": 100, "completion_tokens": 1, "prompt_tokens_details": details}},
+    )
+    assert usage.estimated and usage.input_tokens == 0

@@ -37,6 +37,9 @@ M = Decimal(1_000_000)
         # Named by the genai-prices base catalog, at their own prices.
         ("o4-mini-deep-research", "o4-mini-deep-research"),
         ("gpt-4.5-preview", "gpt-4.5-preview"),
+        # A dated name a catalog lists as a name of its own model is not stripped
+        # (before: priced as gpt-3.5-turbo, $0.50 / $1.50 instead of $1.50 / $2.00).
+        ("gpt-3.5-turbo-0301", "gpt-3.5-0301"),
     ],
 )
 def test_resolution_exact_then_undated(requested: str, resolved: str) -> None:
