@@ -1,5 +1,6 @@
 """Shared fixtures: real Postgres and Redis (fresh database and key prefix per
-test), every store and gate backend, an injectable clock.
+test, tests/support/shared_services.py), every store and gate backend, the
+proxy in front of the fake upstream, an injectable clock.
 
 A test that needs Postgres or Redis is skipped when the service is missing,
 except under ``CI=true``, where it fails.
@@ -8,45 +9,25 @@ except under ``CI=true``, where it fails.
 from __future__ import annotations
 
 import os
-import socket
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from contextlib import AsyncExitStack
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 import aiohttp
-import asyncpg
 import pytest
-import redis.asyncio as aioredis
 from blockbuster import BlockBuster, blockbuster_ctx
 
 from taximeter.pricing.models import UsageEvent
 from taximeter.proxy.app import create_app
 from taximeter.proxy.settings import Settings
 from taximeter.store.base import Gate, Store
-from tests.fake_upstream import UPSTREAM_KEY, FakeUpstream
-from tests.harness import ADMIN_TOKEN, Harness
-
-PG_ADMIN_URL = os.environ.get("TAXIMETER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("TAXIMETER_TEST_REDIS", "redis://127.0.0.1:6379/0")
-
-
-def allow_known_blocking(detector: BlockBuster) -> None:
-    """The blocking calls that are fine, each for its reason."""
-    # zoneinfo reads each timezone's file once, then serves it from its cache.
-    for name in ("os.stat", "io.BufferedReader.read"):
-        detector.functions[name].can_block_in("zoneinfo/_tzpath.py", "find_tzfile")
-        detector.functions[name].can_block_in(
-            "zoneinfo/_common.py", ["load_tzdata", "load_data", "from_file"]
-        )
-    # asyncpg looks for ~/.pgpass and ~/.postgresql while it opens a connection.
-    for function in detector.functions.values():
-        function.can_block_in(
-            "asyncpg/connect_utils.py",
-            ["_read_password_file", "_dot_postgresql_path", "_parse_connect_dsn_and_args"],
-        )
+from tests.support.blocking import allow_known_blocking
+from tests.support.clock import FakeClock
+from tests.support.fake_upstream import UPSTREAM_KEY, FakeUpstream
+from tests.support.harness import ADMIN_TOKEN, Harness
+from tests.support.shared_services import REDIS_URL, fresh_pg_database, fresh_redis_prefix
 
 
 @pytest.fixture(autouse=True)
@@ -65,83 +46,9 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
-def _answers(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-# Probed once, outside any event loop.
-_UP = {("127.0.0.1", 5432): _answers("127.0.0.1", 5432), ("127.0.0.1", 6379): _answers("127.0.0.1", 6379)}
-
-
-def require(service: str, host: str, port: int) -> None:
-    if _UP.get((host, port)) or ((host, port) not in _UP and _answers(host, port)):
-        return
-    message = f"{service} is not answering on {host}:{port}"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{message} (CI=true: services are required)")
-    pytest.skip(message)
-
-
-class FakeClock:
-    """Time that moves only when a test says so."""
-
-    def __init__(self, start: datetime | None = None) -> None:
-        self.now = start or datetime(2026, 3, 10, 15, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
-
-    def set(self, when: datetime) -> None:
-        self.now = when
-
-
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
-
-
-@asynccontextmanager
-async def fresh_pg_database() -> AsyncIterator[str]:
-    """A fresh, empty Postgres database, dropped afterwards."""
-    require("Postgres", "127.0.0.1", 5432)
-    name = f"taximeter_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(PG_ADMIN_URL)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        yield f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-    finally:
-        admin = await asyncpg.connect(PG_ADMIN_URL)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
-
-
-@asynccontextmanager
-async def fresh_redis_prefix() -> AsyncIterator[str]:
-    """A Redis key prefix of this test's own; its keys are deleted afterwards."""
-    require("Redis", "127.0.0.1", 6379)
-    prefix = f"taximeter-test:{uuid.uuid4().hex[:12]}:"
-    try:
-        yield prefix
-    finally:
-        client = aioredis.Redis.from_url(REDIS_URL)
-        try:
-            keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
-            if keys:
-                await client.delete(*keys)
-        finally:
-            await client.aclose()
 
 
 @pytest.fixture
@@ -154,11 +61,6 @@ async def pg_url() -> AsyncIterator[str]:
 async def redis_prefix() -> AsyncIterator[str]:
     async with fresh_redis_prefix() as prefix:
         yield prefix
-
-
-@pytest.fixture
-def sqlite_url(tmp_path: os.PathLike[str]) -> str:
-    return f"sqlite:///{tmp_path}/taximeter.db"
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

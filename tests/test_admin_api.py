@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import Harness
+from tests.support.harness import Harness
 
 
 async def test_clients_and_keys(proxy: Harness) -> None:

@@ -15,9 +15,9 @@ import openai
 import pytest
 from aiohttp import web
 
-from tests.conftest import FakeClock
-from tests.fake_upstream import CHAT
-from tests.harness import Harness
+from tests.support.clock import FakeClock
+from tests.support.fake_upstream import CHAT
+from tests.support.harness import Harness
 
 CALL_TOKENS = CHAT["prompt"] + CHAT["completion"]
 SECRET = "whsec-SENTINEL-4411"

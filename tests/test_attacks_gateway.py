@@ -20,9 +20,9 @@ import openai
 import pytest
 from aiohttp import web
 
-from tests.conftest import FakeClock
-from tests.fake_upstream import wav_bytes
-from tests.harness import Harness
+from tests.support.clock import FakeClock
+from tests.support.fake_upstream import wav_bytes
+from tests.support.harness import Harness
 
 RATE = Decimal(5)  # BRL per USD, the default exchange_rate
 GPT_4O = {"input": Decimal("2.50"), "output": Decimal("10.00")}  # USD per 1M tokens, pricing/prices.toml

@@ -25,9 +25,9 @@ from taximeter.proxy.cli.serve import warn_if_exposed
 from taximeter.proxy.dashboard.sessions import LoginThrottle
 from taximeter.proxy.logs import JsonFormatter, PlainFormatter, configure_logging
 from taximeter.proxy.settings import Settings
-from tests.conftest import FakeClock
-from tests.fake_upstream import ACCOUNT_HEADERS, UPSTREAM_KEY
-from tests.harness import ADMIN_TOKEN, Harness
+from tests.support.clock import FakeClock
+from tests.support.fake_upstream import ACCOUNT_HEADERS, UPSTREAM_KEY
+from tests.support.harness import ADMIN_TOKEN, Harness
 
 MakeProxy = Callable[..., Awaitable[Harness]]
 PLAIN = "%(asctime)s %(levelname)s %(name)s %(message)s"  # configure_logging's format

@@ -10,9 +10,9 @@ from decimal import Decimal
 import openai
 import pytest
 
-from tests.conftest import FakeClock
-from tests.fake_upstream import CHAT
-from tests.harness import Harness
+from tests.support.clock import FakeClock
+from tests.support.fake_upstream import CHAT
+from tests.support.harness import Harness
 
 CALL_TOKENS = CHAT["prompt"] + CHAT["completion"]  # 1500 per chat call
 # One gpt-4o call in BRL at 5.0 per USD: (1000 * 2.50 + 200 * 1.25 + 300 * 10.00) / 1M * 5

@@ -12,9 +12,10 @@ import openai
 import pytest
 
 from taximeter.pricing.models import Reservation
-from tests.conftest import FakeClock, usage_event
-from tests.fake_upstream import CHAT
-from tests.harness import Harness
+from tests.conftest import usage_event
+from tests.support.clock import FakeClock
+from tests.support.fake_upstream import CHAT
+from tests.support.harness import Harness
 
 CALL_TOKENS = CHAT["prompt"] + CHAT["completion"]  # what the fake reports for each chat call
 

@@ -16,9 +16,9 @@ import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from tests.conftest import allow_known_blocking
-from tests.fake_upstream import CHAT
-from tests.harness import ADMIN_TOKEN, Harness
+from tests.support.blocking import allow_known_blocking
+from tests.support.fake_upstream import CHAT
+from tests.support.harness import ADMIN_TOKEN, Harness
 
 CHROMIUM = os.environ.get("TAXIMETER_TEST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "dashboard"

@@ -13,8 +13,8 @@ from typing import Any
 import openai
 import pytest
 
-from tests.fake_upstream import CHAT, FakeUpstream
-from tests.processes import TAXIMETER, Deployment
+from tests.support.fake_upstream import CHAT, FakeUpstream
+from tests.support.processes import TAXIMETER, Deployment
 
 pytestmark = pytest.mark.slow  # starts real processes
 

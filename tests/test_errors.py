@@ -12,9 +12,9 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import FakeClock
-from tests.fake_upstream import UPSTREAM_KEY
-from tests.harness import ADMIN_TOKEN, Harness
+from tests.support.clock import FakeClock
+from tests.support.fake_upstream import UPSTREAM_KEY
+from tests.support.harness import ADMIN_TOKEN, Harness
 
 
 def assert_error_shape(body: Any, code: str, type_: str) -> None:

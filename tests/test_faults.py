@@ -15,11 +15,12 @@ import openai
 import pytest
 
 from taximeter.store.factory import open_store
-from tests.conftest import REDIS_URL, usage_event
-from tests.fake_upstream import FakeUpstream
-from tests.harness import Harness
-from tests.private_services import PrivatePostgres, missing_binaries
-from tests.processes import Deployment
+from tests.conftest import usage_event
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.harness import Harness
+from tests.support.private_services import PrivatePostgres, missing_binaries
+from tests.support.processes import Deployment
+from tests.support.shared_services import REDIS_URL
 
 MISSING = missing_binaries()  # looked up once, outside any event loop
 

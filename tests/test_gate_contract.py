@@ -167,7 +167,7 @@ async def test_load_replaces(gate: Gate) -> None:
 
 async def test_redis_state_is_shared_between_instances(redis_prefix: str) -> None:
     from taximeter.store.redis_gate import RedisGate
-    from tests.conftest import REDIS_URL
+    from tests.support.shared_services import REDIS_URL
 
     one, two = (RedisGate.from_url(REDIS_URL, prefix=redis_prefix) for _ in range(2))
     try:
@@ -189,7 +189,7 @@ async def test_redis_calls_share_trips_and_survive_an_unloaded_script(redis_pref
     import redis.asyncio as aioredis
 
     from taximeter.store.redis_gate import _Pipeliner
-    from tests.conftest import REDIS_URL
+    from tests.support.shared_services import REDIS_URL
 
     client = aioredis.Redis.from_url(REDIS_URL)
     try:

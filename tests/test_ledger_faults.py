@@ -28,11 +28,12 @@ from taximeter.store.ledger import LedgerWriter
 from taximeter.store.postgres import PostgresStore
 from taximeter.store.sql import SqlStore
 from taximeter.store.sqlite import SqliteStore
-from tests.conftest import FakeClock, usage_event
-from tests.fake_upstream import FakeUpstream
-from tests.harness import Harness
-from tests.private_services import PrivatePostgres, PrivateRedis, missing_binaries
-from tests.processes import Deployment
+from tests.conftest import usage_event
+from tests.support.clock import FakeClock
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.harness import Harness
+from tests.support.private_services import PrivatePostgres, PrivateRedis, missing_binaries
+from tests.support.processes import Deployment
 
 pytestmark = pytest.mark.slow  # starts real processes
 

@@ -16,9 +16,9 @@ import pytest
 
 from taximeter.proxy.logs import _QueueHandler, configure_logging, written_in_background
 from taximeter.store.factory import open_store
-from tests.fake_upstream import STREAM_PIECES, UPSTREAM_KEY, FakeUpstream
-from tests.harness import ADMIN_TOKEN, Harness
-from tests.processes import Deployment
+from tests.support.fake_upstream import STREAM_PIECES, UPSTREAM_KEY, FakeUpstream
+from tests.support.harness import ADMIN_TOKEN, Harness
+from tests.support.processes import Deployment
 
 
 async def test_sigterm_lets_a_stream_finish_and_records_it(aiohttp_server: Any, tmp_path: Path) -> None:

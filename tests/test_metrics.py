@@ -13,10 +13,10 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import REDIS_URL
-from tests.fake_upstream import CHAT, EMBEDDING_TOKENS, FakeUpstream
-from tests.harness import Harness
-from tests.processes import Deployment
+from tests.support.fake_upstream import CHAT, EMBEDDING_TOKENS, FakeUpstream
+from tests.support.harness import Harness
+from tests.support.processes import Deployment
+from tests.support.shared_services import REDIS_URL
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -13,9 +13,9 @@ import openai
 import pytest
 
 from taximeter.store.factory import open_store
-from tests.conftest import REDIS_URL
-from tests.fake_upstream import CHAT, FakeUpstream
-from tests.processes import Deployment
+from tests.support.fake_upstream import CHAT, FakeUpstream
+from tests.support.processes import Deployment
+from tests.support.shared_services import REDIS_URL
 
 pytestmark = pytest.mark.slow  # starts real processes
 

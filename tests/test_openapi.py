@@ -9,8 +9,8 @@ from typing import Any
 from openapi_schema_validator import OAS31Validator
 from openapi_spec_validator import validate
 
-from tests.conftest import FakeClock
-from tests.harness import Harness
+from tests.support.clock import FakeClock
+from tests.support.harness import Harness
 
 
 def check(doc: dict[str, Any], path: str, method: str, status: int, body: Any) -> None:

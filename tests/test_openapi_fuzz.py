@@ -17,7 +17,7 @@ import pytest
 import schemathesis
 from schemathesis.engine import Status, events, from_schema
 
-from tests.harness import ADMIN_TOKEN, Harness
+from tests.support.harness import ADMIN_TOKEN, Harness
 
 # Every check this version of schemathesis offers; max_response_time needs a
 # limit and would only measure the machine running the suite.

@@ -16,9 +16,10 @@ from taximeter.proxy.app import create_app
 from taximeter.proxy.settings import Settings
 from taximeter.store.factory import open_store
 from taximeter.store.migrations import LATEST
-from tests.conftest import REDIS_URL, FakeClock
-from tests.fake_upstream import UPSTREAM_KEY, FakeUpstream
-from tests.harness import ADMIN_TOKEN, Harness
+from tests.support.clock import FakeClock
+from tests.support.fake_upstream import UPSTREAM_KEY, FakeUpstream
+from tests.support.harness import ADMIN_TOKEN, Harness
+from tests.support.shared_services import REDIS_URL
 
 
 async def test_concurrent_migrations_are_safe(pg_url: str) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 from decimal import Decimal
 
-from tests.fake_upstream import (
+from tests.support.fake_upstream import (
     CHAT,
     EMBEDDING_TOKENS,
     IMAGE_TOKENS,
@@ -20,7 +20,7 @@ from tests.fake_upstream import (
     WHISPER_SECONDS,
     wav_bytes,
 )
-from tests.harness import Harness
+from tests.support.harness import Harness
 
 M = Decimal(1_000_000)
 RATE = Decimal("5.0")  # the default exchange rate, BRL per USD

@@ -15,7 +15,7 @@ from taximeter.proxy.app import create_app
 from taximeter.proxy.services import LEDGER, SERVICES
 from taximeter.proxy.settings import Settings
 from taximeter.store.base import Gate, Store
-from tests.conftest import FakeClock
+from tests.support.clock import FakeClock
 
 
 class Boom(RuntimeError):

@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from taximeter.proxy.services import SERVICES, Services
-from tests.fake_upstream import FakeUpstream
+from tests.support.fake_upstream import FakeUpstream
 
 ADMIN_TOKEN = "admin-SENTINEL-token-91c3"
 

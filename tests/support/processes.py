@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.fake_upstream import UPSTREAM_KEY
+from tests.support.fake_upstream import UPSTREAM_KEY
 
 TAXIMETER = str(Path(sys.executable).with_name("taximeter"))
 

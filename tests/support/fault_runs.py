@@ -1,6 +1,6 @@
 """Fault scenarios of the ledger, repeated against private servers, with figures.
 
-    .venv/bin/python -m tests.fault_runs [--runs 5] [--events 500] [--only NAME,...] [-v]
+    .venv/bin/python -m tests.support.fault_runs [--runs 5] [--events 500] [--only NAME,...] [-v]
 
 Each scenario runs ``--runs`` times on a private Postgres (and Redis) of this
 command's own, each run on a fresh database, and reports per run: events
@@ -41,8 +41,8 @@ from taximeter.store.ledger import LedgerWriter
 from taximeter.store.postgres import PostgresStore
 from taximeter.store.sql import SqlStore
 from taximeter.store.sqlite import SqliteStore
-from tests.private_services import PrivatePostgres, PrivateRedis, missing_binaries
-from tests.test_fault_processes import TOKENS_PER_CALL, Serve, kill_under_load, redis_restart_overrun
+from tests.support.fault_scenarios import TOKENS_PER_CALL, Serve, kill_under_load, redis_restart_overrun
+from tests.support.private_services import PrivatePostgres, PrivateRedis, missing_binaries
 
 NOW = datetime(2026, 3, 10, 15, 0, tzinfo=UTC)
 FLUSH_LIMIT_S = 60.0  # a flush blocked longer than this counts the run as wedged
@@ -425,7 +425,9 @@ async def run_all(runs: int, options: Options, only: set[str] | None) -> list[Fi
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.fault_runs", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.support.fault_runs", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--runs", type=int, default=5, help="runs of each scenario (default 5)")
     parser.add_argument("--events", type=int, default=500, help="good events per run (default 500)")
     parser.add_argument(

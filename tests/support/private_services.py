@@ -31,7 +31,7 @@ from typing import Self
 import asyncpg
 import redis.asyncio as aioredis
 
-from tests.processes import free_port
+from tests.support.processes import free_port
 
 __all__ = [
     "PrivatePostgres",
