@@ -13,7 +13,7 @@ import pytest
 
 pytestmark = pytest.mark.slow  # starts real processes
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_benchmark_smoke_runs_and_the_ledger_is_exact() -> None:

@@ -15,7 +15,7 @@ from taximeter.proxy.operations import Operations
 from taximeter.proxy.settings import ConfigError
 from taximeter.store.base import Store
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "taximeter.example.toml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "taximeter.example.toml"
 
 
 def ops(store: Store) -> Operations:

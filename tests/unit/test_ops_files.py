@@ -16,7 +16,7 @@ import yaml
 
 from taximeter.proxy.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 METRICS = {
     "taximeter_requests_total",
     "taximeter_tokens_total",

@@ -21,7 +21,7 @@ from tests.support.fake_upstream import CHAT
 from tests.support.harness import ADMIN_TOKEN, Harness
 
 CHROMIUM = os.environ.get("TAXIMETER_TEST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "dashboard"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "dashboard"
 CALL_TOKENS = CHAT["prompt"] + CHAT["completion"]  # 1500 per chat call
 # Level colours of the stylesheet: yellow (warning) and red (exceeded).
 YELLOW, RED = "rgb(212, 160, 23)", "rgb(209, 52, 58)"

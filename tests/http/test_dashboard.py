@@ -1,7 +1,7 @@
 """The dashboard over HTTP, on both backends: login and its cookie, CSRF,
 expired and ended sessions, forms with field errors, and what the pages show
 after real SDK traffic. (The same flow in a real browser is in
-test_dashboard_browser.py.)"""
+tests/system/test_dashboard_browser.py.)"""
 
 from __future__ import annotations
 
