@@ -1,59 +1,18 @@
-"""A SIGTERM lets a stream in flight finish and be recorded; logs are JSON lines
-with the call's fields and no secret."""
+"""Logs are JSON lines with the call's fields and no secret, written in the
+background, whole and in order. (A SIGTERM that lets a stream finish is in
+tests/system/test_e2e_serve.py.)"""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import queue
-import signal
-from pathlib import Path
-from typing import Any
 
-import aiohttp
 import pytest
 
 from taximeter.proxy.logs import _QueueHandler, configure_logging, written_in_background
-from taximeter.store.factory import open_store
-from tests.support.fake_upstream import STREAM_PIECES, UPSTREAM_KEY, FakeUpstream
+from tests.support.fake_upstream import UPSTREAM_KEY
 from tests.support.harness import ADMIN_TOKEN, Harness
-from tests.support.processes import Deployment
-
-
-async def test_sigterm_lets_a_stream_finish_and_records_it(aiohttp_server: Any, tmp_path: Path) -> None:
-    fake = FakeUpstream(gate=asyncio.Event())  # the stream stalls after its first event
-    upstream = await aiohttp_server(fake.app())
-    served = Deployment(tmp_path, str(upstream.make_url("/v1")))
-    try:
-        await served.cli("clients", "add", "acme")
-        key = (await served.cli("keys", "create", "acme")).strip()
-        await served.start()
-        async with aiohttp.ClientSession() as http:
-            resp = await http.post(
-                f"{served.url}/v1/chat/completions",
-                json={"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "Hi"}]},
-                headers={"Authorization": f"Bearer {key}"},
-            )
-            first = await resp.content.readuntil(b"\n\n")
-            assert served.server is not None
-            served.server.send_signal(signal.SIGTERM)  # mid-stream
-            await asyncio.sleep(0.3)
-            assert served.server.returncode is None, "it exited with a stream in flight"
-            fake.gate.set()  # type: ignore[union-attr]
-            rest = await resp.content.read()
-        assert b"data: [DONE]" in rest and all(p.encode() in first + rest for p in STREAM_PIECES)
-        assert await asyncio.wait_for(served.server.wait(), 30) == 0
-        served.server = None
-        store = await open_store(f"sqlite:///{tmp_path}/taximeter.db")
-        try:
-            [event] = await store.list_events("acme", 10)
-        finally:
-            await store.close()
-        assert (event.status, event.estimated, event.input_tokens) == (200, False, 1200)  # the real usage
-    finally:
-        fake.gate.set()  # type: ignore[union-attr]
-        await served.stop()
 
 
 async def test_json_logs_carry_the_call_and_no_secret(

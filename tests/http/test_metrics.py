@@ -1,40 +1,18 @@
-"""/metrics: the spec's series with the ledger's values, the optional token,
-and one coherent scrape across two worker processes."""
+"""/metrics: the spec's series with the ledger's values, and the optional
+token. (One coherent scrape across two worker processes is in
+tests/system/test_multiprocess.py.)"""
 
 from __future__ import annotations
 
-import asyncio
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
-import aiohttp
 import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.fake_upstream import CHAT, EMBEDDING_TOKENS, FakeUpstream
+from tests.support.fake_upstream import CHAT, EMBEDDING_TOKENS
 from tests.support.harness import Harness
-from tests.support.processes import Deployment
-from tests.support.shared_services import REDIS_URL
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return out
-
-
-def value(scraped: dict[Any, float], name: str, **labels: str) -> float:
-    return scraped.get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-async def scrape(url: str, token: str | None = None) -> tuple[int, str]:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with aiohttp.ClientSession() as http, http.get(f"{url}/metrics", headers=headers) as resp:
-        return resp.status, await resp.text()
+from tests.support.metrics import samples, scrape, value
 
 
 async def test_scrape_matches_the_ledger(proxy: Harness) -> None:
@@ -132,53 +110,3 @@ async def test_metrics_token(make_proxy: Any) -> None:
     assert (await scrape(proxy.url))[0] == 401
     assert (await scrape(proxy.url, "wrong"))[0] == 401
     assert (await scrape(proxy.url, "metrics-SENTINEL"))[0] == 200
-
-
-async def test_two_workers_give_one_coherent_scrape(
-    aiohttp_server: Any, tmp_path: Path, pg_url: str, redis_prefix: str
-) -> None:
-    upstream = await aiohttp_server(FakeUpstream().app())
-    served = Deployment(
-        tmp_path,
-        str(upstream.make_url("/v1")),
-        database_url=pg_url,
-        redis_url=REDIS_URL,
-        redis_prefix=redis_prefix,
-        workers="2",
-    )
-    try:
-        await served.cli("clients", "add", "acme")
-        key = (await served.cli("keys", "create", "acme")).strip()
-        await served.start()
-        async with openai.AsyncOpenAI(base_url=f"{served.url}/v1", api_key=key, max_retries=0) as client:
-            await asyncio.gather(
-                *(client.embeddings.create(model="text-embedding-3-small", input="x") for _ in range(40))
-            )
-        # Whichever worker answers the scrape, it counts every worker's calls.
-        for _ in range(6):
-            _, text = await scrape(served.url)
-            m = samples(text)
-            assert (
-                value(
-                    m,
-                    "taximeter_requests_total",
-                    client="acme",
-                    api_type="embeddings",
-                    model="text-embedding-3-small",
-                    status="200",
-                )
-                == 40
-            )
-            assert (
-                value(
-                    m,
-                    "taximeter_tokens_total",
-                    client="acme",
-                    api_type="embeddings",
-                    model="text-embedding-3-small",
-                    kind="input",
-                )
-                == 40 * EMBEDDING_TOKENS
-            )
-    finally:
-        await served.stop()

@@ -1,19 +1,23 @@
 """`taximeter serve` as a real process on the embedded default (SQLite file,
 in-process gate): set up with the CLI, driven with the SDK, restarted, and
-found with its ledger and counters intact."""
+found with its ledger and counters intact; and a SIGTERM that lets a stream
+in flight finish and be recorded."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import openai
 import pytest
 
-from tests.support.fake_upstream import CHAT, FakeUpstream
+from taximeter.store.factory import open_store
+from tests.support.fake_upstream import CHAT, STREAM_PIECES, FakeUpstream
 from tests.support.processes import TAXIMETER, Deployment
 
 pytestmark = pytest.mark.slow  # starts real processes
@@ -93,3 +97,38 @@ async def test_bad_setting_stops_start_up_with_one_message(deployment: Deploymen
     assert err.decode().strip().splitlines() == [
         "taximeter: invalid setting 'port': Input should be a valid integer, unable to parse string as an integer"
     ]
+
+
+async def test_sigterm_lets_a_stream_finish_and_records_it(aiohttp_server: Any, tmp_path: Path) -> None:
+    fake = FakeUpstream(gate=asyncio.Event())  # the stream stalls after its first event
+    upstream = await aiohttp_server(fake.app())
+    served = Deployment(tmp_path, str(upstream.make_url("/v1")))
+    try:
+        await served.cli("clients", "add", "acme")
+        key = (await served.cli("keys", "create", "acme")).strip()
+        await served.start()
+        async with aiohttp.ClientSession() as http:
+            resp = await http.post(
+                f"{served.url}/v1/chat/completions",
+                json={"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "Hi"}]},
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            first = await resp.content.readuntil(b"\n\n")
+            assert served.server is not None
+            served.server.send_signal(signal.SIGTERM)  # mid-stream
+            await asyncio.sleep(0.3)
+            assert served.server.returncode is None, "it exited with a stream in flight"
+            fake.gate.set()  # type: ignore[union-attr]
+            rest = await resp.content.read()
+        assert b"data: [DONE]" in rest and all(p.encode() in first + rest for p in STREAM_PIECES)
+        assert await asyncio.wait_for(served.server.wait(), 30) == 0
+        served.server = None
+        store = await open_store(f"sqlite:///{tmp_path}/taximeter.db")
+        try:
+            [event] = await store.list_events("acme", 10)
+        finally:
+            await store.close()
+        assert (event.status, event.estimated, event.input_tokens) == (200, False, 1200)  # the real usage
+    finally:
+        fake.gate.set()  # type: ignore[union-attr]
+        await served.stop()

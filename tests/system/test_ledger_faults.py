@@ -19,7 +19,6 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
-from prometheus_client.parser import text_string_to_metric_families
 
 from taximeter.pricing.models import BudgetConfig, UsageEvent
 from taximeter.store import sql
@@ -32,6 +31,7 @@ from tests.conftest import usage_event
 from tests.support.clock import FakeClock
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.harness import Harness
+from tests.support.metrics import samples
 from tests.support.private_services import PrivatePostgres, PrivateRedis, missing_binaries
 from tests.support.processes import Deployment
 
@@ -430,14 +430,9 @@ async def test_the_proxy_counts_a_quarantined_event_in_its_metric(proxy: Harness
     assert ledger.alive and ledger.pending == 0
     async with proxy.http.get(f"{proxy.url}/metrics") as resp:
         text = await resp.text()
-    scraped = {
-        sample.name: sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if not sample.labels
-    }
-    assert scraped["taximeter_ledger_quarantined_events_total"] == 1
-    assert scraped["taximeter_ledger_pending_events"] == 0
+    scraped = samples(text)  # unlabelled series: indexed, so a missing one fails
+    assert scraped[("taximeter_ledger_quarantined_events_total", ())] == 1
+    assert scraped[("taximeter_ledger_pending_events", ())] == 0
     assert [e["request_id"] for e in await proxy.events("acme")] == ["req-good"]
 
 

@@ -1,6 +1,7 @@
-"""200 concurrent SDK calls through two `taximeter serve` processes sharing
-Postgres and Redis, at a budget with room for about 10 calls: the admitted
-count and the final overrun stay within the README's bound."""
+"""Several processes on Postgres and Redis: 200 concurrent SDK calls through
+two `taximeter serve` processes, at a budget with room for about 10 calls (the
+admitted count and the final overrun stay within the README's bound), and one
+coherent /metrics scrape across two worker processes."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import openai
 import pytest
 
 from taximeter.store.factory import open_store
-from tests.support.fake_upstream import CHAT, FakeUpstream
+from tests.support.fake_upstream import CHAT, EMBEDDING_TOKENS, FakeUpstream
+from tests.support.metrics import samples, scrape, value
 from tests.support.processes import Deployment
 from tests.support.shared_services import REDIS_URL
 
@@ -73,3 +75,53 @@ async def test_two_processes_hold_one_budget(
     assert admitted <= LIMIT // estimate + 1
     assert admitted >= 5  # the budget did admit calls while it had room
     assert state.paused or state.tokens_used + estimate > LIMIT
+
+
+async def test_two_workers_give_one_coherent_scrape(
+    aiohttp_server: Any, tmp_path: Path, pg_url: str, redis_prefix: str
+) -> None:
+    upstream = await aiohttp_server(FakeUpstream().app())
+    served = Deployment(
+        tmp_path,
+        str(upstream.make_url("/v1")),
+        database_url=pg_url,
+        redis_url=REDIS_URL,
+        redis_prefix=redis_prefix,
+        workers="2",
+    )
+    try:
+        await served.cli("clients", "add", "acme")
+        key = (await served.cli("keys", "create", "acme")).strip()
+        await served.start()
+        async with openai.AsyncOpenAI(base_url=f"{served.url}/v1", api_key=key, max_retries=0) as client:
+            await asyncio.gather(
+                *(client.embeddings.create(model="text-embedding-3-small", input="x") for _ in range(40))
+            )
+        # Whichever worker answers the scrape, it counts every worker's calls.
+        for _ in range(6):
+            _, text = await scrape(served.url)
+            m = samples(text)
+            assert (
+                value(
+                    m,
+                    "taximeter_requests_total",
+                    client="acme",
+                    api_type="embeddings",
+                    model="text-embedding-3-small",
+                    status="200",
+                )
+                == 40
+            )
+            assert (
+                value(
+                    m,
+                    "taximeter_tokens_total",
+                    client="acme",
+                    api_type="embeddings",
+                    model="text-embedding-3-small",
+                    kind="input",
+                )
+                == 40 * EMBEDDING_TOKENS
+            )
+    finally:
+        await served.stop()
