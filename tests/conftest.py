@@ -11,15 +11,12 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
-from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
 import aiohttp
 import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
 
-from taximeter.pricing.models import UsageEvent
 from taximeter.proxy.app import create_app
 from taximeter.proxy.settings import Settings
 from taximeter.store.base import Gate, Store
@@ -145,20 +142,3 @@ async def proxy(make_proxy: Callable[..., Awaitable[Harness]]) -> AsyncIterator[
     harness = await make_proxy()
     yield harness
     await harness.assert_ledger_matches_counters()
-
-
-def usage_event(request_id: str, when: datetime, **fields: Any) -> UsageEvent:
-    """A chat event of client acme in BRL at 5.0, with ``fields`` replaced."""
-    values: dict[str, Any] = {
-        "request_id": request_id,
-        "client_id": "acme",
-        "api_type": "chat",
-        "model": "gpt-4o",
-        "endpoint": "/v1/chat/completions",
-        "status": 200,
-        "created_at": when,
-        "currency": "BRL",
-        "exchange_rate": Decimal(5),
-    }
-    values.update(fields)
-    return UsageEvent(**values)

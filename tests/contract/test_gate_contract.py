@@ -7,57 +7,23 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from taximeter.pricing.budgets import period_bounds
-from taximeter.pricing.models import BudgetConfig, BudgetState, Reservation, UsageEvent
+from taximeter.pricing.models import Reservation, UsageEvent
 from taximeter.store.base import Gate
 from taximeter.store.local_gate import LocalGate
-
-T0 = datetime(2026, 3, 10, 15, 0, tzinfo=UTC)
-_counter = iter(range(10**9))
-
-
-def state(**overrides: object) -> BudgetState:
-    config_values: dict[str, object] = {
-        "client_id": "acme",
-        "mode": "both",
-        "period": "daily",
-        "timezone": "UTC",
-        "currency": "BRL",
-        "token_limit": 1000,
-        "cost_limit": Decimal("1.00"),
-        "pause_at_limit": True,
-    }
-    names = ("tokens_used", "cost_used_nanos", "paused", "pause_reason")
-    state_values = {k: overrides.pop(k) for k in list(overrides) if k in names}
-    config_values.update(overrides)
-    config = BudgetConfig(**config_values)  # type: ignore[arg-type]
-    start = period_bounds(config.period, config.timezone, T0)[0]
-    return BudgetState(config=config, period_start=start, **state_values)  # type: ignore[arg-type]
+from tests.support.factories import T0, budget_state, estimated_event, reservation
 
 
 def event(
     tokens: int = 0, nanos: int = 0, request_id: str | None = None, client_id: str = "acme"
 ) -> UsageEvent:
-    return UsageEvent(
-        request_id=request_id or f"req_{next(_counter)}",
-        client_id=client_id,
-        api_type="chat",
-        model="gpt-4o",
-        endpoint="/v1/chat/completions",
-        status=0,
-        created_at=T0,
-        currency="BRL",
-        exchange_rate=Decimal(5),
-        input_tokens=tokens,
-        cost=Decimal(nanos) / 10**9,
-        estimated=True,
-    )
+    """A call's estimate: ``tokens`` of input, costing ``nanos`` nano-BRL."""
+    return estimated_event(request_id, input_tokens=tokens, cost=Decimal(nanos) / 10**9, client_id=client_id)
 
 
 def hold(
     tokens: int = 0, nanos: int = 0, *, expires: datetime = T0 + timedelta(minutes=10), **kw: str
 ) -> Reservation:
-    return Reservation(event(tokens, nanos, **kw), nanos, expires)
+    return reservation(event(tokens, nanos, **kw), expires)
 
 
 async def settle(gate: Gate, tokens: int, nanos: int, request_id: str | None = None) -> None:
@@ -75,7 +41,7 @@ async def test_no_budget_always_admits(gate: Gate) -> None:
 
 
 async def test_settle_pauses_at_the_token_limit(gate: Gate) -> None:
-    await gate.load("acme", state(mode="tokens", token_limit=300, cost_limit=None), T0)
+    await gate.load("acme", budget_state(mode="tokens", token_limit=300, cost_limit=None), T0)
     for _ in range(2):
         await settle(gate, 100, 0)
         assert (await gate.admit(hold(), T0)).outcome == "ok"
@@ -85,7 +51,9 @@ async def test_settle_pauses_at_the_token_limit(gate: Gate) -> None:
 
 
 async def test_settle_pauses_at_the_cost_limit(gate: Gate) -> None:
-    await gate.load("acme", state(mode="cost", token_limit=None, cost_limit=Decimal("0.000000003")), T0)
+    await gate.load(
+        "acme", budget_state(mode="cost", token_limit=None, cost_limit=Decimal("0.000000003")), T0
+    )
     await settle(gate, 10**6, 2)  # tokens do not count in cost mode
     assert (await gate.admit(hold(), T0)).outcome == "ok"
     await settle(gate, 0, 1)
@@ -94,25 +62,25 @@ async def test_settle_pauses_at_the_cost_limit(gate: Gate) -> None:
 
 
 async def test_soft_budget_is_never_refused_at_its_limit(gate: Gate) -> None:
-    await gate.load("acme", state(pause_at_limit=False, tokens_used=5000), T0)
+    await gate.load("acme", budget_state(pause_at_limit=False, tokens_used=5000), T0)
     await settle(gate, 5000, 0)
     assert (await gate.admit(hold(5000), T0)).outcome == "ok"
     assert (await gate.admit(hold(5000), T0)).outcome == "ok"
 
 
 async def test_paused_budget_is_refused_with_its_reason(gate: Gate) -> None:
-    await gate.load("acme", state(paused=True, pause_reason="manual"), T0)
+    await gate.load("acme", budget_state(paused=True, pause_reason="manual"), T0)
     admission = await gate.admit(hold(), T0)
     assert (admission.outcome, admission.reason) == ("refused", "manual")
 
 
 async def test_limit_already_reached_is_refused_without_a_pause(gate: Gate) -> None:
-    await gate.load("acme", state(tokens_used=1000), T0)
+    await gate.load("acme", budget_state(tokens_used=1000), T0)
     assert (await gate.admit(hold(), T0)).reason == "token_limit"
 
 
 async def test_reservations_fill_the_limit_until_they_settle(gate: Gate) -> None:
-    await gate.load("acme", state(token_limit=1000), T0)
+    await gate.load("acme", budget_state(token_limit=1000), T0)
     first, second = hold(600, request_id="a"), hold(600, request_id="b")
     assert (await gate.admit(first, T0)).outcome == "ok"
     assert (await gate.admit(second, T0)).outcome == "ok"  # 0 used + 600 reserved < 1000
@@ -124,13 +92,13 @@ async def test_reservations_fill_the_limit_until_they_settle(gate: Gate) -> None
 
 
 async def test_concurrent_admissions_stop_at_the_limit(gate: Gate) -> None:
-    await gate.load("acme", state(token_limit=1000, cost_limit=None, mode="tokens"), T0)
+    await gate.load("acme", budget_state(token_limit=1000, cost_limit=None, mode="tokens"), T0)
     outcomes = await asyncio.gather(*(gate.admit(hold(100), T0) for _ in range(50)))
     assert [o.outcome for o in outcomes].count("ok") == 10
 
 
 async def test_expired_reservations_are_claimed_once(gate: Gate) -> None:
-    await gate.load("acme", state(), T0)
+    await gate.load("acme", budget_state(), T0)
     late = hold(300, 7, expires=T0 + timedelta(seconds=1), request_id="late")
     await gate.admit(late, T0)
     await gate.admit(hold(300, expires=T0 + timedelta(hours=1)), T0)
@@ -142,16 +110,16 @@ async def test_expired_reservations_are_claimed_once(gate: Gate) -> None:
 
 
 async def test_rebuild_keeps_the_reservations_in_flight(gate: Gate) -> None:
-    await gate.load("acme", state(token_limit=1000), T0)
+    await gate.load("acme", budget_state(token_limit=1000), T0)
     await gate.admit(hold(960, request_id="inflight"), T0)
-    await gate.load("acme", state(token_limit=1000, tokens_used=50), T0)  # rebuilt from the store
+    await gate.load("acme", budget_state(token_limit=1000, tokens_used=50), T0)  # rebuilt from the store
     assert (await gate.admit(hold(1), T0)).outcome == "busy"  # 50 used + 960 still held
     await settle(gate, 960, 0, "inflight")
     assert (await gate.admit(hold(1), T0)).reason == "token_limit"  # 1010 used
 
 
 async def test_end_of_period_is_a_miss_and_drops_late_settles(gate: Gate) -> None:
-    await gate.load("acme", state(), T0)
+    await gate.load("acme", budget_state(), T0)
     midnight = datetime(2026, 3, 11, tzinfo=UTC)
     assert (await gate.admit(hold(), midnight - timedelta(milliseconds=1))).outcome == "ok"
     assert (await gate.admit(hold(), midnight)).outcome == "miss"
@@ -160,8 +128,8 @@ async def test_end_of_period_is_a_miss_and_drops_late_settles(gate: Gate) -> Non
 
 
 async def test_load_replaces(gate: Gate) -> None:
-    await gate.load("acme", state(paused=True, pause_reason="manual"), T0)
-    await gate.load("acme", state(), T0)
+    await gate.load("acme", budget_state(paused=True, pause_reason="manual"), T0)
+    await gate.load("acme", budget_state(), T0)
     assert (await gate.admit(hold(), T0)).outcome == "ok"
 
 
@@ -171,10 +139,10 @@ async def test_redis_state_is_shared_between_instances(redis_prefix: str) -> Non
 
     one, two = (RedisGate.from_url(REDIS_URL, prefix=redis_prefix) for _ in range(2))
     try:
-        await one.load("acme", state(), T0)
-        await two.load("acme", state(paused=True, pause_reason="manual"), T0)
+        await one.load("acme", budget_state(), T0)
+        await two.load("acme", budget_state(paused=True, pause_reason="manual"), T0)
         assert (await one.admit(hold(), T0)).reason == "manual"
-        await two.load("acme", state(tokens_used=999), T0)
+        await two.load("acme", budget_state(tokens_used=999), T0)
         assert (await one.admit(hold(request_id="x"), T0)).outcome == "ok"
         await two.settle(event(1, 0, "x"), 0, T0)
         assert (await one.admit(hold(), T0)).reason == "token_limit"
@@ -211,7 +179,7 @@ async def test_local_gate_reloads_after_its_max_age() -> None:
     from taximeter.store.local_gate import LocalGate
 
     local = LocalGate(max_age_s=2)
-    await local.load("acme", state(), T0)
+    await local.load("acme", budget_state(), T0)
     assert not local.needs_refresh("acme", T0 + timedelta(seconds=2))
     assert local.needs_refresh("acme", T0 + timedelta(seconds=3))
     # An old copy keeps answering while it is reloaded in the background.
@@ -219,7 +187,7 @@ async def test_local_gate_reloads_after_its_max_age() -> None:
 
 
 async def test_extend_keeps_a_live_call_from_the_sweeper(gate: Gate) -> None:
-    await gate.load("acme", state(), T0)
+    await gate.load("acme", budget_state(), T0)
     live = hold(10, 10, expires=T0 + timedelta(seconds=10))
     assert (await gate.admit(live, T0)).outcome == "ok"
     await gate.extend([replace(live, expires_at=T0 + timedelta(seconds=100))])
@@ -234,7 +202,7 @@ async def test_a_settled_event_outlives_its_process_until_recorded(gate: Gate) -
     """A gate that outlives the process (Redis) keeps a settled event until the
     store has it; the in-process gate dies with the process and keeps nothing."""
     shared = not isinstance(gate, LocalGate)
-    await gate.load("acme", state(), T0)
+    await gate.load("acme", budget_state(), T0)
     kept, told = event(5, 5), event(7, 7)
     for e in (kept, told):
         await gate.settle(e, 5, T0, keep_until=T0 + timedelta(seconds=10))

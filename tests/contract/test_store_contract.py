@@ -3,32 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
 
-from taximeter.pricing.models import ApiKey, BudgetConfig, Reservation, UsageEvent
+from taximeter.pricing.models import Reservation, UsageEvent
 from taximeter.pricing.money import quantize, to_nanos
 from taximeter.store.base import Conflict, NotFound, Store, StoreUnavailable
-from tests.conftest import usage_event
-
-T0 = datetime(2026, 3, 10, 15, 0, tzinfo=UTC)
-
-
-def config(client_id: str = "acme", **overrides: object) -> BudgetConfig:
-    values: dict[str, object] = {
-        "client_id": client_id,
-        "mode": "both",
-        "period": "daily",
-        "timezone": "UTC",
-        "currency": "BRL",
-        "token_limit": 1000,
-        "cost_limit": Decimal("1.00"),
-    }
-    values.update(overrides)
-    return BudgetConfig(**values)  # type: ignore[arg-type]
+from tests.support.factories import (
+    T0,
+    add_client,
+    api_key,
+    budget_config,
+    reservation,
+    usage_event,
+)
 
 
 def event(
@@ -46,10 +36,6 @@ def event(
     )
 
 
-async def with_client(store: Store, client_id: str = "acme") -> None:
-    await store.create_client(client_id, client_id.title(), T0)
-
-
 async def test_clients(store: Store) -> None:
     created = await store.create_client("acme", "Acme Inc", T0)
     assert (created.id, created.name, created.created_at) == ("acme", "Acme Inc", T0)
@@ -63,13 +49,13 @@ async def test_clients(store: Store) -> None:
 
 
 async def test_keys(store: Store) -> None:
-    await with_client(store)
-    key = ApiKey("tm_abcdefghi", "acme", "hash-1", T0)
+    await add_client(store)
+    key = api_key()
     assert await store.create_key(key) == key
     with pytest.raises(Conflict):
-        await store.create_key(ApiKey("tm_abcdefghi", "acme", "hash-2", T0))
+        await store.create_key(api_key(key_hash="hash-2"))
     with pytest.raises(NotFound):
-        await store.create_key(ApiKey("tm_zzzzzzzzz", "nobody", "hash-3", T0))
+        await store.create_key(api_key("tm_zzzzzzzzz", "nobody", "hash-3"))
     assert await store.find_key("tm_abcdefghi") == key
     revoked = await store.revoke_key("tm_abcdefghi", T0)
     assert revoked is not None and revoked.revoked
@@ -79,10 +65,10 @@ async def test_keys(store: Store) -> None:
 
 
 async def test_budget_lifecycle(store: Store) -> None:
-    await with_client(store)
+    await add_client(store)
     with pytest.raises(NotFound):
-        await store.put_budget(config("nobody"), T0)
-    state = await store.put_budget(config(), T0)
+        await store.put_budget(budget_config("nobody"), T0)
+    state = await store.put_budget(budget_config(), T0)
     assert state.period_start == datetime(2026, 3, 10, tzinfo=UTC)
     assert (state.tokens_used, state.cost_used_nanos, state.paused) == (0, 0, False)
     fetched = await store.get_budget("acme", T0)
@@ -99,8 +85,8 @@ async def test_budget_lifecycle(store: Store) -> None:
 
 
 async def test_record_counts_and_is_idempotent(store: Store) -> None:
-    await with_client(store)
-    await store.put_budget(config(), T0)
+    await add_client(store)
+    await store.put_budget(budget_config(), T0)
     first = await store.record(event("r1", tokens=120, cost="0.250000001"))
     assert first.recorded and first.state is not None
     assert (first.state.tokens_used, first.state.cost_used_nanos) == (120, 250_000_001)
@@ -125,8 +111,8 @@ async def test_record_counts_and_is_idempotent(store: Store) -> None:
 async def test_record_pauses_exactly_at_the_limit(
     store: Store, mode: str, limits: dict[str, object], events: list[int], reason: str
 ) -> None:
-    await with_client(store)
-    await store.put_budget(config(mode=mode, **limits), T0)
+    await add_client(store)
+    await store.put_budget(budget_config(mode=mode, **limits), T0)
     for i, tokens in enumerate(events):
         result = await store.record(event(f"r{i}", tokens=tokens, cost="0.01"))
         assert result.state is not None
@@ -135,16 +121,16 @@ async def test_record_pauses_exactly_at_the_limit(
 
 
 async def test_soft_budget_never_pauses(store: Store) -> None:
-    await with_client(store)
-    await store.put_budget(config(pause_at_limit=False, token_limit=100), T0)
+    await add_client(store)
+    await store.put_budget(budget_config(pause_at_limit=False, token_limit=100), T0)
     for i in range(3):
         result = await store.record(event(f"r{i}", tokens=100))
     assert result.state is not None and result.state.tokens_used == 300 and not result.state.paused
 
 
 async def test_period_rollover_resets_counters_but_keeps_manual_pause(store: Store) -> None:
-    await with_client(store)
-    await store.put_budget(config(token_limit=100), T0)
+    await add_client(store)
+    await store.put_budget(budget_config(token_limit=100), T0)
     result = await store.record(event("r1", tokens=100))
     assert result.state is not None and result.state.pause_reason == "token_limit"
     next_day = T0 + timedelta(days=1)
@@ -161,8 +147,8 @@ async def test_period_rollover_resets_counters_but_keeps_manual_pause(store: Sto
 
 
 async def test_event_from_a_past_period_is_stored_not_counted(store: Store) -> None:
-    await with_client(store)
-    await store.put_budget(config(), T0)
+    await add_client(store)
+    await store.put_budget(budget_config(), T0)
     await store.get_budget("acme", T0 + timedelta(days=1))  # the period moves on
     late = await store.record(event("late", at=T0))
     assert late.recorded and late.state is not None and late.state.tokens_used == 0
@@ -170,16 +156,16 @@ async def test_event_from_a_past_period_is_stored_not_counted(store: Store) -> N
 
 
 async def test_raising_the_limit_lifts_a_limit_pause(store: Store) -> None:
-    await with_client(store)
-    await store.put_budget(config(token_limit=100), T0)
+    await add_client(store)
+    await store.put_budget(budget_config(token_limit=100), T0)
     await store.record(event("r1", tokens=100))
-    raised = await store.put_budget(config(token_limit=1000), T0)
+    raised = await store.put_budget(budget_config(token_limit=1000), T0)
     assert not raised.paused and raised.tokens_used == 100
 
 
 async def test_concurrent_records_are_atomic(store: Store) -> None:
-    await with_client(store)
-    await store.put_budget(config(token_limit=10**9, cost_limit=Decimal(10**6)), T0)
+    await add_client(store)
+    await store.put_budget(budget_config(token_limit=10**9, cost_limit=Decimal(10**6)), T0)
     events = [event(f"c{i}", tokens=7, cost="0.000000123") for i in range(40)]
     replays = [event("same", tokens=7, cost="0.000000123") for _ in range(20)]
     results = await asyncio.gather(*(store.record(e) for e in events + replays))
@@ -191,8 +177,8 @@ async def test_concurrent_records_are_atomic(store: Store) -> None:
 
 
 async def test_reports_sum_to_the_counters(store: Store) -> None:
-    await with_client(store)
-    await store.put_budget(config(period="monthly", token_limit=10**9, cost_limit=Decimal(10**6)), T0)
+    await add_client(store)
+    await store.put_budget(budget_config(period="monthly", token_limit=10**9, cost_limit=Decimal(10**6)), T0)
     rows = [
         event("a", api_type="chat", model="gpt-4o", cost="0.5", end_user="u1"),
         event("b", api_type="tts", model="tts-1", cost="0.25", end_user="u2"),
@@ -220,8 +206,8 @@ async def test_closed_store_raises_store_unavailable(store: Store) -> None:
 
 
 async def test_reset_racing_with_recording_loses_and_doubles_nothing(store: Store) -> None:
-    await with_client(store)
-    await store.put_budget(config(period="monthly", token_limit=10**9, cost_limit=Decimal(10**6)), T0)
+    await add_client(store)
+    await store.put_budget(budget_config(period="monthly", token_limit=10**9, cost_limit=Decimal(10**6)), T0)
     reset_at = T0 + timedelta(seconds=1)
     # Forty calls made before the reset commit while an operator resets the budget:
     # each lands before it (counted, then zeroed) or after it (older than the new
@@ -239,30 +225,28 @@ async def test_reset_racing_with_recording_loses_and_doubles_nothing(store: Stor
     assert len(await store.list_events("acme", 100)) == 80  # every call in the ledger, once
 
 
-def reservation(
-    request_id: str, tokens: int, *, expires: datetime = T0 + timedelta(minutes=5)
-) -> Reservation:
-    held = event(request_id, tokens=tokens, cost="0.001")
-    return Reservation(replace(held, estimated=True, status=0), 1_000_000, expires)
+def held(request_id: str, tokens: int, *, expires: datetime = T0 + timedelta(minutes=5)) -> Reservation:
+    """A call's reservation of ``tokens`` costing 0.001 BRL, until ``expires``."""
+    return reservation(event(request_id, tokens=tokens, cost="0.001", estimated=True, status=0), expires)
 
 
 async def test_store_held_reservations_apply_the_gate_rule(store: Store) -> None:
-    await with_client(store)
-    await store.put_budget(config(mode="tokens", token_limit=1000, cost_limit=None), T0)
-    outcomes = await asyncio.gather(*(store.reserve(reservation(f"h{i}", 100), T0) for i in range(30)))
+    await add_client(store)
+    await store.put_budget(budget_config(mode="tokens", token_limit=1000, cost_limit=None), T0)
+    outcomes = await asyncio.gather(*(store.reserve(held(f"h{i}", 100), T0) for i in range(30)))
     assert [o.outcome for o in outcomes].count("ok") == 10  # under the row lock: exactly the room there is
     assert {o.outcome for o in outcomes} == {"ok", "busy"}
     # The ledger's record of a call frees its reservation in the same transaction.
     await store.record(event("h0", tokens=40))
-    assert (await store.reserve(reservation("late", 100), T0)).outcome == "ok"  # 40 used + 900 held < 1000
+    assert (await store.reserve(held("late", 100), T0)).outcome == "ok"  # 40 used + 900 held < 1000
     await store.drop_reservation("late")
-    assert (await store.reserve(reservation("again", 60), T0)).outcome == "ok"
+    assert (await store.reserve(held("again", 60), T0)).outcome == "ok"
 
 
 async def test_expired_store_held_reservations_are_claimed_once(store: Store) -> None:
-    await with_client(store)
-    await store.reserve(reservation("dead", 10, expires=T0 + timedelta(seconds=1)), T0)
-    await store.reserve(reservation("alive", 10), T0)
+    await add_client(store)
+    await store.reserve(held("dead", 10, expires=T0 + timedelta(seconds=1)), T0)
+    await store.reserve(held("alive", 10), T0)
     claims = await asyncio.gather(
         *(store.claim_expired_reservations(T0 + timedelta(seconds=2), 10) for _ in range(4))
     )
@@ -272,9 +256,9 @@ async def test_expired_store_held_reservations_are_claimed_once(store: Store) ->
 
 
 async def test_a_batch_records_like_one_event_at_a_time(store: Store) -> None:
-    await with_client(store)
-    await with_client(store, "beta")
-    await store.put_budget(config(mode="tokens", token_limit=250, cost_limit=None), T0)
+    await add_client(store)
+    await add_client(store, "beta")
+    await store.put_budget(budget_config(mode="tokens", token_limit=250, cost_limit=None), T0)
     batch = [
         event("b1", tokens=100),
         event("b2", tokens=100, client_id="beta"),  # no budget: recorded, not counted
@@ -317,16 +301,16 @@ async def test_dashboard_sessions_expire_end_and_belong_to_their_scope(store: St
 
 
 async def test_a_new_budget_counts_what_its_period_already_spent(store: Store) -> None:
-    await with_client(store)
+    await add_client(store)
     await store.record_many([event("a", tokens=600, at=T0 - timedelta(hours=1)), event("b", tokens=600)])
     await store.record(event("old", tokens=900, at=T0 - timedelta(days=1)))  # yesterday: another period
     later = T0 + timedelta(minutes=1)
-    state = await store.put_budget(config(token_limit=1000, period="daily"), later)
+    state = await store.put_budget(budget_config(token_limit=1000, period="daily"), later)
     assert (state.tokens_used, state.cost_used_nanos) == (1200, to_nanos(Decimal("0.02")))
     assert (state.paused, state.pause_reason) == (True, "token_limit")  # already past the new limit
     assert await store.ledger_totals("acme", state.period_start) == (state.tokens_used, state.cost_used_nanos)
     # A new period recounts from its own start; the same period keeps its counters.
-    state = await store.put_budget(config(token_limit=10_000, period="monthly"), later)
+    state = await store.put_budget(budget_config(token_limit=10_000, period="monthly"), later)
     assert state.tokens_used == 2100 and not state.paused
-    state = await store.put_budget(config(token_limit=20_000, period="monthly"), later)
+    state = await store.put_budget(budget_config(token_limit=20_000, period="monthly"), later)
     assert state.tokens_used == 2100

@@ -11,9 +11,8 @@ from typing import Any
 import openai
 import pytest
 
-from taximeter.pricing.models import Reservation
-from tests.conftest import usage_event
 from tests.support.clock import FakeClock
+from tests.support.factories import estimated_event, reservation
 from tests.support.fake_upstream import CHAT
 from tests.support.harness import Harness
 
@@ -70,17 +69,15 @@ async def test_reservation_of_a_dead_process_is_charged_at_its_estimate(
     key = await proxy.new_client("acme", mode="tokens", token_limit=10**6)
     await proxy.sdk(key).embeddings.create(model="text-embedding-3-small", input="warm up")
     meter = proxy.services.meter
-    orphan = usage_event(
+    orphan = estimated_event(
         "req_orphan",
         clock(),
-        status=0,
         input_tokens=10,
         output_tokens=4096,
         cost_usd=Decimal("0.040985"),
         cost=Decimal("0.204925"),
-        estimated=True,
     )
-    held = Reservation(orphan, 204_925_000, clock() + timedelta(seconds=30))
+    held = reservation(orphan, clock() + timedelta(seconds=30))  # 204,925,000 nanos
     assert (await meter.gate.admit(held, clock())).outcome == "ok"  # ... then its process died
     assert await meter.sweep() == 0  # not yet expired
     clock.advance(seconds=31)
@@ -113,19 +110,17 @@ async def test_two_proxies_sweep_an_orphan_once(
 
     meter_b = second.app[SERVICES].meter
     await meter_a.rebuild("acme", clock())
-    orphan = usage_event(
+    orphan = estimated_event(
         "req_orphan2",
         clock(),
         api_type="tts",
         model="tts-1",
         endpoint="/v1/audio/speech",
-        status=0,
         characters=1000,
         cost_usd=Decimal("0.015"),
         cost=Decimal("0.075"),
-        estimated=True,
     )
-    await meter_a.gate.admit(Reservation(orphan, 75_000_000, clock()), clock())
+    await meter_a.gate.admit(reservation(orphan, clock()), clock())  # 75,000,000 nanos
     clock.advance(seconds=1)
     counts = await asyncio.gather(meter_a.sweep(), meter_b.sweep(), meter_a.sweep())
     assert sum(counts) == 1

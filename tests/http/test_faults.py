@@ -12,12 +12,9 @@ from typing import Any
 import openai
 import pytest
 
-from tests.conftest import usage_event
+from tests.support.factories import usage_event
 from tests.support.harness import Harness
-from tests.support.private_services import missing_binaries
 from tests.support.shared_services import REDIS_URL
-
-MISSING = missing_binaries()  # looked up once, outside any event loop
 
 
 @pytest.mark.parametrize("backend", ["embedded"], indirect=True)

@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -36,15 +36,15 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from taximeter.pricing.models import BudgetConfig, UsageEvent
+from taximeter.pricing.models import UsageEvent
 from taximeter.store.ledger import LedgerWriter
 from taximeter.store.postgres import PostgresStore
 from taximeter.store.sql import SqlStore
 from taximeter.store.sqlite import SqliteStore
+from tests.support.factories import T0, seeded, usage_event
 from tests.support.fault_scenarios import TOKENS_PER_CALL, Serve, kill_under_load, redis_restart_overrun
 from tests.support.private_services import PrivatePostgres, PrivateRedis, missing_binaries
 
-NOW = datetime(2026, 3, 10, 15, 0, tzinfo=UTC)
 FLUSH_LIMIT_S = 60.0  # a flush blocked longer than this counts the run as wedged
 
 
@@ -100,28 +100,11 @@ TALLY = _Tally()
 
 def event(n: int, **fields: Any) -> UsageEvent:
     values: dict[str, Any] = {
-        "request_id": f"req-{n:06d}",
-        "client_id": "acme",
-        "api_type": "chat",
-        "model": "gpt-4o",
-        "endpoint": "/v1/chat/completions",
-        "status": 200,
-        "created_at": NOW + timedelta(milliseconds=n),
-        "currency": "BRL",
-        "exchange_rate": Decimal(5),
         "input_tokens": n % 97 + 1,
         "output_tokens": 3,
         "cost": Decimal(n % 89 + 1) / 1000,
     }
-    return UsageEvent(**{**values, **fields})
-
-
-async def _prepared(store: SqlStore) -> SqlStore:
-    await store.migrate()
-    await store.create_client("acme", "Acme", NOW)
-    config = BudgetConfig("acme", "both", "none", "UTC", "BRL", token_limit=10**15, cost_limit=Decimal(10**9))
-    await store.put_budget(config, NOW)
-    return store
+    return usage_event(f"req-{n:06d}", T0 + timedelta(milliseconds=n), **{**values, **fields})
 
 
 async def _count(figures: Figures, store: SqlStore, good: list[str], poison: list[str]) -> None:
@@ -135,7 +118,7 @@ async def _count(figures: Figures, store: SqlStore, good: list[str], poison: lis
     figures.quarantined = len(quarantined & set(poison))
     figures.lost = len(set(good) - set(in_ledger)) + len(set(poison) - quarantined)
     figures.doubled = len(in_ledger) - len(set(in_ledger)) + len(set(in_ledger) - set(good))
-    [state] = await store.list_budgets(NOW)
+    [state] = await store.list_budgets(T0)
     tokens, nanos = await store.ledger_totals("acme", state.period_start)
     drift = abs(state.tokens_used - tokens) + (state.cost_used_nanos != nanos)
     if drift:
@@ -164,7 +147,7 @@ async def terminated_connections(servers: Servers, run: int, options: Options) -
     """(a) Every backend of the database terminated every few ms while events stream in."""
     figures = Figures("terminated-connections", run)
     url = await servers.pg.create_database()
-    store = await _prepared(await PostgresStore.open(url, max_size=4))
+    store = await seeded(await PostgresStore.open(url, max_size=4))
     writer = LedgerWriter(store, retry_max_s=0.2, linger_s=0.001)
     writer.start()
     streaming = True
@@ -199,7 +182,7 @@ async def postgres_stopped(servers: Servers, run: int, options: Options) -> Figu
     """(b) The server stopped for ~2 s and started again while events flow."""
     figures = Figures("postgres-stopped", run)
     url = await servers.pg.create_database()
-    store = await _prepared(await PostgresStore.open(url, max_size=4))
+    store = await seeded(await PostgresStore.open(url, max_size=4))
     writer = LedgerWriter(store, retry_max_s=0.5)
     writer.start()
 
@@ -269,14 +252,14 @@ async def _poison_run(name: str, store: SqlStore, run: int, options: Options) ->
 
 async def poison_postgres(servers: Servers, run: int, options: Options) -> Figures:
     """(c) Events the store refuses, among good ones, on Postgres."""
-    store = await _prepared(await PostgresStore.open(await servers.pg.create_database(), max_size=4))
+    store = await seeded(await PostgresStore.open(await servers.pg.create_database(), max_size=4))
     return await _poison_run("poison-postgres", store, run, options)
 
 
 async def poison_sqlite(servers: Servers, run: int, options: Options) -> Figures:
     """(c) The same on SQLite."""
     path = servers.workdir / f"poison-{run}.db"
-    store = await _prepared(await SqliteStore.open(f"sqlite:///{path}"))
+    store = await seeded(await SqliteStore.open(f"sqlite:///{path}"))
     return await _poison_run("poison-sqlite", store, run, options)
 
 

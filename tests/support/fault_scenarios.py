@@ -81,9 +81,7 @@ async def kill_under_load(
         "sweep_interval_s": "0.2",
     }
     doomed, survivor = (Deployment(tmp_path, upstream_url, **settings) for _ in range(2))
-    await doomed.cli("clients", "add", "acme")
-    key = (await doomed.cli("keys", "create", "acme")).strip()
-    await doomed.cli("budgets", "set", "acme", "--mode", "tokens", "--tokens", "100000000")
+    key = await doomed.new_client("acme", "--mode", "tokens", "--tokens", "100000000")
     await doomed.start()
     answered: list[str] = []
     try:

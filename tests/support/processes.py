@@ -47,6 +47,15 @@ class Deployment:
         assert proc.returncode == 0, err.decode()
         return out.decode()
 
+    async def new_client(self, client_id: str = "acme", *budget: str) -> str:
+        """Create a client and a key with the CLI (and a budget, given the
+        arguments of ``budgets set`` after the client id); returns the key."""
+        await self.cli("clients", "add", client_id)
+        key = (await self.cli("keys", "create", client_id)).strip()
+        if budget:
+            await self.cli("budgets", "set", client_id, *budget)
+        return key
+
     async def start(self) -> None:
         self.server = await asyncio.create_subprocess_exec(
             TAXIMETER,

@@ -14,8 +14,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import asyncpg
-import pytest
 import redis.asyncio as aioredis
+
+from tests.support.availability import unavailable
 
 PG_ADMIN_URL = os.environ.get("TAXIMETER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("TAXIMETER_TEST_REDIS", "redis://127.0.0.1:6379/0")
@@ -37,10 +38,7 @@ def require(service: str, host: str, port: int) -> None:
     """Skip the test if ``service`` is not answering; under ``CI=true``, fail it."""
     if _UP.get((host, port)) or ((host, port) not in _UP and _answers(host, port)):
         return
-    message = f"{service} is not answering on {host}:{port}"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{message} (CI=true: services are required)")
-    pytest.skip(message)
+    unavailable(f"{service} is not answering on {host}:{port}")
 
 
 @asynccontextmanager

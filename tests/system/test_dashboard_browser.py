@@ -16,6 +16,7 @@ import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
 from playwright.async_api import Browser, Page, async_playwright, expect
 
+from tests.support.availability import unavailable
 from tests.support.blocking import allow_known_blocking
 from tests.support.fake_upstream import CHAT
 from tests.support.harness import ADMIN_TOKEN, Harness
@@ -41,9 +42,7 @@ def blockbuster() -> Iterator[BlockBuster]:
 @pytest.fixture
 async def chromium() -> AsyncIterator[Browser]:
     if not await asyncio.to_thread(Path(CHROMIUM).exists):
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)")
-        pytest.skip("Chromium is not installed")
+        unavailable(f"Chromium is not installed at {CHROMIUM}", "apt-get install chromium")
     await asyncio.to_thread(ARTIFACTS.mkdir, parents=True, exist_ok=True)
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True)

@@ -104,8 +104,7 @@ async def test_sigterm_lets_a_stream_finish_and_records_it(aiohttp_server: Any, 
     upstream = await aiohttp_server(fake.app())
     served = Deployment(tmp_path, str(upstream.make_url("/v1")))
     try:
-        await served.cli("clients", "add", "acme")
-        key = (await served.cli("keys", "create", "acme")).strip()
+        key = await served.new_client("acme")
         await served.start()
         async with aiohttp.ClientSession() as http:
             resp = await http.post(

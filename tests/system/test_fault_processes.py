@@ -10,7 +10,6 @@ Only processes these tests start are killed, by pid.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -22,6 +21,7 @@ import openai
 import pytest
 
 from taximeter.store.factory import open_store
+from tests.support.availability import unavailable
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.fault_scenarios import TOKENS_PER_CALL, kill_under_load, redis_restart_overrun
 from tests.support.harness import Harness
@@ -58,8 +58,7 @@ async def test_redis_restart_mid_traffic_holds_the_overrun_bound(
     """Before: a Redis restart mid-traffic overran by 14-27 calls (bound: one
     call's estimate); here 8 calls' worth, each way, before the fix."""
     if not await asyncio.to_thread(shutil.which, "redis-server"):
-        assert os.environ.get("CI") != "true", "redis-server is needed under CI"
-        pytest.skip("redis-server is not installed")
+        unavailable("redis-server is not installed")
     async with PrivateRedis() as redis:
         overrun = await redis_restart_overrun(
             pg_url, redis, aiohttp_server, limit=20 * TOKENS_PER_CALL, slow_through=slow_through
@@ -73,8 +72,7 @@ async def test_redis_outage_across_processes_holds_the_stated_bound(aiohttp_serv
     the bound grows by those calls' estimates (here 8 slow calls in one
     process while the other admits through the store), and by no more."""
     if not await asyncio.to_thread(shutil.which, "redis-server"):
-        assert os.environ.get("CI") != "true", "redis-server is needed under CI"
-        pytest.skip("redis-server is not installed")
+        unavailable("redis-server is not installed")
     async with PrivateRedis() as redis:
         overrun = await redis_restart_overrun(
             pg_url, redis, aiohttp_server, limit=20 * TOKENS_PER_CALL, processes=2
@@ -97,9 +95,7 @@ async def test_proxy_killed_mid_stream_is_charged_by_the_survivor(
     }
     doomed, survivor = (Deployment(tmp_path, str(upstream.make_url("/v1")), **settings) for _ in range(2))
     try:
-        await doomed.cli("clients", "add", "acme")
-        key = (await doomed.cli("keys", "create", "acme")).strip()
-        await doomed.cli("budgets", "set", "acme", "--mode", "both", "--tokens", "100000", "--cost", "50")
+        key = await doomed.new_client("acme", "--mode", "both", "--tokens", "100000", "--cost", "50")
         await asyncio.gather(doomed.start(), survivor.start())
         async with aiohttp.ClientSession() as http:
             resp = await http.post(
@@ -149,8 +145,7 @@ async def test_postgres_restarted_mid_traffic_loses_and_doubles_nothing(
     make_proxy: Any, backend: dict[str, str]
 ) -> None:
     if MISSING:
-        assert os.environ.get("CI") != "true", f"private servers need: {MISSING}"
-        pytest.skip(f"private servers need: {MISSING}")
+        unavailable(f"private servers need: {', '.join(MISSING)}")
     async with PrivatePostgres() as pg:  # restarted here: never the machine's shared server
         proxy: Harness = await make_proxy(database_url=await pg.create_database())
         await _restart_mid_traffic(proxy, pg)

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -20,15 +19,16 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from taximeter.pricing.models import BudgetConfig, UsageEvent
+from taximeter.pricing.models import UsageEvent
 from taximeter.store import sql
 from taximeter.store.base import DataRejected, RecordResult, Store
 from taximeter.store.ledger import LedgerWriter
 from taximeter.store.postgres import PostgresStore
 from taximeter.store.sql import SqlStore
 from taximeter.store.sqlite import SqliteStore
-from tests.conftest import usage_event
+from tests.support.availability import unavailable
 from tests.support.clock import FakeClock
+from tests.support.factories import T0, seeded, usage_event
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.harness import Harness
 from tests.support.metrics import samples
@@ -37,17 +37,13 @@ from tests.support.processes import Deployment
 
 pytestmark = pytest.mark.slow  # starts real processes
 
-NOW = datetime(2026, 3, 10, 15, 0, tzinfo=UTC)
 MISSING = missing_binaries()  # looked up once, outside any event loop
 
 
 def require_private_services() -> None:
     if not MISSING:
         return
-    message = f"private servers need: {', '.join(MISSING)}"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{message} (CI=true: services are required)")
-    pytest.skip(message)
+    unavailable(f"private servers need: {', '.join(MISSING)}")
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -72,14 +68,6 @@ async def pg(private_pg: PrivatePostgres | None) -> PrivatePostgres:
     return private_pg
 
 
-async def _opened(store: SqlStore) -> SqlStore:
-    await store.migrate()
-    await store.create_client("acme", "Acme", NOW)
-    config = BudgetConfig("acme", "both", "none", "UTC", "BRL", token_limit=10**15, cost_limit=Decimal(10**9))
-    await store.put_budget(config, NOW)
-    return store
-
-
 @pytest.fixture
 async def private_db(pg: PrivatePostgres) -> str:
     """The URL of a new database on the private server."""
@@ -88,7 +76,7 @@ async def private_db(pg: PrivatePostgres) -> str:
 
 @pytest.fixture
 async def pg_store(private_db: str) -> AsyncIterator[SqlStore]:
-    store = await _opened(await PostgresStore.open(private_db, max_size=4))
+    store = await seeded(await PostgresStore.open(private_db, max_size=4))
     try:
         yield store
     finally:
@@ -100,7 +88,7 @@ async def any_store(
     request: pytest.FixtureRequest, tmp_path: Path, private_pg: PrivatePostgres | None
 ) -> AsyncIterator[SqlStore]:
     if request.param == "sqlite":
-        store = await _opened(await SqliteStore.open(f"sqlite:///{tmp_path}/ledger.db"))
+        store = await seeded(await SqliteStore.open(f"sqlite:///{tmp_path}/ledger.db"))
         try:
             yield store
         finally:
@@ -109,7 +97,7 @@ async def any_store(
     require_private_services()
     assert private_pg is not None
     await private_pg.start()
-    store = await _opened(await PostgresStore.open(await private_pg.create_database(), max_size=4))
+    store = await seeded(await PostgresStore.open(await private_pg.create_database(), max_size=4))
     try:
         yield store
     finally:
@@ -141,7 +129,7 @@ async def make_writer() -> AsyncIterator[Callable[..., LedgerWriter]]:
 def event(n: int, **fields: Any) -> UsageEvent:
     """Event ``n`` of acme: n+1 input tokens, (n+1) nano-cents... distinct sums."""
     values: dict[str, Any] = {"input_tokens": n + 1, "output_tokens": 2, "cost": Decimal(n + 1) / 1000}
-    return usage_event(f"req-{n:05d}", NOW + timedelta(milliseconds=n), **{**values, **fields})
+    return usage_event(f"req-{n:05d}", T0 + timedelta(milliseconds=n), **{**values, **fields})
 
 
 async def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
@@ -155,7 +143,7 @@ async def assert_exactly_once(store: Store, request_ids: list[str]) -> None:
     """Every event in the ledger once, nothing else, and the counters equal the ledger."""
     events = await store.list_events("acme", 100_000)
     assert sorted(e.request_id for e in events) == sorted(request_ids)
-    [state] = await store.list_budgets(NOW)
+    [state] = await store.list_budgets(T0)
     assert await store.ledger_totals("acme", state.period_start) == (state.tokens_used, state.cost_used_nanos)
 
 
@@ -198,7 +186,7 @@ async def test_connections_terminated_mid_transaction_lose_and_double_nothing(
     assert ended > 0 and any(r.message == "ledger_retry" for r in caplog.records)  # the faults did land
     assert writer.alive and writer.pending == 0
     await assert_exactly_once(pg_store, [f"req-{n:05d}" for n in range(500)])
-    [state] = await pg_store.list_budgets(NOW)
+    [state] = await pg_store.list_budgets(T0)
     assert state.tokens_used == sum(n + 1 + 2 for n in range(500))
 
 
@@ -258,7 +246,7 @@ async def test_close_with_the_store_down_returns_within_its_timeout(
 async def test_close_with_the_store_down_on_sqlite_returns_too(
     tmp_path: Path, make_writer: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = await _opened(await SqliteStore.open(f"sqlite:///{tmp_path}/ledger.db"))
+    store = await seeded(await SqliteStore.open(f"sqlite:///{tmp_path}/ledger.db"))
     writer: LedgerWriter = make_writer(store)
     await store.close()  # every write now fails: "SQLite store is closed"
     await writer.submit(event(0))
@@ -377,7 +365,7 @@ class _Breaking:
 async def test_an_unexpected_error_never_ends_the_writer(
     tmp_path: Path, make_writer: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = await _opened(await SqliteStore.open(f"sqlite:///{tmp_path}/ledger.db"))
+    store = await seeded(await SqliteStore.open(f"sqlite:///{tmp_path}/ledger.db"))
     breaking = _Breaking(store, "req-00007")
     told = Quarantined()
     writer: LedgerWriter = make_writer(breaking, on_quarantined=told)
@@ -400,7 +388,7 @@ async def test_an_unexpected_error_never_ends_the_writer(
 async def test_an_event_even_the_quarantine_refuses_is_dropped_not_retried(
     tmp_path: Path, make_writer: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = await _opened(await SqliteStore.open(f"sqlite:///{tmp_path}/ledger.db"))
+    store = await seeded(await SqliteStore.open(f"sqlite:///{tmp_path}/ledger.db"))
 
     async def refuse(*args: Any) -> None:
         raise DataRejected("SQLite refused a value: no")
@@ -458,9 +446,7 @@ async def test_sigterm_ends_the_process_while_the_store_is_down(
     try:
         await redis.start()
         proxy.env["TAXIMETER_REDIS_URL"] = redis.url  # admission by the gate while the store is down
-        await proxy.cli("clients", "add", "acme")
-        key = (await proxy.cli("keys", "create", "acme")).strip()
-        await proxy.cli("budgets", "set", "acme", "--mode", "tokens", "--tokens", "100000000")
+        key = await proxy.new_client("acme", "--mode", "tokens", "--tokens", "100000000")
         await proxy.start()
         async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as http:
 

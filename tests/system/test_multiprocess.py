@@ -34,9 +34,7 @@ async def test_two_processes_hold_one_budget(
     settings = {"database_url": pg_url, "redis_url": REDIS_URL, "redis_prefix": redis_prefix}
     proxies = [Deployment(tmp_path, str(upstream.make_url("/v1")), **settings) for _ in range(2)]
     try:
-        await proxies[0].cli("clients", "add", "acme")
-        key = (await proxies[0].cli("keys", "create", "acme")).strip()
-        await proxies[0].cli("budgets", "set", "acme", "--mode", "tokens", "--tokens", str(LIMIT))
+        key = await proxies[0].new_client("acme", "--mode", "tokens", "--tokens", str(LIMIT))
         await asyncio.gather(*(p.start() for p in proxies))
         clients = [openai.AsyncOpenAI(base_url=f"{p.url}/v1", api_key=key, max_retries=0) for p in proxies]
 
@@ -90,8 +88,7 @@ async def test_two_workers_give_one_coherent_scrape(
         workers="2",
     )
     try:
-        await served.cli("clients", "add", "acme")
-        key = (await served.cli("keys", "create", "acme")).strip()
+        key = await served.new_client("acme")
         await served.start()
         async with openai.AsyncOpenAI(base_url=f"{served.url}/v1", api_key=key, max_retries=0) as client:
             await asyncio.gather(
