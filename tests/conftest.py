@@ -24,7 +24,14 @@ from tests.support.blocking import allow_known_blocking
 from tests.support.clock import FakeClock
 from tests.support.fake_upstream import UPSTREAM_KEY, FakeUpstream
 from tests.support.harness import ADMIN_TOKEN, Harness
-from tests.support.shared_services import REDIS_URL, fresh_pg_database, fresh_redis_prefix
+from tests.support.shared_services import (
+    REDIS_URL,
+    create_migrated_template,
+    drop_template,
+    fresh_pg_database,
+    fresh_redis_prefix,
+    postgres_answers,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -48,8 +55,23 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str | None]:
+    """This run's migrated template database, made (outside any event loop)
+    by the first test that may need it, dropped at the end of the run; None
+    without Postgres, whose tests then skip, or fail under CI, on their own."""
+    if not postgres_answers():
+        yield None
+        return
+    name = create_migrated_template()
+    yield name
+    drop_template(name)
+
+
 @pytest.fixture
-async def pg_url() -> AsyncIterator[str]:
+async def empty_pg_url() -> AsyncIterator[str]:
+    """An empty Postgres database: for tests of migrations from nothing, and
+    for processes that migrate it at start-up as a deployment does."""
     async with fresh_pg_database() as url:
         yield url
 
@@ -61,13 +83,15 @@ async def redis_prefix() -> AsyncIterator[str]:
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: os.PathLike[str]) -> AsyncIterator[Store]:
-    """Each store backend, migrated and empty."""
+async def store(
+    request: pytest.FixtureRequest, tmp_path: os.PathLike[str], pg_template: str | None
+) -> AsyncIterator[Store]:
+    """Each store backend, migrated and empty (on Postgres, a copy of the migrated template)."""
     from taximeter.store.factory import open_store
 
     async with AsyncExitStack() as stack:
         if request.param == "postgres":
-            url = await stack.enter_async_context(fresh_pg_database())
+            url = await stack.enter_async_context(fresh_pg_database(pg_template))
         else:
             url = f"sqlite:///{tmp_path}/taximeter.db"
         opened = await open_store(url)
@@ -95,13 +119,13 @@ async def gate(request: pytest.FixtureRequest) -> AsyncIterator[Gate]:
 
 @pytest.fixture(params=["embedded", "production"])
 async def backend(
-    request: pytest.FixtureRequest, tmp_path: os.PathLike[str]
+    request: pytest.FixtureRequest, tmp_path: os.PathLike[str], pg_template: str | None
 ) -> AsyncIterator[dict[str, str]]:
     """Settings for SQLite + in-process gate, and for Postgres + Redis."""
     if request.param == "embedded":
         yield {"database_url": f"sqlite:///{tmp_path}/taximeter.db"}
         return
-    async with fresh_pg_database() as url, fresh_redis_prefix() as prefix:
+    async with fresh_pg_database(pg_template) as url, fresh_redis_prefix() as prefix:
         yield {"database_url": url, "redis_url": REDIS_URL, "redis_prefix": prefix}
 
 

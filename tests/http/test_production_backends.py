@@ -22,8 +22,8 @@ from tests.support.harness import ADMIN_TOKEN, Harness
 from tests.support.shared_services import REDIS_URL
 
 
-async def test_concurrent_migrations_are_safe(pg_url: str) -> None:
-    stores = [await open_store(pg_url) for _ in range(4)]
+async def test_concurrent_migrations_are_safe(empty_pg_url: str) -> None:
+    stores = [await open_store(empty_pg_url) for _ in range(4)]
     try:
         await asyncio.gather(*(s.migrate() for s in stores))
         await asyncio.gather(*(s.migrate() for s in stores))

@@ -35,11 +35,11 @@ MISSING = missing_binaries()  # looked up once, outside any event loop
 
 
 async def test_kill_9_under_load_loses_nothing(
-    aiohttp_server: Any, tmp_path: Path, pg_url: str, redis_prefix: str
+    aiohttp_server: Any, tmp_path: Path, empty_pg_url: str, redis_prefix: str
 ) -> None:
     """Before: 34 of 1,206 calls lost on Postgres + Redis (the reservation was
     swapped for usage before the event was durable)."""
-    figures = await kill_under_load(tmp_path, pg_url, REDIS_URL, redis_prefix, aiohttp_server)
+    figures = await kill_under_load(tmp_path, empty_pg_url, REDIS_URL, redis_prefix, aiohttp_server)
     assert figures["pending"] == 0
     # Every call the upstream saw is in the ledger: the ones answered exactly,
     # the ones cut by the kill at their reservation.
@@ -53,7 +53,7 @@ async def test_kill_9_under_load_loses_nothing(
 
 @pytest.mark.parametrize("slow_through", ["redis", "store"])
 async def test_redis_restart_mid_traffic_holds_the_overrun_bound(
-    aiohttp_server: Any, pg_url: str, slow_through: str
+    aiohttp_server: Any, empty_pg_url: str, slow_through: str
 ) -> None:
     """Before: a Redis restart mid-traffic overran by 14-27 calls (bound: one
     call's estimate); here 8 calls' worth, each way, before the fix."""
@@ -61,12 +61,14 @@ async def test_redis_restart_mid_traffic_holds_the_overrun_bound(
         unavailable("redis-server is not installed")
     async with PrivateRedis() as redis:
         overrun = await redis_restart_overrun(
-            pg_url, redis, aiohttp_server, limit=20 * TOKENS_PER_CALL, slow_through=slow_through
+            empty_pg_url, redis, aiohttp_server, limit=20 * TOKENS_PER_CALL, slow_through=slow_through
         )
     assert overrun <= TOKENS_PER_CALL  # limit + the largest single estimate
 
 
-async def test_redis_outage_across_processes_holds_the_stated_bound(aiohttp_server: Any, pg_url: str) -> None:
+async def test_redis_outage_across_processes_holds_the_stated_bound(
+    aiohttp_server: Any, empty_pg_url: str
+) -> None:
     """The README's bound with several processes: a process that has not yet
     noticed the outage has not moved its calls in flight into the store, so
     the bound grows by those calls' estimates (here 8 slow calls in one
@@ -75,18 +77,18 @@ async def test_redis_outage_across_processes_holds_the_stated_bound(aiohttp_serv
         unavailable("redis-server is not installed")
     async with PrivateRedis() as redis:
         overrun = await redis_restart_overrun(
-            pg_url, redis, aiohttp_server, limit=20 * TOKENS_PER_CALL, processes=2
+            empty_pg_url, redis, aiohttp_server, limit=20 * TOKENS_PER_CALL, processes=2
         )
     assert overrun <= TOKENS_PER_CALL + 8 * TOKENS_PER_CALL
 
 
 async def test_proxy_killed_mid_stream_is_charged_by_the_survivor(
-    aiohttp_server: Any, tmp_path: Path, pg_url: str, redis_prefix: str
+    aiohttp_server: Any, tmp_path: Path, empty_pg_url: str, redis_prefix: str
 ) -> None:
     fake = FakeUpstream(gate=asyncio.Event())  # the stream stalls after its first event
     upstream = await aiohttp_server(fake.app())
     settings = {
-        "database_url": pg_url,
+        "database_url": empty_pg_url,
         "redis_url": REDIS_URL,
         "redis_prefix": redis_prefix,
         "upstream_timeout_s": "2",
@@ -110,7 +112,7 @@ async def test_proxy_killed_mid_stream_is_charged_by_the_survivor(
             )
             assert (await resp.content.readuntil(b"\n\n")).startswith(b"data: ")
             await doomed.kill()  # mid-stream
-        store = await open_store(pg_url)
+        store = await open_store(empty_pg_url)
         try:
             for _ in range(100):  # the survivor's sweeper charges it once the reservation expires (~3 s)
                 events = await store.list_events("acme", 10)

@@ -27,11 +27,11 @@ LIMIT = 10 * CALL_TOKENS
 
 
 async def test_two_processes_hold_one_budget(
-    aiohttp_server: Any, tmp_path: Path, pg_url: str, redis_prefix: str
+    aiohttp_server: Any, tmp_path: Path, empty_pg_url: str, redis_prefix: str
 ) -> None:
     fake = FakeUpstream(delay_s=0.2)  # calls overlap for real
     upstream = await aiohttp_server(fake.app())
-    settings = {"database_url": pg_url, "redis_url": REDIS_URL, "redis_prefix": redis_prefix}
+    settings = {"database_url": empty_pg_url, "redis_url": REDIS_URL, "redis_prefix": redis_prefix}
     proxies = [Deployment(tmp_path, str(upstream.make_url("/v1")), **settings) for _ in range(2)]
     try:
         key = await proxies[0].new_client("acme", "--mode", "tokens", "--tokens", str(LIMIT))
@@ -55,7 +55,7 @@ async def test_two_processes_hold_one_budget(
         await asyncio.gather(*(p.stop() for p in proxies))
 
     admitted = results.count("admitted")
-    store = await open_store(pg_url)
+    store = await open_store(empty_pg_url)
     try:
         state = await store.get_budget("acme", datetime.now(UTC))
         assert state is not None
@@ -76,13 +76,13 @@ async def test_two_processes_hold_one_budget(
 
 
 async def test_two_workers_give_one_coherent_scrape(
-    aiohttp_server: Any, tmp_path: Path, pg_url: str, redis_prefix: str
+    aiohttp_server: Any, tmp_path: Path, empty_pg_url: str, redis_prefix: str
 ) -> None:
     upstream = await aiohttp_server(FakeUpstream().app())
     served = Deployment(
         tmp_path,
         str(upstream.make_url("/v1")),
-        database_url=pg_url,
+        database_url=empty_pg_url,
         redis_url=REDIS_URL,
         redis_prefix=redis_prefix,
         workers="2",
