@@ -273,13 +273,8 @@ async def test_leaving_after_the_upstream_answered_is_charged_as_reserved(proxy:
 
 
 async def one_event(proxy: Harness) -> dict[str, Any]:
-    for _ in range(250):
-        events = await proxy.events("acme")
-        if events:
-            [event] = events
-            return event
-        await asyncio.sleep(0.02)
-    raise AssertionError("no event recorded")
+    [event] = await proxy.events_once_recorded("acme")
+    return event
 
 
 # -- 3. estimates that miss what the API bills --------------------------------------------
@@ -288,7 +283,6 @@ async def one_event(proxy: Harness) -> dict[str, Any]:
 async def test_token_arrays_are_reserved(proxy: Harness) -> None:
     """Before: nested token arrays reserved nothing; 20 parallel calls spent 11x a 10,000-token limit."""
     key = await proxy.new_client("acme", mode="tokens", token_limit=10_000)
-    proxy.upstream.delay_s = 0.3  # all calls are in flight together
 
     async def call() -> int:
         try:
@@ -297,7 +291,7 @@ async def test_token_arrays_are_reserved(proxy: Harness) -> None:
             return 429
         return 200
 
-    outcomes = await asyncio.gather(*(call() for _ in range(8)))
+    outcomes = await proxy.in_flight_together(call() for _ in range(8))
     # Each reserves 3,000 tokens: a fourth is admitted (9,000 < 10,000), a fifth is not.
     assert outcomes.count(200) == 4 and outcomes.count(429) == 4
 
@@ -305,7 +299,6 @@ async def test_token_arrays_are_reserved(proxy: Harness) -> None:
 async def test_stored_context_is_reserved(proxy: Harness) -> None:
     """previous_response_id pulls in input the request does not show: reserve_input_tokens of it."""
     key = await proxy.new_client("acme", mode="tokens", token_limit=30_000)
-    proxy.upstream.delay_s = 0.3
 
     async def call() -> int:
         try:
@@ -316,7 +309,7 @@ async def test_stored_context_is_reserved(proxy: Harness) -> None:
             return 429
         return 200
 
-    outcomes = await asyncio.gather(*(call() for _ in range(4)))
+    outcomes = await proxy.in_flight_together(call() for _ in range(4))
     assert outcomes.count(200) == 1  # one holds 32,000 + its output bound: past the 30,000
 
 
@@ -338,7 +331,15 @@ async def test_a_client_that_gives_up_during_admission_leaves_nothing_to_charge(
         await release.wait()  # ... and the answer is slow to come back
         return outcome
 
+    let_go = asyncio.Event()
+    forget = meter.release
+
+    async def release_and_tell(*args: Any, **kwargs: Any) -> None:
+        await forget(*args, **kwargs)
+        let_go.set()
+
     meter.gate.admit = slow_admit  # type: ignore[method-assign]
+    meter.release = release_and_tell  # type: ignore[method-assign]
     body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
     async with aiohttp.ClientSession() as http:
         call = asyncio.create_task(
@@ -350,12 +351,10 @@ async def test_a_client_that_gives_up_during_admission_leaves_nothing_to_charge(
         call.cancel()
         with pytest.raises(asyncio.CancelledError):
             await call
-    for _ in range(250):  # the handler sees the cancellation, then lets the reservation go
-        await asyncio.sleep(0.02)
-        if not meter._held:
-            break
+    await asyncio.wait_for(let_go.wait(), 10)  # the handler sees the cancellation, lets the reservation go
     release.set()
     meter.gate.admit = admit  # type: ignore[method-assign]
+    meter.release = forget  # type: ignore[method-assign]
     clock.advance(seconds=3600)
     assert await meter.sweep() == 0
     assert proxy.upstream.received == [] and await proxy.events("acme") == []

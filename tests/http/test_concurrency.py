@@ -8,6 +8,7 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -23,7 +24,6 @@ async def test_concurrent_calls_stay_within_the_bound(proxy: Harness) -> None:
     # max_tokens 400 bounds each call's estimate: prompt ~3 tokens + 400 output.
     limit = 5 * CALL_TOKENS
     key = await proxy.new_client("acme", mode="tokens", token_limit=limit)
-    proxy.upstream.delay_s = 0.05  # calls overlap
     client = proxy.sdk(key)
 
     async def call() -> str:
@@ -35,7 +35,7 @@ async def test_concurrent_calls_stay_within_the_bound(proxy: Harness) -> None:
         except openai.RateLimitError as exc:
             return "retryable" if exc.response.headers.get("x-should-retry") == "true" else "refused"
 
-    results = await asyncio.gather(*(call() for _ in range(50)))
+    results = await proxy.in_flight_together(call() for _ in range(50))  # the calls overlap
     status = await proxy.status("acme")
     admitted = results.count("ok")
     # The fake always reports 1500 tokens, more than the ~403 estimated: each
@@ -49,16 +49,27 @@ async def test_concurrent_calls_stay_within_the_bound(proxy: Harness) -> None:
 
 async def test_sdk_retries_a_busy_refusal_until_it_is_admitted(proxy: Harness) -> None:
     key = await proxy.new_client("acme", mode="tokens", token_limit=10 * CALL_TOKENS)
-    proxy.upstream.delay_s = 0.3
+    hold = proxy.upstream.hold = asyncio.Event()  # the first call is answered once the second is refused
+
+    async def on_answer(response: httpx.Response) -> None:
+        if response.status_code == 429:
+            hold.set()
+
     slow = proxy.sdk(key)
-    patient = proxy.sdk(key, max_retries=5)
-    # The first call reserves 9 calls' worth (its max_tokens), leaving no room ...
-    first = asyncio.create_task(
-        slow.chat.completions.create(model="gpt-4o", messages=[], max_tokens=9 * CALL_TOKENS)
+    patient = proxy.sdk(
+        key, max_retries=5, http_client=openai.DefaultAsyncHttpxClient(event_hooks={"response": [on_answer]})
     )
-    await asyncio.sleep(0.1)
-    # ... so the second is busy until the first settles, then admitted on a retry.
-    await patient.chat.completions.create(model="gpt-4o", messages=[], max_tokens=CALL_TOKENS + 100)
+    # The first call reserves 10 calls' worth (its max_tokens), leaving no room ...
+    first = asyncio.create_task(
+        slow.chat.completions.create(model="gpt-4o", messages=[], max_tokens=10 * CALL_TOKENS)
+    )
+    try:
+        await proxy.upstream.reached(1)
+        # ... so the second is busy until the first settles, then admitted on a retry.
+        second = patient.chat.completions.create(model="gpt-4o", messages=[], max_tokens=CALL_TOKENS + 100)
+        await asyncio.wait_for(second, 30)
+    finally:
+        hold.set()
     await first
     assert len(await proxy.events("acme")) == 2
 

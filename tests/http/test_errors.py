@@ -212,12 +212,7 @@ async def test_client_disconnect_mid_stream_is_recorded_as_estimated(proxy: Harn
         assert (await resp.content.readuntil(b"\n\n")).startswith(b"data: ")
         resp.close()  # the client goes away mid-stream
     proxy.upstream.gate.set()
-    for _ in range(100):
-        events = await proxy.events("acme")
-        if events:
-            break
-        await asyncio.sleep(0.02)
-    [event] = events
+    [event] = await proxy.events_once_recorded("acme", timeout_s=2)
     assert event["estimated"] is True and event["status"] == 499
     # Charged as reserved, never less: every string of the request at about 4
     # characters a token ("gpt-4o" 2, "user" 1, the prompt 100), and the default

@@ -59,8 +59,10 @@ class FakeUpstream:
     cut_after: int | None = None  # break off streams after this many events
     delay_s: float = 0.0
     gate: asyncio.Event | None = None  # streams wait on it after their first event
+    hold: asyncio.Event | None = None  # every call, once received, waits on it before it is answered
     # A scripted reply in place of the usual one (hostile or odd upstreams).
     script: Callable[[web.Request, bytes], Awaitable[web.StreamResponse]] | None = None
+    _arrived: asyncio.Condition = field(default_factory=asyncio.Condition, init=False, repr=False)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -68,9 +70,18 @@ class FakeUpstream:
         app.on_response_prepare.append(_account_headers)
         return app
 
+    async def reached(self, count: int, timeout_s: float = 30.0) -> None:
+        """Wait until ``count`` calls in all have reached this upstream."""
+        async with asyncio.timeout(timeout_s), self._arrived:
+            await self._arrived.wait_for(lambda: len(self.received) >= count)
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         self.received.append(Received(request.method, request.path, dict(request.headers), body))
+        async with self._arrived:
+            self._arrived.notify_all()
+        if self.hold is not None:
+            await self.hold.wait()
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         if request.headers.get("Authorization") != f"Bearer {UPSTREAM_KEY}":

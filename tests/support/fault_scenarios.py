@@ -28,16 +28,17 @@ Serve = Callable[[web.Application], Awaitable[TestServer]]  # aiohttp_server, or
 TOKENS_PER_CALL = 1_000  # each call sends (and the fake reports) this many embedding tokens
 
 
-def exact_embeddings(delay_s: float = 0.0, slow_s: float = 0.0) -> Any:
+def exact_embeddings(delay_s: float = 0.0, slow: asyncio.Event | None = None) -> Any:
     """An upstream whose usage is exactly the request's token count (so every
     call stays within its estimate, and the README's overrun bound applies);
-    calls from end user "slow" take ``slow_s``."""
+    calls take ``delay_s``, and calls from end user "slow" wait for ``slow``."""
 
     async def script(request: web.Request, raw: bytes) -> web.StreamResponse:
         body = await request.json()
-        delay = slow_s if body.get("user") == "slow" else delay_s
-        if delay:
-            await asyncio.sleep(delay)
+        if slow is not None and body.get("user") == "slow":
+            await slow.wait()
+        elif delay_s:
+            await asyncio.sleep(delay_s)
         count = sum(len(x) for x in body["input"])
         return web.json_response(
             {
@@ -95,8 +96,7 @@ async def kill_under_load(
                     answered.append(str(request_id))
 
             workers = [asyncio.create_task(worker()) for _ in range(16)]
-            while len(fake.received) < 300:
-                await asyncio.sleep(0.005)
+            await fake.reached(300, timeout_s=60)
             await doomed.kill()
             await asyncio.gather(*workers)
         await survivor.start()
@@ -157,8 +157,10 @@ async def redis_restart_overrun(
     ``processes`` (two apps, as two proxy processes would be), the slow calls
     go to one and the fast ones to the other."""
     # Slow calls admitted through Redis are still in flight while fast ones are
-    # admitted through the store: the store must count the slow ones.
-    fake = FakeUpstream(script=exact_embeddings(delay_s=0.01, slow_s=1.0))
+    # admitted through the store: the store must count the slow ones. The slow
+    # calls are answered only once the fast ones have taken all the room left.
+    slow_answered = asyncio.Event()
+    fake = FakeUpstream(script=exact_embeddings(delay_s=0.01, slow=slow_answered))
     upstream = await serve(fake.app())
     settings = Settings(
         database_url=pg_url,
@@ -174,16 +176,16 @@ async def redis_restart_overrun(
     slow_proxy, proxy = proxies[0], proxies[-1]
     try:
         key = await proxy.new_client("acme", mode="tokens", token_limit=limit)
-        refused = asyncio.Event()
-
-        slow_in_flight = asyncio.Event()
+        slow_in_flight, room_taken, refused = asyncio.Event(), asyncio.Event(), asyncio.Event()
 
         async def worker() -> None:
             await slow_in_flight.wait()
             while not refused.is_set():
                 status, _ = await embed(proxy.http, proxy.url, key)
-                if status == 429 and (await proxy.status("acme"))["paused"]:
-                    refused.set()
+                if status == 429:
+                    room_taken.set()  # busy (the slow calls hold the rest), or spent
+                    if (await proxy.status("acme"))["paused"]:
+                        refused.set()
 
         async def fault() -> None:
             if slow_through == "store":
@@ -191,16 +193,19 @@ async def redis_restart_overrun(
             slow = [
                 asyncio.create_task(embed(slow_proxy.http, slow_proxy.url, key, "slow")) for _ in range(8)
             ]
-            while len(fake.received) < 8:
-                await asyncio.sleep(0.002)
-            if slow_through == "store":
-                await redis.start()
-                slow_in_flight.set()  # fast calls go through the rebuilt copy
-            else:
-                await redis.kill()
-                slow_in_flight.set()
-                await asyncio.sleep(0.5)  # fast calls go through the store while Redis is gone
-                await redis.start()
+            try:
+                await fake.reached(8)
+                if slow_through == "store":
+                    await redis.start()
+                    slow_in_flight.set()  # fast calls go through the rebuilt copy
+                    await room_taken.wait()
+                else:
+                    await redis.kill()
+                    slow_in_flight.set()
+                    await room_taken.wait()  # fast calls went through the store while Redis was gone
+                    await redis.start()
+            finally:
+                slow_answered.set()
             await asyncio.gather(*slow)
 
         await asyncio.wait_for(asyncio.gather(fault(), *(worker() for _ in range(8))), 60)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import openai
@@ -12,8 +13,10 @@ from aiohttp.test_utils import TestServer
 
 from taximeter.proxy.services import SERVICES, Services
 from tests.support.fake_upstream import FakeUpstream
+from tests.support.waiting import eventually, in_flight_together
 
 ADMIN_TOKEN = "admin-SENTINEL-token-91c3"
+T = TypeVar("T")
 
 
 @dataclass
@@ -45,6 +48,11 @@ class Harness:
             await client.close()
         await self.http.close()
 
+    async def in_flight_together(self, calls: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
+        """Run ``calls`` at once, none answered before every one has been
+        admitted (and waits at the upstream) or refused; their results."""
+        return await in_flight_together(self.upstream, calls)
+
     async def admin(
         self, method: str, path: str, body: Any = None, token: str = ADMIN_TOKEN
     ) -> tuple[int, Any]:
@@ -72,6 +80,18 @@ class Harness:
         status, body = await self.admin("GET", f"/admin/usage/events{query}")
         assert status == 200
         return list(body["data"])
+
+    async def events_once_recorded(self, client_id: str, timeout_s: float = 5.0) -> list[dict[str, Any]]:
+        """The client's events, once there is one: a call its client left is
+        settled in the background."""
+        events: list[dict[str, Any]] = []
+
+        async def recorded() -> bool:
+            events[:] = await self.events(client_id)
+            return bool(events)
+
+        await eventually(recorded, timeout_s, what=f"an event of {client_id} recorded")
+        return events
 
     async def status(self, client_id: str) -> dict[str, Any]:
         status, body = await self.admin("GET", f"/admin/budgets/{client_id}")

@@ -78,6 +78,17 @@ class Deployment:
                 await asyncio.sleep(0.05)
         raise AssertionError("taximeter serve did not become ready")
 
+    async def refuses_connections(self) -> bool:
+        """Whether its port is closed: a server shutting down stops listening
+        first, then waits for the calls in flight."""
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        except OSError:
+            return True
+        writer.close()
+        await writer.wait_closed()
+        return False
+
     async def kill(self) -> None:
         """kill -9: no drain, no flush, as if the host lost power."""
         assert self.server is not None

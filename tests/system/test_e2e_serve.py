@@ -19,6 +19,7 @@ import pytest
 from taximeter.store.factory import open_store
 from tests.support.fake_upstream import CHAT, STREAM_PIECES, FakeUpstream
 from tests.support.processes import TAXIMETER, Deployment
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.slow  # starts real processes
 
@@ -115,7 +116,7 @@ async def test_sigterm_lets_a_stream_finish_and_records_it(aiohttp_server: Any, 
             first = await resp.content.readuntil(b"\n\n")
             assert served.server is not None
             served.server.send_signal(signal.SIGTERM)  # mid-stream
-            await asyncio.sleep(0.3)
+            await eventually(served.refuses_connections, what="the shutdown under way")
             assert served.server.returncode is None, "it exited with a stream in flight"
             fake.gate.set()  # type: ignore[union-attr]
             rest = await resp.content.read()

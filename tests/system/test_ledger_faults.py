@@ -132,13 +132,6 @@ def event(n: int, **fields: Any) -> UsageEvent:
     return usage_event(f"req-{n:05d}", T0 + timedelta(milliseconds=n), **{**values, **fields})
 
 
-async def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
-
-
 async def assert_exactly_once(store: Store, request_ids: list[str]) -> None:
     """Every event in the ledger once, nothing else, and the counters equal the ledger."""
     events = await store.list_events("acme", 100_000)

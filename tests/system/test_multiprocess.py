@@ -18,6 +18,7 @@ from tests.support.fake_upstream import CHAT, EMBEDDING_TOKENS, FakeUpstream
 from tests.support.metrics import samples, scrape, value
 from tests.support.processes import Deployment
 from tests.support.shared_services import REDIS_URL
+from tests.support.waiting import in_flight_together
 
 pytestmark = pytest.mark.slow  # starts real processes
 
@@ -29,7 +30,7 @@ LIMIT = 10 * CALL_TOKENS
 async def test_two_processes_hold_one_budget(
     aiohttp_server: Any, tmp_path: Path, empty_pg_url: str, redis_prefix: str
 ) -> None:
-    fake = FakeUpstream(delay_s=0.2)  # calls overlap for real
+    fake = FakeUpstream()
     upstream = await aiohttp_server(fake.app())
     settings = {"database_url": empty_pg_url, "redis_url": REDIS_URL, "redis_prefix": redis_prefix}
     proxies = [Deployment(tmp_path, str(upstream.make_url("/v1")), **settings) for _ in range(2)]
@@ -47,7 +48,7 @@ async def test_two_processes_hold_one_budget(
             except openai.RateLimitError:
                 return "refused"
 
-        results = await asyncio.gather(*(call(i) for i in range(200)))
+        results = await in_flight_together(fake, (call(i) for i in range(200)))  # the calls overlap
         for client in clients:
             await client.close()
         await asyncio.gather(*(p.stop() for p in proxies))  # SIGTERM: both drain and flush their ledgers
