@@ -9,6 +9,7 @@ except under ``CI=true``, where it fails.
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from typing import Any
@@ -40,6 +41,19 @@ def blockbuster() -> Iterator[BlockBuster]:
     with blockbuster_ctx() as detector:
         allow_known_blocking(detector)
         yield detector
+
+
+@pytest.fixture(autouse=True)
+def processes_only_when_slow(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test that starts a process (a server, a private database, a browser,
+    a tool) is marked slow: ``-m "not slow"`` stays a quick in-process run."""
+    if request.node.get_closest_marker("slow") is not None:
+        return
+
+    def refuse(self: subprocess.Popen[Any], args: Any, *more: Any, **options: Any) -> None:
+        raise AssertionError(f"a test not marked slow starts a process: {args!r}")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
 
 
 @pytest.fixture(autouse=True)

@@ -27,7 +27,10 @@ CALL_TOKENS = CHAT["prompt"] + CHAT["completion"]  # 1500 per chat call
 # Level colours of the stylesheet: yellow (warning) and red (exceeded).
 YELLOW, RED = "rgb(212, 160, 23)", "rgb(209, 52, 58)"
 
-pytestmark = pytest.mark.parametrize("backend", ["production"], indirect=True)
+pytestmark = [
+    pytest.mark.slow,  # starts a browser
+    pytest.mark.parametrize("backend", ["production"], indirect=True),
+]
 
 
 @pytest.fixture(autouse=True)

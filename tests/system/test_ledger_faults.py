@@ -35,8 +35,7 @@ from tests.support.metrics import samples
 from tests.support.private_services import PrivatePostgres, PrivateRedis, missing_binaries
 from tests.support.processes import Deployment
 
-pytestmark = pytest.mark.slow  # starts real processes
-
+# The tests on the private server, or with a process, are marked slow; those on SQLite are not.
 MISSING = missing_binaries()  # looked up once, outside any event loop
 
 
@@ -83,7 +82,7 @@ async def pg_store(private_db: str) -> AsyncIterator[SqlStore]:
         await asyncio.wait_for(store.close(), 30)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.slow)])
 async def any_store(
     request: pytest.FixtureRequest, tmp_path: Path, private_pg: PrivatePostgres | None
 ) -> AsyncIterator[SqlStore]:
@@ -149,6 +148,7 @@ async def quarantine_rows(store: SqlStore) -> dict[str, tuple[str, str]]:
 # -- the store down or dropping connections -----------------------------------------
 
 
+@pytest.mark.slow
 async def test_connections_terminated_mid_transaction_lose_and_double_nothing(
     pg: PrivatePostgres,
     private_db: str,
@@ -183,6 +183,7 @@ async def test_connections_terminated_mid_transaction_lose_and_double_nothing(
     assert state.tokens_used == sum(n + 1 + 2 for n in range(500))
 
 
+@pytest.mark.slow
 async def test_postgres_stopped_and_started_while_events_flow(
     pg: PrivatePostgres, pg_store: SqlStore, make_writer: Any
 ) -> None:
@@ -214,6 +215,7 @@ async def test_postgres_stopped_and_started_while_events_flow(
     await assert_exactly_once(pg_store, [f"req-{n:05d}" for n in range(submitted)])
 
 
+@pytest.mark.slow
 async def test_close_with_the_store_down_returns_within_its_timeout(
     pg: PrivatePostgres, pg_store: SqlStore, make_writer: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -420,6 +422,7 @@ async def test_the_proxy_counts_a_quarantined_event_in_its_metric(proxy: Harness
 # -- the whole process ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_sigterm_ends_the_process_while_the_store_is_down(
     pg: PrivatePostgres, private_db: str, aiohttp_server: Any, tmp_path: Path
 ) -> None:

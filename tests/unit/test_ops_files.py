@@ -10,6 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from taximeter.proxy.settings import Settings
@@ -41,6 +42,7 @@ def promtool() -> str:
     return path
 
 
+@pytest.mark.slow  # runs promtool
 def test_promtool_accepts_the_alert_rules() -> None:
     result = subprocess.run(
         [promtool(), "check", "rules", str(ROOT / "config" / "alerts.yml")], capture_output=True, text=True
