@@ -1,9 +1,12 @@
-"""Shared fixtures: real Postgres and Redis (fresh database and key prefix per
-test, tests/support/shared_services.py), every store and gate backend, the
-proxy in front of the fake upstream, an injectable clock.
+"""Fixtures for every folder (unit/, contract/, http/, system/; what they
+share beyond fixtures is in support/): real Postgres and Redis (per test, a
+fresh database copied from a template migrated once per run, and a fresh key
+prefix), every store and gate backend, the proxy in front of the fake
+upstream, an injectable clock.
 
 A test that needs Postgres or Redis is skipped when the service is missing,
-except under ``CI=true``, where it fails.
+except under ``CI=true``, where it fails. A test that starts a process is
+marked slow.
 """
 
 from __future__ import annotations
