@@ -1,52 +1,41 @@
-"""Shared fixtures: real Postgres and Redis (fresh database and key prefix per
-test), every store and gate backend, an injectable clock.
+"""Fixtures for every folder (unit/, contract/, http/, system/; what they
+share beyond fixtures is in support/): real Postgres and Redis (per test, a
+fresh database copied from a template migrated once per run, and a fresh key
+prefix), every store and gate backend, the proxy in front of the fake
+upstream, an injectable clock.
 
 A test that needs Postgres or Redis is skipped when the service is missing,
-except under ``CI=true``, where it fails.
+except under ``CI=true``, where it fails. A test that starts a process is
+marked slow.
 """
 
 from __future__ import annotations
 
 import os
-import socket
-import uuid
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from contextlib import AsyncExitStack
 from typing import Any
 
 import aiohttp
-import asyncpg
 import pytest
-import redis.asyncio as aioredis
 from blockbuster import BlockBuster, blockbuster_ctx
 
-from taximeter.pricing.models import UsageEvent
 from taximeter.proxy.app import create_app
 from taximeter.proxy.settings import Settings
 from taximeter.store.base import Gate, Store
-from tests.fake_upstream import UPSTREAM_KEY, FakeUpstream
-from tests.harness import ADMIN_TOKEN, Harness
-
-PG_ADMIN_URL = os.environ.get("TAXIMETER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("TAXIMETER_TEST_REDIS", "redis://127.0.0.1:6379/0")
-
-
-def allow_known_blocking(detector: BlockBuster) -> None:
-    """The blocking calls that are fine, each for its reason."""
-    # zoneinfo reads each timezone's file once, then serves it from its cache.
-    for name in ("os.stat", "io.BufferedReader.read"):
-        detector.functions[name].can_block_in("zoneinfo/_tzpath.py", "find_tzfile")
-        detector.functions[name].can_block_in(
-            "zoneinfo/_common.py", ["load_tzdata", "load_data", "from_file"]
-        )
-    # asyncpg looks for ~/.pgpass and ~/.postgresql while it opens a connection.
-    for function in detector.functions.values():
-        function.can_block_in(
-            "asyncpg/connect_utils.py",
-            ["_read_password_file", "_dot_postgresql_path", "_parse_connect_dsn_and_args"],
-        )
+from tests.support.blocking import allow_known_blocking
+from tests.support.clock import FakeClock
+from tests.support.fake_upstream import UPSTREAM_KEY, FakeUpstream
+from tests.support.harness import ADMIN_TOKEN, Harness
+from tests.support.shared_services import (
+    REDIS_URL,
+    create_migrated_template,
+    drop_template,
+    fresh_pg_database,
+    fresh_redis_prefix,
+    postgres_answers,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -58,6 +47,19 @@ def blockbuster() -> Iterator[BlockBuster]:
 
 
 @pytest.fixture(autouse=True)
+def processes_only_when_slow(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test that starts a process (a server, a private database, a browser,
+    a tool) is marked slow: ``-m "not slow"`` stays a quick in-process run."""
+    if request.node.get_closest_marker("slow") is not None:
+        return
+
+    def refuse(self: subprocess.Popen[Any], args: Any, *more: Any, **options: Any) -> None:
+        raise AssertionError(f"a test not marked slow starts a process: {args!r}")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+
+
+@pytest.fixture(autouse=True)
 def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     """No TAXIMETER_* setting leaks in from the developer's shell."""
     for name in list(os.environ):
@@ -65,87 +67,28 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
-def _answers(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-# Probed once, outside any event loop.
-_UP = {("127.0.0.1", 5432): _answers("127.0.0.1", 5432), ("127.0.0.1", 6379): _answers("127.0.0.1", 6379)}
-
-
-def require(service: str, host: str, port: int) -> None:
-    if _UP.get((host, port)) or ((host, port) not in _UP and _answers(host, port)):
-        return
-    message = f"{service} is not answering on {host}:{port}"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{message} (CI=true: services are required)")
-    pytest.skip(message)
-
-
-class FakeClock:
-    """Time that moves only when a test says so."""
-
-    def __init__(self, start: datetime | None = None) -> None:
-        self.now = start or datetime(2026, 3, 10, 15, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
-
-    def set(self, when: datetime) -> None:
-        self.now = when
-
-
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
 
 
-@asynccontextmanager
-async def fresh_pg_database() -> AsyncIterator[str]:
-    """A fresh, empty Postgres database, dropped afterwards."""
-    require("Postgres", "127.0.0.1", 5432)
-    name = f"taximeter_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(PG_ADMIN_URL)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        yield f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-    finally:
-        admin = await asyncpg.connect(PG_ADMIN_URL)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
-
-
-@asynccontextmanager
-async def fresh_redis_prefix() -> AsyncIterator[str]:
-    """A Redis key prefix of this test's own; its keys are deleted afterwards."""
-    require("Redis", "127.0.0.1", 6379)
-    prefix = f"taximeter-test:{uuid.uuid4().hex[:12]}:"
-    try:
-        yield prefix
-    finally:
-        client = aioredis.Redis.from_url(REDIS_URL)
-        try:
-            keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
-            if keys:
-                await client.delete(*keys)
-        finally:
-            await client.aclose()
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str | None]:
+    """This run's migrated template database, made (outside any event loop)
+    by the first test that may need it, dropped at the end of the run; None
+    without Postgres, whose tests then skip, or fail under CI, on their own."""
+    if not postgres_answers():
+        yield None
+        return
+    name = create_migrated_template()
+    yield name
+    drop_template(name)
 
 
 @pytest.fixture
-async def pg_url() -> AsyncIterator[str]:
+async def empty_pg_url() -> AsyncIterator[str]:
+    """An empty Postgres database: for tests of migrations from nothing, and
+    for processes that migrate it at start-up as a deployment does."""
     async with fresh_pg_database() as url:
         yield url
 
@@ -156,19 +99,16 @@ async def redis_prefix() -> AsyncIterator[str]:
         yield prefix
 
 
-@pytest.fixture
-def sqlite_url(tmp_path: os.PathLike[str]) -> str:
-    return f"sqlite:///{tmp_path}/taximeter.db"
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: os.PathLike[str]) -> AsyncIterator[Store]:
-    """Each store backend, migrated and empty."""
+async def store(
+    request: pytest.FixtureRequest, tmp_path: os.PathLike[str], pg_template: str | None
+) -> AsyncIterator[Store]:
+    """Each store backend, migrated and empty (on Postgres, a copy of the migrated template)."""
     from taximeter.store.factory import open_store
 
     async with AsyncExitStack() as stack:
         if request.param == "postgres":
-            url = await stack.enter_async_context(fresh_pg_database())
+            url = await stack.enter_async_context(fresh_pg_database(pg_template))
         else:
             url = f"sqlite:///{tmp_path}/taximeter.db"
         opened = await open_store(url)
@@ -196,13 +136,13 @@ async def gate(request: pytest.FixtureRequest) -> AsyncIterator[Gate]:
 
 @pytest.fixture(params=["embedded", "production"])
 async def backend(
-    request: pytest.FixtureRequest, tmp_path: os.PathLike[str]
+    request: pytest.FixtureRequest, tmp_path: os.PathLike[str], pg_template: str | None
 ) -> AsyncIterator[dict[str, str]]:
     """Settings for SQLite + in-process gate, and for Postgres + Redis."""
     if request.param == "embedded":
         yield {"database_url": f"sqlite:///{tmp_path}/taximeter.db"}
         return
-    async with fresh_pg_database() as url, fresh_redis_prefix() as prefix:
+    async with fresh_pg_database(pg_template) as url, fresh_redis_prefix() as prefix:
         yield {"database_url": url, "redis_url": REDIS_URL, "redis_prefix": prefix}
 
 
@@ -243,20 +183,3 @@ async def proxy(make_proxy: Callable[..., Awaitable[Harness]]) -> AsyncIterator[
     harness = await make_proxy()
     yield harness
     await harness.assert_ledger_matches_counters()
-
-
-def usage_event(request_id: str, when: datetime, **fields: Any) -> UsageEvent:
-    """A chat event of client acme in BRL at 5.0, with ``fields`` replaced."""
-    values: dict[str, Any] = {
-        "request_id": request_id,
-        "client_id": "acme",
-        "api_type": "chat",
-        "model": "gpt-4o",
-        "endpoint": "/v1/chat/completions",
-        "status": 200,
-        "created_at": when,
-        "currency": "BRL",
-        "exchange_rate": Decimal(5),
-    }
-    values.update(fields)
-    return UsageEvent(**values)

@@ -19,7 +19,8 @@ from taximeter.pricing.budgets import (
     reset,
     roll,
 )
-from taximeter.pricing.models import BudgetConfig, BudgetState
+from taximeter.pricing.models import BudgetState
+from tests.support.factories import budget_state
 
 
 def utc(*args: int) -> datetime:
@@ -53,10 +54,9 @@ def test_lifetime_budget_never_resets() -> None:
 def state(
     mode: str = "both", tokens: int | None = 100, cost: str | None = "1", pause: bool = True
 ) -> BudgetState:
-    config = BudgetConfig(
-        "acme", mode, "daily", "UTC", "BRL", tokens, None if cost is None else Decimal(cost), pause
-    )
-    return BudgetState(config=config, period_start=utc(2026, 3, 10))
+    """A daily UTC budget starting on 10 March 2026, unspent."""
+    limit = None if cost is None else Decimal(cost)
+    return budget_state(mode=mode, token_limit=tokens, cost_limit=limit, pause_at_limit=pause)
 
 
 def test_apply_usage_pauses_on_the_metric_that_crosses() -> None:
@@ -79,7 +79,7 @@ def test_roll_clears_limit_pause_but_not_manual() -> None:
     assert (rolled.tokens_used, rolled.paused, rolled.period_start) == (0, False, utc(2026, 3, 11))
     assert roll(paused, utc(2026, 3, 10, 23, 59)) is paused
     manual = reset(
-        BudgetState(config=state().config, period_start=utc(2026, 3, 10), paused=True, pause_reason="manual"),
+        budget_state(state().config, paused=True, pause_reason="manual"),
         utc(2026, 3, 11),
     )
     assert manual.paused and manual.pause_reason == "manual"
@@ -100,19 +100,11 @@ def test_roll_clears_limit_pause_but_not_manual() -> None:
     ],
 )
 def test_levels(used: int, expected: str) -> None:
-    assert (
-        level(BudgetState(config=state(cost="1000").config, period_start=utc(2026, 3, 10), tokens_used=used))
-        == expected
-    )
+    assert level(budget_state(state(cost="1000").config, tokens_used=used)) == expected
 
 
 def test_percents_use_the_highest_active_metric() -> None:
-    s = BudgetState(
-        config=state(cost="2").config,
-        period_start=utc(2026, 3, 10),
-        tokens_used=10,
-        cost_used_nanos=1_700_000_000,
-    )
+    s = budget_state(state(cost="2").config, tokens_used=10, cost_used_nanos=1_700_000_000)
     assert percents(s) == (10.0, 85.0) and level(s) == "warning"
 
 

@@ -8,14 +8,14 @@ from decimal import Decimal
 
 import pytest
 
-from taximeter.pricing.models import BudgetConfig, BudgetState, Client
+from taximeter.pricing.models import BudgetState
 from taximeter.proxy.dashboard.budget_form import form_from_state, parse_budget_form
 from taximeter.proxy.dashboard.cards import build_card, order_cards
 from taximeter.proxy.dashboard.charts import bar_list, column_chart
 from taximeter.proxy.dashboard.formatting import Formatter, locale_for
+from tests.support.factories import T0, budget_state, client
 
 NBSP = "\u00a0"
-T0 = datetime(2026, 3, 10, 15, 0, tzinfo=UTC)
 PT = Formatter("pt_BR")
 
 
@@ -27,17 +27,16 @@ def state(
     *, tokens: int = 0, cost: str = "0", token_limit: int | None = 50_000, cost_limit: str | None = "500"
 ) -> BudgetState:
     mode = "both" if token_limit and cost_limit else ("tokens" if token_limit else "cost")
-    config = BudgetConfig(
-        client_id="acme",
+    return budget_state(
         mode=mode,
         period="monthly",
         timezone="America/Sao_Paulo",
-        currency="BRL",
         token_limit=token_limit,
         cost_limit=None if cost_limit is None else Decimal(cost_limit),
+        period_start=T0,
+        tokens_used=tokens,
+        cost_used_nanos=int(Decimal(cost) * 10**9),
     )
-    nanos = int(Decimal(cost) * 10**9)
-    return BudgetState(config=config, period_start=T0, tokens_used=tokens, cost_used_nanos=nanos)
 
 
 @pytest.mark.parametrize(
@@ -78,7 +77,7 @@ def test_a_currency_brings_its_usual_locale_unless_one_is_set() -> None:
 
 
 def test_a_card_has_a_bar_per_limit_in_its_units_with_the_level_of_each() -> None:
-    card = build_card(Client("acme", "Acme", T0), state(tokens=12_500, cost="450"), {}, PT, "BRL")
+    card = build_card(client("acme"), state(tokens=12_500, cost="450"), {}, PT, "BRL")
     tokens, cost = card.bars
     assert (tokens.used, tokens.limit, tokens.percent_text, tokens.level) == (
         "12.500",
@@ -105,14 +104,14 @@ def test_a_card_has_a_bar_per_limit_in_its_units_with_the_level_of_each() -> Non
     ],
 )
 def test_levels_change_at_80_90_and_100_percent(tokens: int, level: str, width: float) -> None:
-    card = build_card(Client("a", "A", T0), state(tokens=tokens, cost_limit=None), {}, PT, "BRL")
+    card = build_card(client("a"), state(tokens=tokens, cost_limit=None), {}, PT, "BRL")
     assert card.level == level
     assert card.bars[0].width == pytest.approx(width)
 
 
 def test_a_card_lists_spend_for_every_api_type_and_any_other() -> None:
     spend = {"chat": Decimal("12.5"), "image": Decimal("0.2"), "moderation": Decimal("1")}
-    card = build_card(Client("a", "A", T0), None, spend, PT, "BRL")
+    card = build_card(client("a"), None, spend, PT, "BRL")
     assert not card.has_budget and card.bars == ()
     shown = {kind: plain(text) for kind, text in card.spend}
     assert list(shown) == ["chat", "vision", "tts", "whisper", "embeddings", "image", "moderation"]
@@ -122,14 +121,12 @@ def test_a_card_lists_spend_for_every_api_type_and_any_other() -> None:
 def test_cards_closest_to_a_limit_come_first_and_filter_by_name() -> None:
     def card(cid: str, name: str, tokens: int, paused: bool = False) -> object:
         s = state(tokens=tokens, cost_limit=None)
-        s = BudgetState(
-            config=s.config, period_start=T0, tokens_used=tokens, paused=paused, pause_reason="manual"
-        )
-        return build_card(Client(cid, name, T0), s, {}, PT, "BRL")
+        s = budget_state(s.config, period_start=T0, tokens_used=tokens, paused=paused, pause_reason="manual")
+        return build_card(client(cid, name), s, {}, PT, "BRL")
 
     cards = [
         card("low", "Low Co", 1_000),
-        build_card(Client("none", "No Budget", T0), None, {}, PT, "BRL"),
+        build_card(client("none", "No Budget"), None, {}, PT, "BRL"),
         card("high", "High Co", 47_000),
         card("stop", "Stopped", 10, paused=True),
         card("mid", "Mid Co", 30_000),
@@ -222,5 +219,5 @@ def test_a_bar_list_writes_each_value_beside_its_bar() -> None:
 
 
 def test_a_percent_just_under_a_level_never_reads_as_it() -> None:
-    card = build_card(Client("a", "A", T0), state(tokens=39_999, cost_limit=None), {}, PT, "BRL")
+    card = build_card(client("a"), state(tokens=39_999, cost_limit=None), {}, PT, "BRL")
     assert (card.bars[0].percent_text, card.level) == ("79,9%", "ok")

@@ -205,6 +205,7 @@ def test_litellm_format_prices_like_the_toml_catalog() -> None:
     assert litellm.resolve("whisper-1").cost_usd(Usage(audio_seconds=Decimal(61))) == Decimal("0.006100000")  # type: ignore[union-attr]
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_pricing_package_imports_no_driver() -> None:
     code = "import sys, taximeter.pricing.catalog; print(sorted(m for m in ('aiohttp','asyncpg','redis','sqlite3','aiosqlite') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -1,0 +1,205 @@
+"""The admin API: shapes of spec 7b, validation naming the field, nothing half-written."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+import pytest
+
+from tests.support.harness import Harness
+
+
+async def test_clients_and_keys(proxy: Harness) -> None:
+    status, client = await proxy.admin("POST", "/admin/clients", {"id": "acme", "name": "Acme Ltd"})
+    assert (
+        status == 201 and set(client) == {"id", "name", "created_at"} and client["created_at"].endswith("Z")
+    )
+    status, body = await proxy.admin("POST", "/admin/clients", {"id": "acme", "name": "Again"})
+    assert status == 409 and body["error"]["param"] == "id"
+    status, key = await proxy.admin("POST", "/admin/clients/acme/keys")
+    assert status == 201 and key["key"].startswith("tm_") and len(key["key"]) >= 35
+    assert key["prefix"] == key["key"][:12] and key["revoked"] is False
+    status, keys = await proxy.admin("GET", "/admin/clients/acme/keys")
+    assert keys["data"] == [{k: v for k, v in key.items() if k != "key"}]  # the key itself is shown once
+    status, revoked = await proxy.admin("DELETE", f"/admin/keys/{key['prefix']}")
+    assert (status, revoked["revoked"]) == (200, True)
+    status, _ = await proxy.admin("DELETE", "/admin/keys/tm_nothere0")
+    assert status == 404
+    status, listing = await proxy.admin("GET", "/admin/clients")
+    assert [c["id"] for c in listing["data"]] == ["acme"]
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"id": "Has Spaces", "name": "x"}, "id"),
+        ({"id": "", "name": "x"}, "id"),
+        ({"name": "no id"}, "id"),
+        ({"id": "ok", "name": ""}, "name"),
+        ({"id": "ok", "name": 5}, "name"),
+    ],
+)
+async def test_bad_client_input_is_422_naming_the_field(
+    proxy: Harness, body: dict[str, Any], param: str
+) -> None:
+    status, reply = await proxy.admin("POST", "/admin/clients", body)
+    assert status == 422 and reply["error"]["param"] == param
+    status, listing = await proxy.admin("GET", "/admin/clients")
+    assert listing["data"] == []
+
+
+async def test_budget_put_validation_writes_nothing(proxy: Harness) -> None:
+    await proxy.new_client("acme")
+    status, reply = await proxy.admin("PUT", "/admin/budgets/acme", {"mode": "both", "token_limit": 100})
+    assert status == 422 and reply["error"]["param"] == "cost_limit"
+    status, _ = await proxy.admin("GET", "/admin/budgets/acme")
+    assert status == 404
+    status, reply = await proxy.admin("PUT", "/admin/budgets/nobody", {"mode": "tokens", "token_limit": 1})
+    assert status == 404
+    async with proxy.http.put(
+        f"{proxy.url}/admin/budgets/acme",
+        data=b"{oops",
+        headers={"Authorization": "Bearer admin-SENTINEL-token-91c3"},
+    ) as resp:
+        assert resp.status == 400 and (await resp.json())["error"]["code"] == "invalid_json"
+
+
+async def test_budget_status_shape(proxy: Harness) -> None:
+    await proxy.new_client(
+        "acme",
+        mode="cost",
+        cost_limit=250.5,
+        period="weekly",
+        timezone="America/Sao_Paulo",
+        pause_at_limit=False,
+        alert_thresholds=[0.5, "0.9"],
+    )
+    status, body = await proxy.admin("GET", "/admin/budgets/acme")
+    assert set(body) >= {
+        "client_id",
+        "mode",
+        "period",
+        "timezone",
+        "currency",
+        "token_limit",
+        "cost_limit",
+        "tokens_used",
+        "cost_used",
+        "tokens_percent",
+        "cost_percent",
+        "level",
+        "paused",
+        "pause_reason",
+        "pause_at_limit",
+        "alert_thresholds",
+        "period_start",
+        "next_reset_at",
+        "spend_by_api_type",
+    }
+    assert (body["mode"], body["token_limit"], body["cost_limit"], body["tokens_percent"]) == (
+        "cost",
+        None,
+        "250.5",
+        None,
+    )
+    assert (body["cost_percent"], body["alert_thresholds"], body["pause_at_limit"]) == (
+        0.0,
+        [0.5, 0.9],
+        False,
+    )
+    assert body["next_reset_at"] == "2026-03-16T03:00:00Z"  # Monday, local midnight in São Paulo
+    status, listing = await proxy.admin("GET", "/admin/budgets")
+    assert [b["client_id"] for b in listing["data"]] == ["acme"]
+    status, _ = await proxy.admin("DELETE", "/admin/budgets/acme")
+    assert status == 204
+    status, _ = await proxy.admin("POST", "/admin/budgets/acme/pause")
+    assert status == 404
+
+
+async def test_usage_report_and_events_csv(proxy: Harness) -> None:
+    key = await proxy.new_client("acme", mode="tokens", token_limit=10**9)
+    client = proxy.sdk(key)
+    await client.chat.completions.create(model="gpt-4o", messages=[], user="u1")
+    await client.embeddings.create(model="text-embedding-3-small", input="x")
+    await client.audio.speech.create(model="tts-1", voice="alloy", input="hello")
+    status, report = await proxy.admin("GET", "/admin/usage?client_id=acme&group_by=api_type")
+    assert status == 200 and report["currency"] == "BRL" and report["group_by"] == "api_type"
+    assert [r["key"] for r in report["data"]] == ["chat", "embeddings", "tts"]
+    events = await proxy.events("acme")
+    for group in ("model", "day", "end_user"):
+        status, other = await proxy.admin("GET", f"/admin/usage?client_id=acme&group_by={group}")
+        assert sum(r["requests"] for r in other["data"]) == 3
+    from decimal import Decimal
+
+    assert sum(Decimal(r["cost"]) for r in report["data"]) == sum(Decimal(e["cost"]) for e in events)
+    status, body = await proxy.admin("GET", "/admin/usage?group_by=color")
+    assert status == 422 and body["error"]["param"] == "group_by"
+    status, body = await proxy.admin("GET", "/admin/usage?from=yesterday")
+    assert status == 422 and body["error"]["param"] == "from"
+    status, text = await proxy.admin("GET", "/admin/usage/events?client_id=acme&format=csv")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert [r["api_type"] for r in rows] == [e["api_type"] for e in events]
+    assert list(rows[0]) == [
+        "request_id",
+        "client_id",
+        "end_user",
+        "conversation",
+        "api_type",
+        "model",
+        "endpoint",
+        "status",
+        "input_tokens",
+        "output_tokens",
+        "cached_tokens",
+        "reasoning_tokens",
+        "characters",
+        "audio_seconds",
+        "images",
+        "cost_usd",
+        "cost",
+        "currency",
+        "exchange_rate",
+        "estimated",
+        "created_at",
+        "markup",
+        "service_tier",
+        "tool_calls",
+        "batch_id",
+        "unpriced",
+        "price_source",
+        "upstream",
+        "latency_ms",
+    ]
+    assert (rows[0]["price_source"], rows[0]["upstream"], rows[0]["markup"]) == (
+        "prices.toml",
+        "default",
+        "1",
+    )
+    status, body = await proxy.admin("GET", "/admin/usage/events?limit=0")
+    assert status == 422 and body["error"]["param"] == "limit"
+
+
+async def test_pricing_endpoints(proxy: Harness) -> None:
+    status, body = await proxy.admin("GET", "/admin/pricing/gpt-4o-2024-08-06")
+    assert (status, body["model"], body["input"], body["output"]) == (200, "gpt-4o", "2.50", "10.00")
+    status, listing = await proxy.admin("GET", "/admin/pricing")
+    assert "tts-1" in {p["model"] for p in listing["data"]}
+    status, _ = await proxy.admin("GET", "/admin/pricing/unknown-model")
+    assert status == 404
+
+
+async def test_an_id_no_client_could_have_reads_as_missing(proxy: Harness) -> None:
+    """Before: a NUL in a client_id query reached Postgres, which cannot hold
+    it in text, and the admin API answered 503 (found by the schemathesis run)."""
+    await proxy.new_client("acme")
+    for path in ("/admin/usage/events?client_id=ac%00me", "/admin/usage/events?client_id=ac%0Ame&format=csv"):
+        status, body = await proxy.admin("GET", path)
+        assert status == 200 and (body == {"data": []} or body.strip().count("\n") == 0), body
+    status, body = await proxy.admin("GET", "/admin/usage?client_id=ac%00me")
+    assert status == 200 and body["data"] == []
+    status, body = await proxy.admin("GET", "/admin/budgets/ac%00me")
+    assert status == 404 and body["error"]["code"] == "not_found"
+    status, body = await proxy.admin("DELETE", "/admin/keys/tm_%00")
+    assert status == 404

@@ -1,0 +1,255 @@
+"""Exact money end to end, with the official SDK against a fake upstream that
+answers as OpenAI does: the tier the response reports, built-in tool calls,
+long context, models that once were priced as their base. Expected costs are
+worked out here from the list prices (pricing page, 2026-06-27 copy, checked
+2026-11-25), never read from the catalog."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+from aiohttp import web
+
+from tests.support.harness import Harness
+
+M = Decimal(1_000_000)
+
+
+def usd(amount: Decimal) -> str:
+    text = format(amount.quantize(Decimal("0.000000001")).normalize(), "f")
+    return text
+
+
+def replying(body: dict[str, Any]) -> Any:
+    async def script(request: web.Request, raw: bytes) -> web.StreamResponse:
+        return web.json_response(body)
+
+    return script
+
+
+def chat_body(model: str, prompt: int, completion: int, tier: str | None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": "chatcmpl-x",
+        "object": "chat.completion",
+        "created": 1764000000,
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        },
+    }
+    if tier is not None:
+        body["service_tier"] = tier
+    return body
+
+
+@pytest.mark.parametrize(
+    ("tier", "expected"),
+    [
+        # gpt-5.5: standard $5 / $30, flex $2.50 / $15, priority $12.50 / $75 per 1M.
+        ("default", (1_000 * 5 + 100 * 30) / M),
+        ("flex", (1_000 * Decimal("2.5") + 100 * 15) / M),
+        ("priority", (1_000 * Decimal("12.5") + 100 * 75) / M),
+    ],
+)
+async def test_the_tier_the_response_reports_prices_the_call(
+    proxy: Harness, tier: str, expected: Decimal
+) -> None:
+    """Before: service_tier was never read: flex charged double, priority at 40%."""
+    key = await proxy.new_client("acme")
+    proxy.upstream.script = replying(chat_body("gpt-5.5", 1_000, 100, tier))
+    await proxy.sdk(key).chat.completions.create(
+        model="gpt-5.5", messages=[{"role": "user", "content": "hi"}], service_tier="auto"
+    )
+    [event] = await proxy.events("acme")
+    assert (event["cost_usd"], event["service_tier"]) == (usd(expected), tier)
+    assert event["price_source"] == "prices.toml"
+
+
+async def test_a_long_prompt_is_priced_at_long_context_rates(proxy: Harness) -> None:
+    """Before: a 300k-token gpt-5.5 prompt was recorded at half its cost."""
+    key = await proxy.new_client("acme")
+    proxy.upstream.script = replying(chat_body("gpt-5.5", 300_000, 1_000, "default"))
+    await proxy.sdk(key).chat.completions.create(
+        model="gpt-5.5", messages=[{"role": "user", "content": "hi"}]
+    )
+    [event] = await proxy.events("acme")
+    # > 272K input tokens: the whole call at 2 x $5 and 1.5 x $30.
+    assert event["cost_usd"] == usd((300_000 * 10 + 1_000 * 45) / M)
+
+
+async def test_responses_tool_calls_are_charged_per_call(proxy: Harness) -> None:
+    """Before: web_search and file_search calls of the Responses API were free."""
+    key = await proxy.new_client("acme")
+    output = [
+        {"type": "web_search_call", "id": "ws_1", "status": "completed"},
+        {"type": "web_search_call", "id": "ws_2", "status": "completed"},
+        {"type": "web_search_call", "id": "ws_3", "status": "completed"},
+        {"type": "file_search_call", "id": "fs_1", "status": "completed", "queries": []},
+        {
+            "type": "message",
+            "id": "msg_1",
+            "role": "assistant",
+            "status": "completed",
+            "content": [{"type": "output_text", "text": "ok", "annotations": []}],
+        },
+    ]
+    proxy.upstream.script = replying(
+        {
+            "id": "resp_1",
+            "object": "response",
+            "created_at": 1764000000,
+            "model": "gpt-5",
+            "status": "completed",
+            "service_tier": "default",
+            "output": output,
+            "usage": {"input_tokens": 2_000, "output_tokens": 300, "total_tokens": 2_300},
+        }
+    )
+    await proxy.sdk(key).responses.create(model="gpt-5", input="news?", tools=[{"type": "web_search"}])
+    [event] = await proxy.events("acme")
+    # gpt-5 $1.25 / $10 per 1M; web search $10 / 1K calls; file search $2.50 / 1K calls.
+    expected = (2_000 * Decimal("1.25") + 300 * 10) / M + 3 * Decimal("0.01") + Decimal("0.0025")
+    assert event["cost_usd"] == usd(expected)
+    assert event["tool_calls"] == {"file_search": 1, "web_search": 3}
+
+
+@pytest.mark.parametrize("model", ["gpt-5.5-pro", "gpt-4o-2024-05-13"])
+async def test_a_model_is_never_priced_as_its_base(proxy: Harness, model: str) -> None:
+    """Before: gpt-5.5-pro was priced as gpt-5.5 (-83%), gpt-4o-2024-05-13 as gpt-4o."""
+    key = await proxy.new_client("acme")
+    proxy.upstream.script = replying(chat_body(model, 1_000, 1_000, None))
+    await proxy.sdk(key).chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+    [event] = await proxy.events("acme")
+    own = {"gpt-5.5-pro": (30, 180), "gpt-4o-2024-05-13": (5, 15)}[model]
+    assert event["cost_usd"] == usd((1_000 * own[0] + 1_000 * own[1]) / M)
+
+
+async def test_a_name_only_a_prefix_matches_is_refused(proxy: Harness) -> None:
+    key = await proxy.new_client("acme")
+    with pytest.raises(openai.BadRequestError) as caught:
+        await proxy.sdk(key).chat.completions.create(
+            model="gpt-5.5-turbo-max", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert caught.value.code == "model_not_priced"
+    assert proxy.upstream.received == []
+
+
+async def test_a_tier_the_catalog_lacks_is_priced_standard_and_says_so(proxy: Harness) -> None:
+    key = await proxy.new_client("acme")
+    proxy.upstream.script = replying(chat_body("gpt-4.1-mini", 1_000, 100, "flex"))
+    await proxy.sdk(key).chat.completions.create(
+        model="gpt-4.1-mini", messages=[{"role": "user", "content": "x"}]
+    )
+    [event] = await proxy.events("acme")
+    assert event["price_source"] == "prices.toml (no flex rates: standard)"
+
+
+async def test_the_tier_of_a_stream_is_read_from_its_chunks(proxy: Harness) -> None:
+    key = await proxy.new_client("acme")
+
+    async def stream(request: web.Request, raw: bytes) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        base = {"id": "c", "object": "chat.completion.chunk", "model": "o3", "service_tier": "flex"}
+        for piece in (
+            {**base, "choices": [{"index": 0, "delta": {"content": "hi"}}]},
+            {**base, "choices": [], "usage": {"prompt_tokens": 40, "completion_tokens": 10}},
+        ):
+            await response.write(b"data: " + json.dumps(piece).encode() + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    proxy.upstream.script = stream
+    chunks = await proxy.sdk(key).chat.completions.create(
+        model="o3", messages=[{"role": "user", "content": "x"}], stream=True
+    )
+    _ = [c async for c in chunks]
+    [event] = await proxy.events("acme")
+    # o3 flex: $1 in, $4 out per 1M.
+    assert (event["service_tier"], event["cost_usd"]) == ("flex", usd((40 * 1 + 10 * 4) / M))
+
+
+# A WebM header (EBML magic and a DocType of "webm") with no readable length,
+# as a browser's MediaRecorder may leave it; and bytes that are no audio at all.
+WEBM = bytes.fromhex("1a45dfa3") + b"\x9f\x42\x86\x81\x01\x42\x82\x84webm" + b"\x00" * 64
+CORRUPT = b"RIFF\x00\x00\x00\x00WAVEnot really"
+
+
+@pytest.mark.parametrize(("name", "data"), [("voice.webm", WEBM), ("broken.wav", CORRUPT)])
+async def test_an_upload_of_unreadable_length_is_charged_its_reservation(
+    proxy: Harness, name: str, data: bytes
+) -> None:
+    """Before: a WebM upload (what browsers record) was charged $0, a way around any budget."""
+    key = await proxy.new_client("acme")
+    proxy.upstream.script = replying({"text": "hello"})  # no usage, no duration
+    await proxy.sdk(key).audio.transcriptions.create(model="whisper-1", file=(name, data))
+    [event] = await proxy.events("acme")
+    # reserve_audio_seconds (600 s) at whisper-1's $0.006 / minute.
+    assert (event["cost_usd"], event["estimated"]) == (usd(Decimal("0.006") * 10), True)
+
+
+async def test_each_upstream_is_priced_from_its_provider(
+    aiohttp_server: Any, tmp_path: Any, clock: Any
+) -> None:
+    """A Groq and an Anthropic model through their OpenAI-compatible upstreams,
+    priced from their providers' prices (genai-prices 0.2.3, the base catalog):
+    llama-3.3-70b-versatile $0.59 in / $0.79 out; claude-opus-4-5 $5 in, $0.50
+    cached read, $25 out per 1M (Anthropic's list prices)."""
+    from taximeter.proxy.app import create_app
+    from taximeter.proxy.settings import Settings
+    from tests.support.fake_upstream import UPSTREAM_KEY, FakeUpstream
+    from tests.support.harness import ADMIN_TOKEN
+
+    groq, anthropic = FakeUpstream(), FakeUpstream()
+    groq.script = replying(chat_body("llama-3.3-70b-versatile", 2_000, 500, None))
+    body = chat_body("claude-opus-4-5", 3_000, 400, None)
+    body["usage"]["prompt_tokens_details"] = {"cached_tokens": 1_000}
+    anthropic.script = replying(body)
+    groq_server, anthropic_server = await aiohttp_server(groq.app()), await aiohttp_server(anthropic.app())
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path}/t.db",
+        admin_token=ADMIN_TOKEN,
+        upstreams=[
+            {
+                "name": "groq",
+                "base_url": str(groq_server.make_url("/v1")),
+                "api_key": UPSTREAM_KEY,
+                "models": ["llama-*"],
+                "provider": "groq",
+            },
+            {
+                "name": "anthropic",
+                "base_url": str(anthropic_server.make_url("/v1")),
+                "api_key": UPSTREAM_KEY,
+                "models": ["claude-*"],
+                "provider": "anthropic",
+            },
+        ],
+    )
+    server = await aiohttp_server(create_app(settings, clock=clock))
+    async with aiohttp.ClientSession() as http:
+        harness = Harness(server=server, upstream=groq, http=http)
+        key = await harness.new_client("acme")
+        client = harness.sdk(key)
+        await client.chat.completions.create(model="llama-3.3-70b-versatile", messages=[])
+        await client.chat.completions.create(model="claude-opus-4-5", messages=[])
+        with pytest.raises(openai.BadRequestError):  # a name only a prefix matches: never priced
+            await client.chat.completions.create(model="claude-opus-4-5-turbo", messages=[])
+        events = {e["model"]: e for e in await harness.events("acme")}
+        status, shown = await harness.admin("GET", "/admin/pricing/claude-opus-4-5?upstream=anthropic")
+        await harness.close()
+    assert events["llama-3.3-70b-versatile"]["cost_usd"] == usd(
+        (2_000 * Decimal("0.59") + 500 * Decimal("0.79")) / M
+    )
+    assert events["llama-3.3-70b-versatile"]["upstream"] == "groq"
+    assert events["claude-opus-4-5"]["cost_usd"] == usd((2_000 * 5 + 1_000 * Decimal("0.5") + 400 * 25) / M)
+    assert events["claude-opus-4-5"]["price_source"] == "genai-prices 0.2.3"
+    assert (status, shown["provider"], shown["output"]) == (200, "anthropic", "25")

@@ -1,0 +1,410 @@
+"""A fake OpenAI-compatible upstream: a real aiohttp app with OpenAI's response
+shapes (JSON, SSE, audio bytes), fixed usage figures the tests price by hand,
+a record of what it received, and scripted failures."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import struct
+import wave
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+# Usage the fake reports; tests compute expected costs from these and list prices.
+CHAT = {"prompt": 1200, "completion": 300, "cached": 200, "reasoning": 50}
+RESPONSES = {"input": 900, "output": 150, "cached": 100, "reasoning": 20}
+EMBEDDING_TOKENS = 42
+WHISPER_SECONDS = 95
+VERBOSE_DURATION = "8.47"
+TRANSCRIBE_TOKENS = {"audio": 700, "text": 20, "output": 100}
+IMAGE_TOKENS = {"text": 30, "image": 0, "output": 4160}
+STREAM_PIECES = ["Hel", "lo", " there", "!"]
+TTS_WAV_SECONDS = 2.5
+UPSTREAM_KEY = "sk-upstream-SENTINEL-5f2c"
+# Headers OpenAI sends that name the operator's account: a tenant must never see them.
+ACCOUNT_HEADERS = {"openai-organization": "org-SENTINEL", "openai-project": "proj_SENTINEL"}
+
+
+def wav_bytes(seconds: float, rate: int = 24_000) -> bytes:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(b"\x00\x00" * int(rate * seconds))
+    return buffer.getvalue()
+
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class FakeUpstream:
+    received: list[Received] = field(default_factory=list)
+    fail_status: int | None = None  # answer every call with this error
+    cut_after: int | None = None  # break off streams after this many events
+    delay_s: float = 0.0
+    gate: asyncio.Event | None = None  # streams wait on it after their first event
+    hold: asyncio.Event | None = None  # every call, once received, waits on it before it is answered
+    # A scripted reply in place of the usual one (hostile or odd upstreams).
+    script: Callable[[web.Request, bytes], Awaitable[web.StreamResponse]] | None = None
+    _arrived: asyncio.Condition = field(default_factory=asyncio.Condition, init=False, repr=False)
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/v1/{tail:.*}", self._handle)
+        app.on_response_prepare.append(_account_headers)
+        return app
+
+    async def reached(self, count: int, timeout_s: float = 30.0) -> None:
+        """Wait until ``count`` calls in all have reached this upstream."""
+        async with asyncio.timeout(timeout_s), self._arrived:
+            await self._arrived.wait_for(lambda: len(self.received) >= count)
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.received.append(Received(request.method, request.path, dict(request.headers), body))
+        async with self._arrived:
+            self._arrived.notify_all()
+        if self.hold is not None:
+            await self.hold.wait()
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if request.headers.get("Authorization") != f"Bearer {UPSTREAM_KEY}":
+            return _error(401, "Incorrect API key provided", "invalid_api_key")
+        if self.fail_status is not None:
+            return _error(self.fail_status, "The server had an error processing your request.", None)
+        if self.script is not None:
+            return await self.script(request, body)
+        handler = getattr(self, "_" + request.path.removeprefix("/v1/").replace("/", "_"), None)
+        if handler is None:
+            return _error(404, f"Unknown path {request.path}", "unknown_url")
+        result: web.StreamResponse = await handler(request, body)
+        return result
+
+    # -- chat and completions ------------------------------------------------------
+
+    async def _chat_completions(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        payload = json.loads(body)
+        if payload.get("stream"):
+            include = (payload.get("stream_options") or {}).get("include_usage") is True
+            return await self._stream_chat(request, payload["model"], include)
+        return web.json_response(
+            {
+                "id": "chatcmpl-abc123",
+                "object": "chat.completion",
+                "created": 1741600000,
+                "model": _dated(payload["model"]),
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "Hello there!", "refusal": None},
+                        "logprobs": None,
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": _chat_usage(),
+                "system_fingerprint": "fp_0a1b2c",
+                "service_tier": "default",
+            }
+        )
+
+    async def _stream_chat(self, request: web.Request, model: str, include_usage: bool) -> web.StreamResponse:
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            out: dict[str, Any] = {
+                "id": "chatcmpl-abc123",
+                "object": "chat.completion.chunk",
+                "created": 1741600000,
+                "model": _dated(model),
+                "system_fingerprint": "fp_0a1b2c",
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+            }
+            if include_usage:
+                out["usage"] = None
+            return out
+
+        events = [chunk({"role": "assistant", "content": ""})]
+        events += [chunk({"content": piece}) for piece in STREAM_PIECES]
+        events.append(chunk({}, "stop"))
+        if include_usage:
+            events.append(
+                {
+                    "id": "chatcmpl-abc123",
+                    "object": "chat.completion.chunk",
+                    "created": 1741600000,
+                    "model": _dated(model),
+                    "system_fingerprint": "fp_0a1b2c",
+                    "choices": [],
+                    "usage": _chat_usage(),
+                }
+            )
+        return await self._sse(request, [(None, e) for e in events], done=True)
+
+    async def _completions(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        payload = json.loads(body)
+        return web.json_response(
+            {
+                "id": "cmpl-abc123",
+                "object": "text_completion",
+                "created": 1741600000,
+                "model": payload["model"],
+                "choices": [{"text": " there!", "index": 0, "logprobs": None, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19},
+            }
+        )
+
+    # -- responses -----------------------------------------------------------------------
+
+    async def _responses(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        payload = json.loads(body)
+        response = _response_object(payload["model"])
+        if not payload.get("stream"):
+            return web.json_response(response)
+        in_progress = {**response, "status": "in_progress", "usage": None, "output": []}
+        events: list[tuple[str | None, dict[str, Any]]] = [
+            ("response.created", {"type": "response.created", "sequence_number": 0, "response": in_progress})
+        ]
+        for i, piece in enumerate(STREAM_PIECES, start=1):
+            events.append(
+                (
+                    "response.output_text.delta",
+                    {
+                        "type": "response.output_text.delta",
+                        "sequence_number": i,
+                        "item_id": "msg_abc",
+                        "output_index": 0,
+                        "content_index": 0,
+                        "delta": piece,
+                        "logprobs": [],
+                    },
+                )
+            )
+        events.append(
+            ("response.completed", {"type": "response.completed", "sequence_number": 9, "response": response})
+        )
+        return await self._sse(request, events, done=False)
+
+    # -- embeddings, moderation, models --------------------------------------------------
+
+    async def _embeddings(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        payload = json.loads(body)
+        vector = [0.25, -0.5, 0.125]
+        if payload.get("encoding_format") == "base64":
+            embedding: Any = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+        else:
+            embedding = vector
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [{"object": "embedding", "index": 0, "embedding": embedding}],
+                "model": payload["model"],
+                "usage": {"prompt_tokens": EMBEDDING_TOKENS, "total_tokens": EMBEDDING_TOKENS},
+            }
+        )
+
+    async def _moderations(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        return web.json_response(
+            {
+                "id": "modr-abc",
+                "model": "omni-moderation-2024-09-26",
+                "results": [
+                    {
+                        "flagged": False,
+                        "categories": {"violence": False},
+                        "category_scores": {"violence": 0.001},
+                    }
+                ],
+            }
+        )
+
+    async def _models(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [{"id": "gpt-4o", "object": "model", "created": 1715367049, "owned_by": "system"}],
+            }
+        )
+
+    # -- audio ---------------------------------------------------------------------------
+
+    async def _audio_speech(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        payload = json.loads(body)
+        fmt = payload.get("response_format", "mp3")
+        audio = wav_bytes(TTS_WAV_SECONDS) if fmt == "wav" else b"ID3\x04fake-mp3-frames" * 512
+        response = web.StreamResponse(headers={"Content-Type": "audio/wav" if fmt == "wav" else "audio/mpeg"})
+        await response.prepare(request)
+        for start in range(0, len(audio), 4096):
+            await response.write(audio[start : start + 4096])
+        await response.write_eof()
+        return response
+
+    async def _audio_transcriptions(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        form = await _form(request, body)
+        model, fmt = form.get("model", ""), form.get("response_format", "json")
+        if fmt == "text":
+            return web.Response(text="hello world\n", content_type="text/plain")
+        if fmt == "verbose_json":
+            return web.json_response(
+                {
+                    "task": "transcribe",
+                    "language": "english",
+                    "duration": float(VERBOSE_DURATION),
+                    "text": "hello world",
+                    "segments": [],
+                }
+            )
+        if model.startswith("gpt-4o"):
+            usage: dict[str, Any] = {
+                "type": "tokens",
+                "input_tokens": TRANSCRIBE_TOKENS["audio"] + TRANSCRIBE_TOKENS["text"],
+                "input_token_details": {
+                    "text_tokens": TRANSCRIBE_TOKENS["text"],
+                    "audio_tokens": TRANSCRIBE_TOKENS["audio"],
+                },
+                "output_tokens": TRANSCRIBE_TOKENS["output"],
+                "total_tokens": sum(TRANSCRIBE_TOKENS.values()),
+            }
+        else:
+            usage = {"type": "duration", "seconds": WHISPER_SECONDS}
+        return web.json_response({"text": "hello world", "usage": usage})
+
+    async def _audio_translations(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        return web.json_response({"text": "hello world"})
+
+    # -- images --------------------------------------------------------------------------
+
+    async def _images_generations(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        payload = json.loads(body)
+        return web.json_response(_images(payload.get("model", "dall-e-2"), int(payload.get("n", 1))))
+
+    async def _images_edits(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        form = await _form(request, body)
+        return web.json_response(_images(form.get("model", "dall-e-2"), int(form.get("n", "1"))))
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    async def _sse(
+        self, request: web.Request, events: list[tuple[str | None, dict[str, Any]]], *, done: bool
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
+        await response.prepare(request)
+        for i, (name, data) in enumerate(events):
+            if self.cut_after is not None and i >= self.cut_after:
+                assert request.transport is not None
+                request.transport.close()  # the upstream breaks off mid-stream
+                return response
+            prefix = f"event: {name}\n" if name else ""
+            await response.write(f"{prefix}data: {json.dumps(data)}\n\n".encode())
+            if i == 0 and self.gate is not None:
+                await self.gate.wait()
+        if done:
+            await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+
+async def _account_headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.update(ACCOUNT_HEADERS)  # on every reply, JSON, SSE and errors alike
+
+
+def _dated(model: str) -> str:
+    return {"gpt-4o": "gpt-4o-2024-08-06", "gpt-4o-mini": "gpt-4o-mini-2024-07-18"}.get(model, model)
+
+
+def _chat_usage() -> dict[str, Any]:
+    return {
+        "prompt_tokens": CHAT["prompt"],
+        "completion_tokens": CHAT["completion"],
+        "total_tokens": CHAT["prompt"] + CHAT["completion"],
+        "prompt_tokens_details": {"cached_tokens": CHAT["cached"], "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": CHAT["reasoning"],
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
+    }
+
+
+def _response_object(model: str) -> dict[str, Any]:
+    return {
+        "id": "resp_abc123",
+        "object": "response",
+        "created_at": 1741600000,
+        "status": "completed",
+        "model": model,
+        "output": [
+            {
+                "type": "message",
+                "id": "msg_abc",
+                "status": "completed",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": "Hello there!", "annotations": []}],
+            }
+        ],
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "usage": {
+            "input_tokens": RESPONSES["input"],
+            "input_tokens_details": {"cached_tokens": RESPONSES["cached"]},
+            "output_tokens": RESPONSES["output"],
+            "output_tokens_details": {"reasoning_tokens": RESPONSES["reasoning"]},
+            "total_tokens": RESPONSES["input"] + RESPONSES["output"],
+        },
+    }
+
+
+def _images(model: str, n: int) -> dict[str, Any]:
+    if model.startswith("gpt-image"):
+        return {
+            "created": 1741600000,
+            "data": [{"b64_json": base64.b64encode(b"\x89PNG fake").decode()} for _ in range(n)],
+            "usage": {
+                "total_tokens": sum(IMAGE_TOKENS.values()),
+                "input_tokens": IMAGE_TOKENS["text"] + IMAGE_TOKENS["image"],
+                "output_tokens": IMAGE_TOKENS["output"],
+                "input_tokens_details": {
+                    "text_tokens": IMAGE_TOKENS["text"],
+                    "image_tokens": IMAGE_TOKENS["image"],
+                },
+            },
+        }
+    return {
+        "created": 1741600000,
+        "data": [{"url": "https://example.invalid/img.png", "revised_prompt": "a cat"} for _ in range(n)],
+    }
+
+
+async def _form(request: web.Request, body: bytes) -> dict[str, str]:
+    from taximeter.proxy.gateway.forms import parse_form
+
+    return parse_form(request.headers["Content-Type"], body).fields
+
+
+def _error(status: int, message: str, code: str | None) -> web.Response:
+    return web.json_response(
+        {
+            "error": {
+                "message": message,
+                "type": "invalid_request_error" if status < 500 else "server_error",
+                "param": None,
+                "code": code,
+            }
+        },
+        status=status,
+    )

@@ -1,0 +1,29 @@
+"""The benchmark cannot rot: a few seconds of it run, and its ledger check holds."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.availability import unavailable
+
+pytestmark = pytest.mark.slow  # starts real processes
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_benchmark_smoke_runs_and_the_ledger_is_exact() -> None:
+    if shutil.which("wrk") is None:
+        unavailable("wrk is not installed", ".ci/run installs Debian's wrk package")
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke"], cwd=ROOT, capture_output=True, text=True, timeout=240
+    )
+    assert result.returncode == 0, result.stderr[-2000:]  # it raises if any event is lost or doubled
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert {r["target"] for r in rows} == {"direct", "forwarder", "taximeter-embedded"}
+    assert all(r["ok"] > 0 and r["ok"] == r["requests"] for r in rows)
