@@ -22,7 +22,7 @@ from taximeter.pricing.catalog import ModelPrice
 from taximeter.pricing.estimate import at_least
 from taximeter.pricing.models import UsageEvent
 from taximeter.pricing.money import convert, quantize
-from taximeter.pricing.usage import Usage
+from taximeter.pricing.usage import Family, Usage
 
 __all__ = ["CallFacts", "Charge", "Tariff", "charge", "price_of", "price_source", "usage_charged"]
 
@@ -48,7 +48,7 @@ class CallFacts:
     api_type: str
     model: str
     endpoint: str
-    family: str
+    family: Family
     price: ModelPrice | None
     end_user: str | None = None
     conversation: str | None = None

@@ -17,7 +17,7 @@ from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
-from taximeter.pricing.usage import Usage
+from taximeter.pricing.usage import Family, Usage
 
 __all__ = ["at_least", "estimate_usage", "input_tokens"]
 
@@ -101,7 +101,7 @@ def input_tokens(request: Any, unseen_tokens: int) -> int:
 
 
 def estimate_usage(
-    family: str,
+    family: Family,
     request: dict[str, Any],
     *,
     default_output_tokens: int,

@@ -20,7 +20,7 @@ from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
-from taximeter.pricing.usage import Usage
+from taximeter.pricing.usage import Family, Usage
 
 __all__ = [
     "MAX_AUDIO_SECONDS",
@@ -245,7 +245,7 @@ def tokens_of(characters: int) -> int:
 
 
 def extract_usage(
-    family: str,
+    family: Family,
     request: dict[str, Any],
     response: Any,
     *,

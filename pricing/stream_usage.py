@@ -10,7 +10,7 @@ import orjson
 
 from taximeter.pricing.extract import characters_of, estimate_tokens, reported_usage, request_text, tokens_of
 from taximeter.pricing.sse import SseMessage
-from taximeter.pricing.usage import Usage
+from taximeter.pricing.usage import Family, Usage
 
 __all__ = ["StreamUsage"]
 
@@ -27,7 +27,7 @@ class StreamUsage:
     report it in every chunk; flagged ``estimated`` when it was invalid).
     """
 
-    def __init__(self, family: str, request: dict[str, Any], *, hide_usage_chunk: bool) -> None:
+    def __init__(self, family: Family, request: dict[str, Any], *, hide_usage_chunk: bool) -> None:
         self._family = family
         self._request = request
         self._hide = hide_usage_chunk

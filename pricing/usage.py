@@ -5,8 +5,23 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Literal
 
-__all__ = ["Usage"]
+__all__ = ["Family", "Usage"]
+
+# How a call's usage is read, by the kind of endpoint it went to.
+Family = Literal[
+    "chat",
+    "completions",
+    "responses",
+    "embeddings",
+    "speech",
+    "transcription",
+    "image",
+    "moderation",
+    "models",
+    "passthrough",
+]
 
 
 @dataclass(frozen=True, slots=True)

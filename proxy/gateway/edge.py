@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from taximeter.pricing.usage import Family
 from taximeter.proxy.errors import InvalidInput
 
 __all__ = ["MAX_LABEL_CHARS", "label", "refuse_unmetered_options"]
@@ -43,7 +44,7 @@ def _encodable(value: str) -> bool:
     return True
 
 
-def refuse_unmetered_options(family: str, fields: dict[str, Any], *, form: bool = False) -> None:
+def refuse_unmetered_options(family: Family, fields: dict[str, Any], *, form: bool = False) -> None:
     """Refuse request options whose spend taximeter could not read back.
 
     ``stream`` must be a JSON boolean (in a multipart ``form``, where every

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
-__all__ = ["ENDPOINTS", "Endpoint", "find_endpoint"]
+from taximeter.pricing.usage import Family
+
+__all__ = ["ENDPOINTS", "BodyKind", "Endpoint", "find_endpoint"]
+
+
+# How a request body is read: parsed JSON, a multipart form, none, or relayed raw.
+BodyKind = Literal["json", "multipart", "none", "raw"]
 
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     path: str
-    family: str  # how usage is read: chat, completions, responses, embeddings, speech, ...
+    family: Family  # how usage is read
     api_type: str  # what it is billed as (chat may become vision per request)
-    body: str  # json, multipart or none
+    body: BodyKind
     method: str = "POST"
     metered: bool = True
 
