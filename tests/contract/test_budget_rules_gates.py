@@ -17,6 +17,7 @@ from taximeter.pricing import budgets
 from taximeter.pricing.models import BudgetConfig, BudgetState, Reservation, UsageEvent
 from taximeter.store.base import Admission, Gate
 from taximeter.store.local_gate import LocalGate
+from tests.support.factories import usage_event
 
 T0 = datetime(2026, 3, 10, 15, 0, tzinfo=UTC)
 SEED = 20261125
@@ -137,19 +138,7 @@ CASES = _cases()
 
 
 def _event(client_id: str, request_id: str, tokens: int, nanos: int) -> UsageEvent:
-    return UsageEvent(
-        request_id=request_id,
-        client_id=client_id,
-        api_type="chat",
-        model="gpt-4o",
-        endpoint="/v1/chat/completions",
-        status=200,
-        created_at=T0,
-        currency="BRL",
-        exchange_rate=Decimal(5),
-        input_tokens=tokens,
-        cost=Decimal(nanos) / 10**9,
-    )
+    return usage_event(request_id, client_id=client_id, input_tokens=tokens, cost=Decimal(nanos) / 10**9)
 
 
 async def replay(

@@ -30,29 +30,14 @@ from taximeter.store.local_gate import LocalGate
 from taximeter.store.redis_gate import RedisGate
 from taximeter.store.sql import SqlStore
 from taximeter.store.store_gate import StoreGate
-from tests.support.factories import T0, budget_state
+from tests.support.factories import T0, budget_state, estimated_event
 from tests.support.shared_services import REDIS_URL, fresh_pg_database, fresh_redis_prefix
-
-_counter = iter(range(10**9))
 
 
 def event(
     tokens: int = 0, nanos: int = 0, request_id: str | None = None, client_id: str = "acme"
 ) -> UsageEvent:
-    return UsageEvent(
-        request_id=request_id or f"req_{next(_counter)}",
-        client_id=client_id,
-        api_type="chat",
-        model="gpt-4o",
-        endpoint="/v1/chat/completions",
-        status=0,
-        created_at=T0,
-        currency="BRL",
-        exchange_rate=Decimal(5),
-        input_tokens=tokens,
-        cost=Decimal(nanos) / 10**9,
-        estimated=True,
-    )
+    return estimated_event(request_id, client_id=client_id, input_tokens=tokens, cost=Decimal(nanos) / 10**9)
 
 
 def hold(

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from taximeter.pricing.charge import Tariff
-from taximeter.pricing.models import Reservation, UsageEvent
+from taximeter.pricing.models import Reservation
 from taximeter.proxy.gateway.metering import Meter
 from taximeter.store.local_gate import LocalGate
+from tests.support.factories import estimated_event, reservation
 
 T0 = datetime(2026, 11, 25, 12, tzinfo=UTC)
 
@@ -23,20 +24,8 @@ class Recording(LocalGate):
         self.released.append(request_id)
 
 
-def reservation(request_id: str) -> Reservation:
-    event = UsageEvent(
-        request_id=request_id,
-        client_id="acme",
-        api_type="chat",
-        model="gpt-4o",
-        endpoint="/v1/chat/completions",
-        status=0,
-        created_at=T0,
-        currency="BRL",
-        exchange_rate=Decimal(5),
-        estimated=True,
-    )
-    return Reservation(event, 0, T0 + timedelta(minutes=10))
+def held(request_id: str) -> Reservation:
+    return reservation(estimated_event(request_id))
 
 
 def meter(gate: Recording, fallback: Recording) -> Meter:
@@ -58,10 +47,10 @@ async def test_a_call_restored_into_the_fallback_is_released_there_too() -> None
     charged by the sweeper for a call never forwarded."""
     gate, fallback = Recording(), Recording()
     m = meter(gate, fallback)
-    m.held.add(reservation("a"), gate)
-    m.held.add(reservation("b"), gate)
+    m.held.add(held("a"), gate)
+    m.held.add(held("b"), gate)
     m.held.restored("acme", fallback)
-    m.held.add(reservation("c"), gate)  # admitted after the copy: the gate's alone
+    m.held.add(held("c"), gate)  # admitted after the copy: the gate's alone
     for request_id in ("a", "c"):
         await m.release("acme", request_id)
     assert (sorted(gate.released), fallback.released) == (["a", "c"], ["a"])
