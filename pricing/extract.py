@@ -120,6 +120,7 @@ def _token_usage(usage: dict[str, Any]) -> Usage:
         image_input_tokens=_count(in_details, "image_tokens") or 0,
         cached_audio_tokens=_count(cached_details, "audio_tokens") or 0,
         cached_image_tokens=_count(cached_details, "image_tokens") or 0,
+        cache_write_tokens=_count(in_details, "cache_write_tokens") or 0,
         reasoning_tokens=_count(out_details, "reasoning_tokens") or 0,
         audio_output_tokens=_count(out_details, "audio_tokens") or 0,
         image_output_tokens=_count(out_details, "image_tokens") or 0,
@@ -136,7 +137,8 @@ def _check_parts(u: Usage) -> None:
         raise _Invalid("cached audio and image tokens exceed cached tokens")
     if u.cached_audio_tokens > u.audio_input_tokens or u.cached_image_tokens > u.image_input_tokens:
         raise _Invalid("cached audio or image tokens exceed their totals")
-    if u.cached_tokens + u.audio_input_tokens + u.image_input_tokens - cached_media > u.input_tokens:
+    parts = u.cached_tokens + u.cache_write_tokens + u.audio_input_tokens + u.image_input_tokens
+    if parts - cached_media > u.input_tokens:
         raise _Invalid("input details exceed input tokens")
     if u.reasoning_tokens + u.audio_output_tokens + u.image_output_tokens > u.output_tokens:
         raise _Invalid("output details exceed output tokens")

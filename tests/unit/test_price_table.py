@@ -364,3 +364,24 @@ def test_cached_parts_that_do_not_add_up_are_not_a_count(details: dict[str, obje
         {"usage": {"prompt_tokens": 100, "completion_tokens": 1, "prompt_tokens_details": details}},
     )
     assert usage.estimated and usage.input_tokens == 0
+
+
+def test_cache_writes_are_read_and_priced_at_their_rate() -> None:
+    """OpenAI reports cache writes in the input details (the field genai-prices
+    reads too); a model that charges them prices them at its cache_write rate."""
+    from taximeter.pricing.catalog import Catalog
+    from taximeter.pricing.catalog_files import parse_toml
+
+    toml = '[models."w"]\napi_type = "chat"\ninput = "2"\ncached_input = "0.2"\ncache_write = "2.5"\noutput = "8"\n'
+    price = Catalog(parse_toml(toml, "x")).resolve("w")
+    details = {"cached_tokens": 100, "cache_write_tokens": 300}
+    usage = extract_usage(
+        "chat",
+        {},
+        {"usage": {"prompt_tokens": 1_000, "completion_tokens": 10, "prompt_tokens_details": details}},
+    )
+    assert usage.cache_write_tokens == 300
+    # 600 uncached at $2, 100 cached at $0.20, 300 written at $2.50, 10 out at $8.
+    assert price is not None and price.cost_usd(usage) == quantize(
+        (600 * 2 + 100 * D("0.2") + 300 * D("2.5") + 10 * 8) / M
+    )
