@@ -60,6 +60,7 @@ _MODEL_KEYS = frozenset(
         "checked",
         "shutdown",
         "provider",
+        "regional_uplift",
     }
 )
 
@@ -111,6 +112,7 @@ def _model(name: str, entry: object, source: str, default_fees: dict[str, Decima
         per_image=_prices_table(entry.get("per_image", {}), f"{where}.per_image"),
         image_defaults=_image_defaults(entry.get("image_defaults"), where),
         tool_fees=tool_fees,
+        regional_uplift=_optional_price(entry, "regional_uplift", where),
         aliases=_names(entry.get("aliases", []), f"{where}.aliases"),
         provider=_provider(entry.get("provider", "openai"), where),
         source=source,

@@ -21,7 +21,7 @@ from decimal import Decimal
 from taximeter.pricing.catalog import ModelPrice
 from taximeter.pricing.estimate import at_least
 from taximeter.pricing.models import UsageEvent
-from taximeter.pricing.money import convert, quantize
+from taximeter.pricing.money import convert, money_text, quantize
 from taximeter.pricing.usage import Family, Usage
 
 __all__ = ["CallFacts", "Charge", "Tariff", "charge", "price_of", "price_source", "usage_charged"]
@@ -55,6 +55,7 @@ class CallFacts:
     reserved: Usage = field(default_factory=Usage)
     upstream: str | None = None
     latency_ms: int | None = None
+    regional: bool = False  # served by a regional-processing (data residency) endpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +69,9 @@ class Charge:
     unpriced: bool
 
 
-def price_of(price: ModelPrice | None, usage: Usage, tariff: Tariff) -> Charge:
+def price_of(price: ModelPrice | None, usage: Usage, tariff: Tariff, *, regional: bool = False) -> Charge:
     """``usage`` at ``price`` (0 and ``unpriced`` without one), in ``tariff``'s currency."""
-    cost_usd = price.cost_usd(usage) if price is not None else quantize(Decimal(0))
+    cost_usd = price.cost_usd(usage, regional=regional) if price is not None else quantize(Decimal(0))
     return Charge(
         cost_usd=cost_usd,
         cost=convert(cost_usd, tariff.exchange_rate),
@@ -90,7 +91,7 @@ def usage_charged(usage: Usage, status: int, reserved: Usage) -> Usage:
 def charge(call: CallFacts, usage: Usage, status: int, tariff: Tariff, now: datetime) -> UsageEvent:
     """The ledger event of ``call``, ended with ``status`` after ``usage``."""
     charged = usage_charged(usage, status, call.reserved)
-    cost = price_of(call.price, charged, tariff)
+    cost = price_of(call.price, charged, tariff, regional=call.regional)
     return UsageEvent(
         request_id=call.request_id,
         client_id=call.client_id,
@@ -116,18 +117,21 @@ def charge(call: CallFacts, usage: Usage, status: int, tariff: Tariff, now: date
         unpriced=cost.unpriced and call.family not in FREE_FAMILIES,
         service_tier=charged.service_tier,
         tool_calls=tuple(sorted(charged.tool_calls.items())),
-        price_source=price_source(call.price, charged),
+        price_source=price_source(call.price, charged, regional=call.regional),
         upstream=call.upstream,
         latency_ms=call.latency_ms,
     )
 
 
-def price_source(price: ModelPrice | None, usage: Usage) -> str | None:
-    """Which catalog priced the call, and what it could not price as the
-    response said (a tier it has no rates for, a tool it has no fee for)."""
+def price_source(price: ModelPrice | None, usage: Usage, *, regional: bool = False) -> str | None:
+    """Which catalog priced the call, the regional uplift it carries, and what
+    it could not price as the response said (a tier it has no rates for, a
+    tool it has no fee for)."""
     if price is None:
         return None
     notes = []
+    if regional and price.regional_uplift is not None:
+        notes.append(f"regional +{money_text(price.regional_uplift * 100)}%")
     tier = price.unmet_tier(usage)
     if tier is not None:
         notes.append(f"no {tier} rates: standard")

@@ -132,6 +132,7 @@ class ModelPrice:
     per_image: Mapping[str, Decimal] = field(default_factory=dict)  # "quality:size" or "size"
     image_defaults: tuple[str | None, str | None] = (None, None)  # quality, size the API takes
     tool_fees: Mapping[str, Decimal] = field(default_factory=dict)  # USD per call, by tool
+    regional_uplift: Decimal | None = None  # added on a regional-processing endpoint (0.10: +10%)
     aliases: tuple[str, ...] = ()
     provider: str = "openai"  # whose price it is: an upstream is priced from its provider's
     source: str = ""  # the catalog that priced it
@@ -148,14 +149,18 @@ class ModelPrice:
             rates = context.rates[tier]
         return tier, rates
 
-    def cost_usd(self, usage: Usage) -> Decimal:
+    def cost_usd(self, usage: Usage, *, regional: bool = False) -> Decimal:
         """Cost of ``usage`` in USD, quantized to 1e-9.
 
         Tokens are priced when the usage reports any; otherwise characters,
-        audio seconds or images, whichever this model has a price for. Tool
-        calls are added at their fees.
+        audio seconds or images, whichever this model has a price for. On a
+        regional-processing upstream (``regional``) that carries the model's
+        uplift. Tool calls are added at their fees.
         """
-        return quantize(self._unit_cost(usage) + self.tool_cost(usage))
+        units = self._unit_cost(usage)
+        if regional and self.regional_uplift is not None:
+            units *= 1 + self.regional_uplift
+        return quantize(units + self.tool_cost(usage))
 
     def tool_cost(self, usage: Usage) -> Decimal:
         fees = self.tool_fees
@@ -206,6 +211,7 @@ class ModelPrice:
             "per_minute": _text(self.per_minute),
             "per_image": {k: str(v) for k, v in self.per_image.items()},
             "tool_fees": {k: str(v) for k, v in self.tool_fees.items()},
+            "regional_uplift": _text(self.regional_uplift),
             "aliases": list(self.aliases),
             "provider": self.provider,
             "source": self.source,

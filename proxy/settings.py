@@ -67,6 +67,11 @@ class UpstreamSettings(BaseModel):
         description="Whose prices price its calls (openai, anthropic, groq, deepseek, mistral, google, "
         "together, ...); inferred from base_url when unset, openai when the address is unknown.",
     )
+    regional: bool = Field(
+        False,
+        description="A regional-processing (data residency) endpoint: calls carry the model's "
+        "regional uplift where the catalog states one.",
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -296,6 +301,7 @@ class Settings(BaseSettings):
                 api_key=self.upstream_api_key,
                 api_key_env=None,
                 provider=None,
+                regional=False,
             )
         ]
 

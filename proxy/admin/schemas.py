@@ -253,6 +253,7 @@ SCHEMAS: dict[str, Any] = {
                 ]
             },
             "tool_fees": {"type": "object", "additionalProperties": _MONEY},
+            "regional_uplift": _NULLABLE_MONEY,
             "aliases": {"type": "array", "items": {"type": "string"}},
             "provider": {"type": "string"},
             "source": {"type": "string"},

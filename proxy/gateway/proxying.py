@@ -191,6 +191,7 @@ async def _parse_call(
         end_user=label(header_user, "X-Taximeter-End-User") or label(fields.get("user"), "user"),
         conversation=label(request.headers.get("X-Taximeter-Conversation"), "X-Taximeter-Conversation"),
         upstream_name=upstream.name,
+        regional=upstream.regional,
     )
 
 

@@ -54,6 +54,7 @@ class Call:
     end_user: str | None
     conversation: str | None
     upstream_name: str
+    regional: bool
     started: float = field(default_factory=time.monotonic)
     client_gone: asyncio.Event = field(default_factory=asyncio.Event)
     upstream: aiohttp.ClientResponse | None = None
@@ -86,6 +87,7 @@ def event_of(services: Services, call: Call, usage: Usage, status: int) -> Usage
         conversation=call.conversation,
         reserved=call.reserved,
         upstream=call.upstream_name,
+        regional=call.regional,
         latency_ms=None if status == 0 else round((time.monotonic() - call.started) * 1000),
     )
     return charge(facts, usage, status, services.meter.tariff, services.meter.clock())

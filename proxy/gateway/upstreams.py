@@ -17,6 +17,7 @@ class Upstream:
     base_url: str
     authorization: str | None  # the full header value; never logged
     provider: str  # whose prices price its calls
+    regional: bool = False  # a data-residency endpoint: prices carry the regional uplift
 
     def url(self, path: str, query: str) -> str:
         """The upstream URL of a proxied ``/v1/...`` path."""
@@ -34,6 +35,7 @@ class Upstreams:
                     base_url=u.base_url,
                     authorization=None if u.api_key is None else f"Bearer {u.api_key.get_secret_value()}",
                     provider=u.provider or infer_provider(u.base_url),
+                    regional=u.regional,
                 ),
             )
             for u in configured

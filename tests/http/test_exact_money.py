@@ -253,3 +253,35 @@ async def test_each_upstream_is_priced_from_its_provider(
     assert events["claude-opus-4-5"]["cost_usd"] == usd((2_000 * 5 + 1_000 * Decimal("0.5") + 400 * 25) / M)
     assert events["claude-opus-4-5"]["price_source"] == "genai-prices 0.2.3"
     assert (status, shown["provider"], shown["output"]) == (200, "anthropic", "25")
+
+
+async def test_a_regional_upstream_is_charged_its_uplift(
+    aiohttp_server: Any, tmp_path: Any, clock: Any
+) -> None:
+    """Before: a data-residency endpoint's +10% was never charged."""
+    from taximeter.proxy.app import create_app
+    from taximeter.proxy.settings import Settings
+    from tests.support.fake_upstream import UPSTREAM_KEY, FakeUpstream
+    from tests.support.harness import ADMIN_TOKEN
+
+    eu = FakeUpstream()
+    eu.script = replying(chat_body("gpt-5.5", 1_000, 100, "default"))
+    eu_server = await aiohttp_server(eu.app())
+    upstream = {"name": "eu", "base_url": str(eu_server.make_url("/v1")), "api_key": UPSTREAM_KEY}
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path}/t.db",
+        admin_token=ADMIN_TOKEN,
+        upstreams=[{**upstream, "regional": True}],
+    )
+    server = await aiohttp_server(create_app(settings, clock=clock))
+    async with aiohttp.ClientSession() as http:
+        harness = Harness(server=server, upstream=eu, http=http)
+        key = await harness.new_client("acme")
+        await harness.sdk(key).chat.completions.create(
+            model="gpt-5.5", messages=[{"role": "user", "content": "x"}]
+        )
+        [event] = await harness.events("acme")
+        await harness.close()
+    # gpt-5.5 $5 / $30 per 1M, +10% on a regional-processing endpoint.
+    assert event["cost_usd"] == usd((1_000 * 5 + 100 * 30) / M * Decimal("1.1"))
+    assert (event["price_source"], event["upstream"]) == ("prices.toml (regional +10%)", "eu")

@@ -385,3 +385,16 @@ def test_cache_writes_are_read_and_priced_at_their_rate() -> None:
     assert price is not None and price.cost_usd(usage) == quantize(
         (600 * 2 + 100 * D("0.2") + 300 * D("2.5") + 10 * 8) / M
     )
+
+
+def test_a_regional_endpoint_carries_the_uplift_on_units_not_on_tool_fees() -> None:
+    """Regional processing: +10% for models released on or after 2026-03-05
+    (pricing page footnote, checked 2026-11-25); gpt-5.5 was released 2026-04-23,
+    gpt-5 (2025-08-07) carries none."""
+    usage = Usage(input_tokens=1_000, output_tokens=100, tool_calls={"web_search": 1})
+    gpt55 = CATALOG.resolve("gpt-5.5")
+    assert gpt55 is not None
+    assert gpt55.cost_usd(usage, regional=True) == quantize((1_000 * 5 + 100 * 30) / M * D("1.1") + D("0.01"))
+    assert gpt55.cost_usd(usage) == quantize((1_000 * 5 + 100 * 30) / M + D("0.01"))
+    gpt5 = CATALOG.resolve("gpt-5")
+    assert gpt5 is not None and gpt5.cost_usd(usage, regional=True) == gpt5.cost_usd(usage)
