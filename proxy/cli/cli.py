@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,16 @@ _BAR = 24
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader went away (``taximeter usage acme | head``): not an error.
+        # Later writes (at exit) go nowhere instead of raising again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = load_settings(
@@ -70,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="taximeter", description="Metering and budget proxy for OpenAI APIs."
     )
     parser.add_argument("--config", type=Path, help="TOML settings file (or TAXIMETER_CONFIG)")
+    parser.add_argument("--version", action="version", version=f"taximeter {package_version('taximeter')}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the proxy")
@@ -230,7 +242,7 @@ def _budget_body(args: argparse.Namespace) -> dict[str, Any]:
 
 def _bars(state: BudgetState) -> str:
     """One line per active metric, each a bar coloured by the budget's level."""
-    color = _COLORS[budgets.level(state)] if sys.stdout.isatty() or os.environ.get("FORCE_COLOR") else ""
+    color = _COLORS[budgets.level(state)] if _colored() else ""
     tokens_pct, cost_pct = budgets.percents(state)
     config = state.config
     lines = [
@@ -243,6 +255,13 @@ def _bars(state: BudgetState) -> str:
         used, limit = money_text(from_nanos(state.cost_used_nanos)), money_text(config.cost_limit)
         lines.append(_bar("cost", cost_pct, f"{used} / {limit} {config.currency}", color))
     return "\n".join(lines)
+
+
+def _colored() -> bool:
+    """Colour on a terminal, unless NO_COLOR is set (no-color.org); FORCE_COLOR forces it."""
+    if os.environ.get("FORCE_COLOR"):
+        return True
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
 
 
 def _bar(label: str, percent: float, figures: str, color: str) -> str:
