@@ -10,11 +10,13 @@ import multiprocessing
 import os
 import shutil
 import signal
+import sys
 import tempfile
 from types import FrameType
 
 from aiohttp import web
 
+from taximeter.proxy.cli.startup import STARTUP_FAILURES, failure_line, summary
 from taximeter.proxy.logs import written_in_background
 from taximeter.proxy.settings import Settings
 
@@ -23,7 +25,21 @@ __all__ = ["serve", "warn_if_exposed"]
 log = logging.getLogger("taximeter.serve")
 
 
-def _run(settings: Settings, reuse_port: bool) -> None:
+def _run(settings: Settings, reuse_port: bool, *, announce: bool = True) -> int:
+    """Serve until stopped; 2 after one line on stderr when it cannot start."""
+    try:
+        _serve_forever(settings, reuse_port, announce=announce)
+    except STARTUP_FAILURES as exc:
+        print(failure_line(exc, settings), file=sys.stderr)
+        return 2
+    return 0
+
+
+def _worker(settings: Settings) -> None:
+    sys.exit(_run(settings, reuse_port=True, announce=False))
+
+
+def _serve_forever(settings: Settings, reuse_port: bool, *, announce: bool) -> None:
     # Imported here: prometheus-client must see PROMETHEUS_MULTIPROC_DIR first.
     from taximeter.proxy.app import create_app
 
@@ -34,7 +50,6 @@ def _run(settings: Settings, reuse_port: bool) -> None:
     except ImportError:  # not on every platform; the standard loop works, slower
         pass
 
-    log.info("listening", extra={"host": settings.host, "port": settings.port, "pid": os.getpid()})
     # Started here, in the process that serves: a thread does not survive a fork.
     with written_in_background():
         web.run_app(
@@ -46,9 +61,16 @@ def _run(settings: Settings, reuse_port: bool) -> None:
             # A client that leaves cancels its handler; the upstream call is closed at
             # once and what was delivered is metered (see Services.shielded).
             handler_cancellation=True,
-            print=None,
+            # Called once the site listens: the summary never precedes a failure.
+            print=lambda _: _listening(settings, announce),
             shutdown_timeout=30,
         )
+
+
+def _listening(settings: Settings, announce: bool) -> None:
+    if announce:
+        print(summary(settings), flush=True)
+    log.info("listening", extra={"host": settings.host, "port": settings.port, "pid": os.getpid()})
 
 
 def _is_loopback(host: str) -> bool:
@@ -76,8 +98,8 @@ def warn_if_exposed(settings: Settings) -> None:
 def serve(settings: Settings) -> int:
     warn_if_exposed(settings)  # once, before any worker starts
     if settings.workers == 1:
-        _run(settings, reuse_port=False)
-        return 0
+        return _run(settings, reuse_port=False)
+    print(summary(settings) + f"\n  workers    {settings.workers}", flush=True)
     # One directory of metric values shared by the workers: any of them answers
     # a scrape with everyone's counts.
     metrics_dir = tempfile.mkdtemp(prefix="taximeter-metrics-")
@@ -85,7 +107,7 @@ def serve(settings: Settings) -> int:
     # fork, not spawn: the children inherit the validated settings as they are.
     context = multiprocessing.get_context("fork")
     workers = [
-        context.Process(target=_run, args=(settings, True), daemon=False) for _ in range(settings.workers)
+        context.Process(target=_worker, args=(settings,), daemon=False) for _ in range(settings.workers)
     ]
     for worker in workers:
         worker.start()
