@@ -208,6 +208,7 @@ async def start_taximeter(
             [TAXIMETER, *args], env=env, cwd=workdir, check=True, capture_output=True, text=True
         ).stdout
 
+    cli("migrate")  # the CLI creates no database but by migrate
     cli("clients", "add", "bench")
     key = cli("keys", "create", "bench").strip()
     # Budgets on: every call is admitted by reservation and settled against it.

@@ -22,6 +22,7 @@ from taximeter.pricing.catalog import CatalogError, load_catalog, problems, warn
 from taximeter.pricing.models import BudgetState
 from taximeter.pricing.money import from_nanos, money_text
 from taximeter.proxy.cli.apply import apply_file
+from taximeter.proxy.cli.startup import describe_store
 from taximeter.proxy.errors import TaximeterError
 from taximeter.proxy.gateway.upstreams import Upstreams
 from taximeter.proxy.logs import configure_logging
@@ -63,6 +64,8 @@ def _main(argv: list[str] | None) -> int:
         from taximeter.proxy.cli.serve import serve
 
         return serve(settings)
+    if args.command != "pricing" and not _database_named(settings, args):
+        return 2
     try:
         return asyncio.run(_manage(settings, args))
     except ConfigError as exc:
@@ -81,6 +84,11 @@ def _parser() -> argparse.ArgumentParser:
         prog="taximeter", description="Metering and budget proxy for OpenAI APIs."
     )
     parser.add_argument("--config", type=Path, help="TOML settings file (or TAXIMETER_CONFIG)")
+    parser.add_argument(
+        "--create",
+        action="store_true",
+        help="create the SQLite database if it is missing (migrate always does)",
+    )
     parser.add_argument("--version", action="version", version=f"taximeter {package_version('taximeter')}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -158,7 +166,7 @@ async def _manage(settings: Settings, args: argparse.Namespace) -> int:
     try:
         await store.migrate()
         if args.command == "migrate":
-            print(f"schema up to date ({settings.database_url.split('://')[0]})")
+            print(f"schema up to date ({args.database})")
             return 0
         ops = Operations(
             store,
@@ -171,6 +179,30 @@ async def _manage(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         await gate.close()
         await store.close()
+
+
+def _database_named(settings: Settings, args: argparse.Namespace) -> bool:
+    """Say which database a command uses; False (after saying why) when it
+    would create a SQLite file nobody asked for."""
+    missing = _missing_sqlite_file(settings.database_url)
+    if missing is not None and args.command != "migrate" and not args.create:
+        print(
+            f"taximeter: no database at {missing}: run this where the proxy runs, set "
+            "TAXIMETER_DATABASE_URL, or create one with `taximeter migrate` (or --create)",
+            file=sys.stderr,
+        )
+        return False
+    args.database = describe_store(settings.database_url)
+    print(f"taximeter: database {args.database}", file=sys.stderr)
+    return True
+
+
+def _missing_sqlite_file(url: str) -> Path | None:
+    """The SQLite file ``url`` names, when it does not exist yet."""
+    if not url.startswith("sqlite:///"):
+        return None
+    path = Path(url.removeprefix("sqlite:///"))
+    return None if path.exists() else path.resolve()
 
 
 def _gate_refresher(gate: Gate) -> Callable[[str, BudgetState | None, datetime], Awaitable[None]]:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import errno
 from importlib.metadata import version
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from taximeter.pricing.catalog import CatalogError
 from taximeter.proxy.settings import Settings
 from taximeter.store.base import StoreUnavailable
 
-__all__ = ["STARTUP_FAILURES", "failure_line", "summary"]
+__all__ = ["STARTUP_FAILURES", "describe_store", "failure_line", "summary"]
 
 # What a start-up can fail on that is the operator's to fix, not a bug.
 STARTUP_FAILURES = (OSError, StoreUnavailable, CatalogError)
@@ -24,7 +25,7 @@ def summary(settings: Settings) -> str:
     gate = f"redis {_without_password(settings.redis_url)}" if settings.redis_url else "in-process"
     lines = [
         f"taximeter {version('taximeter')} listening on {base}/v1",
-        f"  store      {_store(settings.database_url)}",
+        f"  store      {describe_store(settings.database_url)}",
         f"  gate       {gate}",
     ]
     for upstream in settings.resolved_upstreams():
@@ -43,13 +44,14 @@ def failure_line(exc: BaseException, settings: Settings) -> str:
     if isinstance(exc, OSError):
         return f"taximeter: cannot start: cannot listen on {address}: {exc.strerror or exc}"
     if isinstance(exc, StoreUnavailable):
-        return f"taximeter: cannot start: store {_store(settings.database_url)} unavailable: {exc}"
+        return f"taximeter: cannot start: store {describe_store(settings.database_url)} unavailable: {exc}"
     return f"taximeter: cannot start: price catalog: {exc}"
 
 
-def _store(url: str) -> str:
+def describe_store(url: str) -> str:
+    """The store a URL names, without its password."""
     if url.startswith("sqlite:///"):
-        return f"sqlite {url.removeprefix('sqlite:///')}"
+        return f"sqlite {Path(url.removeprefix('sqlite:///')).absolute()}"
     return f"postgres {_without_password(url)}"
 
 

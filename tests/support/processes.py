@@ -33,8 +33,12 @@ class Deployment:
         self.env |= {"TAXIMETER_UPSTREAM_URL": upstream_url, "TAXIMETER_UPSTREAM_API_KEY": UPSTREAM_KEY}
         self.env |= {f"TAXIMETER_{k.upper()}": v for k, v in settings.items()}
         self.server: asyncio.subprocess.Process | None = None
+        self._migrated = False
 
     async def cli(self, *args: str) -> str:
+        if not self._migrated and args[:1] != ("migrate",):
+            await self.cli("migrate")  # the CLI creates no database but by `migrate`
+        self._migrated = True
         proc = await asyncio.create_subprocess_exec(
             TAXIMETER,
             *args,
