@@ -43,6 +43,7 @@ def test_the_cli_names_its_database_and_creates_none_unasked(
     from taximeter.proxy.cli import cli
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "configure_logging", lambda *args: None)  # the test run's logging stays as it is
     for name in [n for n in os.environ if n.startswith("TAXIMETER_")]:
         monkeypatch.delenv(name)
     assert cli.main(["clients", "list"]) == 2
