@@ -93,10 +93,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the proxy")
-    serve.add_argument("--config", type=Path, default=argparse.SUPPRESS)
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--workers", type=int)
+    serve.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="TOML settings file")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 8787)")
+    serve.add_argument("--workers", type=int, help="processes sharing the port (more than 1 needs Redis)")
 
     sub.add_parser("migrate", help="create or update the database schema")
     # In the order `taximeter --help` lists them.
@@ -104,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_budget_commands(sub)
     _add_usage_command(sub)
     apply = sub.add_parser("apply", help="create or update the clients and budgets an ops file declares")
-    apply.add_argument("file", type=Path)
+    apply.add_argument("file", type=Path, help="the TOML ops file")
     apply.add_argument("--dry-run", action="store_true", help="print the changes, make none")
     _add_pricing_commands(sub)
     return parser
@@ -112,39 +112,50 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     clients = sub.add_parser("clients", help="manage clients").add_subparsers(dest="action", required=True)
-    add = clients.add_parser("add")
-    add.add_argument("id")
-    add.add_argument("--name")
-    clients.add_parser("list")
+    add = clients.add_parser("add", help="add a client")
+    add.add_argument("id", help="its id: lowercase letters, digits, - and _")
+    add.add_argument("--name", help="a display name (default: the id)")
+    clients.add_parser("list", help="list the clients")
 
     keys = sub.add_parser("keys", help="manage virtual keys").add_subparsers(dest="action", required=True)
-    keys.add_parser("create").add_argument("client")
-    keys.add_parser("list").add_argument("client")
-    keys.add_parser("revoke").add_argument("prefix")
+    keys.add_parser("create", help="issue a key (printed once)").add_argument("client", help="the client id")
+    keys.add_parser("list", help="list a client's keys").add_argument("client", help="the client id")
+    keys.add_parser("revoke", help="revoke a key").add_argument("prefix", help="the key's prefix, as listed")
+
+
+_BUDGET_ACTIONS = {
+    "show": "a client's budget",
+    "reset": "start the budget's count again now",
+    "pause": "refuse the client's calls until resumed",
+    "resume": "lift a pause",
+    "delete": "remove the budget (calls are still metered)",
+}
 
 
 def _add_budget_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bud = sub.add_parser("budgets", help="manage budgets").add_subparsers(dest="action", required=True)
-    put = bud.add_parser("set")
-    put.add_argument("client")
-    put.add_argument("--mode", required=True, choices=["tokens", "cost", "brl", "both"])
-    put.add_argument("--tokens", type=int)
-    put.add_argument("--cost")
-    put.add_argument("--period", default="monthly", choices=list(budgets.PERIODS))
-    put.add_argument("--timezone")
-    put.add_argument("--no-pause", action="store_true")
+    put = bud.add_parser("set", help="set a client's budget")
+    put.add_argument("client", help="the client id")
+    put.add_argument(
+        "--mode", required=True, choices=["tokens", "cost", "brl", "both"], help="what it limits"
+    )
+    put.add_argument("--tokens", type=int, help="token limit per period")
+    put.add_argument("--cost", help="cost limit per period, in the budget currency (e.g. 500)")
+    put.add_argument("--period", default="monthly", choices=list(budgets.PERIODS), help="when it resets")
+    put.add_argument("--timezone", help="where its day starts (default: the timezone setting)")
+    put.add_argument("--no-pause", action="store_true", help="alert at the limit but never refuse calls")
     put.add_argument("--alerts", help="comma-separated fractions, e.g. 0.8,0.9,1.0")
-    bud.add_parser("list")
-    for action in ("show", "reset", "pause", "resume", "delete"):
-        bud.add_parser(action).add_argument("client")
+    bud.add_parser("list", help="every budget, a bar per metric")
+    for action, said in _BUDGET_ACTIONS.items():
+        bud.add_parser(action, help=said).add_argument("client", help="the client id")
 
 
 def _add_usage_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     usage = sub.add_parser("usage", help="usage report of a client")
-    usage.add_argument("client")
-    usage.add_argument("--by", default="api_type", choices=list(GROUPINGS))
-    usage.add_argument("--from", dest="start")
-    usage.add_argument("--to", dest="end")
+    usage.add_argument("client", help="the client id")
+    usage.add_argument("--by", default="api_type", choices=list(GROUPINGS), help="how rows are grouped")
+    usage.add_argument("--from", dest="start", help="first day or time (default: 30 days ago)")
+    usage.add_argument("--to", dest="end", help="last day, included, or time (default: now)")
 
 
 def _add_pricing_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -152,10 +163,10 @@ def _add_pricing_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
         dest="action", required=True
     )
     show = pricing.add_parser("show", help="what a model name resolves to, every rate, and its catalog")
-    show.add_argument("model")
+    show.add_argument("model", help="a model name, as a client would send it")
     show.add_argument("--upstream", help="price it at this upstream's provider (default: the one serving it)")
     check = pricing.add_parser("check", help="validate the catalog (or FILE over the shipped one)")
-    check.add_argument("file", nargs="?", type=Path)
+    check.add_argument("file", nargs="?", type=Path, help="a pricing file to check over the others")
 
 
 async def _manage(settings: Settings, args: argparse.Namespace) -> int:

@@ -32,3 +32,24 @@ def test_colour_follows_no_color(
         else:
             monkeypatch.setenv(name, value)
     assert cli._colored() is colored
+
+
+def test_every_command_and_option_has_help() -> None:
+    """Before: most commands and options had none (spec 10: help everywhere)."""
+    import argparse
+
+    missing: list[str] = []
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                said = {choice.dest: choice.help for choice in action._choices_actions}
+                for name, sub in action.choices.items():
+                    if not said.get(name):
+                        missing.append(f"{path} {name}")
+                    walk(sub, f"{path} {name}")
+            elif not action.help:
+                missing.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+
+    walk(cli._parser(), "taximeter")
+    assert missing == []
