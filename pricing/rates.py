@@ -12,7 +12,7 @@ call of a built-in tool. All are ``Decimal``; a float never touches a price.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 from typing import Any
@@ -218,9 +218,6 @@ class ModelPrice:
             "checked": None if self.checked is None else self.checked.isoformat(),
             "shutdown": None if self.shutdown is None else self.shutdown.isoformat(),
         }
-
-    def with_source(self, source: str) -> ModelPrice:
-        return replace(self, source=source)
 
 
 def _first(value: Decimal | None, default: Decimal) -> Decimal:

@@ -190,8 +190,7 @@ async def _parse_call(
         price=services.meter.resolve_price(model, endpoint.family != "moderation", upstream.provider),
         end_user=label(header_user, "X-Taximeter-End-User") or label(fields.get("user"), "user"),
         conversation=label(request.headers.get("X-Taximeter-Conversation"), "X-Taximeter-Conversation"),
-        upstream_name=upstream.name,
-        regional=upstream.regional,
+        route=upstream,
     )
 
 
@@ -223,7 +222,7 @@ async def _send(
 ) -> aiohttp.ClientResponse:
     """Send the call upstream. The URL is built from the matched endpoint's
     canonical path, never from the client's text."""
-    upstream = services.router.pick(call.model if call else None)
+    upstream = call.route if call is not None else services.router.pick(None)
     headers = {k: v for k in _FORWARD_REQUEST if (v := request.headers.get(k)) is not None}
     if upstream.authorization:
         headers["Authorization"] = upstream.authorization

@@ -22,6 +22,7 @@ from taximeter.pricing.money import money_text
 from taximeter.pricing.usage import Usage
 from taximeter.proxy.gateway.endpoints import Endpoint
 from taximeter.proxy.gateway.forms import Form
+from taximeter.proxy.gateway.upstreams import Upstream
 from taximeter.proxy.services import Services
 
 __all__ = [
@@ -53,8 +54,7 @@ class Call:
     price: ModelPrice | None
     end_user: str | None
     conversation: str | None
-    upstream_name: str
-    regional: bool
+    route: Upstream  # the upstream that serves it, picked once
     started: float = field(default_factory=time.monotonic)
     client_gone: asyncio.Event = field(default_factory=asyncio.Event)
     upstream: aiohttp.ClientResponse | None = None
@@ -86,8 +86,8 @@ def event_of(services: Services, call: Call, usage: Usage, status: int) -> Usage
         end_user=call.end_user,
         conversation=call.conversation,
         reserved=call.reserved,
-        upstream=call.upstream_name,
-        regional=call.regional,
+        upstream=call.route.name,
+        regional=call.route.regional,
         latency_ms=None if status == 0 else round((time.monotonic() - call.started) * 1000),
     )
     return charge(facts, usage, status, services.meter.tariff, services.meter.clock())
