@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -160,16 +160,26 @@ async def make_proxy(
     still writes its last events."""
     harnesses: list[Harness] = []
 
-    async def start(**overrides: Any) -> Harness:
+    async def start(
+        *, routes: Sequence[tuple[dict[str, Any], FakeUpstream]] = (), **overrides: Any
+    ) -> Harness:
+        """``routes``: several upstreams, each a declaration (name, models,
+        provider...) and the fake that answers it; the last is ``upstream``."""
         upstream_server = await aiohttp_server(upstream.app())
-        defaults = {
+        defaults: dict[str, Any] = {
             "upstream_url": str(upstream_server.make_url("/v1")),
             "upstream_api_key": UPSTREAM_KEY,
             "admin_token": ADMIN_TOKEN,
         }
+        for declaration, fake in routes:
+            url = str((await aiohttp_server(fake.app())).make_url("/v1"))
+            defaults.setdefault("upstreams", []).append(
+                {"api_key": UPSTREAM_KEY, **declaration, "base_url": url}
+            )
         settings = Settings(**{**defaults, **backend, **overrides})
         server = await aiohttp_server(create_app(settings, clock=clock))
-        harness = Harness(server=server, upstream=upstream, http=aiohttp.ClientSession())
+        answering = routes[-1][1] if routes else upstream
+        harness = Harness(server=server, upstream=answering, http=aiohttp.ClientSession())
         harnesses.append(harness)
         return harness
 

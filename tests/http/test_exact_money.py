@@ -10,11 +10,11 @@ import json
 from decimal import Decimal
 from typing import Any
 
-import aiohttp
 import openai
 import pytest
 from aiohttp import web
 
+from tests.support.fake_upstream import FakeUpstream
 from tests.support.harness import Harness
 
 M = Decimal(1_000_000)
@@ -196,56 +196,30 @@ async def test_an_upload_of_unreadable_length_is_charged_its_reservation(
     assert (event["cost_usd"], event["estimated"]) == (usd(Decimal("0.006") * 10), True)
 
 
-async def test_each_upstream_is_priced_from_its_provider(
-    aiohttp_server: Any, tmp_path: Any, clock: Any
-) -> None:
+async def test_each_upstream_is_priced_from_its_provider(make_proxy: Any) -> None:
     """A Groq and an Anthropic model through their OpenAI-compatible upstreams,
     priced from their providers' prices (genai-prices 0.2.3, the base catalog):
     llama-3.3-70b-versatile $0.59 in / $0.79 out; claude-opus-4-5 $5 in, $0.50
     cached read, $25 out per 1M (Anthropic's list prices)."""
-    from taximeter.proxy.app import create_app
-    from taximeter.proxy.settings import Settings
-    from tests.support.fake_upstream import UPSTREAM_KEY, FakeUpstream
-    from tests.support.harness import ADMIN_TOKEN
-
     groq, anthropic = FakeUpstream(), FakeUpstream()
     groq.script = replying(chat_body("llama-3.3-70b-versatile", 2_000, 500, None))
     body = chat_body("claude-opus-4-5", 3_000, 400, None)
     body["usage"]["prompt_tokens_details"] = {"cached_tokens": 1_000}
     anthropic.script = replying(body)
-    groq_server, anthropic_server = await aiohttp_server(groq.app()), await aiohttp_server(anthropic.app())
-    settings = Settings(
-        database_url=f"sqlite:///{tmp_path}/t.db",
-        admin_token=ADMIN_TOKEN,
-        upstreams=[
-            {
-                "name": "groq",
-                "base_url": str(groq_server.make_url("/v1")),
-                "api_key": UPSTREAM_KEY,
-                "models": ["llama-*"],
-                "provider": "groq",
-            },
-            {
-                "name": "anthropic",
-                "base_url": str(anthropic_server.make_url("/v1")),
-                "api_key": UPSTREAM_KEY,
-                "models": ["claude-*"],
-                "provider": "anthropic",
-            },
-        ],
+    harness = await make_proxy(
+        routes=[
+            ({"name": "groq", "models": ["llama-*"], "provider": "groq"}, groq),
+            ({"name": "anthropic", "models": ["claude-*"], "provider": "anthropic"}, anthropic),
+        ]
     )
-    server = await aiohttp_server(create_app(settings, clock=clock))
-    async with aiohttp.ClientSession() as http:
-        harness = Harness(server=server, upstream=groq, http=http)
-        key = await harness.new_client("acme")
-        client = harness.sdk(key)
-        await client.chat.completions.create(model="llama-3.3-70b-versatile", messages=[])
-        await client.chat.completions.create(model="claude-opus-4-5", messages=[])
-        with pytest.raises(openai.BadRequestError):  # a name only a prefix matches: never priced
-            await client.chat.completions.create(model="claude-opus-4-5-turbo", messages=[])
-        events = {e["model"]: e for e in await harness.events("acme")}
-        status, shown = await harness.admin("GET", "/admin/pricing/claude-opus-4-5?upstream=anthropic")
-        await harness.close()
+    key = await harness.new_client("acme")
+    client = harness.sdk(key)
+    await client.chat.completions.create(model="llama-3.3-70b-versatile", messages=[])
+    await client.chat.completions.create(model="claude-opus-4-5", messages=[])
+    with pytest.raises(openai.BadRequestError):  # a name only a prefix matches: never priced
+        await client.chat.completions.create(model="claude-opus-4-5-turbo", messages=[])
+    events = {e["model"]: e for e in await harness.events("acme")}
+    status, shown = await harness.admin("GET", "/admin/pricing/claude-opus-4-5?upstream=anthropic")
     assert events["llama-3.3-70b-versatile"]["cost_usd"] == usd(
         (2_000 * Decimal("0.59") + 500 * Decimal("0.79")) / M
     )
@@ -255,33 +229,16 @@ async def test_each_upstream_is_priced_from_its_provider(
     assert (status, shown["provider"], shown["output"]) == (200, "anthropic", "25")
 
 
-async def test_a_regional_upstream_is_charged_its_uplift(
-    aiohttp_server: Any, tmp_path: Any, clock: Any
-) -> None:
+async def test_a_regional_upstream_is_charged_its_uplift(make_proxy: Any) -> None:
     """Before: a data-residency endpoint's +10% was never charged."""
-    from taximeter.proxy.app import create_app
-    from taximeter.proxy.settings import Settings
-    from tests.support.fake_upstream import UPSTREAM_KEY, FakeUpstream
-    from tests.support.harness import ADMIN_TOKEN
-
     eu = FakeUpstream()
     eu.script = replying(chat_body("gpt-5.5", 1_000, 100, "default"))
-    eu_server = await aiohttp_server(eu.app())
-    upstream = {"name": "eu", "base_url": str(eu_server.make_url("/v1")), "api_key": UPSTREAM_KEY}
-    settings = Settings(
-        database_url=f"sqlite:///{tmp_path}/t.db",
-        admin_token=ADMIN_TOKEN,
-        upstreams=[{**upstream, "regional": True}],
+    harness = await make_proxy(routes=[({"name": "eu", "regional": True}, eu)])
+    key = await harness.new_client("acme")
+    await harness.sdk(key).chat.completions.create(
+        model="gpt-5.5", messages=[{"role": "user", "content": "x"}]
     )
-    server = await aiohttp_server(create_app(settings, clock=clock))
-    async with aiohttp.ClientSession() as http:
-        harness = Harness(server=server, upstream=eu, http=http)
-        key = await harness.new_client("acme")
-        await harness.sdk(key).chat.completions.create(
-            model="gpt-5.5", messages=[{"role": "user", "content": "x"}]
-        )
-        [event] = await harness.events("acme")
-        await harness.close()
+    [event] = await harness.events("acme")
     # gpt-5.5 $5 / $30 per 1M, +10% on a regional-processing endpoint.
     assert event["cost_usd"] == usd((1_000 * 5 + 100 * 30) / M * Decimal("1.1"))
     assert (event["price_source"], event["upstream"]) == ("prices.toml (regional +10%)", "eu")

@@ -7,18 +7,16 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import aiohttp
 import openai
 import pytest
 import redis.asyncio as aioredis
 
 from taximeter.proxy.app import create_app
-from taximeter.proxy.settings import Settings
 from taximeter.store.factory import open_store
 from taximeter.store.migrations import LATEST
 from tests.support.clock import FakeClock
-from tests.support.fake_upstream import UPSTREAM_KEY, FakeUpstream
-from tests.support.harness import ADMIN_TOKEN, Harness
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.harness import Harness
 from tests.support.shared_services import REDIS_URL
 
 
@@ -67,29 +65,14 @@ async def test_two_proxies_share_one_budget(
             await other.embeddings.create(model="text-embedding-3-small", input="x")
 
 
-async def test_models_route_to_their_upstream(aiohttp_server: Any, tmp_path: Any, clock: FakeClock) -> None:
+async def test_models_route_to_their_upstream(make_proxy: Any) -> None:
     fast, rest = FakeUpstream(), FakeUpstream()
-    fast_server, rest_server = await aiohttp_server(fast.app()), await aiohttp_server(rest.app())
-    settings = Settings(
-        database_url=f"sqlite:///{tmp_path}/t.db",
-        admin_token=ADMIN_TOKEN,
-        upstreams=[
-            {
-                "name": "minis",
-                "base_url": str(fast_server.make_url("/v1")),
-                "api_key": UPSTREAM_KEY,
-                "models": ["*-mini", "*-mini-*"],
-            },
-            {"name": "default", "base_url": str(rest_server.make_url("/v1")), "api_key": UPSTREAM_KEY},
-        ],
+    harness = await make_proxy(
+        routes=[({"name": "minis", "models": ["*-mini", "*-mini-*"]}, fast), ({"name": "default"}, rest)]
     )
-    server = await aiohttp_server(create_app(settings, clock=clock))
-    async with aiohttp.ClientSession() as http:
-        harness = Harness(server=server, upstream=rest, http=http)
-        key = await harness.new_client("acme")
-        client = harness.sdk(key)
-        await client.chat.completions.create(model="gpt-4o-mini", messages=[])
-        await client.chat.completions.create(model="gpt-4o", messages=[])
-        await harness.close()
+    key = await harness.new_client("acme")
+    client = harness.sdk(key)
+    await client.chat.completions.create(model="gpt-4o-mini", messages=[])
+    await client.chat.completions.create(model="gpt-4o", messages=[])
     assert [r.json()["model"] for r in fast.received] == ["gpt-4o-mini"]
     assert [r.json()["model"] for r in rest.received] == ["gpt-4o"]
