@@ -14,6 +14,7 @@ it knows, and these rules decide what is charged.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -24,7 +25,16 @@ from taximeter.pricing.models import UsageEvent
 from taximeter.pricing.money import convert, money_text, quantize
 from taximeter.pricing.usage import Family, Usage
 
-__all__ = ["CallFacts", "Charge", "Tariff", "charge", "price_of", "price_source", "usage_charged"]
+__all__ = [
+    "CallFacts",
+    "Charge",
+    "Tariff",
+    "charge",
+    "price_of",
+    "price_source",
+    "tool_image_cost",
+    "usage_charged",
+]
 
 # Endpoint families whose calls cost nothing, priced or not.
 FREE_FAMILIES = frozenset({"moderation"})
@@ -56,6 +66,7 @@ class CallFacts:
     upstream: str | None = None
     latency_ms: int | None = None
     regional: bool = False  # served by a regional-processing (data residency) endpoint
+    tool_prices: Mapping[str, ModelPrice] = field(default_factory=dict)  # image models its tools used
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,9 +80,22 @@ class Charge:
     unpriced: bool
 
 
-def price_of(price: ModelPrice | None, usage: Usage, tariff: Tariff, *, regional: bool = False) -> Charge:
-    """``usage`` at ``price`` (0 and ``unpriced`` without one), in ``tariff``'s currency."""
-    cost_usd = price.cost_usd(usage, regional=regional) if price is not None else quantize(Decimal(0))
+def price_of(
+    price: ModelPrice | None,
+    usage: Usage,
+    tariff: Tariff,
+    *,
+    regional: bool = False,
+    tool_prices: Mapping[str, ModelPrice] | None = None,
+) -> Charge:
+    """``usage`` at ``price`` (0 and ``unpriced`` without one), in ``tariff``'s
+    currency; images made by a tool at their image model's ``tool_prices``."""
+    if price is None:
+        cost_usd = quantize(Decimal(0))
+    else:
+        cost_usd = quantize(
+            price.cost_usd(usage, regional=regional) + tool_image_cost(usage, tool_prices or {})
+        )
     return Charge(
         cost_usd=cost_usd,
         cost=convert(cost_usd, tariff.exchange_rate),
@@ -79,6 +103,18 @@ def price_of(price: ModelPrice | None, usage: Usage, tariff: Tariff, *, regional
         currency=tariff.currency,
         unpriced=price is None,
     )
+
+
+def tool_image_cost(usage: Usage, tool_prices: Mapping[str, ModelPrice]) -> Decimal:
+    """USD of the images the image_generation tool made, each at its image
+    model's price for its quality and size (an image model not in
+    ``tool_prices`` is named in the event's ``price_source``)."""
+    total = Decimal(0)
+    for image in usage.tool_images:
+        price = tool_prices.get(image.model)
+        if price is not None and price.per_image:
+            total += price.image_price(image.quality, image.size)
+    return total
 
 
 def usage_charged(usage: Usage, status: int, reserved: Usage) -> Usage:
@@ -91,7 +127,7 @@ def usage_charged(usage: Usage, status: int, reserved: Usage) -> Usage:
 def charge(call: CallFacts, usage: Usage, status: int, tariff: Tariff, now: datetime) -> UsageEvent:
     """The ledger event of ``call``, ended with ``status`` after ``usage``."""
     charged = usage_charged(usage, status, call.reserved)
-    cost = price_of(call.price, charged, tariff, regional=call.regional)
+    cost = price_of(call.price, charged, tariff, regional=call.regional, tool_prices=call.tool_prices)
     return UsageEvent(
         request_id=call.request_id,
         client_id=call.client_id,
@@ -117,13 +153,19 @@ def charge(call: CallFacts, usage: Usage, status: int, tariff: Tariff, now: date
         unpriced=cost.unpriced and call.family not in FREE_FAMILIES,
         service_tier=charged.service_tier,
         tool_calls=tuple(sorted(charged.tool_calls.items())),
-        price_source=price_source(call.price, charged, regional=call.regional),
+        price_source=price_source(call.price, charged, regional=call.regional, tool_prices=call.tool_prices),
         upstream=call.upstream,
         latency_ms=call.latency_ms,
     )
 
 
-def price_source(price: ModelPrice | None, usage: Usage, *, regional: bool = False) -> str | None:
+def price_source(
+    price: ModelPrice | None,
+    usage: Usage,
+    *,
+    regional: bool = False,
+    tool_prices: Mapping[str, ModelPrice] | None = None,
+) -> str | None:
     """Which catalog priced the call, the regional uplift it carries, and what
     it could not price as the response said (a tier it has no rates for, a
     tool it has no fee for)."""
@@ -135,5 +177,14 @@ def price_source(price: ModelPrice | None, usage: Usage, *, regional: bool = Fal
     tier = price.unmet_tier(usage)
     if tier is not None:
         notes.append(f"no {tier} rates: standard")
-    notes += [f"no {tool} fee" for tool in sorted(usage.tool_calls) if tool not in price.tool_fees]
+    by_image = {"image_generation"} if usage.tool_images else set()
+    notes += [
+        f"no {t} fee" for t in sorted(usage.tool_calls) if t not in price.tool_fees and t not in by_image
+    ]
+    tool_prices = tool_prices or {}
+    unpriced = {
+        i.model for i in usage.tool_images if i.model not in tool_prices or not tool_prices[i.model].per_image
+    }
+    notes += [f"no image price for {model}" for model in sorted(unpriced)]
+    notes += [f"images at {model}" for model in sorted({i.model for i in usage.tool_images} - unpriced)]
     return price.source + (f" ({'; '.join(notes)})" if notes else "")

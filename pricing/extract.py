@@ -16,11 +16,12 @@ that is not never reads as zero: it reads as usage missing, flagged
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
-from taximeter.pricing.usage import Family, Usage
+from taximeter.pricing.usage import Family, ToolImage, Usage
 
 __all__ = [
     "MAX_AUDIO_SECONDS",
@@ -35,6 +36,7 @@ __all__ = [
     "service_tier",
     "tokens_of",
     "tool_calls",
+    "tool_images",
 ]
 
 # Per count, per call: 100x the largest context window sold today, far below
@@ -46,6 +48,10 @@ _CHARS_PER_TOKEN = 4  # OpenAI's rule of thumb for English text; used only to es
 _TOKEN_FAMILIES = frozenset({"chat", "completions", "responses", "embeddings"})
 _INPUT_DETAILS = ("prompt_tokens_details", "input_tokens_details", "input_token_details")
 _OUTPUT_DETAILS = ("completion_tokens_details", "output_tokens_details", "output_token_details")
+# The image model of the image_generation tool when the response names none
+# (API reference, Responses "tools" → image_generation.model, default gpt-image-1).
+IMAGE_TOOL_MODEL = "gpt-image-1"
+_OPTION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 _SERVICE_TIERS = frozenset({"default", "auto", "flex", "priority", "scale", "batch"})
 # Output items of the Responses API that are built-in tool calls, and the tool each one is.
 _TOOL_CALLS = {
@@ -175,7 +181,12 @@ def reported_usage(body: Any) -> Usage | None:
         found = parse_usage(holder.get("usage"))
     if found is None:
         return None
-    return replace(found, service_tier=service_tier(holder), tool_calls=tool_calls(holder))
+    return replace(
+        found,
+        service_tier=service_tier(holder),
+        tool_calls=tool_calls(holder),
+        tool_images=tool_images(holder),
+    )
 
 
 def service_tier(body: dict[str, Any]) -> str | None:
@@ -198,6 +209,39 @@ def tool_calls(body: dict[str, Any]) -> dict[str, int]:
             if tool is not None:
                 counts[tool] = counts.get(tool, 0) + 1
     return counts
+
+
+def tool_images(body: dict[str, Any]) -> tuple[ToolImage, ...]:
+    """The images the ``image_generation`` tool made among a Responses API
+    ``output``: each with the image model, quality and size the response
+    says (the item's own, else the tool's as the response echoes it)."""
+    output = body.get("output")
+    if not isinstance(output, list):
+        return ()
+    tools = body.get("tools")
+    config = (
+        next(
+            (t for t in tools if isinstance(t, dict) and t.get("type") == "image_generation"),
+            {},
+        )
+        if isinstance(tools, list)
+        else {}
+    )
+    model = _option(config.get("model")) or IMAGE_TOOL_MODEL
+    return tuple(
+        ToolImage(
+            model,
+            quality=_option(item.get("quality")) or _option(config.get("quality")),
+            size=_option(item.get("size")) or _option(config.get("size")),
+        )
+        for item in output
+        if isinstance(item, dict) and item.get("type") == "image_generation_call"
+    )
+
+
+def _option(value: Any) -> str | None:
+    """A short name from a response (a model, a quality, a size), or None."""
+    return value if isinstance(value, str) and _OPTION.fullmatch(value) else None
 
 
 def has_image_part(request: dict[str, Any]) -> bool:
@@ -316,8 +360,9 @@ def _transcription_usage(valid: Usage | None, response: Any, file_seconds: Decim
 def _image_usage(reported: Usage | None, request: dict[str, Any], response: Any) -> Usage:
     data = response.get("data") if isinstance(response, dict) else None
     count = len(data) if isinstance(data, list) else 0
-    size = request.get("size") if isinstance(request.get("size"), str) else "1024x1024"
-    quality = request.get("quality") if isinstance(request.get("quality"), str) else None
+    said = response if isinstance(response, dict) else {}  # gpt-image models report what they made
+    size = _option(said.get("size")) or _option(request.get("size")) or "1024x1024"
+    quality = _option(said.get("quality")) or _option(request.get("quality"))
     invalid = reported is not None and reported.estimated
     tokens = reported is not None and not invalid and reported.has_tokens
     base = reported if reported is not None and tokens else Usage()

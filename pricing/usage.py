@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Literal
 
-__all__ = ["Family", "Usage"]
+__all__ = ["Family", "ToolImage", "Usage"]
 
 # How a call's usage is read, by the kind of endpoint it went to.
 Family = Literal[
@@ -22,6 +22,16 @@ Family = Literal[
     "models",
     "passthrough",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolImage:
+    """One image the Responses API's ``image_generation`` tool made: priced
+    per image at its image model's rates, not at the calling model's."""
+
+    model: str
+    quality: str | None = None
+    size: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +64,7 @@ class Usage:
     image_quality: str | None = None
     service_tier: str | None = None
     tool_calls: Mapping[str, int] = field(default_factory=dict)
+    tool_images: tuple[ToolImage, ...] = ()  # images made by the image_generation tool
     estimated: bool = False
 
     @property

@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from taximeter.pricing.catalog import ModelPrice
+from taximeter.pricing.catalog import Catalog, ModelPrice
 from taximeter.pricing.charge import CallFacts, charge
 from taximeter.pricing.models import UsageEvent
 from taximeter.pricing.money import money_text
@@ -89,8 +89,15 @@ def event_of(services: Services, call: Call, usage: Usage, status: int) -> Usage
         upstream=call.route.name,
         regional=call.route.regional,
         latency_ms=None if status == 0 else round((time.monotonic() - call.started) * 1000),
+        tool_prices=_tool_prices(services.meter.catalog, usage, call.route.provider),
     )
     return charge(facts, usage, status, services.meter.tariff, services.meter.clock())
+
+
+def _tool_prices(catalog: Catalog, usage: Usage, provider: str) -> dict[str, ModelPrice]:
+    """The prices of the image models the call's tools used, as its upstream's provider lists them."""
+    found = {model: catalog.resolve(model, provider) for model in {i.model for i in usage.tool_images}}
+    return {model: price for model, price in found.items() if price is not None}
 
 
 async def settle(services: Services, call: Call, usage: Usage, status: int) -> None:

@@ -121,6 +121,59 @@ async def test_responses_tool_calls_are_charged_per_call(proxy: Harness) -> None
     assert event["tool_calls"] == {"file_search": 1, "web_search": 3}
 
 
+def responses_body(model: str, output: list[dict[str, Any]], tools: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "id": "resp_1",
+        "object": "response",
+        "created_at": 1764000000,
+        "model": model,
+        "status": "completed",
+        "output": output,
+        "tools": tools,
+        "usage": {"input_tokens": 2_000, "output_tokens": 300, "total_tokens": 2_300},
+    }
+
+
+def image_call(n: int, **said: str) -> dict[str, Any]:
+    return {"type": "image_generation_call", "id": f"ig_{n}", "status": "completed", "result": "aGk=", **said}
+
+
+async def test_images_of_the_image_generation_tool_are_charged_at_their_image_model(proxy: Harness) -> None:
+    """Before: an image made by the Responses API's image_generation tool was free."""
+    key = await proxy.new_client("acme")
+    output = [image_call(1, quality="high", size="1024x1536"), image_call(2)]
+    tools = [{"type": "image_generation", "model": "gpt-image-1-mini", "quality": "low", "size": "1024x1024"}]
+    proxy.upstream.script = replying(responses_body("gpt-5", output, tools))
+    await proxy.sdk(key).responses.create(model="gpt-5", input="draw", tools=[{"type": "image_generation"}])
+    [event] = await proxy.events("acme")
+    # gpt-5 $1.25 / $10 per 1M; gpt-image-1-mini per image (model page, checked 2026-11-25):
+    # high 1024x1536 $0.052 (the item's own), low 1024x1024 $0.005 (the tool's, as echoed).
+    expected = (2_000 * Decimal("1.25") + 300 * 10) / M + Decimal("0.052") + Decimal("0.005")
+    assert event["cost_usd"] == usd(expected)
+    assert event["tool_calls"] == {"image_generation": 2}
+    assert event["price_source"] == "prices.toml (images at gpt-image-1-mini)"
+
+
+async def test_the_image_tool_without_a_model_is_priced_at_its_default(proxy: Harness) -> None:
+    key = await proxy.new_client("acme")
+    output = [image_call(1, quality="medium", size="1024x1024")]
+    proxy.upstream.script = replying(responses_body("gpt-5", output, [{"type": "image_generation"}]))
+    await proxy.sdk(key).responses.create(model="gpt-5", input="draw", tools=[{"type": "image_generation"}])
+    [event] = await proxy.events("acme")
+    # gpt-image-1, the tool's default model: medium 1024x1024 $0.042.
+    assert event["cost_usd"] == usd((2_000 * Decimal("1.25") + 300 * 10) / M + Decimal("0.042"))
+
+
+async def test_an_image_tool_model_no_catalog_names_is_said_not_guessed(proxy: Harness) -> None:
+    key = await proxy.new_client("acme")
+    tools = [{"type": "image_generation", "model": "gpt-image-9"}]
+    proxy.upstream.script = replying(responses_body("gpt-5", [image_call(1)], tools))
+    await proxy.sdk(key).responses.create(model="gpt-5", input="draw", tools=[{"type": "image_generation"}])
+    [event] = await proxy.events("acme")
+    assert event["cost_usd"] == usd((2_000 * Decimal("1.25") + 300 * 10) / M)
+    assert event["price_source"] == "prices.toml (no image price for gpt-image-9)"
+
+
 @pytest.mark.parametrize("model", ["gpt-5.5-pro", "gpt-4o-2024-05-13"])
 async def test_a_model_is_never_priced_as_its_base(proxy: Harness, model: str) -> None:
     """Before: gpt-5.5-pro was priced as gpt-5.5 (-83%), gpt-4o-2024-05-13 as gpt-4o."""

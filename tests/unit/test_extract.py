@@ -5,10 +5,16 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 
-from taximeter.pricing.extract import estimate_tokens, extract_usage, has_image_part, parse_usage
+from taximeter.pricing.extract import (
+    estimate_tokens,
+    extract_usage,
+    has_image_part,
+    parse_usage,
+    reported_usage,
+)
 from taximeter.pricing.sse import SseSplitter
 from taximeter.pricing.stream_usage import StreamUsage
-from taximeter.pricing.usage import Usage
+from taximeter.pricing.usage import ToolImage, Usage
 from taximeter.proxy.gateway.forms import parse_form
 
 
@@ -96,6 +102,37 @@ def test_images_count_size_quality_or_tokens() -> None:
     )
     tokens = extract_usage("image", {}, {"data": [{}], "usage": {"input_tokens": 5, "output_tokens": 10}})
     assert (tokens.images, tokens.total_tokens, tokens.image_size) == (1, 15, "1024x1024")
+
+
+def test_an_image_response_says_what_it_made() -> None:
+    """gpt-image models answer with the quality and size they chose ("auto"): those price the image."""
+    said = {"data": [{}], "quality": "medium", "size": "1536x1024"}
+    usage = extract_usage("image", {"quality": "auto"}, said)
+    assert (usage.image_quality, usage.image_size) == ("medium", "1536x1024")
+    odd = extract_usage("image", {"quality": "hd"}, {"data": [{}], "quality": ["x"], "size": "1" * 99})
+    assert (odd.image_quality, odd.image_size) == ("hd", "1024x1024")
+
+
+def test_image_tool_calls_are_read_from_a_streamed_responses_end() -> None:
+    end = {
+        "type": "response.completed",
+        "response": {
+            "tools": [{"type": "web_search"}, {"type": "image_generation", "model": "gpt-image-1-mini"}],
+            "output": [
+                {"type": "image_generation_call", "id": "ig_1", "quality": "low", "size": "1024x1024"},
+                {"type": "image_generation_call", "id": "ig_2", "size": {"bad": 1}},
+                {"type": "web_search_call", "id": "ws_1"},
+            ],
+            "usage": {"input_tokens": 10, "output_tokens": 5},
+        },
+    }
+    usage = reported_usage(end)
+    assert usage is not None
+    assert usage.tool_images == (
+        ToolImage("gpt-image-1-mini", "low", "1024x1024"),
+        ToolImage("gpt-image-1-mini", None, None),
+    )
+    assert usage.tool_calls == {"image_generation": 2, "web_search": 1}
 
 
 def test_vision_means_an_image_part() -> None:
