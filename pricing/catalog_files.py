@@ -25,7 +25,7 @@ TOML, per model (prices are strings: a TOML float is binary)::
 plus ``per_million_characters``, ``per_minute``, ``per_image`` (a table keyed
 ``"quality:size"`` or ``"size"``) and ``image_defaults = ["standard",
 "1024x1024"]``. A top-level ``[tool_fees]`` table applies to every chat model
-of the file that lists none of its own.
+of the file; a model's own ``tool_fees`` add to it or override it, tool by tool.
 """
 
 from __future__ import annotations
@@ -97,10 +97,8 @@ def _model(name: str, entry: object, source: str, default_fees: dict[str, Decima
         raise CatalogError(f"{where}.api_type must be one of {API_TYPES}")
     standard = _rates(entry, where)
     tiers = {STANDARD: standard} | _tiers(entry.get("tiers", {}), standard, where)
-    fees = entry.get("tool_fees")
-    tool_fees = (
-        _prices_table(fees, f"{where}.tool_fees") if fees is not None else _chat_only(api_type, default_fees)
-    )
+    own = _prices_table(entry.get("tool_fees", {}), f"{where}.tool_fees")
+    tool_fees = _chat_only(api_type, default_fees) | own
     return ModelPrice(
         model=name,
         api_type=api_type,

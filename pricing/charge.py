@@ -178,9 +178,7 @@ def price_source(
     if tier is not None:
         notes.append(f"no {tier} rates: standard")
     by_image = {"image_generation"} if usage.tool_images else set()
-    notes += [
-        f"no {t} fee" for t in sorted(usage.tool_calls) if t not in price.tool_fees and t not in by_image
-    ]
+    notes += [f"no {t} fee" for t in sorted(usage.tool_calls) if price.fee(t) is None and t not in by_image]
     tool_prices = tool_prices or {}
     unpriced = {
         i.model for i in usage.tool_images if i.model not in tool_prices or not tool_prices[i.model].per_image

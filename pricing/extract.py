@@ -118,15 +118,20 @@ def _token_usage(usage: dict[str, Any]) -> Usage:
     in_details = _details(usage, _INPUT_DETAILS)
     out_details = _details(usage, _OUTPUT_DETAILS)
     cached_details = _details(in_details, ("cached_tokens_details",))
+    cache_read = _count(usage, "cache_read_input_tokens")
+    cache_write = _count(usage, "cache_creation_input_tokens")
+    if _count(usage, "prompt_tokens") is None and not in_details and (cache_read or cache_write):
+        # Anthropic's own shape (some gateways pass it on): its input_tokens leave out the cache.
+        input_tokens = (input_tokens or 0) + (cache_read or 0) + (cache_write or 0)
     parsed = Usage(
         input_tokens=input_tokens or 0,
         output_tokens=output_tokens or 0,
-        cached_tokens=_count(in_details, "cached_tokens") or 0,
+        cached_tokens=_count(in_details, "cached_tokens") or cache_read or 0,
         audio_input_tokens=_count(in_details, "audio_tokens") or 0,
         image_input_tokens=_count(in_details, "image_tokens") or 0,
         cached_audio_tokens=_count(cached_details, "audio_tokens") or 0,
         cached_image_tokens=_count(cached_details, "image_tokens") or 0,
-        cache_write_tokens=_count(in_details, "cache_write_tokens") or 0,
+        cache_write_tokens=_count(in_details, "cache_write_tokens") or cache_write or 0,
         reasoning_tokens=_count(out_details, "reasoning_tokens") or 0,
         audio_output_tokens=_count(out_details, "audio_tokens") or 0,
         image_output_tokens=_count(out_details, "image_tokens") or 0,
@@ -203,12 +208,25 @@ def tool_calls(body: dict[str, Any]) -> dict[str, int]:
     output = body.get("output")
     counts: dict[str, int] = {}
     if isinstance(output, list):
+        search = _search_tool(body.get("tools"))
         for item in output:
             kind = item.get("type") if isinstance(item, dict) else None
             tool = _TOOL_CALLS.get(kind) if isinstance(kind, str) else None
+            if tool == "web_search":
+                tool = search
             if tool is not None:
                 counts[tool] = counts.get(tool, 0) + 1
     return counts
+
+
+def _search_tool(tools: Any) -> str:
+    """Which web search tool a response's searches are: ``web_search_preview``
+    (its own price on some models) when the response's tools echo only that
+    version, else ``web_search``."""
+    kinds = [t.get("type") for t in tools if isinstance(t, dict)] if isinstance(tools, list) else []
+    names = [k for k in kinds if isinstance(k, str) and k.startswith("web_search")]
+    only_preview = bool(names) and all(k.startswith("web_search_preview") for k in names)
+    return "web_search_preview" if only_preview else "web_search"
 
 
 def tool_images(body: dict[str, Any]) -> tuple[ToolImage, ...]:

@@ -163,8 +163,21 @@ class ModelPrice:
         return quantize(units + self.tool_cost(usage))
 
     def tool_cost(self, usage: Usage) -> Decimal:
-        fees = self.tool_fees
-        return sum((fees[tool] * n for tool, n in usage.tool_calls.items() if tool in fees), Decimal(0))
+        total = Decimal(0)
+        for tool, calls in usage.tool_calls.items():
+            fee = self.fee(tool)
+            if fee is not None:
+                total += fee * calls
+        return total
+
+    def fee(self, tool: str) -> Decimal | None:
+        """USD per call of ``tool``: its own fee, else the fee of the tool it is
+        a version of (``web_search_preview`` costs ``web_search``'s unless the
+        model lists its own)."""
+        fee = self.tool_fees.get(tool)
+        if fee is None and tool in _TOOL_VERSION_OF:
+            fee = self.tool_fees.get(_TOOL_VERSION_OF[tool])
+        return fee
 
     def _unit_cost(self, usage: Usage) -> Decimal:
         if usage.has_tokens and not self.rates.empty:
@@ -218,6 +231,10 @@ class ModelPrice:
             "checked": None if self.checked is None else self.checked.isoformat(),
             "shutdown": None if self.shutdown is None else self.shutdown.isoformat(),
         }
+
+
+# A tool that is an earlier version of another, priced as it unless a model says otherwise.
+_TOOL_VERSION_OF = {"web_search_preview": "web_search"}
 
 
 def _first(value: Decimal | None, default: Decimal) -> Decimal:

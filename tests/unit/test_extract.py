@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 
+import pytest
+
 from taximeter.pricing.extract import (
     estimate_tokens,
     extract_usage,
@@ -194,3 +196,25 @@ def test_multipart_form_fields_and_files() -> None:
     form = parse_form(f"multipart/form-data; boundary={boundary}", body)
     assert form.fields == {"model": "whisper-1"}
     assert form.files["file"] == ("a.wav", b"\x00\x01RIFF\r\n--not-the-end")
+
+
+@pytest.mark.parametrize(
+    ("tools", "tool"),
+    [
+        ([{"type": "web_search_preview"}], "web_search_preview"),
+        ([{"type": "web_search_preview_2025_03_11"}], "web_search_preview"),
+        ([{"type": "web_search"}], "web_search"),
+        ([{"type": "web_search"}, {"type": "web_search_preview"}], "web_search"),
+        (None, "web_search"),
+        ("junk", "web_search"),
+    ],
+)
+def test_searches_are_named_by_the_search_tool_the_response_echoes(tools: object, tool: str) -> None:
+    """web_search_preview costs $25 / 1K calls on gpt-4o and gpt-4.1, web_search $10: the echo decides."""
+    body = {
+        "tools": tools,
+        "output": [{"type": "web_search_call"}],
+        "usage": {"input_tokens": 1, "output_tokens": 1},
+    }
+    usage = reported_usage(body)
+    assert usage is not None and usage.tool_calls == {tool: 1}

@@ -104,6 +104,21 @@ ROWS = [
         Usage(input_tokens=1_000, output_tokens=100, tool_calls={"web_search": 3}),
         (1_000 * D("1.25") + 100 * 10) / M + 3 * D("0.01"),
     ),
+    # web_search_preview on a non-reasoning model (P, "Web search preview (non-reasoning models)"):
+    # $25 / 1K calls on gpt-4o ($2.50 / $10) ...
+    (
+        "gpt-4o",
+        Usage(input_tokens=1_000, output_tokens=100, tool_calls={"web_search_preview": 2}),
+        (1_000 * D("2.5") + 100 * 10) / M + 2 * D("0.025"),
+    ),
+    # ... and on a reasoning model the same $10 / 1K as web_search (gpt-5).
+    (
+        "gpt-5",
+        Usage(input_tokens=1_000, output_tokens=100, tool_calls={"web_search_preview": 1}),
+        (1_000 * D("1.25") + 100 * 10) / M + D("0.01"),
+    ),
+    # gpt-4o's own preview fee leaves the file-wide ones: web_search $10 / 1K.
+    ("gpt-4o", Usage(input_tokens=1_000, tool_calls={"web_search": 1}), 1_000 * D("2.5") / M + D("0.01")),
     # file_search (P): $2.50 / 1K calls, on gpt-4.1 ($2 / $8).
     (
         "gpt-4.1",
@@ -385,6 +400,29 @@ def test_cache_writes_are_read_and_priced_at_their_rate() -> None:
     assert price is not None and price.cost_usd(usage) == quantize(
         (600 * 2 + 100 * D("0.2") + 300 * D("2.5") + 10 * 8) / M
     )
+
+
+def test_anthropic_usage_shape_counts_its_cache_as_input() -> None:
+    """Anthropic's own usage (passed on by some gateways) leaves cache reads and
+    writes out of input_tokens. claude-haiku-4-5 (anthropic.com/pricing, checked
+    2026-11-25): $1 in, $0.10 cache read, $1.25 5-minute / $2 1-hour cache write,
+    $5 out; the usage does not say which write, so the dearer is charged."""
+    body = {
+        "usage": {
+            "input_tokens": 100,
+            "cache_read_input_tokens": 1_000,
+            "cache_creation_input_tokens": 500,
+            "output_tokens": 50,
+        }
+    }
+    usage = extract_usage("chat", {}, body)
+    assert (usage.input_tokens, usage.cached_tokens, usage.cache_write_tokens) == (1_600, 1_000, 500)
+    price = CATALOG.resolve("claude-haiku-4-5", "anthropic")
+    assert price is not None
+    assert price.cost_usd(usage) == quantize((100 * 1 + 1_000 * D("0.1") + 500 * 2 + 50 * 5) / M)
+    # The OpenAI shape with the same fields beside it: prompt_tokens already holds the cache.
+    openai_shape = {"usage": {"prompt_tokens": 1_600, "completion_tokens": 50, **body["usage"]}}
+    assert extract_usage("chat", {}, openai_shape).input_tokens == 1_600
 
 
 def test_a_regional_endpoint_carries_the_uplift_on_units_not_on_tool_fees() -> None:
