@@ -28,6 +28,8 @@ __all__ = [
     "apply_usage",
     "config_from_json",
     "configure",
+    "cost_limit",
+    "give_credit",
     "level",
     "level_of",
     "percents",
@@ -101,7 +103,9 @@ def roll(state: BudgetState, now: datetime) -> BudgetState:
     boundary = next_reset(state)
     if boundary is None or now < boundary:
         return state
-    return reset(state, period_bounds(state.config.period, state.config.timezone, now)[0])
+    # Credits raise the limit of the period they were given in: a new one starts without.
+    start = period_bounds(state.config.period, state.config.timezone, now)[0]
+    return replace(reset(state, start), credit_nanos=0)
 
 
 def reset(state: BudgetState, start: datetime) -> BudgetState:
@@ -144,13 +148,33 @@ def configure(old: BudgetState | None, config: BudgetConfig, now: datetime) -> B
     return state
 
 
+def cost_limit(state: BudgetState) -> Decimal | None:
+    """The cost limit of this period: the budget's plus its credits (None when
+    the mode has no cost limit)."""
+    config = state.config
+    if config.mode not in ("cost", "both") or config.cost_limit is None:
+        return None
+    return config.cost_limit + from_nanos(state.credit_nanos)
+
+
+def give_credit(state: BudgetState, amount: Decimal) -> BudgetState:
+    """``state`` with ``amount`` more to spend this period, and a limit pause
+    lifted when no limit is reached any more (a manual pause stays)."""
+    state = replace(state, credit_nanos=state.credit_nanos + to_nanos(amount), version=state.version + 1)
+    if state.paused and state.pause_reason != MANUAL:
+        unpaused = replace(state, paused=False, pause_reason=None)
+        if refusal(unpaused) is None:
+            state = unpaused
+    return state
+
+
 def _reached(state: BudgetState, tokens_used: int, cost_used_nanos: int) -> str | None:
     config = state.config
     tokens_active = config.mode in ("tokens", "both") and config.token_limit is not None
     if tokens_active and tokens_used >= config.token_limit:  # type: ignore[operator]
         return "token_limit"
-    cost_active = config.mode in ("cost", "both") and config.cost_limit is not None
-    if cost_active and cost_used_nanos >= to_nanos(config.cost_limit):  # type: ignore[arg-type]
+    limit = cost_limit(state)
+    if limit is not None and cost_used_nanos >= to_nanos(limit):
         return "cost_limit"
     return None
 
@@ -207,8 +231,9 @@ def _ratios(state: BudgetState) -> dict[str, Decimal]:
     ratios = {}
     if config.mode in ("tokens", "both") and config.token_limit:
         ratios["tokens"] = Decimal(state.tokens_used) / config.token_limit
-    if config.mode in ("cost", "both") and config.cost_limit:
-        ratios["cost"] = Decimal(state.cost_used_nanos) / (config.cost_limit * NANOS_PER_UNIT)
+    limit = cost_limit(state)
+    if limit:
+        ratios["cost"] = Decimal(state.cost_used_nanos) / (limit * NANOS_PER_UNIT)
     return ratios
 
 
@@ -253,7 +278,7 @@ def alert_payload(alert: BudgetAlert, state: BudgetState, alert_id: str, now: da
         "token_limit": config.token_limit,
         "tokens_percent": tokens_pct,
         "cost_used": money_text(from_nanos(state.cost_used_nanos)),
-        "cost_limit": None if config.cost_limit is None else money_text(config.cost_limit),
+        "cost_limit": None if (limit := cost_limit(state)) is None else money_text(limit),
         "cost_percent": cost_pct,
         "currency": config.currency,
     }
@@ -270,8 +295,9 @@ def percents(state: BudgetState, *, places: int | None = 2) -> tuple[float | Non
     tokens_pct = cost_pct = None
     if config.mode in ("tokens", "both") and config.token_limit:
         tokens_pct = 100.0 * state.tokens_used / config.token_limit
-    if config.mode in ("cost", "both") and config.cost_limit:
-        cost_pct = float(Decimal(100 * state.cost_used_nanos) / (config.cost_limit * NANOS_PER_UNIT))
+    limit = cost_limit(state)
+    if limit:
+        cost_pct = float(Decimal(100 * state.cost_used_nanos) / (limit * NANOS_PER_UNIT))
     if places is None:
         return tokens_pct, cost_pct
     return (

@@ -42,10 +42,13 @@ FREE_FAMILIES = frozenset({"moderation"})
 
 @dataclass(frozen=True, slots=True)
 class Tariff:
-    """How money is expressed: the budget currency and its rate per USD."""
+    """What a client pays for a USD of list price: ``exchange_rate`` units of
+    ``currency`` (the rate in force when its call was admitted), times its
+    ``markup``."""
 
     currency: str
     exchange_rate: Decimal
+    markup: Decimal = Decimal(1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,13 +74,15 @@ class CallFacts:
 
 @dataclass(frozen=True, slots=True)
 class Charge:
-    """The price of one call: USD, budget currency, and the rate between them."""
+    """The price of one call: USD, the client's currency, and the rate and
+    markup between them."""
 
     cost_usd: Decimal
     cost: Decimal
     exchange_rate: Decimal
     currency: str
     unpriced: bool
+    markup: Decimal = Decimal(1)
 
 
 def price_of(
@@ -98,10 +103,11 @@ def price_of(
         )
     return Charge(
         cost_usd=cost_usd,
-        cost=convert(cost_usd, tariff.exchange_rate),
+        cost=convert(cost_usd, tariff.exchange_rate * tariff.markup),  # rounded once
         exchange_rate=tariff.exchange_rate,
         currency=tariff.currency,
         unpriced=price is None,
+        markup=tariff.markup,
     )
 
 
@@ -149,6 +155,7 @@ def charge(call: CallFacts, usage: Usage, status: int, tariff: Tariff, now: date
         cost=cost.cost,
         currency=cost.currency,
         exchange_rate=cost.exchange_rate,
+        markup=cost.markup,
         estimated=charged.estimated,
         unpriced=cost.unpriced and call.family not in FREE_FAMILIES,
         service_tier=charged.service_tier,

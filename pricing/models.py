@@ -9,15 +9,20 @@ from typing import Literal
 
 import orjson
 
+from taximeter.pricing.money import quantize
+
 __all__ = [
     "ApiKey",
     "BudgetAlert",
     "BudgetConfig",
     "BudgetState",
     "Client",
+    "Credit",
+    "ExchangeRate",
     "OutboxItem",
     "Outcome",
     "Reservation",
+    "Terms",
     "UsageEvent",
 ]
 
@@ -27,21 +32,56 @@ Outcome = Literal["ok", "refused", "busy", "miss"]
 
 
 @dataclass(frozen=True, slots=True)
+class Terms:
+    """What a client's calls cost it: list price * the rate of ``currency``
+    (None: the server's currency) * ``markup``, and the models it may call
+    (globs; None: all)."""
+
+    currency: str | None = None
+    markup: Decimal = Decimal(1)
+    models_allowed: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Client:
     id: str
     name: str
     created_at: datetime
+    terms: Terms = Terms()
 
 
 @dataclass(frozen=True, slots=True)
 class ApiKey:
-    """A virtual key as stored: its display prefix and a hash, never the key."""
+    """A virtual key as stored: its display prefix and a hash, never the key;
+    with its client's terms when it was looked up to authenticate a call."""
 
     prefix: str
     client_id: str
     key_hash: str
     created_at: datetime
     revoked: bool = False
+    terms: Terms = Terms()
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeRate:
+    """Units of ``currency`` per USD, in force for calls admitted from ``since``."""
+
+    currency: str
+    rate: Decimal
+    since: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Credit:
+    """A top-up: raises the cost limit of the budget period it was given in."""
+
+    id: str
+    client_id: str
+    amount: Decimal
+    note: str
+    created_at: datetime
+    period_start: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +116,7 @@ class BudgetState:
     pause_reason: str | None = None
     version: int = 0
     alerts_fired: tuple[str, ...] = ()  # "metric:threshold" fired this period
+    credit_nanos: int = 0  # credits given this period: added to the cost limit
 
     @property
     def client_id(self) -> str:
@@ -139,6 +180,12 @@ class UsageEvent:
     price_source: str | None = None  # the catalog that priced it, and any note on how
     upstream: str | None = None  # the upstream that served it
     latency_ms: int | None = None  # from the request to its settlement
+    markup: Decimal = Decimal(1)  # the client's: cost = cost_usd * exchange_rate * markup
+
+    @property
+    def list_cost(self) -> Decimal:
+        """What the call cost at list price in ``currency``: ``cost`` less the markup."""
+        return quantize(self.cost_usd * self.exchange_rate)
 
     @property
     def tokens(self) -> int:
@@ -158,7 +205,8 @@ class UsageEvent:
     def from_json(cls, text: str) -> UsageEvent:
         data = orjson.loads(text)
         for name in _DECIMAL_FIELDS:
-            data[name] = Decimal(data[name])
+            if name in data:  # markup: absent from events written before it existed
+                data[name] = Decimal(data[name])
         data["created_at"] = datetime.fromisoformat(data["created_at"])
         data["tool_calls"] = tuple((str(t), int(n)) for t, n in data.get("tool_calls", ()))
         return cls(**{k: v for k, v in data.items() if k in _EVENT_FIELD_SET})
@@ -166,7 +214,7 @@ class UsageEvent:
 
 _EVENT_FIELDS = tuple(f.name for f in fields(UsageEvent))
 _EVENT_FIELD_SET = frozenset(_EVENT_FIELDS)
-_DECIMAL_FIELDS = ("cost_usd", "cost", "exchange_rate", "audio_seconds")
+_DECIMAL_FIELDS = ("cost_usd", "cost", "exchange_rate", "audio_seconds", "markup")
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,6 @@ import aiohttp
 from aiohttp import web
 
 from taximeter.pricing.catalog import load_catalog
-from taximeter.pricing.charge import Tariff
 from taximeter.pricing.models import BudgetState, UsageEvent
 from taximeter.proxy.admin.admin import admin_app
 from taximeter.proxy.clock import Clock, system_clock
@@ -40,6 +39,7 @@ from taximeter.proxy.dashboard.pages import load_pages
 from taximeter.proxy.dashboard.sessions import Sessions
 from taximeter.proxy.dashboard.site import dashboard_app
 from taximeter.proxy.gateway.auth import KeyCache
+from taximeter.proxy.gateway.exchange import RateBook
 from taximeter.proxy.gateway.metering import Meter
 from taximeter.proxy.gateway.proxying import handle_proxy
 from taximeter.proxy.gateway.status import status_routes
@@ -199,7 +199,7 @@ def _new_meter(app: web.Application) -> tuple[LedgerWriter, Meter]:
         gate=app[GATE],
         ledger=ledger,
         catalog=app[CATALOG],
-        tariff=Tariff(settings.currency, settings.exchange_rate),
+        rates=RateBook(store, currency=settings.currency, first_rate=settings.exchange_rate),
         allow_unpriced=settings.unpriced_models == "allow",
         # A live call ends within the upstream timeout; only a dead process's outlives this.
         reservation_ttl_s=settings.upstream_timeout_s + settings.reservation_grace_s,
@@ -303,6 +303,8 @@ async def _dashboard(app: web.Application) -> Dashboard:
 
 
 async def _sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
+    with contextlib.suppress(StoreUnavailable):  # a store down now: the first sweep reads them
+        await app[METER].rates.refresh()
     sweeping = sweep_forever(app[METER], app[SETTINGS].sweep_interval_s)
     async with _background(sweeping, "taximeter-sweeper"):
         yield

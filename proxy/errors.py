@@ -41,6 +41,7 @@ __all__ = [
     "InvalidJson",
     "MeteringUnavailable",
     "MethodNotAllowed",
+    "ModelNotAllowed",
     "ModelNotPriced",
     "NotFoundError",
     "RequestTooLarge",
@@ -104,6 +105,12 @@ class ModelNotPriced(TaximeterError):
     status = 400
     type = "invalid_request_error"
     code = "model_not_priced"
+
+
+class ModelNotAllowed(TaximeterError):
+    status = 403
+    type = "invalid_request_error"
+    code = "model_not_allowed"
 
 
 class EndpointNotMetered(TaximeterError):

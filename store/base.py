@@ -26,9 +26,12 @@ from taximeter.pricing.models import (
     BudgetConfig,
     BudgetState,
     Client,
+    Credit,
+    ExchangeRate,
     OutboxItem,
     Outcome,
     Reservation,
+    Terms,
     UsageEvent,
 )
 
@@ -40,6 +43,7 @@ __all__ = [
     "DataRejected",
     "Directory",
     "DriverErrors",
+    "ExchangeRates",
     "Gate",
     "HeldReservations",
     "Ledger",
@@ -135,6 +139,11 @@ class Directory(Protocol):
     async def rename_client(self, client_id: str, name: str) -> None:
         """Raises NotFound if there is no such client."""
 
+    async def set_terms(self, client_id: str, terms: Terms, currency: str) -> None:
+        """Replace a client's terms and keep its budget in ``currency`` (the
+        one it pays in). Raises NotFound (no such client) or Conflict (its
+        budget has spend or credits in another currency this period)."""
+
     async def get_client(self, client_id: str) -> Client | None:
         """The client, or None if there is none with that id."""
 
@@ -145,7 +154,8 @@ class Directory(Protocol):
         """Store a key's hash. Raises NotFound (no such client) or Conflict (prefix taken)."""
 
     async def find_key(self, prefix: str) -> ApiKey | None:
-        """The key with that prefix, revoked or not; None if there is none."""
+        """The key with that prefix, revoked or not, with its client's terms;
+        None if there is none."""
 
     async def list_keys(self, client_id: str) -> list[ApiKey]:
         """A client's keys, oldest first, revoked ones included."""
@@ -189,6 +199,29 @@ class Budgets(Protocol):
 
     def observe(self, callback: Callable[[BudgetAlert], None]) -> None:
         """Call ``callback`` with every budget event the store writes."""
+
+    async def add_credit(
+        self, client_id: str, amount: Decimal, note: str, now: datetime
+    ) -> tuple[Credit, BudgetState]:
+        """Raise this period's cost limit by ``amount`` (lifting a limit pause
+        it no longer reaches), with the credit kept; NotFound without a budget."""
+
+    async def list_credits(self, client_id: str) -> list[Credit]:
+        """A client's credits, newest first."""
+
+
+class ExchangeRates(Protocol):
+    """Units of a currency per USD, as data with a history: the newest rate of
+    a currency is in force for calls admitted after it was set."""
+
+    async def set_rate(self, currency: str, rate: Decimal, now: datetime) -> ExchangeRate:
+        """Put ``rate`` in force from ``now`` on."""
+
+    async def rate_history(self, currency: str | None = None) -> list[ExchangeRate]:
+        """Every rate set (of ``currency``, or all), by currency, newest first."""
+
+    async def current_rates(self) -> dict[str, ExchangeRate]:
+        """The rate in force of each currency that has one."""
 
 
 class Ledger(Protocol):
@@ -278,7 +311,17 @@ class DashboardSessions(Protocol):
         """Forget a session (log out); idempotent."""
 
 
-class Store(Directory, Budgets, Ledger, LedgerReads, HeldReservations, Outbox, DashboardSessions, Protocol):
+class Store(
+    Directory,
+    Budgets,
+    ExchangeRates,
+    Ledger,
+    LedgerReads,
+    HeldReservations,
+    Outbox,
+    DashboardSessions,
+    Protocol,
+):
     """Clients, keys, budgets and the usage ledger. The source of truth: every
     role above, plus the backend's lifecycle."""
 

@@ -171,6 +171,44 @@ MIGRATIONS.append(
     )
 )
 
+MIGRATIONS.append(
+    (
+        7,
+        [
+            # What a client pays (section 6c): its currency (NULL: the server's),
+            # its markup (NULL: 1) and the models it may call (a JSON list of
+            # globs; NULL: all).
+            "ALTER TABLE clients ADD COLUMN currency TEXT",
+            "ALTER TABLE clients ADD COLUMN markup {money}",
+            "ALTER TABLE clients ADD COLUMN models_allowed TEXT",
+            # Each event keeps the markup it was charged with (NULL before
+            # markups: 1) and its cost at list price, so margin is a sum.
+            "ALTER TABLE usage_events ADD COLUMN markup {money}",
+            "ALTER TABLE usage_events ADD COLUMN list_cost {money}",
+            "UPDATE usage_events SET list_cost = cost",
+            # Exchange rates are data with a history: the newest row of a
+            # currency is in force.
+            """CREATE TABLE exchange_rates (
+                currency TEXT NOT NULL,
+                since {time} NOT NULL,
+                rate {money} NOT NULL,
+                PRIMARY KEY (currency, since)
+            )""",
+            # Credits: each raises the cost limit of the period it was given in.
+            "ALTER TABLE budgets ADD COLUMN credit {money} NOT NULL DEFAULT 0",
+            """CREATE TABLE credits (
+                id TEXT PRIMARY KEY,
+                client_id TEXT NOT NULL REFERENCES clients (id) ON DELETE CASCADE,
+                amount {money} NOT NULL,
+                note TEXT NOT NULL,
+                created_at {time} NOT NULL,
+                period_start {time} NOT NULL
+            )""",
+            "CREATE INDEX credits_client ON credits (client_id, created_at)",
+        ],
+    )
+)
+
 LATEST = MIGRATIONS[-1][0]
 
 

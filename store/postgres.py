@@ -128,6 +128,7 @@ _EVENT_TYPES = (
     + ["numeric", "integer", "numeric", "numeric", "text"]
     + ["numeric", "boolean", "boolean", "timestamptz"]
     + ["text", "text", "text", "text", "integer"]
+    + ["numeric", "numeric"]
 )
 # The batch in one statement: events inserted (a request id already there is
 # skipped) and the store-held reservations of those calls deleted.

@@ -73,7 +73,7 @@ def _fields(state: BudgetState | None) -> list[Any]:
         return ["nb", "1"]
     config = state.config
     token_limit = config.token_limit if config.mode in ("tokens", "both") else None
-    cost_limit = config.cost_limit if config.mode in ("cost", "both") else None
+    cost_limit = budgets.cost_limit(state)  # credits of this period included
     boundary = budgets.next_reset(state)
     values = {
         "nb": "0",

@@ -22,13 +22,14 @@ import contextlib
 import logging
 from dataclasses import replace
 from datetime import datetime, timedelta
+from decimal import Decimal
 
 from taximeter.pricing.catalog import Catalog, ModelPrice
-from taximeter.pricing.charge import Tariff
 from taximeter.pricing.models import BudgetState, Reservation, UsageEvent
 from taximeter.pricing.money import to_nanos
 from taximeter.proxy.clock import Clock, system_clock
 from taximeter.proxy.errors import BudgetBusy, BudgetExceeded, MeteringUnavailable, ModelNotPriced
+from taximeter.proxy.gateway.exchange import RateBook
 from taximeter.proxy.gateway.held import HeldCalls
 from taximeter.proxy.gateway.ledger_feedback import LedgerFeedback
 from taximeter.store.base import Admission, Budgets, Gate, StoreUnavailable
@@ -55,7 +56,7 @@ class Meter:
         ledger: LedgerWriter,
         fallback: Gate,
         catalog: Catalog,
-        tariff: Tariff,
+        rates: RateBook,
         allow_unpriced: bool,
         reservation_ttl_s: float = 660.0,
         record_grace_s: float = 60.0,
@@ -65,7 +66,7 @@ class Meter:
         self.gate = gate
         self.ledger = ledger
         self.catalog = catalog
-        self.tariff = tariff
+        self.rates = rates
         self.allow_unpriced = allow_unpriced
         self.reservation_ttl = timedelta(seconds=reservation_ttl_s)
         # How long a settled event may wait for the ledger before the sweeper
@@ -191,8 +192,8 @@ class Meter:
             endpoint="",
             status=0,
             created_at=now,
-            currency=self.tariff.currency,
-            exchange_rate=self.tariff.exchange_rate,
+            currency=self.rates.currency,
+            exchange_rate=Decimal(1),  # a probe of nothing: no money, no rate
             estimated=True,
         )
         try:

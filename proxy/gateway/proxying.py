@@ -20,12 +20,13 @@ from aiohttp import web
 
 from taximeter.pricing.estimate import estimate_usage
 from taximeter.pricing.extract import has_image_part
-from taximeter.pricing.models import UsageEvent
+from taximeter.pricing.models import ApiKey, UsageEvent
 from taximeter.proxy.errors import (
     BudgetExceeded,
     EndpointNotMetered,
     InvalidInput,
     InvalidJson,
+    ModelNotAllowed,
     ModelNotPriced,
     RequestTooLarge,
     UpstreamTimeout,
@@ -35,6 +36,7 @@ from taximeter.proxy.gateway import auth
 from taximeter.proxy.gateway.audio import audio_seconds
 from taximeter.proxy.gateway.edge import label, refuse_unmetered_options
 from taximeter.proxy.gateway.endpoints import DEFAULT_MODELS, Endpoint, find_endpoint
+from taximeter.proxy.gateway.exchange import check_model_allowed
 from taximeter.proxy.gateway.forms import parse_form
 from taximeter.proxy.gateway.paths import canonical_path, upstream_path
 from taximeter.proxy.gateway.relay import (
@@ -78,10 +80,10 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
     try:
         if endpoint.body == "multipart":  # the costly parse waits for the cheap refusal
             await services.meter.precheck(key.client_id, request[REQUEST_ID])
-        call = await _parse_call(request, endpoint, key.client_id, body, services)
+        call = await _parse_call(request, endpoint, key, body, services)
         call.estimate = await _estimate(services, call, off_loop=len(body) > _OFF_LOOP_BYTES)
         await _admit(services, call.estimate)
-    except (BudgetExceeded, ModelNotPriced) as exc:
+    except (BudgetExceeded, ModelNotPriced, ModelNotAllowed) as exc:
         reason = exc.reason if isinstance(exc, BudgetExceeded) else exc.code
         services.metrics.rejection(key.client_id, reason)
         raise
@@ -161,7 +163,7 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
 
 
 async def _parse_call(
-    request: web.Request, endpoint: Endpoint, client_id: str, body: bytes, services: Services
+    request: web.Request, endpoint: Endpoint, key: ApiKey, body: bytes, services: Services
 ) -> Call:
     form = None
     if endpoint.body == "json":
@@ -176,12 +178,13 @@ async def _parse_call(
     refuse_unmetered_options(endpoint.family, fields, form=form is not None)
     model = label(fields.get("model") or DEFAULT_MODELS.get(endpoint.path), "model", required=True)
     assert model is not None  # required
+    check_model_allowed(model, key.terms)
     vision = endpoint.family in ("chat", "responses") and has_image_part(fields)
     header_user = request.headers.get("X-Taximeter-End-User")
     upstream = services.router.pick(model)
     return Call(
         request_id=request[REQUEST_ID],
-        client_id=client_id,
+        client_id=key.client_id,
         endpoint=endpoint,
         api_type="vision" if vision else endpoint.api_type,
         model=model,
@@ -191,6 +194,7 @@ async def _parse_call(
         end_user=label(header_user, "X-Taximeter-End-User") or label(fields.get("user"), "user"),
         conversation=label(request.headers.get("X-Taximeter-Conversation"), "X-Taximeter-Conversation"),
         route=upstream,
+        tariff=await services.meter.rates.tariff(key.terms),
     )
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 
 from taximeter.pricing.catalog import Catalog, ModelPrice
-from taximeter.pricing.charge import CallFacts, charge
+from taximeter.pricing.charge import CallFacts, Tariff, charge
 from taximeter.pricing.models import UsageEvent
 from taximeter.pricing.money import money_text
 from taximeter.pricing.usage import Usage
@@ -55,6 +55,7 @@ class Call:
     end_user: str | None
     conversation: str | None
     route: Upstream  # the upstream that serves it, picked once
+    tariff: Tariff  # what a USD costs its client: the rate in force at admission, and its markup
     started: float = field(default_factory=time.monotonic)
     client_gone: asyncio.Event = field(default_factory=asyncio.Event)
     upstream: aiohttp.ClientResponse | None = None
@@ -91,7 +92,7 @@ def event_of(services: Services, call: Call, usage: Usage, status: int) -> Usage
         latency_ms=None if status == 0 else round((time.monotonic() - call.started) * 1000),
         tool_prices=_tool_prices(services.meter.catalog, usage, call.route.provider),
     )
-    return charge(facts, usage, status, services.meter.tariff, services.meter.clock())
+    return charge(facts, usage, status, call.tariff, services.meter.clock())
 
 
 def _tool_prices(catalog: Catalog, usage: Usage, provider: str) -> dict[str, ModelPrice]:

@@ -28,6 +28,8 @@ _CLAIM_BATCH = 100
 async def sweep(meter: Meter) -> int:
     """One sweep; the number of expired reservations it charged."""
     now = meter.clock()
+    with contextlib.suppress(StoreUnavailable):  # rates set by other processes apply from here on
+        await meter.rates.refresh()
     await _keep_alive(meter, now)
     charged = 0
     for gate in (meter.gate, meter.fallback):

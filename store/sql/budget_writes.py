@@ -49,7 +49,8 @@ class BudgetWrites(SqlBase):
         await conn.execute(
             "UPDATE budgets SET mode = ?, token_limit = ?, cost_limit = ?, period = ?, timezone = ?, "
             "currency = ?, pause_at_limit = ?, alert_thresholds = ?, period_start = ?, tokens_used = ?, "
-            "cost_used = ?, paused = ?, pause_reason = ?, version = ?, alerts_fired = ?, updated_at = ? "
+            "cost_used = ?, paused = ?, pause_reason = ?, version = ?, alerts_fired = ?, credit = ?, "
+            "updated_at = ? "
             "WHERE client_id = ?",
             *values[1:],
             self.dialect.time_in(now),

@@ -29,7 +29,7 @@ class SqlBudgets(BudgetWrites):
             if old is None:
                 await conn.execute(
                     f"INSERT INTO budgets ({BUDGET_COLUMNS}, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     *budget_row(self.dialect, state),
                     self.dialect.time_in(now),
                 )

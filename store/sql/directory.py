@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 
-from taximeter.pricing.models import ApiKey, Client
+from taximeter.pricing.models import ApiKey, Client, Terms
 from taximeter.store.base import Conflict, NotFound
 from taximeter.store.sql.core import SqlBase
-from taximeter.store.sql.rows import client_from_row, key_from_row
+from taximeter.store.sql.rows import CLIENT_COLUMNS, KEY_COLUMNS, client_from_row, key_from_row, terms_row
 
 __all__ = ["SqlDirectory"]
 
@@ -32,14 +33,45 @@ class SqlDirectory(SqlBase):
             if not await conn.execute("UPDATE clients SET name = ? WHERE id = ?", name, client_id):
                 raise NotFound(f"no client {client_id!r}")
 
+    async def set_terms(self, client_id: str, terms: Terms, currency: str) -> None:
+        """Replace a client's terms; its budget, if any, moves to ``currency``
+        (what it pays in), unless it has spent or been credited in another this
+        period (Conflict: money in two currencies would be summed)."""
+        async with self.transaction() as conn:
+            changed = await conn.execute(
+                "UPDATE clients SET currency = ?, markup = ?, models_allowed = ? WHERE id = ?",
+                *terms_row(self.dialect, terms),
+                client_id,
+            )
+            if not changed:
+                raise NotFound(f"no client {client_id!r}")
+            budget = await conn.fetchone(
+                "SELECT currency, cost_used, credit FROM budgets WHERE client_id = ?"
+                + self.dialect.for_update,
+                client_id,
+            )
+            if budget is None or budget["currency"] == currency:
+                return
+            zero = self.dialect.money_in(Decimal(0))
+            if budget["cost_used"] != zero or budget["credit"] != zero:
+                raise Conflict(
+                    f"the budget of {client_id!r} has spend or credits in {budget['currency']} this period; "
+                    "reset it before changing the currency"
+                )
+            await conn.execute(
+                "UPDATE budgets SET currency = ?, version = version + 1 WHERE client_id = ?",
+                currency,
+                client_id,
+            )
+
     async def get_client(self, client_id: str) -> Client | None:
         async with self.connection() as conn:
-            row = await conn.fetchone("SELECT id, name, created_at FROM clients WHERE id = ?", client_id)
+            row = await conn.fetchone(f"SELECT {CLIENT_COLUMNS} FROM clients WHERE id = ?", client_id)
         return None if row is None else client_from_row(self.dialect, row)
 
     async def list_clients(self) -> list[Client]:
         async with self.connection() as conn:
-            rows = await conn.fetchall("SELECT id, name, created_at FROM clients ORDER BY id")
+            rows = await conn.fetchall(f"SELECT {CLIENT_COLUMNS} FROM clients ORDER BY id")
         return [client_from_row(self.dialect, r) for r in rows]
 
     async def create_key(self, key: ApiKey) -> ApiKey:
@@ -59,18 +91,20 @@ class SqlDirectory(SqlBase):
         return key
 
     async def find_key(self, prefix: str) -> ApiKey | None:
+        """The key with its client's terms: one read authenticates and prices a call."""
         async with self.connection() as conn:
             row = await conn.fetchone(
-                "SELECT prefix, client_id, key_hash, created_at, revoked_at FROM api_keys WHERE prefix = ?",
+                "SELECT k.prefix, k.client_id, k.key_hash, k.created_at, k.revoked_at, "
+                "c.currency, c.markup, c.models_allowed "
+                "FROM api_keys k JOIN clients c ON c.id = k.client_id WHERE k.prefix = ?",
                 prefix,
             )
-        return None if row is None else key_from_row(self.dialect, row)
+        return None if row is None else key_from_row(self.dialect, row, with_terms=True)
 
     async def list_keys(self, client_id: str) -> list[ApiKey]:
         async with self.connection() as conn:
             rows = await conn.fetchall(
-                "SELECT prefix, client_id, key_hash, created_at, revoked_at FROM api_keys "
-                "WHERE client_id = ? ORDER BY created_at, prefix",
+                f"SELECT {KEY_COLUMNS} FROM api_keys WHERE client_id = ? ORDER BY created_at, prefix",
                 client_id,
             )
         return [key_from_row(self.dialect, r) for r in rows]
@@ -83,7 +117,7 @@ class SqlDirectory(SqlBase):
                 prefix,
             )
             row = await conn.fetchone(
-                "SELECT prefix, client_id, key_hash, created_at, revoked_at FROM api_keys WHERE prefix = ?",
+                f"SELECT {KEY_COLUMNS} FROM api_keys WHERE prefix = ?",
                 prefix,
             )
         return None if row is None else key_from_row(self.dialect, row)

@@ -9,13 +9,15 @@ from typing import Any
 
 import orjson
 
-from taximeter.pricing.models import ApiKey, BudgetConfig, BudgetState, Client, UsageEvent
+from taximeter.pricing.models import ApiKey, BudgetConfig, BudgetState, Client, Terms, UsageEvent
 from taximeter.pricing.money import from_nanos, to_nanos
 from taximeter.store.sql.core import Dialect, Row
 
 __all__ = [
     "BUDGET_COLUMNS",
+    "CLIENT_COLUMNS",
     "EVENT_COLUMNS",
+    "KEY_COLUMNS",
     "OUTBOX_COLUMNS",
     "budget_from_row",
     "budget_row",
@@ -23,18 +25,23 @@ __all__ = [
     "event_from_row",
     "event_row",
     "key_from_row",
+    "terms_from_row",
+    "terms_row",
 ]
 
 EVENT_COLUMNS = (
     "request_id, client_id, end_user, conversation, api_type, model, endpoint, status, "
     "input_tokens, output_tokens, cached_tokens, reasoning_tokens, characters, audio_seconds, "
     "images, cost_usd, cost, currency, exchange_rate, estimated, unpriced, created_at, "
-    "service_tier, tool_calls, price_source, upstream, latency_ms"
+    "service_tier, tool_calls, price_source, upstream, latency_ms, markup, list_cost"
 )
 BUDGET_COLUMNS = (
     "client_id, mode, token_limit, cost_limit, period, timezone, currency, pause_at_limit, "
-    "alert_thresholds, period_start, tokens_used, cost_used, paused, pause_reason, version, alerts_fired"
+    "alert_thresholds, period_start, tokens_used, cost_used, paused, pause_reason, version, alerts_fired, "
+    "credit"
 )
+CLIENT_COLUMNS = "id, name, created_at, currency, markup, models_allowed"
+KEY_COLUMNS = "prefix, client_id, key_hash, created_at, revoked_at"
 OUTBOX_COLUMNS = "id, client_id, kind, payload, attempts, pending_urls"
 
 
@@ -57,6 +64,7 @@ def budget_row(d: Dialect, state: BudgetState) -> list[Any]:
         state.pause_reason,
         state.version,
         json.dumps(list(state.alerts_fired)),
+        d.money_in(from_nanos(state.credit_nanos)),
     ]
 
 
@@ -81,6 +89,7 @@ def budget_from_row(d: Dialect, row: Row) -> BudgetState:
         pause_reason=row["pause_reason"],
         version=int(row["version"]),
         alerts_fired=tuple(json.loads(row["alerts_fired"])),
+        credit_nanos=to_nanos(d.money_out(row["credit"])),
     )
 
 
@@ -113,6 +122,8 @@ def event_row(d: Dialect, e: UsageEvent) -> list[Any]:
         e.price_source,
         e.upstream,
         e.latency_ms,
+        d.money_in(e.markup),
+        d.money_in(e.list_cost),
     ]
 
 
@@ -145,18 +156,38 @@ def event_from_row(d: Dialect, r: Row) -> UsageEvent:
         price_source=r["price_source"],
         upstream=r["upstream"],
         latency_ms=None if r["latency_ms"] is None else int(r["latency_ms"]),
+        markup=Decimal(1) if r["markup"] is None else d.money_out(r["markup"]),
     )
 
 
 def client_from_row(d: Dialect, row: Row) -> Client:
-    return Client(row["id"], row["name"], d.time_out(row["created_at"]))
+    return Client(row["id"], row["name"], d.time_out(row["created_at"]), terms_from_row(d, row))
 
 
-def key_from_row(d: Dialect, row: Row) -> ApiKey:
+def terms_from_row(d: Dialect, row: Row) -> Terms:
+    allowed = row["models_allowed"]
+    return Terms(
+        currency=row["currency"],
+        markup=Decimal(1) if row["markup"] is None else d.money_out(row["markup"]),
+        models_allowed=None if allowed is None else tuple(json.loads(allowed)),
+    )
+
+
+def terms_row(d: Dialect, terms: Terms) -> list[Any]:
+    allowed = terms.models_allowed
+    return [
+        terms.currency,
+        d.money_in(terms.markup),
+        None if allowed is None else json.dumps(list(allowed)),
+    ]
+
+
+def key_from_row(d: Dialect, row: Row, *, with_terms: bool = False) -> ApiKey:
     return ApiKey(
         prefix=row["prefix"],
         client_id=row["client_id"],
         key_hash=row["key_hash"],
         created_at=d.time_out(row["created_at"]),
         revoked=row["revoked_at"] is not None,
+        terms=terms_from_row(d, row) if with_terms else Terms(),
     )

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from taximeter.pricing.charge import Tariff
 from taximeter.pricing.models import Reservation
+from taximeter.proxy.gateway.exchange import RateBook
 from taximeter.proxy.gateway.metering import Meter
 from taximeter.store.local_gate import LocalGate
 from tests.support.factories import estimated_event, reservation
@@ -36,7 +36,7 @@ def meter(gate: Recording, fallback: Recording) -> Meter:
         ledger=nothing,
         fallback=fallback,
         catalog=nothing,
-        tariff=Tariff("BRL", Decimal(5)),
+        rates=RateBook(nothing, currency="BRL", first_rate=Decimal(5)),
         allow_unpriced=True,
     )
 
