@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from taximeter.pricing import budgets
-from taximeter.pricing.models import ApiKey, BudgetState, Client, UsageEvent
+from taximeter.pricing.models import ApiKey, BudgetState, Client, Credit, ExchangeRate, UsageEvent
 from taximeter.pricing.money import from_nanos, money_text
 from taximeter.store.base import ReportRow
 
@@ -17,10 +17,13 @@ __all__ = [
     "STATUS_FIELDS",
     "budget_json",
     "client_json",
+    "credit_json",
     "event_json",
     "key_json",
+    "rate_json",
     "report_row_json",
     "rfc3339",
+    "unbudgeted_json",
 ]
 
 EVENT_FIELDS = (
@@ -85,8 +88,32 @@ def rfc3339(when: datetime | None) -> str | None:
     return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def client_json(client: Client) -> dict[str, Any]:
-    return {"id": client.id, "name": client.name, "created_at": rfc3339(client.created_at)}
+def client_json(client: Client, default_currency: str | None = None) -> dict[str, Any]:
+    terms = client.terms
+    allowed = terms.models_allowed
+    return {
+        "id": client.id,
+        "name": client.name,
+        "created_at": rfc3339(client.created_at),
+        "currency": terms.currency or default_currency,
+        "markup": money_text(terms.markup),
+        "models_allowed": None if allowed is None else list(allowed),
+    }
+
+
+def rate_json(rate: ExchangeRate) -> dict[str, Any]:
+    return {"currency": rate.currency, "rate": money_text(rate.rate), "since": rfc3339(rate.since)}
+
+
+def credit_json(credit: Credit) -> dict[str, Any]:
+    return {
+        "id": credit.id,
+        "client_id": credit.client_id,
+        "amount": money_text(credit.amount),
+        "note": credit.note,
+        "created_at": rfc3339(credit.created_at),
+        "period_start": rfc3339(credit.period_start),
+    }
 
 
 def key_json(key: ApiKey) -> dict[str, Any]:
@@ -121,7 +148,7 @@ def event_json(event: UsageEvent) -> dict[str, Any]:
         "exchange_rate": money_text(event.exchange_rate),
         "estimated": event.estimated,
         "created_at": rfc3339(event.created_at),
-        "markup": "1",  # no markup is applied yet
+        "markup": money_text(event.markup),
         "service_tier": event.service_tier,
         "tool_calls": dict(event.tool_calls),
         "batch_id": None,  # no call is part of a batch yet
@@ -142,7 +169,8 @@ def budget_json(state: BudgetState, spend: dict[str, Decimal]) -> dict[str, Any]
         "timezone": config.timezone,
         "currency": config.currency,
         "token_limit": config.token_limit,
-        "cost_limit": None if config.cost_limit is None else money_text(config.cost_limit),
+        "cost_limit": None if (limit := budgets.cost_limit(state)) is None else money_text(limit),
+        "credits": money_text(from_nanos(state.credit_nanos)),
         "tokens_used": state.tokens_used,
         "cost_used": money_text(from_nanos(state.cost_used_nanos)),
         "tokens_percent": tokens_pct,
@@ -158,6 +186,41 @@ def budget_json(state: BudgetState, spend: dict[str, Decimal]) -> dict[str, Any]
     }
 
 
+def unbudgeted_json(
+    client_id: str,
+    *,
+    currency: str,
+    timezone: str,
+    month: tuple[datetime, datetime],
+    tokens: int,
+    spend: dict[str, Decimal],
+) -> dict[str, Any]:
+    """The status of a client with no budget: metered, never blocked, with
+    what it spent this calendar month."""
+    return {
+        "client_id": client_id,
+        "mode": None,
+        "period": "monthly",
+        "timezone": timezone,
+        "currency": currency,
+        "token_limit": None,
+        "cost_limit": None,
+        "credits": "0",
+        "tokens_used": tokens,
+        "cost_used": money_text(sum(spend.values(), Decimal(0))),
+        "tokens_percent": None,
+        "cost_percent": None,
+        "level": "ok",
+        "paused": False,
+        "pause_reason": None,
+        "pause_at_limit": False,
+        "alert_thresholds": [],
+        "period_start": rfc3339(month[0]),
+        "next_reset_at": rfc3339(month[1]),
+        "spend_by_api_type": {k: money_text(v) for k, v in spend.items()},
+    }
+
+
 def report_row_json(row: ReportRow) -> dict[str, Any]:
     return {
         "key": row.key,
@@ -166,4 +229,6 @@ def report_row_json(row: ReportRow) -> dict[str, Any]:
         "output_tokens": row.output_tokens,
         "cost_usd": money_text(row.cost_usd),
         "cost": money_text(row.cost),
+        "list_cost": money_text(row.list_cost),
+        "margin": money_text(row.cost - row.list_cost),
     }

@@ -265,6 +265,9 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
         on_budget_change=_gate_refresher(app[METRICS], app[METER]),
         flush_ledger=app[LEDGER].flush,
         on_key_revoked=services.keys.forget,
+        on_terms_changed=services.keys.forget_client,
+        on_rate_set=app[METER].rates.put,
+        first_rate=settings.exchange_rate,
     )
     app[DASHBOARD] = await _dashboard(app)
     try:

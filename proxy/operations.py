@@ -13,13 +13,13 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 
-from taximeter.pricing import budgets
-from taximeter.pricing.models import ApiKey, BudgetState, Client, UsageEvent
-from taximeter.proxy.api_shapes import budget_json
+from taximeter.pricing import budgets, terms
+from taximeter.pricing.models import ApiKey, BudgetState, Client, Credit, ExchangeRate, UsageEvent
+from taximeter.proxy.api_shapes import budget_json, unbudgeted_json
 from taximeter.proxy.clock import Clock, system_clock
 from taximeter.proxy.errors import ConflictError, InvalidInput, NotFoundError
 from taximeter.proxy.gateway import keys
-from taximeter.store.base import Budgets, Conflict, Directory, LedgerReads, NotFound, ReportRow
+from taximeter.store.base import Budgets, Conflict, Directory, ExchangeRates, LedgerReads, NotFound, ReportRow
 
 __all__ = ["GROUPINGS", "MAX_EVENTS", "Operations", "OperatorStore", "parse_day"]
 
@@ -39,6 +39,10 @@ def _no_key_hook(prefix: str) -> None:
     return None
 
 
+def _no_rate_hook(rate: ExchangeRate) -> None:
+    return None
+
+
 async def _nothing_pending() -> None:
     return None
 
@@ -54,9 +58,10 @@ def parse_day(value: str | None, field: str, default: datetime) -> datetime:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
-class OperatorStore(Directory, Budgets, LedgerReads, Protocol):
+class OperatorStore(Directory, Budgets, ExchangeRates, LedgerReads, Protocol):
     """The parts of the store an operator works on: clients and keys, budgets,
-    and reads of the ledger (never its writes, reservations or sessions)."""
+    exchange rates, and reads of the ledger (never its writes, reservations or
+    sessions)."""
 
 
 class Operations:
@@ -70,6 +75,9 @@ class Operations:
         on_budget_change: BudgetHook = _no_hook,
         flush_ledger: Callable[[], Awaitable[None]] = _nothing_pending,
         on_key_revoked: Callable[[str], None] = _no_key_hook,
+        on_terms_changed: Callable[[str], None] = _no_key_hook,
+        on_rate_set: Callable[[ExchangeRate], None] = _no_rate_hook,
+        first_rate: Decimal | None = None,
     ) -> None:
         self._store = store  # private: admin, dashboard and cli ask Operations, never its store
         self.timezone = timezone
@@ -82,6 +90,11 @@ class Operations:
         self.flush_ledger = flush_ledger
         # A revoked key stops working at once in this process (in others within key_cache_s).
         self._on_key_revoked = on_key_revoked
+        # New terms or rates apply from the next call in this process (in
+        # others within key_cache_s and sweep_interval_s).
+        self._on_terms_changed = on_terms_changed
+        self._on_rate_set = on_rate_set
+        self.first_rate = first_rate  # the exchange_rate setting: the server currency's rate until one is set
 
     # -- clients and keys --------------------------------------------------------
 
@@ -119,6 +132,87 @@ class Operations:
         """Raises the store's NotFound if there is no such client."""
         await self._store.rename_client(client_id, name)
 
+    async def update_client(self, client_id: str, data: Any) -> Client:
+        """Change a client's name and terms (PATCH: fields left out stay)."""
+        client = await self.client(client_id)
+        try:
+            name, new = terms.terms_from_json(client.terms, data)
+        except budgets.BudgetInputError as exc:
+            raise InvalidInput(exc.message, param=exc.field) from exc
+        currency = new.currency or self.currency
+        if new.currency != client.terms.currency and not await self._has_rate(currency):
+            raise ConflictError(
+                f"no exchange rate for {currency}: set one first (PUT /admin/rates/{currency})",
+                param="currency",
+            )
+        await self.flush_ledger()
+        try:
+            await self._store.set_terms(client_id, new, currency, name=name)
+        except Conflict as exc:
+            raise ConflictError(str(exc), param="currency") from exc
+        self._on_terms_changed(client_id)
+        return await self.client(client_id)
+
+    async def _has_rate(self, currency: str) -> bool:
+        if currency == "USD" or (currency == self.currency and self.first_rate is not None):
+            return True
+        return currency in await self._store.current_rates()
+
+    # -- exchange rates and credits ------------------------------------------------------
+
+    async def rates(self, currency: str | None = None) -> list[ExchangeRate]:
+        """Every rate set, by currency, newest first (the first of each is in force)."""
+        if currency is not None:
+            currency = self._currency(currency)
+        return await self._store.rate_history(currency)
+
+    async def set_rate(self, currency: str, data: Any) -> ExchangeRate:
+        """Put a rate in force for calls admitted from now on."""
+        currency = self._currency(currency)
+        if currency == "USD":
+            raise InvalidInput("USD is the currency of list prices: its rate is always 1", param="currency")
+        try:
+            value = terms.rate_from_json(data)
+        except budgets.BudgetInputError as exc:
+            raise InvalidInput(exc.message, param=exc.field) from exc
+        rate = await self._store.set_rate(currency, value, self.clock())
+        self._on_rate_set(rate)
+        return rate
+
+    @staticmethod
+    def _currency(value: str) -> str:
+        try:
+            return terms.parse_currency(value)
+        except budgets.BudgetInputError as exc:
+            raise InvalidInput(exc.message, param=exc.field) from exc
+
+    async def credits(self, client_id: str) -> list[Credit]:
+        await self.client(client_id)
+        return await self._store.list_credits(client_id)
+
+    async def add_credit(self, client_id: str, data: Any) -> tuple[Credit, BudgetState]:
+        """Raise this period's cost limit (lifting a limit pause)."""
+        await self.client(client_id)
+        try:
+            amount, note = terms.credit_from_json(data)
+        except budgets.BudgetInputError as exc:
+            raise InvalidInput(exc.message, param=exc.field) from exc
+        found = await self.find_budget(client_id)
+        if found is None:
+            raise NotFoundError(f"client {client_id!r} has no budget", param="client_id")
+        if budgets.cost_limit(found) is None:
+            raise ConflictError(
+                f"client {client_id!r} has no budget with a cost limit to credit", param="client_id"
+            )
+        await self.flush_ledger()
+        now = self.clock()
+        try:
+            credit, state = await self._store.add_credit(client_id, amount, note, now)
+        except NotFound as exc:
+            raise NotFoundError(f"client {client_id!r} has no budget", param="client_id") from exc
+        await self._on_budget_change(client_id, state, now)
+        return credit, state
+
     async def keys(self, client_id: str) -> list[ApiKey]:
         """The client's keys, oldest first, revoked ones included."""
         return await self._store.list_keys(client_id) if _possible(client_id) else []
@@ -150,9 +244,10 @@ class Operations:
     # -- budgets -------------------------------------------------------------------
 
     async def put_budget(self, client_id: str, data: Any) -> BudgetState:
-        await self.client(client_id)
+        client = await self.client(client_id)
+        currency = client.terms.currency or self.currency  # a budget counts what its client pays in
         try:
-            config = budgets.config_from_json(client_id, data, timezone=self.timezone, currency=self.currency)
+            config = budgets.config_from_json(client_id, data, timezone=self.timezone, currency=currency)
         except budgets.BudgetInputError as exc:
             raise InvalidInput(exc.message, param=exc.field) from exc
         await self.flush_ledger()
@@ -207,6 +302,23 @@ class Operations:
     async def status_json(self, state: BudgetState) -> dict[str, Any]:
         spend = await self.spend_by_api_type(state.client_id, state.period_start)
         return budget_json(state, spend)
+
+    async def unbudgeted_status(self, client_id: str) -> dict[str, Any]:
+        """The status of a client with no budget: its spend this calendar month."""
+        client = await self.client(client_id)
+        start, end = budgets.period_bounds("monthly", self.timezone, self.clock())
+        await self.flush_ledger()
+        tokens, _ = await self._store.ledger_totals(client.id, start)
+        spend = await self._store.spend_by_api_type(client.id, start)
+        currency = client.terms.currency or self.currency
+        return unbudgeted_json(
+            client.id,
+            currency=currency,
+            timezone=self.timezone,
+            month=(start, end),
+            tokens=tokens,
+            spend=spend,
+        )
 
     # -- usage -----------------------------------------------------------------------
 

@@ -117,6 +117,7 @@ class ReportRow:
     output_tokens: int
     cost_usd: Decimal
     cost: Decimal
+    list_cost: Decimal = Decimal(0)  # cost at list price in the same currency: margin = cost - list_cost
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,10 +140,13 @@ class Directory(Protocol):
     async def rename_client(self, client_id: str, name: str) -> None:
         """Raises NotFound if there is no such client."""
 
-    async def set_terms(self, client_id: str, terms: Terms, currency: str) -> None:
-        """Replace a client's terms and keep its budget in ``currency`` (the
-        one it pays in). Raises NotFound (no such client) or Conflict (its
-        budget has spend or credits in another currency this period)."""
+    async def set_terms(
+        self, client_id: str, terms: Terms, currency: str, *, name: str | None = None
+    ) -> None:
+        """Replace a client's terms (and ``name``, when given) and keep its
+        budget in ``currency`` (the one it pays in), in one transaction.
+        Raises NotFound (no such client) or Conflict (its budget has spend or
+        credits in another currency this period)."""
 
     async def get_client(self, client_id: str) -> Client | None:
         """The client, or None if there is none with that id."""
@@ -248,6 +252,9 @@ class LedgerReads(Protocol):
 
     async def list_events(self, client_id: str | None, limit: int) -> list[UsageEvent]:
         """At most ``limit`` events (of one client, or all), newest first."""
+
+    async def ledger_totals(self, client_id: str, since: datetime) -> tuple[int, int]:
+        """Tokens and cost (nanos) of a client's events at or after ``since``."""
 
     async def spend_by_api_type(self, client_id: str, since: datetime) -> dict[str, Decimal]:
         """Cost in the budget currency per api_type, for events at or after ``since``."""

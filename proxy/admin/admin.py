@@ -14,10 +14,12 @@ import io
 import re
 from typing import Any
 
-import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from taximeter.proxy.admin import money
+from taximeter.proxy.admin.http import json_body as _body
+from taximeter.proxy.admin.http import json_response as _json
 from taximeter.proxy.admin.openapi import document
 from taximeter.proxy.api_shapes import (
     EVENT_FIELDS,
@@ -27,7 +29,7 @@ from taximeter.proxy.api_shapes import (
     report_row_json,
     rfc3339,
 )
-from taximeter.proxy.errors import InvalidInput, InvalidJson, NotFoundError
+from taximeter.proxy.errors import InvalidInput, NotFoundError
 from taximeter.proxy.gateway.auth import require_admin
 from taximeter.proxy.middleware import json_error_middleware
 from taximeter.proxy.operations import MAX_EVENTS, Operations
@@ -39,17 +41,6 @@ __all__ = ["admin_app"]
 # stays a number: a decimal string such as a cost is left as it is.
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _NUMBER = re.compile(r"-?\d+(\.\d+)?")
-
-
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
-
-
-async def _body(request: web.Request) -> Any:
-    try:
-        return orjson.loads(await request.read())
-    except orjson.JSONDecodeError as exc:
-        raise InvalidJson(f"request body is not valid JSON: {exc}") from exc
 
 
 def _csv_cell(value: Any) -> Any:
@@ -66,7 +57,8 @@ def _ops(request: web.Request) -> Operations:
 
 async def list_clients(request: web.Request) -> web.Response:
     clients = await _ops(request).clients()
-    return _json({"data": [client_json(c) for c in clients]})
+    currency = _ops(request).currency
+    return _json({"data": [client_json(c, currency) for c in clients]})
 
 
 async def create_client(request: web.Request) -> web.Response:
@@ -74,7 +66,8 @@ async def create_client(request: web.Request) -> web.Response:
     body = await _body(request)
     if not isinstance(body, dict):
         raise InvalidInput("body must be a JSON object with id and name", status=400)
-    return _json(client_json(await ops.create_client(body.get("id"), body.get("name"))), status=201)
+    client = await ops.create_client(body.get("id"), body.get("name"))
+    return _json(client_json(client, ops.currency), status=201)
 
 
 async def create_key(request: web.Request) -> web.Response:
@@ -224,6 +217,7 @@ def admin_app() -> web.Application:
             web.get("/usage/events", usage_events),
             web.get("/pricing", list_pricing),
             web.get("/pricing/{model}", get_pricing),
+            *money.ROUTES,
         ]
     )
     return app

@@ -86,6 +86,18 @@ _PATHS: dict[str, Any] = {
             requestBody=_body("ClientInput"),
         ),
     },
+    "/admin/clients/{client_id}": {
+        "parameters": [_path_param("client_id")],
+        "get": _op(
+            "A client, with its currency, markup and allowed models", _json(_ref("Client")), errors=("404",)
+        ),
+        "patch": _op(
+            "Change a client's name, currency, markup or allowed models (fields left out stay)",
+            _json(_ref("Client")),
+            errors=("400", "404", "409", "413", "422"),
+            requestBody=_body("ClientPatch"),
+        ),
+    },
     "/admin/clients/{client_id}/keys": {
         "parameters": [_path_param("client_id")],
         "get": _op("List a client's keys", _json(_list("Key")), errors=("404",)),
@@ -118,6 +130,42 @@ _PATHS: dict[str, Any] = {
             "post": _op(f"{action.title()} a budget", _json(_ref("BudgetStatus")), errors=("404",)),
         }
         for action in ("reset", "pause", "resume")
+    },
+    "/admin/budgets/{client_id}/credits": {
+        "parameters": [_path_param("client_id")],
+        "get": _op("A client's credits, newest first", _json(_list("Credit")), errors=("404",)),
+        "post": _op(
+            "Credit a budget: raises this period's cost limit and lifts a limit pause",
+            _json(_ref("NewCredit"), "Created"),
+            "201",
+            ("400", "404", "409", "413", "422"),
+            requestBody=_body("CreditInput"),
+        ),
+    },
+    "/admin/rates": {
+        "get": _op(
+            "Exchange rates: the one in force of each currency, and their history",
+            _json(_ref("Rates")),
+            errors=("422",),
+            parameters=_query(currency={"type": "string", "pattern": "^([A-Z]{3})?$"}),
+        )
+    },
+    "/admin/rates/{currency}": {
+        "parameters": [
+            {
+                "name": "currency",
+                "in": "path",
+                "required": True,
+                # Any ISO 4217 code but USD, the currency of list prices (its rate is 1).
+                "schema": {"type": "string", "pattern": "^([A-TV-Z][A-Z]{2}|U[A-RT-Z][A-Z]|US[A-CE-Z])$"},
+            }
+        ],
+        "put": _op(
+            "Put a rate (units per USD) in force for calls admitted from now on",
+            _json(_ref("Rate")),
+            errors=("400", "413", "422"),
+            requestBody=_body("RateInput"),
+        ),
     },
     "/admin/usage": {
         "get": _op(

@@ -12,6 +12,7 @@ from zoneinfo import available_timezones
 
 from taximeter.pricing.budgets import MAX_COST_LIMIT, MAX_TOKEN_LIMIT, MODE_ALIASES, MODES, PERIODS
 from taximeter.pricing.rates import TOKEN_RATES
+from taximeter.proxy.admin.money_schemas import MONEY_SCHEMAS
 from taximeter.proxy.api_shapes import EVENT_FIELDS, STATUS_FIELDS
 from taximeter.proxy.operations import GROUPINGS
 
@@ -68,8 +69,15 @@ SCHEMAS: dict[str, Any] = {
         },
     ),
     "Client": obj(
-        ["id", "name", "created_at"],
-        {"id": {"type": "string"}, "name": {"type": "string"}, "created_at": _TIME},
+        ["id", "name", "created_at", "currency", "markup", "models_allowed"],
+        {
+            "id": {"type": "string"},
+            "name": {"type": "string"},
+            "created_at": _TIME,
+            "currency": {"type": "string"},
+            "markup": _MONEY,
+            "models_allowed": {"anyOf": [{"type": "array", "items": {"type": "string"}}, {"type": "null"}]},
+        },
     ),
     "ClientInput": obj(
         ["id"],
@@ -139,12 +147,13 @@ SCHEMAS: dict[str, Any] = {
         list(STATUS_FIELDS),
         {
             "client_id": {"type": "string"},
-            "mode": {"enum": ["tokens", "cost", "both"]},
+            "mode": {"enum": ["tokens", "cost", "both", None], "description": "null: no budget"},
             "period": {"enum": ["daily", "weekly", "monthly", "none"]},
             "timezone": {"type": "string"},
             "currency": {"type": "string"},
             "token_limit": {"type": ["integer", "null"]},
             "cost_limit": _NULLABLE_MONEY,
+            "credits": _MONEY,
             "tokens_used": {"type": "integer"},
             "cost_used": _MONEY,
             "tokens_percent": _NULLABLE_NUMBER,
@@ -208,7 +217,16 @@ SCHEMAS: dict[str, Any] = {
             "data": {
                 "type": "array",
                 "items": obj(
-                    ["key", "requests", "input_tokens", "output_tokens", "cost_usd", "cost"],
+                    [
+                        "key",
+                        "requests",
+                        "input_tokens",
+                        "output_tokens",
+                        "cost_usd",
+                        "cost",
+                        "list_cost",
+                        "margin",
+                    ],
                     {
                         "key": {"type": "string"},
                         "requests": {"type": "integer"},
@@ -216,6 +234,8 @@ SCHEMAS: dict[str, Any] = {
                         "output_tokens": {"type": "integer"},
                         "cost_usd": _MONEY,
                         "cost": _MONEY,
+                        "list_cost": _MONEY,
+                        "margin": _MONEY,
                     },
                 ),
             },
@@ -262,3 +282,4 @@ SCHEMAS: dict[str, Any] = {
         },
     ),
 }
+SCHEMAS.update(MONEY_SCHEMAS)

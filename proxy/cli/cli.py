@@ -22,6 +22,13 @@ from taximeter.pricing.catalog import CatalogError, load_catalog, problems, warn
 from taximeter.pricing.models import BudgetState
 from taximeter.pricing.money import from_nanos, money_text
 from taximeter.proxy.cli.apply import apply_file
+from taximeter.proxy.cli.money import (
+    add_client_set,
+    add_money_commands,
+    client_set,
+    credits_command,
+    rates_command,
+)
 from taximeter.proxy.cli.startup import describe_store
 from taximeter.proxy.errors import TaximeterError
 from taximeter.proxy.gateway.upstreams import Upstreams
@@ -102,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     # In the order `taximeter --help` lists them.
     _add_client_commands(sub)
     _add_budget_commands(sub)
+    add_money_commands(sub)
     _add_usage_command(sub)
     apply = sub.add_parser("apply", help="create or update the clients and budgets an ops file declares")
     apply.add_argument("file", type=Path, help="the TOML ops file")
@@ -116,6 +124,7 @@ def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     add.add_argument("id", help="its id: lowercase letters, digits, - and _")
     add.add_argument("--name", help="a display name (default: the id)")
     clients.add_parser("list", help="list the clients")
+    add_client_set(clients)
 
     keys = sub.add_parser("keys", help="manage virtual keys").add_subparsers(dest="action", required=True)
     keys.add_parser("create", help="issue a key (printed once)").add_argument("client", help="the client id")
@@ -184,6 +193,7 @@ async def _manage(settings: Settings, args: argparse.Namespace) -> int:
             timezone=settings.timezone,
             currency=settings.currency,
             on_budget_change=_gate_refresher(gate),
+            first_rate=settings.exchange_rate,
         )
         handler: Callable[[Operations, argparse.Namespace], Awaitable[int]] = _COMMANDS[args.command]
         return await handler(ops, args)
@@ -226,6 +236,8 @@ def _gate_refresher(gate: Gate) -> Callable[[str, BudgetState | None, datetime],
 
 
 async def _clients(ops: Operations, args: argparse.Namespace) -> int:
+    if args.action == "set":
+        return await client_set(ops, args)
     if args.action == "add":
         client = await ops.create_client(args.id, args.name)
         print(f"client {client.id} ({client.name}) created")
@@ -369,4 +381,6 @@ _COMMANDS: dict[str, Callable[[Operations, argparse.Namespace], Awaitable[int]]]
     "keys": _keys,
     "budgets": _budgets,
     "usage": _usage,
+    "rates": rates_command,
+    "credits": credits_command,
 }

@@ -46,6 +46,11 @@ class KeyCache:
     def forget(self, prefix: str) -> None:
         self._keys.pop(prefix, None)
 
+    def forget_client(self, client_id: str) -> None:
+        """Drop every kept key of a client whose terms changed: its next call reads them anew."""
+        for prefix in [p for p, (key, _) in self._keys.items() if key.client_id == client_id]:
+            del self._keys[prefix]
+
 
 _CACHE_MAX = 100_000
 

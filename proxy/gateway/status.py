@@ -20,8 +20,8 @@ async def budget_status(request: web.Request) -> web.Response:
     ops = request.app[OPERATIONS]
     try:
         state = await ops.budget(key.client_id)
-    except NotFoundError as exc:
-        raise NotFoundError("this client has no budget: it is metered but never blocked") from exc
+    except NotFoundError:  # metered, never blocked: what it spent this month
+        return web.json_response(await ops.unbudgeted_status(key.client_id))
     return web.json_response(await ops.status_json(state))
 
 

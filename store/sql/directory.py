@@ -33,7 +33,9 @@ class SqlDirectory(SqlBase):
             if not await conn.execute("UPDATE clients SET name = ? WHERE id = ?", name, client_id):
                 raise NotFound(f"no client {client_id!r}")
 
-    async def set_terms(self, client_id: str, terms: Terms, currency: str) -> None:
+    async def set_terms(
+        self, client_id: str, terms: Terms, currency: str, *, name: str | None = None
+    ) -> None:
         """Replace a client's terms; its budget, if any, moves to ``currency``
         (what it pays in), unless it has spent or been credited in another this
         period (Conflict: money in two currencies would be summed)."""
@@ -45,6 +47,8 @@ class SqlDirectory(SqlBase):
             )
             if not changed:
                 raise NotFound(f"no client {client_id!r}")
+            if name is not None:
+                await conn.execute("UPDATE clients SET name = ? WHERE id = ?", name, client_id)
             budget = await conn.fetchone(
                 "SELECT currency, cost_used, credit FROM budgets WHERE client_id = ?"
                 + self.dialect.for_update,

@@ -116,7 +116,9 @@ class SqlLedger(BudgetWrites):
         async with self.connection() as conn:
             rows = await conn.fetchall(
                 f"SELECT {key} AS key, COUNT(*) AS requests, SUM(input_tokens) AS input_tokens, "
-                "SUM(output_tokens) AS output_tokens, SUM(cost_usd) AS cost_usd, SUM(cost) AS cost "
+                "SUM(output_tokens) AS output_tokens, SUM(cost_usd) AS cost_usd, SUM(cost) AS cost, "
+                # Events from before markups have no list cost: they were charged at list price.
+                "SUM(COALESCE(list_cost, cost)) AS list_cost "
                 f"FROM usage_events WHERE {where} GROUP BY {key} ORDER BY {key}",
                 *args,
             )
@@ -128,13 +130,14 @@ class SqlLedger(BudgetWrites):
                 output_tokens=int(r["output_tokens"]),
                 cost_usd=self.dialect.money_out(r["cost_usd"]),
                 cost=self.dialect.money_out(r["cost"]),
+                list_cost=self.dialect.money_out(r["list_cost"]),
             )
             for r in rows
         ]
 
     async def ledger_totals(self, client_id: str, since: datetime) -> tuple[int, int]:
         """Tokens and cost (nanos) in the ledger since ``since``: what a
-        budget's counters must equal (the tests check that)."""
+        budget's counters must equal, and a client without one has used."""
         async with self.connection() as conn:
             return await totals_since(conn, self.dialect, client_id, since)
 

@@ -13,9 +13,14 @@ from tests.support.harness import Harness
 
 async def test_clients_and_keys(proxy: Harness) -> None:
     status, client = await proxy.admin("POST", "/admin/clients", {"id": "acme", "name": "Acme Ltd"})
-    assert (
-        status == 201 and set(client) == {"id", "name", "created_at"} and client["created_at"].endswith("Z")
-    )
+    assert status == 201 and client["created_at"].endswith("Z")
+    assert {k: client[k] for k in ("id", "name", "currency", "markup", "models_allowed")} == {
+        "id": "acme",
+        "name": "Acme Ltd",
+        "currency": "BRL",  # the server's
+        "markup": "1",
+        "models_allowed": None,
+    }
     status, body = await proxy.admin("POST", "/admin/clients", {"id": "acme", "name": "Again"})
     assert status == 409 and body["error"]["param"] == "id"
     status, key = await proxy.admin("POST", "/admin/clients/acme/keys")

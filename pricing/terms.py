@@ -1,0 +1,122 @@
+"""What an operator may set of a client's money terms, validated (pure):
+currency, markup, the models it may call, exchange rates and credits
+(spec section 6c). Each function raises BudgetInputError naming the field."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from decimal import Decimal
+from typing import Any
+
+from taximeter.pricing.budgets import MAX_COST_LIMIT, BudgetInputError
+from taximeter.pricing.models import Terms
+from taximeter.pricing.money import NANO, parse_money, quantize
+
+__all__ = [
+    "MAX_MARKUP",
+    "MAX_RATE",
+    "credit_from_json",
+    "parse_currency",
+    "rate_from_json",
+    "terms_from_json",
+]
+
+_CURRENCY = re.compile(r"[A-Z]{3}")  # ISO 4217 alphabetic code
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+MAX_MARKUP = Decimal(1000)
+MAX_RATE = Decimal(10**6)  # units per USD: above any currency's today (IRR ~42,000, VND ~26,000)
+_MAX_GLOBS = 100
+_MAX_GLOB_CHARS = 256
+_MAX_NOTE_CHARS = 500
+_CLIENT_FIELDS = frozenset({"name", "currency", "markup", "models_allowed"})
+
+
+def parse_currency(value: Any, field: str = "currency") -> str:
+    if not isinstance(value, str) or not _CURRENCY.fullmatch(value):
+        raise BudgetInputError(field, "must be a three-letter ISO 4217 code in capitals, such as BRL")
+    return value
+
+
+def _exact(value: Any, field: str, *, at_most: Decimal) -> Decimal:
+    """A decimal in (0, ``at_most``] the ledger holds exactly: a string with at
+    most nine decimal places, or a JSON number (binary already: rounded to nine)."""
+    try:
+        amount = parse_money(value)
+    except ValueError as exc:
+        raise BudgetInputError(field, str(exc)) from exc
+    if isinstance(value, float):
+        amount = quantize(amount)
+    elif amount != amount.quantize(NANO):
+        raise BudgetInputError(field, "must have at most 9 decimal places")
+    if amount <= 0:
+        raise BudgetInputError(field, "must be greater than 0")
+    if amount > at_most:
+        raise BudgetInputError(field, f"must be at most {at_most}")
+    return amount
+
+
+def terms_from_json(current: Terms, data: Any) -> tuple[str | None, Terms]:
+    """The new name (None: unchanged) and terms from a PATCH body over
+    ``current``: a field left out keeps its value, a null one returns to the
+    default (the server's currency, markup 1, every model)."""
+    if not isinstance(data, dict):
+        raise BudgetInputError("body", "must be a JSON object")
+    for key in data:
+        if key not in _CLIENT_FIELDS:
+            raise BudgetInputError(str(key), "unknown field")
+    name = data.get("name")
+    if "name" in data and (not isinstance(name, str) or not name.strip() or len(name) > 200):
+        raise BudgetInputError("name", "must be a non-empty string of at most 200 characters")
+    terms = current
+    if "currency" in data:
+        currency = data["currency"]
+        terms = replace(terms, currency=None if currency is None else parse_currency(currency))
+    if "markup" in data:
+        markup = data["markup"]
+        value = Decimal(1) if markup is None else _exact(markup, "markup", at_most=MAX_MARKUP)
+        terms = replace(terms, markup=value)
+    if "models_allowed" in data:
+        terms = replace(terms, models_allowed=_globs(data["models_allowed"]))
+    return (name.strip() if isinstance(name, str) else None), terms
+
+
+def _globs(value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not 0 < len(value) <= _MAX_GLOBS:
+        raise BudgetInputError(
+            "models_allowed",
+            f"must be null (every model) or a list of 1 to {_MAX_GLOBS} model names or globs",
+        )
+    for glob in value:
+        if not isinstance(glob, str) or not 0 < len(glob) <= _MAX_GLOB_CHARS or not _plain(glob):
+            raise BudgetInputError("models_allowed", "each must be a model name or glob, such as gpt-5*")
+    return tuple(dict.fromkeys(value))
+
+
+def _plain(text: str) -> bool:
+    """No control characters (the rule the OpenAPI schema states too)."""
+    return _CONTROL.search(text) is None
+
+
+def rate_from_json(data: Any) -> Decimal:
+    """The ``rate`` of a PUT body: units of the currency per USD."""
+    if not isinstance(data, dict) or set(data) - {"rate"}:
+        raise BudgetInputError("body", 'must be {"rate": "<units per USD>"}')
+    if "rate" not in data:
+        raise BudgetInputError("rate", "required")
+    return _exact(data["rate"], "rate", at_most=MAX_RATE)
+
+
+def credit_from_json(data: Any) -> tuple[Decimal, str]:
+    """The ``amount`` (in the budget currency) and ``note`` of a credit."""
+    if not isinstance(data, dict) or set(data) - {"amount", "note"}:
+        raise BudgetInputError("body", 'must be {"amount": "<decimal>", "note": "<text>"}')
+    if "amount" not in data:
+        raise BudgetInputError("amount", "required")
+    amount = _exact(data["amount"], "amount", at_most=MAX_COST_LIMIT)
+    note = data.get("note", "")
+    if not isinstance(note, str) or len(note) > _MAX_NOTE_CHARS or not _plain(note):
+        raise BudgetInputError("note", f"must be printable text of at most {_MAX_NOTE_CHARS} characters")
+    return amount, note
