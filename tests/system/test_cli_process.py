@@ -7,7 +7,13 @@ import subprocess
 import sys
 from typing import Any
 
+import aiohttp
+import openai
 import pytest
+
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.processes import Deployment
+from tests.support.waiting import eventually
 
 
 @pytest.mark.slow
@@ -52,3 +58,54 @@ def test_the_cli_names_its_database_and_creates_none_unasked(
     assert cli.main(["--create", "clients", "add", "acme"]) == 0
     assert f"taximeter: database sqlite {tmp_path}/taximeter.db" in capsys.readouterr().err
     assert cli.main(["clients", "list"]) == 0 and "acme" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+async def test_rates_terms_and_credits_set_by_the_cli_reach_a_running_proxy(
+    aiohttp_server: Any, tmp_path: Any
+) -> None:
+    """The CLI is another process: what it sets reaches the proxy's next calls
+    within its key cache, sweep and gate refresh intervals, with no restart."""
+    fake = FakeUpstream()
+    upstream = await aiohttp_server(fake.app())
+    admin = "a" * 32
+    proxy = Deployment(
+        tmp_path, str(upstream.make_url("/v1")), sweep_interval_s="0.2", key_cache_s="0.2", admin_token=admin
+    )
+    try:
+        key = await proxy.new_client("acme", "--mode", "cost", "--cost", "0.01")
+        await proxy.start()
+        client = openai.AsyncOpenAI(base_url=f"{proxy.url}/v1", api_key=key, max_retries=0)
+        messages: Any = [{"role": "user", "content": "Hi"}]
+        await client.chat.completions.create(model="gpt-4o", messages=messages)  # 0.02875 BRL: paused
+        with pytest.raises(openai.RateLimitError):
+            await client.chat.completions.create(model="gpt-4o", messages=messages)
+        said = await proxy.cli("credits", "add", "acme", "1", "--note", "top-up")
+        assert said.startswith("credited 1 BRL to acme")
+        assert "6.25 per USD" in await proxy.cli("rates", "set", "BRL", "6.25")
+        assert "markup 1.5" in await proxy.cli("clients", "set", "acme", "--markup", "1.5")
+        newest: dict[str, Any] = {}
+
+        async def charged_at_the_new_terms() -> bool:
+            try:  # the credit lifts the pause (the gate's copy within its refresh interval)
+                await client.chat.completions.create(model="gpt-4o", messages=messages)
+            except openai.RateLimitError:
+                return False
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(
+                    f"{proxy.url}/admin/usage/events?client_id=acme&limit=1",
+                    headers={"Authorization": f"Bearer {admin}"},
+                ) as resp,
+            ):
+                newest.update((await resp.json())["data"][0])
+            return (newest["exchange_rate"], newest["markup"]) == ("6.25", "1.5")
+
+        await eventually(charged_at_the_new_terms, 10, what="the new rate and markup in force")
+        # gpt-4o, 1000 uncached + 200 cached in, 300 out: $0.00575 x 6.25 x 1.5.
+        assert newest["cost"] == "0.05390625"
+        assert "top-up" in await proxy.cli("credits", "list", "acme")
+        assert "BRL\t6.25" in await proxy.cli("rates", "list")
+        await client.close()
+    finally:
+        await proxy.stop()
