@@ -19,6 +19,8 @@ __all__ = [
     "Client",
     "Credit",
     "ExchangeRate",
+    "Hold",
+    "Limit",
     "OutboxItem",
     "Outcome",
     "Reservation",
@@ -31,6 +33,58 @@ __all__ = [
 Outcome = Literal["ok", "refused", "busy", "miss"]
 
 
+# Windows a refusal in which is worth retrying soon: rate limits, not spend caps.
+RATE_WINDOWS = frozenset({"minute", "hour"})
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """One limit of a client. ``limit`` is tokens, nanos of the client's
+    currency, requests or calls in flight, by ``metric``."""
+
+    name: str
+    metric: str
+    limit: int
+    window: str = "none"
+    per: str = "client"  # or end_user: each end user its own counter
+    models: tuple[str, ...] | None = None  # globs; None: every model
+
+    @property
+    def rate(self) -> bool:
+        """A refusal by it is a rate limit (retry soon), not a spent cap."""
+        return self.window in RATE_WINDOWS or self.metric in ("requests", "concurrent")
+
+    @property
+    def rebuilt_from_ledger(self) -> bool:
+        """Whether a lost counter is worth counting again from the ledger: a
+        spend cap of a day or longer is; a rate window soon starts afresh and
+        calls in flight are not in the ledger."""
+        return self.metric != "concurrent" and self.window not in RATE_WINDOWS
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """What one admitted call holds on one limit: the counter it counts in
+    (``key``, unique per client, limit, end user and window), the amount
+    reserved, and when the window ends (None: never)."""
+
+    key: str
+    limit: Limit
+    amount: int
+    window_start: datetime
+    window_end: datetime | None
+    end_user: str
+
+    def used_by(self, tokens: int, cost_nanos: int) -> int:
+        """What a settled call of ``tokens`` and ``cost_nanos`` counts here."""
+        metric = self.limit.metric
+        if metric == "tokens":
+            return tokens
+        if metric == "cost":
+            return cost_nanos
+        return 1 if metric == "requests" else 0  # concurrent: only calls in flight count
+
+
 @dataclass(frozen=True, slots=True)
 class Terms:
     """What a client's calls cost it: list price * the rate of ``currency``
@@ -40,6 +94,8 @@ class Terms:
     currency: str | None = None
     markup: Decimal = Decimal(1)
     models_allowed: tuple[str, ...] | None = None
+    limits: tuple[Limit, ...] = ()  # beside the budget (section 6b)
+    timezone: str | None = None  # its budget's, where daily and longer windows start; None: the server's
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +286,7 @@ class Reservation:
     event: UsageEvent
     cost_nanos: int
     expires_at: datetime
+    holds: tuple[Hold, ...] = ()  # what it holds on each limit that applies to it
 
     @property
     def request_id(self) -> str:

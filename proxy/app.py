@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from datetime import datetime
 from typing import Any
 
@@ -30,7 +30,7 @@ import aiohttp
 from aiohttp import web
 
 from taximeter.pricing.catalog import load_catalog
-from taximeter.pricing.models import BudgetState, UsageEvent
+from taximeter.pricing.models import BudgetState, Hold, UsageEvent
 from taximeter.proxy.admin.admin import admin_app
 from taximeter.proxy.clock import Clock, system_clock
 from taximeter.proxy.dashboard.dashboard import DASHBOARD, Dashboard
@@ -65,7 +65,7 @@ from taximeter.proxy.services import (
 )
 from taximeter.proxy.settings import Settings
 from taximeter.proxy.webhooks import Webhook, WebhookSender
-from taximeter.store.base import RecordResult, StoreUnavailable
+from taximeter.store.base import Gate, RecordResult, StoreUnavailable
 from taximeter.store.factory import open_gate, open_store
 from taximeter.store.ledger import LedgerWriter
 from taximeter.store.store_gate import StoreGate
@@ -200,6 +200,7 @@ def _new_meter(app: web.Application) -> tuple[LedgerWriter, Meter]:
         ledger=ledger,
         catalog=app[CATALOG],
         rates=RateBook(store, currency=settings.currency, first_rate=settings.exchange_rate),
+        timezone=settings.timezone,
         allow_unpriced=settings.unpriced_models == "allow",
         # A live call ends within the upstream timeout; only a dead process's outlives this.
         reservation_ttl_s=settings.upstream_timeout_s + settings.reservation_grace_s,
@@ -268,6 +269,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
         on_terms_changed=services.keys.forget_client,
         on_rate_set=app[METER].rates.put,
         first_rate=settings.exchange_rate,
+        read_counters=_counters_of(app[METER].gate),
     )
     app[DASHBOARD] = await _dashboard(app)
     try:
@@ -303,6 +305,18 @@ async def _dashboard(app: web.Application) -> Dashboard:
         ops=app[OPERATIONS],
         fmt=await asyncio.to_thread(Formatter, locale_for(settings.currency, settings.locale)),
     )
+
+
+def _counters_of(gate: Gate) -> Callable[[list[Hold]], Awaitable[list[tuple[int, int] | None]]]:
+    """The gate's limit counters, or none while it cannot be reached (the ledger tells then)."""
+
+    async def read(holds: list[Hold]) -> list[tuple[int, int] | None]:
+        try:
+            return await gate.limit_counters(holds)
+        except StoreUnavailable:
+            return [None for _ in holds]
+
+    return read
 
 
 async def _sweeper_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -28,7 +28,11 @@ the route lacks, a body over ``client_max_size``) are turned into these by
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any, ClassVar
+
+from taximeter.pricing.limits import retry_after_s
+from taximeter.pricing.models import Hold
 
 __all__ = [
     "AdminAuthRequired",
@@ -39,6 +43,7 @@ __all__ = [
     "InvalidApiKey",
     "InvalidInput",
     "InvalidJson",
+    "LimitReached",
     "MeteringUnavailable",
     "MethodNotAllowed",
     "ModelNotAllowed",
@@ -105,6 +110,51 @@ class ModelNotPriced(TaximeterError):
     status = 400
     type = "invalid_request_error"
     code = "model_not_priced"
+
+
+class LimitReached(TaximeterError):
+    """A limit beside the budget (section 6b) refused the call: a spend cap of
+    a day or longer as a spent budget is, a rate, request or concurrency
+    limit as OpenAI's own rate limits are, with when to retry."""
+
+    status = 429
+
+    def __init__(self, hold: Hold, *, busy: bool, now: datetime) -> None:
+        limit = hold.limit
+        self.rate = limit.rate
+        self.busy = busy
+        self.retry_after_s = 1 if busy else retry_after_s(hold, now)
+        self.hold = hold
+        self.reason = f"limit:{limit.name}"
+        what = "is filled by calls in flight" if busy else "is reached"
+        window = "" if limit.window == "none" else f" ({limit.window})"
+        super().__init__(
+            f"limit {limit.name!r}{window} of this client {what}; retry in {self.retry_after_s} s"
+            if self.rate or busy
+            else f"limit {limit.name!r}{window} of this client is reached; it resets with its window",
+            param=limit.name,
+        )
+
+    @property
+    def type(self) -> str:  # type: ignore[override]
+        return "requests" if self.rate else "insufficient_quota"
+
+    @property
+    def code(self) -> str:  # type: ignore[override]
+        return "rate_limit_exceeded" if self.rate else "budget_exceeded"
+
+    def headers(self) -> dict[str, str]:
+        if not (self.rate or self.busy):
+            return {"x-should-retry": "false"}
+        headers = {"x-should-retry": "true", "retry-after": str(self.retry_after_s)}
+        metric = self.hold.limit.metric
+        if metric in ("requests", "tokens") and self.rate:  # the headers OpenAI sends with its own limits
+            headers |= {
+                f"x-ratelimit-limit-{metric}": str(self.hold.limit.limit),
+                f"x-ratelimit-remaining-{metric}": "0",
+                f"x-ratelimit-reset-{metric}": f"{self.retry_after_s}s",
+            }
+        return headers
 
 
 class ModelNotAllowed(TaximeterError):

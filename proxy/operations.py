@@ -13,8 +13,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 
-from taximeter.pricing import budgets, terms
-from taximeter.pricing.models import ApiKey, BudgetState, Client, Credit, ExchangeRate, UsageEvent
+from taximeter.pricing import budgets, limits, terms
+from taximeter.pricing.models import ApiKey, BudgetState, Client, Credit, ExchangeRate, Hold, UsageEvent
 from taximeter.proxy.api_shapes import budget_json, unbudgeted_json
 from taximeter.proxy.clock import Clock, system_clock
 from taximeter.proxy.errors import ConflictError, InvalidInput, NotFoundError
@@ -41,6 +41,10 @@ def _no_key_hook(prefix: str) -> None:
 
 def _no_rate_hook(rate: ExchangeRate) -> None:
     return None
+
+
+async def _no_counters(holds: list[Hold]) -> list[tuple[int, int] | None]:
+    return [None for _ in holds]
 
 
 async def _nothing_pending() -> None:
@@ -78,6 +82,7 @@ class Operations:
         on_terms_changed: Callable[[str], None] = _no_key_hook,
         on_rate_set: Callable[[ExchangeRate], None] = _no_rate_hook,
         first_rate: Decimal | None = None,
+        read_counters: Callable[[list[Hold]], Awaitable[list[tuple[int, int] | None]]] = _no_counters,
     ) -> None:
         self._store = store  # private: admin, dashboard and cli ask Operations, never its store
         self.timezone = timezone
@@ -94,6 +99,7 @@ class Operations:
         # others within key_cache_s and sweep_interval_s).
         self._on_terms_changed = on_terms_changed
         self._on_rate_set = on_rate_set
+        self._read_counters = read_counters  # the gate's limit counters (None: the gate has none)
         self.first_rate = first_rate  # the exchange_rate setting: the server currency's rate until one is set
 
     # -- clients and keys --------------------------------------------------------
@@ -213,6 +219,45 @@ class Operations:
         await self._on_budget_change(client_id, state, now)
         return credit, state
 
+    # -- limits (section 6b) ------------------------------------------------------------
+
+    async def set_limits(self, client_id: str, data: Any) -> list[dict[str, Any]]:
+        """Replace a client's limits as a set; their status."""
+        await self.client(client_id)
+        try:
+            declared = limits.limits_from_json(data)
+        except limits.DuplicateLimit as exc:
+            raise ConflictError(exc.message, param=exc.field) from exc
+        except budgets.BudgetInputError as exc:
+            raise InvalidInput(exc.message, param=exc.field) from exc
+        await self._store.set_limits(client_id, declared)
+        self._on_terms_changed(client_id)
+        return await self.limits(client_id)
+
+    async def limits(self, client_id: str, end_user: str | None = None) -> list[dict[str, Any]]:
+        """Each limit with what is used and reserved in its window now (of
+        ``end_user``, for limits per end user) and when the window resets."""
+        client = await self.client(client_id)
+        declared = client.terms.limits
+        if not declared:
+            return []
+        state = await self.find_budget(client_id)
+        timezone = state.config.timezone if state is not None else self.timezone
+        holds = limits.status_holds(
+            declared, client_id=client_id, end_user=end_user, timezone=timezone, now=self.clock()
+        )
+        counters = await self._read_counters(list(holds))
+        shown = []
+        for hold, limit, counter in zip(holds, declared, counters, strict=True):
+            if counter is None:  # not in the gate: what the ledger holds, nothing in flight
+                await self.flush_ledger()
+                counter = (
+                    await self._store.limit_used(hold, client_id) if limit.rebuilt_from_ledger else 0,
+                    0,
+                )
+            shown.append(limits.status_json(hold, counter[0], counter[1], limit))
+        return shown
+
     async def keys(self, client_id: str) -> list[ApiKey]:
         """The client's keys, oldest first, revoked ones included."""
         return await self._store.list_keys(client_id) if _possible(client_id) else []
@@ -299,9 +344,9 @@ class Operations:
         """Cost in the budget currency per api_type since ``since``."""
         return await self._store.spend_by_api_type(client_id, since) if _possible(client_id) else {}
 
-    async def status_json(self, state: BudgetState) -> dict[str, Any]:
+    async def status_json(self, state: BudgetState, end_user: str | None = None) -> dict[str, Any]:
         spend = await self.spend_by_api_type(state.client_id, state.period_start)
-        return budget_json(state, spend)
+        return {**budget_json(state, spend), "limits": await self.limits(state.client_id, end_user)}
 
     async def unbudgeted_status(self, client_id: str) -> dict[str, Any]:
         """The status of a client with no budget: its spend this calendar month."""
@@ -311,14 +356,17 @@ class Operations:
         tokens, _ = await self._store.ledger_totals(client.id, start)
         spend = await self._store.spend_by_api_type(client.id, start)
         currency = client.terms.currency or self.currency
-        return unbudgeted_json(
-            client.id,
-            currency=currency,
-            timezone=self.timezone,
-            month=(start, end),
-            tokens=tokens,
-            spend=spend,
-        )
+        return {
+            **unbudgeted_json(
+                client.id,
+                currency=currency,
+                timezone=self.timezone,
+                month=(start, end),
+                tokens=tokens,
+                spend=spend,
+            ),
+            "limits": await self.limits(client.id),
+        }
 
     # -- usage -----------------------------------------------------------------------
 

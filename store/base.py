@@ -28,6 +28,8 @@ from taximeter.pricing.models import (
     Client,
     Credit,
     ExchangeRate,
+    Hold,
+    Limit,
     OutboxItem,
     Outcome,
     Reservation,
@@ -148,6 +150,9 @@ class Directory(Protocol):
         Raises NotFound (no such client) or Conflict (its budget has spend or
         credits in another currency this period)."""
 
+    async def set_limits(self, client_id: str, limits: tuple[Limit, ...]) -> None:
+        """Replace a client's limits as a set. Raises NotFound if there is no such client."""
+
     async def get_client(self, client_id: str) -> Client | None:
         """The client, or None if there is none with that id."""
 
@@ -255,6 +260,11 @@ class LedgerReads(Protocol):
 
     async def ledger_totals(self, client_id: str, since: datetime) -> tuple[int, int]:
         """Tokens and cost (nanos) of a client's events at or after ``since``."""
+
+    async def limit_used(self, hold: Hold, client_id: str) -> int:
+        """What the ledger counts on ``hold``'s limit in its window: tokens,
+        cost (nanos) or requests of the client's events (of its end user and
+        models, where the limit says), from the window's start on."""
 
     async def spend_by_api_type(self, client_id: str, since: datetime) -> dict[str, Decimal]:
         """Cost in the budget currency per api_type, for events at or after ``since``."""
@@ -393,6 +403,13 @@ class Gate(Protocol):
     async def claim_expired(self, now: datetime, limit: int) -> list[Reservation]:
         """Take reservations whose time is up away from the gate; each is handed
         to exactly one caller, who must record and settle its estimated event."""
+
+    async def load_limits(self, counted: list[tuple[Hold, int]], now: datetime) -> None:
+        """Set limit counters the ledger counted again (after a ``miss`` for
+        ``limits``), only where the gate has none."""
+
+    async def limit_counters(self, holds: list[Hold]) -> list[tuple[int, int] | None]:
+        """``(used, reserved)`` of each hold's counter; None where there is none."""
 
     def needs_refresh(self, client_id: str, now: datetime) -> bool:
         """Whether the copy is old enough to be reloaded in the background

@@ -209,6 +209,19 @@ MIGRATIONS.append(
     )
 )
 
+MIGRATIONS.append(
+    (
+        8,
+        [
+            # Limits beside the budget (section 6b): a JSON list, as PUT
+            # /admin/clients/{id}/limits takes it; NULL: none. Their counters
+            # live in the gate; a lost one is counted again from the ledger.
+            "ALTER TABLE clients ADD COLUMN limits TEXT",
+            "CREATE INDEX usage_events_client_user_time ON usage_events (client_id, end_user, created_at)",
+        ],
+    )
+)
+
 LATEST = MIGRATIONS[-1][0]
 
 

@@ -28,7 +28,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
 
 from taximeter.pricing import budgets
-from taximeter.pricing.models import BudgetState, Outcome, Reservation, UsageEvent
+from taximeter.pricing.models import BudgetState, Hold, Outcome, Reservation, UsageEvent
 from taximeter.pricing.money import to_nanos
 from taximeter.store.base import Admission, StoreUnavailable
 
@@ -90,9 +90,24 @@ def _fields(state: BudgetState | None) -> list[Any]:
     return [item for pair in values.items() for item in pair]
 
 
+_METRIC_CODES = {"tokens": "t", "cost": "c", "requests": "q", "concurrent": "n"}
+_COUNTER_GRACE_MS = 3_600_000  # a window's counter outlives it by an hour: late settlements land in it
+
+
+def _counter_ttl_ms(hold: Hold, now: datetime) -> int:
+    """How long a limit counter is kept from ``now``: to its window's end and
+    an hour more (0: kept, a window that never ends). Relative, as Redis
+    counts it on its own clock."""
+    if hold.window_end is None:
+        return 0
+    return max(_ms(hold.window_end) + _COUNTER_GRACE_MS - _ms(now), 1)
+
+
 def _reservation(payload: bytes | str) -> Reservation:
+    """A held reservation read back (its limit holds stay in Redis, which counts them)."""
     text = payload.decode() if isinstance(payload, bytes) else payload
-    _tokens, nanos, expires_ms, event = text.split(":", 3)
+    _tokens, nanos, expires_ms, rest = text.split(":", 3)
+    event = rest.split("\n", 1)[1] if "\n" in rest else rest  # before limits: no holds, no newline
     return Reservation(
         event=UsageEvent.from_json(event),
         cost_nanos=int(nanos),
@@ -205,11 +220,26 @@ class RedisGate:
         p = self._prefix
         return [f"{p}budget:{client_id}", f"{p}held:{client_id}", f"{p}expiry"]
 
+    def _counter_key(self, hold: Hold) -> str:
+        return f"{self._prefix}lim:{hold.key}"
+
+    def _holds_text(self, holds: tuple[Hold, ...]) -> str:
+        return " ".join(f"{self._counter_key(h)} {h.amount} {_METRIC_CODES[h.limit.metric]}" for h in holds)
+
+    @staticmethod
+    def _limit_args(holds: tuple[Hold, ...], now: datetime) -> list[Any]:
+        args: list[Any] = [len(holds)]
+        for hold in holds:
+            limit = hold.limit
+            end = _counter_ttl_ms(hold, now)
+            rebuilt = "1" if limit.rebuilt_from_ledger else "0"
+            args += [limit.limit, hold.amount, rebuilt, _METRIC_CODES[limit.metric], end, limit.name]
+        return args
+
     async def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         return await self._pipeliner.call(script, keys, args)
 
-    @staticmethod
-    def _hold_args(reservation: Reservation, now: datetime) -> list[Any]:
+    def _hold_args(self, reservation: Reservation, now: datetime) -> list[Any]:
         event = reservation.event
         return [
             _ms(now),
@@ -217,14 +247,16 @@ class RedisGate:
             reservation.tokens,
             reservation.cost_nanos,
             _ms(reservation.expires_at),
-            event.to_json(),
+            self._holds_text(reservation.holds) + "\n" + event.to_json(),
             f"{event.client_id}/{event.request_id}",
             _HELD_TTL_S,
         ]
 
     async def admit(self, reservation: Reservation, now: datetime) -> Admission:
+        holds = reservation.holds
+        keys = self._keys(reservation.client_id) + [self._counter_key(h) for h in holds]
         reply = await self._run(
-            self._admit, self._keys(reservation.client_id), self._hold_args(reservation, now)
+            self._admit, keys, self._hold_args(reservation, now) + self._limit_args(holds, now)
         )
         outcome, *rest = (part.decode() if isinstance(part, bytes) else part for part in reply)
         if outcome not in _OUTCOMES:
@@ -315,6 +347,33 @@ class RedisGate:
             if payload:
                 claimed.append(_reservation(payload))
         return claimed
+
+    async def load_limits(self, counted: list[tuple[Hold, int]], now: datetime) -> None:
+        """Counters counted again from the ledger, set where Redis has none."""
+        if not counted:
+            return
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for hold, used in counted:
+                    key = self._counter_key(hold)
+                    pipe.hsetnx(key, "u", used)
+                    pipe.hsetnx(key, "r", 0)
+                    if hold.window_end is not None:
+                        pipe.pexpire(key, _counter_ttl_ms(hold, now))
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"Redis: {exc}") from exc
+
+    async def limit_counters(self, holds: list[Hold]) -> list[tuple[int, int] | None]:
+        """``(used, reserved)`` of each hold's counter, None where Redis has none."""
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for hold in holds:
+                    pipe.hmget(self._counter_key(hold), "u", "r")
+                replies = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"Redis: {exc}") from exc
+        return [None if u is None else (int(u), int(r or 0)) for u, r in replies]
 
     def needs_refresh(self, client_id: str, now: datetime) -> bool:
         return False  # every process writes its changes here: the copy is never behind

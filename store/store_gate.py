@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from taximeter.pricing.models import BudgetState, Reservation, UsageEvent
+from taximeter.pricing.models import BudgetState, Hold, Reservation, UsageEvent
 from taximeter.store.base import Admission, HeldReservations
 
 __all__ = ["StoreGate"]
@@ -53,6 +53,12 @@ class StoreGate:
 
     async def claim_expired(self, now: datetime, limit: int) -> list[Reservation]:
         return await self._store.claim_expired_reservations(now, limit)
+
+    async def load_limits(self, counted: list[tuple[Hold, int]], now: datetime) -> None:
+        return None  # limits are counted by the configured gate only (see the README)
+
+    async def limit_counters(self, holds: list[Hold]) -> list[tuple[int, int] | None]:
+        return [None for _ in holds]
 
     def needs_refresh(self, client_id: str, now: datetime) -> bool:
         return False

@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from taximeter.proxy.admin import money
+from taximeter.proxy.admin import limits, money
 from taximeter.proxy.admin.http import json_body as _body
 from taximeter.proxy.admin.http import json_response as _json
 from taximeter.proxy.admin.openapi import document
@@ -218,6 +218,7 @@ def admin_app() -> web.Application:
             web.get("/pricing", list_pricing),
             web.get("/pricing/{model}", get_pricing),
             *money.ROUTES,
+            *limits.ROUTES,
         ]
     )
     return app

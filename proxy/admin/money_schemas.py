@@ -1,12 +1,14 @@
-"""The OpenAPI schemas of the admin API's money terms (section 6c): exactly
-what :mod:`taximeter.pricing.terms` accepts, and what the answers hold."""
+"""The OpenAPI schemas of the admin API's money terms and limits (sections
+6b, 6c): exactly what :mod:`taximeter.pricing.terms` and
+:mod:`taximeter.pricing.limits` accept, and what the answers hold."""
 
 from __future__ import annotations
 
 from decimal import Decimal
 from typing import Any
 
-from taximeter.pricing.budgets import MAX_COST_LIMIT
+from taximeter.pricing.budgets import MAX_COST_LIMIT, MAX_TOKEN_LIMIT
+from taximeter.pricing.limits import MAX_LIMITS, METRICS, WINDOWS
 from taximeter.pricing.terms import MAX_MARKUP, MAX_RATE
 
 __all__ = ["MONEY_SCHEMAS", "positive_decimal"]
@@ -102,3 +104,83 @@ MONEY_SCHEMAS: dict[str, Any] = {
         ]
     },
 }
+
+
+_SLUG = {"type": "string", "pattern": r"^[a-z0-9][a-z0-9_-]{0,62}$"}
+_COUNT = {"type": "integer", "minimum": 1, "maximum": MAX_TOKEN_LIMIT}
+_GLOBS = {
+    "anyOf": [
+        {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": 100,
+            "items": {"type": "string", "pattern": f"^{_PLAIN}{{1,256}}$"},
+        },
+        {"type": "null"},
+    ],
+    "description": "The models it counts (names or globs, gpt-5*); null: every model.",
+}
+_WINDOW = {"enum": list(WINDOWS), "default": "none"}
+_PER = {"enum": ["client", "end_user"], "default": "client"}
+
+
+def _limit(metric: dict[str, Any], amount: dict[str, Any], window: dict[str, Any]) -> dict[str, Any]:
+    properties = {
+        "name": _SLUG,
+        "metric": metric,
+        "limit": amount,
+        "window": window,
+        "per": _PER,
+        "models": _GLOBS,
+    }
+    return _obj(["name", "metric", "limit"], properties, closed=True)
+
+
+_AMOUNT = {
+    "anyOf": [{"type": "integer"}, _MONEY],
+    "description": "Tokens, requests or calls; money as a decimal string.",
+}
+LIMIT_SCHEMAS: dict[str, Any] = {
+    "LimitsInput": _obj(
+        ["limits"],
+        {
+            "limits": {
+                "type": "array",
+                "maxItems": MAX_LIMITS,
+                "items": {
+                    "anyOf": [
+                        _limit({"const": "cost"}, positive_decimal(MAX_COST_LIMIT), _WINDOW),
+                        _limit({"enum": ["tokens", "requests"]}, _COUNT, _WINDOW),
+                        _limit({"const": "concurrent"}, _COUNT, {"const": "none"}),
+                    ]
+                },
+                "description": "The whole set (names unique: 409 otherwise).",
+            }
+        },
+        closed=True,
+    ),
+    "LimitStatus": _obj(
+        ["name", "metric", "limit", "window", "per", "models", "used", "reserved", "remaining", "resets_at"],
+        {
+            "name": {"type": "string"},
+            "metric": {"enum": list(METRICS)},
+            "limit": _AMOUNT,
+            "window": {"enum": list(WINDOWS)},
+            "per": {"enum": ["client", "end_user"]},
+            "models": {"anyOf": [{"type": "array", "items": {"type": "string"}}, {"type": "null"}]},
+            "used": _AMOUNT,
+            "reserved": _AMOUNT,
+            "remaining": _AMOUNT,
+            "resets_at": {"anyOf": [_TIME, {"type": "null"}]},
+        },
+    ),
+    "Limits": _obj(
+        ["client_id", "end_user", "data"],
+        {
+            "client_id": {"type": "string"},
+            "end_user": {"type": ["string", "null"]},
+            "data": {"type": "array", "items": {"$ref": "#/components/schemas/LimitStatus"}},
+        },
+    ),
+}
+MONEY_SCHEMAS.update(LIMIT_SCHEMAS)

@@ -98,6 +98,27 @@ _PATHS: dict[str, Any] = {
             requestBody=_body("ClientPatch"),
         ),
     },
+    "/admin/clients/{client_id}/limits": {
+        "parameters": [_path_param("client_id")],
+        "get": _op(
+            "Each limit with what is used and reserved in its window, and when it resets",
+            _json(_ref("Limits")),
+            errors=("400", "404"),
+            parameters=_query(
+                end_user={
+                    "type": "string",
+                    "maxLength": 256,
+                    "pattern": "^[^\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029]*$",
+                }
+            ),
+        ),
+        "put": _op(
+            "Replace the client's limits as a set",
+            _json(_ref("Limits")),
+            errors=("400", "404", "409", "413", "422"),
+            requestBody=_body("LimitsInput"),
+        ),
+    },
     "/admin/clients/{client_id}/keys": {
         "parameters": [_path_param("client_id")],
         "get": _op("List a client's keys", _json(_list("Key")), errors=("404",)),

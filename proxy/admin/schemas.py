@@ -166,6 +166,7 @@ SCHEMAS: dict[str, Any] = {
             "period_start": _TIME,
             "next_reset_at": {"anyOf": [_TIME, {"type": "null"}]},
             "spend_by_api_type": {"type": "object", "additionalProperties": _MONEY},
+            "limits": {"type": "array", "items": {"$ref": "#/components/schemas/LimitStatus"}},
         },
     ),
     "UsageEvent": obj(

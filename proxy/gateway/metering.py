@@ -23,16 +23,24 @@ import logging
 from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Protocol
 
+from taximeter.pricing import limits
 from taximeter.pricing.catalog import Catalog, ModelPrice
-from taximeter.pricing.models import BudgetState, Reservation, UsageEvent
+from taximeter.pricing.models import BudgetState, Reservation, Terms, UsageEvent
 from taximeter.pricing.money import to_nanos
 from taximeter.proxy.clock import Clock, system_clock
-from taximeter.proxy.errors import BudgetBusy, BudgetExceeded, MeteringUnavailable, ModelNotPriced
+from taximeter.proxy.errors import (
+    BudgetBusy,
+    BudgetExceeded,
+    LimitReached,
+    MeteringUnavailable,
+    ModelNotPriced,
+)
 from taximeter.proxy.gateway.exchange import RateBook
 from taximeter.proxy.gateway.held import HeldCalls
 from taximeter.proxy.gateway.ledger_feedback import LedgerFeedback
-from taximeter.store.base import Admission, Budgets, Gate, StoreUnavailable
+from taximeter.store.base import Admission, Budgets, Gate, LedgerReads, StoreUnavailable
 from taximeter.store.ledger import LedgerWriter
 
 __all__ = ["Meter"]
@@ -45,18 +53,25 @@ _REASONS = {
     "manual": "it was paused by an operator",
 }
 _REBUILD_ATTEMPTS = 3
+_NO_TERMS = Terms()
+
+
+class MeterStore(Budgets, LedgerReads, Protocol):
+    """What the meter reads and writes of the store: budgets, and the ledger's
+    count of a limit whose counter the gate lost."""
 
 
 class Meter:
     def __init__(
         self,
         *,
-        store: Budgets,
+        store: MeterStore,
         gate: Gate,
         ledger: LedgerWriter,
         fallback: Gate,
         catalog: Catalog,
         rates: RateBook,
+        timezone: str = "UTC",
         allow_unpriced: bool,
         reservation_ttl_s: float = 660.0,
         record_grace_s: float = 60.0,
@@ -67,6 +82,7 @@ class Meter:
         self.ledger = ledger
         self.catalog = catalog
         self.rates = rates
+        self.timezone = timezone  # where a client's daily and longer limit windows start, without a budget
         self.allow_unpriced = allow_unpriced
         self.reservation_ttl = timedelta(seconds=reservation_ttl_s)
         # How long a settled event may wait for the ledger before the sweeper
@@ -98,10 +114,23 @@ class Meter:
             )
         return price
 
-    def reservation(self, estimate: UsageEvent) -> Reservation:
-        """A reservation holding ``estimate`` (an event flagged estimated)."""
+    def reservation(self, estimate: UsageEvent, terms: Terms = _NO_TERMS) -> Reservation:
+        """A reservation holding ``estimate`` (an event flagged estimated) on
+        the budget and on each of the client's limits that applies to it."""
         event = estimate if estimate.estimated else replace(estimate, estimated=True)
-        return Reservation(event, to_nanos(event.cost), self.clock() + self.reservation_ttl)
+        now = self.clock()
+        cost_nanos = to_nanos(event.cost)
+        holds = limits.holds_for(
+            terms.limits,
+            client_id=event.client_id,
+            model=event.model,
+            end_user=event.end_user,
+            tokens=event.tokens,
+            cost_nanos=cost_nanos,
+            timezone=terms.timezone or self.timezone,
+            now=now,
+        )
+        return Reservation(event, cost_nanos, now + self.reservation_ttl, holds)
 
     async def admit(self, reservation: Reservation) -> None:
         """Hold ``reservation`` against the client's budget, or raise
@@ -113,6 +142,8 @@ class Meter:
         except StoreUnavailable as exc:
             log.warning("gate_unavailable", extra={"client": client_id, "error": str(exc)})
             admission = await self._admit_via_fallback(reservation, now)
+        if admission.reason is not None and admission.reason.startswith("limit:"):
+            raise self._limit_refusal(reservation, admission, now)
         if admission.outcome == "busy":
             busy = BudgetBusy(
                 f"budget of client {client_id!r} is fully reserved by calls in flight; retry shortly"
@@ -128,6 +159,19 @@ class Meter:
             refused.reason = reason
             raise refused
 
+    @staticmethod
+    def _limit_refusal(reservation: Reservation, admission: Admission, now: datetime) -> LimitReached:
+        name = (admission.reason or "").removeprefix("limit:")
+        hold = next(h for h in reservation.holds if h.limit.name == name)
+        return LimitReached(hold, busy=admission.outcome == "busy", now=now)
+
+    async def _load_limits(self, reservation: Reservation, now: datetime) -> None:
+        """Count the call's spend caps again from the ledger, where the gate lost them."""
+        await self.ledger.flush()
+        wanted = [h for h in reservation.holds if h.limit.rebuilt_from_ledger]
+        counted = [(hold, await self.store.limit_used(hold, reservation.client_id)) for hold in wanted]
+        await self.gate.load_limits(counted, now)
+
     async def _admit_via_gate(self, reservation: Reservation, now: datetime) -> Admission:
         client_id = reservation.client_id
         if client_id in self._stale:
@@ -137,7 +181,10 @@ class Meter:
         for _ in range(_REBUILD_ATTEMPTS):
             if admission.outcome != "miss":
                 break
-            await self.rebuild(client_id, now)
+            if admission.reason == "limits":
+                await self._load_limits(reservation, now)
+            else:
+                await self.rebuild(client_id, now)
             admission = await self.gate.admit(reservation, now)
         if admission.outcome == "miss":
             # The copy vanishes as fast as it is rebuilt (Redis being flushed

@@ -20,12 +20,13 @@ from aiohttp import web
 
 from taximeter.pricing.estimate import estimate_usage
 from taximeter.pricing.extract import has_image_part
-from taximeter.pricing.models import ApiKey, UsageEvent
+from taximeter.pricing.models import ApiKey, Reservation, UsageEvent
 from taximeter.proxy.errors import (
     BudgetExceeded,
     EndpointNotMetered,
     InvalidInput,
     InvalidJson,
+    LimitReached,
     ModelNotAllowed,
     ModelNotPriced,
     RequestTooLarge,
@@ -82,9 +83,9 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
             await services.meter.precheck(key.client_id, request[REQUEST_ID])
         call = await _parse_call(request, endpoint, key, body, services)
         call.estimate = await _estimate(services, call, off_loop=len(body) > _OFF_LOOP_BYTES)
-        await _admit(services, call.estimate)
-    except (BudgetExceeded, ModelNotPriced, ModelNotAllowed) as exc:
-        reason = exc.reason if isinstance(exc, BudgetExceeded) else exc.code
+        await _admit(services, services.meter.reservation(call.estimate, key.terms))
+    except (BudgetExceeded, LimitReached, ModelNotPriced, ModelNotAllowed) as exc:
+        reason = exc.reason if isinstance(exc, BudgetExceeded | LimitReached) else exc.code
         services.metrics.rejection(key.client_id, reason)
         raise
     try:
@@ -116,13 +117,13 @@ async def _estimate(services: Services, call: Call, *, off_loop: bool) -> UsageE
     return event_of(services, call, call.reserved, 0)
 
 
-async def _admit(services: Services, estimate: UsageEvent) -> None:
+async def _admit(services: Services, reservation: Reservation) -> None:
     """Admit the call, or raise. A client that leaves while admission is under
     way leaves no reservation behind for the sweeper to charge."""
     try:
-        await services.meter.admit(services.meter.reservation(estimate))
+        await services.meter.admit(reservation)
     except asyncio.CancelledError:
-        await services.shielded(services.meter.release(estimate.client_id, estimate.request_id))
+        await services.shielded(services.meter.release(reservation.client_id, reservation.request_id))
         raise
 
 

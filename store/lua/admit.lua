@@ -1,10 +1,16 @@
--- Admission: refuse, answer busy or miss, or hold the reservation, atomically.
--- KEYS: budget:{client}, held:{client}, expiry
+-- Admission: refuse, answer busy or miss, or hold the reservation on the
+-- budget and on every limit that applies, atomically.
+-- KEYS: budget:{client}, held:{client}, expiry, then one counter per limit
 -- ARGV: now (epoch ms), request id, tokens, cost (nanos), expires (epoch ms),
---       event JSON, expiry member (client/request), TTL of held:{client} (s)
+--       holds and event (as held:{client} keeps them), expiry member
+--       (client/request), TTL of held:{client} (s), number of limits, then per
+--       limit: its limit, the amount held, rebuilt from the ledger when
+--       missing (1/0), metric (t tokens, c cost, q requests, n in flight),
+--       how long its counter is kept (ms, 0: always), name
 local h = redis.call('HMGET', KEYS[1], 'nb', 'p', 'r', 'tl', 'cl', 'pal', 't', 'c', 'nr', 'rt', 'rc')
 if not h[1] then return {'miss'} end
-if h[1] ~= '1' then
+local budgeted = h[1] ~= '1'
+if budgeted then
   local nr = tonumber(h[9])
   if nr > 0 and tonumber(ARGV[1]) >= nr then return {'miss'} end
   if h[2] == '1' then return {'refused', h[3]} end
@@ -17,8 +23,35 @@ if h[1] ~= '1' then
     if tl >= 0 and t + rt >= tl then return {'busy', 'token_limit'} end
     if cl >= 0 and c + rc >= cl then return {'busy', 'cost_limit'} end
   end
+end
+local n = tonumber(ARGV[9] or '0')
+for i = 1, n do
+  local b = 9 + (i - 1) * 6
+  local counter = redis.call('HMGET', KEYS[3 + i], 'u', 'r')
+  if not counter[1] then
+    if ARGV[b + 3] == '1' then return {'miss', 'limits'} end
+  else
+    local limit, metric, name = tonumber(ARGV[b + 1]), ARGV[b + 4], 'limit:' .. ARGV[b + 6]
+    local u, r = tonumber(counter[1]), tonumber(counter[2] or '0')
+    if metric == 'n' then
+      if r >= limit then return {'refused', name} end
+    elseif metric == 'q' then
+      if u + r >= limit then return {'refused', name} end
+    else
+      if u >= limit then return {'refused', name} end
+      if u + r >= limit then return {'busy', name} end
+    end
+  end
+end
+if budgeted then
   redis.call('HINCRBY', KEYS[1], 'rt', ARGV[3])
   redis.call('HINCRBY', KEYS[1], 'rc', ARGV[4])
+end
+for i = 1, n do
+  local b = 9 + (i - 1) * 6
+  redis.call('HINCRBY', KEYS[3 + i], 'r', ARGV[b + 2])
+  redis.call('HSETNX', KEYS[3 + i], 'u', 0)
+  if ARGV[b + 5] ~= '0' then redis.call('PEXPIRE', KEYS[3 + i], ARGV[b + 5]) end
 end
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3] .. ':' .. ARGV[4] .. ':' .. ARGV[5] .. ':' .. ARGV[6])
 redis.call('EXPIRE', KEYS[2], ARGV[8])

@@ -1,9 +1,11 @@
 -- Settle a call: release its reservation, keep its event until recorded (with
--- ARGV[6]), add its usage and pause at a limit; a copy past its period is dropped.
+-- ARGV[6]), add its usage (to its limits too) and pause at a limit; a copy past
+-- its period is dropped.
 -- KEYS: budget:{client}, held:{client}, expiry, unrecorded, unrecorded:due
 -- ARGV: now (epoch ms), request id, tokens, cost (nanos), member (client/request),
 --       [event JSON, keep until (epoch ms)]
-release(KEYS[1], KEYS[2], KEYS[3], ARGV[2], ARGV[5])
+local v = release(KEYS[1], KEYS[2], KEYS[3], ARGV[2], ARGV[5])
+if v then count_holds(v, ARGV[3], ARGV[4], false) end
 if ARGV[6] then
   redis.call('HSET', KEYS[4], ARGV[5], ARGV[6])
   redis.call('ZADD', KEYS[5], ARGV[7], ARGV[5])

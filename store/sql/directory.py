@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from decimal import Decimal
 
-from taximeter.pricing.models import ApiKey, Client, Terms
+from taximeter.pricing.limits import limits_json
+from taximeter.pricing.models import ApiKey, Client, Limit, Terms
 from taximeter.store.base import Conflict, NotFound
 from taximeter.store.sql.core import SqlBase
 from taximeter.store.sql.rows import CLIENT_COLUMNS, KEY_COLUMNS, client_from_row, key_from_row, terms_row
@@ -68,6 +70,12 @@ class SqlDirectory(SqlBase):
                 client_id,
             )
 
+    async def set_limits(self, client_id: str, limits: tuple[Limit, ...]) -> None:
+        async with self.transaction() as conn:
+            declared = json.dumps(limits_json(limits)) if limits else None
+            if not await conn.execute("UPDATE clients SET limits = ? WHERE id = ?", declared, client_id):
+                raise NotFound(f"no client {client_id!r}")
+
     async def get_client(self, client_id: str) -> Client | None:
         async with self.connection() as conn:
             row = await conn.fetchone(f"SELECT {CLIENT_COLUMNS} FROM clients WHERE id = ?", client_id)
@@ -99,8 +107,9 @@ class SqlDirectory(SqlBase):
         async with self.connection() as conn:
             row = await conn.fetchone(
                 "SELECT k.prefix, k.client_id, k.key_hash, k.created_at, k.revoked_at, "
-                "c.currency, c.markup, c.models_allowed "
-                "FROM api_keys k JOIN clients c ON c.id = k.client_id WHERE k.prefix = ?",
+                "c.currency, c.markup, c.models_allowed, c.limits, b.timezone "
+                "FROM api_keys k JOIN clients c ON c.id = k.client_id "
+                "LEFT JOIN budgets b ON b.client_id = k.client_id WHERE k.prefix = ?",
                 prefix,
             )
         return None if row is None else key_from_row(self.dialect, row, with_terms=True)

@@ -8,10 +8,11 @@ from abc import abstractmethod
 from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
+from fnmatch import fnmatchcase
 from typing import Any
 
 from taximeter.pricing import budgets
-from taximeter.pricing.models import BudgetState, UsageEvent
+from taximeter.pricing.models import BudgetState, Hold, UsageEvent
 from taximeter.pricing.money import to_nanos
 from taximeter.store.base import DataRejected, RecordResult, ReportRow, printable
 from taximeter.store.sql.budget_writes import BudgetWrites, totals_since
@@ -134,6 +135,30 @@ class SqlLedger(BudgetWrites):
             )
             for r in rows
         ]
+
+    async def limit_used(self, hold: Hold, client_id: str) -> int:
+        limit = hold.limit
+        where = "client_id = ? AND created_at >= ?"
+        args: list[Any] = [client_id, self.dialect.time_in(hold.window_start)]
+        if hold.window_end is not None:
+            where += " AND created_at < ?"
+            args.append(self.dialect.time_in(hold.window_end))
+        if limit.per == "end_user":
+            where += " AND COALESCE(end_user, '') = ?"
+            args.append(hold.end_user)
+        async with self.connection() as conn:
+            rows = await conn.fetchall(
+                "SELECT model, SUM(input_tokens + output_tokens) AS tokens, SUM(cost) AS cost, "
+                f"COUNT(*) AS calls FROM usage_events WHERE {where} GROUP BY model",
+                *args,
+            )
+        used = 0
+        for row in rows:
+            if limit.models is not None and not any(fnmatchcase(row["model"], g) for g in limit.models):
+                continue
+            tokens, cost_nanos = int(row["tokens"]), to_nanos(self.dialect.money_out(row["cost"]))
+            used += int(row["calls"]) if limit.metric == "requests" else hold.used_by(tokens, cost_nanos)
+        return used
 
     async def ledger_totals(self, client_id: str, since: datetime) -> tuple[int, int]:
         """Tokens and cost (nanos) in the ledger since ``since``: what a

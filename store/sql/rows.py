@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from taximeter.pricing.limits import limits_from_json
 from taximeter.pricing.models import ApiKey, BudgetConfig, BudgetState, Client, Terms, UsageEvent
 from taximeter.pricing.money import from_nanos, to_nanos
 from taximeter.store.sql.core import Dialect, Row
@@ -40,7 +41,7 @@ BUDGET_COLUMNS = (
     "alert_thresholds, period_start, tokens_used, cost_used, paused, pause_reason, version, alerts_fired, "
     "credit"
 )
-CLIENT_COLUMNS = "id, name, created_at, currency, markup, models_allowed"
+CLIENT_COLUMNS = "id, name, created_at, currency, markup, models_allowed, limits"
 KEY_COLUMNS = "prefix, client_id, key_hash, created_at, revoked_at"
 OUTBOX_COLUMNS = "id, client_id, kind, payload, attempts, pending_urls"
 
@@ -164,12 +165,15 @@ def client_from_row(d: Dialect, row: Row) -> Client:
     return Client(row["id"], row["name"], d.time_out(row["created_at"]), terms_from_row(d, row))
 
 
-def terms_from_row(d: Dialect, row: Row) -> Terms:
+def terms_from_row(d: Dialect, row: Row, *, with_timezone: bool = False) -> Terms:
     allowed = row["models_allowed"]
+    declared = row["limits"]
     return Terms(
         currency=row["currency"],
         markup=Decimal(1) if row["markup"] is None else d.money_out(row["markup"]),
         models_allowed=None if allowed is None else tuple(json.loads(allowed)),
+        limits=() if declared is None else limits_from_json({"limits": json.loads(declared)}),
+        timezone=row["timezone"] if with_timezone else None,  # its budget's, when read with it
     )
 
 
@@ -189,5 +193,5 @@ def key_from_row(d: Dialect, row: Row, *, with_terms: bool = False) -> ApiKey:
         key_hash=row["key_hash"],
         created_at=d.time_out(row["created_at"]),
         revoked=row["revoked_at"] is not None,
-        terms=terms_from_row(d, row) if with_terms else Terms(),
+        terms=terms_from_row(d, row, with_timezone=True) if with_terms else Terms(),
     )

@@ -1,0 +1,268 @@
+"""Limits beside the budget (spec section 6b), pure: what a limit is, which
+calls it applies to, its windows, and what a call holds against it.
+
+Every gate counts a limit the same way: per window (a minute or an hour
+aligned to the clock, a day, week or month in the budget's timezone, or no
+window), per client or per end user, only for the models its globs match. An
+admitted call holds an amount on each limit that applies (its estimate, or 1
+for requests and concurrency); its settlement swaps that for what it used.
+Admission refuses at a limit already reached by what was used (``refused``),
+or filled by the calls in flight (``busy``), as the budget does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from fnmatch import fnmatchcase
+from typing import Any, Literal
+
+from taximeter.pricing.budgets import MAX_COST_LIMIT, MAX_TOKEN_LIMIT, BudgetInputError, period_bounds
+from taximeter.pricing.models import RATE_WINDOWS, Hold, Limit
+from taximeter.pricing.money import NANO, parse_money, to_nanos
+
+__all__ = [
+    "METRICS",
+    "RATE_WINDOWS",
+    "WINDOWS",
+    "DuplicateLimit",
+    "Hold",
+    "Limit",
+    "admission",
+    "end_user_tag",
+    "holds_for",
+    "limit_json",
+    "limits_from_json",
+    "limits_json",
+    "retry_after_s",
+    "status_holds",
+    "status_json",
+    "window_bounds",
+]
+
+METRICS = ("tokens", "cost", "requests", "concurrent")
+WINDOWS = ("minute", "hour", "daily", "weekly", "monthly", "none")
+MAX_LIMITS = 50
+_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_FIELDS = frozenset({"name", "metric", "limit", "window", "per", "models"})
+
+
+def _amount(metric: str, tokens: int, cost_nanos: int) -> int:
+    if metric == "tokens":
+        return tokens
+    if metric == "cost":
+        return cost_nanos
+    if metric == "requests":
+        return 1
+    return 0  # concurrent: only calls in flight count
+
+
+def window_bounds(window: str, timezone: str, now: datetime) -> tuple[datetime, datetime | None]:
+    """Start and end of the window containing ``now``: minutes and hours
+    aligned to the clock (UTC), days, weeks and months in ``timezone``."""
+    if window in ("minute", "hour"):
+        size = timedelta(minutes=1) if window == "minute" else timedelta(hours=1)
+        start = _EPOCH + ((now - _EPOCH) // size) * size
+        return start, start + size
+    if window == "none":
+        return _EPOCH, None
+    return period_bounds(window, timezone, now)
+
+
+def retry_after_s(hold: Hold, now: datetime) -> int:
+    """Seconds until ``hold``'s window resets (1 for limits without one: a
+    concurrency slot frees when a call ends)."""
+    if hold.window_end is None:
+        return 1
+    return max(1, int((hold.window_end - now).total_seconds() + 0.999))
+
+
+def end_user_tag(end_user: str | None) -> str:
+    """A short, key-safe name of an end user (calls without one share "")."""
+    if not end_user:
+        return "-"
+    return hashlib.sha256(end_user.encode()).hexdigest()[:20]
+
+
+def holds_for(
+    limits: tuple[Limit, ...],
+    *,
+    client_id: str,
+    model: str,
+    end_user: str | None,
+    tokens: int,
+    cost_nanos: int,
+    timezone: str,
+    now: datetime,
+) -> tuple[Hold, ...]:
+    """What a call estimated at ``tokens`` and ``cost_nanos`` holds on each
+    limit that applies to it."""
+    holds = []
+    for limit in limits:
+        if limit.models is not None and not any(fnmatchcase(model, glob) for glob in limit.models):
+            continue
+        start, end = window_bounds(limit.window, timezone, now)
+        user = (end_user or "") if limit.per == "end_user" else ""
+        tag = end_user_tag(user) if limit.per == "end_user" else "*"
+        key = f"{{{client_id}}}:{limit.name}:{tag}:{int(start.timestamp())}"
+        amount = (
+            1 if limit.metric in ("requests", "concurrent") else _amount(limit.metric, tokens, cost_nanos)
+        )
+        holds.append(Hold(key, limit, amount, start, end, user))
+    return tuple(holds)
+
+
+def status_holds(
+    limits: tuple[Limit, ...], *, client_id: str, end_user: str | None, timezone: str, now: datetime
+) -> tuple[Hold, ...]:
+    """The counter of each limit in the window containing ``now`` (of
+    ``end_user`` where a limit is per end user), whatever models it covers."""
+    return tuple(
+        holds_for(
+            (replace(limit, models=None),),
+            client_id=client_id,
+            model="",
+            end_user=end_user,
+            tokens=0,
+            cost_nanos=0,
+            timezone=timezone,
+            now=now,
+        )[0]
+        for limit in limits
+    )
+
+
+def status_json(hold: Hold, used: int, reserved: int, declared: Limit) -> dict[str, Any]:
+    """A limit as ``GET /admin/clients/{id}/limits`` and ``/budget/status`` show it."""
+    limit = hold.limit
+    remaining = max(limit.limit - used - reserved, 0)
+    money = limit.metric == "cost"
+    return {
+        **limit_json(declared),
+        "used": _nanos_text(used) if money else used,
+        "reserved": _nanos_text(reserved) if money else reserved,
+        "remaining": _nanos_text(remaining) if money else remaining,
+        "resets_at": None if hold.window_end is None else hold.window_end.isoformat().replace("+00:00", "Z"),
+    }
+
+
+def _nanos_text(nanos: int) -> str:
+    return format((Decimal(nanos) * NANO).normalize(), "f") if nanos else "0"
+
+
+def admission(used: int, reserved: int, limit: Limit) -> Literal["refused", "busy"] | None:
+    """``refused`` when what was used reaches the limit, ``busy`` when the
+    calls in flight fill it, None when a call may start. Requests and
+    concurrency count the call itself: the limit-th call is the last one."""
+    if limit.metric == "concurrent":
+        return "refused" if reserved >= limit.limit else None
+    if limit.metric == "requests":
+        return "refused" if used + reserved >= limit.limit else None
+    if used >= limit.limit:
+        return "refused"
+    return "busy" if used + reserved >= limit.limit else None
+
+
+# -- input -----------------------------------------------------------------------
+
+
+def limits_from_json(data: Any) -> tuple[Limit, ...]:
+    """The set of ``PUT /admin/clients/{id}/limits`` (``{"limits": [...]}``),
+    validated field by field; BudgetInputError names ``limits[i].field``."""
+    if not isinstance(data, dict) or set(data) != {"limits"} or not isinstance(data["limits"], list):
+        raise BudgetInputError("limits", 'the body must be {"limits": [...]}')
+    items = data["limits"]
+    if len(items) > MAX_LIMITS:
+        raise BudgetInputError("limits", f"at most {MAX_LIMITS} limits")
+    limits = tuple(_limit(item, f"limits[{i}]") for i, item in enumerate(items))
+    names = [limit.name for limit in limits]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise DuplicateLimit(f"limits[{i}].name", f"{name!r} names two limits")
+    return limits
+
+
+class DuplicateLimit(BudgetInputError):
+    """Two limits of one set share a name (each is valid alone)."""
+
+
+def _limit(item: Any, where: str) -> Limit:
+    if not isinstance(item, dict):
+        raise BudgetInputError(where, "must be an object")
+    for key in item:
+        if key not in _FIELDS:
+            raise BudgetInputError(f"{where}.{key}", "unknown field")
+    name = item.get("name")
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise BudgetInputError(f"{where}.name", "must be a slug: lowercase letters, digits, - or _")
+    metric = item.get("metric")
+    if metric not in METRICS:
+        raise BudgetInputError(f"{where}.metric", f"must be one of {', '.join(METRICS)}")
+    window = item.get("window", "none")
+    if metric == "concurrent":
+        if window != "none":
+            raise BudgetInputError(f"{where}.window", "a concurrent limit has no window")
+    elif window not in WINDOWS:
+        raise BudgetInputError(f"{where}.window", f"must be one of {', '.join(WINDOWS)}")
+    per = item.get("per", "client")
+    if per not in ("client", "end_user"):
+        raise BudgetInputError(f"{where}.per", "must be client or end_user")
+    return Limit(
+        name=name,
+        metric=metric,
+        limit=_amount_of(metric, item.get("limit"), f"{where}.limit"),
+        window=window,
+        per=per,
+        models=_globs(item.get("models"), f"{where}.models"),
+    )
+
+
+def _amount_of(metric: str, value: Any, field: str) -> int:
+    if metric == "cost":
+        try:
+            amount = parse_money(value)
+        except ValueError as exc:
+            raise BudgetInputError(field, str(exc)) from exc
+        if not 0 < amount <= MAX_COST_LIMIT or amount != amount.quantize(NANO):
+            raise BudgetInputError(field, f"must be in (0, {MAX_COST_LIMIT}], at most 9 decimal places")
+        return to_nanos(amount)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_TOKEN_LIMIT:
+        raise BudgetInputError(field, "must be a positive integer")
+    return value
+
+
+def _globs(value: Any, field: str) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not 0 < len(value) <= 100:
+        raise BudgetInputError(field, "must be a list of 1 to 100 model names or globs, such as gpt-5*")
+    for glob in value:
+        if not isinstance(glob, str) or not 0 < len(glob) <= 256 or _CONTROL.search(glob):
+            raise BudgetInputError(field, "each must be a model name or glob, such as gpt-5*")
+    return tuple(dict.fromkeys(value))
+
+
+def limit_json(limit: Limit) -> dict[str, Any]:
+    """A limit as declared (cost in the client's currency, as a decimal string)."""
+    amount: int | str = limit.limit
+    if limit.metric == "cost":
+        amount = format((Decimal(limit.limit) * NANO).normalize(), "f")
+    return {
+        "name": limit.name,
+        "metric": limit.metric,
+        "limit": amount,
+        "window": limit.window,
+        "per": limit.per,
+        "models": None if limit.models is None else list(limit.models),
+    }
+
+
+def limits_json(limits: tuple[Limit, ...]) -> list[dict[str, Any]]:
+    return [limit_json(limit) for limit in limits]
