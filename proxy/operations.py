@@ -352,6 +352,7 @@ class Operations:
         """The status of a client with no budget: its spend this calendar month."""
         client = await self.client(client_id)
         start, end = budgets.period_bounds("monthly", self.timezone, self.clock())
+        assert end is not None  # a month ends
         await self.flush_ledger()
         tokens, _ = await self._store.ledger_totals(client.id, start)
         spend = await self._store.spend_by_api_type(client.id, start)

@@ -218,6 +218,8 @@ MIGRATIONS.append(
             # live in the gate; a lost one is counted again from the ledger.
             "ALTER TABLE clients ADD COLUMN limits TEXT",
             "CREATE INDEX usage_events_client_user_time ON usage_events (client_id, end_user, created_at)",
+            # What a store-held reservation holds on each limit: [[counter key, amount], ...].
+            "ALTER TABLE reservations ADD COLUMN holds TEXT",
         ],
     )
 )

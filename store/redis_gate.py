@@ -356,8 +356,8 @@ class RedisGate:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for hold, used in counted:
                     key = self._counter_key(hold)
-                    pipe.hsetnx(key, "u", used)
-                    pipe.hsetnx(key, "r", 0)
+                    pipe.hsetnx(key, "u", str(used))
+                    pipe.hsetnx(key, "r", "0")
                     if hold.window_end is not None:
                         pipe.pexpire(key, _counter_ttl_ms(hold, now))
                 await pipe.execute()
@@ -369,7 +369,7 @@ class RedisGate:
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for hold in holds:
-                    pipe.hmget(self._counter_key(hold), "u", "r")
+                    pipe.hmget(self._counter_key(hold), ["u", "r"])
                 replies = await pipe.execute()
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"Redis: {exc}") from exc

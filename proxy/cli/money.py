@@ -4,6 +4,7 @@ markup and allowed models, exchange rates, and credits."""
 from __future__ import annotations
 
 import argparse
+from decimal import Decimal
 from typing import Any
 
 from taximeter.pricing.money import money_text
@@ -90,7 +91,7 @@ async def credits_command(ops: Operations, args: argparse.Namespace) -> int:
         limit = state.config.cost_limit
         print(
             f"credited {money_text(credit.amount)} {state.config.currency} to {credit.client_id}: "
-            f"cost limit {money_text(limit or 0)} + {money_text(credit.amount)} this period"
+            f"cost limit {money_text(limit or Decimal(0))} + {money_text(credit.amount)} this period"
             + (f" ({state.pause_reason} pause)" if state.paused else "")
         )
         return 0

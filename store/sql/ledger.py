@@ -16,10 +16,10 @@ from taximeter.pricing.models import BudgetState, Hold, UsageEvent
 from taximeter.pricing.money import to_nanos
 from taximeter.store.base import DataRejected, RecordResult, ReportRow, printable
 from taximeter.store.sql.budget_writes import BudgetWrites, totals_since
-from taximeter.store.sql.core import Conn
+from taximeter.store.sql.core import Conn, Dialect
 from taximeter.store.sql.rows import EVENT_COLUMNS, event_from_row
 
-__all__ = ["SqlLedger", "sanitised"]
+__all__ = ["SqlLedger", "limit_used_in", "sanitised"]
 
 _GROUPS = {"api_type": "api_type", "model": "model", "end_user": "COALESCE(end_user, '')"}
 
@@ -137,34 +137,40 @@ class SqlLedger(BudgetWrites):
         ]
 
     async def limit_used(self, hold: Hold, client_id: str) -> int:
-        limit = hold.limit
-        where = "client_id = ? AND created_at >= ?"
-        args: list[Any] = [client_id, self.dialect.time_in(hold.window_start)]
-        if hold.window_end is not None:
-            where += " AND created_at < ?"
-            args.append(self.dialect.time_in(hold.window_end))
-        if limit.per == "end_user":
-            where += " AND COALESCE(end_user, '') = ?"
-            args.append(hold.end_user)
         async with self.connection() as conn:
-            rows = await conn.fetchall(
-                "SELECT model, SUM(input_tokens + output_tokens) AS tokens, SUM(cost) AS cost, "
-                f"COUNT(*) AS calls FROM usage_events WHERE {where} GROUP BY model",
-                *args,
-            )
-        used = 0
-        for row in rows:
-            if limit.models is not None and not any(fnmatchcase(row["model"], g) for g in limit.models):
-                continue
-            tokens, cost_nanos = int(row["tokens"]), to_nanos(self.dialect.money_out(row["cost"]))
-            used += int(row["calls"]) if limit.metric == "requests" else hold.used_by(tokens, cost_nanos)
-        return used
+            return await limit_used_in(conn, self.dialect, hold, client_id)
 
     async def ledger_totals(self, client_id: str, since: datetime) -> tuple[int, int]:
         """Tokens and cost (nanos) in the ledger since ``since``: what a
         budget's counters must equal, and a client without one has used."""
         async with self.connection() as conn:
             return await totals_since(conn, self.dialect, client_id, since)
+
+
+async def limit_used_in(conn: Conn, d: Dialect, hold: Hold, client_id: str) -> int:
+    """What the ledger counts on ``hold``'s limit in its window (see
+    :meth:`~taximeter.store.base.LedgerReads.limit_used`)."""
+    limit = hold.limit
+    where = "client_id = ? AND created_at >= ?"
+    args: list[Any] = [client_id, d.time_in(hold.window_start)]
+    if hold.window_end is not None:
+        where += " AND created_at < ?"
+        args.append(d.time_in(hold.window_end))
+    if limit.per == "end_user":
+        where += " AND COALESCE(end_user, '') = ?"
+        args.append(hold.end_user)
+    rows = await conn.fetchall(
+        "SELECT model, SUM(input_tokens + output_tokens) AS tokens, SUM(cost) AS cost, "
+        f"COUNT(*) AS calls FROM usage_events WHERE {where} GROUP BY model",
+        *args,
+    )
+    used = 0
+    for row in rows:
+        if limit.models is not None and not any(fnmatchcase(row["model"], g) for g in limit.models):
+            continue
+        tokens, cost_nanos = int(row["tokens"]), to_nanos(d.money_out(row["cost"]))
+        used += int(row["calls"]) if limit.metric == "requests" else hold.used_by(tokens, cost_nanos)
+    return used
 
 
 _TEXT_FIELDS = (

@@ -3,14 +3,16 @@ admitted under the budget's row lock."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 
-from taximeter.pricing import budgets
+from taximeter.pricing import budgets, limits
 from taximeter.pricing.models import Reservation, UsageEvent
 from taximeter.pricing.money import from_nanos, to_nanos
 from taximeter.store.base import Admission
 from taximeter.store.sql.budget_writes import BudgetWrites
 from taximeter.store.sql.core import Conn
+from taximeter.store.sql.ledger import limit_used_in
 
 __all__ = ["SqlReservations"]
 
@@ -19,9 +21,15 @@ class SqlReservations(BudgetWrites):
     """:class:`~taximeter.store.base.HeldReservations` in SQL."""
 
     async def reserve(self, reservation: Reservation, now: datetime) -> Admission:
-        """Check the budget and hold ``reservation``, under the budget's row
-        lock: the same rule as the gates, for when they cannot be reached."""
+        """Check the budget and every limit the call holds, and hold
+        ``reservation``, under the client's row lock: the same rules as the
+        gates, for when they cannot be reached. A limit's use is the
+        ledger's in its window plus what the reservations held here hold."""
         async with self.transaction() as conn:
+            if reservation.holds:
+                await conn.fetchone(
+                    "SELECT id FROM clients WHERE id = ?" + self.dialect.for_update, reservation.client_id
+                )
             state = await self._locked_budget(conn, reservation.client_id)
             if state is not None:
                 state = await self._rolled(conn, state, now)
@@ -35,8 +43,32 @@ class SqlReservations(BudgetWrites):
                 outcome, reason = budgets.admission(state, int(row["tokens"]), reserved_cost)
                 if outcome != "ok":
                     return Admission(outcome, reason)
+            refused = await self._limit_verdict(conn, reservation)
+            if refused is not None:
+                return refused
             await self._insert_reservation(conn, reservation)
         return Admission("ok")
+
+    async def _limit_verdict(self, conn: Conn, reservation: Reservation) -> Admission | None:
+        if not reservation.holds:
+            return None
+        rows = await conn.fetchall(
+            "SELECT holds FROM reservations WHERE client_id = ? AND holds IS NOT NULL", reservation.client_id
+        )
+        reserved: dict[str, int] = {}
+        for row in rows:
+            for key, amount in json.loads(row["holds"]):
+                reserved[key] = reserved.get(key, 0) + int(amount)
+        for hold in reservation.holds:
+            limit = hold.limit
+            in_flight_only = limit.metric == "concurrent"
+            used = (
+                0 if in_flight_only else await limit_used_in(conn, self.dialect, hold, reservation.client_id)
+            )
+            verdict = limits.admission(used, reserved.get(hold.key, 0), limit)
+            if verdict is not None:
+                return Admission(verdict, f"limit:{limit.name}")
+        return None
 
     async def hold_reservations(self, reservations: list[Reservation]) -> None:
         """Hold reservations admitted elsewhere (by a gate that went away), with
@@ -48,14 +80,15 @@ class SqlReservations(BudgetWrites):
 
     async def _insert_reservation(self, conn: Conn, reservation: Reservation) -> None:
         await conn.execute(
-            "INSERT INTO reservations (request_id, client_id, tokens, cost, expires_at, event) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING",
+            "INSERT INTO reservations (request_id, client_id, tokens, cost, expires_at, event, holds) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING",
             reservation.request_id,
             reservation.client_id,
             reservation.tokens,
             self.dialect.money_in(from_nanos(reservation.cost_nanos)),
             self.dialect.time_in(reservation.expires_at),
             reservation.event.to_json(),
+            json.dumps([[h.key, h.amount] for h in reservation.holds]) if reservation.holds else None,
         )
 
     async def extend_reservations(self, reservations: list[Reservation]) -> None:

@@ -23,7 +23,8 @@ from decimal import Decimal
 
 import pytest
 
-from taximeter.pricing.models import BudgetState, Reservation, UsageEvent
+from taximeter.pricing import limits
+from taximeter.pricing.models import BudgetState, Limit, Reservation, UsageEvent
 from taximeter.store.base import Gate
 from taximeter.store.factory import open_store
 from taximeter.store.local_gate import LocalGate
@@ -300,3 +301,74 @@ async def test_a_settled_event_outlives_its_process_until_recorded(subject: Subj
     assert await subject.gate.claim_unrecorded(T0 + timedelta(seconds=12), 10) == []  # leased to one caller
     await subject.gate.recorded([kept])
     assert await subject.gate.claim_unrecorded(T0 + timedelta(days=1), 10) == []
+
+
+# -- limits beside the budget (section 6b) --------------------------------------------------
+
+
+def limited(
+    *declared: Limit, tokens: int = 100, request_id: str | None = None, user: str | None = None
+) -> Reservation:
+    """A call of ``tokens`` holding what it must on each of ``declared``."""
+    reservation = hold(tokens, request_id=request_id) if request_id else hold(tokens)
+    holds = limits.holds_for(
+        declared,
+        client_id="acme",
+        model="gpt-4o",
+        end_user=user,
+        tokens=tokens,
+        cost_nanos=0,
+        timezone="UTC",
+        now=T0,
+    )
+    return replace(reservation, holds=holds)
+
+
+RPM = Limit("rpm", "requests", 3, "minute")
+PARALLEL = Limit("parallel", "concurrent", 2)
+DAILY = Limit("daily", "tokens", 250, "daily", per="end_user")
+
+
+async def test_a_request_limit_counts_admissions_and_gives_back_released_ones(subject: Subject) -> None:
+    await subject.load("acme", None, T0)
+    calls = [limited(RPM, request_id=f"r{i}") for i in range(3)]
+    for call in calls:
+        assert (await subject.gate.admit(call, T0)).outcome == "ok"
+    refused = await subject.gate.admit(limited(RPM), T0)
+    assert (refused.outcome, refused.reason) == ("refused", "limit:rpm")
+    await subject.gate.release("acme", "r0")  # never forwarded: not a request
+    assert (await subject.gate.admit(limited(RPM, request_id="r3"), T0)).outcome == "ok"
+
+
+async def test_a_concurrency_limit_counts_calls_in_flight(subject: Subject) -> None:
+    await subject.load("acme", None, T0)
+    assert (await subject.gate.admit(limited(PARALLEL, request_id="a"), T0)).outcome == "ok"
+    assert (await subject.gate.admit(limited(PARALLEL, request_id="b"), T0)).outcome == "ok"
+    assert (await subject.gate.admit(limited(PARALLEL), T0)).reason == "limit:parallel"
+    await settle(subject, 100, 0, "a")
+    assert (await subject.gate.admit(limited(PARALLEL, request_id="c"), T0)).outcome == "ok"
+
+
+async def test_concurrent_admissions_stop_at_a_limit(subject: Subject) -> None:
+    await subject.load("acme", None, T0)
+    many = Limit("rps", "requests", 10, "hour")
+    outcomes = await asyncio.gather(*(subject.gate.admit(limited(many), T0) for _ in range(40)))
+    assert [o.outcome for o in outcomes].count("ok") == 10
+
+
+async def test_a_spend_cap_the_gate_has_not_seen_is_counted_from_the_ledger(subject: Subject) -> None:
+    """A gate that keeps a copy answers ``miss`` for it; loaded with what the
+    ledger counted, it decides. The store-held gate reads the ledger itself."""
+    await subject.load("acme", None, T0)
+    await subject.settle(replace(event(200), end_user="+55119"), 0, T0)
+    call = limited(DAILY, user="+55119")
+    if subject.keeps_a_copy:
+        missing = await subject.gate.admit(call, T0)
+        assert (missing.outcome, missing.reason) == ("miss", "limits")
+        await subject.gate.load_limits([(call.holds[0], 200)], T0)
+    assert (await subject.gate.admit(call, T0)).outcome == "ok"  # 200 used, 100 held: room left
+    assert (await subject.gate.admit(limited(DAILY, user="+55119"), T0)).outcome == "busy"  # 300 >= 250
+    other = limited(DAILY, user="+55118")
+    if subject.keeps_a_copy:
+        await subject.gate.load_limits([(other.holds[0], 0)], T0)
+    assert (await subject.gate.admit(other, T0)).outcome == "ok"  # another end user, its own counter
