@@ -92,6 +92,9 @@ class ClientDeclaration(BaseModel):
     id: str = Field(description="The client's slug.")
     name: str | None = Field(None, description="Display name; the id when absent.")
     budget: dict[str, Any] | None = Field(None, description="As PUT /admin/budgets/{id} takes it.")
+    limits: list[dict[str, Any]] | None = Field(
+        None, description="As PUT /admin/clients/{id}/limits takes them; left out: left as they are."
+    )
 
 
 class WebhookSettings(BaseModel):

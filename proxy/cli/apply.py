@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import TypeAdapter, ValidationError
 
-from taximeter.pricing import budgets
+from taximeter.pricing import budgets, limits
 from taximeter.pricing.models import BudgetConfig
 from taximeter.proxy.errors import InvalidInput
 from taximeter.proxy.operations import Operations
@@ -69,6 +69,7 @@ async def _apply_one(ops: Operations, declaration: ClientDeclaration, dry_run: b
         changes.append(f"rename client {declaration.id}: {client.name!r} -> {name!r}")
         if not dry_run:
             await ops.rename_client(declaration.id, name)
+    changes += await _apply_limits(ops, declaration, dry_run, exists=client is not None)
     if declaration.budget is None:
         return changes
     wanted = _config(ops, declaration)
@@ -80,6 +81,24 @@ async def _apply_one(ops: Operations, declaration: ClientDeclaration, dry_run: b
     if not dry_run:
         await ops.put_budget(declaration.id, declaration.budget)
     return changes
+
+
+async def _apply_limits(
+    ops: Operations, declaration: ClientDeclaration, dry_run: bool, *, exists: bool
+) -> list[str]:
+    if declaration.limits is None:
+        return []
+    try:
+        wanted = limits.limits_from_json({"limits": declaration.limits})
+    except budgets.BudgetInputError as exc:
+        raise InvalidInput(f"client {declaration.id}: {exc.field}: {exc.message}") from exc
+    client = await ops.find_client(declaration.id) if exists else None
+    if client is not None and client.terms.limits == wanted:
+        return []
+    names = ", ".join(limit.name for limit in wanted) or "none"
+    if not dry_run:
+        await ops.set_limits(declaration.id, {"limits": declaration.limits})
+    return [f"set limits {declaration.id}: {names}"]
 
 
 def _describe(config: BudgetConfig) -> str:

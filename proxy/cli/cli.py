@@ -22,6 +22,7 @@ from taximeter.pricing.catalog import CatalogError, load_catalog, problems, warn
 from taximeter.pricing.models import BudgetState
 from taximeter.pricing.money import from_nanos, money_text
 from taximeter.proxy.cli.apply import apply_file
+from taximeter.proxy.cli.limits import add_limit_commands, limits_command
 from taximeter.proxy.cli.money import (
     add_client_set,
     add_money_commands,
@@ -109,6 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     # In the order `taximeter --help` lists them.
     _add_client_commands(sub)
     _add_budget_commands(sub)
+    add_limit_commands(sub)
     add_money_commands(sub)
     _add_usage_command(sub)
     apply = sub.add_parser("apply", help="create or update the clients and budgets an ops file declares")
@@ -381,6 +383,7 @@ _COMMANDS: dict[str, Callable[[Operations, argparse.Namespace], Awaitable[int]]]
     "keys": _keys,
     "budgets": _budgets,
     "usage": _usage,
+    "limits": limits_command,
     "rates": rates_command,
     "credits": credits_command,
 }

@@ -27,6 +27,7 @@ async def test_apply_twice_changes_nothing_the_second_time(store: Store) -> None
     first = await apply_file(operations, EXAMPLE, dry_run=False)
     assert first == [
         "create client acme (Acme Ltd)",
+        "set limits acme: per-user, rpm, parallel",
         "set budget acme: both, 5,000,000 tokens and 500.00 BRL monthly (America/Sao_Paulo)",
         "create client voicebot (Voice bot (soft budget))",
         "set budget voicebot: cost, 120 BRL daily (UTC), soft",
@@ -37,6 +38,12 @@ async def test_apply_twice_changes_nothing_the_second_time(store: Store) -> None
         Decimal("500.00"),
         5_000_000,
     )
+    acme = await store.get_client("acme")
+    assert acme is not None and [(x.name, x.metric, x.limit) for x in acme.terms.limits] == [
+        ("per-user", "cost", 2 * 10**9),  # nanos of the client's currency
+        ("rpm", "requests", 60),
+        ("parallel", "concurrent", 8),
+    ]
 
 
 async def test_dry_run_writes_nothing_and_changes_are_minimal(store: Store, tmp_path: Path) -> None:

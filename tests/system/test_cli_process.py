@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -105,6 +106,12 @@ async def test_rates_terms_and_credits_set_by_the_cli_reach_a_running_proxy(
         # gpt-4o, 1000 uncached + 200 cached in, 300 out: $0.00575 x 6.25 x 1.5.
         assert newest["cost"] == "0.05390625"
         assert "top-up" in await proxy.cli("credits", "list", "acme")
+        declared = tmp_path / "limits.toml"
+        toml = '[[limits]]\nname = "rpm"\nmetric = "requests"\nlimit = 100\nwindow = "minute"\n'
+        await asyncio.to_thread(declared.write_text, toml)
+        assert "1 limit(s) set for acme" in await proxy.cli("limits", "set", "acme", str(declared))
+        shown = await proxy.cli("limits", "show", "acme")
+        assert shown.startswith("rpm\trequests ") and "/100 (minute)" in shown
         assert "BRL\t6.25" in await proxy.cli("rates", "list")
         await client.close()
     finally:
