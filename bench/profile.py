@@ -103,7 +103,7 @@ def summarise(profile: Path, requests: int, top: int = 25) -> list[str]:
 
 async def profile(args: argparse.Namespace) -> list[str]:
     workdir = Path(tempfile.mkdtemp(prefix="taximeter-profile-"))
-    name, _workers, production = CONFIGS[args.config]
+    name, _workers, production, _limits = CONFIGS[args.config]
     port = free_port()
     upstream = f"http://127.0.0.1:{port}"
     out = workdir / "serve.prof"

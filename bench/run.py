@@ -178,9 +178,12 @@ async def start_taximeter(
     workers: int,
     production: bool,
     runner: tuple[str, ...] = (),
+    *,
+    limits: bool = False,
 ) -> Target:
-    """taximeter serving ``name``'s config, with a client, key and budget;
-    ``runner`` goes before the command (e.g. a profiler)."""
+    """taximeter serving ``name``'s config, with a client, key and budget
+    (and five limits beside it, with ``limits``); ``runner`` goes before the
+    command (e.g. a profiler)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAXIMETER_")}
     env |= {
@@ -225,6 +228,10 @@ async def start_taximeter(
         "--period",
         "monthly",
     )
+    if limits:  # every kind the spec names, none ever reached: admission cost only
+        declared = workdir / f"{name}-limits.toml"
+        await asyncio.to_thread(declared.write_text, _LIMITS)
+        cli("limits", "set", "bench", str(declared))
     proc = spawn(*runner, TAXIMETER, "serve", env=env, cwd=workdir)
     await wait_ready(f"http://127.0.0.1:{port}/readyz")
 
@@ -340,8 +347,12 @@ async def benchmark(args: argparse.Namespace) -> tuple[list[Result], list[dict[s
         )
         started.append(forwarder)
         await wait_ready(f"http://127.0.0.1:{forwarder_port}/")
-        for name, workers, production in args.configs:
-            started.append(await start_taximeter(name, f"{upstream}/{name}/v1", workdir, workers, production))
+        for name, workers, production, limits in args.configs:
+            started.append(
+                await start_taximeter(
+                    name, f"{upstream}/{name}/v1", workdir, workers, production, limits=limits
+                )
+            )
         results: list[Result] = []
         memory: list[dict[str, Any]] = []
         for round_ in range(args.rounds):
@@ -398,10 +409,38 @@ async def measure(
 
 
 CONFIGS = {
-    "embedded": ("taximeter-embedded", 1, False),
-    "pg-redis": ("taximeter-pg-redis", 1, True),
-    "pg-redis-2w": ("taximeter-pg-redis-2w", 2, True),
+    "embedded": ("taximeter-embedded", 1, False, False),
+    "pg-redis": ("taximeter-pg-redis", 1, True, False),
+    "pg-redis-limits": ("taximeter-pg-redis-limits", 1, True, True),
+    "pg-redis-2w": ("taximeter-pg-redis-2w", 2, True, False),
 }
+_LIMITS = """
+[[limits]]
+name = "per-user"
+metric = "cost"
+limit = "1000000"
+window = "daily"
+per = "end_user"
+[[limits]]
+name = "month"
+metric = "tokens"
+limit = 1000000000000
+window = "monthly"
+[[limits]]
+name = "rpm"
+metric = "requests"
+limit = 100000000
+window = "minute"
+[[limits]]
+name = "tpm"
+metric = "tokens"
+limit = 1000000000000
+window = "minute"
+[[limits]]
+name = "parallel"
+metric = "concurrent"
+limit = 100000
+"""
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -413,7 +452,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--configs",
         type=lambda s: [CONFIGS[c] for c in s.split(",")],
         default=list(CONFIGS.values()),
-        help="embedded,pg-redis,pg-redis-2w",
+        help="embedded,pg-redis,pg-redis-limits (five limits beside the budget),pg-redis-2w",
     )
     parser.add_argument("--ttfb-samples", type=int, default=200)
     parser.add_argument(
@@ -430,7 +469,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if args.smoke:
         args.duration, args.rounds, args.concurrency, args.ttfb_samples = 1.0, 1, [4], 5
         args.memory = 0
-        args.configs = [CONFIGS["embedded"]]
+        args.configs = [("taximeter-embedded-limits", 1, False, True)]  # the limits' path too
         args.out = None
     return args
 

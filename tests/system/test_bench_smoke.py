@@ -25,5 +25,5 @@ def test_benchmark_smoke_runs_and_the_ledger_is_exact() -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]  # it raises if any event is lost or doubled
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    assert {r["target"] for r in rows} == {"direct", "forwarder", "taximeter-embedded"}
+    assert {r["target"] for r in rows} == {"direct", "forwarder", "taximeter-embedded-limits"}
     assert all(r["ok"] > 0 and r["ok"] == r["requests"] for r in rows)
