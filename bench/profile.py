@@ -103,7 +103,7 @@ def summarise(profile: Path, requests: int, top: int = 25) -> list[str]:
 
 async def profile(args: argparse.Namespace) -> list[str]:
     workdir = Path(tempfile.mkdtemp(prefix="taximeter-profile-"))
-    name, _workers, production, _limits = CONFIGS[args.config]
+    name, _workers, production, limits = CONFIGS[args.config]
     port = free_port()
     upstream = f"http://127.0.0.1:{port}"
     out = workdir / "serve.prof"
@@ -112,7 +112,9 @@ async def profile(args: argparse.Namespace) -> list[str]:
     try:
         await wait_ready(f"{upstream}/served")
         runner = (PYTHON, "-m", "cProfile", "-o", str(out))
-        target = await start_taximeter(name, f"{upstream}/{name}/v1", workdir, 1, production, runner)
+        target = await start_taximeter(
+            name, f"{upstream}/{name}/v1", workdir, 1, production, runner, limits=limits
+        )
         body = STREAM if args.mode == "stream" else CHAT
         stats = await asyncio.to_thread(run_wrk, target, body, args.concurrency, args.duration)
         await check_ledger(target, upstream)
@@ -146,7 +148,7 @@ async def profile(args: argparse.Namespace) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
-    parser.add_argument("--config", choices=["embedded", "pg-redis"], default="pg-redis")
+    parser.add_argument("--config", choices=["embedded", "pg-redis", "pg-redis-limits"], default="pg-redis")
     parser.add_argument("--mode", choices=["chat", "stream"], default="chat")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--duration", type=float, default=10.0)

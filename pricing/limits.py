@@ -64,14 +64,27 @@ def _amount(metric: str, tokens: int, cost_nanos: int) -> int:
 
 def window_bounds(window: str, timezone: str, now: datetime) -> tuple[datetime, datetime | None]:
     """Start and end of the window containing ``now``: minutes and hours
-    aligned to the clock (UTC), days, weeks and months in ``timezone``."""
+    aligned to the clock (UTC), days, weeks and months in ``timezone``.
+    On every admission's path: the last answer per window and timezone is
+    kept while ``now`` is inside it."""
+    last = _LAST_WINDOWS.get((window, timezone))
+    if last is not None and last[0] <= now and (last[1] is None or now < last[1]):
+        return last
     if window in ("minute", "hour"):
         size = timedelta(minutes=1) if window == "minute" else timedelta(hours=1)
         start = _EPOCH + ((now - _EPOCH) // size) * size
-        return start, start + size
-    if window == "none":
-        return _EPOCH, None
-    return period_bounds(window, timezone, now)
+        bounds: tuple[datetime, datetime | None] = (start, start + size)
+    elif window == "none":
+        bounds = (_EPOCH, None)
+    else:
+        bounds = period_bounds(window, timezone, now)
+    if len(_LAST_WINDOWS) > 10_000:  # timezones are few; bounded all the same
+        _LAST_WINDOWS.clear()
+    _LAST_WINDOWS[(window, timezone)] = bounds
+    return bounds
+
+
+_LAST_WINDOWS: dict[tuple[str, str], tuple[datetime, datetime | None]] = {}
 
 
 def retry_after_s(hold: Hold, now: datetime) -> int:

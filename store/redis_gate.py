@@ -228,13 +228,18 @@ class RedisGate:
 
     @staticmethod
     def _limit_args(holds: tuple[Hold, ...], now: datetime) -> list[Any]:
-        args: list[Any] = [len(holds)]
+        """The limits as admit.lua reads them: one argument for them all."""
+        if not holds:
+            return []
+        specs = []
         for hold in holds:
             limit = hold.limit
-            end = _counter_ttl_ms(hold, now)
-            rebuilt = "1" if limit.rebuilt_from_ledger else "0"
-            args += [limit.limit, hold.amount, rebuilt, _METRIC_CODES[limit.metric], end, limit.name]
-        return args
+            rebuilt = 1 if limit.rebuilt_from_ledger else 0
+            ttl = _counter_ttl_ms(hold, now)
+            specs.append(
+                f"{limit.limit} {hold.amount} {rebuilt} {_METRIC_CODES[limit.metric]} {ttl} {limit.name}"
+            )
+        return [" ".join(specs)]
 
     async def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         return await self._pipeliner.call(script, keys, args)

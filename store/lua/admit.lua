@@ -3,10 +3,11 @@
 -- KEYS: budget:{client}, held:{client}, expiry, then one counter per limit
 -- ARGV: now (epoch ms), request id, tokens, cost (nanos), expires (epoch ms),
 --       holds and event (as held:{client} keeps them), expiry member
---       (client/request), TTL of held:{client} (s), number of limits, then per
---       limit: its limit, the amount held, rebuilt from the ledger when
---       missing (1/0), metric (t tokens, c cost, q requests, n in flight),
---       how long its counter is kept (ms, 0: always), name
+--       (client/request), TTL of held:{client} (s), then one string of the
+--       limits (one argument, not six each: each costs the client an encoding),
+--       per limit in KEYS order "limit amount rebuilt metric ttl name " with
+--       rebuilt from the ledger when missing (1/0), metric (t tokens, c cost,
+--       q requests, n in flight), how long its counter is kept (ms, 0: always)
 local h = redis.call('HMGET', KEYS[1], 'nb', 'p', 'r', 'tl', 'cl', 'pal', 't', 'c', 'nr', 'rt', 'rc')
 if not h[1] then return {'miss'} end
 local budgeted = h[1] ~= '1'
@@ -24,14 +25,20 @@ if budgeted then
     if cl >= 0 and c + rc >= cl then return {'busy', 'cost_limit'} end
   end
 end
-local n = tonumber(ARGV[9] or '0')
+local specs = {}
+for limit, amount, rebuilt, metric, ttl, name in string.gmatch(ARGV[9] or '', '(%d+) (%d+) (%d) (%a) (%d+) (%S+)') do
+  specs[#specs + 1] = {tonumber(limit), amount, rebuilt, metric, ttl, 'limit:' .. name}
+end
+local n = #specs
+local new = {}
 for i = 1, n do
-  local b = 9 + (i - 1) * 6
+  local spec = specs[i]
   local counter = redis.call('HMGET', KEYS[3 + i], 'u', 'r')
   if not counter[1] then
-    if ARGV[b + 3] == '1' then return {'miss', 'limits'} end
+    if spec[3] == '1' then return {'miss', 'limits'} end
+    new[i] = true
   else
-    local limit, metric, name = tonumber(ARGV[b + 1]), ARGV[b + 4], 'limit:' .. ARGV[b + 6]
+    local limit, metric, name = spec[1], spec[4], spec[6]
     local u, r = tonumber(counter[1]), tonumber(counter[2] or '0')
     if metric == 'n' then
       if r >= limit then return {'refused', name} end
@@ -48,10 +55,12 @@ if budgeted then
   redis.call('HINCRBY', KEYS[1], 'rc', ARGV[4])
 end
 for i = 1, n do
-  local b = 9 + (i - 1) * 6
-  redis.call('HINCRBY', KEYS[3 + i], 'r', ARGV[b + 2])
-  redis.call('HSETNX', KEYS[3 + i], 'u', 0)
-  if ARGV[b + 5] ~= '0' then redis.call('PEXPIRE', KEYS[3 + i], ARGV[b + 5]) end
+  local spec = specs[i]
+  redis.call('HINCRBY', KEYS[3 + i], 'r', spec[2])
+  if new[i] then  -- a new window's counter: it starts at nothing used and ends with its window
+    redis.call('HSET', KEYS[3 + i], 'u', 0)
+    if spec[5] ~= '0' then redis.call('PEXPIRE', KEYS[3 + i], spec[5]) end
+  end
 end
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3] .. ':' .. ARGV[4] .. ':' .. ARGV[5] .. ':' .. ARGV[6])
 redis.call('EXPIRE', KEYS[2], ARGV[8])

@@ -13,7 +13,9 @@ from typing import Any
 import openai
 import pytest
 
+from taximeter.pricing import limits
 from taximeter.store.factory import open_store
+from taximeter.store.redis_gate import RedisGate
 from tests.support.fake_upstream import CHAT, EMBEDDING_TOKENS, FakeUpstream
 from tests.support.metrics import samples, scrape, value
 from tests.support.processes import Deployment
@@ -123,3 +125,78 @@ async def test_two_workers_give_one_coherent_scrape(
             )
     finally:
         await served.stop()
+
+
+async def test_two_processes_hold_one_end_users_limit(
+    aiohttp_server: Any, tmp_path: Path, empty_pg_url: str, redis_prefix: str
+) -> None:
+    """200 calls of one end user through two processes against a token
+    limit per end user with room for about 10: at most the limit plus one
+    estimate is spent, another end user is untouched, and the ledger equals
+    the limit's counter in Redis."""
+    fake = FakeUpstream()
+    upstream = await aiohttp_server(fake.app())
+    settings = {"database_url": empty_pg_url, "redis_url": REDIS_URL, "redis_prefix": redis_prefix}
+    proxies = [Deployment(tmp_path, str(upstream.make_url("/v1")), **settings) for _ in range(2)]
+    declared = tmp_path / "limits.toml"
+    toml = f'[[limits]]\nname = "per-user"\nmetric = "tokens"\nlimit = {LIMIT}\nwindow = "none"\nper = "end_user"\n'
+    await asyncio.to_thread(declared.write_text, toml)
+    try:
+        key = await proxies[0].new_client("acme")
+        await proxies[0].cli("limits", "set", "acme", str(declared))
+        await asyncio.gather(*(p.start() for p in proxies))
+        clients = [openai.AsyncOpenAI(base_url=f"{p.url}/v1", api_key=key, max_retries=0) for p in proxies]
+
+        async def call(i: int, user: str = "+5511900000001") -> str:
+            try:
+                await clients[i % 2].chat.completions.create(
+                    model="gpt-4o",
+                    messages=[{"role": "user", "content": "Hi"}],
+                    max_tokens=MAX_TOKENS,
+                    user=user,
+                )
+                return "admitted"
+            except openai.RateLimitError as exc:
+                assert exc.body["param"] == "per-user"  # type: ignore[index]
+                return "refused"
+
+        results = await in_flight_together(fake, (call(i) for i in range(200)))
+        assert await call(0, user="+5511900000002") == "admitted"  # another end user, its own counter
+        for client in clients:
+            await client.close()
+        await asyncio.gather(*(p.stop() for p in proxies))
+    finally:
+        await asyncio.gather(*(p.stop() for p in proxies))
+
+    admitted = results.count("admitted")
+    store = await open_store(empty_pg_url)
+    try:
+        acme = await store.get_client("acme")
+        assert acme is not None
+        now = datetime.now(UTC)
+        [hold] = limits.holds_for(
+            acme.terms.limits,
+            client_id="acme",
+            model="gpt-4o",
+            end_user="+5511900000001",
+            tokens=0,
+            cost_nanos=0,
+            timezone="UTC",
+            now=now,
+        )
+        ledger_tokens = await store.limit_used(hold, "acme")
+    finally:
+        await store.close()
+    gate = RedisGate.from_url(REDIS_URL, prefix=redis_prefix)
+    try:
+        [counter] = await gate.limit_counters([hold])
+    finally:
+        await gate.close()
+    estimate = 1 + MAX_TOKENS
+    print(
+        f"\nadmitted {admitted} of 200; tokens {ledger_tokens} for a limit of {LIMIT} (bound {LIMIT + estimate})"
+    )
+    assert counter == (ledger_tokens, 0)  # the counter equals the ledger, nothing left reserved
+    assert ledger_tokens == admitted * CALL_TOKENS
+    assert ledger_tokens - LIMIT <= estimate
+    assert 5 <= admitted <= LIMIT // estimate + 1
