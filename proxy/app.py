@@ -38,6 +38,7 @@ from taximeter.proxy.dashboard.formatting import Formatter, locale_for
 from taximeter.proxy.dashboard.pages import load_pages
 from taximeter.proxy.dashboard.sessions import Sessions
 from taximeter.proxy.dashboard.site import dashboard_app
+from taximeter.proxy.exports import ExportSender, Sink
 from taximeter.proxy.gateway.auth import KeyCache
 from taximeter.proxy.gateway.exchange import RateBook
 from taximeter.proxy.gateway.metering import Meter
@@ -125,7 +126,7 @@ def _secrets(settings: Settings) -> list[str]:
     """The configured secrets that must never appear in a log line."""
     found = [settings.admin_token, settings.metrics_token, settings.upstream_api_key]
     found += [upstream.api_key for upstream in settings.upstreams]
-    found += [webhook.secret for webhook in settings.webhooks]
+    found += [webhook.secret for webhook in [*settings.webhooks, *settings.exports]]
     return [secret.get_secret_value() for secret in found if secret is not None]
 
 
@@ -144,6 +145,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         await store.migrate()
         store.observe(app[METRICS].budget_alert)
+        store.export_to([sink.name for sink in app[SETTINGS].exports])  # owed from the next event on
         app[STORE] = store
         yield
     finally:
@@ -248,12 +250,25 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
         timeout_s=settings.webhook_timeout_s,
         retry_max_s=settings.webhook_retry_max_s,
     )
+    exports = ExportSender(
+        store,
+        app[SESSION],
+        [
+            Sink(e.name, e.url, e.secret.get_secret_value(), e.batch_size)
+            for e in settings.exports
+            if e.secret
+        ],
+        clock=clock,
+        timeout_s=settings.webhook_timeout_s,
+        retry_max_s=settings.webhook_retry_max_s,
+    )
     services = Services(
         settings=settings,
         meter=app[METER],
         router=Upstreams(settings.resolved_upstreams(), app[CATALOG].provider_for),
         session=app[SESSION],
         webhooks=webhooks,
+        exports=exports,
         metrics=app[METRICS],
         keys=KeyCache(store, ttl_s=settings.key_cache_s),
     )
@@ -327,6 +342,12 @@ async def _sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+async def _exports_ctx(app: web.Application) -> AsyncIterator[None]:
+    deliver = app[SERVICES].exports.run_forever(app[SETTINGS].sweep_interval_s)
+    async with _background(deliver, "taximeter-exports"):
+        yield
+
+
 async def _webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
     deliver = app[SERVICES].webhooks.run_forever(app[SETTINGS].sweep_interval_s)
     async with _background(deliver, "taximeter-webhooks"):
@@ -354,5 +375,6 @@ _CONTEXTS = (
     _session_ctx,
     _services_ctx,
     _webhooks_ctx,
+    _exports_ctx,
     _sweeper_ctx,
 )

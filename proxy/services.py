@@ -12,6 +12,7 @@ from aiohttp import web
 
 from taximeter.pricing.catalog import Catalog
 from taximeter.proxy.clock import Clock
+from taximeter.proxy.exports import ExportSender
 from taximeter.proxy.gateway.auth import KeyCache
 from taximeter.proxy.gateway.metering import Meter
 from taximeter.proxy.gateway.upstreams import Upstreams
@@ -47,6 +48,7 @@ class Services:
     router: Upstreams
     session: aiohttp.ClientSession
     webhooks: WebhookSender
+    exports: ExportSender
     metrics: Metrics
     keys: KeyCache
     inflight: set[asyncio.Task[Any]] = field(default_factory=set)

@@ -119,6 +119,16 @@ class WebhookSettings(BaseModel):
         return self
 
 
+class ExportSettings(WebhookSettings):
+    """A billing sink (OpenMeter, a warehouse loader): every ledger event is
+    POSTed to it as a CloudEvent, in batches, signed like webhooks."""
+
+    name: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", description="Its name, kept with what it is owed."
+    )
+    batch_size: int = Field(100, ge=1, le=1000, description="Most events in one POST.")
+
+
 class Settings(BaseSettings):
     """Every setting of a taximeter process. See README for the table."""
 
@@ -206,6 +216,9 @@ class Settings(BaseSettings):
     )
     webhooks: list[WebhookSettings] = Field(
         default_factory=list, description="Receivers of budget events (TOML): url and secret."
+    )
+    exports: list[ExportSettings] = Field(
+        default_factory=list, description="Billing sinks (TOML): name, url, secret; each gets every event."
     )
     webhook_timeout_s: float = Field(10.0, gt=0, description="Longest a webhook delivery may take.")
     webhook_retry_max_s: float = Field(

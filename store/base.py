@@ -46,6 +46,7 @@ __all__ = [
     "Directory",
     "DriverErrors",
     "ExchangeRates",
+    "Exports",
     "Gate",
     "HeldReservations",
     "Ledger",
@@ -314,6 +315,33 @@ class Outbox(Protocol):
         """Mark an event delivered, or schedule a retry of its failed webhooks."""
 
 
+class Exports(Protocol):
+    """What each billing sink is owed: every event recorded while the sink
+    is configured (:meth:`export_to`), until the sink has acknowledged it."""
+
+    def export_to(self, sinks: list[str]) -> None:
+        """From now on, owe every recorded event to each of ``sinks``."""
+
+    async def claim_exports(
+        self, sink: str, now: datetime, limit: int, lease: timedelta
+    ) -> tuple[list[UsageEvent], int]:
+        """Up to ``limit`` due events for ``sink``, leased; and their most attempts."""
+
+    async def finish_exports(
+        self,
+        sink: str,
+        request_ids: list[str],
+        *,
+        delivered: bool,
+        retry_at: datetime,
+        error: str | None = None,
+    ) -> None:
+        """Forget what ``sink`` acknowledged, or make it due again at ``retry_at``."""
+
+    async def exports_owed(self, sink: str) -> int:
+        """How many events ``sink`` has not acknowledged."""
+
+
 class DashboardSessions(Protocol):
     """Dashboard sessions, known by the hash of their id."""
 
@@ -336,6 +364,7 @@ class Store(
     LedgerReads,
     HeldReservations,
     Outbox,
+    Exports,
     DashboardSessions,
     Protocol,
 ):

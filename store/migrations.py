@@ -224,6 +224,26 @@ MIGRATIONS.append(
     )
 )
 
+MIGRATIONS.append(
+    (
+        9,
+        [
+            # What each billing sink is owed: a row per (sink, event), written
+            # in the transaction that records the event and deleted once the
+            # sink has it (the durable outbox of exports).
+            """CREATE TABLE export_outbox (
+                sink TEXT NOT NULL,
+                request_id TEXT NOT NULL,
+                next_attempt_at {time} NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                last_error TEXT,
+                PRIMARY KEY (sink, request_id)
+            )""",
+            "CREATE INDEX export_outbox_due ON export_outbox (sink, next_attempt_at)",
+        ],
+    )
+)
+
 LATEST = MIGRATIONS[-1][0]
 
 

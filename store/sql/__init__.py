@@ -8,7 +8,8 @@ and Postgres behave identically.
 :class:`SqlStore` is composed of one part per thing the store holds, each in
 its own module: :mod:`.directory` (clients and keys), :mod:`.budgets`,
 :mod:`.ledger`, :mod:`.money_terms` (exchange rates and credits),
-:mod:`.reservations` (store-held), :mod:`.outbox` and :mod:`.sessions`; they
+:mod:`.reservations` (store-held), :mod:`.outbox` (alerts), :mod:`.exports`
+(billing sinks) and :mod:`.sessions`; they
 share :mod:`.core` (connections, dialect, schema), :mod:`.rows` (rows to
 models) and :mod:`.budget_writes` (locked budget writes).
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 from taximeter.store.sql.budgets import SqlBudgets
 from taximeter.store.sql.core import Conn, Dialect
 from taximeter.store.sql.directory import SqlDirectory
+from taximeter.store.sql.exports import SqlExports
 from taximeter.store.sql.ledger import SqlLedger, sanitised
 from taximeter.store.sql.money_terms import SqlMoneyTerms
 from taximeter.store.sql.outbox import SqlOutbox
@@ -28,5 +30,7 @@ from taximeter.store.sql.sessions import SqlSessions
 __all__ = ["EVENT_COLUMNS", "Conn", "Dialect", "SqlStore", "sanitised"]
 
 
-class SqlStore(SqlDirectory, SqlBudgets, SqlMoneyTerms, SqlLedger, SqlReservations, SqlOutbox, SqlSessions):
+class SqlStore(
+    SqlDirectory, SqlBudgets, SqlMoneyTerms, SqlLedger, SqlReservations, SqlOutbox, SqlExports, SqlSessions
+):
     """:class:`~taximeter.store.base.Store` over any :class:`Dialect`."""

@@ -21,6 +21,7 @@ from taximeter.store.sql.rows import EVENT_COLUMNS, event_from_row
 
 __all__ = ["SqlLedger", "limit_used_in", "sanitised"]
 
+_EXPORT_ROWS_PER_INSERT = 500  # 3 values a row, far below SQLite's 32,766 variables
 _GROUPS = {"api_type": "api_type", "model": "model", "end_user": "COALESCE(end_user, '')"}
 
 
@@ -40,6 +41,7 @@ class SqlLedger(BudgetWrites):
         events = [sanitised(e) for e in events]
         async with self.transaction() as conn:
             inserted = await self._insert_events(conn, events)
+            await self._owe_exports(conn, [e for e in events if e.request_id in inserted])
             budgets_in_batch: dict[str, tuple[BudgetState | None, BudgetState | None]] = {}
             last_seen: datetime | None = None
             for event in events:
@@ -64,6 +66,28 @@ class SqlLedger(BudgetWrites):
                 if original is not None and final is not None and final is not original:
                     await self._write_budget(conn, original, final, last_seen or final.period_start)
         return results
+
+    # The billing sinks every recorded event is owed to (``exports``); set at start-up.
+    export_sinks: tuple[str, ...] = ()
+
+    def export_to(self, sinks: list[str]) -> None:
+        self.export_sinks = tuple(sinks)
+
+    async def _owe_exports(self, conn: Conn, events: list[UsageEvent]) -> None:
+        """One outbox row per sink and event, in the transaction that records them."""
+        rows = [
+            (sink, e.request_id, self.dialect.time_in(e.created_at))
+            for e in events
+            for sink in self.export_sinks
+        ]
+        for start in range(0, len(rows), _EXPORT_ROWS_PER_INSERT):
+            chunk = rows[start : start + _EXPORT_ROWS_PER_INSERT]
+            await conn.execute(
+                "INSERT INTO export_outbox (sink, request_id, next_attempt_at) VALUES "
+                + ", ".join(["(?, ?, ?)"] * len(chunk))
+                + " ON CONFLICT (sink, request_id) DO NOTHING",
+                *(value for row in chunk for value in row),
+            )
 
     @abstractmethod
     async def _insert_events(self, conn: Conn, events: list[UsageEvent]) -> set[str]:
