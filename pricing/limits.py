@@ -25,6 +25,7 @@ from taximeter.pricing.models import RATE_WINDOWS, Hold, Limit
 from taximeter.pricing.money import NANO, parse_money, to_nanos
 
 __all__ = [
+    "ALERT_THRESHOLDS",
     "METRICS",
     "RATE_WINDOWS",
     "WINDOWS",
@@ -32,6 +33,9 @@ __all__ = [
     "Hold",
     "Limit",
     "admission",
+    "alert_id",
+    "alert_payload",
+    "crossed",
     "end_user_tag",
     "holds_for",
     "limit_json",
@@ -162,6 +166,45 @@ def status_json(hold: Hold, used: int, reserved: int, declared: Limit) -> dict[s
         "remaining": _nanos_text(remaining) if money else remaining,
         "resets_at": None if hold.window_end is None else hold.window_end.isoformat().replace("+00:00", "Z"),
     }
+
+
+ALERT_THRESHOLDS = (Decimal("0.8"), Decimal("0.9"), Decimal("1"))
+
+
+def crossed(hold: Hold, used: int, added: int) -> list[Decimal]:
+    """The alert thresholds a spend cap of a day or longer, per client,
+    crossed when ``added`` brought it to ``used``."""
+    limit = hold.limit
+    if limit.per != "client" or limit.rate or limit.metric == "concurrent":
+        return []
+    return [t for t in ALERT_THRESHOLDS if used - added < t * limit.limit <= used]
+
+
+def alert_payload(
+    client_id: str, hold: Hold, threshold: Decimal, used: int, alert_id: str, now: datetime
+) -> dict[str, Any]:
+    """The webhook body of a limit's threshold crossed (``limit.threshold``)."""
+    limit = hold.limit
+    money = limit.metric == "cost"
+    return {
+        "id": alert_id,
+        "type": "limit.threshold",
+        "client_id": client_id,
+        "limit": limit.name,
+        "metric": limit.metric,
+        "window": limit.window,
+        "threshold": float(threshold),
+        "used": _nanos_text(used) if money else used,
+        "limit_value": _nanos_text(limit.limit) if money else limit.limit,
+        "window_start": hold.window_start.isoformat().replace("+00:00", "Z"),
+        "resets_at": None if hold.window_end is None else hold.window_end.isoformat().replace("+00:00", "Z"),
+        "created_at": now.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+    }
+
+
+def alert_id(client_id: str, hold: Hold, threshold: Decimal) -> str:
+    """One id per client, limit, window and threshold: an alert fires once however many processes see it."""
+    return f"lim_{client_id}_{hold.limit.name}_{int(hold.window_start.timestamp())}_{threshold.normalize()}"
 
 
 def _nanos_text(nanos: int) -> str:

@@ -118,6 +118,13 @@ class Metrics:
             multiprocess_mode="mostrecent",
             registry=registry,
         )
+        self.limit_used_ratio = Gauge(
+            "taximeter_limit_used_ratio",
+            "Share of a per-client limit used in its window (1.0 = at the limit).",
+            ["client", "limit"],
+            multiprocess_mode="mostrecent",
+            registry=registry,
+        )
         self.rejections = Counter(
             "taximeter_rejections", "Calls refused.", ["client", "reason"], registry=registry
         )
@@ -213,6 +220,12 @@ class Metrics:
         if event.kind == "threshold" and event.threshold is not None:
             threshold = format(Decimal(event.threshold).normalize(), "f")
             self.alerts.labels(event.client_id, threshold, event.metric or "").inc()
+
+    def limit_used(self, client_id: str, limit: str, ratio: float) -> None:
+        self.limit_used_ratio.labels(client_id, limit).set(ratio)
+
+    def limit_alert(self, client_id: str, limit: str, threshold: str) -> None:
+        self.alerts.labels(client_id, threshold, f"limit:{limit}").inc()
 
     def rejection(self, client_id: str, reason: str) -> None:
         self.rejections.labels(client_id, reason).inc()

@@ -306,6 +306,11 @@ class Outbox(Protocol):
     built by :func:`taximeter.pricing.budgets.alert_payload` when the event
     is written; the outbox only keeps and hands out that JSON."""
 
+    async def enqueue_alert_once(
+        self, alert_id: str, client_id: str, kind: str, payload: str, now: datetime
+    ) -> bool:
+        """Put an event in the outbox unless ``alert_id`` is there already; whether it was put."""
+
     async def claim_alerts(self, now: datetime, limit: int, lease: timedelta) -> list[OutboxItem]:
         """Due, undelivered budget events, each leased to the caller for ``lease``."""
 
@@ -400,7 +405,7 @@ class Gate(Protocol):
 
     async def settle(
         self, event: UsageEvent, cost_nanos: int, now: datetime, *, keep_until: datetime | None = None
-    ) -> None:
+    ) -> dict[str, int]:
         """Release the call's reservation (if still held) and add its actual
         usage, pausing at a limit, atomically. A copy that is missing or whose
         period has ended gets nothing added: it is rebuilt from the store.
@@ -408,7 +413,10 @@ class Gate(Protocol):
         With ``keep_until``, a gate that outlives this process also keeps the
         event itself until :meth:`recorded` says the store has it; if that never
         comes (the process died first), :meth:`claim_unrecorded` hands it out
-        after ``keep_until``, so a call already counted is never lost."""
+        after ``keep_until``, so a call already counted is never lost.
+
+        Answers what each limit counter the call held has used now, by the
+        hold's key (counters the gate does not keep are left out)."""
 
     async def recorded(self, events: list[UsageEvent]) -> None:
         """The store holds these events: forget the copies kept by :meth:`settle`."""

@@ -89,21 +89,24 @@ class LocalGate:
 
     async def settle(
         self, event: UsageEvent, cost_nanos: int, now: datetime, *, keep_until: datetime | None = None
-    ) -> None:
+    ) -> dict[str, int]:
         # keep_until is moot: this copy dies with the process that would record the event.
         held = self._take(event.client_id, event.request_id)
+        counted = {}
         for hold in () if held is None else held.holds:
             counter = self._counters.get(hold.key)
             if counter is not None:
                 counter[0] += hold.used_by(event.tokens, cost_nanos)
+                counted[hold.key] = counter[0]
         state = self._states.get(event.client_id)
         if state is None:
-            return
+            return counted
         boundary = budgets.next_reset(state)
         if boundary is not None and now >= boundary:
             self._states.pop(event.client_id, None)  # rebuilt from the store on the next admission
-            return
+            return counted
         self._states[event.client_id] = budgets.apply_usage(state, event.tokens, cost_nanos)
+        return counted
 
     async def release(self, client_id: str, request_id: str) -> None:
         self._take(client_id, request_id)

@@ -273,12 +273,18 @@ class RedisGate:
 
     async def settle(
         self, event: UsageEvent, cost_nanos: int, now: datetime, *, keep_until: datetime | None = None
-    ) -> None:
+    ) -> dict[str, int]:
         member = f"{event.client_id}/{event.request_id}"
         args: list[Any] = [_ms(now), event.request_id, event.tokens, cost_nanos, member]
         if keep_until is not None:
             args += [event.to_json(), _ms(keep_until)]
-        await self._run(self._settle, [*self._keys(event.client_id), *self._unrecorded_keys()], args)
+        reply = await self._run(self._settle, [*self._keys(event.client_id), *self._unrecorded_keys()], args)
+        counted = reply if isinstance(reply, list) else []
+        skip = len(self._prefix) + len("lim:")  # answered by the hold's key, as the caller knows it
+        return {
+            (key.decode() if isinstance(key, bytes) else key)[skip:]: int(used)
+            for key, used in zip(counted[::2], counted[1::2], strict=True)
+        }
 
     def _unrecorded_keys(self) -> list[str]:
         return [f"{self._prefix}unrecorded", f"{self._prefix}unrecorded:due"]

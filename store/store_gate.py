@@ -31,8 +31,8 @@ class StoreGate:
 
     async def settle(
         self, event: UsageEvent, cost_nanos: int, now: datetime, *, keep_until: datetime | None = None
-    ) -> None:
-        return None  # the ledger's record of the call swaps the row for its usage
+    ) -> dict[str, int]:
+        return {}  # the ledger's record of the call swaps the row for its usage
 
     async def recorded(self, events: list[UsageEvent]) -> None:
         return None

@@ -20,7 +20,7 @@ __all__ = ["LedgerFeedback"]
 
 log = logging.getLogger("taximeter.metering")
 
-Count = Callable[[UsageEvent, int], Awaitable[None]]  # add an event (ledger sequence) to the gate's copy
+Count = Callable[[UsageEvent, int], Awaitable[object]]  # add an event (ledger sequence) to the gate's copy
 
 
 class LedgerFeedback:

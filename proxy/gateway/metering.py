@@ -27,7 +27,7 @@ from typing import Protocol
 
 from taximeter.pricing import limits
 from taximeter.pricing.catalog import Catalog, ModelPrice
-from taximeter.pricing.models import BudgetState, Reservation, Terms, UsageEvent
+from taximeter.pricing.models import BudgetState, Hold, Reservation, Terms, UsageEvent
 from taximeter.pricing.money import to_nanos
 from taximeter.proxy.clock import Clock, system_clock
 from taximeter.proxy.errors import (
@@ -40,7 +40,7 @@ from taximeter.proxy.errors import (
 from taximeter.proxy.gateway.exchange import RateBook
 from taximeter.proxy.gateway.held import HeldCalls
 from taximeter.proxy.gateway.ledger_feedback import LedgerFeedback
-from taximeter.store.base import Admission, Budgets, Gate, LedgerReads, StoreUnavailable
+from taximeter.store.base import Admission, Budgets, Gate, LedgerReads, Outbox, StoreUnavailable
 from taximeter.store.ledger import LedgerWriter
 
 __all__ = ["Meter"]
@@ -56,9 +56,9 @@ _REBUILD_ATTEMPTS = 3
 _NO_TERMS = Terms()
 
 
-class MeterStore(Budgets, LedgerReads, Protocol):
-    """What the meter reads and writes of the store: budgets, and the ledger's
-    count of a limit whose counter the gate lost."""
+class MeterStore(Budgets, LedgerReads, Outbox, Protocol):
+    """What the meter reads and writes of the store: budgets, the ledger's
+    count of a limit whose counter the gate lost, and the alerts of limits."""
 
 
 class Meter:
@@ -300,28 +300,38 @@ class Meter:
         except StoreUnavailable as exc:
             raise MeteringUnavailable("the budget store is unreachable; try again shortly") from exc
 
-    async def settle(self, event: UsageEvent) -> None:
+    async def settle(self, event: UsageEvent) -> list[tuple[Hold, int]]:
         """Swap the call's reservation for ``event`` in the gate, then queue
-        ``event`` for the ledger (whose record also frees a store-held one)."""
-        self.held.pop(event.client_id, event.request_id)
+        ``event`` for the ledger (whose record also frees a store-held one).
+        Answers each limit the call held with what it has used now (where the
+        gate keeps its counter)."""
+        held = self.held.pop(event.client_id, event.request_id)
         # Ledger first: a rebuild that starts from here on flushes this event
         # into what it reads, or finds it deferred.
         sequence = await self.ledger.submit(event)
-        await self._count(event, sequence, keep_until=self.clock() + self.record_grace)
+        counted = await self._count(event, sequence, keep_until=self.clock() + self.record_grace)
+        holds = () if held is None else held.reservation.holds
+        return [(hold, counted[hold.key]) for hold in holds if hold.key in counted]
 
-    async def _count(self, event: UsageEvent, sequence: int, *, keep_until: datetime | None = None) -> None:
+    async def _count(
+        self, event: UsageEvent, sequence: int, *, keep_until: datetime | None = None
+    ) -> dict[str, int]:
         """Add ``event`` (ledger ``sequence``) to the gate's copy of its budget;
-        kept there until ``keep_until`` unless the ledger says it is durable."""
+        kept there until ``keep_until`` unless the ledger says it is durable.
+        What the gate's limit counters the call held have used now."""
         deferred = self._deferred.get(event.client_id)
         if deferred is not None:  # its copy is being rebuilt: applied once it is loaded
             deferred.append((sequence, event))
-            return
+            return {}
         try:
-            await self.gate.settle(event, to_nanos(event.cost), event.created_at, keep_until=keep_until)
+            return await self.gate.settle(
+                event, to_nanos(event.cost), event.created_at, keep_until=keep_until
+            )
         except StoreUnavailable as exc:
             # The store still records it; the gate's copy is rebuilt on its next miss.
             log.warning("gate_settle_failed", extra={"client": event.client_id, "error": str(exc)})
             self.mark_stale(event.client_id)
+            return {}
 
     async def release(self, client_id: str, request_id: str) -> None:
         """Drop a reservation whose call was never forwarded, from every gate

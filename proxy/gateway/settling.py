@@ -22,6 +22,7 @@ from taximeter.pricing.money import money_text
 from taximeter.pricing.usage import Usage
 from taximeter.proxy.gateway.endpoints import Endpoint
 from taximeter.proxy.gateway.forms import Form
+from taximeter.proxy.gateway.limit_watch import watch_limits
 from taximeter.proxy.gateway.upstreams import Upstream
 from taximeter.proxy.services import Services
 
@@ -105,8 +106,10 @@ async def settle(services: Services, call: Call, usage: Usage, status: int) -> N
     event = event_of(services, call, usage, status)
     call.settled = True
     call.upstream_ended = call.upstream_ended or time.monotonic()
-    await services.meter.settle(event)
+    counted = await services.meter.settle(event)
     services.metrics.call(event)
+    if counted:
+        await watch_limits(services, event, counted)
     log.info(
         "request_metered",
         extra={
@@ -137,8 +140,10 @@ async def settle_unaccounted(services: Services, call: Call) -> None:
     call.settled = True
     event = replace(call.estimate, status=CLIENT_CLOSED, estimated=True, created_at=services.meter.clock())
     log.warning("call_unaccounted", extra={"request_id": call.request_id, "client": call.client_id})
-    await services.meter.settle(event)
+    counted = await services.meter.settle(event)
     services.metrics.call(event)
+    if counted:
+        await watch_limits(services, event, counted)
 
 
 async def record_failure(services: Services, call: Call, status: int) -> None:

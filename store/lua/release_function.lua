@@ -26,8 +26,10 @@ local function release(budget, held, expiry, request_id, member)
   return v
 end
 -- Add what a call used to each limit it held (only to counters still there:
--- one gone with its window, or lost, is counted again from the ledger).
+-- one gone with its window, or lost, is counted again from the ledger); each
+-- counter's key and what it has used now, flat.
 local function count_holds(v, tokens, cost, estimated)
+  local counted = {}
   for key, amount, metric in string.gmatch(holds_of(v), '(%S+) (%d+) (%a)') do
     local used = '0'
     if estimated then used = amount
@@ -35,6 +37,10 @@ local function count_holds(v, tokens, cost, estimated)
     elseif metric == 'c' then used = cost
     elseif metric == 'q' then used = '1' end
     if metric == 'n' then used = '0' end
-    if used ~= '0' and redis.call('EXISTS', key) == 1 then redis.call('HINCRBY', key, 'u', used) end
+    if redis.call('EXISTS', key) == 1 then
+      counted[#counted + 1] = key
+      counted[#counted + 1] = redis.call('HINCRBY', key, 'u', used)
+    end
   end
+  return counted
 end

@@ -44,6 +44,24 @@ class SqlOutbox(SqlBase):
             for r in rows
         ]
 
+    async def enqueue_alert_once(
+        self, alert_id: str, client_id: str, kind: str, payload: str, now: datetime
+    ) -> bool:
+        """Put an event in the outbox unless one with ``alert_id`` is there
+        already; whether it was put (so it fires once across processes)."""
+        async with self.transaction() as conn:
+            touched = await conn.execute(
+                "INSERT INTO alert_outbox (id, client_id, kind, payload, created_at, next_attempt_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                alert_id,
+                client_id,
+                kind,
+                payload,
+                self.dialect.time_in(now),
+                self.dialect.time_in(now),
+            )
+        return bool(touched)
+
     async def finish_alert(
         self, item: OutboxItem, failed_urls: list[str], now: datetime, retry_at: datetime, error: str | None
     ) -> None:

@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 import openai
+import orjson
 import pytest
 
 from tests.support.clock import FakeClock
@@ -204,3 +205,26 @@ async def test_the_tenant_sees_its_limits_in_its_status(proxy: Harness) -> None:
         body = await resp.json()
     [limit] = body["limits"]
     assert (limit["name"], limit["used"], limit["remaining"]) == ("tpm", CALL_TOKENS, 10_000 - CALL_TOKENS)
+
+
+async def test_a_spend_caps_thresholds_fire_once_and_its_gauge_follows(proxy: Harness) -> None:
+    """Ten calls against a daily cap of ten: 80%, 90% and 100% each fire once
+    (a webhook event in the outbox, an alert counted), the gauge reads 1.0."""
+    key = await proxy.new_client("acme")
+    await set_limits(
+        proxy, "acme", {"name": "day", "metric": "tokens", "limit": 10 * CALL_TOKENS, "window": "daily"}
+    )
+    for _ in range(10):
+        await chat(proxy, key)
+    store: Any = proxy.services.meter.store
+    fired = [orjson.loads(item.payload) for item, _ in await store.list_alerts("acme")]
+    assert [(a["type"], a["limit"], a["threshold"]) for a in fired] == [
+        ("limit.threshold", "day", 0.8),
+        ("limit.threshold", "day", 0.9),
+        ("limit.threshold", "day", 1.0),
+    ]
+    assert fired[-1]["used"] == 10 * CALL_TOKENS and fired[-1]["resets_at"].endswith("T00:00:00Z")
+    async with proxy.http.get(f"{proxy.url}/metrics") as resp:
+        text = await resp.text()
+    assert 'taximeter_limit_used_ratio{client="acme",limit="day"} 1.0' in text
+    assert 'taximeter_alerts_total{client="acme",metric="limit:day",threshold="0.9"} 1.0' in text

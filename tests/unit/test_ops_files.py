@@ -25,6 +25,7 @@ METRICS = {
     "taximeter_budget_paused",
     "taximeter_rejections_total",
     "taximeter_alerts_total",
+    "taximeter_limit_used_ratio",
     "taximeter_upstream_seconds",
     "taximeter_overhead_seconds",
     "taximeter_ledger_pending_events",
@@ -48,7 +49,7 @@ def test_promtool_accepts_the_alert_rules() -> None:
         [promtool(), "check", "rules", str(ROOT / "config" / "alerts.yml")], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 5 rules found" in result.stdout
+    assert "SUCCESS: 6 rules found" in result.stdout
 
 
 def test_alert_rules_cover_the_issue_and_use_real_metrics() -> None:
@@ -56,6 +57,7 @@ def test_alert_rules_cover_the_issue_and_use_real_metrics() -> None:
     exprs = " ".join(r["expr"] for r in rules)
     assert metric_names(exprs) <= METRICS
     assert "taximeter_budget_used_ratio) >= 0.9" in exprs and "taximeter_budget_paused" in exprs
+    assert "taximeter_limit_used_ratio) >= 0.9" in exprs
     assert "taximeter_ledger_pending_events" in exprs and 'status=~"5..|499"' in exprs
 
 
