@@ -13,9 +13,10 @@ from taximeter.pricing.models import BudgetState, Client
 from taximeter.proxy.dashboard.budget_form import form_from_state, parse_budget_form
 from taximeter.proxy.dashboard.cards import Card, build_card, order_cards
 from taximeter.proxy.dashboard.dashboard import Dashboard, form_fields, page, redirect
+from taximeter.proxy.dashboard.limits_form import form_from_limits, parse_limits_form, rows_from_form
 from taximeter.proxy.dashboard.sessions import Session
 from taximeter.proxy.dashboard.usage import USAGE_DAYS
-from taximeter.proxy.errors import InvalidInput, NotFoundError, TaximeterError
+from taximeter.proxy.errors import ConflictError, InvalidInput, NotFoundError, TaximeterError
 from taximeter.proxy.operations import Operations
 
 __all__ = [
@@ -32,6 +33,7 @@ RECENT_EVENTS = 50
 # What a redirect after an action says; only these fixed texts are shown.
 DONE = {
     "budget": "Budget saved.",
+    "limits": "Limits saved.",
     "reset": "Budget reset: counting starts again now.",
     "pause": "Client paused.",
     "resume": "Client resumed.",
@@ -108,6 +110,7 @@ async def _client_page(
     values: dict[str, str] | None = None,
     errors: dict[str, str] | None = None,
     new_key: str | None = None,
+    limit_rows: list[dict[str, str]] | None = None,
 ) -> web.Response:
     ops = dash.ops
     client = await ops.client(request.match_info["client_id"])
@@ -126,6 +129,8 @@ async def _client_page(
         values=values or form_from_state(state, ops.timezone),
         errors=errors or {},
         new_key=new_key,
+        limits=await ops.limits(client.id),
+        limit_rows=limit_rows or form_from_limits(client.terms.limits),
         done=DONE.get(request.query.get("done", "")),
         fmt=dash.fmt,
         currency=state.config.currency if state is not None else ops.currency,
@@ -142,6 +147,19 @@ async def _budget_or_none(ops: Operations, client_id: str) -> BudgetState | None
 @page
 async def client_page(request: web.Request, dash: Dashboard, session: Session) -> web.StreamResponse:
     return await _client_page(request, dash, session)
+
+
+@page
+async def save_limits(request: web.Request, dash: Dashboard, session: Session) -> web.StreamResponse:
+    client_id = request.match_info["client_id"]
+    form = await form_fields(request)
+    try:
+        await dash.ops.set_limits(client_id, parse_limits_form(form))
+    except (InvalidInput, ConflictError) as exc:
+        rows = rows_from_form(form)
+        errors = {exc.param or "limits": exc.message}
+        return await _client_page(request, dash, session, status=422, errors=errors, limit_rows=rows)
+    return redirect(f"/dashboard/clients/{client_id}?done=limits")
 
 
 @page

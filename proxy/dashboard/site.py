@@ -84,6 +84,7 @@ def dashboard_app() -> web.Application:
             web.post("/clients", clients.create_client),
             web.get(client, clients.client_page),
             web.post(f"{client}/budget", clients.save_budget),
+            web.post(f"{client}/limits", clients.save_limits),
             web.post(client + "/budget/{action:reset|pause|resume|delete}", clients.budget_action),
             web.post(f"{client}/keys", clients.create_key),
             web.post(client + "/keys/{prefix}/revoke", clients.revoke_key),

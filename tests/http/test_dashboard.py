@@ -437,3 +437,41 @@ async def test_a_form_over_the_body_limit_is_a_page_not_json(make_proxy: Any) ->
         assert "too large" in page.plain()
     finally:
         await browser.close()
+
+
+async def test_the_client_page_shows_and_edits_limits_with_errors_beside_their_fields(
+    proxy: Harness, operator: Browser
+) -> None:
+    key = await proxy.new_client("acme")
+    await operator.get("/dashboard/clients/acme")
+    rows = {
+        "limit-0-name": "per-user",
+        "limit-0-metric": "cost",
+        "limit-0-limit": "2.50",
+        "limit-0-window": "daily",
+        "limit-0-per": "end_user",
+        "limit-0-models": "",
+        "limit-1-name": "rpm",
+        "limit-1-metric": "requests",
+        "limit-1-limit": "abc",
+        "limit-1-window": "minute",
+        "limit-1-per": "client",
+        "limit-1-models": "gpt-4o*, gpt-5*",
+        "limit-2-name": "",
+    }
+    page = await operator.post("/dashboard/clients/acme/limits", rows)
+    assert page.status == 422 and 'id="limits[1].limit-error"' in page.text
+    assert 'value="abc"' in page.text  # the rows come back as sent
+    _, shown = await proxy.admin("GET", "/admin/clients/acme/limits")
+    assert shown["data"] == []  # nothing half-written
+    page = await operator.post("/dashboard/clients/acme/limits", {**rows, "limit-1-limit": "60"})
+    assert (page.status, page.location) == (303, "/dashboard/clients/acme?done=limits")
+    await chat(proxy, key)
+    page = await operator.get("/dashboard/clients/acme")
+    assert 'data-limit="per-user"' in page.text and 'data-limit="rpm"' in page.text
+    assert "1 / 60" in page.text  # the call counted on the request limit
+    _, shown = await proxy.admin("GET", "/admin/clients/acme/limits")
+    assert [(x["name"], x["limit"], x["models"]) for x in shown["data"]] == [
+        ("per-user", "2.5", None),
+        ("rpm", 60, ["gpt-4o*", "gpt-5*"]),
+    ]
