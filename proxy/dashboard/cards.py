@@ -5,13 +5,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from taximeter.pricing import budgets
 from taximeter.pricing.models import BudgetState, Client
 from taximeter.pricing.money import from_nanos
 from taximeter.proxy.dashboard.formatting import Formatter
 
-__all__ = ["API_TYPES", "Bar", "Card", "build_card", "order_cards"]
+__all__ = ["API_TYPES", "Bar", "Card", "binding_bar", "build_card", "order_cards"]
 
 # Every kind of call the proxy meters, in the order the cards list them.
 API_TYPES = ("chat", "vision", "tts", "whisper", "embeddings", "image")
@@ -48,6 +49,28 @@ class Card:
     pause_reason: str | None = None
     next_reset: str | None = None
     spend: tuple[tuple[str, str], ...] = ()
+    binding: Bar | None = None  # the limit beside the budget nearest to being reached
+
+
+def binding_bar(shown: list[dict[str, Any]]) -> Bar | None:
+    """Of a client's limits as ``Operations.limits`` shows them, the one most
+    used (what would refuse its calls first), as a bar."""
+    best: tuple[float, dict[str, Any]] | None = None
+    for limit in shown:
+        percent = 100 * float(Decimal(str(limit["used"])) / Decimal(str(limit["limit"])))
+        if best is None or percent > best[0]:
+            best = (percent, limit)
+    if best is None:
+        return None
+    percent, limit = best
+    return Bar(
+        label=f"limit {limit['name']} ({limit['window']})",
+        used=str(limit["used"]),
+        limit=str(limit["limit"]),
+        percent=percent,
+        percent_text=f"{percent:.0f}%",
+        level=budgets.level_of(percent),
+    )
 
 
 def build_card(

@@ -4,6 +4,7 @@ with the forms that change a client: budget, reset, pause, resume, keys."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import timedelta
 
 from aiohttp import web
@@ -11,7 +12,7 @@ from aiohttp import web
 from taximeter.pricing import budgets
 from taximeter.pricing.models import BudgetState, Client
 from taximeter.proxy.dashboard.budget_form import form_from_state, parse_budget_form
-from taximeter.proxy.dashboard.cards import Card, build_card, order_cards
+from taximeter.proxy.dashboard.cards import Card, binding_bar, build_card, order_cards
 from taximeter.proxy.dashboard.dashboard import Dashboard, form_fields, page, redirect
 from taximeter.proxy.dashboard.limits_form import form_from_limits, parse_limits_form, rows_from_form
 from taximeter.proxy.dashboard.sessions import Session
@@ -51,7 +52,10 @@ async def _card(dash: Dashboard, client: Client, state: BudgetState | None) -> C
     ops = dash.ops
     since = state.period_start if state is not None else ops.clock() - timedelta(days=USAGE_DAYS)
     spend = await ops.spend_by_api_type(client.id, since)
-    return build_card(client, state, spend, dash.fmt, ops.currency)
+    card = build_card(client, state, spend, dash.fmt, ops.currency)
+    if client.terms.limits:
+        card = replace(card, binding=binding_bar(await ops.limits(client.id)))
+    return card
 
 
 async def _cards(dash: Dashboard, clients: list[Client], query: str) -> list[Card]:

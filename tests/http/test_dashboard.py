@@ -470,6 +470,8 @@ async def test_the_client_page_shows_and_edits_limits_with_errors_beside_their_f
     page = await operator.get("/dashboard/clients/acme")
     assert 'data-limit="per-user"' in page.text and 'data-limit="rpm"' in page.text
     assert "1 / 60" in page.text  # the call counted on the request limit
+    overview = await operator.get("/dashboard")
+    assert 'class="binding-limit"' in overview.text and "limit rpm (minute)" in overview.text  # 1/60 > 0/2.5
     _, shown = await proxy.admin("GET", "/admin/clients/acme/limits")
     assert [(x["name"], x["limit"], x["models"]) for x in shown["data"]] == [
         ("per-user", "2.5", None),
