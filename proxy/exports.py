@@ -15,7 +15,6 @@ send it twice.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
@@ -27,8 +26,8 @@ import orjson
 from taximeter.pricing.models import UsageEvent
 from taximeter.proxy.api_shapes import event_json, rfc3339
 from taximeter.proxy.clock import Clock
-from taximeter.proxy.webhooks import signature
-from taximeter.store.base import Exports, StoreUnavailable
+from taximeter.proxy.delivery import Sender
+from taximeter.store.base import Exports
 
 __all__ = ["CONTENT_TYPE", "ExportSender", "Sink", "cloudevent"]
 
@@ -60,7 +59,9 @@ def cloudevent(event: UsageEvent) -> dict[str, Any]:
     }
 
 
-class ExportSender:
+class ExportSender(Sender):
+    kind = "export"
+
     def __init__(
         self,
         store: Exports,
@@ -71,12 +72,9 @@ class ExportSender:
         timeout_s: float = 10.0,
         retry_max_s: float = 300.0,
     ) -> None:
+        super().__init__(session, clock=clock, timeout_s=timeout_s, retry_max_s=retry_max_s)
         self._store = store
-        self._session = session
         self._sinks = sinks
-        self._clock = clock
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._retry_max = retry_max_s
 
     async def deliver_due(self) -> int:
         """Send every sink what it is owed and is due; the events delivered."""
@@ -93,10 +91,11 @@ class ExportSender:
             )
             if not events:
                 return delivered
-            error = await self._post(sink, events)
+            body = orjson.dumps([cloudevent(e) for e in events])
+            error = await self.post(sink.url, sink.secret, body, {"Content-Type": CONTENT_TYPE})
             now = self._clock()
             ids = [e.request_id for e in events]
-            backoff = timedelta(seconds=min(2 ** (attempts + 1), self._retry_max))
+            backoff = self.backoff(attempts)
             await self._store.finish_exports(
                 sink.name, ids, delivered=error is None, retry_at=now + backoff, error=error
             )
@@ -107,34 +106,10 @@ class ExportSender:
                         "sink": sink.name,
                         "events": len(ids),
                         "error": error,
-                        "retry_in_s": backoff.seconds,
+                        "retry_in_s": backoff.total_seconds(),
                     },
                 )
                 return delivered
             delivered += len(ids)
             if len(events) < sink.batch_size:
                 return delivered
-
-    async def _post(self, sink: Sink, events: list[UsageEvent]) -> str | None:
-        body = orjson.dumps([cloudevent(e) for e in events])
-        headers = {
-            "Content-Type": CONTENT_TYPE,
-            "X-Taximeter-Signature": signature(sink.secret, body, int(self._clock().timestamp())),
-        }
-        try:
-            async with self._session.post(
-                sink.url, data=body, headers=headers, timeout=self._timeout
-            ) as resp:
-                return None if 200 <= resp.status < 300 else f"HTTP {resp.status}"
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            return type(exc).__name__
-
-    async def run_forever(self, interval_s: float) -> None:
-        while True:
-            await asyncio.sleep(interval_s)
-            try:
-                await self.deliver_due()
-            except StoreUnavailable as exc:
-                log.warning("export_delivery_paused", extra={"error": str(exc)})
-            except Exception:
-                log.exception("export_delivery_failed")

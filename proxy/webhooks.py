@@ -11,8 +11,6 @@ processes sending at once do not send it twice.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
@@ -21,9 +19,10 @@ import aiohttp
 
 from taximeter.pricing.models import OutboxItem
 from taximeter.proxy.clock import Clock
-from taximeter.store.base import Outbox, StoreUnavailable
+from taximeter.proxy.delivery import Sender, signature
+from taximeter.store.base import Outbox
 
-__all__ = ["Webhook", "WebhookSender", "signature"]
+__all__ = ["Webhook", "WebhookSender", "signature"]  # signature: kept where tests and users look for it
 
 log = logging.getLogger("taximeter.webhooks")
 
@@ -37,13 +36,9 @@ class Webhook:
     secret: str
 
 
-def signature(secret: str, body: bytes, timestamp: int) -> str:
-    """The ``X-Taximeter-Signature`` value of ``body`` sent at ``timestamp``."""
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={mac}"
+class WebhookSender(Sender):
+    kind = "webhook"
 
-
-class WebhookSender:
     def __init__(
         self,
         store: Outbox,
@@ -54,12 +49,9 @@ class WebhookSender:
         timeout_s: float = 10.0,
         retry_max_s: float = 300.0,
     ) -> None:
+        super().__init__(session, clock=clock, timeout_s=timeout_s, retry_max_s=retry_max_s)
         self._store = store
-        self._session = session
         self._webhooks = {w.url: w for w in webhooks}
-        self._clock = clock
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._retry_max = retry_max_s
 
     async def deliver_due(self) -> int:
         """Send every event that is due; the number delivered to all its webhooks."""
@@ -78,39 +70,17 @@ class WebhookSender:
         results = await asyncio.gather(*(self._post(self._webhooks[u], item) for u in urls))
         failed = [u for u, error in zip(urls, results, strict=True) if error is not None]
         now = self._clock()
-        backoff = min(2 ** (item.attempts + 1), self._retry_max)
-        errors = "; ".join(e for e in results if e)
-        await self._store.finish_alert(item, failed, now, now + timedelta(seconds=backoff), errors or None)
+        backoff = self.backoff(item.attempts)
+        errors = "; ".join(f"{u}: {e}" for u, e in zip(urls, results, strict=True) if e)
+        await self._store.finish_alert(item, failed, now, now + backoff, errors or None)
         if failed:
             log.warning(
-                "webhook_failed", extra={"event_id": item.id, "failed": len(failed), "retry_in_s": backoff}
+                "webhook_failed",
+                extra={"event_id": item.id, "failed": len(failed), "retry_in_s": backoff.total_seconds()},
             )
             return 0
         return 1
 
     async def _post(self, webhook: Webhook, item: OutboxItem) -> str | None:
-        body = item.payload.encode()
-        headers = {
-            "Content-Type": "application/json",
-            "X-Taximeter-Event-Id": item.id,
-            "X-Taximeter-Signature": signature(webhook.secret, body, int(self._clock().timestamp())),
-        }
-        try:
-            async with self._session.post(
-                webhook.url, data=body, headers=headers, timeout=self._timeout
-            ) as resp:
-                if 200 <= resp.status < 300:
-                    return None
-                return f"{webhook.url}: HTTP {resp.status}"
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            return f"{webhook.url}: {type(exc).__name__}"
-
-    async def run_forever(self, interval_s: float) -> None:
-        while True:
-            await asyncio.sleep(interval_s)
-            try:
-                await self.deliver_due()
-            except StoreUnavailable as exc:
-                log.warning("webhook_delivery_paused", extra={"error": str(exc)})
-            except Exception:
-                log.exception("webhook_delivery_failed")
+        headers = {"Content-Type": "application/json", "X-Taximeter-Event-Id": item.id}
+        return await self.post(webhook.url, webhook.secret, item.payload.encode(), headers)

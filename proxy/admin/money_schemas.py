@@ -25,6 +25,15 @@ def _obj(required: list[str], properties: dict[str, Any], *, closed: bool = Fals
     return {**schema, "additionalProperties": False} if closed else schema
 
 
+def _globs(description: str) -> dict[str, Any]:
+    """Null, or 1 to 100 model names or globs without control characters."""
+    names = {"type": "string", "pattern": f"^{_PLAIN}{{1,256}}$"}
+    return {
+        "anyOf": [{"type": "array", "minItems": 1, "maxItems": 100, "items": names}, {"type": "null"}],
+        "description": description,
+    }
+
+
 def positive_decimal(maximum: Decimal) -> dict[str, Any]:
     """A decimal in (0, ``maximum``] (a digit times a power of ten): a string
     with at most 9 decimal places, or a number (rounded to 9 places)."""
@@ -52,18 +61,7 @@ MONEY_SCHEMAS: dict[str, Any] = {
             "name": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"[^\s\x1c-\x1f]"},
             "currency": {"anyOf": [_CURRENCY, {"type": "null"}], "description": "null: the server's."},
             "markup": {"anyOf": [positive_decimal(MAX_MARKUP), {"type": "null"}], "description": "null: 1."},
-            "models_allowed": {
-                "anyOf": [
-                    {
-                        "type": "array",
-                        "minItems": 1,
-                        "maxItems": 100,
-                        "items": {"type": "string", "pattern": f"^{_PLAIN}{{1,256}}$"},
-                    },
-                    {"type": "null"},
-                ],
-                "description": "Model names or globs (gpt-5*); null: every model.",
-            },
+            "models_allowed": _globs("Model names or globs (gpt-5*); null: every model."),
         },
         closed=True,
     ),
@@ -108,18 +106,7 @@ MONEY_SCHEMAS: dict[str, Any] = {
 
 _SLUG = {"type": "string", "pattern": r"^[a-z0-9][a-z0-9_-]{0,62}$"}
 _COUNT = {"type": "integer", "minimum": 1, "maximum": MAX_TOKEN_LIMIT}
-_GLOBS = {
-    "anyOf": [
-        {
-            "type": "array",
-            "minItems": 1,
-            "maxItems": 100,
-            "items": {"type": "string", "pattern": f"^{_PLAIN}{{1,256}}$"},
-        },
-        {"type": "null"},
-    ],
-    "description": "The models it counts (names or globs, gpt-5*); null: every model.",
-}
+_GLOBS = _globs("The models it counts (names or globs, gpt-5*); null: every model.")
 _WINDOW = {"enum": list(WINDOWS), "default": "none"}
 _PER = {"enum": ["client", "end_user"], "default": "client"}
 
