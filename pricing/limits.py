@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from fnmatch import fnmatchcase
+from functools import lru_cache
 from typing import Any, Literal
 
 from taximeter.pricing.budgets import MAX_COST_LIMIT, MAX_TOKEN_LIMIT, BudgetInputError, period_bounds
@@ -99,6 +99,15 @@ def retry_after_s(hold: Hold, now: datetime) -> int:
     return max(1, int((hold.window_end - now).total_seconds() + 0.999))
 
 
+@lru_cache(maxsize=4096)
+def _shape(limit: Limit) -> str:
+    """What a counter counts, short: a limit redefined under the same name
+    (another metric, window, scope or models) starts a counter of its own;
+    one only raised or lowered keeps counting."""
+    models = ",".join(sorted(limit.models)) if limit.models is not None else "*"
+    return hashlib.sha256(f"{limit.metric}|{limit.window}|{limit.per}|{models}".encode()).hexdigest()[:8]
+
+
 def end_user_tag(end_user: str | None) -> str:
     """A short, key-safe name of an end user (calls without one share "")."""
     if not end_user:
@@ -119,19 +128,11 @@ def holds_for(
 ) -> tuple[Hold, ...]:
     """What a call estimated at ``tokens`` and ``cost_nanos`` holds on each
     limit that applies to it."""
-    holds = []
-    for limit in limits:
-        if limit.models is not None and not any(fnmatchcase(model, glob) for glob in limit.models):
-            continue
-        start, end = window_bounds(limit.window, timezone, now)
-        user = (end_user or "") if limit.per == "end_user" else ""
-        tag = end_user_tag(user) if limit.per == "end_user" else "*"
-        key = f"{{{client_id}}}:{limit.name}:{tag}:{int(start.timestamp())}"
-        amount = (
-            1 if limit.metric in ("requests", "concurrent") else _amount(limit.metric, tokens, cost_nanos)
-        )
-        holds.append(Hold(key, limit, amount, start, end, user))
-    return tuple(holds)
+    return tuple(
+        _hold(limit, client_id, end_user, tokens, cost_nanos, timezone, now)
+        for limit in limits
+        if limit.models is None or any(fnmatchcase(model, glob) for glob in limit.models)
+    )
 
 
 def status_holds(
@@ -139,19 +140,24 @@ def status_holds(
 ) -> tuple[Hold, ...]:
     """The counter of each limit in the window containing ``now`` (of
     ``end_user`` where a limit is per end user), whatever models it covers."""
-    return tuple(
-        holds_for(
-            (replace(limit, models=None),),
-            client_id=client_id,
-            model="",
-            end_user=end_user,
-            tokens=0,
-            cost_nanos=0,
-            timezone=timezone,
-            now=now,
-        )[0]
-        for limit in limits
-    )
+    return tuple(_hold(limit, client_id, end_user, 0, 0, timezone, now) for limit in limits)
+
+
+def _hold(
+    limit: Limit,
+    client_id: str,
+    end_user: str | None,
+    tokens: int,
+    cost_nanos: int,
+    timezone: str,
+    now: datetime,
+) -> Hold:
+    start, end = window_bounds(limit.window, timezone, now)
+    user = (end_user or "") if limit.per == "end_user" else ""
+    tag = end_user_tag(user) if limit.per == "end_user" else "*"
+    key = f"{{{client_id}}}:{limit.name}:{_shape(limit)}:{tag}:{int(start.timestamp())}"
+    amount = 1 if limit.metric in ("requests", "concurrent") else _amount(limit.metric, tokens, cost_nanos)
+    return Hold(key, limit, amount, start, end, user)
 
 
 def status_json(hold: Hold, used: int, reserved: int, declared: Limit) -> dict[str, Any]:
@@ -284,6 +290,8 @@ def _amount_of(metric: str, value: Any, field: str) -> int:
             amount = parse_money(value)
         except ValueError as exc:
             raise BudgetInputError(field, str(exc)) from exc
+        if isinstance(value, float):  # binary already: rounded to the ledger's nine places
+            amount = amount.quantize(NANO)
         if not 0 < amount <= MAX_COST_LIMIT or amount != amount.quantize(NANO):
             raise BudgetInputError(field, f"must be in (0, {MAX_COST_LIMIT}], at most 9 decimal places")
         return to_nanos(amount)

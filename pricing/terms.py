@@ -24,7 +24,7 @@ __all__ = [
 
 _CURRENCY = re.compile(r"[A-Z]{3}")  # ISO 4217 alphabetic code
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-MAX_MARKUP = Decimal(1000)
+MAX_MARKUP = Decimal(100)  # with MAX_RATE, a call's cost stays within what every store holds
 MAX_RATE = Decimal(10**6)  # units per USD: above any currency's today (IRR ~42,000, VND ~26,000)
 _MAX_GLOBS = 100
 _MAX_GLOB_CHARS = 256

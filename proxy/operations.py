@@ -206,9 +206,14 @@ class Operations:
         found = await self.find_budget(client_id)
         if found is None:
             raise NotFoundError(f"client {client_id!r} has no budget", param="client_id")
-        if budgets.cost_limit(found) is None:
+        limit = budgets.cost_limit(found)
+        if limit is None:
             raise ConflictError(
                 f"client {client_id!r} has no budget with a cost limit to credit", param="client_id"
+            )
+        if limit + amount > budgets.MAX_COST_LIMIT:
+            raise InvalidInput(
+                f"would raise this period's cost limit past {budgets.MAX_COST_LIMIT}", param="amount"
             )
         await self.flush_ledger()
         now = self.clock()

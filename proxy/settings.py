@@ -220,6 +220,15 @@ class Settings(BaseSettings):
     exports: list[ExportSettings] = Field(
         default_factory=list, description="Billing sinks (TOML): name, url, secret; each gets every event."
     )
+
+    @field_validator("exports")
+    @classmethod
+    def _sinks_named_once(cls, value: list[ExportSettings]) -> list[ExportSettings]:
+        names = [sink.name for sink in value]
+        if len(set(names)) != len(names):
+            raise ValueError("each export sink needs a name of its own (what it is owed is kept by name)")
+        return value
+
     webhook_timeout_s: float = Field(10.0, gt=0, description="Longest a webhook delivery may take.")
     webhook_retry_max_s: float = Field(
         300.0, gt=0, description="Longest wait between two delivery attempts (backoff doubles to it)."

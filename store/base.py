@@ -404,11 +404,19 @@ class Gate(Protocol):
         client has no budget)."""
 
     async def settle(
-        self, event: UsageEvent, cost_nanos: int, now: datetime, *, keep_until: datetime | None = None
+        self,
+        event: UsageEvent,
+        cost_nanos: int,
+        now: datetime,
+        *,
+        keep_until: datetime | None = None,
+        budget: bool = True,
     ) -> dict[str, int]:
         """Release the call's reservation (if still held) and add its actual
         usage, pausing at a limit, atomically. A copy that is missing or whose
         period has ended gets nothing added: it is rebuilt from the store.
+        ``budget=False``: the copy was read from a store that already counts
+        the call; only its limits get it.
 
         With ``keep_until``, a gate that outlives this process also keeps the
         event itself until :meth:`recorded` says the store has it; if that never

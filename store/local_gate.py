@@ -88,7 +88,13 @@ class LocalGate:
         self._loaded_at[client_id] = now
 
     async def settle(
-        self, event: UsageEvent, cost_nanos: int, now: datetime, *, keep_until: datetime | None = None
+        self,
+        event: UsageEvent,
+        cost_nanos: int,
+        now: datetime,
+        *,
+        keep_until: datetime | None = None,
+        budget: bool = True,
     ) -> dict[str, int]:
         # keep_until is moot: this copy dies with the process that would record the event.
         held = self._take(event.client_id, event.request_id)
@@ -99,7 +105,7 @@ class LocalGate:
                 counter[0] += hold.used_by(event.tokens, cost_nanos)
                 counted[hold.key] = counter[0]
         state = self._states.get(event.client_id)
-        if state is None:
+        if state is None or not budget:
             return counted
         boundary = budgets.next_reset(state)
         if boundary is not None and now >= boundary:
@@ -141,8 +147,10 @@ class LocalGate:
         for reservation in reservations:  # a load keeps them here; nothing is ever lost
             if reservation.request_id not in self._held[reservation.client_id]:
                 self._held[reservation.client_id][reservation.request_id] = reservation
-                for hold in reservation.holds:
-                    self._counter(hold)[1] += hold.amount
+                for hold in reservation.holds:  # a counter not here is counted anew, from the ledger
+                    counter = self._counters.get(hold.key)
+                    if counter is not None:
+                        counter[1] += hold.amount
 
     async def claim_expired(self, now: datetime, limit: int) -> list[Reservation]:
         expired = [r for held in self._held.values() for r in held.values() if r.expires_at <= now]

@@ -272,10 +272,23 @@ class RedisGate:
         await self._run(self._load, self._keys(client_id)[:2], [self._ttl_s, *_fields(state)])
 
     async def settle(
-        self, event: UsageEvent, cost_nanos: int, now: datetime, *, keep_until: datetime | None = None
+        self,
+        event: UsageEvent,
+        cost_nanos: int,
+        now: datetime,
+        *,
+        keep_until: datetime | None = None,
+        budget: bool = True,
     ) -> dict[str, int]:
         member = f"{event.client_id}/{event.request_id}"
-        args: list[Any] = [_ms(now), event.request_id, event.tokens, cost_nanos, member]
+        args: list[Any] = [
+            _ms(now),
+            event.request_id,
+            event.tokens,
+            cost_nanos,
+            member,
+            "1" if budget else "0",
+        ]
         if keep_until is not None:
             args += [event.to_json(), _ms(keep_until)]
         reply = await self._run(self._settle, [*self._keys(event.client_id), *self._unrecorded_keys()], args)

@@ -30,7 +30,13 @@ class StoreGate:
         return None  # the store is its own copy
 
     async def settle(
-        self, event: UsageEvent, cost_nanos: int, now: datetime, *, keep_until: datetime | None = None
+        self,
+        event: UsageEvent,
+        cost_nanos: int,
+        now: datetime,
+        *,
+        keep_until: datetime | None = None,
+        budget: bool = True,
     ) -> dict[str, int]:
         return {}  # the ledger's record of the call swaps the row for its usage
 

@@ -272,7 +272,7 @@ class Meter:
             # gate: let them go (their usage reaches the copy at its next rebuild).
             for _, event in self._deferred.get(client_id, []):
                 with contextlib.suppress(StoreUnavailable):
-                    await self.gate.release(client_id, event.request_id)
+                    await self.gate.settle(event, to_nanos(event.cost), event.created_at, budget=False)
             self.mark_stale(client_id)
             raise
         finally:
@@ -290,8 +290,8 @@ class Meter:
             if sequence > durable:  # settled meanwhile, and not in what was read
                 keep_until = self.clock() + self.record_grace
                 await self.gate.settle(event, to_nanos(event.cost), event.created_at, keep_until=keep_until)
-            else:  # already counted in what was read: only its reservation goes
-                await self.gate.release(client_id, event.request_id)
+            else:  # already counted in what was read: its reservation goes, its limits get it
+                await self.gate.settle(event, to_nanos(event.cost), event.created_at, budget=False)
         return state
 
     async def _from_store(self, client_id: str, now: datetime) -> BudgetState | None:

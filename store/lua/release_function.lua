@@ -20,7 +20,8 @@ local function release(budget, held, expiry, request_id, member)
   end
   for key, amount in string.gmatch(holds_of(v), '(%S+) (%d+) %a') do
     if amount ~= '0' and redis.call('EXISTS', key) == 1 then
-      redis.call('HINCRBY', key, 'r', '-' .. amount)
+      -- never below nothing: a counter lost and made again holds less than was released
+      if redis.call('HINCRBY', key, 'r', '-' .. amount) < 0 then redis.call('HSET', key, 'r', 0) end
     end
   end
   return v

@@ -62,7 +62,7 @@ class SqlDirectory(SqlBase):
             if budget["cost_used"] != zero or budget["credit"] != zero:
                 raise Conflict(
                     f"the budget of {client_id!r} has spend or credits in {budget['currency']} this period; "
-                    "reset it before changing the currency"
+                    "change it when a new period starts (credits last the period), or delete the budget first"
                 )
             await conn.execute(
                 "UPDATE budgets SET currency = ?, version = version + 1 WHERE client_id = ?",

@@ -61,6 +61,9 @@ class SqlMoneyTerms(BudgetWrites):
         """Raise this period's cost limit of ``client_id``'s budget by
         ``amount`` and lift a limit pause; NotFound without a budget."""
         async with self.transaction() as conn:
+            # The client's row first, as the store-held gate locks them: the
+            # credit's foreign key needs it, and the other order could deadlock.
+            await conn.fetchone("SELECT id FROM clients WHERE id = ?" + self.dialect.for_update, client_id)
             old = await self._locked_budget(conn, client_id)
             if old is None:
                 raise NotFound(f"client {client_id!r} has no budget")

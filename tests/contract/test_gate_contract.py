@@ -372,3 +372,30 @@ async def test_a_spend_cap_the_gate_has_not_seen_is_counted_from_the_ledger(subj
     if subject.keeps_a_copy:
         await subject.gate.load_limits([(other.holds[0], 0)], T0)
     assert (await subject.gate.admit(other, T0)).outcome == "ok"  # another end user, its own counter
+
+
+async def test_a_call_the_store_already_counts_reaches_only_its_limits(subject: Subject) -> None:
+    """A call settled while its budget's copy was rebuilt (the store's read
+    holds it) still counts on its limits: ``settle(budget=False)``."""
+    if not subject.keeps_a_copy:
+        return  # the store-held gate has no copy: its ledger is the count
+    await subject.load("acme", budget_state(token_limit=1000), T0)
+    call = limited(RPM, request_id="r0")
+    assert (await subject.gate.admit(call, T0)).outcome == "ok"
+    counted = await subject.gate.settle(event(100, request_id="r0"), 0, T0, budget=False)
+    assert counted == {call.holds[0].key: 1}  # the request counted, nothing left reserved
+    assert await subject.gate.limit_counters(list(call.holds)) == [(1, 0)]
+    await settle(subject, 950, 0)  # the budget's copy did not get the first call's 100
+    assert (await subject.gate.admit(hold(1), T0)).outcome == "ok"
+
+
+async def test_a_redefined_limit_counts_afresh_and_a_raised_one_keeps_counting(subject: Subject) -> None:
+    await subject.load("acme", None, T0)
+    tokens = Limit("cap", "tokens", 250, "hour")
+    first = limited(tokens, request_id="a")
+    assert (await subject.gate.admit(first, T0)).outcome == "ok"
+    await settle(subject, 200, 0, "a")
+    raised = limited(replace(tokens, limit=300))
+    assert raised.holds[0].key == first.holds[0].key
+    as_requests = limited(Limit("cap", "requests", 250, "hour"))
+    assert as_requests.holds[0].key != first.holds[0].key  # tokens are not requests

@@ -100,3 +100,12 @@ def test_every_setting_is_documented_and_in_the_example_config() -> None:
 def test_example_config_loads() -> None:
     settings = load_settings(ROOT / "config" / "taximeter.example.toml")
     assert settings.port == 8787
+
+
+def test_two_export_sinks_of_one_name_are_refused(tmp_path: Path) -> None:
+    """What a sink is owed is kept by its name: two of one name would share it, and one would miss events."""
+    config = tmp_path / "t.toml"
+    sink = '[[exports]]\nname = "om"\nurl = "https://a.example/events"\nsecret = "s"\n'
+    config.write_text(sink + sink.replace("a.example", "b.example"))
+    with pytest.raises(ConfigError, match="a name of its own"):
+        load_settings(config)
