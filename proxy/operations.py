@@ -211,8 +211,8 @@ class Operations:
             raise ConflictError(
                 f"client {client_id!r} has no budget with a cost limit to credit", param="client_id"
             )
-        if limit + amount > budgets.MAX_COST_LIMIT:
-            raise InvalidInput(
+        if limit + amount > budgets.MAX_COST_LIMIT:  # the amount is fine; with this budget it is not
+            raise ConflictError(
                 f"would raise this period's cost limit past {budgets.MAX_COST_LIMIT}", param="amount"
             )
         await self.flush_ledger()

@@ -162,7 +162,7 @@ async def test_a_credit_needs_a_budget_with_a_cost_limit(proxy: Harness) -> None
         assert (status, body["error"]["param"]) == (422, field)
     await proxy.admin("PUT", "/admin/budgets/acme", {"mode": "cost", "cost_limit": "8999999999"})
     status, body = await proxy.admin("POST", "/admin/budgets/acme/credits", {"amount": "2"})
-    assert (status, body["error"]["param"]) == (422, "amount")  # past what every store holds
+    assert (status, body["error"]["param"]) == (409, "amount")  # past what every store holds
     status, listing = await proxy.admin("GET", "/admin/budgets/acme/credits")
     assert listing["data"] == []
 
