@@ -253,9 +253,10 @@ class Operations:
         )
         counters = await self._read_counters(list(holds))
         shown = []
+        if None in counters:
+            await self.flush_ledger()  # what the ledger holds is read for those
         for hold, limit, counter in zip(holds, declared, counters, strict=True):
             if counter is None:  # not in the gate: what the ledger holds, nothing in flight
-                await self.flush_ledger()
                 counter = (
                     await self._store.limit_used(hold, client_id) if limit.rebuilt_from_ledger else 0,
                     0,
@@ -349,9 +350,12 @@ class Operations:
         """Cost in the budget currency per api_type since ``since``."""
         return await self._store.spend_by_api_type(client_id, since) if _possible(client_id) else {}
 
-    async def status_json(self, state: BudgetState, end_user: str | None = None) -> dict[str, Any]:
+    async def status_json(self, state: BudgetState, *, with_limits: bool = True) -> dict[str, Any]:
+        """A budget's status, with its client's limits (left out of a list of
+        every budget: a read of each client and its counters)."""
         spend = await self.spend_by_api_type(state.client_id, state.period_start)
-        return {**budget_json(state, spend), "limits": await self.limits(state.client_id, end_user)}
+        status = budget_json(state, spend)
+        return {**status, "limits": await self.limits(state.client_id)} if with_limits else status
 
     async def unbudgeted_status(self, client_id: str) -> dict[str, Any]:
         """The status of a client with no budget: its spend this calendar month."""

@@ -89,7 +89,7 @@ async def revoke_key(request: web.Request) -> web.Response:
 async def list_budgets(request: web.Request) -> web.Response:
     ops = _ops(request)
     states = await ops.budgets()
-    return _json({"data": [await ops.status_json(s) for s in states]})
+    return _json({"data": [await ops.status_json(s, with_limits=False) for s in states]})
 
 
 async def get_budget(request: web.Request) -> web.Response:
