@@ -155,7 +155,11 @@ class Settings(BaseSettings):
     upstream_connect_timeout_s: float = Field(10.0, gt=0, description="Longest to wait to connect upstream.")
     database_url: str = Field("sqlite:///taximeter.db", description="postgresql://... or sqlite:///path.")
     redis_url: str | None = Field(None, description="redis://...; none = in-process gate (one process).")
-    redis_prefix: str = Field("taximeter:", description="Prefix of every Redis key taximeter writes.")
+    redis_prefix: str = Field(
+        "taximeter:",
+        pattern=r"^[A-Za-z0-9_.:-]{0,64}$",  # no space (the scripts split on it) and no brace (hash tags)
+        description="Prefix of every Redis key taximeter writes.",
+    )
     admin_token: SecretStr | None = Field(None, description="Bearer token of the admin API and dashboard.")
     dashboard_session_s: float = Field(
         8 * 3600.0, gt=0, description="How long a dashboard login lasts (the cookie expires with it)."

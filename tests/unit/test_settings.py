@@ -63,6 +63,7 @@ def test_upstream_key_from_env_var_stays_secret(monkeypatch: pytest.MonkeyPatch,
         ({"TAXIMETER_CURRENCY": "REAL"}, "invalid setting 'currency'"),
         ({"TAXIMETER_PORTT": "1"}, "invalid setting 'TAXIMETER_PORTT': unknown setting"),
         ({"TAXIMETER_WORKERS": "2"}, "workers > 1 needs redis_url"),
+        ({"TAXIMETER_REDIS_PREFIX": "my prefix {x}:"}, "invalid setting 'redis_prefix'"),
     ],
 )
 def test_bad_setting_names_itself(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str) -> None:
