@@ -22,7 +22,8 @@ from typing import Any, Literal
 
 from taximeter.pricing.budgets import MAX_COST_LIMIT, MAX_TOKEN_LIMIT, BudgetInputError, period_bounds
 from taximeter.pricing.models import RATE_WINDOWS, Hold, Limit
-from taximeter.pricing.money import NANO, parse_money, to_nanos
+from taximeter.pricing.money import from_nanos, money_text, to_nanos
+from taximeter.pricing.terms import exact_amount, model_globs
 
 __all__ = [
     "ALERT_THRESHOLDS",
@@ -51,7 +52,6 @@ METRICS = ("tokens", "cost", "requests", "concurrent")
 WINDOWS = ("minute", "hour", "daily", "weekly", "monthly", "none")
 MAX_LIMITS = 50
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _FIELDS = frozenset({"name", "metric", "limit", "window", "per", "models"})
 
@@ -167,9 +167,9 @@ def status_json(hold: Hold, used: int, reserved: int, declared: Limit) -> dict[s
     money = limit.metric == "cost"
     return {
         **limit_json(declared),
-        "used": _nanos_text(used) if money else used,
-        "reserved": _nanos_text(reserved) if money else reserved,
-        "remaining": _nanos_text(remaining) if money else remaining,
+        "used": _money(used) if money else used,
+        "reserved": _money(reserved) if money else reserved,
+        "remaining": _money(remaining) if money else remaining,
         "resets_at": None if hold.window_end is None else hold.window_end.isoformat().replace("+00:00", "Z"),
     }
 
@@ -200,8 +200,8 @@ def alert_payload(
         "metric": limit.metric,
         "window": limit.window,
         "threshold": float(threshold),
-        "used": _nanos_text(used) if money else used,
-        "limit_value": _nanos_text(limit.limit) if money else limit.limit,
+        "used": _money(used) if money else used,
+        "limit_value": _money(limit.limit) if money else limit.limit,
         "window_start": hold.window_start.isoformat().replace("+00:00", "Z"),
         "resets_at": None if hold.window_end is None else hold.window_end.isoformat().replace("+00:00", "Z"),
         "created_at": now.astimezone(UTC).isoformat().replace("+00:00", "Z"),
@@ -213,8 +213,8 @@ def alert_id(client_id: str, hold: Hold, threshold: Decimal) -> str:
     return f"lim_{client_id}_{hold.limit.name}_{int(hold.window_start.timestamp())}_{threshold.normalize()}"
 
 
-def _nanos_text(nanos: int) -> str:
-    return format((Decimal(nanos) * NANO).normalize(), "f") if nanos else "0"
+def _money(nanos: int) -> str:
+    return money_text(from_nanos(nanos))
 
 
 def admission(used: int, reserved: int, limit: Limit) -> Literal["refused", "busy"] | None:
@@ -280,21 +280,13 @@ def _limit(item: Any, where: str) -> Limit:
         limit=_amount_of(metric, item.get("limit"), f"{where}.limit"),
         window=window,
         per=per,
-        models=_globs(item.get("models"), f"{where}.models"),
+        models=model_globs(item.get("models"), f"{where}.models"),
     )
 
 
 def _amount_of(metric: str, value: Any, field: str) -> int:
     if metric == "cost":
-        try:
-            amount = parse_money(value)
-        except ValueError as exc:
-            raise BudgetInputError(field, str(exc)) from exc
-        if isinstance(value, float):  # binary already: rounded to the ledger's nine places
-            amount = amount.quantize(NANO)
-        if not 0 < amount <= MAX_COST_LIMIT or amount != amount.quantize(NANO):
-            raise BudgetInputError(field, f"must be in (0, {MAX_COST_LIMIT}], at most 9 decimal places")
-        return to_nanos(amount)
+        return to_nanos(exact_amount(value, field, at_most=MAX_COST_LIMIT))
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_TOKEN_LIMIT:
@@ -302,22 +294,11 @@ def _amount_of(metric: str, value: Any, field: str) -> int:
     return value
 
 
-def _globs(value: Any, field: str) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    if not isinstance(value, list) or not 0 < len(value) <= 100:
-        raise BudgetInputError(field, "must be a list of 1 to 100 model names or globs, such as gpt-5*")
-    for glob in value:
-        if not isinstance(glob, str) or not 0 < len(glob) <= 256 or _CONTROL.search(glob):
-            raise BudgetInputError(field, "each must be a model name or glob, such as gpt-5*")
-    return tuple(dict.fromkeys(value))
-
-
 def limit_json(limit: Limit) -> dict[str, Any]:
     """A limit as declared (cost in the client's currency, as a decimal string)."""
     amount: int | str = limit.limit
     if limit.metric == "cost":
-        amount = format((Decimal(limit.limit) * NANO).normalize(), "f")
+        amount = money_text(from_nanos(limit.limit))
     return {
         "name": limit.name,
         "metric": limit.metric,

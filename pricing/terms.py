@@ -14,16 +14,21 @@ from taximeter.pricing.models import Terms
 from taximeter.pricing.money import NANO, parse_money, quantize
 
 __all__ = [
+    "CONTROL",
     "MAX_MARKUP",
     "MAX_RATE",
     "credit_from_json",
+    "exact_amount",
+    "model_globs",
     "parse_currency",
+    "plain",
     "rate_from_json",
     "terms_from_json",
 ]
 
 _CURRENCY = re.compile(r"[A-Z]{3}")  # ISO 4217 alphabetic code
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Control characters and the line and paragraph separators: never in a name or note kept.
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 MAX_MARKUP = Decimal(100)  # with MAX_RATE, a call's cost stays within what every store holds
 MAX_RATE = Decimal(10**6)  # units per USD: above any currency's today (IRR ~42,000, VND ~26,000)
 _MAX_GLOBS = 100
@@ -38,7 +43,7 @@ def parse_currency(value: Any, field: str = "currency") -> str:
     return value
 
 
-def _exact(value: Any, field: str, *, at_most: Decimal) -> Decimal:
+def exact_amount(value: Any, field: str, *, at_most: Decimal) -> Decimal:
     """A decimal in (0, ``at_most``] the ledger holds exactly: a string with at
     most nine decimal places, or a JSON number (binary already: rounded to nine)."""
     try:
@@ -74,30 +79,31 @@ def terms_from_json(current: Terms, data: Any) -> tuple[str | None, Terms]:
         terms = replace(terms, currency=None if currency is None else parse_currency(currency))
     if "markup" in data:
         markup = data["markup"]
-        value = Decimal(1) if markup is None else _exact(markup, "markup", at_most=MAX_MARKUP)
+        value = Decimal(1) if markup is None else exact_amount(markup, "markup", at_most=MAX_MARKUP)
         terms = replace(terms, markup=value)
     if "models_allowed" in data:
-        terms = replace(terms, models_allowed=_globs(data["models_allowed"]))
+        terms = replace(terms, models_allowed=model_globs(data["models_allowed"], "models_allowed"))
     return (name.strip() if isinstance(name, str) else None), terms
 
 
-def _globs(value: Any) -> tuple[str, ...] | None:
+def model_globs(value: Any, field: str) -> tuple[str, ...] | None:
+    """Null (every model), or 1 to 100 model names or globs, each once: a
+    client's ``models_allowed``, a limit's ``models``."""
     if value is None:
         return None
     if not isinstance(value, list) or not 0 < len(value) <= _MAX_GLOBS:
         raise BudgetInputError(
-            "models_allowed",
-            f"must be null (every model) or a list of 1 to {_MAX_GLOBS} model names or globs",
+            field, f"must be null (every model) or a list of 1 to {_MAX_GLOBS} model names or globs"
         )
     for glob in value:
-        if not isinstance(glob, str) or not 0 < len(glob) <= _MAX_GLOB_CHARS or not _plain(glob):
-            raise BudgetInputError("models_allowed", "each must be a model name or glob, such as gpt-5*")
+        if not isinstance(glob, str) or not 0 < len(glob) <= _MAX_GLOB_CHARS or not plain(glob):
+            raise BudgetInputError(field, "each must be a model name or glob, such as gpt-5*")
     return tuple(dict.fromkeys(value))
 
 
-def _plain(text: str) -> bool:
+def plain(text: str) -> bool:
     """No control characters (the rule the OpenAPI schema states too)."""
-    return _CONTROL.search(text) is None
+    return CONTROL.search(text) is None
 
 
 def rate_from_json(data: Any) -> Decimal:
@@ -106,7 +112,7 @@ def rate_from_json(data: Any) -> Decimal:
         raise BudgetInputError("body", 'must be {"rate": "<units per USD>"}')
     if "rate" not in data:
         raise BudgetInputError("rate", "required")
-    return _exact(data["rate"], "rate", at_most=MAX_RATE)
+    return exact_amount(data["rate"], "rate", at_most=MAX_RATE)
 
 
 def credit_from_json(data: Any) -> tuple[Decimal, str]:
@@ -115,8 +121,8 @@ def credit_from_json(data: Any) -> tuple[Decimal, str]:
         raise BudgetInputError("body", 'must be {"amount": "<decimal>", "note": "<text>"}')
     if "amount" not in data:
         raise BudgetInputError("amount", "required")
-    amount = _exact(data["amount"], "amount", at_most=MAX_COST_LIMIT)
+    amount = exact_amount(data["amount"], "amount", at_most=MAX_COST_LIMIT)
     note = data.get("note", "")
-    if not isinstance(note, str) or len(note) > _MAX_NOTE_CHARS or not _plain(note):
+    if not isinstance(note, str) or len(note) > _MAX_NOTE_CHARS or not plain(note):
         raise BudgetInputError("note", f"must be printable text of at most {_MAX_NOTE_CHARS} characters")
     return amount, note

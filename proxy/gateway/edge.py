@@ -8,16 +8,15 @@ value is refused with the field named; it is never repaired silently.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
+from taximeter.pricing.terms import CONTROL
 from taximeter.pricing.usage import Family
 from taximeter.proxy.errors import InvalidInput
 
 __all__ = ["MAX_LABEL_CHARS", "label", "refuse_unmetered_options"]
 
 MAX_LABEL_CHARS = 256  # OpenAI's own bound on `user`; model ids are far shorter
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def label(value: Any, param: str, *, required: bool = False) -> str | None:
@@ -31,7 +30,7 @@ def label(value: Any, param: str, *, required: bool = False) -> str | None:
         raise InvalidInput(f"'{param}' must be a string", param=param, status=400)
     if len(value) > MAX_LABEL_CHARS:
         raise InvalidInput(f"'{param}' is longer than {MAX_LABEL_CHARS} characters", param=param, status=400)
-    if _CONTROL.search(value) or not _encodable(value):
+    if CONTROL.search(value) or not _encodable(value):
         raise InvalidInput(f"'{param}' holds control or invalid characters", param=param, status=400)
     return value
 
