@@ -7,8 +7,9 @@ so that a pause or a new limit applies on the next request.
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
@@ -19,6 +20,7 @@ from taximeter.proxy.api_shapes import budget_json, unbudgeted_json
 from taximeter.proxy.clock import Clock, system_clock
 from taximeter.proxy.errors import ConflictError, InvalidInput, NotFoundError
 from taximeter.proxy.gateway import keys
+from taximeter.proxy.gateway.exchange import USD
 from taximeter.store.base import Budgets, Conflict, Directory, ExchangeRates, LedgerReads, NotFound, ReportRow
 
 __all__ = ["GROUPINGS", "MAX_EVENTS", "Operations", "OperatorStore", "parse_day"]
@@ -49,6 +51,18 @@ async def _no_counters(holds: list[Hold]) -> list[tuple[int, int] | None]:
 
 async def _nothing_pending() -> None:
     return None
+
+
+@contextlib.contextmanager
+def _named_field() -> Iterator[None]:
+    """Input the pricing rules refuse, as the API's error naming its field
+    (422; two limits of one name conflict: 409)."""
+    try:
+        yield
+    except limits.DuplicateLimit as exc:
+        raise ConflictError(exc.message, param=exc.field) from exc
+    except budgets.BudgetInputError as exc:
+        raise InvalidInput(exc.message, param=exc.field) from exc
 
 
 def parse_day(value: str | None, field: str, default: datetime) -> datetime:
@@ -141,10 +155,8 @@ class Operations:
     async def update_client(self, client_id: str, data: Any) -> Client:
         """Change a client's name and terms (PATCH: fields left out stay)."""
         client = await self.client(client_id)
-        try:
+        with _named_field():
             name, new = terms.terms_from_json(client.terms, data)
-        except budgets.BudgetInputError as exc:
-            raise InvalidInput(exc.message, param=exc.field) from exc
         currency = new.currency or self.currency
         if new.currency != client.terms.currency and not await self._has_rate(currency):
             raise ConflictError(
@@ -160,7 +172,7 @@ class Operations:
         return await self.client(client_id)
 
     async def _has_rate(self, currency: str) -> bool:
-        if currency == "USD" or (currency == self.currency and self.first_rate is not None):
+        if currency == USD or (currency == self.currency and self.first_rate is not None):
             return True
         return currency in await self._store.current_rates()
 
@@ -169,28 +181,21 @@ class Operations:
     async def rates(self, currency: str | None = None) -> list[ExchangeRate]:
         """Every rate set, by currency, newest first (the first of each is in force)."""
         if currency is not None:
-            currency = self._currency(currency)
+            with _named_field():
+                currency = terms.parse_currency(currency)
         return await self._store.rate_history(currency)
 
     async def set_rate(self, currency: str, data: Any) -> ExchangeRate:
         """Put a rate in force for calls admitted from now on."""
-        currency = self._currency(currency)
-        if currency == "USD":
+        with _named_field():
+            currency = terms.parse_currency(currency)
+        if currency == USD:
             raise InvalidInput("USD is the currency of list prices: its rate is always 1", param="currency")
-        try:
+        with _named_field():
             value = terms.rate_from_json(data)
-        except budgets.BudgetInputError as exc:
-            raise InvalidInput(exc.message, param=exc.field) from exc
         rate = await self._store.set_rate(currency, value, self.clock())
         self._on_rate_set(rate)
         return rate
-
-    @staticmethod
-    def _currency(value: str) -> str:
-        try:
-            return terms.parse_currency(value)
-        except budgets.BudgetInputError as exc:
-            raise InvalidInput(exc.message, param=exc.field) from exc
 
     async def credits(self, client_id: str) -> list[Credit]:
         await self.client(client_id)
@@ -199,10 +204,8 @@ class Operations:
     async def add_credit(self, client_id: str, data: Any) -> tuple[Credit, BudgetState]:
         """Raise this period's cost limit (lifting a limit pause)."""
         await self.client(client_id)
-        try:
+        with _named_field():
             amount, note = terms.credit_from_json(data)
-        except budgets.BudgetInputError as exc:
-            raise InvalidInput(exc.message, param=exc.field) from exc
         found = await self.find_budget(client_id)
         if found is None:
             raise NotFoundError(f"client {client_id!r} has no budget", param="client_id")
@@ -229,12 +232,8 @@ class Operations:
     async def set_limits(self, client_id: str, data: Any) -> list[dict[str, Any]]:
         """Replace a client's limits as a set; their status."""
         await self.client(client_id)
-        try:
+        with _named_field():
             declared = limits.limits_from_json(data)
-        except limits.DuplicateLimit as exc:
-            raise ConflictError(exc.message, param=exc.field) from exc
-        except budgets.BudgetInputError as exc:
-            raise InvalidInput(exc.message, param=exc.field) from exc
         await self._store.set_limits(client_id, declared)
         self._on_terms_changed(client_id)
         return await self.limits(client_id)
@@ -297,10 +296,8 @@ class Operations:
     async def put_budget(self, client_id: str, data: Any) -> BudgetState:
         client = await self.client(client_id)
         currency = client.terms.currency or self.currency  # a budget counts what its client pays in
-        try:
+        with _named_field():
             config = budgets.config_from_json(client_id, data, timezone=self.timezone, currency=currency)
-        except budgets.BudgetInputError as exc:
-            raise InvalidInput(exc.message, param=exc.field) from exc
         await self.flush_ledger()
         now = self.clock()
         state = await self._store.put_budget(config, now)
