@@ -17,6 +17,7 @@ __all__ = [
     "CONTROL",
     "MAX_MARKUP",
     "MAX_RATE",
+    "client_name",
     "credit_from_json",
     "exact_amount",
     "model_globs",
@@ -70,9 +71,7 @@ def terms_from_json(current: Terms, data: Any) -> tuple[str | None, Terms]:
     for key in data:
         if key not in _CLIENT_FIELDS:
             raise BudgetInputError(str(key), "unknown field")
-    name = data.get("name")
-    if "name" in data and (not isinstance(name, str) or not name.strip() or len(name) > 200):
-        raise BudgetInputError("name", "must be a non-empty string of at most 200 characters")
+    name = client_name(data["name"]) if "name" in data else None
     terms = current
     if "currency" in data:
         currency = data["currency"]
@@ -83,7 +82,14 @@ def terms_from_json(current: Terms, data: Any) -> tuple[str | None, Terms]:
         terms = replace(terms, markup=value)
     if "models_allowed" in data:
         terms = replace(terms, models_allowed=model_globs(data["models_allowed"], "models_allowed"))
-    return (name.strip() if isinstance(name, str) else None), terms
+    return name, terms
+
+
+def client_name(value: Any) -> str:
+    """A client's display name, stripped: not blank, at most 200 characters."""
+    if not isinstance(value, str) or not value.strip() or len(value) > 200:
+        raise BudgetInputError("name", "must be a non-empty string of at most 200 characters")
+    return value.strip()
 
 
 def model_globs(value: Any, field: str) -> tuple[str, ...] | None:

@@ -124,12 +124,10 @@ class Operations:
                 "id must be a slug: lowercase letters, digits, '-' or '_', at most 63 characters",
                 param="id",
             )
-        if name is None:
-            name = client_id
-        if not isinstance(name, str) or not name.strip() or len(name) > 200:
-            raise InvalidInput("name must be a non-empty string of at most 200 characters", param="name")
+        with _named_field():
+            name = terms.client_name(client_id if name is None else name)
         try:
-            return await self._store.create_client(client_id, name.strip(), self.clock())
+            return await self._store.create_client(client_id, name, self.clock())
         except Conflict as exc:
             raise ConflictError(f"client {client_id!r} already exists", param="id") from exc
 

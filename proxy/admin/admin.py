@@ -20,6 +20,7 @@ from aiohttp.typedefs import Handler
 from taximeter.proxy.admin import limits, money
 from taximeter.proxy.admin.http import json_body as _body
 from taximeter.proxy.admin.http import json_response as _json
+from taximeter.proxy.admin.http import operations as _ops
 from taximeter.proxy.admin.openapi import document
 from taximeter.proxy.api_shapes import (
     EVENT_FIELDS,
@@ -32,8 +33,8 @@ from taximeter.proxy.api_shapes import (
 from taximeter.proxy.errors import InvalidInput, NotFoundError
 from taximeter.proxy.gateway.auth import require_admin
 from taximeter.proxy.middleware import json_error_middleware
-from taximeter.proxy.operations import MAX_EVENTS, Operations
-from taximeter.proxy.services import CATALOG, OPERATIONS, SERVICES, SETTINGS
+from taximeter.proxy.operations import MAX_EVENTS
+from taximeter.proxy.services import CATALOG, SERVICES, SETTINGS
 
 __all__ = ["admin_app"]
 
@@ -49,10 +50,6 @@ def _csv_cell(value: Any) -> Any:
     if isinstance(value, str) and value.startswith(_FORMULA_START) and not _NUMBER.fullmatch(value):
         return "'" + value
     return value
-
-
-def _ops(request: web.Request) -> Operations:
-    return request.config_dict[OPERATIONS]
 
 
 async def list_clients(request: web.Request) -> web.Response:

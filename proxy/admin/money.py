@@ -9,15 +9,10 @@ from aiohttp import web
 
 from taximeter.proxy.admin.http import json_body as _body
 from taximeter.proxy.admin.http import json_response as _json
+from taximeter.proxy.admin.http import operations as _ops
 from taximeter.proxy.api_shapes import budget_json, client_json, credit_json, rate_json
-from taximeter.proxy.operations import Operations
-from taximeter.proxy.services import OPERATIONS
 
 __all__ = ["ROUTES"]
-
-
-def _ops(request: web.Request) -> Operations:
-    return request.config_dict[OPERATIONS]
 
 
 async def get_client(request: web.Request) -> web.Response:

@@ -11,10 +11,13 @@ from taximeter.pricing.budgets import MAX_COST_LIMIT, MAX_TOKEN_LIMIT
 from taximeter.pricing.limits import MAX_LIMITS, METRICS, WINDOWS
 from taximeter.pricing.terms import MAX_MARKUP, MAX_RATE
 
-__all__ = ["MONEY_SCHEMAS", "positive_decimal"]
+__all__ = ["MONEY_SCHEMAS", "NAME", "positive_decimal"]
 
 _MONEY = {"type": "string", "pattern": r"^-?\d+(\.\d+)?$", "description": "A decimal amount, never a float."}
 _TIME = {"type": "string", "format": "date-time"}
+# A client's display name: not blank (Python's str.strip() also takes
+# \x1c-\x1f for blanks, which \s does not), at most 200 characters.
+NAME = {"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"[^\s\x1c-\x1f]"}
 _CURRENCY = {"type": "string", "pattern": "^[A-Z]{3}$", "description": "An ISO 4217 code, such as BRL."}
 # No control characters, the same rule the handlers apply.
 _PLAIN = r"[^\x00-\x1f\x7f-\x9f\u2028\u2029]"
@@ -58,7 +61,7 @@ MONEY_SCHEMAS: dict[str, Any] = {
     "ClientPatch": _obj(
         [],
         {
-            "name": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"[^\s\x1c-\x1f]"},
+            "name": NAME,
             "currency": {"anyOf": [_CURRENCY, {"type": "null"}], "description": "null: the server's."},
             "markup": {"anyOf": [positive_decimal(MAX_MARKUP), {"type": "null"}], "description": "null: 1."},
             "models_allowed": _globs("Model names or globs (gpt-5*); null: every model."),

@@ -12,7 +12,7 @@ from zoneinfo import available_timezones
 
 from taximeter.pricing.budgets import MAX_COST_LIMIT, MAX_TOKEN_LIMIT, MODE_ALIASES, MODES, PERIODS
 from taximeter.pricing.rates import TOKEN_RATES
-from taximeter.proxy.admin.money_schemas import MONEY_SCHEMAS
+from taximeter.proxy.admin.money_schemas import MONEY_SCHEMAS, NAME
 from taximeter.proxy.api_shapes import EVENT_FIELDS, STATUS_FIELDS
 from taximeter.proxy.operations import GROUPINGS
 
@@ -44,8 +44,6 @@ _FRACTION = {
     "description": "A fraction in (0, 1], as a decimal string or a number.",
 }
 _SLUG = r"^[a-z0-9][a-z0-9_-]{0,62}$"
-# Python's str.strip() also takes \x1c-\x1f for blanks, which \s does not.
-_NAME = {"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"[^\s\x1c-\x1f]"}
 
 
 def obj(required: list[str], properties: dict[str, Any]) -> dict[str, Any]:
@@ -84,7 +82,7 @@ SCHEMAS: dict[str, Any] = {
         {
             "id": {"type": "string", "pattern": _SLUG},
             "name": {
-                "anyOf": [_NAME, {"type": "null"}],
+                "anyOf": [NAME, {"type": "null"}],
                 "description": "Not blank, at most 200 characters; the id when left out.",
             },
         },
