@@ -240,10 +240,18 @@ class Operations:
         """Each limit with what is used and reserved in its window now (of
         ``end_user``, for limits per end user) and when the window resets."""
         client = await self.client(client_id)
-        declared = client.terms.limits
-        if not declared:
+        if not client.terms.limits:
             return []
         state = await self.find_budget(client_id)
+        return await self._limits_of(client, state, end_user)
+
+    async def _limits_of(
+        self, client: Client, state: BudgetState | None, end_user: str | None = None
+    ) -> list[dict[str, Any]]:
+        """:meth:`limits` of a client and budget already read."""
+        client_id, declared = client.id, client.terms.limits
+        if not declared:
+            return []
         timezone = state.config.timezone if state is not None else self.timezone
         holds = limits.status_holds(
             declared, client_id=client_id, end_user=end_user, timezone=timezone, now=self.clock()
@@ -350,7 +358,9 @@ class Operations:
         every budget: a read of each client and its counters)."""
         spend = await self.spend_by_api_type(state.client_id, state.period_start)
         status = budget_json(state, spend)
-        return {**status, "limits": await self.limits(state.client_id)} if with_limits else status
+        if not with_limits:
+            return status
+        return {**status, "limits": await self._limits_of(await self.client(state.client_id), state)}
 
     async def unbudgeted_status(self, client_id: str) -> dict[str, Any]:
         """The status of a client with no budget: its spend this calendar month."""
@@ -370,7 +380,7 @@ class Operations:
                 tokens=tokens,
                 spend=spend,
             ),
-            "limits": await self.limits(client.id),
+            "limits": await self._limits_of(client, None),
         }
 
     # -- usage -----------------------------------------------------------------------
