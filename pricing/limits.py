@@ -16,7 +16,6 @@ import hashlib
 import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from fnmatch import fnmatchcase
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -131,7 +130,7 @@ def holds_for(
     return tuple(
         _hold(limit, client_id, end_user, tokens, cost_nanos, timezone, now)
         for limit in limits
-        if limit.models is None or any(fnmatchcase(model, glob) for glob in limit.models)
+        if limit.covers(model)
     )
 
 

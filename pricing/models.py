@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from decimal import Decimal
+from fnmatch import fnmatchcase
 from typing import Literal
 
 import orjson
@@ -48,6 +49,10 @@ class Limit:
     window: str = "none"
     per: str = "client"  # or end_user: each end user its own counter
     models: tuple[str, ...] | None = None  # globs; None: every model
+
+    def covers(self, model: str) -> bool:
+        """Whether calls of ``model`` count here."""
+        return self.models is None or any(fnmatchcase(model, glob) for glob in self.models)
 
     @property
     def rate(self) -> bool:

@@ -231,4 +231,5 @@ def report_row_json(row: ReportRow) -> dict[str, Any]:
         "cost": money_text(row.cost),
         "list_cost": money_text(row.list_cost),
         "margin": money_text(row.cost - row.list_cost),
+        "currency": row.currency,
     }

@@ -154,7 +154,12 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _gate_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    gate = open_gate(settings.redis_url, prefix=settings.redis_prefix, refresh_s=settings.gate_refresh_s)
+    gate = open_gate(
+        settings.redis_url,
+        prefix=settings.redis_prefix,
+        refresh_s=settings.gate_refresh_s,
+        redis_cluster=settings.redis_cluster,
+    )
     try:
         app[GATE] = gate
         yield

@@ -26,7 +26,7 @@ from taximeter.store.base import Budgets, Conflict, Directory, ExchangeRates, Le
 __all__ = ["GROUPINGS", "MAX_EVENTS", "Operations", "OperatorStore", "parse_day"]
 
 _CLIENT_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # the whole id: fullmatch, not a trailing "\n"
-GROUPINGS = ("api_type", "model", "day", "end_user")
+GROUPINGS = ("api_type", "model", "day", "end_user", "limit")
 MAX_EVENTS = 10_000  # the most events one GET /admin/usage/events answers
 _KEY_ATTEMPTS = 5
 
@@ -398,9 +398,46 @@ class Operations:
         if end_at <= start_at:
             raise InvalidInput("to must be after from", param="to")
         await self.flush_ledger()
+        if group_by == "limit":
+            return start_at, end_at, await self._limit_report(client_id, start_at, end_at)
         if client_id is not None and not _possible(client_id):
             return start_at, end_at, []
         return start_at, end_at, await self._store.usage_report(client_id, start_at, end_at, group_by)
+
+    async def _limit_report(self, client_id: str | None, start: datetime, end: datetime) -> list[ReportRow]:
+        """Per limit, the usage of the calls it covers (its models, every end
+        user), in the order declared: keyed by the limit's name, or by
+        ``client/name`` over every client."""
+        owners = [await self.client(client_id)] if client_id is not None else await self.clients()
+        if not any(owner.terms.limits for owner in owners):
+            return []
+        by_model: dict[str, list[tuple[str, ReportRow]]] = {}
+        for row in await self._store.usage_report(client_id, start, end, "client_model"):
+            owner_id, model = row.key.split("/", 1)
+            by_model.setdefault(owner_id, []).append((model, row))
+        report = []
+        for owner in owners:
+            for limit in owner.terms.limits:
+                key = limit.name if client_id is not None else f"{owner.id}/{limit.name}"
+                covered = [row for model, row in by_model.get(owner.id, []) if limit.covers(model)]
+                currencies = sorted({r.currency for r in covered if r.currency}) or [
+                    owner.terms.currency or self.currency
+                ]
+                for currency in currencies:
+                    same = [r for r in covered if r.currency == currency]
+                    report.append(ReportRow.total(key, same, currency))
+        return report
+
+    async def report_currency(self, client_id: str | None, rows: list[ReportRow]) -> str | None:
+        """The currency of a report's costs: its rows' one currency; with no
+        rows the client's (or the default); None when rows are in several."""
+        found = {r.currency for r in rows}
+        if len(found) > 1:
+            return None
+        if found:
+            return found.pop()
+        client = await self.find_client(client_id) if client_id is not None else None
+        return (client.terms.currency if client is not None else None) or self.currency
 
 
 def _possible(client_id: str) -> bool:

@@ -155,6 +155,10 @@ class Settings(BaseSettings):
     upstream_connect_timeout_s: float = Field(10.0, gt=0, description="Longest to wait to connect upstream.")
     database_url: str = Field("sqlite:///taximeter.db", description="postgresql://... or sqlite:///path.")
     redis_url: str | None = Field(None, description="redis://...; none = in-process gate (one process).")
+    redis_cluster: bool = Field(
+        False,
+        description="redis_url names a node of a Redis Cluster: keys are laid out by client hash slot.",
+    )
     redis_prefix: str = Field(
         "taximeter:",
         pattern=r"^[A-Za-z0-9_.:-]{0,64}$",  # no space (the scripts split on it) and no brace (hash tags)

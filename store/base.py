@@ -121,6 +121,21 @@ class ReportRow:
     cost_usd: Decimal
     cost: Decimal
     list_cost: Decimal = Decimal(0)  # cost at list price in the same currency: margin = cost - list_cost
+    currency: str | None = None  # of cost and list_cost: a key spanning two currencies has a row in each
+
+    @classmethod
+    def total(cls, key: str, rows: list[ReportRow], currency: str | None) -> ReportRow:
+        """The sum of ``rows`` (all in ``currency``) under one key."""
+        return cls(
+            key=key,
+            currency=currency,
+            requests=sum(r.requests for r in rows),
+            input_tokens=sum(r.input_tokens for r in rows),
+            output_tokens=sum(r.output_tokens for r in rows),
+            cost_usd=sum((r.cost_usd for r in rows), Decimal(0)),
+            cost=sum((r.cost for r in rows), Decimal(0)),
+            list_cost=sum((r.list_cost for r in rows), Decimal(0)),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,7 +288,9 @@ class LedgerReads(Protocol):
     async def usage_report(
         self, client_id: str | None, start: datetime, end: datetime, group_by: str
     ) -> list[ReportRow]:
-        """Totals per ``api_type``, ``model``, ``day`` (UTC) or ``end_user`` over [start, end)."""
+        """Totals per ``api_type``, ``model``, ``day`` (UTC), ``end_user`` or
+        ``client_model`` (``client/model``) and currency over [start, end),
+        by key then currency."""
 
 
 class HeldReservations(Protocol):

@@ -18,12 +18,13 @@ async def open_store(database_url: str) -> Store:
     return await SqliteStore.open(database_url)
 
 
-def open_gate(redis_url: str | None, *, prefix: str, refresh_s: float) -> Gate:
-    """The Redis gate when a URL is set, else the in-process one."""
+def open_gate(redis_url: str | None, *, prefix: str, refresh_s: float, redis_cluster: bool = False) -> Gate:
+    """The Redis gate when a URL is set (a Redis Cluster's node with
+    ``redis_cluster``), else the in-process one."""
     if redis_url:
         from taximeter.store.redis_gate import RedisGate
 
-        return RedisGate.from_url(redis_url, prefix=prefix)
+        return RedisGate.from_url(redis_url, prefix=prefix, cluster=redis_cluster)
     from taximeter.store.local_gate import LocalGate
 
     return LocalGate(max_age_s=refresh_s)

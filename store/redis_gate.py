@@ -1,15 +1,17 @@
 """The shared gate: budget copies and reservations in Redis.
 
-Keys (under the configured prefix): ``budget:{client}``, a hash with the
-budget's limits, counters and reserved totals; ``held:{client}``, a hash of
-the client's reservations (``tokens:nanos:expires_ms:event-json``);
-``expiry``, a sorted set of ``client/request`` by expiry time for the sweeper;
-and ``unrecorded`` (a hash of ``client/request`` to event JSON) with
-``unrecorded:due`` (by time): events counted here whose process has not yet
-made them durable in the store, so a process killed in between loses nothing.
+Keys (named in :mod:`taximeter.store.redis_keys`, for one server or a
+cluster): ``budget:{client}``, a hash with the budget's limits, counters and
+reserved totals; ``held:{client}``, a hash of the client's reservations
+(``tokens:nanos:expires_ms:holds\nevent-json``); ``lim:{client}:...``, one
+counter per limit window; ``expiry``, a sorted set of ``client/request`` by
+expiry time for the sweeper; and ``unrecorded`` (a hash of ``client/request``
+to event JSON) with ``unrecorded:due`` (by time): events counted here whose
+process has not yet made them durable in the store, so a process killed in
+between loses nothing. On a cluster the last three are kept per hash slot.
 
 Admission, settlement, release and claiming are each one Lua script (in
-``store/lua/``, read at import), so one
+``store/lua/``, read at import) over the keys of one client's slot, so one
 round trip answers "may this client spend?" and holds its reservation, and a
 pause set by any process is seen by every process on its next request. The
 scripts mirror :mod:`taximeter.pricing.budgets` (the contract tests hold both
@@ -20,17 +22,22 @@ as doubles, exact below 2**53 nanos (about 9 million currency units a period).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast, get_args
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, RedisError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import AskError, ClusterCrossSlotError, MovedError, NoScriptError, RedisError
 
 from taximeter.pricing import budgets
 from taximeter.pricing.models import BudgetState, Hold, Outcome, Reservation, UsageEvent
 from taximeter.pricing.money import to_nanos
 from taximeter.store.base import Admission, StoreUnavailable
+from taximeter.store.redis_keys import KeyLayout
 
 __all__ = ["RedisGate"]
 
@@ -46,15 +53,28 @@ def _lua(name: str) -> str:
     return data.decode("utf-8")
 
 
+@dataclass(frozen=True, slots=True)
+class _Script:
+    """A script's source and the SHA-1 Redis knows it by (run with EVALSHA;
+    loaded again on every node that answers it does not know it)."""
+
+    script: str
+    sha: str
+
+    @classmethod
+    def of(cls, source: str) -> _Script:
+        return cls(source, hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest())
+
+
 # Read once, at import. release() is shared by the scripts that drop a reservation.
 _RELEASE_FN = _lua("release_function.lua")
-_ADMIT = _lua("admit.lua")
-_SETTLE = _RELEASE_FN + _lua("settle.lua")
-_RELEASE = _RELEASE_FN + _lua("release.lua")
-_RESTORE = _lua("restore.lua")
-_CLAIM = _RELEASE_FN + _lua("claim_expired.lua")
-_LOAD = _lua("load.lua")
-_CLAIM_UNRECORDED = _lua("claim_unrecorded.lua")
+_ADMIT = _Script.of(_lua("admit.lua"))
+_SETTLE = _Script.of(_RELEASE_FN + _lua("settle.lua"))
+_RELEASE = _Script.of(_RELEASE_FN + _lua("release.lua"))
+_RESTORE = _Script.of(_lua("restore.lua"))
+_CLAIM = _Script.of(_RELEASE_FN + _lua("claim_expired.lua"))
+_LOAD = _Script.of(_lua("load.lua"))
+_CLAIM_UNRECORDED = _Script.of(_lua("claim_unrecorded.lua"))
 
 _HELD_TTL_S = 7 * 86400  # a reservations hash outlives any call; the sweeper empties it
 _OUTCOMES = frozenset(get_args(Outcome))
@@ -123,12 +143,12 @@ class _Pipeliner:
     round trip each. Each script still runs atomically on its own; only the
     trip is shared."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis | RedisCluster) -> None:
         self._client = client
         self._queued: list[tuple[_Call, asyncio.Future[Any]]] = []
         self._on_the_way = 0
 
-    async def call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+    async def call(self, script: _Script, keys: list[str], args: list[Any]) -> Any:
         if not self._on_the_way and not self._queued:
             [reply] = await self._run([(script, keys, args)])
             if isinstance(reply, Exception):
@@ -163,36 +183,48 @@ class _Pipeliner:
             replies = await self._execute(calls)
             missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
             if missing:  # Redis restarted or was flushed: load the scripts, run those again
-                for script in {id(calls[i][0]): calls[i][0] for i in missing}.values():
+                for script in {calls[i][0] for i in missing}:
                     await self._client.script_load(script.script)
                 again = await self._execute([calls[i] for i in missing])
                 for i, reply in zip(missing, again, strict=True):
                     replies[i] = reply
         except (RedisError, OSError) as exc:
-            return [StoreUnavailable(f"Redis: {exc}")] * len(calls)
+            return [unavailable(exc)] * len(calls)
         finally:
             self._on_the_way -= 1
-        return [StoreUnavailable(f"Redis: {r}") if isinstance(r, Exception) else r for r in replies]
+        return [unavailable(r) if isinstance(r, Exception) else r for r in replies]
 
     async def _execute(self, calls: list[_Call]) -> list[Any]:
         pipe = self._client.pipeline(transaction=False)
         for script, keys, args in calls:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            # As a plain command: a cluster's pipeline refuses evalsha() by
+            # name, but routes EVALSHA by its keys (one slot per script here).
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
         return list(await pipe.execute(raise_on_error=False))
 
 
-_Call = tuple[Any, list[str], list[Any]]  # a script, its keys, its arguments
+_Call = tuple[_Script, list[str], list[Any]]  # a script, its keys, its arguments
+
+
+def unavailable(exc: BaseException) -> StoreUnavailable:
+    """What a Redis failure means to the gate's callers; a cluster's node
+    talked to as one server (it redirects, or refuses keys of several slots)
+    says what to set."""
+    if isinstance(exc, (MovedError, AskError, ClusterCrossSlotError)):
+        return StoreUnavailable("Redis is a cluster: set redis_cluster = true")
+    return StoreUnavailable(f"Redis: {exc}")
 
 
 _SENDING: set[asyncio.Task[None]] = set()  # pipelines in flight (the loop keeps weak references)
 
 
 class RedisGate:
-    """:class:`~taximeter.store.base.Gate` shared by every process through Redis."""
+    """:class:`~taximeter.store.base.Gate` shared by every process through
+    Redis: one server, or a Redis Cluster (``cluster=True``)."""
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: aioredis.Redis | RedisCluster,
         *,
         prefix: str = "taximeter:",
         ttl_s: int = 3600,
@@ -200,28 +232,22 @@ class RedisGate:
     ) -> None:
         self._redis = client
         self._unrecorded_lease_ms = int(unrecorded_lease_s * 1000)
-        self._prefix = prefix
+        self._keys = KeyLayout(prefix, cluster=isinstance(client, RedisCluster))
+        self._keys.prepare()
+        self._shards_held: set[str] = set()  # listed under `slots` by this process
         self._ttl_s = ttl_s
-        self._admit = client.register_script(_ADMIT)
-        self._settle = client.register_script(_SETTLE)
-        self._release = client.register_script(_RELEASE)
-        self._claim = client.register_script(_CLAIM)
-        self._load = client.register_script(_LOAD)
-        self._restore = client.register_script(_RESTORE)
-        self._claim_unrecorded = client.register_script(_CLAIM_UNRECORDED)
         self._pipeliner = _Pipeliner(client)
 
     @classmethod
-    def from_url(cls, url: str, *, prefix: str = "taximeter:") -> RedisGate:
-        client = aioredis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
-        return cls(client, prefix=prefix)
-
-    def _keys(self, client_id: str) -> list[str]:
-        p = self._prefix
-        return [f"{p}budget:{client_id}", f"{p}held:{client_id}", f"{p}expiry"]
+    def from_url(cls, url: str, *, prefix: str = "taximeter:", cluster: bool = False) -> RedisGate:
+        """A gate on the server at ``url``, or on the cluster that node is part of."""
+        timeouts: dict[str, Any] = {"socket_timeout": 2, "socket_connect_timeout": 2}
+        if cluster:
+            return cls(RedisCluster.from_url(url, **timeouts), prefix=prefix)
+        return cls(aioredis.Redis.from_url(url, **timeouts), prefix=prefix)
 
     def _counter_key(self, hold: Hold) -> str:
-        return f"{self._prefix}lim:{hold.key}"
+        return self._keys.counter(hold.key)
 
     def _holds_text(self, holds: tuple[Hold, ...]) -> str:
         return " ".join(f"{self._counter_key(h)} {h.amount} {_METRIC_CODES[h.limit.metric]}" for h in holds)
@@ -241,8 +267,49 @@ class RedisGate:
             )
         return [" ".join(specs)]
 
-    async def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+    async def _run(self, script: _Script, keys: list[str], args: list[Any]) -> Any:
         return await self._pipeliner.call(script, keys, args)
+
+    async def _commands(self, add: Callable[[Any], object]) -> list[Any]:
+        """Plain commands, pipelined: ``add`` puts them on the pipeline."""
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                add(pipe)
+                return list(await pipe.execute())
+        except (RedisError, OSError) as exc:
+            raise unavailable(exc) from exc
+
+    async def _listed(self, client_id: str) -> None:
+        """On a cluster, the client's slot listed for the sweeper before
+        anything is held in it (once per process; the sweeper lists again
+        what this process holds, in case Redis lost the list)."""
+        shard = self._keys.shard(client_id)
+        if shard and shard not in self._shards_held:
+            await self._commands(lambda pipe: pipe.sadd(self._keys.slots, shard))
+            self._shards_held.add(shard)
+
+    async def _shards(self) -> list[str]:
+        """The sweeper's indexes to visit: one on a server, each slot in use on a cluster."""
+        if not self._keys.cluster:
+            return [""]
+        held = list(self._shards_held)
+
+        def add(pipe: Any) -> None:
+            if held:
+                pipe.sadd(self._keys.slots, *held)
+            pipe.smembers(self._keys.slots)
+
+        *_, listed = await self._commands(add)
+        return sorted(s.decode() if isinstance(s, bytes) else s for s in listed)
+
+    async def _due(self, index: Callable[[str], str], now: datetime, limit: int) -> list[str]:
+        """Up to ``limit`` members due by ``now`` in the sweeper's indexes."""
+        shards = await self._shards()
+        replies = await self._commands(
+            lambda pipe: [pipe.zrangebyscore(index(s), "-inf", _ms(now), start=0, num=limit) for s in shards]
+        )
+        members = [m.decode() if isinstance(m, bytes) else m for reply in replies for m in reply]
+        return members[:limit]
 
     def _hold_args(self, reservation: Reservation, now: datetime) -> list[Any]:
         event = reservation.event
@@ -259,9 +326,10 @@ class RedisGate:
 
     async def admit(self, reservation: Reservation, now: datetime) -> Admission:
         holds = reservation.holds
-        keys = self._keys(reservation.client_id) + [self._counter_key(h) for h in holds]
+        await self._listed(reservation.client_id)
+        keys = self._keys.client_keys(reservation.client_id) + [self._counter_key(h) for h in holds]
         reply = await self._run(
-            self._admit, keys, self._hold_args(reservation, now) + self._limit_args(holds, now)
+            _ADMIT, keys, self._hold_args(reservation, now) + self._limit_args(holds, now)
         )
         outcome, *rest = (part.decode() if isinstance(part, bytes) else part for part in reply)
         if outcome not in _OUTCOMES:
@@ -269,7 +337,8 @@ class RedisGate:
         return Admission(cast(Outcome, outcome), rest[0] if rest else None)
 
     async def load(self, client_id: str, state: BudgetState | None, now: datetime) -> None:
-        await self._run(self._load, self._keys(client_id)[:2], [self._ttl_s, *_fields(state)])
+        keys = [self._keys.budget(client_id), self._keys.held(client_id)]
+        await self._run(_LOAD, keys, [self._ttl_s, *_fields(state)])
 
     async def settle(
         self,
@@ -290,44 +359,38 @@ class RedisGate:
             "1" if budget else "0",
         ]
         if keep_until is not None:
+            await self._listed(event.client_id)
             args += [event.to_json(), _ms(keep_until)]
-        reply = await self._run(self._settle, [*self._keys(event.client_id), *self._unrecorded_keys()], args)
+        reply = await self._run(_SETTLE, self._keys.settle_keys(event.client_id), args)
         counted = reply if isinstance(reply, list) else []
-        skip = len(self._prefix) + len("lim:")  # answered by the hold's key, as the caller knows it
+        skip = len(self._keys.counter(""))  # answered by the hold's key, as the caller knows it
         return {
             (key.decode() if isinstance(key, bytes) else key)[skip:]: int(used)
             for key, used in zip(counted[::2], counted[1::2], strict=True)
         }
 
-    def _unrecorded_keys(self) -> list[str]:
-        return [f"{self._prefix}unrecorded", f"{self._prefix}unrecorded:due"]
-
     async def recorded(self, events: list[UsageEvent]) -> None:
-        if not events:
+        by_shard: dict[str, list[str]] = {}
+        for e in events:
+            by_shard.setdefault(self._keys.shard(e.client_id), []).append(f"{e.client_id}/{e.request_id}")
+        if not by_shard:
             return
-        members = [f"{e.client_id}/{e.request_id}" for e in events]
-        table, due = self._unrecorded_keys()
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.hdel(table, *members)
-                pipe.zrem(due, *members)
-                await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"Redis: {exc}") from exc
+
+        def add(pipe: Any) -> None:
+            for shard, members in by_shard.items():
+                pipe.hdel(self._keys.unrecorded(shard), *members)
+                pipe.zrem(self._keys.unrecorded_due(shard), *members)
+
+        await self._commands(add)
 
     async def claim_unrecorded(self, now: datetime, limit: int) -> list[UsageEvent]:
-        table, due = self._unrecorded_keys()
-        try:
-            members = await self._redis.zrangebyscore(due, "-inf", _ms(now), start=0, num=limit)
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"Redis: {exc}") from exc
         claimed = []
-        for member in members:
+        for member in await self._due(self._keys.unrecorded_due, now, limit):
+            shard = self._keys.shard(member.split("/", 1)[0])
+            keys = [self._keys.unrecorded(shard), self._keys.unrecorded_due(shard)]
             # Kept again for as long as it waited: the claimer may die too.
             lease_ms = _ms(now) + self._unrecorded_lease_ms
-            payload = await self._run(
-                self._claim_unrecorded, [table, due], [member.decode(), _ms(now), lease_ms]
-            )
+            payload = await self._run(_CLAIM_UNRECORDED, keys, [member, _ms(now), lease_ms])
             if payload:
                 claimed.append(
                     UsageEvent.from_json(payload.decode() if isinstance(payload, bytes) else payload)
@@ -335,68 +398,53 @@ class RedisGate:
         return claimed
 
     async def extend(self, reservations: list[Reservation]) -> None:
-        if not reservations:
-            return
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for r in reservations:  # XX: a reservation already claimed is not held again
-                    pipe.zadd(
-                        f"{self._prefix}expiry", {f"{r.client_id}/{r.request_id}": _ms(r.expires_at)}, xx=True
-                    )
-                await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"Redis: {exc}") from exc
+        def add(pipe: Any) -> None:
+            for r in reservations:  # XX: a reservation already claimed is not held again
+                index = self._keys.expiry(self._keys.shard(r.client_id))
+                pipe.zadd(index, {f"{r.client_id}/{r.request_id}": _ms(r.expires_at)}, xx=True)
+
+        if reservations:
+            await self._commands(add)
 
     async def restore(self, reservations: list[Reservation]) -> None:
         now = datetime.now(UTC)
         for reservation in reservations:
-            await self._run(
-                self._restore, self._keys(reservation.client_id), self._hold_args(reservation, now)
-            )
+            await self._listed(reservation.client_id)
+            keys = self._keys.client_keys(reservation.client_id)
+            await self._run(_RESTORE, keys, self._hold_args(reservation, now))
 
     async def release(self, client_id: str, request_id: str) -> None:
-        await self._run(self._release, self._keys(client_id), [request_id, f"{client_id}/{request_id}"])
+        keys = self._keys.client_keys(client_id)
+        await self._run(_RELEASE, keys, [request_id, f"{client_id}/{request_id}"])
 
     async def claim_expired(self, now: datetime, limit: int) -> list[Reservation]:
-        try:
-            members = await self._redis.zrangebyscore(
-                f"{self._prefix}expiry", "-inf", _ms(now), start=0, num=limit
-            )
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"Redis: {exc}") from exc
         claimed = []
-        for member in members:
-            client_id, request_id = member.decode().split("/", 1)
-            payload = await self._run(self._claim, self._keys(client_id), [request_id, member.decode()])
+        for member in await self._due(self._keys.expiry, now, limit):
+            client_id, request_id = member.split("/", 1)
+            payload = await self._run(_CLAIM, self._keys.client_keys(client_id), [request_id, member])
             if payload:
                 claimed.append(_reservation(payload))
         return claimed
 
     async def load_limits(self, counted: list[tuple[Hold, int]], now: datetime) -> None:
         """Counters counted again from the ledger, set where Redis has none."""
-        if not counted:
-            return
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for hold, used in counted:
-                    key = self._counter_key(hold)
-                    pipe.hsetnx(key, "u", str(used))
-                    pipe.hsetnx(key, "r", "0")
-                    if hold.window_end is not None:
-                        pipe.pexpire(key, _counter_ttl_ms(hold, now))
-                await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"Redis: {exc}") from exc
+
+        def add(pipe: Any) -> None:
+            for hold, used in counted:
+                key = self._counter_key(hold)
+                pipe.hsetnx(key, "u", str(used))
+                pipe.hsetnx(key, "r", "0")
+                if hold.window_end is not None:
+                    pipe.pexpire(key, _counter_ttl_ms(hold, now))
+
+        if counted:
+            await self._commands(add)
 
     async def limit_counters(self, holds: list[Hold]) -> list[tuple[int, int] | None]:
         """``(used, reserved)`` of each hold's counter, None where Redis has none."""
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for hold in holds:
-                    pipe.hmget(self._counter_key(hold), ["u", "r"])
-                replies = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"Redis: {exc}") from exc
+        replies = await self._commands(
+            lambda pipe: [pipe.hmget(self._counter_key(hold), ["u", "r"]) for hold in holds]
+        )
         return [None if u is None else (int(u), int(r or 0)) for u, r in replies]
 
     def needs_refresh(self, client_id: str, now: datetime) -> bool:
@@ -406,7 +454,7 @@ class RedisGate:
         try:
             await self._redis.ping()
         except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"Redis: {exc}") from exc
+            raise unavailable(exc) from exc
 
     async def close(self) -> None:
         await self._redis.aclose()

@@ -24,6 +24,7 @@ from blockbuster import BlockBuster, blockbuster_ctx
 from taximeter.proxy.app import create_app
 from taximeter.proxy.settings import Settings
 from taximeter.store.base import Gate, Store
+from tests.support.availability import unavailable
 from tests.support.blocking import allow_known_blocking
 from tests.support.clock import FakeClock
 from tests.support.fake_upstream import UPSTREAM_KEY, FakeUpstream
@@ -97,6 +98,26 @@ async def empty_pg_url() -> AsyncIterator[str]:
 async def redis_prefix() -> AsyncIterator[str]:
     async with fresh_redis_prefix() as prefix:
         yield prefix
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> Iterator[str]:
+    """A private three-node Redis Cluster shared by the run's tests that ask
+    for it (each under a key prefix of its own), started on first use."""
+    import asyncio
+    import shutil
+
+    from tests.support.private_services import PrivateRedisCluster
+
+    missing = [tool for tool in ("redis-server", "redis-cli") if shutil.which(tool) is None]
+    if missing:
+        unavailable(f"a Redis Cluster needs {' and '.join(missing)}", "apt-get install redis-server")
+    cluster = PrivateRedisCluster()
+    asyncio.run(cluster.start())
+    try:
+        yield cluster.url
+    finally:
+        asyncio.run(cluster.close())
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -123,7 +123,7 @@ async def usage(request: web.Request) -> web.Response:
             "group_by": group_by,
             "from": rfc3339(start),
             "to": rfc3339(end),
-            "currency": ops.currency,
+            "currency": await ops.report_currency(q.get("client_id") or None, rows),
             "data": [report_row_json(r) for r in rows],
         }
     )

@@ -192,7 +192,7 @@ _PATHS: dict[str, Any] = {
         "get": _op(
             "Usage report",
             _json(_ref("UsageReport")),
-            errors=("422",),
+            errors=("404", "422"),
             parameters=_query(
                 client_id={"type": "string"},
                 **{"from": _DAY, "to": _TO},

@@ -212,7 +212,8 @@ SCHEMAS: dict[str, Any] = {
             "group_by": {"enum": list(GROUPINGS)},
             "from": _TIME,
             "to": _TIME,
-            "currency": {"type": "string"},
+            # null when the rows are in several currencies (each row names its own)
+            "currency": {"type": ["string", "null"]},
             "data": {
                 "type": "array",
                 "items": obj(
@@ -225,6 +226,7 @@ SCHEMAS: dict[str, Any] = {
                         "cost",
                         "list_cost",
                         "margin",
+                        "currency",
                     ],
                     {
                         "key": {"type": "string"},
@@ -235,6 +237,7 @@ SCHEMAS: dict[str, Any] = {
                         "cost": _MONEY,
                         "list_cost": _MONEY,
                         "margin": _MONEY,
+                        "currency": {"type": ["string", "null"]},
                     },
                 ),
             },

@@ -184,7 +184,12 @@ async def _manage(settings: Settings, args: argparse.Namespace) -> int:
     if args.command == "pricing":
         return _pricing(settings, args)
     store = await open_store(settings.database_url)
-    gate = open_gate(settings.redis_url, prefix=settings.redis_prefix, refresh_s=settings.gate_refresh_s)
+    gate = open_gate(
+        settings.redis_url,
+        prefix=settings.redis_prefix,
+        refresh_s=settings.gate_refresh_s,
+        redis_cluster=settings.redis_cluster,
+    )
     try:
         await store.migrate()
         if args.command == "migrate":
@@ -332,12 +337,11 @@ def _bar(label: str, percent: float, figures: str, color: str) -> str:
 async def _usage(ops: Operations, args: argparse.Namespace) -> int:
     await ops.client(args.client)
     _, _, rows = await ops.usage_report(args.client, args.start, args.end, args.by)
-    cost_header = f"cost {ops.currency}"
-    print(f"{args.by:<24}{'requests':>10}{'input':>12}{'output':>12}{'cost_usd':>14}{cost_header:>14}")
+    print(f"{args.by:<24}{'requests':>10}{'input':>12}{'output':>12}{'cost_usd':>14}{'cost':>14}  currency")
     for r in rows:
         print(
             f"{r.key:<24}{r.requests:>10}{r.input_tokens:>12}{r.output_tokens:>12}"
-            f"{money_text(r.cost_usd):>14}{money_text(r.cost):>14}"
+            f"{money_text(r.cost_usd):>14}{money_text(r.cost):>14}  {r.currency}"
         )
     return 0
 

@@ -22,7 +22,10 @@ def summary(settings: Settings) -> str:
     """The lines printed once the proxy listens. No secret appears: URLs lose
     their passwords, keys are only said to be set or not."""
     base = f"http://{settings.host}:{settings.port}"
-    gate = f"redis {_without_password(settings.redis_url)}" if settings.redis_url else "in-process"
+    gate = "in-process"
+    if settings.redis_url:
+        kind = "redis cluster" if settings.redis_cluster else "redis"
+        gate = f"{kind} {_without_password(settings.redis_url)}"
     lines = [
         f"taximeter {version('taximeter')} listening on {base}/v1",
         f"  store      {describe_store(settings.database_url)}",

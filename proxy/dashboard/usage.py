@@ -1,8 +1,10 @@
 """The dashboard's usage page: spend over the last 30 days, per day, by
-model and by api_type, with charts."""
+model and by api_type, with charts; in the clients' currency, or in USD at
+list price when the clients shown pay in several."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, date, timedelta
 from decimal import Decimal
 
@@ -12,6 +14,7 @@ from taximeter.proxy.dashboard.charts import bar_list, column_chart
 from taximeter.proxy.dashboard.dashboard import Dashboard, page
 from taximeter.proxy.dashboard.sessions import Session
 from taximeter.proxy.errors import NotFoundError
+from taximeter.store.base import ReportRow
 
 __all__ = ["usage"]
 
@@ -28,14 +31,14 @@ async def usage(request: web.Request, dash: Dashboard, session: Session) -> web.
     today = ops.clock().astimezone(UTC).date()
     first = today - timedelta(days=USAGE_DAYS - 1)
     start, end = first.isoformat(), today.isoformat()
-    _, _, days = await ops.usage_report(client_id, start, end, "day")
-    _, _, models = await ops.usage_report(client_id, start, end, "model")
-    _, _, kinds = await ops.usage_report(client_id, start, end, "api_type")
+    reports = [(await ops.usage_report(client_id, start, end, g))[2] for g in ("day", "model", "api_type")]
+    currency = await ops.report_currency(client_id, [row for rows in reports for row in rows]) or "USD"
+    days, models, kinds = (_merged(rows, currency) for rows in reports)
     spent = {row.key: row.cost for row in days}
     daily = [(d.isoformat(), spent.get(d.isoformat(), Decimal(0))) for d in _days(first, USAGE_DAYS)]
 
     def money(amount: Decimal) -> str:
-        return fmt.money(amount, ops.currency)
+        return fmt.money(amount, currency)
 
     by_cost = sorted(models, key=lambda r: r.cost, reverse=True)
     kinds_by_cost = sorted(kinds, key=lambda r: r.cost, reverse=True)
@@ -57,8 +60,19 @@ async def usage(request: web.Request, dash: Dashboard, session: Session) -> web.
         models=by_cost,
         kinds=kinds_by_cost,
         fmt=fmt,
-        currency=ops.currency,
+        currency=currency,
     )
+
+
+def _merged(rows: list[ReportRow], currency: str) -> list[ReportRow]:
+    """One row per key, its cost in ``currency``: the rows' own when they
+    are all in it; in USD (``cost_usd``) when clients pay in several."""
+    by_key: dict[str, list[ReportRow]] = {}
+    for row in rows:
+        if row.currency != currency:  # several currencies: each row's list price in USD
+            row = replace(row, cost=row.cost_usd, list_cost=row.cost_usd, currency=currency)
+        by_key.setdefault(row.key, []).append(row)
+    return [ReportRow.total(key, same, currency) for key, same in by_key.items()]
 
 
 def _days(first: date, count: int) -> list[date]:

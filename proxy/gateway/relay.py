@@ -64,7 +64,14 @@ def wants_injected_usage(call: Call) -> bool:
 
 
 def response_headers(upstream: aiohttp.ClientResponse, request_id: str) -> dict[str, str]:
-    headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _DROP_RESPONSE}
+    """The upstream's headers a client may see: not hop-by-hop ones, not the
+    operator's account, and not the shared key's rate limits (x-ratelimit-*:
+    what every tenant together has left, and not this client's limits)."""
+    headers = {
+        k: v
+        for k, v in upstream.headers.items()
+        if k.lower() not in _DROP_RESPONSE and not k.lower().startswith("x-ratelimit-")
+    }
     headers["X-Taximeter-Request-Id"] = request_id
     return headers
 

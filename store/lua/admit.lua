@@ -1,6 +1,8 @@
 -- Admission: refuse, answer busy or miss, or hold the reservation on the
 -- budget and on every limit that applies, atomically.
--- KEYS: budget:{client}, held:{client}, expiry, then one counter per limit
+-- KEYS: budget:{client}, held:{client}, expiry, then one counter per limit;
+--       on a Redis Cluster all in the client's hash slot (store/redis_keys.py),
+--       as are the counters the other scripts read from held values
 -- ARGV: now (epoch ms), request id, tokens, cost (nanos), expires (epoch ms),
 --       holds and event (as held:{client} keeps them), expiry member
 --       (client/request), TTL of held:{client} (s), then one string of the

@@ -8,7 +8,6 @@ from abc import abstractmethod
 from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
-from fnmatch import fnmatchcase
 from typing import Any
 
 from taximeter.pricing import budgets
@@ -22,7 +21,12 @@ from taximeter.store.sql.rows import EVENT_COLUMNS, event_from_row
 __all__ = ["SqlLedger", "limit_used_in", "sanitised"]
 
 _EXPORT_ROWS_PER_INSERT = 500  # 3 values a row, far below SQLite's 32,766 variables
-_GROUPS = {"api_type": "api_type", "model": "model", "end_user": "COALESCE(end_user, '')"}
+_GROUPS = {
+    "api_type": "api_type",
+    "model": "model",
+    "end_user": "COALESCE(end_user, '')",
+    "client_model": "client_id || '/' || model",  # a client id has no "/"
+}
 
 
 class SqlLedger(BudgetWrites):
@@ -140,11 +144,11 @@ class SqlLedger(BudgetWrites):
             args.append(client_id)
         async with self.connection() as conn:
             rows = await conn.fetchall(
-                f"SELECT {key} AS key, COUNT(*) AS requests, SUM(input_tokens) AS input_tokens, "
+                f"SELECT {key} AS key, currency, COUNT(*) AS requests, SUM(input_tokens) AS input_tokens, "
                 "SUM(output_tokens) AS output_tokens, SUM(cost_usd) AS cost_usd, SUM(cost) AS cost, "
                 # Events from before markups have no list cost: they were charged at list price.
                 "SUM(COALESCE(list_cost, cost)) AS list_cost "
-                f"FROM usage_events WHERE {where} GROUP BY {key} ORDER BY {key}",
+                f"FROM usage_events WHERE {where} GROUP BY {key}, currency ORDER BY {key}, currency",
                 *args,
             )
         return [
@@ -156,6 +160,7 @@ class SqlLedger(BudgetWrites):
                 cost_usd=self.dialect.money_out(r["cost_usd"]),
                 cost=self.dialect.money_out(r["cost"]),
                 list_cost=self.dialect.money_out(r["list_cost"]),
+                currency=r["currency"],
             )
             for r in rows
         ]
@@ -190,7 +195,7 @@ async def limit_used_in(conn: Conn, d: Dialect, hold: Hold, client_id: str) -> i
     )
     used = 0
     for row in rows:
-        if limit.models is not None and not any(fnmatchcase(row["model"], g) for g in limit.models):
+        if not limit.covers(row["model"]):
             continue
         tokens, cost_nanos = int(row["tokens"]), to_nanos(d.money_out(row["cost"]))
         used += int(row["calls"]) if limit.metric == "requests" else hold.used_by(tokens, cost_nanos)

@@ -395,6 +395,21 @@ async def test_the_usage_page_charts_thirty_days_by_model_and_api_type(
     assert (await operator.get("/dashboard/usage?client_id=nobody")).status == 404
 
 
+async def test_the_usage_page_of_clients_paying_in_two_currencies_is_in_dollars(
+    proxy: Harness, operator: Browser
+) -> None:
+    euro_key, real_key = await proxy.new_client("euro"), await proxy.new_client("real")
+    await proxy.admin("PUT", "/admin/rates/EUR", {"rate": "0.92"})
+    await proxy.admin("PATCH", "/admin/clients/euro", {"currency": "EUR"})
+    await chat(proxy, euro_key)
+    await chat(proxy, real_key)
+    # Two calls of gpt-4o at list price: 2 x (1000 x 2.50 + 200 x 1.25 + 300 x 10) / 1M = US$ 0.0115.
+    text = (await operator.get("/dashboard/usage")).plain()
+    assert re.search(r"gpt-4o 2 2\.400 600 US\$ 0,01", text), text
+    text = (await operator.get("/dashboard/usage?client_id=euro")).plain()
+    assert re.search(r"gpt-4o 1 1\.200 300 € 0,01", text), text
+
+
 async def test_no_page_shows_a_secret(proxy: Harness, operator: Browser) -> None:
     key = await proxy.new_client("acme", mode="tokens", token_limit=100_000)
     await chat(proxy, key)

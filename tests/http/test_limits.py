@@ -152,13 +152,41 @@ async def test_a_lost_counter_is_counted_again_from_the_ledger(proxy: Harness) -
     assert (await refused(proxy, key)).body["param"] == "day"  # type: ignore[index]
 
 
+async def test_the_usage_report_by_limit_sums_the_calls_each_covers(proxy: Harness) -> None:
+    key = await proxy.new_client("acme")
+    await proxy.new_client("free")  # no limits: not in the report
+    await set_limits(
+        proxy,
+        "acme",
+        {"name": "mini", "metric": "tokens", "limit": 10**6, "window": "daily", "models": ["gpt-4o-mini*"]},
+        {"name": "all", "metric": "requests", "limit": 1000, "window": "monthly"},
+        {"name": "per-user", "metric": "cost", "limit": "100", "window": "daily", "per": "end_user"},
+    )
+    await chat(proxy, key, user="+5511900000001")
+    await chat(proxy, key, user="+5511900000002", model="gpt-4o-mini")
+    await chat(proxy, key)
+    # gpt-4o-mini's list price: $0.15 in, $0.075 cached, $0.60 out per 1M (2026-11-25).
+    mini_brl = (1_000 * Decimal("0.15") + 200 * Decimal("0.075") + 300 * Decimal("0.60")) / 1_000_000 * 5
+    status, report = await proxy.admin("GET", "/admin/usage?client_id=acme&group_by=limit")
+    assert (status, report["group_by"], report["currency"]) == (200, "limit", "BRL")
+    rows = {r["key"]: r for r in report["data"]}
+    assert list(rows) == ["mini", "all", "per-user"]  # as declared
+    assert (rows["mini"]["requests"], Decimal(rows["mini"]["cost"])) == (1, mini_brl)
+    assert (rows["all"]["requests"], Decimal(rows["all"]["cost"])) == (3, 2 * CALL_BRL + mini_brl)
+    assert rows["per-user"]["requests"] == 3 and rows["per-user"]["input_tokens"] == 3 * 1_200
+    status, every = await proxy.admin("GET", "/admin/usage?group_by=limit")
+    assert [r["key"] for r in every["data"]] == ["acme/mini", "acme/all", "acme/per-user"]
+    status, body = await proxy.admin("GET", "/admin/usage?client_id=nobody&group_by=limit")
+    assert (status, body["error"]["code"]) == (404, "not_found")
+
+
 async def forget_counters(proxy: Harness) -> None:
     gate: Any = proxy.services.meter.gate
     if hasattr(gate, "_counters"):
         gate._counters.clear()
         return
     redis = gate._redis
-    keys = [k async for k in redis.scan_iter(match=f"{gate._prefix}lim:*")]
+    keys = [k async for k in redis.scan_iter(match=f"{gate._keys.prefix}lim:*")]
     assert keys
     await redis.delete(*keys)
 

@@ -103,6 +103,28 @@ async def test_a_client_pays_in_its_own_currency(proxy: Harness) -> None:
     assert status_body["period_start"].endswith("-01T00:00:00Z")  # the calendar month (UTC setting)
 
 
+async def test_reports_name_the_currency_their_costs_are_in(proxy: Harness, clock: FakeClock) -> None:
+    euro_key, real_key = await proxy.new_client("euro"), await proxy.new_client("real")
+    await proxy.admin("PUT", "/admin/rates/EUR", {"rate": "0.92"})
+    await proxy.admin("PATCH", "/admin/clients/euro", {"currency": "EUR"})
+    await chat(proxy, euro_key)
+    await chat(proxy, real_key)
+    status, euro = await proxy.admin("GET", "/admin/usage?client_id=euro&group_by=model")
+    assert (status, euro["currency"]) == (200, "EUR")
+    assert [(r["key"], r["cost"], r["currency"]) for r in euro["data"]] == [
+        ("gpt-4o", text(CALL_USD * Decimal("0.92")), "EUR")
+    ]
+    # Over both clients the costs are in two currencies: never summed together.
+    status, both = await proxy.admin("GET", "/admin/usage?group_by=model")
+    assert (status, both["currency"]) == (200, None)
+    assert [(r["key"], r["cost"], r["currency"]) for r in both["data"]] == [
+        ("gpt-4o", text(CALL_USD * FIRST_RATE), "BRL"),
+        ("gpt-4o", text(CALL_USD * Decimal("0.92")), "EUR"),
+    ]
+    status, nothing = await proxy.admin("GET", "/admin/usage?client_id=euro&from=2020-01-01&to=2020-01-02")
+    assert (status, nothing["currency"], nothing["data"]) == (200, "EUR", [])
+
+
 async def test_a_currency_cannot_change_under_money_counted_in_another(
     proxy: Harness, clock: FakeClock
 ) -> None:

@@ -28,7 +28,14 @@ STREAM_PIECES = ["Hel", "lo", " there", "!"]
 TTS_WAV_SECONDS = 2.5
 UPSTREAM_KEY = "sk-upstream-SENTINEL-5f2c"
 # Headers OpenAI sends that name the operator's account: a tenant must never see them.
-ACCOUNT_HEADERS = {"openai-organization": "org-SENTINEL", "openai-project": "proj_SENTINEL"}
+ACCOUNT_HEADERS = {
+    "openai-organization": "org-SENTINEL",
+    "openai-project": "proj_SENTINEL",
+    # The shared key's own limits: what every tenant together has left.
+    "x-ratelimit-limit-requests": "10000",
+    "x-ratelimit-remaining-requests": "9999-SENTINEL",
+    "x-ratelimit-reset-tokens": "6m0s-SENTINEL",
+}
 
 
 def wav_bytes(seconds: float, rate: int = 24_000) -> bytes:

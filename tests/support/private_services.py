@@ -36,6 +36,7 @@ from tests.support.processes import free_port
 __all__ = [
     "PrivatePostgres",
     "PrivateRedis",
+    "PrivateRedisCluster",
     "missing_binaries",
     "postgres_bin_dir",
 ]
@@ -71,6 +72,8 @@ def missing_binaries() -> tuple[str, ...]:
         missing.append("Postgres server binaries (/usr/lib/postgresql/*/bin)")
     if shutil.which("redis-server") is None:
         missing.append("redis-server")
+    if shutil.which("redis-cli") is None:
+        missing.append("redis-cli (to join a private Redis Cluster)")
     if os.geteuid() == 0 and shutil.which("setpriv") is None:
         missing.append("setpriv (to run Postgres as the postgres user)")
     return tuple(missing)
@@ -328,3 +331,78 @@ class PrivateRedis(_Server):
             return False
         finally:
             await client.aclose()
+
+
+class _ClusterNode(PrivateRedis):
+    """One primary of a private Redis Cluster."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Its own free port for the cluster bus: the default (port + 10000) may be taken or past 65535.
+        self.bus_port = free_port()
+
+    def _command(self) -> list[str]:
+        return [
+            *super()._command(),
+            "--cluster-enabled",
+            "yes",
+            "--cluster-port",
+            str(self.bus_port),
+            "--cluster-config-file",
+            "nodes.conf",  # in --dir, its own
+            "--cluster-node-timeout",
+            "2000",
+        ]
+
+
+class PrivateRedisCluster:
+    """A Redis Cluster of its own: three primaries on free ports (no
+    replicas), joined by ``redis-cli --cluster create`` and covering all
+    16,384 slots; started, stopped and removed by the pids this module holds."""
+
+    def __init__(self, nodes: int = 3) -> None:
+        self.nodes = [_ClusterNode() for _ in range(nodes)]
+
+    @property
+    def url(self) -> str:
+        """Any node's address: the client finds the others from it."""
+        return self.nodes[0].url
+
+    async def start(self, timeout_s: float = 60.0) -> None:
+        for node in self.nodes:
+            await node.start()
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        create = ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"]
+        done = await asyncio.to_thread(subprocess.run, create, capture_output=True, timeout=timeout_s)
+        if done.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed: {done.stdout!r} {done.stderr!r}")
+        deadline = time.monotonic() + timeout_s
+        while not all([await self._ready(node) for node in self.nodes]):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the private Redis Cluster did not become ready")
+            await asyncio.sleep(0.1)
+
+    @staticmethod
+    async def _ready(node: PrivateRedis) -> bool:
+        client = aioredis.Redis.from_url(node.url, socket_connect_timeout=1, socket_timeout=1)
+        try:
+            info = await client.execute_command("CLUSTER", "INFO")
+        except (OSError, aioredis.RedisError):
+            return False
+        finally:
+            await client.aclose()
+        text = info.decode() if isinstance(info, bytes) else str(info)
+        return "cluster_state:ok" in text and "cluster_slots_assigned:16384" in text
+
+    async def close(self) -> None:
+        for node in self.nodes:
+            await node.close()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
