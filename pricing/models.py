@@ -24,6 +24,7 @@ __all__ = [
     "Limit",
     "OutboxItem",
     "Outcome",
+    "OwnedObject",
     "Reservation",
     "Terms",
     "UsageEvent",
@@ -304,3 +305,16 @@ class Reservation:
     @property
     def tokens(self) -> int:
         return self.event.tokens
+
+
+@dataclass(frozen=True, slots=True)
+class OwnedObject:
+    """An object the upstream keeps (a stored response, a file, a batch...),
+    created through taximeter by ``client_id`` on ``upstream``: the only
+    client that may name it (spec section 4b)."""
+
+    object_id: str
+    kind: str  # response, chat_completion, file, upload, batch, conversation, vector_store, container
+    client_id: str
+    upstream: str
+    created_at: datetime

@@ -35,6 +35,7 @@ class StreamUsage:
         self._valid: Usage | None = None
         self._finished = False
         self.usage: Usage | None = None
+        self.object_id: str | None = None  # the id of the response or completion streamed
         self.done = False  # the ``data: [DONE]`` event went by
 
     @property
@@ -52,6 +53,8 @@ class StreamUsage:
         body = _json(message.data)
         if not isinstance(body, dict):
             return True  # not a JSON object: forwarded, not read
+        if self.object_id is None:
+            self.object_id = _object_id(body)
         found = reported_usage(body)
         if found is not None:
             self.usage = found
@@ -93,6 +96,14 @@ class StreamUsage:
             return (kind if isinstance(kind, str) else event.event) in _RESPONSES_TERMINAL
         choices = body.get("choices")
         return found is not None and (choices is None or choices == [])
+
+
+def _object_id(body: dict[str, Any]) -> str | None:
+    """The id of what a stream streams: a chat chunk's own, or the response
+    a Responses API event carries."""
+    response = body.get("response")
+    found = response.get("id") if isinstance(response, dict) else body.get("id")
+    return found if isinstance(found, str) else None
 
 
 def _json(data: str) -> Any:

@@ -276,6 +276,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
         exports=exports,
         metrics=app[METRICS],
         keys=KeyCache(store, ttl_s=settings.key_cache_s),
+        objects=store,
     )
     app[SERVICES] = services
     app[OPERATIONS] = Operations(

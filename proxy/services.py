@@ -20,7 +20,7 @@ from taximeter.proxy.metrics import Metrics
 from taximeter.proxy.operations import Operations
 from taximeter.proxy.settings import Settings
 from taximeter.proxy.webhooks import WebhookSender
-from taximeter.store.base import Gate, Store
+from taximeter.store.base import Gate, Store, UpstreamObjects
 from taximeter.store.ledger import LedgerWriter
 
 __all__ = [
@@ -51,6 +51,7 @@ class Services:
     exports: ExportSender
     metrics: Metrics
     keys: KeyCache
+    objects: UpstreamObjects  # who owns each object the upstream keeps
     inflight: set[asyncio.Task[Any]] = field(default_factory=set)
 
     async def shielded(self, work: Coroutine[Any, Any, T]) -> T:

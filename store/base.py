@@ -32,6 +32,7 @@ from taximeter.pricing.models import (
     Limit,
     OutboxItem,
     Outcome,
+    OwnedObject,
     Reservation,
     Terms,
     UsageEvent,
@@ -364,6 +365,20 @@ class Exports(Protocol):
         """How many events ``sink`` has not acknowledged."""
 
 
+class UpstreamObjects(Protocol):
+    """Who owns each object the upstream keeps (spec section 4b)."""
+
+    async def own_object(self, owned: OwnedObject) -> None:
+        """Record that ``owned.client_id`` created ``owned.object_id``;
+        idempotent (an id already recorded keeps its first owner)."""
+
+    async def owned_objects(self, object_ids: list[str]) -> dict[str, OwnedObject]:
+        """The records of those of ``object_ids`` taximeter has seen created."""
+
+    async def forget_object(self, object_id: str) -> None:
+        """Drop an object's record once the upstream has deleted it."""
+
+
 class DashboardSessions(Protocol):
     """Dashboard sessions, known by the hash of their id."""
 
@@ -387,6 +402,7 @@ class Store(
     HeldReservations,
     Outbox,
     Exports,
+    UpstreamObjects,
     DashboardSessions,
     Protocol,
 ):

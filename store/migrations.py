@@ -244,6 +244,25 @@ MIGRATIONS.append(
     )
 )
 
+MIGRATIONS.append(
+    (
+        10,
+        [
+            # Objects the upstream keeps, created through taximeter (section 4b):
+            # every client shares the operator's key, so only this table says
+            # whose a response, file or batch is.
+            """CREATE TABLE upstream_objects (
+                object_id TEXT PRIMARY KEY,
+                kind TEXT NOT NULL,
+                client_id TEXT NOT NULL REFERENCES clients (id) ON DELETE CASCADE,
+                upstream TEXT NOT NULL,
+                created_at {time} NOT NULL
+            )""",
+            "CREATE INDEX upstream_objects_client ON upstream_objects (client_id, kind, created_at)",
+        ],
+    )
+)
+
 LATEST = MIGRATIONS[-1][0]
 
 

@@ -29,6 +29,7 @@ from taximeter.proxy.errors import (
     LimitReached,
     ModelNotAllowed,
     ModelNotPriced,
+    NotFoundError,
     RequestTooLarge,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -39,6 +40,8 @@ from taximeter.proxy.gateway.edge import label, refuse_unmetered_options
 from taximeter.proxy.gateway.endpoints import DEFAULT_MODELS, Endpoint, find_endpoint
 from taximeter.proxy.gateway.exchange import check_model_allowed
 from taximeter.proxy.gateway.forms import parse_form
+from taximeter.proxy.gateway.objects import ObjectRoute, object_route, referenced
+from taximeter.proxy.gateway.ownership import check_references, owned_route
 from taximeter.proxy.gateway.paths import canonical_path, upstream_path
 from taximeter.proxy.gateway.relay import (
     Relay,
@@ -50,6 +53,7 @@ from taximeter.proxy.gateway.relay import (
     wants_injected_usage,
 )
 from taximeter.proxy.gateway.settling import Call, event_of, record_failure, record_lost, settle_unaccounted
+from taximeter.proxy.gateway.upstreams import Upstream
 from taximeter.proxy.middleware import REQUEST_ID
 from taximeter.proxy.services import SERVICES, Services
 
@@ -65,6 +69,9 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     # Matched on the path as sent: a decoded or normalised path could name another.
     path = canonical_path(request.raw_path)
+    route = None if path is None else object_route(request.method, path)
+    if route is not None and path is not None:
+        return await _object_call(request, services, path, route)
     endpoint = (
         None if path is None else find_endpoint(request.method, path, services.settings.passthrough_paths)
     )
@@ -82,7 +89,11 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
         if endpoint.body == "multipart":  # the costly parse waits for the cheap refusal
             await services.meter.precheck(key.client_id, request[REQUEST_ID])
         call = await _parse_call(request, endpoint, key, body, services)
-        call.estimate = await _estimate(services, call, off_loop=len(body) > _OFF_LOOP_BYTES)
+        off_loop = len(body) > _OFF_LOOP_BYTES  # a large body is walked in a thread
+        find = functools.partial(referenced, endpoint.family, call.fields)
+        named = await asyncio.to_thread(find) if off_loop else find()
+        await check_references(services.objects, key.client_id, named)
+        call.estimate = await _estimate(services, call, off_loop=off_loop)
         await _admit(services, services.meter.reservation(call.estimate, key.terms))
     except (BudgetExceeded, LimitReached, ModelNotPriced, ModelNotAllowed) as exc:
         reason = exc.reason if isinstance(exc, BudgetExceeded | LimitReached) else exc.code
@@ -223,11 +234,17 @@ def _upstream_body(call: Call, body: bytes) -> bytes:
 
 
 async def _send(
-    request: web.Request, services: Services, endpoint: Endpoint, call: Call | None, body: bytes
+    request: web.Request,
+    services: Services,
+    endpoint: Endpoint,
+    call: Call | None,
+    body: bytes,
+    route: Upstream | None = None,
 ) -> aiohttp.ClientResponse:
-    """Send the call upstream. The URL is built from the matched endpoint's
-    canonical path, never from the client's text."""
-    upstream = call.route if call is not None else services.router.pick(None)
+    """Send the call upstream (the call's route, else ``route``, else the
+    first). The URL is built from the matched endpoint's canonical path,
+    never from the client's text."""
+    upstream = call.route if call is not None else route or services.router.pick(None)
     headers = {k: v for k in _FORWARD_REQUEST if (v := request.headers.get(k)) is not None}
     if upstream.authorization:
         headers["Authorization"] = upstream.authorization
@@ -253,11 +270,31 @@ async def _send(
         raise UpstreamUnavailable(f"upstream {upstream.name} failed: {type(exc).__name__}") from exc
 
 
-async def _pass_through(
-    request: web.Request, services: Services, endpoint: Endpoint, body: bytes
+async def _object_call(
+    request: web.Request, services: Services, path: str, route: ObjectRoute
 ) -> web.StreamResponse:
-    """Unmetered paths (model listing, operator-listed pass-throughs), relayed as-is."""
-    upstream = await _send(request, services, endpoint, None, body)
+    """A call on one stored object (retrieve, list its items, cancel, delete):
+    free and unmetered, forwarded to the upstream that holds it only when the
+    object is the caller's own, else 404 as if it did not exist."""
+    key = await auth.authenticate(request, services.keys)
+    body = await _read_body(request, services.settings.max_body_bytes)
+    owned = await owned_route(services.objects, key.client_id, route)
+    upstream = services.router.named(owned.upstream)
+    if upstream is None:  # its upstream is no longer configured: nothing to ask
+        raise NotFoundError(f"the upstream that holds {route.object_id!r} is no longer configured")
+    endpoint = Endpoint(path, "passthrough", "none", "raw", method=request.method, metered=False)
+    response = await _pass_through(request, services, endpoint, body, upstream)
+    if request.method == "DELETE" and response.status < 300:
+        await services.objects.forget_object(route.object_id)
+    return response
+
+
+async def _pass_through(
+    request: web.Request, services: Services, endpoint: Endpoint, body: bytes, route: Upstream | None = None
+) -> web.StreamResponse:
+    """Unmetered paths (model listing, operator-listed pass-throughs, a stored
+    object's own), relayed as-is."""
+    upstream = await _send(request, services, endpoint, None, body, route)
     try:
         relay = await Relay.start(request, upstream)
         async for chunk in relay.chunks():

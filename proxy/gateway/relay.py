@@ -20,6 +20,7 @@ from taximeter.pricing.stream_usage import StreamUsage
 from taximeter.pricing.usage import Usage
 from taximeter.proxy.errors import UpstreamUnavailable
 from taximeter.proxy.gateway.audio import audio_seconds
+from taximeter.proxy.gateway.objects import created
 from taximeter.proxy.gateway.settling import CLIENT_CLOSED, Call, record_failure, record_lost, settle
 from taximeter.proxy.middleware import REQUEST_ID
 from taximeter.proxy.services import Services
@@ -100,6 +101,7 @@ async def relay_whole(
         usage = Usage() if reported.estimated else reported
     else:
         usage = extract_usage(call.endpoint.family, call.fields, parsed, file_seconds=call.upload_seconds)
+        call.created = created(call.endpoint.family, call.fields, parsed)
     await settle(services, call, usage, upstream.status)
     return web.Response(
         body=data, status=upstream.status, headers=response_headers(upstream, call.request_id)
@@ -117,6 +119,7 @@ async def relay_events(
     await relay.write(await _follow_messages(services, call, usage, splitter.end(), relay.status))
     await relay.write(splitter.rest())
     if not call.settled:
+        call.created = created(call.endpoint.family, call.fields, {"id": usage.object_id})
         await settle(services, call, usage.final_usage(), relay.status)
     return await relay.finish()
 
@@ -131,6 +134,7 @@ async def _follow_messages(
     for message in messages:
         forward = usage.on_message(message)
         if usage.finished and not call.settled:
+            call.created = created(call.endpoint.family, call.fields, {"id": usage.object_id})
             await settle(services, call, usage.final_usage(), status)
         if forward:
             out.append(message.raw)

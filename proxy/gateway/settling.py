@@ -17,12 +17,13 @@ import aiohttp
 
 from taximeter.pricing.catalog import Catalog, ModelPrice
 from taximeter.pricing.charge import CallFacts, Tariff, charge
-from taximeter.pricing.models import UsageEvent
+from taximeter.pricing.models import OwnedObject, UsageEvent
 from taximeter.pricing.money import money_text
 from taximeter.pricing.usage import Usage
 from taximeter.proxy.gateway.endpoints import Endpoint
 from taximeter.proxy.gateway.forms import Form
 from taximeter.proxy.gateway.limit_watch import watch_limits
+from taximeter.proxy.gateway.ownership import record_created
 from taximeter.proxy.gateway.upstreams import Upstream
 from taximeter.proxy.services import Services
 
@@ -64,6 +65,7 @@ class Call:
     reserved: Usage = field(default_factory=Usage)  # what estimate prices: the floor of a lost count
     upload_seconds: Decimal | None = None  # length of an uploaded audio file, read once
     settled: bool = False
+    created: tuple[str, str] | None = None  # (kind, id) of the object its response created upstream
     upstream_started: float = 0.0
     upstream_ended: float | None = None  # when its body was read to the end
 
@@ -106,6 +108,10 @@ async def settle(services: Services, call: Call, usage: Usage, status: int) -> N
     event = event_of(services, call, usage, status)
     call.settled = True
     call.upstream_ended = call.upstream_ended or time.monotonic()
+    if call.created is not None and call.upstream is not None and call.upstream.status < 400:
+        kind, object_id = call.created
+        owned = OwnedObject(object_id, kind, call.client_id, call.route.name, event.created_at)
+        await record_created(services.objects, owned, call.request_id)
     counted = await services.meter.settle(event)
     services.metrics.call(event)
     if counted:

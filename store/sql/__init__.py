@@ -9,7 +9,8 @@ and Postgres behave identically.
 its own module: :mod:`.directory` (clients and keys), :mod:`.budgets`,
 :mod:`.ledger`, :mod:`.money_terms` (exchange rates and credits),
 :mod:`.reservations` (store-held), :mod:`.outbox` (alerts), :mod:`.exports`
-(billing sinks) and :mod:`.sessions`; they
+(billing sinks), :mod:`.objects` (who owns each upstream object) and
+:mod:`.sessions`; they
 share :mod:`.core` (connections, dialect, schema), :mod:`.rows` (rows to
 models) and :mod:`.budget_writes` (locked budget writes).
 """
@@ -22,6 +23,7 @@ from taximeter.store.sql.directory import SqlDirectory
 from taximeter.store.sql.exports import SqlExports
 from taximeter.store.sql.ledger import SqlLedger, sanitised
 from taximeter.store.sql.money_terms import SqlMoneyTerms
+from taximeter.store.sql.objects import SqlUpstreamObjects
 from taximeter.store.sql.outbox import SqlOutbox
 from taximeter.store.sql.reservations import SqlReservations
 from taximeter.store.sql.rows import EVENT_COLUMNS
@@ -31,6 +33,14 @@ __all__ = ["EVENT_COLUMNS", "Conn", "Dialect", "SqlStore", "sanitised"]
 
 
 class SqlStore(
-    SqlDirectory, SqlBudgets, SqlMoneyTerms, SqlLedger, SqlReservations, SqlOutbox, SqlExports, SqlSessions
+    SqlDirectory,
+    SqlBudgets,
+    SqlMoneyTerms,
+    SqlLedger,
+    SqlReservations,
+    SqlOutbox,
+    SqlExports,
+    SqlUpstreamObjects,
+    SqlSessions,
 ):
     """:class:`~taximeter.store.base.Store` over any :class:`Dialect`."""

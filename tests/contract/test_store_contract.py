@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from taximeter.pricing.models import Reservation, UsageEvent
+from taximeter.pricing.models import OwnedObject, Reservation, UsageEvent
 from taximeter.pricing.money import quantize, to_nanos
 from taximeter.store.base import Conflict, NotFound, Store, StoreUnavailable
 from tests.support.factories import (
@@ -327,3 +327,17 @@ async def test_a_new_budget_counts_what_its_period_already_spent(store: Store) -
     assert state.tokens_used == 2100 and not state.paused
     state = await store.put_budget(budget_config(token_limit=20_000, period="monthly"), later)
     assert state.tokens_used == 2100
+
+
+async def test_upstream_objects_keep_their_first_owner(store: Store) -> None:
+    await store.create_client("acme", "Acme", T0)
+    await store.create_client("rival", "Rival", T0)
+    mine = OwnedObject("resp_1", "response", "acme", "openai", T0)
+    await store.own_object(mine)
+    await store.own_object(OwnedObject("resp_1", "response", "rival", "openai", T0))  # never taken over
+    await store.own_object(OwnedObject("file-2", "file", "rival", "groq", T0))
+    found = await store.owned_objects(["resp_1", "file-2", "nothing", "resp_1"])
+    assert found == {"resp_1": mine, "file-2": OwnedObject("file-2", "file", "rival", "groq", T0)}
+    assert await store.owned_objects([]) == {}
+    await store.forget_object("resp_1")
+    assert list(await store.owned_objects(["resp_1", "file-2"])) == ["file-2"]

@@ -300,11 +300,12 @@ async def test_token_arrays_are_reserved(proxy: Harness) -> None:
 async def test_stored_context_is_reserved(proxy: Harness) -> None:
     """previous_response_id pulls in input the request does not show: reserve_input_tokens of it."""
     key = await proxy.new_client("acme", mode="tokens", token_limit=30_000)
+    first = await proxy.sdk(key).responses.create(model="gpt-4o", input="Hi")  # 1,050 tokens
 
     async def call() -> int:
         try:
             await proxy.sdk(key).responses.create(
-                model="gpt-4o", input="and then?", previous_response_id="resp_1"
+                model="gpt-4o", input="and then?", previous_response_id=first.id
             )
         except openai.RateLimitError:
             return 429

@@ -8,7 +8,9 @@ import asyncio
 import base64
 import io
 import json
+import re
 import struct
+import uuid
 import wave
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -69,6 +71,9 @@ class FakeUpstream:
     hold: asyncio.Event | None = None  # every call, once received, waits on it before it is answered
     # A scripted reply in place of the usual one (hostile or odd upstreams).
     script: Callable[[web.Request, bytes], Awaitable[web.StreamResponse]] | None = None
+    # What it stores, as the real one does: responses (unless store is false)
+    # and chat completions with store true, by id; retrieved, listed and deleted.
+    stored: dict[str, dict[str, Any]] = field(default_factory=dict)
     _arrived: asyncio.Condition = field(default_factory=asyncio.Condition, init=False, repr=False)
 
     def app(self) -> web.Application:
@@ -97,6 +102,9 @@ class FakeUpstream:
             return _error(self.fail_status, "The server had an error processing your request.", None)
         if self.script is not None:
             return await self.script(request, body)
+        stored = _STORED_PATH.fullmatch(request.path)
+        if stored is not None:
+            return self._stored_object(request, stored.group(1), stored.group(2), stored.group(3))
         handler = getattr(self, "_" + request.path.removeprefix("/v1/").replace("/", "_"), None)
         if handler is None:
             return _error(404, f"Unknown path {request.path}", "unknown_url")
@@ -105,30 +113,49 @@ class FakeUpstream:
 
     # -- chat and completions ------------------------------------------------------
 
+    def _stored_object(
+        self, request: web.Request, collection: str, object_id: str, tail: str | None
+    ) -> web.StreamResponse:
+        found = self.stored.get(object_id)
+        if found is None or not object_id.startswith("resp_" if collection == "responses" else "chatcmpl-"):
+            return _error(404, f"No {collection[:-1]} found with id '{object_id}'.", None)
+        if request.method == "DELETE":
+            del self.stored[object_id]
+            return web.json_response(
+                {"id": object_id, "object": f"{found['object']}.deleted", "deleted": True}
+            )
+        if tail == "input_items" or tail == "messages":
+            return web.json_response({"object": "list", "data": [], "has_more": False})
+        if tail == "cancel":
+            return web.json_response({**found, "status": "cancelled"})
+        return web.json_response(found)
+
     async def _chat_completions(self, request: web.Request, body: bytes) -> web.StreamResponse:
         payload = json.loads(body)
         if payload.get("stream"):
             include = (payload.get("stream_options") or {}).get("include_usage") is True
             return await self._stream_chat(request, payload["model"], include)
-        return web.json_response(
-            {
-                "id": "chatcmpl-abc123",
-                "object": "chat.completion",
-                "created": 1741600000,
-                "model": _dated(payload["model"]),
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": "Hello there!", "refusal": None},
-                        "logprobs": None,
-                        "finish_reason": "stop",
-                    }
-                ],
-                "usage": _chat_usage(),
-                "system_fingerprint": "fp_0a1b2c",
-                "service_tier": "default",
-            }
-        )
+        completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        completion = {
+            "id": completion_id,
+            "object": "chat.completion",
+            "created": 1741600000,
+            "model": _dated(payload["model"]),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "Hello there!", "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": _chat_usage(),
+            "system_fingerprint": "fp_0a1b2c",
+            "service_tier": "default",
+        }
+        if payload.get("store") is True:
+            self.stored[completion_id] = completion
+        return web.json_response(completion)
 
     async def _stream_chat(self, request: web.Request, model: str, include_usage: bool) -> web.StreamResponse:
         def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
@@ -178,7 +205,12 @@ class FakeUpstream:
 
     async def _responses(self, request: web.Request, body: bytes) -> web.StreamResponse:
         payload = json.loads(body)
+        previous = payload.get("previous_response_id")
+        if previous is not None and previous not in self.stored:
+            return _error(400, f"Previous response with id '{previous}' not found.", None)
         response = _response_object(payload["model"])
+        if payload.get("store") is not False:
+            self.stored[response["id"]] = response
         if not payload.get("stream"):
             return web.json_response(response)
         in_progress = {**response, "status": "in_progress", "usage": None, "output": []}
@@ -347,9 +379,12 @@ def _chat_usage() -> dict[str, Any]:
     }
 
 
+_STORED_PATH = re.compile(r"/v1/(responses|chat/completions)/([^/]+)(?:/(input_items|cancel|messages))?")
+
+
 def _response_object(model: str) -> dict[str, Any]:
     return {
-        "id": "resp_abc123",
+        "id": f"resp_{uuid.uuid4().hex}",
         "object": "response",
         "created_at": 1741600000,
         "status": "completed",

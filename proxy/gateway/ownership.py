@@ -1,0 +1,62 @@
+"""Tenants kept apart on a shared upstream key (spec section 4b): objects a
+call creates are recorded with their client; ids a call names, and the
+object paths it asks for, are its own or answer 404 before anything goes
+upstream. What counts as a reference is read in :mod:`.objects`."""
+
+from __future__ import annotations
+
+import logging
+
+from taximeter.pricing.models import OwnedObject
+from taximeter.proxy.errors import NotFoundError
+from taximeter.proxy.gateway.objects import ObjectRoute, Reference
+from taximeter.store.base import StoreUnavailable, UpstreamObjects
+
+__all__ = ["check_references", "owned_route", "record_created"]
+
+log = logging.getLogger("taximeter.proxy")
+
+
+def _not_found(kind: str, object_id: str, param: str) -> NotFoundError:
+    # The same answer for another client's object and for one never seen: no
+    # tenant learns that an id exists.
+    named = f" with id '{object_id}'" if object_id else ""
+    return NotFoundError(f"No {kind.replace('_', ' ')} found{named}.", param=param)
+
+
+async def check_references(objects: UpstreamObjects, client_id: str, references: list[Reference]) -> None:
+    """Raise 404 ``not_found`` unless every object named is ``client_id``'s own."""
+    if not references:
+        return
+    owned = await objects.owned_objects([r.object_id for r in references if r.valid])
+    for reference in references:
+        record = owned.get(reference.object_id) if reference.valid else None
+        if record is None or record.client_id != client_id or record.kind != reference.kind:
+            raise _not_found(reference.kind, reference.object_id, reference.param)
+
+
+async def owned_route(objects: UpstreamObjects, client_id: str, route: ObjectRoute) -> OwnedObject:
+    """The object a path is about, when it is ``client_id``'s; else 404."""
+    found = await objects.owned_objects([route.object_id])
+    record = found.get(route.object_id)
+    if record is None or record.client_id != client_id or record.kind != route.kind:
+        raise _not_found(route.kind, route.object_id, "id")
+    return record
+
+
+async def record_created(objects: UpstreamObjects, owned: OwnedObject, request_id: str) -> None:
+    """Keep who created an object, before the client hears its id. A store
+    that cannot take it leaves the object unreachable through taximeter
+    (404 to everyone), never reachable by another client."""
+    try:
+        await objects.own_object(owned)
+    except StoreUnavailable as exc:
+        log.warning(
+            "object_unrecorded",
+            extra={
+                "request_id": request_id,
+                "client": owned.client_id,
+                "kind": owned.kind,
+                "error": str(exc),
+            },
+        )

@@ -1,0 +1,131 @@
+"""Tenants kept apart on the operator's shared upstream key (spec section 4b),
+through the SDK on both backends: an object a client creates (a stored
+response, a stored chat completion) is its own; another client naming it -
+in a path or in a body - gets 404 and the upstream never sees the request."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import openai
+import pytest
+
+from tests.support.harness import Harness
+
+MESSAGES = [{"role": "user", "content": "Hi"}]
+
+
+async def two_tenants(proxy: Harness) -> tuple[openai.AsyncOpenAI, openai.AsyncOpenAI]:
+    return proxy.sdk(await proxy.new_client("acme")), proxy.sdk(await proxy.new_client("rival"))
+
+
+async def refused_unseen(proxy: Harness, call: Any) -> openai.APIStatusError:
+    """``call`` answers 404 ``not_found`` without reaching the upstream."""
+    seen = len(proxy.upstream.received)
+    with pytest.raises(openai.NotFoundError) as caught:
+        await call
+    assert caught.value.code == "not_found"
+    assert len(proxy.upstream.received) == seen  # the upstream never saw it
+    return caught.value
+
+
+async def test_a_stored_response_is_its_creators_alone(proxy: Harness) -> None:
+    acme, rival = await two_tenants(proxy)
+    mine = await acme.responses.create(model="gpt-4o", input="Hi")
+    assert (await acme.responses.retrieve(mine.id)).id == mine.id
+    await acme.responses.input_items.list(mine.id)
+    # The rival knows the id (it leaks in logs, screenshots, guesses): nothing.
+    error = await refused_unseen(proxy, rival.responses.retrieve(mine.id))
+    assert mine.id in error.message
+    await refused_unseen(proxy, rival.responses.input_items.list(mine.id))
+    await refused_unseen(proxy, rival.responses.delete(mine.id))
+    await refused_unseen(
+        proxy, rival.responses.create(model="gpt-4o", input="x", previous_response_id=mine.id)
+    )
+    # Its creator continues it; the retrievals were free.
+    follow = await acme.responses.create(model="gpt-4o", input="And?", previous_response_id=mine.id)
+    assert [e["request_id"] for e in await proxy.events("acme")] and len(await proxy.events("acme")) == 2
+    assert await proxy.events("rival") == []
+    await acme.responses.delete(follow.id)
+    await refused_unseen(proxy, acme.responses.retrieve(follow.id))  # gone: not asked again
+
+
+async def test_a_streamed_response_is_owned_before_its_last_event(proxy: Harness) -> None:
+    acme, rival = await two_tenants(proxy)
+    stream = await acme.responses.create(model="gpt-4o", input="Hi", stream=True)
+    created = [event.response.id async for event in stream if event.type == "response.completed"]
+    assert (await acme.responses.retrieve(created[0])).id == created[0]
+    await refused_unseen(proxy, rival.responses.retrieve(created[0]))
+
+
+async def test_an_unstored_response_and_an_unknown_id_are_not_found(proxy: Harness) -> None:
+    acme, _ = await two_tenants(proxy)
+    unstored = await acme.responses.create(model="gpt-4o", input="Hi", store=False)
+    await refused_unseen(proxy, acme.responses.retrieve(unstored.id))
+    await refused_unseen(proxy, acme.responses.retrieve("resp_made_up"))
+    await refused_unseen(
+        proxy, acme.responses.create(model="gpt-4o", input="x", previous_response_id="resp_made_up")
+    )
+
+
+async def test_a_stored_chat_completion_is_its_creators_alone(proxy: Harness) -> None:
+    acme, rival = await two_tenants(proxy)
+    stored = await acme.chat.completions.create(model="gpt-4o", messages=MESSAGES, store=True)  # type: ignore[arg-type]
+    assert (await acme.chat.completions.retrieve(stored.id)).id == stored.id
+    await acme.chat.completions.messages.list(stored.id)
+    await refused_unseen(proxy, rival.chat.completions.retrieve(stored.id))
+    await refused_unseen(proxy, rival.chat.completions.update(stored.id, metadata={"k": "v"}))
+    await refused_unseen(proxy, rival.chat.completions.delete(stored.id))
+    unstored = await acme.chat.completions.create(model="gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]
+    await refused_unseen(proxy, acme.chat.completions.retrieve(unstored.id))
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"conversation": "conv_not_made_here"}, "conversation"),
+        ({"conversation": {"id": "conv_not_made_here"}}, "conversation"),
+        (
+            {
+                "input": [
+                    {"role": "user", "content": [{"type": "input_file", "file_id": "file-operators-own"}]}
+                ]
+            },
+            "input",
+        ),
+        ({"input": [{"type": "item_reference", "id": "msg_of_someone"}]}, "input"),
+        ({"tools": [{"type": "file_search", "vector_store_ids": ["vs_someone"]}]}, "tools"),
+        ({"tools": [{"type": "code_interpreter", "container": "cntr_someone"}]}, "tools"),
+        (
+            {"tools": [{"type": "code_interpreter", "container": {"type": "auto", "file_ids": ["file-x"]}}]},
+            "tools",
+        ),
+        ({"previous_response_id": 12}, "previous_response_id"),
+    ],
+)
+async def test_objects_taximeter_never_saw_are_not_found(
+    proxy: Harness, fields: dict[str, Any], param: str
+) -> None:
+    acme, _ = await two_tenants(proxy)
+    body = {"input": "Hi", **fields}
+    error = await refused_unseen(proxy, acme.responses.create(model="gpt-4o", **body))
+    assert isinstance(error.body, dict) and error.body["param"] == param
+    assert await proxy.events("acme") == []  # refused before admission: nothing charged
+
+
+async def test_a_file_in_a_chat_message_is_checked_too(proxy: Harness) -> None:
+    acme, _ = await two_tenants(proxy)
+    message = {"role": "user", "content": [{"type": "file", "file": {"file_id": "file-abc"}}]}
+    await refused_unseen(proxy, acme.chat.completions.create(model="gpt-4o", messages=[message]))  # type: ignore[list-item]
+
+
+async def test_an_input_nested_past_any_real_one_is_refused(proxy: Harness) -> None:
+    acme, _ = await two_tenants(proxy)
+    nested: Any = {"file_id": "file-deep"}
+    for _ in range(40):
+        nested = {"content": [nested]}
+    seen = len(proxy.upstream.received)
+    with pytest.raises(openai.BadRequestError) as caught:
+        await acme.responses.create(model="gpt-4o", input=[nested])
+    assert isinstance(caught.value.body, dict) and caught.value.body["param"] == "input"
+    assert len(proxy.upstream.received) == seen

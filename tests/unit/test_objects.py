@@ -1,0 +1,96 @@
+"""Which stored objects a request names and a response creates (the pure part
+of tenant isolation, proxy/gateway/objects.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from taximeter.proxy.errors import InvalidInput
+from taximeter.proxy.gateway.objects import (
+    MAX_REFERENCES,
+    ObjectRoute,
+    Reference,
+    created,
+    object_route,
+    referenced,
+)
+
+
+def test_a_responses_request_names_its_context_files_and_tool_objects() -> None:
+    fields: dict[str, Any] = {
+        "previous_response_id": "resp_1",
+        "conversation": {"id": "conv_2"},
+        "input": [
+            {"role": "user", "content": [{"type": "input_file", "file_id": "file-3"}]},
+            {"type": "item_reference", "id": "msg_4"},
+            {"role": "user", "content": [{"type": "input_image", "file_id": "file-5", "detail": "auto"}]},
+        ],
+        "tools": [
+            {"type": "file_search", "vector_store_ids": ["vs_6"]},
+            {"type": "code_interpreter", "container": "cntr_7"},
+            {"type": "web_search"},
+        ],
+    }
+    assert [(r.kind, r.object_id, r.param) for r in referenced("responses", fields)] == [
+        ("response", "resp_1", "previous_response_id"),
+        ("conversation", "conv_2", "conversation"),
+        ("file", "file-3", "input"),
+        ("item", "msg_4", "input"),
+        ("file", "file-5", "input"),
+        ("vector_store", "vs_6", "tools"),
+        ("container", "cntr_7", "tools"),
+    ]
+
+
+def test_ids_that_cannot_be_ids_are_never_valid() -> None:
+    for value in (12, "", "resp_1\n", "x" * 257, "../files", {"id": 3}):
+        [found] = referenced("responses", {"previous_response_id": value})
+        assert found == Reference("response", "", "previous_response_id", valid=False)
+
+
+def test_requests_of_other_endpoints_and_plain_text_name_nothing() -> None:
+    assert referenced("embeddings", {"input": [{"file_id": "file-1"}]}) == []
+    assert referenced("chat", {"messages": [{"role": "user", "content": "file_id"}]}) == []
+
+
+def test_too_many_or_too_deep_is_refused() -> None:
+    many = {"input": [{"file_id": f"file-{i}"} for i in range(MAX_REFERENCES + 1)]}
+    with pytest.raises(InvalidInput):
+        referenced("responses", many)
+    deep: Any = {"file_id": "file-1"}
+    for _ in range(40):
+        deep = [deep]
+    with pytest.raises(InvalidInput):
+        referenced("chat", {"messages": deep})
+
+
+@pytest.mark.parametrize(
+    ("family", "fields", "response", "expected"),
+    [
+        ("responses", {}, {"id": "resp_1", "object": "response"}, ("response", "resp_1")),
+        ("responses", {"store": True}, {"id": "resp_1"}, ("response", "resp_1")),
+        ("responses", {"store": False}, {"id": "resp_1"}, None),
+        ("chat", {"store": True}, {"id": "chatcmpl-1"}, ("chat_completion", "chatcmpl-1")),
+        ("chat", {}, {"id": "chatcmpl-1"}, None),
+        ("chat", {"store": "true"}, {"id": "chatcmpl-1"}, None),
+        ("embeddings", {}, {"id": "x"}, None),
+        ("responses", {}, {"id": "resp 1"}, None),
+        ("responses", {}, ["resp_1"], None),
+    ],
+)
+def test_what_a_response_created(family: Any, fields: Any, response: Any, expected: Any) -> None:
+    assert created(family, fields, response) == expected
+
+
+def test_object_paths_by_method() -> None:
+    assert object_route("GET", "/v1/responses/resp_1") == ObjectRoute("response", "resp_1")
+    assert object_route("DELETE", "/v1/responses/resp_1") == ObjectRoute("response", "resp_1")
+    assert object_route("POST", "/v1/responses/resp_1/cancel") == ObjectRoute("response", "resp_1")
+    assert object_route("GET", "/v1/responses/resp_1/input_items") == ObjectRoute("response", "resp_1")
+    assert object_route("POST", "/v1/chat/completions/c1") == ObjectRoute("chat_completion", "c1")
+    assert object_route("GET", "/v1/chat/completions/c1/messages") == ObjectRoute("chat_completion", "c1")
+    assert object_route("POST", "/v1/responses/resp_1") is None
+    assert object_route("POST", "/v1/responses") is None
+    assert object_route("GET", "/v1/chat/completions") is None  # the list: not served
