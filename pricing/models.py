@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from decimal import Decimal
 from fnmatch import fnmatchcase
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
 
@@ -318,3 +318,6 @@ class OwnedObject:
     client_id: str
     upstream: str
     created_at: datetime
+    # What taximeter keeps of it (JSON): a file's object as the upstream gave
+    # it (``object``) and, for a batch input, what its lines ask (``batch_input``).
+    detail: dict[str, Any] | None = field(default=None, compare=False)

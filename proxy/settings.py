@@ -178,6 +178,9 @@ class Settings(BaseSettings):
         "reject", description="reject: 400 model_not_priced; allow: record at cost 0, flagged."
     )
     max_body_bytes: int = Field(25 * MiB, gt=0, description="Larger request bodies get 413.")
+    max_file_bytes: int = Field(
+        512 * MiB, gt=0, description="Larger file uploads (POST /v1/files, streamed through) get 413."
+    )
     max_response_bytes: int = Field(
         64 * MiB,
         gt=0,
@@ -187,7 +190,8 @@ class Settings(BaseSettings):
         default_factory=list, description="Extra catalogs (TOML or LiteLLM JSON) over the shipped one."
     )
     passthrough_paths: list[str] = Field(
-        default_factory=list, description="Unmetered paths under /v1 forwarded anyway (e.g. /v1/files)."
+        default_factory=list,
+        description="Unmetered /v1 paths forwarded anyway, tenants not kept apart (e.g. /v1/vector_stores).",
     )
     key_cache_s: float = Field(
         2.0,

@@ -378,6 +378,12 @@ class UpstreamObjects(Protocol):
     async def forget_object(self, object_id: str) -> None:
         """Drop an object's record once the upstream has deleted it."""
 
+    async def list_objects(
+        self, client_id: str, kind: str, *, limit: int, after: str | None, newest_first: bool
+    ) -> list[OwnedObject]:
+        """A client's objects of ``kind`` by creation (then id), from the one
+        after ``after`` (an id of this client's; from the start when None)."""
+
 
 class DashboardSessions(Protocol):
     """Dashboard sessions, known by the hash of their id."""

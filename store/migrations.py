@@ -256,7 +256,8 @@ MIGRATIONS.append(
                 kind TEXT NOT NULL,
                 client_id TEXT NOT NULL REFERENCES clients (id) ON DELETE CASCADE,
                 upstream TEXT NOT NULL,
-                created_at {time} NOT NULL
+                created_at {time} NOT NULL,
+                detail TEXT
             )""",
             "CREATE INDEX upstream_objects_client ON upstream_objects (client_id, kind, created_at)",
         ],

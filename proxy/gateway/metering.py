@@ -266,14 +266,17 @@ class Meter:
             future.set_result(state)
             return state
         except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: waiters get it, the loop does not log it
-            # Calls that settled meanwhile still hold their reservations in the
-            # gate: let them go (their usage reaches the copy at its next rebuild).
-            for _, event in self._deferred.get(client_id, []):
-                with contextlib.suppress(StoreUnavailable):
-                    await self.gate.settle(event, to_nanos(event.cost), event.created_at, budget=False)
-            self.mark_stale(client_id)
+            try:
+                # Calls that settled meanwhile still hold their reservations in the
+                # gate: let them go (their usage reaches the copy at its next rebuild),
+                # before the calls waiting for this rebuild (see settle) go on.
+                for _, event in self._deferred.get(client_id, []):
+                    with contextlib.suppress(StoreUnavailable):
+                        await self.gate.settle(event, to_nanos(event.cost), event.created_at, budget=False)
+                self.mark_stale(client_id)
+            finally:
+                future.set_exception(exc)
+                future.exception()  # retrieved: waiters get it, the loop does not log it
             raise
         finally:
             del self._rebuilding[client_id]
@@ -311,18 +314,41 @@ class Meter:
         sequence = await self.ledger.submit(event)
         counted = await self._count(event, sequence, keep_until=self.clock() + self.record_grace)
         holds = () if held is None else held.reservation.holds
+        if counted is None:
+            # Deferred to the rebuild of the client's copy under way: until it
+            # ends, the gate still holds the call's reservation (its estimate)
+            # instead of its usage, on the budget and on every limit. The answer
+            # waits for it, so the client's next call sees the usage (an estimate
+            # far above it would find a limit busy that the call left room in).
+            counted = await self._counted_once_rebuilt(event.client_id, holds)
         return [(hold, counted[hold.key]) for hold in holds if hold.key in counted]
+
+    async def _counted_once_rebuilt(self, client_id: str, holds: tuple[Hold, ...]) -> dict[str, int]:
+        """What each of ``holds``' counters has used once the rebuild of
+        ``client_id``'s copy under way has applied the calls settled meanwhile."""
+        rebuilding = self._rebuilding.get(client_id)
+        if rebuilding is not None:  # its outcome is the rebuilder's to deal with
+            await asyncio.wait([rebuilding])
+        if not holds:
+            return {}
+        try:
+            found = await self.gate.limit_counters(list(holds))
+        except StoreUnavailable:
+            return {}
+        return {hold.key: c[0] for hold, c in zip(holds, found, strict=True) if c is not None}
 
     async def _count(
         self, event: UsageEvent, sequence: int, *, keep_until: datetime | None = None
-    ) -> dict[str, int]:
+    ) -> dict[str, int] | None:
         """Add ``event`` (ledger ``sequence``) to the gate's copy of its budget;
         kept there until ``keep_until`` unless the ledger says it is durable.
-        What the gate's limit counters the call held have used now."""
+        What the gate's limit counters the call held have used now; None when
+        its client's copy is being rebuilt: it is applied by that rebuild
+        (which is then still under way: nothing is awaited before deferring)."""
         deferred = self._deferred.get(event.client_id)
         if deferred is not None:  # its copy is being rebuilt: applied once it is loaded
             deferred.append((sequence, event))
-            return {}
+            return None
         try:
             return await self.gate.settle(
                 event, to_nanos(event.cost), event.created_at, keep_until=keep_until

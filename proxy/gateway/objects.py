@@ -20,7 +20,7 @@ from typing import Any
 from taximeter.pricing.usage import Family
 from taximeter.proxy.errors import InvalidInput
 
-__all__ = ["MAX_REFERENCES", "ObjectRoute", "Reference", "created", "object_route", "referenced"]
+__all__ = ["MAX_REFERENCES", "ObjectRoute", "Reference", "created", "object_route", "referenced", "valid_id"]
 
 MAX_REFERENCES = 128  # ids one request may name; more is refused (400)
 _MAX_DEPTH = 32  # deeper inputs are refused: real ones nest four or five levels
@@ -38,8 +38,13 @@ class Reference:
     valid: bool = True
 
 
+def valid_id(value: Any) -> bool:
+    """Whether ``value`` can be an upstream object's id."""
+    return isinstance(value, str) and _ID.fullmatch(value) is not None
+
+
 def _reference(kind: str, value: Any, param: str) -> Reference:
-    valid = isinstance(value, str) and _ID.fullmatch(value) is not None
+    valid = valid_id(value)
     return Reference(kind, value if valid else "", param, valid)
 
 
@@ -114,7 +119,7 @@ def created(family: Family, fields: dict[str, Any], response: Any) -> tuple[str,
     if not isinstance(response, dict):
         return None
     object_id = response.get("id")
-    if not isinstance(object_id, str) or _ID.fullmatch(object_id) is None:
+    if not isinstance(object_id, str) or not valid_id(object_id):
         return None
     if family == "responses" and fields.get("store") is not False:
         return "response", object_id
@@ -138,6 +143,9 @@ _ROUTES = (
     (frozenset({"POST"}), re.compile(r"/v1/responses/([^/]+)/cancel"), "response"),
     (frozenset({"GET", "POST", "DELETE"}), re.compile(r"/v1/chat/completions/([^/]+)"), "chat_completion"),
     (frozenset({"GET"}), re.compile(r"/v1/chat/completions/([^/]+)/messages"), "chat_completion"),
+    (frozenset({"GET", "DELETE"}), re.compile(r"/v1/files/([^/]+)"), "file"),
+    (frozenset({"GET"}), re.compile(r"/v1/files/([^/]+)/content"), "file"),
+    (frozenset({"POST"}), re.compile(r"/v1/uploads/([^/]+)/(?:parts|complete|cancel)"), "upload"),
 )
 
 

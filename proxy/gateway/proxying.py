@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
@@ -39,6 +40,7 @@ from taximeter.proxy.gateway.audio import audio_seconds
 from taximeter.proxy.gateway.edge import label, refuse_unmetered_options
 from taximeter.proxy.gateway.endpoints import DEFAULT_MODELS, Endpoint, find_endpoint
 from taximeter.proxy.gateway.exchange import check_model_allowed
+from taximeter.proxy.gateway.files import complete_upload, create_upload, list_files, streamed, upload_file
 from taximeter.proxy.gateway.forms import parse_form
 from taximeter.proxy.gateway.objects import ObjectRoute, object_route, referenced
 from taximeter.proxy.gateway.ownership import check_references, owned_route
@@ -72,6 +74,10 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
     route = None if path is None else object_route(request.method, path)
     if route is not None and path is not None:
         return await _object_call(request, services, path, route)
+    if path == "/v1/files" and request.method in ("GET", "POST"):
+        return await (upload_file if request.method == "POST" else list_files)(request, services)
+    if path == "/v1/uploads" and request.method == "POST":
+        return await create_upload(request, services)
     endpoint = (
         None if path is None else find_endpoint(request.method, path, services.settings.passthrough_paths)
     )
@@ -238,7 +244,7 @@ async def _send(
     services: Services,
     endpoint: Endpoint,
     call: Call | None,
-    body: bytes,
+    body: bytes | AsyncIterator[bytes],
     route: Upstream | None = None,
 ) -> aiohttp.ClientResponse:
     """Send the call upstream (the call's route, else ``route``, else the
@@ -277,12 +283,18 @@ async def _object_call(
     free and unmetered, forwarded to the upstream that holds it only when the
     object is the caller's own, else 404 as if it did not exist."""
     key = await auth.authenticate(request, services.keys)
-    body = await _read_body(request, services.settings.max_body_bytes)
-    owned = await owned_route(services.objects, key.client_id, route)
+    owned = await owned_route(services.objects, key.client_id, route)  # before its body is read
     upstream = services.router.named(owned.upstream)
     if upstream is None:  # its upstream is no longer configured: nothing to ask
         raise NotFoundError(f"the upstream that holds {route.object_id!r} is no longer configured")
+    if route.kind == "upload" and path.endswith("/complete"):
+        return await complete_upload(request, services, owned, upstream)
     endpoint = Endpoint(path, "passthrough", "none", "raw", method=request.method, metered=False)
+    body: bytes | AsyncIterator[bytes]
+    if route.kind == "upload" and path.endswith("/parts"):  # up to 64 MB a part: streamed through
+        body = streamed(request, services.settings.max_file_bytes)
+    else:
+        body = await _read_body(request, services.settings.max_body_bytes)
     response = await _pass_through(request, services, endpoint, body, upstream)
     if request.method == "DELETE" and response.status < 300:
         await services.objects.forget_object(route.object_id)
@@ -290,7 +302,11 @@ async def _object_call(
 
 
 async def _pass_through(
-    request: web.Request, services: Services, endpoint: Endpoint, body: bytes, route: Upstream | None = None
+    request: web.Request,
+    services: Services,
+    endpoint: Endpoint,
+    body: bytes | AsyncIterator[bytes],
+    route: Upstream | None = None,
 ) -> web.StreamResponse:
     """Unmetered paths (model listing, operator-listed pass-throughs, a stored
     object's own), relayed as-is."""

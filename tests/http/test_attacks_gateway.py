@@ -116,13 +116,13 @@ async def test_traversal_out_of_a_pass_through_path(make_proxy: Any, target: str
 
 
 async def test_plain_ids_still_reach_their_own_path(make_proxy: Any) -> None:
-    proxy: Harness = await make_proxy(passthrough_paths=["/v1/files"])
+    proxy: Harness = await make_proxy(passthrough_paths=["/v1/vector_stores"])
     key = await proxy.new_client("acme")
     await raw_request(proxy, "GET", "/v1/models/ft:gpt-4o-mini:acme::AbC123", key)
-    await raw_request(proxy, "GET", "/v1/files/file-abc123/content?limit=2", key)
+    await raw_request(proxy, "GET", "/v1/vector_stores/vs_abc123/files?limit=2", key)
     assert upstream_paths(proxy) == [
         "/v1/models/ft:gpt-4o-mini:acme::AbC123",
-        "/v1/files/file-abc123/content",
+        "/v1/vector_stores/vs_abc123/files",
     ]
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from taximeter.proxy.gateway.sweeper import sweep
 from tests.support.clock import FakeClock
-from tests.support.factories import estimated_event, reservation
+from tests.support.factories import estimated_event, reservation, tts_estimate
 from tests.support.fake_upstream import CHAT
 from tests.support.harness import Harness
 
@@ -122,17 +122,9 @@ async def test_two_proxies_sweep_an_orphan_once(
 
     meter_b = second.app[SERVICES].meter
     await meter_a.rebuild("acme", clock())
-    orphan = estimated_event(
-        "req_orphan2",
-        clock(),
-        api_type="tts",
-        model="tts-1",
-        endpoint="/v1/audio/speech",
-        characters=1000,
-        cost_usd=Decimal("0.015"),
-        cost=Decimal("0.075"),
-    )
-    await meter_a.gate.admit(reservation(orphan, clock()), clock())  # 75,000,000 nanos
+    await meter_a.gate.admit(
+        reservation(tts_estimate("req_orphan2", clock()), clock()), clock()
+    )  # 75,000,000 nanos
     clock.advance(seconds=1)
     counts = await asyncio.gather(sweep(meter_a), sweep(meter_b), sweep(meter_a))
     assert sum(counts) == 1

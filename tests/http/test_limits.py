@@ -8,6 +8,7 @@ $0.00575, R$0.02875 at the harness's 5 BRL per USD."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -18,6 +19,7 @@ import pytest
 
 from tests.support.clock import FakeClock
 from tests.support.harness import Harness
+from tests.support.waiting import eventually
 
 CALL_TOKENS = 1_500
 CALL_BRL = (1_000 * Decimal("2.50") + 200 * Decimal("1.25") + 300 * 10) / 1_000_000 * 5
@@ -82,6 +84,41 @@ async def test_a_daily_and_a_monthly_limit_both_bind(proxy: Harness, clock: Fake
     assert (await refused(proxy, key)).body["param"] == "month"  # type: ignore[index]
     clock.advance(days=1)  # April: both start again
     await chat(proxy, key)
+
+
+async def test_a_call_settled_while_the_gate_is_rebuilt_is_answered_once_its_usage_counts(
+    proxy: Harness, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A rebuild of the gate's copy (every gate_refresh_s in the background, for
+    # the in-process gate) applies the calls settled meanwhile once it has
+    # loaded the copy; until then the gate holds such a call's reservation, its
+    # estimate with 4,096 output tokens, where its 1,500 tokens belong. Answered
+    # before that, the client's next call found the limit busy after one call.
+    key = await proxy.new_client("acme")
+    await set_limits(
+        proxy, "acme", {"name": "day", "metric": "tokens", "limit": 3 * CALL_TOKENS, "window": "daily"}
+    )
+    await chat(proxy, key)  # the gate's copy and counter are loaded
+    meter = proxy.services.meter
+    reading, read = asyncio.Event(), asyncio.Event()
+    from_store = meter._from_store
+
+    async def slow_read(client_id: str, now: datetime) -> Any:
+        reading.set()
+        await read.wait()
+        return await from_store(client_id, now)
+
+    monkeypatch.setattr(meter, "_from_store", slow_read)
+    rebuild = asyncio.create_task(meter.rebuild("acme", clock()))
+    await reading.wait()
+    second = asyncio.create_task(chat(proxy, key))
+    await eventually(lambda: bool(meter._deferred.get("acme")), what="the second call settled")
+    answered, _ = await asyncio.wait({second}, timeout=0.5)
+    read.set()
+    await asyncio.gather(rebuild, second)
+    assert not answered, "answered while the gate still held its reservation"
+    await chat(proxy, key)  # the third: 3,000 of 4,500 tokens used, none in flight
+    assert (await refused(proxy, key)).body["param"] == "day"  # type: ignore[index]
 
 
 async def test_requests_per_minute_answer_with_when_to_retry(proxy: Harness, clock: FakeClock) -> None:

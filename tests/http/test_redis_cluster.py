@@ -9,7 +9,6 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -30,7 +29,7 @@ from tests.http.test_limits import (
     test_requests_per_minute_answer_with_when_to_retry,
 )
 from tests.support.clock import FakeClock
-from tests.support.factories import estimated_event, reservation
+from tests.support.factories import reservation, tts_estimate
 from tests.support.harness import Harness
 from tests.support.shared_services import fresh_pg_database
 
@@ -75,18 +74,7 @@ async def test_two_proxies_sweep_orphans_of_clients_in_many_slots_once(
     for client in clients:
         await first.new_client(client, mode="tokens", token_limit=10**6)
         await meter_a.rebuild(client, clock())
-        orphan = estimated_event(
-            f"req-{client}",
-            clock(),
-            client_id=client,
-            api_type="tts",
-            model="tts-1",
-            endpoint="/v1/audio/speech",
-            characters=1000,
-            cost_usd=Decimal("0.015"),
-            cost=Decimal("0.075"),
-        )
-        held = reservation(orphan, clock() + timedelta(seconds=5))
+        held = reservation(tts_estimate(f"req-{client}", clock(), client), clock() + timedelta(seconds=5))
         assert (await meter_a.gate.admit(held, clock())).outcome == "ok"
     assert await sweep(meter_b) == 0  # not yet expired
     clock.advance(seconds=6)

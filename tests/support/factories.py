@@ -54,6 +54,22 @@ def estimated_event(request_id: str | None = None, when: datetime = T0, **fields
     return usage_event(request_id, when, **{"status": 0, "estimated": True, **fields})
 
 
+def tts_estimate(request_id: str, when: datetime, client_id: str = "acme") -> UsageEvent:
+    """A speech call's estimate: 1,000 characters of tts-1 ($15 per 1M
+    characters: $0.015, R$0.075 at 5 BRL per USD)."""
+    return estimated_event(
+        request_id,
+        when,
+        client_id=client_id,
+        api_type="tts",
+        model="tts-1",
+        endpoint="/v1/audio/speech",
+        characters=1000,
+        cost_usd=Decimal("0.015"),
+        cost=Decimal("0.075"),
+    )
+
+
 def reservation(event: UsageEvent, expires_at: datetime = T0 + timedelta(minutes=10)) -> Reservation:
     """What ``event``'s call holds against its budget (its cost) until ``expires_at``."""
     return Reservation(event, to_nanos(event.cost), expires_at)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import email.policy
 import io
 import json
 import re
@@ -14,6 +15,7 @@ import uuid
 import wave
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from email.parser import BytesParser
 from typing import Any
 
 from aiohttp import web
@@ -74,6 +76,10 @@ class FakeUpstream:
     # What it stores, as the real one does: responses (unless store is false)
     # and chat completions with store true, by id; retrieved, listed and deleted.
     stored: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Uploaded files: the object, and the content's first FILE_KEPT_BYTES (a
+    # big upload is read through and counted, not kept).
+    files: dict[str, tuple[dict[str, Any], bytes]] = field(default_factory=dict)
+    uploads: dict[str, dict[str, Any]] = field(default_factory=dict)  # the object, and its parts' bytes
     _arrived: asyncio.Condition = field(default_factory=asyncio.Condition, init=False, repr=False)
 
     def app(self) -> web.Application:
@@ -102,6 +108,12 @@ class FakeUpstream:
             return _error(self.fail_status, "The server had an error processing your request.", None)
         if self.script is not None:
             return await self.script(request, body)
+        upload_path = _UPLOAD_PATH.fullmatch(request.path)
+        if upload_path is not None:
+            return await self._upload_step(request, body, upload_path.group(1), upload_path.group(2))
+        file_path = _FILE_PATH.fullmatch(request.path)
+        if file_path is not None:
+            return self._file(request, file_path.group(1), file_path.group(2))
         stored = _STORED_PATH.fullmatch(request.path)
         if stored is not None:
             return self._stored_object(request, stored.group(1), stored.group(2), stored.group(3))
@@ -112,6 +124,86 @@ class FakeUpstream:
         return result
 
     # -- chat and completions ------------------------------------------------------
+
+    async def _files(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        if request.method != "POST":
+            return web.json_response({"object": "list", "data": [f for f, _ in self.files.values()]})
+        form = await _read_upload(body, request.headers["Content-Type"])
+        if form is None:
+            return _error(400, "Invalid multipart body", None)
+        purpose, filename, size, kept = form
+        file_id = f"file-{uuid.uuid4().hex[:22]}"
+        created = {
+            "id": file_id,
+            "object": "file",
+            "bytes": size,
+            "created_at": 1741600000,
+            "filename": filename,
+            "purpose": purpose,
+            "status": "processed",
+        }
+        self.files[file_id] = (created, kept)
+        return web.json_response(created)
+
+    async def _uploads(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        payload = json.loads(body)
+        upload_id = f"upload_{uuid.uuid4().hex[:20]}"
+        made = {
+            "id": upload_id,
+            "object": "upload",
+            "bytes": payload["bytes"],
+            "created_at": 1741600000,
+            "filename": payload["filename"],
+            "purpose": payload["purpose"],
+            "status": "pending",
+            "expires_at": 1741603600,
+            "file": None,
+        }
+        self.uploads[upload_id] = {"object": made, "parts": {}}
+        return web.json_response(made)
+
+    async def _upload_step(
+        self, request: web.Request, body: bytes, upload_id: str, step: str
+    ) -> web.StreamResponse:
+        upload = self.uploads.get(upload_id)
+        if upload is None:
+            return _error(404, f"No such Upload object: {upload_id}", None)
+        made = upload["object"]
+        if step == "parts":
+            form = await _read_upload(body, request.headers["Content-Type"], "data")
+            if form is None:
+                return _error(400, "Invalid multipart body", None)
+            part_id = f"part_{uuid.uuid4().hex[:20]}"
+            upload["parts"][part_id] = form[3]
+            return web.json_response({"id": part_id, "object": "upload.part", "upload_id": upload_id})
+        if step == "cancel":
+            made["status"] = "cancelled"
+            return web.json_response(made)
+        content = b"".join(upload["parts"][p] for p in json.loads(body)["part_ids"])
+        file_id = f"file-{uuid.uuid4().hex[:22]}"
+        file = {
+            "id": file_id,
+            "object": "file",
+            "bytes": len(content),
+            "created_at": 1741600000,
+            "filename": made["filename"],
+            "purpose": made["purpose"],
+            "status": "processed",
+        }
+        self.files[file_id] = (file, content[:FILE_KEPT_BYTES])
+        made.update(status="completed", file=file)
+        return web.json_response(made)
+
+    def _file(self, request: web.Request, file_id: str, tail: str | None) -> web.StreamResponse:
+        found = self.files.get(file_id)
+        if found is None:
+            return _error(404, f"No such File object: {file_id}", None)
+        if request.method == "DELETE":
+            del self.files[file_id]
+            return web.json_response({"id": file_id, "object": "file", "deleted": True})
+        if tail == "content":
+            return web.Response(body=found[1], content_type="application/octet-stream")
+        return web.json_response(found[0])
 
     def _stored_object(
         self, request: web.Request, collection: str, object_id: str, tail: str | None
@@ -377,6 +469,37 @@ def _chat_usage() -> dict[str, Any]:
             "rejected_prediction_tokens": 0,
         },
     }
+
+
+FILE_KEPT_BYTES = 1024 * 1024
+_FILE_PATH = re.compile(r"/v1/files/([^/]+)(?:/(content))?")
+_UPLOAD_PATH = re.compile(r"/v1/uploads/([^/]+)/(parts|complete|cancel)")
+
+
+async def _read_upload(
+    body: bytes, content_type: str, file_field: str = "file"
+) -> tuple[str, str, int, bytes] | None:
+    """purpose, filename, size and the first FILE_KEPT_BYTES of a file upload
+    (read by the standard library's MIME parser, not the proxy's)."""
+    message = BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body
+    )
+    if not message.is_multipart():
+        return None
+    fields: dict[str, str] = {}
+    upload: tuple[str, bytes] | None = None
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        content = part.get_payload(decode=True)
+        if not isinstance(content, bytes):
+            return None
+        if name == file_field:
+            upload = (part.get_filename() or "", content)
+        elif isinstance(name, str):
+            fields[name] = content.decode()
+    if upload is None:
+        return None
+    return fields.get("purpose", ""), upload[0], len(upload[1]), upload[1][:FILE_KEPT_BYTES]
 
 
 _STORED_PATH = re.compile(r"/v1/(responses|chat/completions)/([^/]+)(?:/(input_items|cancel|messages))?")

@@ -105,7 +105,26 @@ def _end(proc: subprocess.Popen[bytes], sig: signal.Signals, timeout_s: float) -
     _STARTED.pop(proc.pid, None)
 
 
-class _Server:
+class _Started:
+    """Used as ``async with``: started on entry, closed (and removed) on exit."""
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+class _Server(_Started):
     """What both servers share: one process, a port, a directory, a log."""
 
     name = "server"
@@ -122,15 +141,6 @@ class _Server:
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
 
     def _command(self) -> list[str]:
         raise NotImplementedError
@@ -355,7 +365,7 @@ class _ClusterNode(PrivateRedis):
         ]
 
 
-class PrivateRedisCluster:
+class PrivateRedisCluster(_Started):
     """A Redis Cluster of its own: three primaries on free ports (no
     replicas), joined by ``redis-cli --cluster create`` and covering all
     16,384 slots; started, stopped and removed by the pids this module holds."""
@@ -397,12 +407,3 @@ class PrivateRedisCluster:
     async def close(self) -> None:
         for node in self.nodes:
             await node.close()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()

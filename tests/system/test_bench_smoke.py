@@ -27,3 +27,19 @@ def test_benchmark_smoke_runs_and_the_ledger_is_exact() -> None:
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert {r["target"] for r in rows} == {"direct", "forwarder", "taximeter-embedded-limits"}
     assert all(r["ok"] > 0 and r["ok"] == r["requests"] for r in rows)
+
+
+def test_a_big_upload_streams_through_with_flat_memory() -> None:
+    """The smoke version of ``python -m bench.upload_memory`` (200 MB there)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.upload_memory", "--mb", "20"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = dict(line.split(": ", 1) for line in result.stdout.splitlines())
+    number = {name: float(value.replace(",", "")) for name, value in figures.items()}
+    assert number["upstream_got_mb"] == number["file_mb"] >= 20  # relayed whole
+    assert number["rss_growth_mb"] < 50 and number["listed"] == 1
