@@ -36,6 +36,8 @@ class StreamUsage:
         self._finished = False
         self.usage: Usage | None = None
         self.object_id: str | None = None  # the id of the response or completion streamed
+        self._final: dict[str, Any] | None = None  # a Responses stream's terminal response
+        self._audio_id: str | None = None  # a chat stream's audio reply
         self.done = False  # the ``data: [DONE]`` event went by
 
     @property
@@ -62,10 +64,25 @@ class StreamUsage:
                 self._valid = found
         if self._is_terminal(body, message, found):
             self._finished = True
+            if isinstance(body.get("response"), dict):
+                self._final = body["response"]
+        if self._audio_id is None and self._family == "chat":
+            self._audio_id = _audio_id(body)
         if found is not None and self._hide and body.get("choices") == []:
             return False
         self._delivered_chars += len(_delta_text(body))
         return True
+
+    def made(self) -> dict[str, Any]:
+        """What the stream made, shaped as its non-streamed reply would be
+        where it names stored objects: the terminal response (with its output
+        items), or the completion's id and audio reply."""
+        if self._final is not None:
+            return self._final
+        made: dict[str, Any] = {"id": self.object_id}
+        if self._audio_id is not None:
+            made["choices"] = [{"message": {"audio": {"id": self._audio_id}}}]
+        return made
 
     def final_usage(self) -> Usage:
         """The terminal usage when the stream finished with a valid one;
@@ -104,6 +121,16 @@ def _object_id(body: dict[str, Any]) -> str | None:
     response = body.get("response")
     found = response.get("id") if isinstance(response, dict) else body.get("id")
     return found if isinstance(found, str) else None
+
+
+def _audio_id(body: dict[str, Any]) -> str | None:
+    choices = body.get("choices")
+    for choice in choices if isinstance(choices, list) else []:
+        delta = choice.get("delta") if isinstance(choice, dict) else None
+        audio = delta.get("audio") if isinstance(delta, dict) else None
+        if isinstance(audio, dict) and isinstance(audio.get("id"), str):
+            return str(audio["id"])
+    return None
 
 
 def _json(data: str) -> Any:

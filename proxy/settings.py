@@ -129,6 +129,30 @@ class ExportSettings(WebhookSettings):
     batch_size: int = Field(100, ge=1, le=1000, description="Most events in one POST.")
 
 
+# APIs whose objects belong to one tenant (files, stored responses, vector
+# stores...): never a pass-through path, whose calls no one checks.
+TENANT_OBJECT_PATHS = (
+    "/v1/files",
+    "/v1/uploads",
+    "/v1/batches",
+    "/v1/responses",
+    "/v1/chat",
+    "/v1/conversations",
+    "/v1/vector_stores",
+    "/v1/containers",
+    "/v1/realtime",
+    "/v1/assistants",
+    "/v1/threads",
+    "/v1/fine_tuning",
+    "/v1/evals",
+)
+
+
+def _overlap(path: str, held: str) -> bool:
+    """Whether a pass-through prefix covers part of ``held`` (or the reverse)."""
+    return path == held or path.startswith(held + "/") or held.startswith(path + "/")
+
+
 class Settings(BaseSettings):
     """Every setting of a taximeter process. See README for the table."""
 
@@ -191,7 +215,7 @@ class Settings(BaseSettings):
     )
     passthrough_paths: list[str] = Field(
         default_factory=list,
-        description="Unmetered /v1 paths forwarded anyway, tenants not kept apart (e.g. /v1/vector_stores).",
+        description="Unmetered /v1 paths forwarded anyway (none where tenants keep objects).",
     )
     key_cache_s: float = Field(
         2.0,
@@ -317,6 +341,12 @@ class Settings(BaseSettings):
                 raise ValueError(f"{path!r} must start with /v1/")
             if canonical_path(path.rstrip("/")) != path.rstrip("/"):
                 raise ValueError(f"{path!r} must be a plain path: no dot segments, escapes or empty segments")
+            held = [p for p in TENANT_OBJECT_PATHS if _overlap(path.rstrip("/"), p)]
+            if held:
+                raise ValueError(
+                    f"{path!r} reaches {held[0]}, where tenants' objects are kept: forwarded as is, "
+                    "one tenant could read or use another's"
+                )
         return value
 
     @model_validator(mode="after")

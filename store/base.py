@@ -368,9 +368,9 @@ class Exports(Protocol):
 class UpstreamObjects(Protocol):
     """Who owns each object the upstream keeps (spec section 4b)."""
 
-    async def own_object(self, owned: OwnedObject) -> None:
-        """Record that ``owned.client_id`` created ``owned.object_id``;
-        idempotent (an id already recorded keeps its first owner)."""
+    async def own_objects(self, owned: list[OwnedObject]) -> None:
+        """Record that each ``client_id`` created its ``object_id``, in one
+        transaction; idempotent (an id already recorded keeps its first owner)."""
 
     async def owned_objects(self, object_ids: list[str]) -> dict[str, OwnedObject]:
         """The records of those of ``object_ids`` taximeter has seen created."""

@@ -32,8 +32,9 @@ async def usage(request: web.Request, dash: Dashboard, session: Session) -> web.
     first = today - timedelta(days=USAGE_DAYS - 1)
     start, end = first.isoformat(), today.isoformat()
     reports = [(await ops.usage_report(client_id, start, end, g))[2] for g in ("day", "model", "api_type")]
-    currency = await ops.report_currency(client_id, [row for rows in reports for row in rows]) or "USD"
-    days, models, kinds = (_merged(rows, currency) for rows in reports)
+    one = await ops.report_currency(client_id, [row for rows in reports for row in rows])
+    currency = one or "USD"
+    days, models, kinds = (_merged(rows, in_usd=one is None) for rows in reports)
     spent = {row.key: row.cost for row in days}
     daily = [(d.isoformat(), spent.get(d.isoformat(), Decimal(0))) for d in _days(first, USAGE_DAYS)]
 
@@ -64,15 +65,16 @@ async def usage(request: web.Request, dash: Dashboard, session: Session) -> web.
     )
 
 
-def _merged(rows: list[ReportRow], currency: str) -> list[ReportRow]:
-    """One row per key, its cost in ``currency``: the rows' own when they
-    are all in it; in USD (``cost_usd``) when clients pay in several."""
+def _merged(rows: list[ReportRow], *, in_usd: bool) -> list[ReportRow]:
+    """One row per key: the rows' own cost when they are in one currency;
+    when clients pay in several, every row at its list price in USD
+    (``cost_usd``: no markup, no rate), so none is counted otherwise."""
     by_key: dict[str, list[ReportRow]] = {}
     for row in rows:
-        if row.currency != currency:  # several currencies: each row's list price in USD
-            row = replace(row, cost=row.cost_usd, list_cost=row.cost_usd, currency=currency)
+        if in_usd:
+            row = replace(row, cost=row.cost_usd, list_cost=row.cost_usd, currency="USD")
         by_key.setdefault(row.key, []).append(row)
-    return [ReportRow.total(key, same, currency) for key, same in by_key.items()]
+    return [ReportRow.total(key, same, same[0].currency) for key, same in by_key.items()]
 
 
 def _days(first: date, count: int) -> list[date]:

@@ -60,6 +60,8 @@ def referenced(family: Family, fields: dict[str, Any]) -> list[Reference]:
 
 
 def _references(family: Family, fields: dict[str, Any]) -> Iterator[Reference]:
+    if family not in ("responses", "chat", "completions"):
+        return
     if family == "responses":
         if fields.get("previous_response_id") is not None:
             yield _reference("response", fields["previous_response_id"], "previous_response_id")
@@ -67,65 +69,91 @@ def _references(family: Family, fields: dict[str, Any]) -> Iterator[Reference]:
         if conversation is not None:
             value = conversation.get("id") if isinstance(conversation, dict) else conversation
             yield _reference("conversation", value, "conversation")
-        yield from _in_items(fields.get("input"), 0, "input")
+        items = fields.get("input")
+        for item in items if isinstance(items, list) else []:
+            # An input item with an id (a message, a reasoning item, a tool call
+            # of a stored response) may be looked up by it: the id is a reference.
+            if isinstance(item, dict) and item.get("id") is not None:
+                yield _reference("item", item["id"], "input")
         yield from _in_tools(fields.get("tools"))
-    elif family in ("chat", "completions"):
-        yield from _in_items(fields.get("messages"), 0, "messages")
+    messages = fields.get("messages")
+    for message in messages if isinstance(messages, list) else []:
+        audio = message.get("audio") if isinstance(message, dict) else None
+        if isinstance(audio, dict) and audio.get("id") is not None:  # an earlier audio reply, by id
+            yield _reference("audio", audio["id"], "messages")
+    for name, value in fields.items():
+        if name not in _NOT_REFERENCES and isinstance(value, list | dict):
+            yield from _ids_in(value, 0, name)
 
 
-def _in_items(value: Any, depth: int, param: str) -> Iterator[Reference]:
-    """File ids (``file_id``) and item references anywhere in an input
-    (nested deeper than any real input is refused: never left unread)."""
+# Fields (at any depth) that hold data, not references: a client's own
+# metadata, JSON schemas of tools and structured outputs.
+_NOT_REFERENCES = frozenset({"metadata", "parameters", "schema", "json_schema"})
+_ID_KEYS = {"file_id": "file"}
+_ID_LIST_KEYS = {"file_ids": "file", "vector_store_ids": "vector_store"}
+
+
+def _ids_in(value: Any, depth: int, param: str) -> Iterator[Reference]:
+    """File and vector store ids anywhere in a field, item references too
+    (nested deeper than any real request is refused: never left unread)."""
     if depth > _MAX_DEPTH:
         raise InvalidInput(f"'{param}' is nested too deeply", param=param, status=400)
     if isinstance(value, list):
         for item in value:
-            yield from _in_items(item, depth + 1, param)
-    elif isinstance(value, dict):
-        if value.get("type") == "item_reference":  # an item of a stored response, by its id
-            yield _reference("item", value.get("id"), param)
-        for key, inner in value.items():
-            if key == "file_id" and inner is not None:
-                yield _reference("file", inner, param)
-            elif isinstance(inner, list | dict):
-                yield from _in_items(inner, depth + 1, param)
+            yield from _ids_in(item, depth + 1, param)
+        return
+    if not isinstance(value, dict):
+        return
+    if value.get("type") == "item_reference":  # an item of a stored response, by its id
+        yield _reference("item", value.get("id"), param)
+    for key, inner in value.items():
+        if key in _NOT_REFERENCES:
+            continue
+        if key in _ID_KEYS and isinstance(inner, str):
+            yield _reference(_ID_KEYS[key], inner, param)
+        elif key in _ID_LIST_KEYS and inner is not None:
+            for one in inner if isinstance(inner, list) else [inner]:
+                yield _reference(_ID_LIST_KEYS[key], one, param)
+        elif isinstance(inner, list | dict):
+            yield from _ids_in(inner, depth + 1, param)
 
 
 def _in_tools(tools: Any) -> Iterator[Reference]:
-    """Vector stores of file_search, containers and files of code_interpreter."""
-    if not isinstance(tools, list):
-        return
-    for tool in tools:
-        if not isinstance(tool, dict):
-            continue
-        if tool.get("type") == "file_search":
-            stores = tool.get("vector_store_ids")
-            for store in stores if isinstance(stores, list) else [stores]:
-                yield _reference("vector_store", store, "tools")
-        elif tool.get("type") == "code_interpreter":
+    """A code_interpreter tool's container, named by its id."""
+    for tool in tools if isinstance(tools, list) else []:
+        if isinstance(tool, dict) and tool.get("type") == "code_interpreter":
             container = tool.get("container")
-            if isinstance(container, dict):  # {"type": "auto", "file_ids": [...]}: a new container
-                files = container.get("file_ids")
-                for file_id in files if isinstance(files, list) else []:
-                    yield _reference("file", file_id, "tools")
-            elif container is not None:
+            if container is not None and not isinstance(container, dict):  # a dict: a new one
                 yield _reference("container", container, "tools")
 
 
-def created(family: Family, fields: dict[str, Any], response: Any) -> tuple[str, str] | None:
-    """The object a successful response created upstream, as ``(kind, id)``:
-    a stored response (Responses API, unless ``store`` is false) or a stored
-    chat completion (``store: true``); None otherwise."""
+def created(family: Family, fields: dict[str, Any], response: Any) -> list[tuple[str, str]]:
+    """The objects a successful response created upstream, as ``(kind, id)``
+    pairs: a stored response and its output items (Responses API, unless
+    ``store`` is false); a stored chat completion (``store: true``) and the
+    audio replies a chat completion may be continued from."""
     if not isinstance(response, dict):
-        return None
+        return []
     object_id = response.get("id")
     if not isinstance(object_id, str) or not valid_id(object_id):
-        return None
+        return []
+    made: list[tuple[str, str]] = []
     if family == "responses" and fields.get("store") is not False:
-        return "response", object_id
-    if family == "chat" and fields.get("store") is True:
-        return "chat_completion", object_id
-    return None
+        made.append(("response", object_id))
+        output = response.get("output")
+        for item in output if isinstance(output, list) else []:
+            if isinstance(item, dict) and isinstance(item.get("id"), str) and valid_id(item["id"]):
+                made.append(("item", item["id"]))
+    if family == "chat":
+        if fields.get("store") is True:
+            made.append(("chat_completion", object_id))
+        choices = response.get("choices")
+        for choice in choices if isinstance(choices, list) else []:
+            message = choice.get("message") if isinstance(choice, dict) else None
+            audio = message.get("audio") if isinstance(message, dict) else None
+            if isinstance(audio, dict) and isinstance(audio.get("id"), str) and valid_id(audio["id"]):
+                made.append(("audio", audio["id"]))
+    return made
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ import logging
 from taximeter.pricing.models import OwnedObject
 from taximeter.proxy.errors import NotFoundError
 from taximeter.proxy.gateway.objects import ObjectRoute, Reference
-from taximeter.store.base import StoreUnavailable, UpstreamObjects
+from taximeter.store.base import UpstreamObjects
 
 __all__ = ["check_references", "owned_route", "record_created"]
 
@@ -44,19 +44,21 @@ async def owned_route(objects: UpstreamObjects, client_id: str, route: ObjectRou
     return record
 
 
-async def record_created(objects: UpstreamObjects, owned: OwnedObject, request_id: str) -> None:
-    """Keep who created an object, before the client hears its id. A store
-    that cannot take it leaves the object unreachable through taximeter
-    (404 to everyone), never reachable by another client."""
+async def record_created(objects: UpstreamObjects, owned: list[OwnedObject], request_id: str) -> None:
+    """Keep who created the objects a call made, before the client hears
+    their ids. A store that cannot take them leaves them unreachable through
+    taximeter (404 to everyone), never reachable by another client."""
+    if not owned:
+        return
     try:
-        await objects.own_object(owned)
-    except StoreUnavailable as exc:
+        await objects.own_objects(owned)
+    except Exception as exc:  # never the call's failure: it is settled and answered all the same
         log.warning(
             "object_unrecorded",
             extra={
                 "request_id": request_id,
-                "client": owned.client_id,
-                "kind": owned.kind,
+                "client": owned[0].client_id,
+                "objects": len(owned),
                 "error": str(exc),
             },
         )

@@ -40,7 +40,14 @@ from taximeter.proxy.gateway.audio import audio_seconds
 from taximeter.proxy.gateway.edge import label, refuse_unmetered_options
 from taximeter.proxy.gateway.endpoints import DEFAULT_MODELS, Endpoint, find_endpoint
 from taximeter.proxy.gateway.exchange import check_model_allowed
-from taximeter.proxy.gateway.files import complete_upload, create_upload, list_files, streamed, upload_file
+from taximeter.proxy.gateway.files import (
+    complete_upload,
+    create_upload,
+    list_files,
+    streamed,
+    upload_file,
+    upstream_failure,
+)
 from taximeter.proxy.gateway.forms import parse_form
 from taximeter.proxy.gateway.objects import ObjectRoute, object_route, referenced
 from taximeter.proxy.gateway.ownership import check_references, owned_route
@@ -273,7 +280,7 @@ async def _send(
     except aiohttp.ClientError as exc:
         if call is not None:
             await record_lost(services, call, 502)
-        raise UpstreamUnavailable(f"upstream {upstream.name} failed: {type(exc).__name__}") from exc
+        raise upstream_failure(exc, upstream) from exc
 
 
 async def _object_call(

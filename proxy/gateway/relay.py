@@ -119,7 +119,7 @@ async def relay_events(
     await relay.write(await _follow_messages(services, call, usage, splitter.end(), relay.status))
     await relay.write(splitter.rest())
     if not call.settled:
-        call.created = created(call.endpoint.family, call.fields, {"id": usage.object_id})
+        call.created = created(call.endpoint.family, call.fields, usage.made())
         await settle(services, call, usage.final_usage(), relay.status)
     return await relay.finish()
 
@@ -134,7 +134,7 @@ async def _follow_messages(
     for message in messages:
         forward = usage.on_message(message)
         if usage.finished and not call.settled:
-            call.created = created(call.endpoint.family, call.fields, {"id": usage.object_id})
+            call.created = created(call.endpoint.family, call.fields, usage.made())
             await settle(services, call, usage.final_usage(), status)
         if forward:
             out.append(message.raw)

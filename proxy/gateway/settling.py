@@ -65,7 +65,7 @@ class Call:
     reserved: Usage = field(default_factory=Usage)  # what estimate prices: the floor of a lost count
     upload_seconds: Decimal | None = None  # length of an uploaded audio file, read once
     settled: bool = False
-    created: tuple[str, str] | None = None  # (kind, id) of the object its response created upstream
+    created: list[tuple[str, str]] = field(default_factory=list)  # (kind, id) of what its response made
     upstream_started: float = 0.0
     upstream_ended: float | None = None  # when its body was read to the end
 
@@ -108,11 +108,11 @@ async def settle(services: Services, call: Call, usage: Usage, status: int) -> N
     event = event_of(services, call, usage, status)
     call.settled = True
     call.upstream_ended = call.upstream_ended or time.monotonic()
-    if call.created is not None and call.upstream is not None and call.upstream.status < 400:
-        kind, object_id = call.created
-        owned = OwnedObject(object_id, kind, call.client_id, call.route.name, event.created_at)
-        await record_created(services.objects, owned, call.request_id)
     counted = await services.meter.settle(event)
+    if call.created and call.upstream is not None and call.upstream.status < 400:
+        owner, upstream = call.client_id, call.route.name
+        owned = [OwnedObject(i, kind, owner, upstream, event.created_at) for kind, i in call.created]
+        await record_created(services.objects, owned, call.request_id)
     services.metrics.call(event)
     if counted:
         await watch_limits(services, event, counted)

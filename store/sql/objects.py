@@ -18,19 +18,19 @@ _COLUMNS = "object_id, kind, client_id, upstream, created_at, detail"
 class SqlUpstreamObjects(SqlBase):
     """:class:`~taximeter.store.base.UpstreamObjects` in SQL."""
 
-    async def own_object(self, owned: OwnedObject) -> None:
-        detail = None if owned.detail is None else orjson.dumps(owned.detail).decode()
+    async def own_objects(self, owned: list[OwnedObject]) -> None:
         async with self.transaction() as conn:
-            await conn.execute(
-                f"INSERT INTO upstream_objects ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (object_id) DO NOTHING",
-                owned.object_id,
-                owned.kind,
-                owned.client_id,
-                owned.upstream,
-                self.dialect.time_in(owned.created_at),
-                detail,
-            )
+            for one in owned:
+                await conn.execute(
+                    f"INSERT INTO upstream_objects ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (object_id) DO NOTHING",
+                    one.object_id,
+                    one.kind,
+                    one.client_id,
+                    one.upstream,
+                    self.dialect.time_in(one.created_at),
+                    None if one.detail is None else orjson.dumps(one.detail).decode(),
+                )
 
     async def owned_objects(self, object_ids: list[str]) -> dict[str, OwnedObject]:
         wanted = sorted(set(object_ids))[:_MAX_IDS]

@@ -333,11 +333,14 @@ async def test_upstream_objects_keep_their_first_owner(store: Store) -> None:
     await store.create_client("acme", "Acme", T0)
     await store.create_client("rival", "Rival", T0)
     mine = OwnedObject("resp_1", "response", "acme", "openai", T0)
-    await store.own_object(mine)
-    await store.own_object(OwnedObject("resp_1", "response", "rival", "openai", T0))  # never taken over
-    await store.own_object(OwnedObject("file-2", "file", "rival", "groq", T0))
+    await store.own_objects([mine])
+    await store.own_objects([OwnedObject("resp_1", "response", "rival", "openai", T0)])  # never taken over
+    await store.own_objects(
+        [OwnedObject("file-2", "file", "rival", "groq", T0, {"object": {"id": "file-2"}})]
+    )
     found = await store.owned_objects(["resp_1", "file-2", "nothing", "resp_1"])
     assert found == {"resp_1": mine, "file-2": OwnedObject("file-2", "file", "rival", "groq", T0)}
+    assert found["file-2"].detail == {"object": {"id": "file-2"}} and found["resp_1"].detail is None
     assert await store.owned_objects([]) == {}
     await store.forget_object("resp_1")
     assert list(await store.owned_objects(["resp_1", "file-2"])) == ["file-2"]

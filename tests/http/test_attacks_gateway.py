@@ -98,14 +98,14 @@ async def test_traversal_never_reaches_the_upstream(proxy: Harness, target: str)
 @pytest.mark.parametrize(
     "target",
     [
-        "/v1/files/%2e%2e/chat/completions",
-        "/v1/files/..%2Fchat%2Fcompletions",
-        "/v1/files/../chat/completions",
+        "/v1/audio/voices/%2e%2e/%2e%2e/chat/completions",
+        "/v1/audio/voices/..%2F..%2Fchat%2Fcompletions",
+        "/v1/audio/voices/../../chat/completions",
     ],
 )
 async def test_traversal_out_of_a_pass_through_path(make_proxy: Any, target: str) -> None:
     """Before: `POST /v1/files/%2e%2e/chat/completions` was a free completion past a pause."""
-    proxy: Harness = await make_proxy(passthrough_paths=["/v1/files"])
+    proxy: Harness = await make_proxy(passthrough_paths=["/v1/audio/voices"])
     key = await proxy.new_client("acme", mode="tokens", token_limit=10)
     status, _ = await proxy.admin("POST", "/admin/budgets/acme/pause")
     assert status == 200
@@ -116,13 +116,13 @@ async def test_traversal_out_of_a_pass_through_path(make_proxy: Any, target: str
 
 
 async def test_plain_ids_still_reach_their_own_path(make_proxy: Any) -> None:
-    proxy: Harness = await make_proxy(passthrough_paths=["/v1/vector_stores"])
+    proxy: Harness = await make_proxy(passthrough_paths=["/v1/audio/voices"])
     key = await proxy.new_client("acme")
     await raw_request(proxy, "GET", "/v1/models/ft:gpt-4o-mini:acme::AbC123", key)
-    await raw_request(proxy, "GET", "/v1/vector_stores/vs_abc123/files?limit=2", key)
+    await raw_request(proxy, "GET", "/v1/audio/voices/voice_abc123/samples?limit=2", key)
     assert upstream_paths(proxy) == [
         "/v1/models/ft:gpt-4o-mini:acme::AbC123",
-        "/v1/vector_stores/vs_abc123/files",
+        "/v1/audio/voices/voice_abc123/samples",
     ]
 
 

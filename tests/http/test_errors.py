@@ -79,13 +79,13 @@ async def test_unknown_path_is_not_forwarded(proxy: Harness) -> None:
 
 
 async def test_operator_listed_pass_through_path(make_proxy: Any) -> None:
-    proxy = await make_proxy(passthrough_paths=["/v1/vector_stores"])
+    proxy = await make_proxy(passthrough_paths=["/v1/audio/voices"])
     key = await proxy.new_client("acme")
     headers = {"Authorization": f"Bearer {key}"}
-    async with proxy.http.get(f"{proxy.url}/v1/vector_stores", headers=headers) as resp:
-        assert resp.status == 404  # forwarded: the fake upstream has no /v1/vector_stores
+    async with proxy.http.get(f"{proxy.url}/v1/audio/voices", headers=headers) as resp:
+        assert resp.status == 404  # forwarded: the fake upstream has no /v1/audio/voices
         assert (await resp.json())["error"]["code"] == "unknown_url"
-    assert [r.path for r in proxy.upstream.received] == ["/v1/vector_stores"]
+    assert [r.path for r in proxy.upstream.received] == ["/v1/audio/voices"]
 
 
 async def test_unpriced_model_is_rejected_by_default(proxy: Harness) -> None:

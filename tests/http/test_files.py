@@ -154,3 +154,15 @@ async def test_an_upload_in_parts_becomes_its_uploaders_file(proxy: Harness) -> 
     assert (read["lines"], read["unreadable"], read["models"]["gpt-4o-mini"]["output_tokens"]) == (5, 0, 150)
     assert [f.id async for f in acme.files.list()] == [done.file.id]
     assert await proxy.events() == []
+
+
+async def test_a_part_past_max_file_bytes_is_refused_and_never_reaches_the_upstream(make_proxy: Any) -> None:
+    proxy: Harness = await make_proxy(max_file_bytes=1024)
+    acme = proxy.sdk(await proxy.new_client("acme"))
+    upload = await acme.uploads.create(
+        bytes=4096, filename="b.jsonl", mime_type="text/jsonl", purpose="batch"
+    )
+    with pytest.raises(openai.APIStatusError) as caught:
+        await acme.uploads.parts.create(upload.id, data=b"x" * 2048)
+    assert caught.value.status_code == 413
+    assert proxy.upstream.uploads[upload.id]["parts"] == {}

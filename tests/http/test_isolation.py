@@ -50,6 +50,19 @@ async def test_a_stored_response_is_its_creators_alone(proxy: Harness) -> None:
     await refused_unseen(proxy, acme.responses.retrieve(follow.id))  # gone: not asked again
 
 
+async def test_output_items_passed_back_are_their_creators_alone(proxy: Harness) -> None:
+    acme, rival = await two_tenants(proxy)
+    first = await acme.responses.create(model="gpt-4o", input="Hi")
+    [item] = [o.model_dump(exclude_none=True) for o in first.output]
+    # The usual way to carry a conversation on by hand: the output goes back as input.
+    await acme.responses.create(model="gpt-4o", input=[item, {"role": "user", "content": "And?"}])
+    await acme.responses.create(model="gpt-4o", input=[{"type": "item_reference", "id": item["id"]}])
+    await refused_unseen(proxy, rival.responses.create(model="gpt-4o", input=[item]))
+    await refused_unseen(
+        proxy, rival.responses.create(model="gpt-4o", input=[{"type": "item_reference", "id": item["id"]}])
+    )
+
+
 async def test_a_streamed_response_is_owned_before_its_last_event(proxy: Harness) -> None:
     acme, rival = await two_tenants(proxy)
     stream = await acme.responses.create(model="gpt-4o", input="Hi", stream=True)
@@ -101,6 +114,12 @@ async def test_a_stored_chat_completion_is_its_creators_alone(proxy: Harness) ->
             "tools",
         ),
         ({"previous_response_id": 12}, "previous_response_id"),
+        (
+            {"prompt": {"id": "pmpt_1", "variables": {"doc": {"type": "input_file", "file_id": "file-x"}}}},
+            "prompt",
+        ),
+        ({"tools": [{"type": "image_generation", "input_image_mask": {"file_id": "file-x"}}]}, "tools"),
+        ({"input": [{"type": "reasoning", "id": "rs_someone", "summary": []}]}, "input"),
     ],
 )
 async def test_objects_taximeter_never_saw_are_not_found(
@@ -117,6 +136,12 @@ async def test_a_file_in_a_chat_message_is_checked_too(proxy: Harness) -> None:
     acme, _ = await two_tenants(proxy)
     message = {"role": "user", "content": [{"type": "file", "file": {"file_id": "file-abc"}}]}
     await refused_unseen(proxy, acme.chat.completions.create(model="gpt-4o", messages=[message]))  # type: ignore[list-item]
+
+
+async def test_an_earlier_audio_reply_is_named_only_by_its_client(proxy: Harness) -> None:
+    acme, _ = await two_tenants(proxy)
+    messages = [{"role": "assistant", "audio": {"id": "audio_someone"}}, {"role": "user", "content": "Hi"}]
+    await refused_unseen(proxy, acme.chat.completions.create(model="gpt-4o", messages=messages))  # type: ignore[arg-type]
 
 
 async def test_an_input_nested_past_any_real_one_is_refused(proxy: Harness) -> None:

@@ -25,23 +25,40 @@ def test_a_responses_request_names_its_context_files_and_tool_objects() -> None:
         "input": [
             {"role": "user", "content": [{"type": "input_file", "file_id": "file-3"}]},
             {"type": "item_reference", "id": "msg_4"},
+            {"type": "reasoning", "id": "rs_8", "summary": []},
             {"role": "user", "content": [{"type": "input_image", "file_id": "file-5", "detail": "auto"}]},
         ],
         "tools": [
             {"type": "file_search", "vector_store_ids": ["vs_6"]},
             {"type": "code_interpreter", "container": "cntr_7"},
-            {"type": "web_search"},
+            {"type": "image_generation", "input_image_mask": {"file_id": "file-9"}},
+            {"type": "function", "name": "f", "parameters": {"properties": {"file_id": {"type": "string"}}}},
         ],
+        "prompt": {"id": "pmpt_1", "variables": {"doc": {"type": "input_file", "file_id": "file-10"}}},
+        "metadata": {"file_id": "mine, not a reference"},
     }
-    assert [(r.kind, r.object_id, r.param) for r in referenced("responses", fields)] == [
+    found = {(r.kind, r.object_id, r.param) for r in referenced("responses", fields)}
+    assert found == {
         ("response", "resp_1", "previous_response_id"),
         ("conversation", "conv_2", "conversation"),
         ("file", "file-3", "input"),
         ("item", "msg_4", "input"),
+        ("item", "rs_8", "input"),
         ("file", "file-5", "input"),
         ("vector_store", "vs_6", "tools"),
         ("container", "cntr_7", "tools"),
+        ("file", "file-9", "tools"),
+        ("file", "file-10", "prompt"),
+    }
+
+
+def test_a_chat_request_names_files_and_earlier_audio_replies() -> None:
+    messages = [
+        {"role": "user", "content": [{"type": "file", "file": {"file_id": "file-1"}}]},
+        {"role": "assistant", "audio": {"id": "audio_2"}},
     ]
+    found = {(r.kind, r.object_id) for r in referenced("chat", {"messages": messages})}
+    assert found == {("file", "file-1"), ("audio", "audio_2")}
 
 
 def test_ids_that_cannot_be_ids_are_never_valid() -> None:
@@ -69,15 +86,26 @@ def test_too_many_or_too_deep_is_refused() -> None:
 @pytest.mark.parametrize(
     ("family", "fields", "response", "expected"),
     [
-        ("responses", {}, {"id": "resp_1", "object": "response"}, ("response", "resp_1")),
-        ("responses", {"store": True}, {"id": "resp_1"}, ("response", "resp_1")),
-        ("responses", {"store": False}, {"id": "resp_1"}, None),
-        ("chat", {"store": True}, {"id": "chatcmpl-1"}, ("chat_completion", "chatcmpl-1")),
-        ("chat", {}, {"id": "chatcmpl-1"}, None),
-        ("chat", {"store": "true"}, {"id": "chatcmpl-1"}, None),
-        ("embeddings", {}, {"id": "x"}, None),
-        ("responses", {}, {"id": "resp 1"}, None),
-        ("responses", {}, ["resp_1"], None),
+        ("responses", {}, {"id": "resp_1", "object": "response"}, [("response", "resp_1")]),
+        (
+            "responses",
+            {"store": True},
+            {"id": "resp_1", "output": [{"type": "message", "id": "msg_1"}, {"type": "x"}, "y"]},
+            [("response", "resp_1"), ("item", "msg_1")],
+        ),
+        ("responses", {"store": False}, {"id": "resp_1", "output": [{"id": "msg_1"}]}, []),
+        ("chat", {"store": True}, {"id": "chatcmpl-1"}, [("chat_completion", "chatcmpl-1")]),
+        ("chat", {}, {"id": "chatcmpl-1"}, []),
+        ("chat", {"store": "true"}, {"id": "chatcmpl-1"}, []),
+        (
+            "chat",
+            {},
+            {"id": "chatcmpl-1", "choices": [{"message": {"audio": {"id": "audio_1"}}}]},
+            [("audio", "audio_1")],
+        ),
+        ("embeddings", {}, {"id": "x"}, []),
+        ("responses", {}, {"id": "resp 1"}, []),
+        ("responses", {}, ["resp_1"], []),
     ],
 )
 def test_what_a_response_created(family: Any, fields: Any, response: Any, expected: Any) -> None:

@@ -64,6 +64,9 @@ def test_upstream_key_from_env_var_stays_secret(monkeypatch: pytest.MonkeyPatch,
         ({"TAXIMETER_PORTT": "1"}, "invalid setting 'TAXIMETER_PORTT': unknown setting"),
         ({"TAXIMETER_WORKERS": "2"}, "workers > 1 needs redis_url"),
         ({"TAXIMETER_REDIS_PREFIX": "my prefix {x}:"}, "invalid setting 'redis_prefix'"),
+        ({"TAXIMETER_PASSTHROUGH_PATHS": '["/v1/vector_stores"]'}, "where tenants' objects are kept"),
+        ({"TAXIMETER_PASSTHROUGH_PATHS": '["/v1/files/"]'}, "where tenants' objects are kept"),
+        ({"TAXIMETER_PASSTHROUGH_PATHS": '["/v1/chat/completions/x"]'}, "where tenants' objects are kept"),
     ],
 )
 def test_bad_setting_names_itself(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str) -> None:
