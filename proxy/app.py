@@ -22,14 +22,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from datetime import datetime
+from datetime import date, datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from taximeter.pricing.catalog import load_catalog
+from taximeter.pricing.catalog import Catalog, load_catalog
 from taximeter.pricing.models import BudgetState, Hold, UsageEvent
 from taximeter.proxy.admin.admin import admin_app
 from taximeter.proxy.clock import Clock, system_clock
@@ -130,6 +132,10 @@ def _secrets(settings: Settings) -> list[str]:
     return [secret.get_secret_value() for secret in found if secret is not None]
 
 
+def _catalog_as_of(files: list[Path], day: date) -> Catalog:
+    return load_catalog(*files, today=day)
+
+
 async def _catalog_ctx(app: web.Application) -> AsyncIterator[None]:
     """The price catalog and the metrics that label by it (nothing to close)."""
     settings = app[SETTINGS]
@@ -206,6 +212,7 @@ def _new_meter(app: web.Application) -> tuple[LedgerWriter, Meter]:
         gate=app[GATE],
         ledger=ledger,
         catalog=app[CATALOG],
+        load_catalog=functools.partial(_catalog_as_of, settings.pricing_files),
         rates=RateBook(store, currency=settings.currency, first_rate=settings.exchange_rate),
         timezone=settings.timezone,
         allow_unpriced=settings.unpriced_models == "allow",

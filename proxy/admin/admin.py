@@ -34,7 +34,7 @@ from taximeter.proxy.errors import InvalidInput, NotFoundError
 from taximeter.proxy.gateway.auth import require_admin
 from taximeter.proxy.middleware import json_error_middleware
 from taximeter.proxy.operations import MAX_EVENTS
-from taximeter.proxy.services import CATALOG, SERVICES, SETTINGS
+from taximeter.proxy.services import SERVICES, SETTINGS
 
 __all__ = ["admin_app"]
 
@@ -154,7 +154,7 @@ async def usage_events(request: web.Request) -> web.Response:
 async def list_pricing(request: web.Request) -> web.Response:
     """The catalog of one provider (``?provider=``), or of every provider an
     upstream is priced by."""
-    catalog = request.config_dict[CATALOG]
+    catalog = request.config_dict[SERVICES].meter.catalog  # the prices in force today
     wanted = request.query.get("provider")
     providers = {wanted} if wanted else {u.provider for u in request.config_dict[SERVICES].router.all()}
     prices = sorted((p for p in catalog if p.provider in providers), key=lambda p: (p.provider, p.model))
@@ -170,7 +170,7 @@ async def get_pricing(request: web.Request) -> web.Response:
     upstream = router.pick(model) if name is None else router.named(name)
     if upstream is None:
         raise NotFoundError(f"no upstream named {name!r}", param="upstream")
-    price = request.config_dict[CATALOG].resolve(model, upstream.provider)
+    price = request.config_dict[SERVICES].meter.catalog.resolve(model, upstream.provider)
     if price is None:
         raise NotFoundError(f"no {upstream.provider} price for model {model!r}", param="model")
     return _json({**price.as_json(), "requested": model, "upstream": upstream.name})

@@ -20,13 +20,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Protocol
 
 from taximeter.pricing import limits
 from taximeter.pricing.catalog import Catalog, ModelPrice
+from taximeter.pricing.catalog_files import CatalogError
 from taximeter.pricing.models import BudgetState, Hold, Reservation, Terms, UsageEvent
 from taximeter.pricing.money import to_nanos
 from taximeter.proxy.clock import Clock, system_clock
@@ -71,6 +73,7 @@ class Meter:
         fallback: Gate,
         catalog: Catalog,
         rates: RateBook,
+        load_catalog: Callable[[date], Catalog] | None = None,
         timezone: str = "UTC",
         allow_unpriced: bool,
         reservation_ttl_s: float = 660.0,
@@ -81,6 +84,10 @@ class Meter:
         self.gate = gate
         self.ledger = ledger
         self.catalog = catalog
+        # The catalog as of another day: prices change on a date (a catalog's
+        # dated price sets); a process started before it prices by it from then.
+        self._load_catalog = load_catalog
+        self._catalog_day = clock().date()
         self.rates = rates
         self.timezone = timezone  # where a client's daily and longer limit windows start, without a budget
         self.allow_unpriced = allow_unpriced
@@ -102,6 +109,18 @@ class Meter:
         # ledger sequence numbers: re-applied to the new copy unless the store
         # read already held them.
         self._deferred: dict[str, list[tuple[int, UsageEvent]]] = {}
+
+    async def follow_prices(self, today: date) -> None:
+        """Read the catalogs again as of ``today`` when the day has changed
+        since they were read. A catalog that cannot be read keeps the prices
+        in force (said once a day in the log)."""
+        if self._load_catalog is None or today == self._catalog_day:
+            return
+        self._catalog_day = today
+        try:
+            self.catalog = await asyncio.to_thread(self._load_catalog, today)
+        except CatalogError as exc:
+            log.warning("prices_not_reloaded", extra={"day": today.isoformat(), "error": str(exc)})
 
     def resolve_price(self, model: str | None, metered: bool, provider: str) -> ModelPrice | None:
         """The model's prices at ``provider``; raises ModelNotPriced when the policy rejects it."""

@@ -28,6 +28,7 @@ _CLAIM_BATCH = 100
 async def sweep(meter: Meter) -> int:
     """One sweep; the number of expired reservations it charged."""
     now = meter.clock()
+    await meter.follow_prices(now.date())  # a new day: the prices in force from it
     with contextlib.suppress(StoreUnavailable):  # rates set by other processes apply from here on
         await meter.rates.refresh()
     await _keep_alive(meter, now)

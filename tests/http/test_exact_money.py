@@ -6,14 +6,18 @@ worked out here from the list prices (pricing page, 2026-06-27 copy, checked
 
 from __future__ import annotations
 
+import asyncio
 import json
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 from aiohttp import web
 
+from taximeter.proxy.gateway.sweeper import sweep
+from tests.support.clock import FakeClock
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.harness import Harness
 
@@ -295,3 +299,33 @@ async def test_a_regional_upstream_is_charged_its_uplift(make_proxy: Any) -> Non
     # gpt-5.5 $5 / $30 per 1M, +10% on a regional-processing endpoint.
     assert event["cost_usd"] == usd((1_000 * 5 + 100 * 30) / M * Decimal("1.1"))
     assert (event["price_source"], event["upstream"]) == ("prices.toml (regional +10%)", "eu")
+
+
+async def test_prices_follow_the_day_in_a_running_process(
+    make_proxy: Any, tmp_path: Path, clock: FakeClock
+) -> None:
+    """The catalogs are read again when the day changes (the first sweep of
+    the day): a price that starts on a date applies from it, without a restart."""
+    prices = tmp_path / "house.toml"
+
+    def price(output: str) -> str:
+        return f'[models."house-model"]\napi_type = "chat"\ninput = "1.00"\noutput = "{output}"\n'
+
+    await asyncio.to_thread(prices.write_text, price("2.00"))
+    proxy: Harness = await make_proxy(pricing_files=[prices])
+    client = proxy.sdk(await proxy.new_client("acme"))
+    chat = {"model": "house-model", "messages": [{"role": "user", "content": "Hi"}]}
+    await client.chat.completions.create(**chat)  # 1,200 in, 300 out
+    await asyncio.to_thread(prices.write_text, price("4.00"))  # the price from tomorrow on
+    await sweep(proxy.services.meter)  # the same day: the prices read at start still hold
+    await client.chat.completions.create(**chat)
+    clock.advance(days=1)
+    await sweep(proxy.services.meter)
+    await client.chat.completions.create(**chat)
+    costs = [Decimal(e["cost_usd"]) for e in reversed(await proxy.events("acme"))]
+    m = Decimal(1_000_000)
+    assert costs == [
+        (1_200 * Decimal("1.00") + 300 * Decimal("2.00")) / m,
+        (1_200 * Decimal("1.00") + 300 * Decimal("2.00")) / m,
+        (1_200 * Decimal("1.00") + 300 * Decimal("4.00")) / m,
+    ]
