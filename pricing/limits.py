@@ -16,7 +16,6 @@ import hashlib
 import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from functools import lru_cache
 from typing import Any, Literal
 
 from taximeter.pricing.budgets import MAX_COST_LIMIT, MAX_TOKEN_LIMIT, BudgetInputError, period_bounds
@@ -98,15 +97,6 @@ def retry_after_s(hold: Hold, now: datetime) -> int:
     return max(1, int((hold.window_end - now).total_seconds() + 0.999))
 
 
-@lru_cache(maxsize=4096)
-def _shape(limit: Limit) -> str:
-    """What a counter counts, short: a limit redefined under the same name
-    (another metric, window, scope or models) starts a counter of its own;
-    one only raised or lowered keeps counting."""
-    models = ",".join(sorted(limit.models)) if limit.models is not None else "*"
-    return hashlib.sha256(f"{limit.metric}|{limit.window}|{limit.per}|{models}".encode()).hexdigest()[:8]
-
-
 def end_user_tag(end_user: str | None) -> str:
     """A short, key-safe name of an end user (calls without one share "")."""
     if not end_user:
@@ -154,7 +144,7 @@ def _hold(
     start, end = window_bounds(limit.window, timezone, now)
     user = (end_user or "") if limit.per == "end_user" else ""
     tag = end_user_tag(user) if limit.per == "end_user" else "*"
-    key = f"{{{client_id}}}:{limit.name}:{_shape(limit)}:{tag}:{int(start.timestamp())}"
+    key = f"{{{client_id}}}:{limit.name}:{limit.shape}:{tag}:{int(start.timestamp())}"
     amount = 1 if limit.metric in ("requests", "concurrent") else _amount(limit.metric, tokens, cost_nanos)
     return Hold(key, limit, amount, start, end, user)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from decimal import Decimal
@@ -50,6 +51,15 @@ class Limit:
     window: str = "none"
     per: str = "client"  # or end_user: each end user its own counter
     models: tuple[str, ...] | None = None  # globs; None: every model
+    # What its counter counts, short: a limit redefined under the same name
+    # (another metric, window, scope or models) starts a counter of its own;
+    # one only raised or lowered keeps counting. Worked out once, here.
+    shape: str = field(init=False, repr=False, compare=False, default="")
+
+    def __post_init__(self) -> None:
+        models = ",".join(sorted(self.models)) if self.models is not None else "*"
+        text = f"{self.metric}|{self.window}|{self.per}|{models}"
+        object.__setattr__(self, "shape", hashlib.sha256(text.encode()).hexdigest()[:8])
 
     def covers(self, model: str) -> bool:
         """Whether calls of ``model`` count here."""

@@ -83,6 +83,7 @@ class Metrics:
         # call (``labels()`` validates and hashes its arguments each time).
         self._calls: dict[tuple[str, str, str, int, str], _CallSeries] = {}
         self._budgets: dict[str, tuple[Gauge, Gauge, Gauge]] = {}
+        self._limits: dict[tuple[str, str], Gauge] = {}  # (client, limit) -> its labelled gauge
 
     def _add_call_metrics(self, registry: CollectorRegistry | None) -> None:
         """What the calls were: requests, tokens and cost."""
@@ -222,7 +223,12 @@ class Metrics:
             self.alerts.labels(event.client_id, threshold, event.metric or "").inc()
 
     def limit_used(self, client_id: str, limit: str, ratio: float) -> None:
-        self.limit_used_ratio.labels(client_id, limit).set(ratio)
+        child = self._limits.get((client_id, limit))
+        if child is None:  # looked up once: labels() is the dear part, on every settled call
+            if len(self._limits) >= _SERIES_MAX:
+                self._limits.clear()
+            child = self._limits[(client_id, limit)] = self.limit_used_ratio.labels(client_id, limit)
+        child.set(ratio)
 
     def limit_alert(self, client_id: str, limit: str, threshold: str) -> None:
         self.alerts.labels(client_id, threshold, f"limit:{limit}").inc()

@@ -23,12 +23,13 @@ log = logging.getLogger("taximeter.budget")
 
 
 async def watch_limits(services: Services, event: UsageEvent, counted: list[tuple[Hold, int]]) -> None:
+    tokens, cost_nanos = event.tokens, to_nanos(event.cost)
     for hold, used in counted:
         limit = hold.limit
         if limit.per != "client":
             continue  # per end user: no series per end user
         services.metrics.limit_used(event.client_id, limit.name, used / limit.limit)
-        for threshold in limits.crossed(hold, used, hold.used_by(event.tokens, to_nanos(event.cost))):
+        for threshold in limits.crossed(hold, used, hold.used_by(tokens, cost_nanos)):
             await _alert(services, event.client_id, hold, threshold, used)
 
 
