@@ -154,3 +154,28 @@ async def test_an_input_nested_past_any_real_one_is_refused(proxy: Harness) -> N
         await acme.responses.create(model="gpt-4o", input=[nested])
     assert isinstance(caught.value.body, dict) and caught.value.body["param"] == "input"
     assert len(proxy.upstream.received) == seen
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/v1/realtime/client_secrets"),  # a browser's own socket: nothing to meter it by
+        ("POST", "/v1/realtime/calls"),
+        ("POST", "/v1/batches"),  # not yet metered: refused, never passed through unmetered
+        ("GET", "/v1/batches"),
+        ("POST", "/v1/vector_stores"),
+        ("POST", "/v1/containers"),
+        ("POST", "/v1/conversations"),
+        ("GET", "/v1/chat/completions"),  # the list of every tenant's stored completions
+    ],
+)
+async def test_what_cannot_be_kept_apart_or_metered_yet_is_not_served(
+    proxy: Harness, method: str, path: str
+) -> None:
+    key = await proxy.new_client("acme")
+    async with proxy.http.request(
+        method, f"{proxy.url}{path}", json={}, headers={"Authorization": f"Bearer {key}"}
+    ) as resp:
+        body = await resp.json()
+    assert (resp.status, body["error"]["code"]) == (404, "endpoint_not_metered")
+    assert proxy.upstream.received == []
