@@ -15,7 +15,7 @@ has gone (the object would otherwise be no one's).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -44,28 +44,29 @@ _MAX_LIST = 10_000  # as the upstream's own list
 _Reply = tuple[int, bytes, dict[str, str], Any]  # status, body, headers to relay, its JSON
 
 
-def streamed(
-    request: web.Request, limit: int, feed: Callable[[bytes], None] | None = None
-) -> AsyncIterator[bytes]:
+def streamed(request: web.Request, limit: int, form: UploadReader | None = None) -> AsyncIterator[bytes]:
     """The request body as it arrives, for the upstream, each chunk first
-    given to ``feed`` (in a thread: a big file is CPU). Past ``limit`` bytes,
-    or when ``feed`` refuses the body (ValueError), it raises: the upstream
-    request is aborted and :func:`upstream_failure` says why."""
+    read by ``form`` (in a thread: a big file is CPU), whose end is checked
+    before the body ends. Past ``limit`` bytes, or when ``form`` refuses the
+    body, it raises: the upstream request is aborted and
+    :func:`upstream_failure` says why."""
 
     async def chunks() -> AsyncIterator[bytes]:
         if request.content_length is not None and request.content_length > limit:
             raise RequestTooLarge(f"uploads are limited to {limit} bytes (max_file_bytes)")
         size = 0
-        async for chunk in request.content.iter_chunked(_CHUNK):
-            size += len(chunk)
-            if size > limit:
-                raise RequestTooLarge(f"uploads are limited to {limit} bytes (max_file_bytes)")
-            if feed is not None:
-                try:
-                    await asyncio.to_thread(feed, chunk)
-                except ValueError as exc:
-                    raise InvalidInput(f"the upload is not a valid form: {exc}", status=400) from exc
-            yield chunk
+        try:
+            async for chunk in request.content.iter_chunked(_CHUNK):
+                size += len(chunk)
+                if size > limit:
+                    raise RequestTooLarge(f"uploads are limited to {limit} bytes (max_file_bytes)")
+                if form is not None:
+                    await asyncio.to_thread(form.feed, chunk)
+                yield chunk
+            if form is not None:
+                form.end()
+        except ValueError as exc:  # the form refused the body
+            raise InvalidInput(f"the upload is not a valid form: {exc}", status=400) from exc
 
     return chunks()
 
@@ -95,9 +96,7 @@ async def _post(
     content_type: str,
 ) -> _Reply:
     """A call upstream whose reply is one small JSON object."""
-    headers = {"Content-Type": content_type}
-    if upstream.authorization:
-        headers["Authorization"] = upstream.authorization
+    headers = {"Content-Type": content_type, **upstream.credentials()}
     try:
         async with services.session.post(upstream.url(path, ""), data=body, headers=headers) as up:
             data = await read_bounded(up, _MAX_REPLY)
@@ -143,7 +142,7 @@ async def upload_file(request: web.Request, services: Services) -> web.StreamRes
 
     async def relay() -> web.StreamResponse:
         upstream = services.router.pick(None)
-        body = _ended(streamed(request, services.settings.max_file_bytes, form.feed), form)
+        body = streamed(request, services.settings.max_file_bytes, form)
         status, data, relayed, reply = await _post(
             services, request, upstream, "/v1/files", body, content_type
         )
@@ -154,16 +153,6 @@ async def upload_file(request: web.Request, services: Services) -> web.StreamRes
         return web.Response(body=data, status=status, headers=relayed)
 
     return await services.shielded(relay())
-
-
-async def _ended(chunks: AsyncIterator[bytes], form: UploadReader) -> AsyncIterator[bytes]:
-    """``chunks``, then the form's end checked before the body is done."""
-    async for chunk in chunks:
-        yield chunk
-    try:
-        form.end()
-    except ValueError as exc:
-        raise InvalidInput(f"the upload is not a valid form: {exc}", status=400) from exc
 
 
 async def create_upload(request: web.Request, services: Services) -> web.StreamResponse:
@@ -214,10 +203,9 @@ async def complete_upload(
 async def _read_batch_input(services: Services, upstream: Upstream, file_id: str) -> BatchInput:
     """A batch input file, read through from the upstream line by line."""
     lines = _batch_reader(services.settings)
-    headers = {} if upstream.authorization is None else {"Authorization": upstream.authorization}
     url = upstream.url(f"/v1/files/{file_id}/content", "")
     try:
-        async with services.session.get(url, headers=headers) as up:
+        async with services.session.get(url, headers=upstream.credentials()) as up:
             if up.status >= 300:
                 raise UpstreamUnavailable(
                     f"upstream {upstream.name} answered {up.status} for a file's content"
@@ -225,7 +213,7 @@ async def _read_batch_input(services: Services, upstream: Upstream, file_id: str
             async for chunk in up.content.iter_chunked(_CHUNK):
                 await asyncio.to_thread(lines.feed, chunk)
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise UpstreamUnavailable(f"upstream {upstream.name} failed: {type(exc).__name__}") from exc
+        raise upstream_failure(exc, upstream) from exc
     return lines.end()
 
 

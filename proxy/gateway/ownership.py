@@ -24,6 +24,10 @@ def _not_found(kind: str, object_id: str, param: str) -> NotFoundError:
     return NotFoundError(f"No {kind.replace('_', ' ')} found{named}.", param=param)
 
 
+def _mine(record: OwnedObject | None, client_id: str, kind: str) -> bool:
+    return record is not None and record.client_id == client_id and record.kind == kind
+
+
 async def check_references(objects: UpstreamObjects, client_id: str, references: list[Reference]) -> None:
     """Raise 404 ``not_found`` unless every object named is ``client_id``'s own."""
     if not references:
@@ -31,7 +35,7 @@ async def check_references(objects: UpstreamObjects, client_id: str, references:
     owned = await objects.owned_objects([r.object_id for r in references if r.valid])
     for reference in references:
         record = owned.get(reference.object_id) if reference.valid else None
-        if record is None or record.client_id != client_id or record.kind != reference.kind:
+        if not _mine(record, client_id, reference.kind):
             raise _not_found(reference.kind, reference.object_id, reference.param)
 
 
@@ -39,7 +43,7 @@ async def owned_route(objects: UpstreamObjects, client_id: str, route: ObjectRou
     """The object a path is about, when it is ``client_id``'s; else 404."""
     found = await objects.owned_objects([route.object_id])
     record = found.get(route.object_id)
-    if record is None or record.client_id != client_id or record.kind != route.kind:
+    if record is None or not _mine(record, client_id, route.kind):
         raise _not_found(route.kind, route.object_id, "id")
     return record
 

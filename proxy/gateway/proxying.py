@@ -259,8 +259,7 @@ async def _send(
     never from the client's text."""
     upstream = call.route if call is not None else route or services.router.pick(None)
     headers = {k: v for k in _FORWARD_REQUEST if (v := request.headers.get(k)) is not None}
-    if upstream.authorization:
-        headers["Authorization"] = upstream.authorization
+    headers.update(upstream.credentials())
     _, _, query = request.raw_path.partition("?")
     try:
         return await services.session.request(

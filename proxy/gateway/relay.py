@@ -119,9 +119,14 @@ async def relay_events(
     await relay.write(await _follow_messages(services, call, usage, splitter.end(), relay.status))
     await relay.write(splitter.rest())
     if not call.settled:
-        call.created = created(call.endpoint.family, call.fields, usage.made())
-        await settle(services, call, usage.final_usage(), relay.status)
+        await _settle_stream(services, call, usage, relay.status)
     return await relay.finish()
+
+
+async def _settle_stream(services: Services, call: Call, usage: StreamUsage, status: int) -> None:
+    """Settle a stream at what it used, with the objects it made."""
+    call.created = created(call.endpoint.family, call.fields, usage.made())
+    await settle(services, call, usage.final_usage(), status)
 
 
 async def _follow_messages(
@@ -134,8 +139,7 @@ async def _follow_messages(
     for message in messages:
         forward = usage.on_message(message)
         if usage.finished and not call.settled:
-            call.created = created(call.endpoint.family, call.fields, usage.made())
-            await settle(services, call, usage.final_usage(), status)
+            await _settle_stream(services, call, usage, status)
         if forward:
             out.append(message.raw)
     return b"".join(out)

@@ -19,6 +19,10 @@ class Upstream:
     provider: str  # whose prices price its calls
     regional: bool = False  # a data-residency endpoint: prices carry the regional uplift
 
+    def credentials(self) -> dict[str, str]:
+        """The header that authenticates a call to it (none without a key)."""
+        return {} if self.authorization is None else {"Authorization": self.authorization}
+
     def url(self, path: str, query: str) -> str:
         """The upstream URL of a proxied ``/v1/...`` path."""
         tail = path.removeprefix("/v1")
