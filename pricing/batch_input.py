@@ -13,9 +13,10 @@ from typing import Any
 import orjson
 
 from taximeter.pricing.estimate import estimate_usage
+from taximeter.pricing.jsonl import JsonLines
 from taximeter.pricing.usage import Family
 
-__all__ = ["BATCH_ENDPOINTS", "MAX_LINE_BYTES", "BatchInput", "BatchInputReader"]
+__all__ = ["BATCH_ENDPOINTS", "BatchInput", "BatchInputReader", "ModelLines"]
 
 # The endpoints a batch line may call, as the Batch API lists them.
 BATCH_ENDPOINTS: dict[str, Family] = {
@@ -25,7 +26,6 @@ BATCH_ENDPOINTS: dict[str, Family] = {
     "/v1/completions": "completions",
     "/v1/moderations": "moderation",
 }
-MAX_LINE_BYTES = 8 * 1024 * 1024  # a longer line is not read (counted as unreadable)
 _MAX_MODELS = 1_000  # distinct models one file may name before the rest are unreadable
 
 
@@ -79,38 +79,20 @@ class BatchInputReader:
 
     def __init__(self, *, default_output_tokens: int, unseen_input_tokens: int) -> None:
         self.read = BatchInput()
-        self._line = bytearray()
-        self._skipping = False  # inside a line past MAX_LINE_BYTES
+        self._lines = JsonLines(self._line)
         self._default_output = default_output_tokens
         self._unseen_input = unseen_input_tokens
 
     def feed(self, chunk: bytes) -> None:
-        start = 0
-        while start < len(chunk):
-            newline = chunk.find(b"\n", start)
-            end = len(chunk) if newline < 0 else newline
-            if not self._skipping:
-                self._line += chunk[start:end]
-                if len(self._line) > MAX_LINE_BYTES:
-                    self._line.clear()
-                    self._skipping = True
-            if newline < 0:
-                return
-            self._end_line()
-            start = newline + 1
+        self._lines.feed(chunk)
 
     def end(self) -> BatchInput:
-        if self._line.strip() or self._skipping:
-            self._end_line()
+        self._lines.end()
         return self.read
 
-    def _end_line(self) -> None:
-        skipped, self._skipping = self._skipping, False
-        line, self._line = bytes(self._line), bytearray()
-        if not skipped and not line.strip():
-            return  # blank lines are not requests
+    def _line(self, line: bytes | None) -> None:
         self.read.lines += 1
-        if skipped or not self._take(line):
+        if line is None or not self._take(line):  # too long, or not a request
             self.read.unreadable += 1
 
     def _take(self, line: bytes) -> bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
@@ -37,9 +38,11 @@ __all__ = [
     "crossed",
     "end_user_tag",
     "holds_for",
+    "late_holds",
     "limit_json",
     "limits_from_json",
     "limits_json",
+    "long_running_holds",
     "retry_after_s",
     "status_holds",
     "status_json",
@@ -121,6 +124,43 @@ def holds_for(
         _hold(limit, client_id, end_user, tokens, cost_nanos, timezone, now)
         for limit in limits
         if limit.covers(model)
+    )
+
+
+def long_running_holds(
+    limits: tuple[Limit, ...],
+    *,
+    client_id: str,
+    models: dict[str, tuple[int, int, int]],
+    timezone: str,
+    now: datetime,
+) -> tuple[Hold, ...]:
+    """What a call that runs on upstream for hours (a batch) holds: on each
+    spend cap of a day or longer that covers any of its ``models`` (each
+    ``(requests, tokens, cost_nanos)``), the sum over those models. Rate
+    windows and calls in flight are not held for hours: its lines are
+    charged as they come back, when those have long moved on."""
+    holds = []
+    for limit in limits:
+        covered = [counts for model, counts in models.items() if limit.covers(model)]
+        if not covered or not limit.rebuilt_from_ledger:
+            continue
+        requests, tokens, cost_nanos = (sum(c[i] for c in covered) for i in range(3))
+        hold = _hold(limit, client_id, None, tokens, cost_nanos, timezone, now)
+        holds.append(replace(hold, amount=requests) if limit.metric == "requests" else hold)
+    return tuple(holds)
+
+
+def late_holds(
+    limits: tuple[Limit, ...], *, client_id: str, model: str, timezone: str, now: datetime
+) -> tuple[Hold, ...]:
+    """The counters a call charged after its reservation is gone (a batch's
+    line) counts on: each spend cap of a day or longer covering ``model``,
+    in the window of ``now``, holding nothing."""
+    return tuple(
+        replace(_hold(limit, client_id, None, 0, 0, timezone, now), amount=0)
+        for limit in limits
+        if limit.covers(model) and limit.rebuilt_from_ledger
     )
 
 

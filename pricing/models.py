@@ -29,6 +29,7 @@ __all__ = [
     "Reservation",
     "Terms",
     "UsageEvent",
+    "Watch",
 ]
 
 # A gate's answer to "may this call start?": held, refused (paused or over a
@@ -253,6 +254,7 @@ class UsageEvent:
     upstream: str | None = None  # the upstream that served it
     latency_ms: int | None = None  # from the request to its settlement
     markup: Decimal = Decimal(1)  # the client's: cost = cost_usd * exchange_rate * markup
+    batch_id: str | None = None  # the batch a line of which this is
 
     @property
     def list_cost(self) -> Decimal:
@@ -316,6 +318,52 @@ class Reservation:
     def tokens(self) -> int:
         return self.event.tokens
 
+    def to_json(self) -> str:
+        """The reservation whole, holds and all, for a store to keep."""
+        return orjson.dumps(
+            {
+                "event": self.event.to_json(),
+                "cost_nanos": self.cost_nanos,
+                "expires_at": self.expires_at.isoformat(),
+                "holds": [
+                    {
+                        "key": h.key,
+                        "amount": h.amount,
+                        "window_start": h.window_start.isoformat(),
+                        "window_end": None if h.window_end is None else h.window_end.isoformat(),
+                        "end_user": h.end_user,
+                        "limit": {
+                            "name": h.limit.name,
+                            "metric": h.limit.metric,
+                            "limit": h.limit.limit,
+                            "window": h.limit.window,
+                            "per": h.limit.per,
+                            "models": None if h.limit.models is None else list(h.limit.models),
+                        },
+                    }
+                    for h in self.holds
+                ],
+            }
+        ).decode()
+
+    @classmethod
+    def from_json(cls, text: str) -> Reservation:
+        data = orjson.loads(text)
+        holds = []
+        for h in data["holds"]:
+            lim = h["limit"]
+            models = None if lim["models"] is None else tuple(lim["models"])
+            limit = Limit(lim["name"], lim["metric"], int(lim["limit"]), lim["window"], lim["per"], models)
+            end = None if h["window_end"] is None else datetime.fromisoformat(h["window_end"])
+            start = datetime.fromisoformat(h["window_start"])
+            holds.append(Hold(h["key"], limit, int(h["amount"]), start, end, h["end_user"]))
+        return cls(
+            UsageEvent.from_json(data["event"]),
+            int(data["cost_nanos"]),
+            datetime.fromisoformat(data["expires_at"]),
+            tuple(holds),
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class OwnedObject:
@@ -331,3 +379,18 @@ class OwnedObject:
     # What taximeter keeps of it (JSON): a file's object as the upstream gave
     # it (``object``) and, for a batch input, what its lines ask (``batch_input``).
     detail: dict[str, Any] | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Watch:
+    """An object that runs on upstream after the call that made it (a batch,
+    a background response), watched until it ends: then charged, and what
+    its admission reserved let go."""
+
+    object_id: str
+    kind: str  # batch, response
+    client_id: str
+    upstream: str
+    reservation: Reservation
+    created_at: datetime
+    checks: int = 0  # times it was found still running: the next check waits longer

@@ -151,7 +151,7 @@ def event_json(event: UsageEvent) -> dict[str, Any]:
         "markup": money_text(event.markup),
         "service_tier": event.service_tier,
         "tool_calls": dict(event.tool_calls),
-        "batch_id": None,  # no call is part of a batch yet
+        "batch_id": event.batch_id,
         "unpriced": event.unpriced,
         "price_source": event.price_source,
         "upstream": event.upstream,

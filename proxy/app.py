@@ -48,6 +48,7 @@ from taximeter.proxy.gateway.proxying import handle_proxy
 from taximeter.proxy.gateway.status import status_routes
 from taximeter.proxy.gateway.sweeper import sweep_forever
 from taximeter.proxy.gateway.upstreams import Upstreams
+from taximeter.proxy.gateway.watcher import watch_forever
 from taximeter.proxy.logs import protect_logs
 from taximeter.proxy.metrics import Metrics
 from taximeter.proxy.middleware import json_error_middleware, request_id_middleware
@@ -355,6 +356,12 @@ async def _sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+async def _watcher_ctx(app: web.Application) -> AsyncIterator[None]:
+    watching = watch_forever(app[SERVICES], app[SETTINGS].sweep_interval_s)
+    async with _background(watching, "taximeter-watcher"):
+        yield
+
+
 async def _exports_ctx(app: web.Application) -> AsyncIterator[None]:
     deliver = app[SERVICES].exports.run_forever(app[SETTINGS].sweep_interval_s)
     async with _background(deliver, "taximeter-exports"):
@@ -390,4 +397,5 @@ _CONTEXTS = (
     _webhooks_ctx,
     _exports_ctx,
     _sweeper_ctx,
+    _watcher_ctx,
 )

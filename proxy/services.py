@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -20,7 +20,7 @@ from taximeter.proxy.metrics import Metrics
 from taximeter.proxy.operations import Operations
 from taximeter.proxy.settings import Settings
 from taximeter.proxy.webhooks import WebhookSender
-from taximeter.store.base import Gate, Store, UpstreamObjects
+from taximeter.store.base import Gate, Store, UpstreamObjects, Watches
 from taximeter.store.ledger import LedgerWriter
 
 __all__ = [
@@ -41,6 +41,10 @@ __all__ = [
 T = TypeVar("T")
 
 
+class ObjectRecords(UpstreamObjects, Watches, Protocol):
+    """Who owns each object the upstream keeps, and those watched until they end."""
+
+
 @dataclass
 class Services:
     settings: Settings
@@ -51,7 +55,7 @@ class Services:
     exports: ExportSender
     metrics: Metrics
     keys: KeyCache
-    objects: UpstreamObjects  # who owns each object the upstream keeps
+    objects: ObjectRecords  # who owns each object the upstream keeps; those watched
     inflight: set[asyncio.Task[Any]] = field(default_factory=set)
 
     async def shielded(self, work: Coroutine[Any, Any, T]) -> T:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from types import TracebackType
-from typing import Protocol
+from typing import Any, Protocol
 
 from taximeter.pricing.models import (
     ApiKey,
@@ -36,6 +36,7 @@ from taximeter.pricing.models import (
     Reservation,
     Terms,
     UsageEvent,
+    Watch,
 )
 
 __all__ = [
@@ -58,6 +59,8 @@ __all__ = [
     "ReportRow",
     "Store",
     "StoreUnavailable",
+    "UpstreamObjects",
+    "Watches",
     "printable",
 ]
 
@@ -378,11 +381,33 @@ class UpstreamObjects(Protocol):
     async def forget_object(self, object_id: str) -> None:
         """Drop an object's record once the upstream has deleted it."""
 
+    async def show_object(self, object_id: str, shown: dict[str, Any]) -> None:
+        """Keep ``shown`` as the object as the upstream shows it now (what a
+        list answers with), the rest of what is kept of it unchanged."""
+
     async def list_objects(
         self, client_id: str, kind: str, *, limit: int, after: str | None, newest_first: bool
     ) -> list[OwnedObject]:
         """A client's objects of ``kind`` by creation (then id), from the one
         after ``after`` (an id of this client's; from the start when None)."""
+
+
+class Watches(Protocol):
+    """Objects that keep running upstream after their call, watched until
+    they end (a batch, a background response), one process at a time."""
+
+    async def watch(self, watch: Watch, next_check_at: datetime) -> None:
+        """Watch ``watch`` from ``next_check_at``; idempotent by object id."""
+
+    async def claim_watches(self, now: datetime, limit: int, lease: timedelta) -> list[Watch]:
+        """Up to ``limit`` watches due by ``now``, each taken by one caller
+        for ``lease`` (its check then comes due again, in case the caller died)."""
+
+    async def check_again(self, object_id: str, next_check_at: datetime, checks: int) -> None:
+        """The object still runs: check it again at ``next_check_at``."""
+
+    async def end_watch(self, object_id: str) -> None:
+        """The object ended and is charged: watched no more."""
 
 
 class DashboardSessions(Protocol):
@@ -409,6 +434,7 @@ class Store(
     Outbox,
     Exports,
     UpstreamObjects,
+    Watches,
     DashboardSessions,
     Protocol,
 ):

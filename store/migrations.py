@@ -264,6 +264,31 @@ MIGRATIONS.append(
     )
 )
 
+MIGRATIONS.append(
+    (
+        11,
+        [
+            # The batch a line of which an event is (section 4b): each line is its own event.
+            "ALTER TABLE usage_events ADD COLUMN batch_id TEXT",
+            # Objects that keep running upstream after their call (a batch, a
+            # background response), each watched until it ends, by one process
+            # at a time (``next_check_at`` is pushed out while one checks it),
+            # with what its admission reserved (JSON), released once it is charged.
+            """CREATE TABLE watches (
+                object_id TEXT PRIMARY KEY,
+                kind TEXT NOT NULL,
+                client_id TEXT NOT NULL REFERENCES clients (id) ON DELETE CASCADE,
+                upstream TEXT NOT NULL,
+                reservation TEXT NOT NULL,
+                next_check_at {time} NOT NULL,
+                checks INTEGER NOT NULL DEFAULT 0,
+                created_at {time} NOT NULL
+            )""",
+            "CREATE INDEX watches_due ON watches (next_check_at)",
+        ],
+    )
+)
+
 LATEST = MIGRATIONS[-1][0]
 
 

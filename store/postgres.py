@@ -128,7 +128,7 @@ _EVENT_TYPES = (
     + ["numeric", "integer", "numeric", "numeric", "text"]
     + ["numeric", "boolean", "boolean", "timestamptz"]
     + ["text", "text", "text", "text", "integer"]
-    + ["numeric", "numeric"]
+    + ["numeric", "numeric", "text"]
 )
 # The batch in one statement: events inserted (a request id already there is
 # skipped) and the store-held reservations of those calls deleted.

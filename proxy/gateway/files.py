@@ -15,7 +15,7 @@ has gone (the object would otherwise be no one's).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -35,7 +35,18 @@ from taximeter.proxy.middleware import REQUEST_ID
 from taximeter.proxy.services import Services
 from taximeter.proxy.settings import Settings
 
-__all__ = ["complete_upload", "create_upload", "list_files", "streamed", "upload_file", "upstream_failure"]
+__all__ = [
+    "complete_upload",
+    "create_upload",
+    "list_files",
+    "list_owned",
+    "own",
+    "read_batch_input",
+    "streamed",
+    "upload_file",
+    "upstream_failure",
+    "upstream_json",
+]
 
 _CHUNK = 256 * 1024
 _MAX_REPLY = 1024 * 1024  # a file object is a few hundred bytes
@@ -87,28 +98,34 @@ def _batch_reader(settings: Settings) -> BatchInputReader:
     )
 
 
-async def _post(
+async def upstream_json(
     services: Services,
-    request: web.Request,
+    request: web.Request | None,
     upstream: Upstream,
+    method: str,
     path: str,
-    body: bytes | AsyncIterator[bytes],
-    content_type: str,
+    body: bytes | AsyncIterator[bytes] | None = None,
+    content_type: str = "application/json",
 ) -> _Reply:
-    """A call upstream whose reply is one small JSON object."""
-    headers = {"Content-Type": content_type, **upstream.credentials()}
+    """A call upstream whose reply is one small JSON object (the headers
+    to relay are for ``request``'s client; none without one)."""
+    headers = (
+        {"Content-Type": content_type, **upstream.credentials()}
+        if body is not None
+        else upstream.credentials()
+    )
     try:
-        async with services.session.post(upstream.url(path, ""), data=body, headers=headers) as up:
+        async with services.session.request(method, upstream.url(path, ""), data=body, headers=headers) as up:
             data = await read_bounded(up, _MAX_REPLY)
-            relayed = response_headers(up, request[REQUEST_ID])
+            relayed = response_headers(up, request[REQUEST_ID]) if request is not None else {}
             return up.status, data, relayed, json_or_none(data, up.headers.get("Content-Type", ""))
     except (aiohttp.ClientError, TimeoutError, TooLarge) as exc:
         raise upstream_failure(exc, upstream) from exc
 
 
-async def _own(
+async def own(
     services: Services,
-    request: web.Request,
+    request_id: str,
     kind: str,
     client_id: str,
     upstream: Upstream,
@@ -120,7 +137,7 @@ async def _own(
     if batch is not None:
         detail["batch_input"] = batch.to_json()
     owned = OwnedObject(str(shown["id"]), kind, client_id, upstream.name, services.meter.clock(), detail)
-    await record_created(services.objects, [owned], request[REQUEST_ID])
+    await record_created(services.objects, [owned], request_id)
 
 
 def _made(status: int, reply: Any) -> dict[str, Any] | None:
@@ -143,13 +160,13 @@ async def upload_file(request: web.Request, services: Services) -> web.StreamRes
     async def relay() -> web.StreamResponse:
         upstream = services.router.pick(None)
         body = streamed(request, services.settings.max_file_bytes, form)
-        status, data, relayed, reply = await _post(
-            services, request, upstream, "/v1/files", body, content_type
+        status, data, relayed, reply = await upstream_json(
+            services, request, upstream, "POST", "/v1/files", body, content_type
         )
         made = _made(status, reply)
         if made is not None:
             batch = lines.end() if form.fields.get("purpose") == "batch" else None
-            await _own(services, request, "file", key.client_id, upstream, made, batch)
+            await own(services, request[REQUEST_ID], "file", key.client_id, upstream, made, batch)
         return web.Response(body=data, status=status, headers=relayed)
 
     return await services.shielded(relay())
@@ -162,12 +179,12 @@ async def create_upload(request: web.Request, services: Services) -> web.StreamR
 
     async def relay() -> web.StreamResponse:
         upstream = services.router.pick(None)
-        status, data, relayed, reply = await _post(
-            services, request, upstream, "/v1/uploads", body, "application/json"
+        status, data, relayed, reply = await upstream_json(
+            services, request, upstream, "POST", "/v1/uploads", body
         )
         made = _made(status, reply)
         if made is not None:
-            await _own(services, request, "upload", key.client_id, upstream, made)
+            await own(services, request[REQUEST_ID], "upload", key.client_id, upstream, made)
         return web.Response(body=data, status=status, headers=relayed)
 
     return await services.shielded(relay())
@@ -183,24 +200,22 @@ async def complete_upload(
 
     async def relay() -> web.StreamResponse:
         path = f"/v1/uploads/{upload.object_id}/complete"
-        status, data, relayed, reply = await _post(
-            services, request, upstream, path, body, "application/json"
-        )
+        status, data, relayed, reply = await upstream_json(services, request, upstream, "POST", path, body)
         made = _made(status, reply.get("file") if isinstance(reply, dict) else None)
         if made is not None:
             batch = None
             if made.get("purpose") == "batch":
                 try:
-                    batch = await _read_batch_input(services, upstream, str(made["id"]))
+                    batch = await read_batch_input(services, upstream, str(made["id"]))
                 except UpstreamUnavailable:
                     batch = None  # read when a batch of it is admitted
-            await _own(services, request, "file", upload.client_id, upstream, made, batch)
+            await own(services, request[REQUEST_ID], "file", upload.client_id, upstream, made, batch)
         return web.Response(body=data, status=status, headers=relayed)
 
     return await services.shielded(relay())
 
 
-async def _read_batch_input(services: Services, upstream: Upstream, file_id: str) -> BatchInput:
+async def read_batch_input(services: Services, upstream: Upstream, file_id: str) -> BatchInput:
     """A batch input file, read through from the upstream line by line."""
     lines = _batch_reader(services.settings)
     url = upstream.url(f"/v1/files/{file_id}/content", "")
@@ -218,8 +233,17 @@ async def _read_batch_input(services: Services, upstream: Upstream, file_id: str
 
 
 async def list_files(request: web.Request, services: Services) -> web.StreamResponse:
-    """``GET /v1/files``: the caller's files only, as the upstream lists
-    them (``purpose``, ``limit``, ``order``, ``after``), from taximeter's record."""
+    """``GET /v1/files``: the caller's files only (``purpose`` filters them)."""
+    purpose = request.query.get("purpose")
+    return await list_owned(request, services, "file", lambda shown: purpose in (None, shown.get("purpose")))
+
+
+async def list_owned(
+    request: web.Request, services: Services, kind: str, keep: Callable[[dict[str, Any]], bool]
+) -> web.StreamResponse:
+    """A list endpoint of the caller's objects of ``kind`` (those ``keep``
+    takes), as the upstream lists them (``limit``, ``order``, ``after``),
+    from taximeter's record: a client sees its own only."""
     key = await auth.authenticate(request, services.keys)
     q = request.query
     try:
@@ -232,28 +256,27 @@ async def list_files(request: web.Request, services: Services) -> web.StreamResp
     if order not in ("asc", "desc"):
         raise InvalidInput("order must be asc or desc", param="order", status=400)
     after = q.get("after")
-    purpose = q.get("purpose")
-    files: list[dict[str, Any]] = []
+    found: list[dict[str, Any]] = []
     more = False
     cursor = after if valid_id(after) else None
     if after is None or cursor is not None:
-        while len(files) <= limit:  # a purpose filter may skip rows: read on until the page is full
+        while len(found) <= limit:  # a filter may skip rows: read on until the page is full
             page = await services.objects.list_objects(
-                key.client_id, "file", limit=limit + 1, after=cursor, newest_first=order == "desc"
+                key.client_id, kind, limit=limit + 1, after=cursor, newest_first=order == "desc"
             )
             for owned in page:
                 shown = (owned.detail or {}).get("object")
-                if isinstance(shown, dict) and (purpose is None or shown.get("purpose") == purpose):
-                    files.append(shown)
+                if isinstance(shown, dict) and keep(shown):
+                    found.append(shown)
             if len(page) <= limit:
                 break
             cursor = page[-1].object_id
-        more, files = len(files) > limit, files[:limit]
+        more, found = len(found) > limit, found[:limit]
     body = {
         "object": "list",
-        "data": files,
-        "first_id": files[0]["id"] if files else None,
-        "last_id": files[-1]["id"] if files else None,
+        "data": found,
+        "first_id": found[0]["id"] if found else None,
+        "last_id": found[-1]["id"] if found else None,
         "has_more": more,
     }
     return web.Response(body=orjson.dumps(body), content_type="application/json")

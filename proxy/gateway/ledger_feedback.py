@@ -13,35 +13,39 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from taximeter.pricing.models import UsageEvent
+from taximeter.pricing.models import Hold, UsageEvent
 from taximeter.store.base import Gate, StoreUnavailable
 
 __all__ = ["LedgerFeedback"]
 
 log = logging.getLogger("taximeter.metering")
 
-Count = Callable[[UsageEvent, int], Awaitable[object]]  # add an event (ledger sequence) to the gate's copy
+# Add an event (ledger sequence) to the gate's copy, and to the limit counters of its holds.
+Count = Callable[[UsageEvent, int, tuple[Hold, ...]], Awaitable[object]]
 
 
 class LedgerFeedback:
     def __init__(self, gate: Gate, count: Count) -> None:
         self._gate = gate
         self._count = count
-        self._swept: dict[str, int] = {}  # charged by the sweeper: request id → ledger sequence
+        # Charged by the sweeper or a watcher: request id → ledger sequence, and
+        # the limit counters it counts on (none: those its reservation held).
+        self._swept: dict[str, tuple[int, tuple[Hold, ...]]] = {}
         self._recorded: list[UsageEvent] = []  # durable, not yet told to the gate
-        self._recorded_swept: list[tuple[int, UsageEvent]] = []
+        self._recorded_swept: list[tuple[int, UsageEvent, tuple[Hold, ...]]] = []
         self._telling: asyncio.Task[None] | None = None
 
-    def swept(self, request_id: str, sequence: int) -> None:
-        """The sweeper charged ``request_id`` as ledger ``sequence``."""
-        self._swept[request_id] = sequence
+    def swept(self, request_id: str, sequence: int, holds: tuple[Hold, ...] = ()) -> None:
+        """The sweeper (or a watcher) charged ``request_id`` as ledger
+        ``sequence``, to be counted on ``holds`` too."""
+        self._swept[request_id] = (sequence, holds)
 
     def recorded(self, event: UsageEvent, recorded: bool) -> None:
         """The ledger made ``event`` durable (``recorded`` False: it already was)."""
         self._recorded.append(event)
-        sequence = self._swept.pop(event.request_id, None)
-        if sequence is not None and recorded:
-            self._recorded_swept.append((sequence, event))
+        swept = self._swept.pop(event.request_id, None)
+        if swept is not None and recorded:
+            self._recorded_swept.append((swept[0], event, swept[1]))
         if self._telling is None:
             self._telling = asyncio.create_task(self._tell_gate(), name="taximeter-recorded")
 
@@ -55,8 +59,8 @@ class LedgerFeedback:
             while self._recorded or self._recorded_swept:
                 events, self._recorded = self._recorded, []
                 swept, self._recorded_swept = self._recorded_swept, []
-                for sequence, event in swept:  # charged by the sweeper, now in the store
-                    await self._count(event, sequence)
+                for sequence, event, holds in swept:  # charged by the sweeper, now in the store
+                    await self._count(event, sequence, holds)
                 try:
                     await self._gate.recorded(events)
                 except StoreUnavailable as exc:  # kept there; a sweep records them again, harmlessly

@@ -42,7 +42,7 @@ from taximeter.proxy.errors import (
 from taximeter.proxy.gateway.exchange import RateBook
 from taximeter.proxy.gateway.held import HeldCalls
 from taximeter.proxy.gateway.ledger_feedback import LedgerFeedback
-from taximeter.store.base import Admission, Budgets, Gate, LedgerReads, Outbox, StoreUnavailable
+from taximeter.store.base import Admission, Budgets, Directory, Gate, LedgerReads, Outbox, StoreUnavailable
 from taximeter.store.ledger import LedgerWriter
 
 __all__ = ["Meter"]
@@ -58,9 +58,10 @@ _REBUILD_ATTEMPTS = 3
 _NO_TERMS = Terms()
 
 
-class MeterStore(Budgets, LedgerReads, Outbox, Protocol):
+class MeterStore(Budgets, Directory, LedgerReads, Outbox, Protocol):
     """What the meter reads and writes of the store: budgets, the ledger's
-    count of a limit whose counter the gate lost, and the alerts of limits."""
+    count of a limit whose counter the gate lost, the alerts of limits, and
+    a client's terms (for what is charged long after its call)."""
 
 
 class Meter:
@@ -99,7 +100,7 @@ class Meter:
         self.fallback = fallback
         self.clock = clock
         self.held = HeldCalls()
-        self.feedback = LedgerFeedback(gate, lambda event, sequence: self._count(event, sequence))
+        self.feedback = LedgerFeedback(gate, self._count_late)
         # Clients whose gate copy may be stale because changes went past it:
         # rebuilt before the gate is trusted again.
         self._stale: set[str] = set()
@@ -377,6 +378,62 @@ class Meter:
             log.warning("gate_settle_failed", extra={"client": event.client_id, "error": str(exc)})
             self.mark_stale(event.client_id)
             return {}
+
+    async def admit_long_running(self, reservation: Reservation) -> None:
+        """Admit a call that runs on upstream for hours (a batch) only if all
+        it reserves fits in what is left (a call is otherwise admitted while
+        anything is left): a probe of the same amount is held while it is
+        admitted, so it fits beside the probe or is refused. Held until its
+        watcher lets it go, never kept alive (or cut short) by this process,
+        which may be gone long before it ends."""
+        probe = replace(
+            reservation, event=replace(reservation.event, request_id=f"{reservation.request_id}:fit")
+        )
+        await self.admit(probe)
+        try:
+            await self.admit(reservation)
+        except LimitReached as exc:
+            if not exc.busy:
+                raise
+            raise LimitReached(exc.hold, busy=False, now=self.clock()) from None
+        except BudgetBusy:  # with the probe: the whole of it does not fit
+            refused = BudgetExceeded(
+                f"budget of client {reservation.client_id!r} has less left than this batch is estimated to "
+                f"cost ({reservation.event.cost} {reservation.event.currency}, "
+                f"{reservation.event.tokens} tokens), with what calls in flight hold"
+            )
+            refused.reason = "reserved"
+            raise refused from None
+        finally:
+            await asyncio.shield(self.release(probe.client_id, probe.request_id))
+        self.held.pop(reservation.client_id, reservation.request_id)
+
+    async def hold_again(self, reservation: Reservation) -> None:
+        """Hold a long-running call's reservation in every gate again until
+        its (new) expiry: one a gate lost (Redis flushed, the process
+        restarted) is held anew, one it has is not counted twice."""
+        for gate in (self.gate, self.fallback):
+            with contextlib.suppress(StoreUnavailable):
+                if gate is self.gate:
+                    await gate.restore([reservation])
+                await gate.extend([reservation])
+
+    async def charge_late(self, event: UsageEvent, holds: tuple[Hold, ...]) -> None:
+        """Charge a call no reservation of its own is held for (a batch's
+        line): recorded, then counted in the gate (its budget, and ``holds``)
+        only when the store records it for the first time, so any number of
+        processes charging it count it once."""
+        sequence = await self.ledger.submit(event)
+        self.feedback.swept(event.request_id, sequence, holds)
+
+    async def _count_late(self, event: UsageEvent, sequence: int, holds: tuple[Hold, ...]) -> None:
+        """Count an event the sweeper or a watcher charged, now recorded;
+        on ``holds``' counters through a reservation of nothing held for it."""
+        if holds:
+            expires = self.clock() + self.reservation_ttl
+            with contextlib.suppress(StoreUnavailable):
+                await self.gate.restore([Reservation(event, 0, expires, holds)])
+        await self._count(event, sequence)
 
     async def release(self, client_id: str, request_id: str) -> None:
         """Drop a reservation whose call was never forwarded, from every gate

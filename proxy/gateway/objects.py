@@ -174,6 +174,8 @@ _ROUTES = (
     (frozenset({"GET", "DELETE"}), re.compile(r"/v1/files/([^/]+)"), "file"),
     (frozenset({"GET"}), re.compile(r"/v1/files/([^/]+)/content"), "file"),
     (frozenset({"POST"}), re.compile(r"/v1/uploads/([^/]+)/(?:parts|complete|cancel)"), "upload"),
+    (frozenset({"GET"}), re.compile(r"/v1/batches/([^/]+)"), "batch"),
+    (frozenset({"POST"}), re.compile(r"/v1/batches/([^/]+)/cancel"), "batch"),
 )
 
 

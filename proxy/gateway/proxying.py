@@ -37,6 +37,7 @@ from taximeter.proxy.errors import (
 )
 from taximeter.proxy.gateway import auth
 from taximeter.proxy.gateway.audio import audio_seconds
+from taximeter.proxy.gateway.batches import create_batch, show_batch
 from taximeter.proxy.gateway.edge import label, refuse_unmetered_options
 from taximeter.proxy.gateway.endpoints import DEFAULT_MODELS, Endpoint, find_endpoint
 from taximeter.proxy.gateway.exchange import check_model_allowed
@@ -44,6 +45,7 @@ from taximeter.proxy.gateway.files import (
     complete_upload,
     create_upload,
     list_files,
+    list_owned,
     streamed,
     upload_file,
     upstream_failure,
@@ -85,6 +87,10 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
         return await (upload_file if request.method == "POST" else list_files)(request, services)
     if path == "/v1/uploads" and request.method == "POST":
         return await create_upload(request, services)
+    if path == "/v1/batches" and request.method in ("GET", "POST"):
+        if request.method == "POST":
+            return await create_batch(request, services)
+        return await list_owned(request, services, "batch", lambda shown: True)
     endpoint = (
         None if path is None else find_endpoint(request.method, path, services.settings.passthrough_paths)
     )
@@ -295,6 +301,8 @@ async def _object_call(
         raise NotFoundError(f"the upstream that holds {route.object_id!r} is no longer configured")
     if route.kind == "upload" and path.endswith("/complete"):
         return await complete_upload(request, services, owned, upstream)
+    if route.kind == "batch":
+        return await show_batch(request, services, owned, upstream, path)
     endpoint = Endpoint(path, "passthrough", "none", "raw", method=request.method, metered=False)
     body: bytes | AsyncIterator[bytes]
     if route.kind == "upload" and path.endswith("/parts"):  # up to 64 MB a part: streamed through

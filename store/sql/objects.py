@@ -1,22 +1,26 @@
-"""Who owns each object the upstream keeps, in SQL (spec section 4b)."""
+"""Who owns each object the upstream keeps, and the ones watched until they
+end, in SQL (spec section 4b)."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
 
-from taximeter.pricing.models import OwnedObject
+from taximeter.pricing.models import OwnedObject, Reservation, Watch
 from taximeter.store.sql.core import Row, SqlBase
 
 __all__ = ["SqlUpstreamObjects"]
 
 _MAX_IDS = 500  # ids one request may name are far fewer; bound the statement anyway
 _COLUMNS = "object_id, kind, client_id, upstream, created_at, detail"
+_WATCH_COLUMNS = "object_id, kind, client_id, upstream, reservation, checks, created_at"
 
 
 class SqlUpstreamObjects(SqlBase):
-    """:class:`~taximeter.store.base.UpstreamObjects` in SQL."""
+    """:class:`~taximeter.store.base.UpstreamObjects` and
+    :class:`~taximeter.store.base.Watches` in SQL."""
 
     async def own_objects(self, owned: list[OwnedObject]) -> None:
         async with self.transaction() as conn:
@@ -48,6 +52,21 @@ class SqlUpstreamObjects(SqlBase):
         async with self.transaction() as conn:
             await conn.execute("DELETE FROM upstream_objects WHERE object_id = ?", object_id)
 
+    async def show_object(self, object_id: str, shown: dict[str, Any]) -> None:
+        async with self.transaction() as conn:
+            row = await conn.fetchone(
+                "SELECT detail FROM upstream_objects WHERE object_id = ?" + self.dialect.for_update, object_id
+            )
+            if row is None:
+                return
+            detail = {} if row["detail"] is None else orjson.loads(row["detail"])
+            detail["object"] = shown
+            await conn.execute(
+                "UPDATE upstream_objects SET detail = ? WHERE object_id = ?",
+                orjson.dumps(detail).decode(),
+                object_id,
+            )
+
     async def list_objects(
         self, client_id: str, kind: str, *, limit: int, after: str | None, newest_first: bool
     ) -> list[OwnedObject]:
@@ -69,6 +88,61 @@ class SqlUpstreamObjects(SqlBase):
                 limit,
             )
         return [self._owned(r) for r in rows]
+
+    async def watch(self, watch: Watch, next_check_at: datetime) -> None:
+        async with self.transaction() as conn:
+            await conn.execute(
+                f"INSERT INTO watches ({_WATCH_COLUMNS}, next_check_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (object_id) DO NOTHING",
+                watch.object_id,
+                watch.kind,
+                watch.client_id,
+                watch.upstream,
+                watch.reservation.to_json(),
+                watch.checks,
+                self.dialect.time_in(watch.created_at),
+                self.dialect.time_in(next_check_at),
+            )
+
+    async def claim_watches(self, now: datetime, limit: int, lease: timedelta) -> list[Watch]:
+        async with self.transaction() as conn:
+            rows = await conn.fetchall(
+                f"SELECT {_WATCH_COLUMNS} FROM watches WHERE next_check_at <= ? "
+                f"ORDER BY next_check_at LIMIT ?{self.dialect.skip_locked}",
+                self.dialect.time_in(now),
+                limit,
+            )
+            for row in rows:
+                await conn.execute(
+                    "UPDATE watches SET next_check_at = ? WHERE object_id = ?",
+                    self.dialect.time_in(now + lease),
+                    row["object_id"],
+                )
+        return [
+            Watch(
+                object_id=r["object_id"],
+                kind=r["kind"],
+                client_id=r["client_id"],
+                upstream=r["upstream"],
+                reservation=Reservation.from_json(r["reservation"]),
+                created_at=self.dialect.time_out(r["created_at"]),
+                checks=int(r["checks"]),
+            )
+            for r in rows
+        ]
+
+    async def check_again(self, object_id: str, next_check_at: datetime, checks: int) -> None:
+        async with self.transaction() as conn:
+            await conn.execute(
+                "UPDATE watches SET next_check_at = ?, checks = ? WHERE object_id = ?",
+                self.dialect.time_in(next_check_at),
+                checks,
+                object_id,
+            )
+
+    async def end_watch(self, object_id: str) -> None:
+        async with self.transaction() as conn:
+            await conn.execute("DELETE FROM watches WHERE object_id = ?", object_id)
 
     def _owned(self, row: Row) -> OwnedObject:
         detail = row["detail"]

@@ -34,7 +34,8 @@ EVENT_COLUMNS = (
     "request_id, client_id, end_user, conversation, api_type, model, endpoint, status, "
     "input_tokens, output_tokens, cached_tokens, reasoning_tokens, characters, audio_seconds, "
     "images, cost_usd, cost, currency, exchange_rate, estimated, unpriced, created_at, "
-    "service_tier, tool_calls, price_source, upstream, latency_ms, markup, list_cost"
+    "service_tier, tool_calls, price_source, upstream, latency_ms, markup, list_cost, "
+    "batch_id"
 )
 BUDGET_COLUMNS = (
     "client_id, mode, token_limit, cost_limit, period, timezone, currency, pause_at_limit, "
@@ -125,6 +126,7 @@ def event_row(d: Dialect, e: UsageEvent) -> list[Any]:
         e.latency_ms,
         d.money_in(e.markup),
         d.money_in(e.list_cost),
+        e.batch_id,
     ]
 
 
@@ -158,6 +160,7 @@ def event_from_row(d: Dialect, r: Row) -> UsageEvent:
         upstream=r["upstream"],
         latency_ms=None if r["latency_ms"] is None else int(r["latency_ms"]),
         markup=Decimal(1) if r["markup"] is None else d.money_out(r["markup"]),
+        batch_id=r["batch_id"],
     )
 
 

@@ -80,6 +80,7 @@ class FakeUpstream:
     # big upload is read through and counted, not kept).
     files: dict[str, tuple[dict[str, Any], bytes]] = field(default_factory=dict)
     uploads: dict[str, dict[str, Any]] = field(default_factory=dict)  # the object, and its parts' bytes
+    batches: dict[str, dict[str, Any]] = field(default_factory=dict)  # Batch objects, run by run_batches
     _arrived: asyncio.Condition = field(default_factory=asyncio.Condition, init=False, repr=False)
 
     def app(self) -> web.Application:
@@ -114,6 +115,9 @@ class FakeUpstream:
         file_path = _FILE_PATH.fullmatch(request.path)
         if file_path is not None:
             return self._file(request, file_path.group(1), file_path.group(2))
+        batch_path = _BATCH_PATH.fullmatch(request.path)
+        if batch_path is not None:
+            return self._batch(request, batch_path.group(1), batch_path.group(2))
         stored = _STORED_PATH.fullmatch(request.path)
         if stored is not None:
             return self._stored_object(request, stored.group(1), stored.group(2), stored.group(3))
@@ -204,6 +208,111 @@ class FakeUpstream:
         if tail == "content":
             return web.Response(body=found[1], content_type="application/octet-stream")
         return web.json_response(found[0])
+
+    # -- batches ------------------------------------------------------------------------
+
+    async def _batches(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        if request.method != "POST":
+            return web.json_response(
+                {"object": "list", "data": list(self.batches.values()), "has_more": False}
+            )
+        payload = json.loads(body)
+        found = self.files.get(payload.get("input_file_id", ""))
+        if found is None:
+            return _error(400, f"Invalid input_file_id: {payload.get('input_file_id')}", None)
+        lines = [line for line in found[1].splitlines() if line.strip()]
+        batch_id = f"batch_{uuid.uuid4().hex[:24]}"
+        self.batches[batch_id] = {
+            "id": batch_id,
+            "object": "batch",
+            "endpoint": payload["endpoint"],
+            "errors": None,
+            "input_file_id": payload["input_file_id"],
+            "completion_window": payload.get("completion_window", "24h"),
+            "status": "validating",
+            "output_file_id": None,
+            "error_file_id": None,
+            "created_at": 1741600000,
+            "in_progress_at": None,
+            "expires_at": 1741686400,
+            "finalizing_at": None,
+            "completed_at": None,
+            "failed_at": None,
+            "expired_at": None,
+            "cancelling_at": None,
+            "cancelled_at": None,
+            "request_counts": {"total": len(lines), "completed": 0, "failed": 0},
+            "metadata": payload.get("metadata"),
+        }
+        return web.json_response(self.batches[batch_id])
+
+    def _batch(self, request: web.Request, batch_id: str, tail: str | None) -> web.StreamResponse:
+        batch = self.batches.get(batch_id)
+        if batch is None:
+            return _error(404, f"No batch found with id '{batch_id}'.", None)
+        if tail == "cancel" and batch["status"] not in ("completed", "failed", "expired", "cancelled"):
+            batch.update(status="cancelling", cancelling_at=1741600100)
+        return web.json_response(batch)
+
+    def run_batches(self, completed: int | None = None, failing: frozenset[int] = frozenset()) -> None:
+        """End every running batch as the real one would: the first
+        ``completed`` lines (all when None) answered in an output file, the
+        lines at ``failing`` positions in an error file. A batch being
+        cancelled ends cancelled; any other, completed."""
+        for batch in self.batches.values():
+            if batch["status"] in ("completed", "failed", "expired", "cancelled"):
+                continue
+            lines = [json.loads(x) for x in self.files[batch["input_file_id"]][1].splitlines() if x.strip()]
+            done = lines if completed is None else lines[:completed]
+            out, errors = [], []
+            for i, line in enumerate(done):
+                request_id = f"req_{uuid.uuid4().hex[:16]}"
+                if i in failing:
+                    body = {
+                        "error": {
+                            "message": "Invalid value for 'max_tokens'.",
+                            "type": "invalid_request_error",
+                        }
+                    }
+                    errors.append(
+                        {
+                            "id": f"batch_req_{i}",
+                            "custom_id": line["custom_id"],
+                            "error": None,
+                            "response": {"status_code": 400, "request_id": request_id, "body": body},
+                        }
+                    )
+                    continue
+                out.append(
+                    {
+                        "id": f"batch_req_{i}",
+                        "custom_id": line["custom_id"],
+                        "error": None,
+                        "response": {
+                            "status_code": 200,
+                            "request_id": request_id,
+                            "body": _batch_line_body(line),
+                        },
+                    }
+                )
+            for name, rows in (("output_file_id", out), ("error_file_id", errors)):
+                if rows:
+                    content = b"".join(json.dumps(r).encode() + b"\n" for r in rows)
+                    file_id = f"file-{uuid.uuid4().hex[:22]}"
+                    made = {
+                        "id": file_id,
+                        "object": "file",
+                        "bytes": len(content),
+                        "created_at": 1741600000,
+                        "filename": f"{batch['id']}_{name[:-8]}.jsonl",
+                        "purpose": "batch_output",
+                        "status": "processed",
+                    }
+                    self.files[file_id] = (made, content)
+                    batch[name] = file_id
+            status = "cancelled" if batch["status"] == "cancelling" else "completed"
+            batch.update(status=status, completed_at=1741610000)
+            batch["request_counts"] = {"total": len(lines), "completed": len(out), "failed": len(errors)}
 
     def _stored_object(
         self, request: web.Request, collection: str, object_id: str, tail: str | None
@@ -471,7 +580,37 @@ def _chat_usage() -> dict[str, Any]:
     }
 
 
+def _batch_line_body(line: dict[str, Any]) -> dict[str, Any]:
+    """The response a batch line gets: a chat completion or embeddings, as the real API answers them."""
+    model = line["body"]["model"]
+    if line["url"] == "/v1/embeddings":
+        return {
+            "object": "list",
+            "data": [{"object": "embedding", "index": 0, "embedding": [0.25, -0.5, 0.125]}],
+            "model": model,
+            "usage": {"prompt_tokens": EMBEDDING_TOKENS, "total_tokens": EMBEDDING_TOKENS},
+        }
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+        "object": "chat.completion",
+        "created": 1741600000,
+        "model": _dated(model),
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "Hello there!", "refusal": None},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": _chat_usage(),
+        "system_fingerprint": "fp_0a1b2c",
+        "service_tier": "default",
+    }
+
+
 FILE_KEPT_BYTES = 1024 * 1024
+_BATCH_PATH = re.compile(r"/v1/batches/([^/]+)(?:/(cancel))?")
 _FILE_PATH = re.compile(r"/v1/files/([^/]+)(?:/(content))?")
 _UPLOAD_PATH = re.compile(r"/v1/uploads/([^/]+)/(parts|complete|cancel)")
 

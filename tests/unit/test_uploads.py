@@ -7,7 +7,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from taximeter.pricing import batch_input
+from taximeter.pricing import batch_input, jsonl
 from taximeter.pricing.batch_input import BatchInputReader
 from taximeter.proxy.gateway.uploads import UploadReader, boundary_of
 
@@ -90,7 +90,7 @@ def test_a_batch_file_is_read_the_same_in_any_chunks(chunk: int) -> None:
 
 
 def test_lines_that_are_not_requests_are_counted_unreadable(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(batch_input, "MAX_LINE_BYTES", 200)
+    monkeypatch.setattr(jsonl, "MAX_LINE_BYTES", 200)
     long_line = line("gpt-4o", 1).replace(b"Hello there", b"x" * 300)
     data = b"\n".join(
         [

@@ -1,0 +1,423 @@
+"""Batches (spec section 4b): admitted by reserving what their input file
+asks, at batch prices; watched upstream until they end; then each line of
+their output (and error) file charged as its own event, and the reservation
+let go.
+
+A batch runs upstream for up to a day, long after the call that made it and
+maybe the process that took it. So its reservation is kept in the gate
+(held again, and for longer, at every look: a gate that lost it holds it
+anew) and in the store with the watch (``watches``), and any process's
+watcher (:mod:`.watcher`) may finish it: each line is charged by a key
+unique in its batch, so a line charged twice is recorded and counted once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from taximeter.pricing import limits
+from taximeter.pricing.batch_cost import estimate_batch, one_line
+from taximeter.pricing.batch_input import BATCH_ENDPOINTS, BatchInput
+from taximeter.pricing.batch_output import TERMINAL, BatchOutputReader, OutputLine, line_usage
+from taximeter.pricing.catalog import ModelPrice
+from taximeter.pricing.charge import CallFacts, Tariff, charge
+from taximeter.pricing.models import ApiKey, Hold, OwnedObject, Reservation, Terms, UsageEvent, Watch
+from taximeter.pricing.money import to_nanos
+from taximeter.pricing.usage import Usage
+from taximeter.proxy.errors import (
+    BudgetExceeded,
+    InvalidInput,
+    InvalidJson,
+    LimitReached,
+    ModelNotAllowed,
+    ModelNotPriced,
+    NotFoundError,
+    RequestTooLarge,
+    TaximeterError,
+    UpstreamUnavailable,
+)
+from taximeter.proxy.gateway import auth
+from taximeter.proxy.gateway.endpoints import ENDPOINTS
+from taximeter.proxy.gateway.exchange import check_model_allowed
+from taximeter.proxy.gateway.files import own, read_batch_input, upstream_failure, upstream_json
+from taximeter.proxy.gateway.objects import Reference, valid_id
+from taximeter.proxy.gateway.ownership import check_references
+from taximeter.proxy.gateway.relay import TooLarge, read_at_most
+from taximeter.proxy.gateway.upstreams import Upstream
+from taximeter.proxy.middleware import REQUEST_ID
+from taximeter.proxy.services import Services
+from taximeter.store.base import StoreUnavailable
+
+__all__ = ["WATCH_LEASE", "check_batch", "create_batch", "show_batch"]
+
+log = logging.getLogger("taximeter.proxy")
+
+_CHUNK = 256 * 1024
+WATCH_LEASE = timedelta(minutes=5)  # a watcher's hold on what it checks: another takes it after
+_LEASE_EVERY = 5_000  # lines charged between two renewals of a watcher's lease on its batch
+_NO_TERMS = Terms()
+
+
+async def create_batch(request: web.Request, services: Services) -> web.StreamResponse:
+    """``POST /v1/batches``: the caller's own input file, every line of which
+    taximeter can estimate, admitted by reserving it all at batch prices."""
+    key = await auth.authenticate(request, services.keys)
+    try:
+        body = await read_at_most(request.content, services.settings.max_body_bytes)
+    except TooLarge as exc:
+        raise RequestTooLarge("request body is too large") from exc
+    fields = _json_object(body)
+    endpoint = fields.get("endpoint")
+    if not isinstance(endpoint, str) or endpoint not in BATCH_ENDPOINTS:
+        raise InvalidInput(
+            f"endpoint must be one of {', '.join(sorted(BATCH_ENDPOINTS))}", param="endpoint", status=400
+        )
+    file_id = fields.get("input_file_id")
+    if not valid_id(file_id):
+        raise InvalidInput("input_file_id must name a file", param="input_file_id", status=400)
+    assert isinstance(file_id, str)
+    named = Reference("file", file_id, "input_file_id")
+    await check_references(services.objects, key.client_id, [named])
+    owned = (await services.objects.owned_objects([named.object_id]))[named.object_id]
+    upstream = services.router.named(owned.upstream)
+    if upstream is None:
+        raise NotFoundError(f"the upstream that holds {file_id!r} is no longer configured")
+    read = await _input_of(services, owned, upstream)
+    try:
+        reservation = await _reservation(request, services, key, upstream, endpoint, read)
+        await services.meter.admit_long_running(reservation)
+    except (BudgetExceeded, LimitReached, ModelNotPriced, ModelNotAllowed) as exc:
+        reason = exc.reason if isinstance(exc, BudgetExceeded | LimitReached) else exc.code
+        services.metrics.rejection(key.client_id, reason)
+        raise
+    return await services.shielded(_create(request, services, key, upstream, body, reservation, read))
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        fields = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJson(f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(fields, dict):
+        raise InvalidJson("request body must be a JSON object")
+    return fields
+
+
+async def _input_of(services: Services, owned: OwnedObject, upstream: Upstream) -> BatchInput:
+    """What the input file asks, as read at its upload (read now if it was not)."""
+    detail = owned.detail or {}
+    if "batch_input" in detail:
+        read = BatchInput.from_json(detail["batch_input"])
+    elif (detail.get("object") or {}).get("purpose") == "batch":
+        read = await read_batch_input(services, upstream, owned.object_id)
+    else:
+        raise InvalidInput(
+            "input_file_id must name a file uploaded with purpose batch", param="input_file_id"
+        )
+    if read.lines == 0:
+        raise InvalidInput("the input file holds no requests", param="input_file_id", status=400)
+    if read.unreadable:
+        raise InvalidInput(
+            f"{read.unreadable} of the input file's {read.lines} lines are not requests taximeter can "
+            "estimate (each line must be JSON with a url the Batch API takes and a body naming its model), "
+            "so the batch cannot be reserved",
+            param="input_file_id",
+            status=400,
+        )
+    return read
+
+
+async def _reservation(
+    request: web.Request,
+    services: Services,
+    key: ApiKey,
+    upstream: Upstream,
+    endpoint: str,
+    read: BatchInput,
+) -> Reservation:
+    meter = services.meter
+    if read.endpoints != {endpoint}:
+        raise InvalidInput(
+            f"the input file's lines call {', '.join(sorted(read.endpoints))}, not {endpoint}",
+            param="endpoint",
+            status=400,
+        )
+    family = BATCH_ENDPOINTS[endpoint]
+    prices: dict[str, ModelPrice | None] = {}
+    for model in read.models:
+        check_model_allowed(model, key.terms)
+        prices[model] = meter.resolve_price(model, family != "moderation", upstream.provider)
+    tariff = await meter.rates.tariff(key.terms)
+    estimate = estimate_batch(read, prices, tariff)
+    now = meter.clock()
+    event = UsageEvent(
+        request_id=request[REQUEST_ID],
+        client_id=key.client_id,
+        api_type=ENDPOINTS[endpoint].api_type,
+        model=estimate.dearest,
+        endpoint=endpoint,
+        status=0,
+        created_at=now,
+        currency=tariff.currency,
+        exchange_rate=tariff.exchange_rate,
+        markup=tariff.markup,
+        cost_usd=estimate.cost_usd,
+        cost=estimate.cost,
+        input_tokens=estimate.usage.input_tokens,
+        output_tokens=estimate.usage.output_tokens,
+        estimated=True,
+        service_tier="batch",
+        price_source=f"estimate of {read.lines} lines",
+        upstream=upstream.name,
+    )
+    holds = limits.long_running_holds(
+        key.terms.limits,
+        client_id=key.client_id,
+        models=estimate.per_model,
+        timezone=key.terms.timezone or meter.timezone,
+        now=now,
+    )
+    expires = now + timedelta(seconds=services.settings.batch_hold_s)
+    return Reservation(event, to_nanos(event.cost), expires, holds)
+
+
+async def _create(
+    request: web.Request,
+    services: Services,
+    key: ApiKey,
+    upstream: Upstream,
+    body: bytes,
+    reservation: Reservation,
+    read: BatchInput,
+) -> web.StreamResponse:
+    meter = services.meter
+    try:
+        status, data, relayed, reply = await upstream_json(
+            services, request, upstream, "POST", "/v1/batches", body
+        )
+    except TaximeterError as exc:
+        if isinstance(exc.__cause__, aiohttp.ClientConnectorError):  # never sent: nothing runs
+            await meter.release(key.client_id, reservation.request_id)
+        else:  # it may run upstream, unseen: charged as reserved, in place of its reservation
+            await meter.settle(replace(reservation.event, status=exc.status, created_at=meter.clock()))
+        raise
+    batch_id = reply.get("id") if status < 300 and isinstance(reply, dict) else None
+    if not valid_id(batch_id):
+        await meter.release(key.client_id, reservation.request_id)
+        return web.Response(body=data, status=status, headers=relayed)
+    assert isinstance(batch_id, str)
+    now = meter.clock()
+    shown = {"object": reply, "batch_input": read.to_json()}
+    made = OwnedObject(batch_id, "batch", key.client_id, upstream.name, now, shown)
+    try:
+        await services.objects.own_objects([made])
+        watch = Watch(batch_id, "batch", key.client_id, upstream.name, reservation, now)
+        await services.objects.watch(watch, now + timedelta(seconds=services.settings.batch_check_s))
+    except StoreUnavailable as exc:
+        # Unwatched, its reservation is charged at its estimate when it expires.
+        log.error("batch_unwatched", extra={"batch": batch_id, "client": key.client_id, "error": str(exc)})
+    return web.Response(body=data, status=status, headers=relayed)
+
+
+async def show_batch(
+    request: web.Request, services: Services, batch: OwnedObject, upstream: Upstream, path: str
+) -> web.StreamResponse:
+    """``GET /v1/batches/{id}`` and ``POST .../cancel`` of the caller's batch:
+    relayed, and the files it names now (its output and errors) become the
+    caller's, so it can read them."""
+    try:
+        await read_at_most(request.content, services.settings.max_body_bytes)  # none is expected
+    except TooLarge as exc:
+        raise RequestTooLarge("request body is too large") from exc
+    status, data, relayed, reply = await upstream_json(services, request, upstream, request.method, path)
+    if status < 300 and isinstance(reply, dict) and reply.get("id") == batch.object_id:
+        await _own_files(services, request[REQUEST_ID], batch, upstream, reply)
+        await services.objects.show_object(batch.object_id, reply)
+    return web.Response(body=data, status=status, headers=relayed)
+
+
+async def _own_files(
+    services: Services, request_id: str, batch: OwnedObject, upstream: Upstream, shown: dict[str, Any]
+) -> None:
+    for name in ("output_file_id", "error_file_id"):
+        file_id = shown.get(name)
+        if valid_id(file_id):
+            made = {"id": file_id, "object": "file", "purpose": "batch_output"}
+            await own(services, request_id, "file", batch.client_id, upstream, made)
+
+
+async def check_batch(services: Services, watch: Watch) -> bool:
+    """Look at a watched batch upstream; once it has ended, charge its lines
+    and let its reservation go. True when it is done with."""
+    meter = services.meter
+    upstream = services.router.named(watch.upstream)
+    if upstream is None:
+        log.error("batch_upstream_gone", extra={"batch": watch.object_id, "upstream": watch.upstream})
+        await _charge_estimate(services, watch)
+        return True
+    status, _, _, reply = await upstream_json(
+        services, None, upstream, "GET", f"/v1/batches/{watch.object_id}"
+    )
+    if status == 404:  # the upstream no longer knows it: what it ran is unknown
+        log.error("batch_gone_upstream", extra={"batch": watch.object_id, "client": watch.client_id})
+        await _charge_estimate(services, watch)
+        return True
+    if status >= 300 or not isinstance(reply, dict):
+        raise UpstreamUnavailable(f"upstream {upstream.name} answered {status} for batch {watch.object_id}")
+    owned = (await services.objects.owned_objects([watch.object_id])).get(watch.object_id)
+    if owned is not None and reply.get("id") == watch.object_id:
+        await _own_files(services, watch.reservation.request_id, owned, upstream, reply)
+        await services.objects.show_object(watch.object_id, reply)
+    if reply.get("status") not in TERMINAL:
+        expires = meter.clock() + timedelta(seconds=services.settings.batch_hold_s)
+        await meter.hold_again(replace(watch.reservation, expires_at=expires))
+        return False
+    read = None if owned is None else (owned.detail or {}).get("batch_input")
+    lines = _Lines(services, watch, upstream, None if read is None else BatchInput.from_json(read))
+    await lines.start()
+    for name in ("output_file_id", "error_file_id"):
+        if valid_id(reply.get(name)):
+            await lines.charge_file(str(reply[name]), name.removesuffix("_file_id"))
+    log.info(
+        "batch_charged",
+        extra={
+            "batch": watch.object_id,
+            "client": watch.client_id,
+            "status": reply.get("status"),
+            "lines": lines.charged,
+        },
+    )
+    await meter.ledger.flush()
+    await meter.release(watch.client_id, watch.reservation.request_id)
+    await services.objects.end_watch(watch.object_id)
+    return True
+
+
+async def _charge_estimate(services: Services, watch: Watch) -> None:
+    """A batch whose lines cannot be read: charged as reserved, flagged."""
+    meter = services.meter
+    now = meter.clock()
+    event = replace(watch.reservation.event, status=502, created_at=now)
+    terms = await _terms(services, watch.client_id)
+    holds = limits.late_holds(
+        terms.limits,
+        client_id=watch.client_id,
+        model=event.model,
+        timezone=terms.timezone or meter.timezone,
+        now=now,
+    )
+    await meter.charge_late(event, holds)
+    await meter.ledger.flush()
+    await meter.release(watch.client_id, watch.reservation.request_id)
+    await services.objects.end_watch(watch.object_id)
+
+
+async def _terms(services: Services, client_id: str) -> Terms:
+    client = await services.meter.store.get_client(client_id)
+    return _NO_TERMS if client is None else client.terms
+
+
+class _Lines:
+    """The charging of one ended batch's lines, file by file."""
+
+    def __init__(self, services: Services, watch: Watch, upstream: Upstream, read: BatchInput | None) -> None:
+        self.services = services
+        self.watch = watch
+        self.upstream = upstream
+        self.read = read
+        estimate = watch.reservation.event
+        self.endpoint = estimate.endpoint
+        self.family = BATCH_ENDPOINTS[estimate.endpoint]
+        self.tariff = Tariff(estimate.currency, estimate.exchange_rate, estimate.markup)
+        self.charged = 0
+        self._terms = _NO_TERMS
+        self._holds: dict[str, tuple[Hold, ...]] = {}
+        self._fallback: tuple[str, ModelPrice | None, Usage] = (estimate.model, None, Usage(estimated=True))
+
+    async def start(self) -> None:
+        self._terms = await _terms(self.services, self.watch.client_id)
+        catalog, provider = self.services.meter.catalog, self.upstream.provider
+        if self.read is not None and self.read.models:
+            prices = {model: catalog.resolve(model, provider) for model in self.read.models}
+            model, usage = one_line(self.read, prices, self.tariff)
+            self._fallback = (model, prices[model], usage)
+        else:
+            self._fallback = (
+                self._fallback[0],
+                catalog.resolve(self._fallback[0], provider),
+                self._fallback[2],
+            )
+
+    async def charge_file(self, file_id: str, kind: str) -> None:
+        """Charge every line of one of the batch's files, as it streams in."""
+        reader = BatchOutputReader(kind)
+        url = self.upstream.url(f"/v1/files/{file_id}/content", "")
+        session = self.services.session
+        try:
+            async with session.get(url, headers=self.upstream.credentials()) as up:
+                if up.status >= 300:
+                    raise UpstreamUnavailable(
+                        f"upstream {self.upstream.name} answered {up.status} for a batch's {kind} file"
+                    )
+                async for chunk in up.content.iter_chunked(_CHUNK):
+                    await asyncio.to_thread(reader.feed, chunk)
+                    await self._charge(reader.take())
+            reader.end()
+            await self._charge(reader.take())
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise upstream_failure(exc, self.upstream) from exc
+
+    async def _charge(self, lines: list[OutputLine]) -> None:
+        meter = self.services.meter
+        for line in lines:
+            event = self._event(line)
+            await meter.charge_late(event, self._holds_of(event.model))
+            self.charged += 1
+            if self.charged % _LEASE_EVERY == 0:  # still at it: no other watcher takes the batch
+                watch = self.watch
+                await self.services.objects.check_again(
+                    watch.object_id, meter.clock() + WATCH_LEASE, watch.checks
+                )
+
+    def _event(self, line: OutputLine) -> UsageEvent:
+        meter = self.services.meter
+        usage, status = line_usage(self.family, line)
+        model, price, one = self._fallback
+        named = line.body.get("model") if isinstance(line.body, dict) else None
+        if isinstance(named, str) and 0 < len(named) <= 256:
+            found = meter.catalog.resolve(named, self.upstream.provider)
+            if found is not None:  # priced as the response names it; else as the batch's dearest
+                model, price = named, found
+        facts = CallFacts(
+            request_id=f"{self.watch.object_id}/{line.key}",
+            client_id=self.watch.client_id,
+            api_type=ENDPOINTS[self.endpoint].api_type,
+            model=model,
+            endpoint=self.endpoint,
+            family=self.family,
+            price=price,
+            reserved=one,
+            upstream=self.upstream.name,
+        )
+        event = charge(facts, usage, status, self.tariff, meter.clock())
+        return replace(event, batch_id=self.watch.object_id)
+
+    def _holds_of(self, model: str) -> tuple[Hold, ...]:
+        if model not in self._holds:
+            meter = self.services.meter
+            self._holds[model] = limits.late_holds(
+                self._terms.limits,
+                client_id=self.watch.client_id,
+                model=model,
+                timezone=self._terms.timezone or meter.timezone,
+                now=meter.clock(),
+            )
+        return self._holds[model]

@@ -1,0 +1,68 @@
+"""The watcher: the step every process runs beside the sweeper, each
+``sweep_interval_s``, for objects that keep running upstream after the call
+that made them (batches). Each due one is taken by one process at a time (a
+lease in the store) and looked at upstream: one still running is looked at
+again later, each time twice as late up to ``batch_check_max_s``; one that
+has ended is charged and watched no more. A look that fails (the upstream or
+the store down) is tried again the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+from taximeter.pricing.models import Watch
+from taximeter.proxy.errors import MeteringUnavailable, TaximeterError
+from taximeter.proxy.gateway.batches import WATCH_LEASE, check_batch
+from taximeter.proxy.services import Services
+from taximeter.store.base import StoreUnavailable
+
+__all__ = ["watch_due", "watch_forever"]
+
+log = logging.getLogger("taximeter.metering")
+
+_CLAIM = 20  # watches one look takes at a time
+
+
+async def watch_due(services: Services) -> int:
+    """Look at every watch that is due; the number done with (ended and charged)."""
+    done = 0
+    while True:
+        due = await services.objects.claim_watches(services.meter.clock(), _CLAIM, WATCH_LEASE)
+        for watch in due:
+            done += await _look(services, watch)
+        if len(due) < _CLAIM:
+            return done
+
+
+async def _look(services: Services, watch: Watch) -> int:
+    try:
+        if await check_batch(services, watch):
+            return 1
+    except (TaximeterError, StoreUnavailable) as exc:
+        log.warning(
+            "watch_failed", extra={"object": watch.object_id, "client": watch.client_id, "error": str(exc)}
+        )
+    checks = watch.checks + 1
+    settings = services.settings
+    wait = min(settings.batch_check_s * 2 ** min(checks, 30), settings.batch_check_max_s)
+    try:
+        await services.objects.check_again(
+            watch.object_id, services.meter.clock() + timedelta(seconds=wait), checks
+        )
+    except StoreUnavailable as exc:  # its lease runs out: looked at again then
+        log.warning("watch_failed", extra={"object": watch.object_id, "error": str(exc)})
+    return 0
+
+
+async def watch_forever(services: Services, interval_s: float) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await watch_due(services)
+        except (StoreUnavailable, MeteringUnavailable) as exc:
+            log.warning("watch_failed", extra={"error": str(exc)})
+        except Exception:
+            log.exception("watch_failed")
