@@ -48,7 +48,7 @@ from taximeter.proxy.gateway.proxying import handle_proxy
 from taximeter.proxy.gateway.status import status_routes
 from taximeter.proxy.gateway.sweeper import sweep_forever
 from taximeter.proxy.gateway.upstreams import Upstreams
-from taximeter.proxy.gateway.watcher import watch_forever
+from taximeter.proxy.gateway.watcher import hold_all, watch_forever
 from taximeter.proxy.logs import protect_logs
 from taximeter.proxy.metrics import Metrics
 from taximeter.proxy.middleware import json_error_middleware, request_id_middleware
@@ -357,6 +357,10 @@ async def _sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _watcher_ctx(app: web.Application) -> AsyncIterator[None]:
+    # Before the first call: a gate in this process (or an emptied Redis)
+    # holds none of the reservations of what runs upstream meanwhile.
+    with contextlib.suppress(StoreUnavailable):
+        await hold_all(app[SERVICES])
     watching = watch_forever(app[SERVICES], app[SETTINGS].sweep_interval_s)
     async with _background(watching, "taximeter-watcher"):
         yield

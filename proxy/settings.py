@@ -241,17 +241,20 @@ class Settings(BaseSettings):
     sweep_interval_s: float = Field(
         5.0, gt=0, description="How often expired reservations are charged and periods rolled."
     )
-    batch_check_s: float = Field(
-        30.0, gt=0, description="First look upstream at a running batch; each next look waits twice as long."
+    watch_check_s: float = Field(
+        30.0,
+        gt=0,
+        description="First look upstream at a running batch or background response; each next look "
+        "waits twice as long.",
     )
-    batch_check_max_s: float = Field(
-        600.0, gt=0, description="Longest wait between two looks at a running batch."
+    watch_check_max_s: float = Field(
+        600.0, gt=0, description="Longest wait between two looks at a running batch or background response."
     )
-    batch_hold_s: float = Field(
+    watch_hold_s: float = Field(
         48 * 3600.0,
         gt=0,
-        description="A batch's reservation is charged at its estimate if no process has looked at the "
-        "batch for this long (each look holds it this long again).",
+        description="A batch's or background response's reservation is charged at its estimate if no "
+        "process has looked at it for this long (each look holds it this long again).",
     )
     ledger_max_pending: int = Field(10_000, gt=0, description="Events held in memory before back-pressure.")
     ledger_drain_s: float = Field(

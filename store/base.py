@@ -399,12 +399,21 @@ class Watches(Protocol):
     async def watch(self, watch: Watch, next_check_at: datetime) -> None:
         """Watch ``watch`` from ``next_check_at``; idempotent by object id."""
 
-    async def claim_watches(self, now: datetime, limit: int, lease: timedelta) -> list[Watch]:
-        """Up to ``limit`` watches due by ``now``, each taken by one caller
-        for ``lease`` (its check then comes due again, in case the caller died)."""
+    async def claim_watches(
+        self, now: datetime, limit: int, lease: timedelta, *, object_id: str | None = None
+    ) -> list[Watch]:
+        """Up to ``limit`` watches due by ``now`` (or the one of ``object_id``,
+        due or not), each taken by one caller for ``lease``: none is handed
+        out again before its lease ends (in case its caller died)."""
+
+    async def all_watches(self) -> list[Watch]:
+        """Every object watched, leased or not (to hold them all again)."""
 
     async def check_again(self, object_id: str, next_check_at: datetime, checks: int) -> None:
-        """The object still runs: check it again at ``next_check_at``."""
+        """The object still runs: its lease ends, and it is due again at ``next_check_at``."""
+
+    async def renew_watch(self, object_id: str, lease_until: datetime) -> None:
+        """The caller still works on it: its lease lasts until ``lease_until``."""
 
     async def end_watch(self, object_id: str) -> None:
         """The object ended and is charged: watched no more."""

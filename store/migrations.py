@@ -272,8 +272,8 @@ MIGRATIONS.append(
             "ALTER TABLE usage_events ADD COLUMN batch_id TEXT",
             # Objects that keep running upstream after their call (a batch, a
             # background response), each watched until it ends, by one process
-            # at a time (``next_check_at`` is pushed out while one checks it),
-            # with what its admission reserved (JSON), released once it is charged.
+            # at a time (``lease_until``: while one checks it), with what its
+            # admission reserved (JSON), released once it is charged.
             """CREATE TABLE watches (
                 object_id TEXT PRIMARY KEY,
                 kind TEXT NOT NULL,
@@ -281,6 +281,7 @@ MIGRATIONS.append(
                 upstream TEXT NOT NULL,
                 reservation TEXT NOT NULL,
                 next_check_at {time} NOT NULL,
+                lease_until {time},
                 checks INTEGER NOT NULL DEFAULT 0,
                 created_at {time} NOT NULL
             )""",

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import replace
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 import aiohttp
@@ -28,7 +30,7 @@ from taximeter.pricing.batch_cost import estimate_batch, one_line
 from taximeter.pricing.batch_input import BATCH_ENDPOINTS, BatchInput
 from taximeter.pricing.batch_output import TERMINAL, BatchOutputReader, OutputLine, line_usage
 from taximeter.pricing.catalog import ModelPrice
-from taximeter.pricing.charge import CallFacts, Tariff, charge
+from taximeter.pricing.charge import CallFacts, charge
 from taximeter.pricing.models import ApiKey, Hold, OwnedObject, Reservation, Terms, UsageEvent, Watch
 from taximeter.pricing.money import to_nanos
 from taximeter.pricing.usage import Usage
@@ -45,25 +47,32 @@ from taximeter.proxy.errors import (
     UpstreamUnavailable,
 )
 from taximeter.proxy.gateway import auth
+from taximeter.proxy.gateway.bodies import TooLarge, read_at_most
 from taximeter.proxy.gateway.endpoints import ENDPOINTS
 from taximeter.proxy.gateway.exchange import check_model_allowed
 from taximeter.proxy.gateway.files import own, read_batch_input, upstream_failure, upstream_json
 from taximeter.proxy.gateway.objects import Reference, valid_id
 from taximeter.proxy.gateway.ownership import check_references
-from taximeter.proxy.gateway.relay import TooLarge, read_at_most
 from taximeter.proxy.gateway.upstreams import Upstream
+from taximeter.proxy.gateway.watching import (
+    WATCH_LEASE,
+    charge_estimate,
+    done_with,
+    hold_on,
+    tariff_of,
+    terms_of,
+)
 from taximeter.proxy.middleware import REQUEST_ID
 from taximeter.proxy.services import Services
 from taximeter.store.base import StoreUnavailable
 
-__all__ = ["WATCH_LEASE", "check_batch", "create_batch", "show_batch"]
+__all__ = ["check_batch", "create_batch", "show_batch"]
 
 log = logging.getLogger("taximeter.proxy")
 
 _CHUNK = 256 * 1024
-WATCH_LEASE = timedelta(minutes=5)  # a watcher's hold on what it checks: another takes it after
-_LEASE_EVERY = 5_000  # lines charged between two renewals of a watcher's lease on its batch
-_NO_TERMS = Terms()
+_RENEW_S = 60.0  # how often a watcher charging a batch's lines renews its lease on it
+_GIVE_UP = timedelta(days=7)  # a batch shown running this long after its day's window: charged as reserved
 
 
 async def create_batch(request: web.Request, services: Services) -> web.StreamResponse:
@@ -81,10 +90,7 @@ async def create_batch(request: web.Request, services: Services) -> web.StreamRe
             f"endpoint must be one of {', '.join(sorted(BATCH_ENDPOINTS))}", param="endpoint", status=400
         )
     file_id = fields.get("input_file_id")
-    if not valid_id(file_id):
-        raise InvalidInput("input_file_id must name a file", param="input_file_id", status=400)
-    assert isinstance(file_id, str)
-    named = Reference("file", file_id, "input_file_id")
+    named = Reference("file", str(file_id) if valid_id(file_id) else "", "input_file_id", valid_id(file_id))
     await check_references(services.objects, key.client_id, [named])
     owned = (await services.objects.owned_objects([named.object_id]))[named.object_id]
     upstream = services.router.named(owned.upstream)
@@ -98,7 +104,10 @@ async def create_batch(request: web.Request, services: Services) -> web.StreamRe
         reason = exc.reason if isinstance(exc, BudgetExceeded | LimitReached) else exc.code
         services.metrics.rejection(key.client_id, reason)
         raise
-    return await services.shielded(_create(request, services, key, upstream, body, reservation, read))
+    # Forwarded as read here: a body with a key twice would name one file
+    # here and maybe another upstream.
+    sent = orjson.dumps(fields)
+    return await services.shielded(_create(request, services, key, upstream, sent, reservation, read))
 
 
 def _json_object(body: bytes) -> dict[str, Any]:
@@ -185,7 +194,7 @@ async def _reservation(
         timezone=key.terms.timezone or meter.timezone,
         now=now,
     )
-    expires = now + timedelta(seconds=services.settings.batch_hold_s)
+    expires = now + timedelta(seconds=services.settings.watch_hold_s)
     return Reservation(event, to_nanos(event.cost), expires, holds)
 
 
@@ -210,7 +219,11 @@ async def _create(
             await meter.settle(replace(reservation.event, status=exc.status, created_at=meter.clock()))
         raise
     batch_id = reply.get("id") if status < 300 and isinstance(reply, dict) else None
-    if not valid_id(batch_id):
+    if status < 300 and not valid_id(batch_id):  # it may run, unseen: charged as reserved
+        log.error("batch_unreadable", extra={"client": key.client_id, "request_id": reservation.request_id})
+        await meter.settle(replace(reservation.event, status=502, created_at=meter.clock()))
+        return web.Response(body=data, status=status, headers=relayed)
+    if not valid_id(batch_id):  # refused: nothing runs
         await meter.release(key.client_id, reservation.request_id)
         return web.Response(body=data, status=status, headers=relayed)
     assert isinstance(batch_id, str)
@@ -220,7 +233,7 @@ async def _create(
     try:
         await services.objects.own_objects([made])
         watch = Watch(batch_id, "batch", key.client_id, upstream.name, reservation, now)
-        await services.objects.watch(watch, now + timedelta(seconds=services.settings.batch_check_s))
+        await services.objects.watch(watch, now + timedelta(seconds=services.settings.watch_check_s))
     except StoreUnavailable as exc:
         # Unwatched, its reservation is charged at its estimate when it expires.
         log.error("batch_unwatched", extra={"batch": batch_id, "client": key.client_id, "error": str(exc)})
@@ -230,22 +243,37 @@ async def _create(
 async def show_batch(
     request: web.Request, services: Services, batch: OwnedObject, upstream: Upstream, path: str
 ) -> web.StreamResponse:
-    """``GET /v1/batches/{id}`` and ``POST .../cancel`` of the caller's batch:
-    relayed, and the files it names now (its output and errors) become the
-    caller's, so it can read them."""
+    """``GET /v1/batches/{id}`` and ``POST .../cancel`` of the caller's batch,
+    relayed. One the upstream shows ended is charged now, unless a watcher
+    is at it already: its files (output, errors) become the caller's only
+    once its lines are charged, so none is deleted before it is read."""
     try:
         await read_at_most(request.content, services.settings.max_body_bytes)  # none is expected
     except TooLarge as exc:
         raise RequestTooLarge("request body is too large") from exc
     status, data, relayed, reply = await upstream_json(services, request, upstream, request.method, path)
     if status < 300 and isinstance(reply, dict) and reply.get("id") == batch.object_id:
-        await _own_files(services, request[REQUEST_ID], batch, upstream, reply)
-        await services.objects.show_object(batch.object_id, reply)
+        if _ended(reply):
+            await services.shielded(_finish_now(services, batch.object_id, reply))
+        else:
+            await services.objects.show_object(batch.object_id, reply)
     return web.Response(body=data, status=status, headers=relayed)
 
 
+def _ended(shown: dict[str, Any]) -> bool:
+    state = shown.get("status")
+    return isinstance(state, str) and state in TERMINAL
+
+
+async def _finish_now(services: Services, batch_id: str, shown: dict[str, Any]) -> None:
+    claimed = await services.objects.claim_watches(services.meter.clock(), 1, WATCH_LEASE, object_id=batch_id)
+    for watch in claimed:  # none: done with, or a watcher is at it
+        if not await check_batch(services, watch, shown):
+            await services.objects.check_again(watch.object_id, services.meter.clock(), watch.checks)
+
+
 async def _own_files(
-    services: Services, request_id: str, batch: OwnedObject, upstream: Upstream, shown: dict[str, Any]
+    services: Services, request_id: str, batch: Watch, upstream: Upstream, shown: dict[str, Any]
 ) -> None:
     for name in ("output_file_id", "error_file_id"):
         file_id = shown.get(name)
@@ -254,79 +282,59 @@ async def _own_files(
             await own(services, request_id, "file", batch.client_id, upstream, made)
 
 
-async def check_batch(services: Services, watch: Watch) -> bool:
-    """Look at a watched batch upstream; once it has ended, charge its lines
-    and let its reservation go. True when it is done with."""
-    meter = services.meter
+async def check_batch(services: Services, watch: Watch, shown: dict[str, Any] | None = None) -> bool:
+    """Look at a watched batch upstream (or at ``shown``, as it was just
+    seen); once it has ended, charge its lines and let its reservation go.
+    True when it is done with."""
     upstream = services.router.named(watch.upstream)
     if upstream is None:
-        log.error("batch_upstream_gone", extra={"batch": watch.object_id, "upstream": watch.upstream})
-        await _charge_estimate(services, watch)
+        await charge_estimate(services, watch, f"upstream {watch.upstream} is no longer configured")
         return True
-    status, _, _, reply = await upstream_json(
-        services, None, upstream, "GET", f"/v1/batches/{watch.object_id}"
-    )
-    if status == 404:  # the upstream no longer knows it: what it ran is unknown
-        log.error("batch_gone_upstream", extra={"batch": watch.object_id, "client": watch.client_id})
-        await _charge_estimate(services, watch)
-        return True
-    if status >= 300 or not isinstance(reply, dict):
-        raise UpstreamUnavailable(f"upstream {upstream.name} answered {status} for batch {watch.object_id}")
-    owned = (await services.objects.owned_objects([watch.object_id])).get(watch.object_id)
-    if owned is not None and reply.get("id") == watch.object_id:
-        await _own_files(services, watch.reservation.request_id, owned, upstream, reply)
-        await services.objects.show_object(watch.object_id, reply)
-    if reply.get("status") not in TERMINAL:
-        expires = meter.clock() + timedelta(seconds=services.settings.batch_hold_s)
-        await meter.hold_again(replace(watch.reservation, expires_at=expires))
+    if shown is None:
+        path = f"/v1/batches/{watch.object_id}"
+        status, _, _, shown = await upstream_json(services, None, upstream, "GET", path)
+        if status == 404:  # the upstream no longer knows it: what it ran is unknown
+            await charge_estimate(services, watch, "the upstream no longer knows it")
+            return True
+        if status >= 300 or not isinstance(shown, dict) or shown.get("id") != watch.object_id:
+            raise UpstreamUnavailable(
+                f"upstream {upstream.name} answered {status} for batch {watch.object_id}"
+            )
+    await hold_on(services, watch)  # held while it runs, and until its lines are counted
+    if not _ended(shown):
+        if services.meter.clock() - watch.created_at > _GIVE_UP:
+            await charge_estimate(services, watch, "it still runs, long past its completion window")
+            return True
+        await services.objects.show_object(watch.object_id, shown)
         return False
+    owned = (await services.objects.owned_objects([watch.object_id])).get(watch.object_id)
     read = None if owned is None else (owned.detail or {}).get("batch_input")
     lines = _Lines(services, watch, upstream, None if read is None else BatchInput.from_json(read))
     await lines.start()
     for name in ("output_file_id", "error_file_id"):
-        if valid_id(reply.get(name)):
-            await lines.charge_file(str(reply[name]), name.removesuffix("_file_id"))
+        if valid_id(shown.get(name)):
+            await lines.charge_file(str(shown[name]), name.removesuffix("_file_id"))
+    await lines.close()
     log.info(
         "batch_charged",
         extra={
             "batch": watch.object_id,
             "client": watch.client_id,
-            "status": reply.get("status"),
+            "status": shown.get("status"),
             "lines": lines.charged,
         },
     )
-    await meter.ledger.flush()
-    await meter.release(watch.client_id, watch.reservation.request_id)
-    await services.objects.end_watch(watch.object_id)
+    await services.meter.ledger.flush()
+    await _own_files(services, watch.reservation.request_id, watch, upstream, shown)
+    await services.objects.show_object(watch.object_id, shown)
+    await done_with(services, watch)
     return True
 
 
-async def _charge_estimate(services: Services, watch: Watch) -> None:
-    """A batch whose lines cannot be read: charged as reserved, flagged."""
-    meter = services.meter
-    now = meter.clock()
-    event = replace(watch.reservation.event, status=502, created_at=now)
-    terms = await _terms(services, watch.client_id)
-    holds = limits.late_holds(
-        terms.limits,
-        client_id=watch.client_id,
-        model=event.model,
-        timezone=terms.timezone or meter.timezone,
-        now=now,
-    )
-    await meter.charge_late(event, holds)
-    await meter.ledger.flush()
-    await meter.release(watch.client_id, watch.reservation.request_id)
-    await services.objects.end_watch(watch.object_id)
-
-
-async def _terms(services: Services, client_id: str) -> Terms:
-    client = await services.meter.store.get_client(client_id)
-    return _NO_TERMS if client is None else client.terms
-
-
 class _Lines:
-    """The charging of one ended batch's lines, file by file."""
+    """The charging of one ended batch's lines, file by file, then of the
+    batch itself: a free event under its creation's request id, which takes
+    the place of its reservation (so that is never charged as well)."""
 
     def __init__(self, services: Services, watch: Watch, upstream: Upstream, read: BatchInput | None) -> None:
         self.services = services
@@ -336,33 +344,40 @@ class _Lines:
         estimate = watch.reservation.event
         self.endpoint = estimate.endpoint
         self.family = BATCH_ENDPOINTS[estimate.endpoint]
-        self.tariff = Tariff(estimate.currency, estimate.exchange_rate, estimate.markup)
+        self.tariff = tariff_of(watch)
         self.charged = 0
-        self._terms = _NO_TERMS
+        self._terms = Terms()
         self._holds: dict[str, tuple[Hold, ...]] = {}
-        self._fallback: tuple[str, ModelPrice | None, Usage] = (estimate.model, None, Usage(estimated=True))
+        # Each priced model the input names, by its catalog entry: a line is
+        # recorded under the model its request named, as any call is.
+        self._named: dict[int, tuple[str, ModelPrice]] = {}
+        self._dearest: tuple[str, ModelPrice | None, Usage] = (estimate.model, None, Usage(estimated=True))
+        self._renewed = time.monotonic()
 
     async def start(self) -> None:
-        self._terms = await _terms(self.services, self.watch.client_id)
+        self._terms = await terms_of(self.services, self.watch.client_id)
         catalog, provider = self.services.meter.catalog, self.upstream.provider
-        if self.read is not None and self.read.models:
-            prices = {model: catalog.resolve(model, provider) for model in self.read.models}
-            model, usage = one_line(self.read, prices, self.tariff)
-            self._fallback = (model, prices[model], usage)
-        else:
-            self._fallback = (
-                self._fallback[0],
-                catalog.resolve(self._fallback[0], provider),
-                self._fallback[2],
-            )
+        if self.read is None or not self.read.models:
+            model = self._dearest[0]
+            self._dearest = (model, catalog.resolve(model, provider), self._dearest[2])
+            return
+        prices = {model: catalog.resolve(model, provider) for model in sorted(self.read.models)}
+        for model, price in prices.items():
+            if price is not None:
+                self._named.setdefault(id(price), (model, price))
+        model, usage = one_line(self.read, prices, self.tariff)
+        self._dearest = (model, prices[model], usage)
 
     async def charge_file(self, file_id: str, kind: str) -> None:
         """Charge every line of one of the batch's files, as it streams in."""
         reader = BatchOutputReader(kind)
         url = self.upstream.url(f"/v1/files/{file_id}/content", "")
-        session = self.services.session
+        # However long the file takes, as long as it keeps coming.
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=self.services.settings.upstream_timeout_s)
         try:
-            async with session.get(url, headers=self.upstream.credentials()) as up:
+            async with self.services.session.get(
+                url, headers=self.upstream.credentials(), timeout=timeout
+            ) as up:
                 if up.status >= 300:
                     raise UpstreamUnavailable(
                         f"upstream {self.upstream.name} answered {up.status} for a batch's {kind} file"
@@ -375,27 +390,44 @@ class _Lines:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise upstream_failure(exc, self.upstream) from exc
 
+    async def close(self) -> None:
+        """The batch's own event: free, in place of its reservation."""
+        meter = self.services.meter
+        estimate = self.watch.reservation.event
+        closing = replace(
+            estimate,
+            status=200,
+            created_at=meter.clock(),
+            input_tokens=0,
+            output_tokens=0,
+            cost_usd=Decimal(0),
+            cost=Decimal(0),
+            estimated=False,
+            price_source=None,
+            batch_id=self.watch.object_id,
+        )
+        await meter.charge_late(closing, ())
+
     async def _charge(self, lines: list[OutputLine]) -> None:
         meter = self.services.meter
         for line in lines:
             event = self._event(line)
             await meter.charge_late(event, self._holds_of(event.model))
+            self.services.metrics.call(event)
             self.charged += 1
-            if self.charged % _LEASE_EVERY == 0:  # still at it: no other watcher takes the batch
-                watch = self.watch
-                await self.services.objects.check_again(
-                    watch.object_id, meter.clock() + WATCH_LEASE, watch.checks
-                )
+        if time.monotonic() - self._renewed > _RENEW_S:  # still at it: no other watcher takes it
+            self._renewed = time.monotonic()
+            await self.services.objects.renew_watch(self.watch.object_id, meter.clock() + WATCH_LEASE)
 
     def _event(self, line: OutputLine) -> UsageEvent:
         meter = self.services.meter
         usage, status = line_usage(self.family, line)
-        model, price, one = self._fallback
+        model, price, one = self._dearest
         named = line.body.get("model") if isinstance(line.body, dict) else None
         if isinstance(named, str) and 0 < len(named) <= 256:
             found = meter.catalog.resolve(named, self.upstream.provider)
-            if found is not None:  # priced as the response names it; else as the batch's dearest
-                model, price = named, found
+            if found is not None:  # as the response names it (a dated name: the model asked for)
+                model, price = self._named.get(id(found), (named, found))
         facts = CallFacts(
             request_id=f"{self.watch.object_id}/{line.key}",
             client_id=self.watch.client_id,
@@ -406,6 +438,7 @@ class _Lines:
             price=price,
             reserved=one,
             upstream=self.upstream.name,
+            regional=self.upstream.regional,
         )
         event = charge(facts, usage, status, self.tariff, meter.clock())
         return replace(event, batch_id=self.watch.object_id)

@@ -49,8 +49,8 @@ def refuse_unmetered_options(family: Family, fields: dict[str, Any], *, form: bo
     ``stream`` must be a JSON boolean (in a multipart ``form``, where every
     field is text, ``true`` or ``false``): an upstream that takes ``"true"``
     in JSON would stream without the usage chunk taximeter asks for. A
-    background response is answered before it runs, with no usage, so it
-    cannot be metered here.
+    background response is metered by a watcher once it has run, so it is
+    created without streaming (and may be streamed by its retrieval).
     """
     stream = fields.get("stream")
     valid = stream in ("true", "false") if form else isinstance(stream, bool)
@@ -59,9 +59,13 @@ def refuse_unmetered_options(family: Family, fields: dict[str, Any], *, form: bo
     options = fields.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise InvalidInput("'stream_options' must be an object", param="stream_options", status=400)
-    if family == "responses" and fields.get("background") not in (None, False):
+    background = fields.get("background")
+    if family == "responses" and background is not None and not isinstance(background, bool):
+        raise InvalidInput("'background' must be true or false", param="background", status=400)
+    if family == "responses" and background is True and stream is True:
         raise InvalidInput(
-            "background responses are not metered by taximeter; call without 'background'",
-            param="background",
+            "a streamed background response cannot be metered by taximeter; create it without "
+            "'stream' and stream it with GET /v1/responses/{id}?stream=true",
+            param="stream",
             status=400,
         )

@@ -26,9 +26,15 @@ from taximeter.pricing.batch_input import BatchInput, BatchInputReader
 from taximeter.pricing.models import OwnedObject
 from taximeter.proxy.errors import InvalidInput, RequestTooLarge, TaximeterError, UpstreamUnavailable
 from taximeter.proxy.gateway import auth
+from taximeter.proxy.gateway.bodies import (
+    TooLarge,
+    json_or_none,
+    read_at_most,
+    read_bounded,
+    response_headers,
+)
 from taximeter.proxy.gateway.objects import valid_id
 from taximeter.proxy.gateway.ownership import record_created
-from taximeter.proxy.gateway.relay import TooLarge, json_or_none, read_at_most, read_bounded, response_headers
 from taximeter.proxy.gateway.uploads import UploadReader, boundary_of
 from taximeter.proxy.gateway.upstreams import Upstream
 from taximeter.proxy.middleware import REQUEST_ID

@@ -408,14 +408,27 @@ class Meter:
             await asyncio.shield(self.release(probe.client_id, probe.request_id))
         self.held.pop(reservation.client_id, reservation.request_id)
 
+    async def hold_unchecked(self, reservation: Reservation) -> None:
+        """Hold a call that runs whatever the budget says (a Realtime response
+        the upstream started by itself): counted while it runs, settled as
+        any call is."""
+        try:
+            await self.gate.restore([reservation])
+            self.held.add(reservation, self.gate)
+        except StoreUnavailable:
+            try:
+                await self.fallback.restore([reservation])
+            except StoreUnavailable as exc:
+                raise MeteringUnavailable("neither the budget gate nor the store can be reached") from exc
+            self.held.add(reservation, self.fallback)
+
     async def hold_again(self, reservation: Reservation) -> None:
         """Hold a long-running call's reservation in every gate again until
         its (new) expiry: one a gate lost (Redis flushed, the process
         restarted) is held anew, one it has is not counted twice."""
-        for gate in (self.gate, self.fallback):
+        for gate in (self.gate, self.fallback):  # the fallback admits with it too, while the gate is down
             with contextlib.suppress(StoreUnavailable):
-                if gate is self.gate:
-                    await gate.restore([reservation])
+                await gate.restore([reservation])
                 await gate.extend([reservation])
 
     async def charge_late(self, event: UsageEvent, holds: tuple[Hold, ...]) -> None:

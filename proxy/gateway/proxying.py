@@ -38,6 +38,7 @@ from taximeter.proxy.errors import (
 from taximeter.proxy.gateway import auth
 from taximeter.proxy.gateway.audio import audio_seconds
 from taximeter.proxy.gateway.batches import create_batch, show_batch
+from taximeter.proxy.gateway.bodies import TooLarge, read_at_most
 from taximeter.proxy.gateway.edge import label, refuse_unmetered_options
 from taximeter.proxy.gateway.endpoints import DEFAULT_MODELS, Endpoint, find_endpoint
 from taximeter.proxy.gateway.exchange import check_model_allowed
@@ -54,10 +55,9 @@ from taximeter.proxy.gateway.forms import parse_form
 from taximeter.proxy.gateway.objects import ObjectRoute, object_route, referenced
 from taximeter.proxy.gateway.ownership import check_references, owned_route
 from taximeter.proxy.gateway.paths import canonical_path, upstream_path
+from taximeter.proxy.gateway.realtime import handle_realtime
 from taximeter.proxy.gateway.relay import (
     Relay,
-    TooLarge,
-    read_at_most,
     relay_audio,
     relay_events,
     relay_whole,
@@ -87,6 +87,8 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
         return await (upload_file if request.method == "POST" else list_files)(request, services)
     if path == "/v1/uploads" and request.method == "POST":
         return await create_upload(request, services)
+    if path == "/v1/realtime" and request.method == "GET":
+        return await handle_realtime(request, services)
     if path == "/v1/batches" and request.method in ("GET", "POST"):
         if request.method == "POST":
             return await create_batch(request, services)
@@ -113,7 +115,8 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
         named = await asyncio.to_thread(find) if off_loop else find()
         await check_references(services.objects, key.client_id, named)
         call.estimate = await _estimate(services, call, off_loop=off_loop)
-        await _admit(services, services.meter.reservation(call.estimate, key.terms))
+        call.reservation = services.meter.reservation(call.estimate, key.terms)
+        await _admit(services, call.reservation)
     except (BudgetExceeded, LimitReached, ModelNotPriced, ModelNotAllowed) as exc:
         reason = exc.reason if isinstance(exc, BudgetExceeded | LimitReached) else exc.code
         services.metrics.rejection(key.client_id, reason)

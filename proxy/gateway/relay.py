@@ -8,10 +8,8 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from typing import Any
 
 import aiohttp
-import orjson
 from aiohttp import web
 
 from taximeter.pricing.extract import extract_usage
@@ -20,6 +18,13 @@ from taximeter.pricing.stream_usage import StreamUsage
 from taximeter.pricing.usage import Usage
 from taximeter.proxy.errors import UpstreamUnavailable
 from taximeter.proxy.gateway.audio import audio_seconds
+from taximeter.proxy.gateway.background import is_background, watch_background
+from taximeter.proxy.gateway.bodies import (
+    TooLarge,
+    json_or_none,
+    read_bounded,
+    response_headers,
+)
 from taximeter.proxy.gateway.objects import created
 from taximeter.proxy.gateway.settling import CLIENT_CLOSED, Call, record_failure, record_lost, settle
 from taximeter.proxy.middleware import REQUEST_ID
@@ -27,8 +32,6 @@ from taximeter.proxy.services import Services
 
 __all__ = [
     "Relay",
-    "TooLarge",
-    "read_at_most",
     "relay_audio",
     "relay_events",
     "relay_whole",
@@ -37,22 +40,6 @@ __all__ = [
 
 log = logging.getLogger("taximeter.proxy")
 
-_DROP_RESPONSE = {
-    "connection",
-    "keep-alive",
-    "transfer-encoding",
-    "content-length",
-    "content-encoding",
-    "proxy-authenticate",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-    "set-cookie",
-    # The operator's account, not the tenant's business.
-    "openai-organization",
-    "openai-project",
-}
 MAX_AUDIO_CAPTURE = 64 * 1024 * 1024
 
 
@@ -62,19 +49,6 @@ def wants_injected_usage(call: Call) -> bool:
         return False
     options = call.fields.get("stream_options")
     return not (isinstance(options, dict) and options.get("include_usage") is True)
-
-
-def response_headers(upstream: aiohttp.ClientResponse, request_id: str) -> dict[str, str]:
-    """The upstream's headers a client may see: not hop-by-hop ones, not the
-    operator's account, and not the shared key's rate limits (x-ratelimit-*:
-    what every tenant together has left, and not this client's limits)."""
-    headers = {
-        k: v
-        for k, v in upstream.headers.items()
-        if k.lower() not in _DROP_RESPONSE and not k.lower().startswith("x-ratelimit-")
-    }
-    headers["X-Taximeter-Request-Id"] = request_id
-    return headers
 
 
 async def relay_whole(
@@ -99,6 +73,11 @@ async def relay_whole(
         # The upstream refused the call: free, unless its body reports usage.
         reported = extract_usage("chat", call.fields, parsed)
         usage = Usage() if reported.estimated else reported
+    elif is_background(call, upstream.status, parsed):  # charged once it has run, by a watcher
+        await watch_background(services, call, parsed)
+        return web.Response(
+            body=data, status=upstream.status, headers=response_headers(upstream, call.request_id)
+        )
     else:
         usage = extract_usage(call.endpoint.family, call.fields, parsed, file_seconds=call.upload_seconds)
         call.created = created(call.endpoint.family, call.fields, parsed)
@@ -259,37 +238,3 @@ class Relay:
             "stream_interrupted",
             extra={"request_id": self._request_id, "side": side, "error": type(exc).__name__},
         )
-
-
-class TooLarge(Exception):
-    pass
-
-
-async def read_bounded(upstream: aiohttp.ClientResponse, limit: int) -> bytes:
-    """The whole upstream body, or TooLarge once it passes ``limit`` bytes."""
-    if upstream.content_length is not None:  # the usual case: one read of a known size
-        if upstream.content_length > limit:
-            raise TooLarge
-        return await upstream.read()
-    return await read_at_most(upstream.content, limit)
-
-
-async def read_at_most(content: aiohttp.StreamReader, limit: int) -> bytes:
-    """A body read in pieces, or TooLarge once it passes ``limit`` bytes: a
-    hostile peer cannot make us hold more."""
-    chunks, size = [], 0
-    async for chunk in content.iter_chunked(256 * 1024):
-        size += len(chunk)
-        if size > limit:
-            raise TooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def json_or_none(data: bytes, content_type: str) -> Any:
-    if "json" not in content_type:
-        return None
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None

@@ -17,7 +17,7 @@ import aiohttp
 
 from taximeter.pricing.catalog import Catalog, ModelPrice
 from taximeter.pricing.charge import CallFacts, Tariff, charge
-from taximeter.pricing.models import OwnedObject, UsageEvent
+from taximeter.pricing.models import OwnedObject, Reservation, UsageEvent
 from taximeter.pricing.money import money_text
 from taximeter.pricing.usage import Usage
 from taximeter.proxy.gateway.endpoints import Endpoint
@@ -62,6 +62,7 @@ class Call:
     client_gone: asyncio.Event = field(default_factory=asyncio.Event)
     upstream: aiohttp.ClientResponse | None = None
     estimate: UsageEvent | None = None  # what was reserved; charged if the call ends unaccounted
+    reservation: Reservation | None = None  # as admitted
     reserved: Usage = field(default_factory=Usage)  # what estimate prices: the floor of a lost count
     upload_seconds: Decimal | None = None  # length of an uploaded audio file, read once
     settled: bool = False

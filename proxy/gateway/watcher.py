@@ -2,7 +2,7 @@
 ``sweep_interval_s``, for objects that keep running upstream after the call
 that made them (batches). Each due one is taken by one process at a time (a
 lease in the store) and looked at upstream: one still running is looked at
-again later, each time twice as late up to ``batch_check_max_s``; one that
+again later, each time twice as late up to ``watch_check_max_s``; one that
 has ended is charged and watched no more. A look that fails (the upstream or
 the store down) is tried again the same way.
 """
@@ -10,16 +10,19 @@ the store down) is tried again the same way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from datetime import timedelta
 
 from taximeter.pricing.models import Watch
 from taximeter.proxy.errors import MeteringUnavailable, TaximeterError
-from taximeter.proxy.gateway.batches import WATCH_LEASE, check_batch
+from taximeter.proxy.gateway.background import check_response
+from taximeter.proxy.gateway.batches import check_batch
+from taximeter.proxy.gateway.watching import WATCH_LEASE, hold_on
 from taximeter.proxy.services import Services
 from taximeter.store.base import StoreUnavailable
 
-__all__ = ["watch_due", "watch_forever"]
+__all__ = ["hold_all", "watch_due", "watch_forever"]
 
 log = logging.getLogger("taximeter.metering")
 
@@ -38,16 +41,21 @@ async def watch_due(services: Services) -> int:
 
 
 async def _look(services: Services, watch: Watch) -> int:
+    check = check_batch if watch.kind == "batch" else check_response
     try:
-        if await check_batch(services, watch):
+        if await check(services, watch):
             return 1
     except (TaximeterError, StoreUnavailable) as exc:
         log.warning(
             "watch_failed", extra={"object": watch.object_id, "client": watch.client_id, "error": str(exc)}
         )
+        await _hold_on_quietly(services, watch)
+    except Exception:  # a bug, or a reply no one foresaw: the others are still looked at
+        log.exception("watch_failed", extra={"object": watch.object_id, "client": watch.client_id})
+        await _hold_on_quietly(services, watch)
     checks = watch.checks + 1
     settings = services.settings
-    wait = min(settings.batch_check_s * 2 ** min(checks, 30), settings.batch_check_max_s)
+    wait = min(settings.watch_check_s * 2 ** min(checks, 30), settings.watch_check_max_s)
     try:
         await services.objects.check_again(
             watch.object_id, services.meter.clock() + timedelta(seconds=wait), checks
@@ -55,6 +63,19 @@ async def _look(services: Services, watch: Watch) -> int:
     except StoreUnavailable as exc:  # its lease runs out: looked at again then
         log.warning("watch_failed", extra={"object": watch.object_id, "error": str(exc)})
     return 0
+
+
+async def _hold_on_quietly(services: Services, watch: Watch) -> None:
+    """A look that failed still holds its reservation on for longer."""
+    with contextlib.suppress(Exception):
+        await hold_on(services, watch)
+
+
+async def hold_all(services: Services) -> None:
+    """Hold every watched object's reservation again: at start, a gate that
+    lives in this process (or a Redis that was emptied) holds none of them."""
+    for watch in await services.objects.all_watches():
+        await hold_on(services, watch)
 
 
 async def watch_forever(services: Services, interval_s: float) -> None:

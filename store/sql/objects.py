@@ -104,39 +104,60 @@ class SqlUpstreamObjects(SqlBase):
                 self.dialect.time_in(next_check_at),
             )
 
-    async def claim_watches(self, now: datetime, limit: int, lease: timedelta) -> list[Watch]:
+    async def claim_watches(
+        self, now: datetime, limit: int, lease: timedelta, *, object_id: str | None = None
+    ) -> list[Watch]:
+        at = self.dialect.time_in(now)
+        which, args = (
+            ("object_id = ?", [object_id]) if object_id is not None else ("next_check_at <= ?", [at])
+        )
         async with self.transaction() as conn:
             rows = await conn.fetchall(
-                f"SELECT {_WATCH_COLUMNS} FROM watches WHERE next_check_at <= ? "
+                f"SELECT {_WATCH_COLUMNS} FROM watches WHERE {which} "
+                "AND (lease_until IS NULL OR lease_until <= ?) "
                 f"ORDER BY next_check_at LIMIT ?{self.dialect.skip_locked}",
-                self.dialect.time_in(now),
+                *args,
+                at,
                 limit,
             )
             for row in rows:
                 await conn.execute(
-                    "UPDATE watches SET next_check_at = ? WHERE object_id = ?",
+                    "UPDATE watches SET lease_until = ? WHERE object_id = ?",
                     self.dialect.time_in(now + lease),
                     row["object_id"],
                 )
-        return [
-            Watch(
-                object_id=r["object_id"],
-                kind=r["kind"],
-                client_id=r["client_id"],
-                upstream=r["upstream"],
-                reservation=Reservation.from_json(r["reservation"]),
-                created_at=self.dialect.time_out(r["created_at"]),
-                checks=int(r["checks"]),
-            )
-            for r in rows
-        ]
+        return [self._watch(r) for r in rows]
+
+    async def all_watches(self) -> list[Watch]:
+        async with self.connection() as conn:
+            rows = await conn.fetchall(f"SELECT {_WATCH_COLUMNS} FROM watches ORDER BY created_at")
+        return [self._watch(r) for r in rows]
+
+    def _watch(self, row: Row) -> Watch:
+        return Watch(
+            object_id=row["object_id"],
+            kind=row["kind"],
+            client_id=row["client_id"],
+            upstream=row["upstream"],
+            reservation=Reservation.from_json(row["reservation"]),
+            created_at=self.dialect.time_out(row["created_at"]),
+            checks=int(row["checks"]),
+        )
 
     async def check_again(self, object_id: str, next_check_at: datetime, checks: int) -> None:
         async with self.transaction() as conn:
             await conn.execute(
-                "UPDATE watches SET next_check_at = ?, checks = ? WHERE object_id = ?",
+                "UPDATE watches SET next_check_at = ?, checks = ?, lease_until = NULL WHERE object_id = ?",
                 self.dialect.time_in(next_check_at),
                 checks,
+                object_id,
+            )
+
+    async def renew_watch(self, object_id: str, lease_until: datetime) -> None:
+        async with self.transaction() as conn:
+            await conn.execute(
+                "UPDATE watches SET lease_until = ? WHERE object_id = ?",
+                self.dialect.time_in(lease_until),
                 object_id,
             )
 

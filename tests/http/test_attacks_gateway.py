@@ -149,13 +149,24 @@ def answer(body: Any, status: int = 200) -> Any:
     return script
 
 
-async def test_background_responses_are_refused(proxy: Harness) -> None:
-    """Before: 20 background calls, 4M tokens upstream, tokens_used 0."""
-    key = await proxy.new_client("acme")
-    with pytest.raises(openai.BadRequestError) as caught:
-        await proxy.sdk(key).responses.create(model="gpt-4o", input="write a novel", background=True)
-    assert caught.value.body["param"] == "background"  # type: ignore[index]
-    assert proxy.upstream.received == []
+async def test_background_responses_cannot_run_past_the_budget(proxy: Harness) -> None:
+    """Before: 20 background calls, 4M tokens upstream, tokens_used 0. Now
+    each holds its reservation until it has run: the budget's worth start."""
+    key = await proxy.new_client("acme", mode="tokens", token_limit=5_000)
+    sdk = proxy.sdk(key)
+    started, refused = 0, 0
+    for _ in range(20):  # each reserves ~4,100 tokens (4,096 of output) while it runs
+        try:
+            await sdk.responses.create(model="gpt-4o", input="write a novel", background=True)
+            started += 1
+        except openai.RateLimitError:
+            refused += 1
+    assert (started, refused) == (2, 18)
+    assert len(proxy.upstream.running) == 2
+    with pytest.raises(openai.BadRequestError) as caught:  # streamed, it would end unmetered
+        await sdk.responses.create(model="gpt-4o", input="x", background=True, stream=True)
+    assert caught.value.body["param"] == "stream"  # type: ignore[index]
+    assert len(proxy.upstream.received) == 2
 
 
 @pytest.mark.parametrize(

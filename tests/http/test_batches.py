@@ -10,7 +10,9 @@ from typing import Any
 import openai
 import orjson
 import pytest
+import redis.asyncio as aioredis
 
+from taximeter.proxy.gateway.sweeper import sweep
 from taximeter.proxy.gateway.watcher import watch_due
 from taximeter.store.base import StoreUnavailable
 from tests.http.test_files import batch_lines, refused_unseen
@@ -34,8 +36,17 @@ def usd(value: Decimal | str) -> Decimal:
 
 async def ended_and_charged(proxy: Harness, clock: FakeClock) -> int:
     """Let the watcher look once more (its next look is due), after the upstream ends the batches."""
-    clock.advance(seconds=proxy.services.settings.batch_check_max_s + 1)
+    clock.advance(seconds=proxy.services.settings.watch_check_max_s + 1)
     return await watch_due(proxy.services)
+
+
+async def lines_charged(proxy: Harness, batch_id: str) -> list[dict[str, Any]]:
+    """The events of a batch's lines, by request id; the batch's own event
+    (its creation, free, in place of its reservation) checked and left out."""
+    events = [e for e in await proxy.events() if e["batch_id"] == batch_id]
+    own = [e for e in events if "/" not in e["request_id"]]
+    assert len(own) == 1 and usd(own[0]["cost_usd"]) == 0 and not own[0]["estimated"], own
+    return sorted((e for e in events if "/" in e["request_id"]), key=lambda e: str(e["request_id"]))
 
 
 async def uploaded(sdk: openai.AsyncOpenAI, data: bytes) -> str:
@@ -59,7 +70,7 @@ async def test_a_batch_is_charged_line_by_line_at_batch_prices(proxy: Harness, c
     assert done.status == "completed" and done.output_file_id is not None
     output = (await acme.files.content(done.output_file_id)).content
     assert [orjson.loads(x)["custom_id"] for x in output.splitlines()] == ["line-0", "line-1", "line-2"]
-    events = sorted(await proxy.events("acme"), key=lambda e: e["request_id"])
+    events = await lines_charged(proxy, batch.id)
     assert [e["request_id"] for e in events] == [f"{batch.id}/line-{i}" for i in range(3)]
     for event in events:
         assert (event["batch_id"], usd(event["cost_usd"]), event["estimated"]) == (
@@ -123,7 +134,7 @@ async def test_a_cancelled_batch_charges_its_completed_lines_only(proxy: Harness
     proxy.upstream.run_batches(completed=3, failing=frozenset({1}))
     assert await ended_and_charged(proxy, clock) == 1
     assert (await acme.batches.retrieve(batch.id)).status == "cancelled"
-    events = {e["request_id"]: e for e in await proxy.events("acme")}
+    events = {e["request_id"]: e for e in await lines_charged(proxy, batch.id)}
     assert set(events) == {f"{batch.id}/line-{i}" for i in range(3)}
     assert usd(events[f"{batch.id}/line-1"]["cost_usd"]) == 0  # refused by the upstream: free
     assert events[f"{batch.id}/line-1"]["status"] == 400
@@ -156,8 +167,8 @@ async def test_embedding_batches_are_charged_as_embeddings(proxy: Harness, clock
     )
     proxy.upstream.run_batches()
     assert await ended_and_charged(proxy, clock) == 1
-    events = await proxy.events("acme")
-    assert sorted(e["request_id"] for e in events) == [f"{batch.id}/e0", f"{batch.id}/e1"]
+    events = await lines_charged(proxy, batch.id)
+    assert [e["request_id"] for e in events] == [f"{batch.id}/e0", f"{batch.id}/e1"]
     assert {(e["api_type"], usd(e["cost_usd"])) for e in events} == {("embeddings", usd(EMBED_LINE))}
 
 
@@ -212,7 +223,7 @@ async def test_two_watchers_charge_each_line_once(make_proxy: Any, clock: FakeCl
         input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
     )
     first.upstream.run_batches()
-    clock.advance(seconds=first.services.settings.batch_check_max_s + 1)
+    clock.advance(seconds=first.services.settings.watch_check_max_s + 1)
 
     # The first watcher charges every line, then dies before it is done with
     # the batch; the second charges it all again, and nothing twice.
@@ -222,12 +233,95 @@ async def test_two_watchers_charge_each_line_once(make_proxy: Any, clock: FakeCl
     first.services.objects.end_watch = dies  # type: ignore[method-assign]
     assert await watch_due(first.services) == 0
     assert await watch_due(second.services) == 0  # leased by the first one meanwhile
-    clock.advance(seconds=first.services.settings.batch_check_max_s + 1)
+    clock.advance(seconds=first.services.settings.watch_check_max_s + 1)
     assert await watch_due(second.services) == 1
-    events = await second.events("acme")
-    assert sorted(e["request_id"] for e in events) == [f"{batch.id}/line-{i}" for i in range(4)]
+    events = await lines_charged(second, batch.id)
+    assert [e["request_id"] for e in events] == [f"{batch.id}/line-{i}" for i in range(4)]
     await second.services.meter.feedback.close()
     await first.services.meter.feedback.close()
     assert usd((await second.status("acme"))["cost_used"]) == sum(usd(e["cost"]) for e in events)
     assert {usd(e["cost_usd"]) for e in events} == {usd(MINI_BATCH_LINE)}
     await second.assert_ledger_matches_counters()
+
+
+async def test_a_running_batch_is_held_again_where_the_gate_lost_it(
+    make_proxy: Any, backend: dict[str, str], clock: FakeClock
+) -> None:
+    first: Harness = await make_proxy()
+    key = await first.new_client("acme", mode="cost", cost_limit="0.05")  # one batch fits, as above
+    acme = first.sdk(key)
+    held = await uploaded(acme, batch_lines(20, max_tokens=1000))
+    other = await uploaded(acme, batch_lines(20, max_tokens=1000))
+    await acme.batches.create(input_file_id=held, endpoint="/v1/chat/completions", completion_window="24h")
+    if "redis_url" in backend:  # Redis lost everything
+        redis = aioredis.Redis.from_url(backend["redis_url"])
+        try:
+            await redis.delete(*[k async for k in redis.scan_iter(match=f"{backend['redis_prefix']}*")])
+        finally:
+            await redis.aclose()
+    # A process started later (on the embedded default, a restart: its gate
+    # holds nothing) holds it again before its first call, before any look.
+    second: Harness = await make_proxy()
+    with pytest.raises(openai.RateLimitError):
+        await second.sdk(key).batches.create(
+            input_file_id=other, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+
+
+async def test_an_ended_batch_is_charged_when_its_owner_looks_and_leaves_nothing_behind(
+    proxy: Harness, clock: FakeClock
+) -> None:
+    acme = proxy.sdk(await proxy.new_client("acme", mode="cost", cost_limit="5.00"))
+    status, _ = await proxy.admin(
+        "PUT",
+        "/admin/clients/acme/limits",
+        {
+            "limits": [
+                {
+                    "name": "mini",
+                    "metric": "tokens",
+                    "limit": 10**6,
+                    "window": "daily",
+                    "models": ["gpt-4o-mini"],
+                }
+            ]
+        },
+    )
+    assert status == 200
+    batch = await acme.batches.create(
+        input_file_id=await uploaded(acme, batch_lines(3)),
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+    proxy.upstream.run_batches()
+    done = await acme.batches.retrieve(batch.id)  # no watcher has looked: charged now, then shown
+    assert done.status == "completed" and done.output_file_id is not None
+    assert len(await lines_charged(proxy, batch.id)) == 3
+    # A line is recorded under the model its request named (the response
+    # names its dated snapshot), so a limit on that model counts it.
+    _, shown = await proxy.admin("GET", "/admin/clients/acme/limits")
+    [limit] = shown["data"]
+    assert (int(limit["used"]), int(limit["reserved"])) == (3 * (CHAT["prompt"] + CHAT["completion"]), 0)
+    assert {e["model"] for e in await lines_charged(proxy, batch.id)} == {"gpt-4o-mini"}
+    # Long after, nothing of it is left to charge: not its reservation, not its watch.
+    clock.advance(seconds=proxy.services.settings.watch_hold_s + 3600)
+    assert await sweep(proxy.services.meter) == 0
+    assert await watch_due(proxy.services) == 0
+    assert len(await proxy.events("acme")) == 4  # three lines and the batch's own free event
+
+
+async def test_a_batchs_files_are_its_owners_once_its_lines_are_charged(
+    proxy: Harness, clock: FakeClock
+) -> None:
+    acme = proxy.sdk(await proxy.new_client("acme"))
+    batch = await acme.batches.create(
+        input_file_id=await uploaded(acme, batch_lines(2)),
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+    proxy.upstream.run_batches()
+    output = proxy.upstream.batches[batch.id]["output_file_id"]
+    # Ended upstream, not yet charged: its output cannot be deleted unread.
+    await refused_unseen(proxy, acme.files.delete(output))
+    assert await ended_and_charged(proxy, clock) == 1
+    assert len((await acme.files.content(output)).content.splitlines()) == 2

@@ -30,6 +30,16 @@ TRANSCRIBE_TOKENS = {"audio": 700, "text": 20, "output": 100}
 IMAGE_TOKENS = {"text": 30, "image": 0, "output": 4160}
 STREAM_PIECES = ["Hel", "lo", " there", "!"]
 TTS_WAV_SECONDS = 2.5
+# Usage of each Realtime response: tokens in (of them audio, cached, cached audio) and out (of them audio).
+REALTIME = {
+    "input": 1300,
+    "input_audio": 1000,
+    "cached": 200,
+    "cached_audio": 100,
+    "output": 600,
+    "output_audio": 500,
+}
+REALTIME_DELTAS = 5  # audio deltas each Realtime response streams before its response.done
 UPSTREAM_KEY = "sk-upstream-SENTINEL-5f2c"
 # Headers OpenAI sends that name the operator's account: a tenant must never see them.
 ACCOUNT_HEADERS = {
@@ -81,10 +91,16 @@ class FakeUpstream:
     files: dict[str, tuple[dict[str, Any], bytes]] = field(default_factory=dict)
     uploads: dict[str, dict[str, Any]] = field(default_factory=dict)  # the object, and its parts' bytes
     batches: dict[str, dict[str, Any]] = field(default_factory=dict)  # Batch objects, run by run_batches
+    running: dict[str, dict[str, Any]] = field(default_factory=dict)  # background responses, as they will end
+    # Realtime: what each socket's client sent (parsed), and an event a
+    # response waits on after its first audio delta (None: it does not wait).
+    realtime_sent: list[dict[str, Any]] = field(default_factory=list)
+    realtime_hold: asyncio.Event | None = None
     _arrived: asyncio.Condition = field(default_factory=asyncio.Condition, init=False, repr=False)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_get("/v1/realtime", self._realtime)
         app.router.add_route("*", "/v1/{tail:.*}", self._handle)
         app.on_response_prepare.append(_account_headers)
         return app
@@ -120,7 +136,7 @@ class FakeUpstream:
             return self._batch(request, batch_path.group(1), batch_path.group(2))
         stored = _STORED_PATH.fullmatch(request.path)
         if stored is not None:
-            return self._stored_object(request, stored.group(1), stored.group(2), stored.group(3))
+            return await self._stored_object(request, stored.group(1), stored.group(2), stored.group(3))
         handler = getattr(self, "_" + request.path.removeprefix("/v1/").replace("/", "_"), None)
         if handler is None:
             return _error(404, f"Unknown path {request.path}", "unknown_url")
@@ -208,6 +224,81 @@ class FakeUpstream:
         if tail == "content":
             return web.Response(body=found[1], content_type="application/octet-stream")
         return web.json_response(found[0])
+
+    # -- realtime ------------------------------------------------------------------------
+
+    async def _realtime(self, request: web.Request) -> web.StreamResponse:
+        self.received.append(Received(request.method, request.path, dict(request.headers), b""))
+        if request.headers.get("Authorization") != f"Bearer {UPSTREAM_KEY}":
+            return _error(401, "Incorrect API key provided", "invalid_api_key")
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        model = request.query.get("model", "gpt-realtime")
+        await ws.send_json(
+            {"type": "session.created", "event_id": "event_0", "session": {"id": "sess_1", "model": model}}
+        )
+        async for msg in ws:
+            if msg.type != web.WSMsgType.TEXT:
+                continue
+            event = json.loads(msg.data)
+            self.realtime_sent.append(event)
+            # A committed audio buffer is a turn the server answers by itself
+            # (voice activity detection), as a response.create is asked for.
+            if event.get("type") in ("response.create", "input_audio_buffer.commit"):
+                await self._realtime_response(ws)
+        return ws
+
+    async def _realtime_response(self, ws: web.WebSocketResponse) -> None:
+        response_id = f"resp_{uuid.uuid4().hex[:20]}"
+        started = {
+            "id": response_id,
+            "object": "realtime.response",
+            "status": "in_progress",
+            "output": [],
+            "usage": None,
+        }
+        await ws.send_json(
+            {"type": "response.created", "event_id": f"event_{response_id}_0", "response": started}
+        )
+        for i in range(REALTIME_DELTAS):
+            delta = base64.b64encode(b"\x00\x01" * 2400).decode()  # 100 ms of pcm16 at 24 kHz
+            await ws.send_json(
+                {
+                    "type": "response.output_audio.delta",
+                    "event_id": f"event_{response_id}_{i + 1}",
+                    "response_id": response_id,
+                    "item_id": "item_1",
+                    "output_index": 0,
+                    "content_index": 0,
+                    "delta": delta,
+                }
+            )
+            if i == 0 and self.realtime_hold is not None:
+                await self.realtime_hold.wait()
+        usage = {
+            "total_tokens": REALTIME["input"] + REALTIME["output"],
+            "input_tokens": REALTIME["input"],
+            "output_tokens": REALTIME["output"],
+            "input_token_details": {
+                "text_tokens": REALTIME["input"] - REALTIME["input_audio"],
+                "audio_tokens": REALTIME["input_audio"],
+                "image_tokens": 0,
+                "cached_tokens": REALTIME["cached"],
+                "cached_tokens_details": {
+                    "text_tokens": REALTIME["cached"] - REALTIME["cached_audio"],
+                    "audio_tokens": REALTIME["cached_audio"],
+                    "image_tokens": 0,
+                },
+            },
+            "output_token_details": {
+                "text_tokens": REALTIME["output"] - REALTIME["output_audio"],
+                "audio_tokens": REALTIME["output_audio"],
+            },
+        }
+        done = {**started, "status": "completed", "usage": usage}
+        await ws.send_json(
+            {"type": "response.done", "event_id": f"event_{response_id}_done", "response": done}
+        )
 
     # -- batches ------------------------------------------------------------------------
 
@@ -314,7 +405,7 @@ class FakeUpstream:
             batch.update(status=status, completed_at=1741610000)
             batch["request_counts"] = {"total": len(lines), "completed": len(out), "failed": len(errors)}
 
-    def _stored_object(
+    async def _stored_object(
         self, request: web.Request, collection: str, object_id: str, tail: str | None
     ) -> web.StreamResponse:
         found = self.stored.get(object_id)
@@ -328,8 +419,26 @@ class FakeUpstream:
         if tail == "input_items" or tail == "messages":
             return web.json_response({"object": "list", "data": [], "has_more": False})
         if tail == "cancel":
+            if object_id in self.running:  # a background response stops where it is
+                del self.running[object_id]
+                found.update(status="cancelled")
             return web.json_response({**found, "status": "cancelled"})
+        if request.query.get("stream") == "true":  # a streamed retrieval: the events from the start
+            events = [
+                ("response.created", {"type": "response.created", "sequence_number": 0, "response": found}),
+                (
+                    "response.completed",
+                    {"type": "response.completed", "sequence_number": 1, "response": found},
+                ),
+            ]
+            return await self._sse(request, events, done=False)
         return web.json_response(found)
+
+    def finish_background(self) -> None:
+        """Every background response still running ends, completed."""
+        for response_id, final in self.running.items():
+            self.stored[response_id] = final
+        self.running.clear()
 
     async def _chat_completions(self, request: web.Request, body: bytes) -> web.StreamResponse:
         payload = json.loads(body)
@@ -410,6 +519,11 @@ class FakeUpstream:
         if previous is not None and previous not in self.stored:
             return _error(400, f"Previous response with id '{previous}' not found.", None)
         response = _response_object(payload["model"])
+        if payload.get("background") is True:  # answered at once, queued: run by finish_background
+            queued = {**response, "status": "queued", "usage": None, "output": [], "background": True}
+            self.stored[response["id"]] = queued
+            self.running[response["id"]] = {**response, "background": True}
+            return web.json_response(queued)
         if payload.get("store") is not False:
             self.stored[response["id"]] = response
         if not payload.get("stream"):

@@ -142,6 +142,57 @@ async def test_proxy_killed_mid_stream_is_charged_by_the_survivor(
         await asyncio.gather(doomed.stop(), survivor.stop())
 
 
+async def test_proxy_killed_mid_realtime_response_is_charged_by_the_survivor(
+    aiohttp_server: Any, tmp_path: Path, empty_pg_url: str, redis_prefix: str
+) -> None:
+    fake = FakeUpstream(realtime_hold=asyncio.Event())  # each response stalls after its first audio delta
+    upstream = await aiohttp_server(fake.app())
+    settings = {
+        "database_url": empty_pg_url,
+        "redis_url": REDIS_URL,
+        "redis_prefix": redis_prefix,
+        "upstream_timeout_s": "2",
+        "reservation_grace_s": "1",
+        "sweep_interval_s": "0.2",
+    }
+    doomed, survivor = (Deployment(tmp_path, str(upstream.make_url("/v1")), **settings) for _ in range(2))
+    try:
+        key = await doomed.new_client("acme", "--mode", "cost", "--cost", "50")
+        await asyncio.gather(doomed.start(), survivor.start())
+        async with aiohttp.ClientSession() as http:
+            ws = await http.ws_connect(
+                f"{doomed.url}/v1/realtime?model=gpt-realtime", headers={"Authorization": f"Bearer {key}"}
+            )
+            await ws.send_json({"type": "response.create"})
+            async for msg in ws:
+                if '"response.output_audio.delta"' in msg.data:
+                    break
+            await doomed.kill()  # mid-response
+        store = await open_store(empty_pg_url)
+        try:
+            for _ in range(100):  # the survivor's sweeper charges it once the reservation expires (~3 s)
+                events = await store.list_events("acme", 10)
+                if events:
+                    break
+                await asyncio.sleep(0.1)
+            [charged] = events
+            assert (charged.estimated, charged.api_type, charged.model) == (True, "realtime", "gpt-realtime")
+            # As reserved: nothing said yet, and the output allowance (4096) as audio at $64 / 1M, x 5 BRL.
+            assert (charged.input_tokens, charged.output_tokens) == (0, 4096)
+            assert charged.cost == 4096 * Decimal(64) / 1_000_000 * 5
+            state = await store.get_budget("acme", datetime.now(UTC))
+            assert state is not None
+            assert await store.ledger_totals("acme", state.period_start) == (
+                state.tokens_used,
+                state.cost_used_nanos,
+            )
+        finally:
+            await store.close()
+    finally:
+        fake.realtime_hold.set()  # type: ignore[union-attr]
+        await asyncio.gather(doomed.stop(), survivor.stop())
+
+
 @pytest.mark.parametrize("backend", ["production"], indirect=True)
 async def test_postgres_restarted_mid_traffic_loses_and_doubles_nothing(
     make_proxy: Any, backend: dict[str, str]

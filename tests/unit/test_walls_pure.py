@@ -81,7 +81,7 @@ def test_labels_pass_plain_text_and_absence() -> None:
         ("chat", {"stream": "true"}, "stream"),
         ("chat", {"stream": 1}, "stream"),
         ("chat", {"stream": True, "stream_options": "yes"}, "stream_options"),
-        ("responses", {"background": True}, "background"),
+        ("responses", {"background": True, "stream": True}, "stream"),
         ("responses", {"background": "true"}, "background"),
     ],
 )

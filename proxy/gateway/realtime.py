@@ -1,0 +1,358 @@
+"""The Realtime API over WebSocket (spec section 4b): ``GET /v1/realtime``
+proxied both ways, frame by frame.
+
+The client is admitted at connect (a paused or spent client is refused before
+the upstream is dialled). Every response the session makes - one a client's
+``response.create`` asks for, or one the server starts by itself (voice
+activity) - holds a reservation while it runs: asked for by the client, it
+is admitted before the event goes upstream; started by the server, when its
+``response.created`` arrives. Each ``response.done`` is charged from its
+usage (text, audio and cached tokens at their own prices, api_type
+``realtime``). When the budget or a limit refuses a response, the client
+gets an ``error`` event (code ``budget_exceeded``) and the socket is closed
+once no response of it runs any more. A socket that ends while a response
+runs charges that response as reserved, flagged ``estimated``; one whose
+process dies is charged so by the sweeper of any process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from taximeter.pricing.catalog import ModelPrice
+from taximeter.pricing.charge import CallFacts, Tariff, charge
+from taximeter.pricing.extract import parse_usage
+from taximeter.pricing.models import ApiKey, Reservation
+from taximeter.pricing.usage import Usage
+from taximeter.proxy.errors import BudgetExceeded, InvalidInput, LimitReached, UpstreamUnavailable
+from taximeter.proxy.gateway import auth
+from taximeter.proxy.gateway.edge import label
+from taximeter.proxy.gateway.exchange import check_model_allowed
+from taximeter.proxy.gateway.limit_watch import watch_limits
+from taximeter.proxy.gateway.settling import CLIENT_CLOSED
+from taximeter.proxy.gateway.upstreams import Upstream
+from taximeter.proxy.middleware import REQUEST_ID
+from taximeter.proxy.services import Services
+
+__all__ = ["handle_realtime"]
+
+log = logging.getLogger("taximeter.proxy")
+
+ENDPOINT = "/v1/realtime"
+# Audio a client appends is pcm16 at 24 kHz, base64: about 10 tokens a second
+# (https://platform.openai.com/docs/guides/realtime-costs), so about one
+# token per 6,400 base64 characters; a text item, one per 4 characters.
+_B64_CHARS_PER_AUDIO_TOKEN = 6_400
+_CHARS_PER_TOKEN = 4
+_HEADERS = ("openai-beta", "user-agent")  # passed upstream; the client's key never is
+
+
+async def handle_realtime(request: web.Request, services: Services) -> web.StreamResponse:
+    """``GET /v1/realtime?model=...``: a WebSocket session, metered per response."""
+    key = await auth.authenticate(request, services.keys)
+    meter = services.meter
+    model = label(request.query.get("model"), "model", required=True)
+    assert model is not None  # required
+    check_model_allowed(model, key.terms)
+    upstream = services.router.pick(model)
+    price = meter.resolve_price(model, True, upstream.provider)
+    end_user = label(request.headers.get("X-Taximeter-End-User"), "X-Taximeter-End-User")
+    if request.headers.get("Upgrade", "").lower() != "websocket":
+        raise InvalidInput(
+            "/v1/realtime is a WebSocket: connect with an Upgrade: websocket request", status=400
+        )
+    await meter.precheck(key.client_id, request[REQUEST_ID])  # a paused or spent client is refused now
+    session = _Session(
+        services=services,
+        key=key,
+        model=model,
+        price=price,
+        upstream=upstream,
+        tariff=await meter.rates.tariff(key.terms),
+        request_id=request[REQUEST_ID],
+        end_user=end_user,
+    )
+    up = await _dial(services, request, upstream)
+    ws = web.WebSocketResponse(max_msg_size=services.settings.max_body_bytes, autoping=True)
+    try:
+        await ws.prepare(request)
+        await services.shielded(session.run(ws, up))
+    finally:
+        await up.close()
+    return ws
+
+
+async def _dial(
+    services: Services, request: web.Request, upstream: Upstream
+) -> aiohttp.ClientWebSocketResponse:
+    headers = {k: v for k in _HEADERS if (v := request.headers.get(k)) is not None}
+    headers.update(upstream.credentials())
+    _, _, query = request.raw_path.partition("?")
+    try:
+        return await services.session.ws_connect(
+            upstream.url(ENDPOINT, query), headers=headers, max_msg_size=services.settings.max_response_bytes
+        )
+    except aiohttp.WSServerHandshakeError as exc:
+        raise UpstreamUnavailable(
+            f"upstream {upstream.name} refused the Realtime session ({exc.status})"
+        ) from exc
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise UpstreamUnavailable(f"upstream {upstream.name} is unreachable: {type(exc).__name__}") from exc
+
+
+@dataclass
+class _Session:
+    services: Services
+    key: ApiKey
+    model: str
+    price: ModelPrice | None
+    upstream: Upstream
+    tariff: Tariff
+    request_id: str
+    end_user: str | None
+    asked: deque[Reservation] = field(default_factory=deque)  # response.create sent, not yet started
+    running: dict[str, Reservation] = field(default_factory=dict)  # by response id
+    closing: bool = False  # refused once: closed when no response runs
+    responses: int = 0
+    context_tokens: int = 0  # what the conversation holds so far (an estimate, until a response tells)
+    max_output: int | None = None  # the session's max_output_tokens
+
+    async def run(self, ws: web.WebSocketResponse, up: aiohttp.ClientWebSocketResponse) -> None:
+        pumps = [
+            asyncio.create_task(self._from_client(ws, up), name="taximeter-realtime-in"),
+            asyncio.create_task(self._from_upstream(ws, up), name="taximeter-realtime-out"),
+        ]
+        try:
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for pump in pumps:
+                pump.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+            await up.close()
+            await ws.close()
+            await self._charge_unfinished()
+
+    # -- client to upstream ----------------------------------------------------------
+
+    async def _from_client(self, ws: web.WebSocketResponse, up: aiohttp.ClientWebSocketResponse) -> None:
+        async for msg in ws:
+            if msg.type == aiohttp.WSMsgType.BINARY:
+                await up.send_bytes(msg.data)
+                continue
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                return
+            event = _event(msg.data)
+            kind = event.get("type")
+            if kind == "response.create":
+                if not await self._ask(ws, event):
+                    continue  # refused: never sent upstream
+            else:
+                self._note(kind, event)
+            await up.send_str(msg.data)
+
+    def _note(self, kind: Any, event: dict[str, Any]) -> None:
+        """What a client event adds to the conversation (for the next estimate)."""
+        if kind == "input_audio_buffer.append" and isinstance(event.get("audio"), str):
+            self.context_tokens += len(event["audio"]) // _B64_CHARS_PER_AUDIO_TOKEN
+        elif kind == "conversation.item.create":
+            self.context_tokens += len(orjson.dumps(event.get("item"))) // _CHARS_PER_TOKEN
+        elif kind == "session.update" and isinstance(event.get("session"), dict):
+            session = event["session"]
+            self.context_tokens += len(str(session.get("instructions") or "")) // _CHARS_PER_TOKEN
+            self.max_output = _max_output(session, self.max_output)
+
+    async def _ask(self, ws: web.WebSocketResponse, event: dict[str, Any]) -> bool:
+        """Reserve a response the client asks for; False (and the client
+        told, the socket closing) when its budget or a limit refuses it."""
+        if self.closing:
+            await _refusal(ws, "this session's budget is spent: no response is started")
+            return False
+        asked = event.get("response")
+        max_output = _max_output(asked, self.max_output) if isinstance(asked, dict) else self.max_output
+        try:
+            self.asked.append(await self._reserve(max_output, admitted=True))
+        except (BudgetExceeded, LimitReached) as exc:
+            self.services.metrics.rejection(self.key.client_id, exc.reason)
+            self.closing = True
+            await _refusal(ws, exc.message)
+            if not self.running and not self.asked:
+                await ws.close()
+            return False
+        return True
+
+    # -- upstream to client ----------------------------------------------------------
+
+    async def _from_upstream(self, ws: web.WebSocketResponse, up: aiohttp.ClientWebSocketResponse) -> None:
+        async for msg in up:
+            if msg.type == aiohttp.WSMsgType.BINARY:
+                await ws.send_bytes(msg.data)
+                continue
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                return
+            event = _event(msg.data)
+            kind = event.get("type")
+            response = event.get("response")
+            response_id = response.get("id") if isinstance(response, dict) else None
+            if kind == "response.created" and isinstance(response_id, str):
+                await self._started(ws, response_id)
+            await ws.send_str(msg.data)
+            if kind == "response.done" and isinstance(response, dict):
+                # Charged whatever happens to this socket meanwhile.
+                await self.services.shielded(self._done(response_id, response))
+                if self.closing and not self.running and not self.asked:
+                    return  # the response that ran when it was refused has ended: close
+
+    async def _started(self, ws: web.WebSocketResponse, response_id: str) -> None:
+        if self.asked:
+            self.running[response_id] = self.asked.popleft()
+            return
+        # Started by the server itself (voice activity): reserved now; a refusal
+        # cannot stop it upstream, so it runs, is charged, and the session ends.
+        try:
+            self.running[response_id] = await self._reserve(self.max_output, admitted=True)
+        except (BudgetExceeded, LimitReached) as exc:
+            self.services.metrics.rejection(self.key.client_id, exc.reason)
+            self.closing = True
+            await _refusal(ws, exc.message)
+            self.running[response_id] = await self._reserve(self.max_output, admitted=False)
+
+    async def _done(self, response_id: Any, response: dict[str, Any]) -> None:
+        reservation = self.running.pop(response_id, None) if isinstance(response_id, str) else None
+        if reservation is None:
+            if not self.asked:
+                log.warning("realtime_response_unknown", extra={"request_id": self.request_id})
+                reservation = await self._reserve(self.max_output, admitted=False)
+            else:
+                reservation = self.asked.popleft()
+        reported = parse_usage(response.get("usage"))
+        usage = reported if reported is not None else Usage(estimated=True)
+        status = 200 if response.get("status") in ("completed", "incomplete", None) else CLIENT_CLOSED
+        if not usage.estimated:
+            self.context_tokens = usage.input_tokens + usage.output_tokens
+        await self._settle(reservation, usage, status)
+
+    # -- money -----------------------------------------------------------------------
+
+    def _facts(self, request_id: str, reserved: Usage) -> CallFacts:
+        return CallFacts(
+            request_id=request_id,
+            client_id=self.key.client_id,
+            api_type="realtime",
+            model=self.model,
+            endpoint=ENDPOINT,
+            family="chat",
+            price=self.price,
+            end_user=self.end_user,
+            reserved=reserved,
+            upstream=self.upstream.name,
+            regional=self.upstream.regional,
+        )
+
+    async def _reserve(self, max_output: int | None, *, admitted: bool) -> Reservation:
+        """A reservation for the session's next response: the conversation so
+        far in (as audio, the dearest), ``max_output`` (or the default) out as
+        audio. ``admitted``: held only if the budget and limits admit it, else
+        raised; not: held without asking (a response that runs regardless)."""
+        meter = self.services.meter
+        settings = self.services.settings
+        self.responses += 1
+        out = max_output or settings.reserve_output_tokens
+        estimate = Usage(
+            input_tokens=self.context_tokens,
+            audio_input_tokens=self.context_tokens,
+            output_tokens=out,
+            audio_output_tokens=out,
+            estimated=True,
+        )
+        request_id = f"{self.request_id}:{self.responses}"
+        event = charge(self._facts(request_id, estimate), estimate, 0, self.tariff, meter.clock())
+        reservation = meter.reservation(event, self.key.terms)
+        if admitted:
+            await meter.admit(reservation)
+        else:
+            await meter.hold_unchecked(reservation)
+        return reservation
+
+    async def _settle(self, reservation: Reservation, usage: Usage, status: int) -> None:
+        meter = self.services.meter
+        reserved = Usage(
+            input_tokens=reservation.event.input_tokens,
+            audio_input_tokens=reservation.event.input_tokens,
+            output_tokens=reservation.event.output_tokens,
+            audio_output_tokens=reservation.event.output_tokens,
+            estimated=True,
+        )
+        event = charge(
+            self._facts(reservation.request_id, reserved), usage, status, self.tariff, meter.clock()
+        )
+        counted = await meter.settle(event)
+        self.services.metrics.call(event)
+        if counted:
+            await watch_limits(self.services, event, counted)
+
+    async def _charge_unfinished(self) -> None:
+        """The socket ended: responses that ran (or were asked for and may
+        have) are charged as reserved, flagged estimated."""
+        unfinished = list(self.running.values()) + list(self.asked)
+        self.running.clear()
+        self.asked.clear()
+        for reservation in unfinished:
+            event = replace(
+                reservation.event,
+                status=CLIENT_CLOSED,
+                estimated=True,
+                created_at=self.services.meter.clock(),
+            )
+            log.warning(
+                "realtime_response_cut", extra={"request_id": event.request_id, "client": event.client_id}
+            )
+            with contextlib.suppress(Exception):
+                counted = await self.services.meter.settle(event)
+                self.services.metrics.call(event)
+                if counted:
+                    await watch_limits(self.services, event, counted)
+
+
+def _event(data: str) -> dict[str, Any]:
+    try:
+        event = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return {}
+    return event if isinstance(event, dict) else {}
+
+
+def _max_output(settings: Any, default: int | None) -> int | None:
+    """The output cap a session or response sets (GA or beta name); "inf": none."""
+    if not isinstance(settings, dict):
+        return default
+    for name in ("max_output_tokens", "max_response_output_tokens"):
+        value = settings.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+        if value == "inf":
+            return None
+    return default
+
+
+async def _refusal(ws: web.WebSocketResponse, message: str) -> None:
+    """An ``error`` event as the Realtime API sends them."""
+    error = {
+        "type": "insufficient_quota",
+        "code": "budget_exceeded",
+        "message": message,
+        "param": None,
+        "event_id": None,
+    }
+    with contextlib.suppress(ConnectionError, RuntimeError):
+        await ws.send_str(
+            orjson.dumps({"type": "error", "event_id": "event_taximeter", "error": error}).decode()
+        )

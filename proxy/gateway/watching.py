@@ -1,0 +1,74 @@
+"""What every watched object shares (a batch, a background response): held
+for longer at each look while it runs, and once it has ended, charged, its
+reservation let go and its watch ended, in that order, so a watcher that
+dies at any step leaves the next one (in any process) all it needs."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from datetime import timedelta
+
+from taximeter.pricing import limits
+from taximeter.pricing.charge import Tariff
+from taximeter.pricing.models import Terms, Watch
+from taximeter.proxy.services import Services
+
+__all__ = ["WATCH_LEASE", "charge_estimate", "done_with", "hold_on", "tariff_of", "terms_of"]
+
+log = logging.getLogger("taximeter.proxy")
+
+# A watcher's hold on what it checks, longer than any one upstream call: another takes it after.
+WATCH_LEASE = timedelta(minutes=15)
+_NO_TERMS = Terms()
+
+
+async def hold_on(services: Services, watch: Watch) -> None:
+    """It still runs: its reservation is held in every gate for another ``watch_hold_s``."""
+    meter = services.meter
+    expires = meter.clock() + timedelta(seconds=services.settings.watch_hold_s)
+    await meter.hold_again(replace(watch.reservation, expires_at=expires))
+
+
+async def done_with(services: Services, watch: Watch) -> None:
+    """It is charged: once the gate has counted what was charged, its
+    reservation is let go and it is watched no more."""
+    meter = services.meter
+    await meter.ledger.flush()
+    await meter.feedback.close()
+    await meter.release(watch.client_id, watch.reservation.request_id)
+    await services.objects.end_watch(watch.object_id)
+
+
+async def charge_estimate(services: Services, watch: Watch, why: str) -> None:
+    """One whose outcome cannot be read (its upstream is gone, or no longer
+    knows it): charged as reserved, flagged ``estimated``."""
+    log.error(
+        "watched_charged_as_reserved",
+        extra={"object": watch.object_id, "client": watch.client_id, "why": why},
+    )
+    meter = services.meter
+    now = meter.clock()
+    event = replace(watch.reservation.event, status=502, created_at=now)
+    terms = await terms_of(services, watch.client_id)
+    holds = limits.late_holds(
+        terms.limits,
+        client_id=watch.client_id,
+        model=event.model,
+        timezone=terms.timezone or meter.timezone,
+        now=now,
+    )
+    await meter.charge_late(event, holds)
+    await done_with(services, watch)
+
+
+async def terms_of(services: Services, client_id: str) -> Terms:
+    """A client's terms now (none if it was deleted meanwhile)."""
+    client = await services.meter.store.get_client(client_id)
+    return _NO_TERMS if client is None else client.terms
+
+
+def tariff_of(watch: Watch) -> Tariff:
+    """What a USD costs its client: as when it was admitted (rate and markup)."""
+    event = watch.reservation.event
+    return Tariff(event.currency, event.exchange_rate, event.markup)
