@@ -175,6 +175,9 @@ _ROUTES = (
     (frozenset({"GET"}), re.compile(r"/v1/files/([^/]+)/content"), "file"),
     (frozenset({"POST"}), re.compile(r"/v1/uploads/([^/]+)/(?:parts|complete|cancel)"), "upload"),
     (frozenset({"GET"}), re.compile(r"/v1/batches/([^/]+)"), "batch"),
+    (frozenset({"GET", "POST", "DELETE"}), re.compile(r"/v1/conversations/([^/]+)"), "conversation"),
+    (frozenset({"GET", "POST"}), re.compile(r"/v1/conversations/([^/]+)/items"), "conversation"),
+    (frozenset({"GET", "DELETE"}), re.compile(r"/v1/conversations/([^/]+)/items/([^/]+)"), "conversation"),
     (frozenset({"POST"}), re.compile(r"/v1/batches/([^/]+)/cancel"), "batch"),
 )
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -39,6 +39,7 @@ from taximeter.proxy.gateway import auth
 from taximeter.proxy.gateway.audio import audio_seconds
 from taximeter.proxy.gateway.batches import create_batch, show_batch
 from taximeter.proxy.gateway.bodies import TooLarge, read_at_most
+from taximeter.proxy.gateway.conversations import add_to_conversation, create_conversation
 from taximeter.proxy.gateway.edge import label, refuse_unmetered_options
 from taximeter.proxy.gateway.endpoints import DEFAULT_MODELS, Endpoint, find_endpoint
 from taximeter.proxy.gateway.exchange import check_model_allowed
@@ -83,16 +84,9 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
     route = None if path is None else object_route(request.method, path)
     if route is not None and path is not None:
         return await _object_call(request, services, path, route)
-    if path == "/v1/files" and request.method in ("GET", "POST"):
-        return await (upload_file if request.method == "POST" else list_files)(request, services)
-    if path == "/v1/uploads" and request.method == "POST":
-        return await create_upload(request, services)
-    if path == "/v1/realtime" and request.method == "GET":
-        return await handle_realtime(request, services)
-    if path == "/v1/batches" and request.method in ("GET", "POST"):
-        if request.method == "POST":
-            return await create_batch(request, services)
-        return await list_owned(request, services, "batch", lambda shown: True)
+    collection = _COLLECTIONS.get((request.method, path or ""))
+    if collection is not None:
+        return await collection(request, services)
     endpoint = (
         None if path is None else find_endpoint(request.method, path, services.settings.passthrough_paths)
     )
@@ -126,6 +120,22 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
     except asyncio.CancelledError:
         call.abandon()  # the relay still settles what was delivered
         raise
+
+
+async def _list_batches(request: web.Request, services: Services) -> web.StreamResponse:
+    return await list_owned(request, services, "batch", lambda shown: True)
+
+
+# Collections of objects a client keeps upstream: made, listed or opened here.
+_COLLECTIONS: dict[tuple[str, str], Callable[[web.Request, Services], Awaitable[web.StreamResponse]]] = {
+    ("POST", "/v1/files"): upload_file,
+    ("GET", "/v1/files"): list_files,
+    ("POST", "/v1/uploads"): create_upload,
+    ("POST", "/v1/batches"): create_batch,
+    ("GET", "/v1/batches"): _list_batches,
+    ("POST", "/v1/conversations"): create_conversation,
+    ("GET", "/v1/realtime"): handle_realtime,
+}
 
 
 async def _estimate(services: Services, call: Call, *, off_loop: bool) -> UsageEvent:
@@ -306,6 +316,8 @@ async def _object_call(
         return await complete_upload(request, services, owned, upstream)
     if route.kind == "batch":
         return await show_batch(request, services, owned, upstream, path)
+    if route.kind == "conversation" and request.method == "POST":
+        return await add_to_conversation(request, services, owned, upstream, path)
     endpoint = Endpoint(path, "passthrough", "none", "raw", method=request.method, metered=False)
     body: bytes | AsyncIterator[bytes]
     if route.kind == "upload" and path.endswith("/parts"):  # up to 64 MB a part: streamed through
@@ -313,8 +325,8 @@ async def _object_call(
     else:
         body = await _read_body(request, services.settings.max_body_bytes)
     response = await _pass_through(request, services, endpoint, body, upstream)
-    if request.method == "DELETE" and response.status < 300:
-        await services.objects.forget_object(route.object_id)
+    if request.method == "DELETE" and response.status < 300 and path.endswith(f"/{route.object_id}"):
+        await services.objects.forget_object(route.object_id)  # the object itself, not an item of it
     return response
 
 

@@ -163,7 +163,6 @@ async def test_an_input_nested_past_any_real_one_is_refused(proxy: Harness) -> N
         ("POST", "/v1/realtime/calls"),
         ("POST", "/v1/vector_stores"),
         ("POST", "/v1/containers"),
-        ("POST", "/v1/conversations"),
         ("GET", "/v1/chat/completions"),  # the list of every tenant's stored completions
     ],
 )
@@ -177,3 +176,34 @@ async def test_what_cannot_be_kept_apart_or_metered_yet_is_not_served(
         body = await resp.json()
     assert (resp.status, body["error"]["code"]) == (404, "endpoint_not_metered")
     assert proxy.upstream.received == []
+
+
+async def test_a_conversation_and_its_items_are_their_makers_alone(proxy: Harness) -> None:
+    acme, rival = await two_tenants(proxy)
+    hello = [{"type": "message", "role": "user", "content": "Hello"}]
+    conversation = await acme.conversations.create(items=hello, metadata={"topic": "demo"})
+    assert (await acme.conversations.retrieve(conversation.id)).metadata == {"topic": "demo"}
+    await refused_unseen(proxy, rival.conversations.retrieve(conversation.id))
+    await refused_unseen(proxy, rival.conversations.update(conversation.id, metadata={"x": "y"}))
+    await refused_unseen(proxy, rival.conversations.delete(conversation.id))
+    await refused_unseen(proxy, rival.conversations.items.list(conversation.id))
+    await refused_unseen(proxy, rival.conversations.items.create(conversation.id, items=hello))
+    await refused_unseen(
+        proxy, rival.responses.create(model="gpt-4o", input="Hi", conversation=conversation.id)
+    )
+    added = await acme.conversations.items.create(conversation.id, items=hello)
+    [item] = added.data
+    reference = [{"type": "item_reference", "id": item.id}]
+    await acme.responses.create(model="gpt-4o", input=reference)  # an item it added is its own
+    await refused_unseen(proxy, rival.responses.create(model="gpt-4o", input=reference))
+    # What an item names must be the caller's too.
+    theirs = await rival.files.create(file=("notes.txt", b"secret"), purpose="user_data")
+    named = [{"type": "message", "role": "user", "content": [{"type": "input_file", "file_id": theirs.id}]}]
+    await refused_unseen(proxy, acme.conversations.items.create(conversation.id, items=named))
+    await refused_unseen(proxy, acme.conversations.create(items=named))
+    # Deleting an item leaves the conversation its maker's; deleting it forgets it.
+    await acme.conversations.items.delete(item.id, conversation_id=conversation.id)
+    assert (await acme.conversations.retrieve(conversation.id)).id == conversation.id
+    await acme.conversations.delete(conversation.id)
+    await refused_unseen(proxy, acme.conversations.retrieve(conversation.id))
+    assert len(await proxy.events("acme")) == 1  # only the response costs: conversations are free

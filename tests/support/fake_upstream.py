@@ -95,6 +95,7 @@ class FakeUpstream:
     # Realtime: what each socket's client sent (parsed), and an event a
     # response waits on after its first audio delta (None: it does not wait).
     realtime_sent: list[dict[str, Any]] = field(default_factory=list)
+    conversations: dict[str, dict[str, Any]] = field(default_factory=dict)  # the object, and its items
     realtime_hold: asyncio.Event | None = None
     _arrived: asyncio.Condition = field(default_factory=asyncio.Condition, init=False, repr=False)
 
@@ -131,6 +132,9 @@ class FakeUpstream:
         file_path = _FILE_PATH.fullmatch(request.path)
         if file_path is not None:
             return self._file(request, file_path.group(1), file_path.group(2))
+        conversation_path = _CONVERSATION_PATH.fullmatch(request.path)
+        if conversation_path is not None:
+            return self._conversation(request, body, conversation_path.group(1), conversation_path.group(2))
         batch_path = _BATCH_PATH.fullmatch(request.path)
         if batch_path is not None:
             return self._batch(request, batch_path.group(1), batch_path.group(2))
@@ -224,6 +228,54 @@ class FakeUpstream:
         if tail == "content":
             return web.Response(body=found[1], content_type="application/octet-stream")
         return web.json_response(found[0])
+
+    # -- conversations -------------------------------------------------------------------
+
+    async def _conversations(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        payload = json.loads(body or b"{}")
+        conversation_id = f"conv_{uuid.uuid4().hex[:24]}"
+        made = {
+            "id": conversation_id,
+            "object": "conversation",
+            "created_at": 1741600000,
+            "metadata": payload.get("metadata") or {},
+        }
+        self.conversations[conversation_id] = {"object": made, "items": []}
+        self._add_items(conversation_id, payload.get("items") or [])
+        return web.json_response(made)
+
+    def _add_items(self, conversation_id: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        added = [{**item, "id": f"msg_{uuid.uuid4().hex[:20]}", "status": "completed"} for item in items]
+        self.conversations[conversation_id]["items"].extend(added)
+        return added
+
+    def _conversation(
+        self, request: web.Request, body: bytes, conversation_id: str, tail: str | None
+    ) -> web.StreamResponse:
+        found = self.conversations.get(conversation_id)
+        if found is None:
+            return _error(404, f"Conversation with id '{conversation_id}' not found.", None)
+        if tail is None and request.method == "DELETE":
+            del self.conversations[conversation_id]
+            return web.json_response(
+                {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
+            )
+        if tail is None and request.method == "POST":
+            found["object"]["metadata"] = json.loads(body).get("metadata") or {}
+        if tail is None:
+            return web.json_response(found["object"])
+        items = found["items"]
+        if request.method == "POST":
+            items = self._add_items(conversation_id, json.loads(body).get("items") or [])
+        return web.json_response(
+            {
+                "object": "list",
+                "data": items,
+                "has_more": False,
+                "first_id": items[0]["id"] if items else None,
+                "last_id": items[-1]["id"] if items else None,
+            }
+        )
 
     # -- realtime ------------------------------------------------------------------------
 
@@ -725,6 +777,7 @@ def _batch_line_body(line: dict[str, Any]) -> dict[str, Any]:
 
 FILE_KEPT_BYTES = 1024 * 1024
 _BATCH_PATH = re.compile(r"/v1/batches/([^/]+)(?:/(cancel))?")
+_CONVERSATION_PATH = re.compile(r"/v1/conversations/([^/]+)(?:/(items(?:/[^/]+)?))?")
 _FILE_PATH = re.compile(r"/v1/files/([^/]+)(?:/(content))?")
 _UPLOAD_PATH = re.compile(r"/v1/uploads/([^/]+)/(parts|complete|cancel)")
 

@@ -1,0 +1,77 @@
+"""Conversations (spec section 4b): made through taximeter, each is its
+maker's, and so are the items added to it; every file or item their items
+name must be the caller's own. Free: a conversation's tokens are charged
+when a response uses it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from taximeter.pricing.models import OwnedObject
+from taximeter.proxy.errors import InvalidJson, RequestTooLarge
+from taximeter.proxy.gateway import auth
+from taximeter.proxy.gateway.bodies import TooLarge, read_at_most
+from taximeter.proxy.gateway.files import upstream_json
+from taximeter.proxy.gateway.objects import referenced, valid_id
+from taximeter.proxy.gateway.ownership import check_references, record_created
+from taximeter.proxy.gateway.upstreams import Upstream
+from taximeter.proxy.middleware import REQUEST_ID
+from taximeter.proxy.services import Services
+
+__all__ = ["add_to_conversation", "create_conversation"]
+
+
+async def create_conversation(request: web.Request, services: Services) -> web.StreamResponse:
+    """``POST /v1/conversations``: the conversation (and its first items) the caller's."""
+    key = await auth.authenticate(request, services.keys)
+    body = await _checked_body(request, services, key.client_id)
+    upstream = services.router.pick(None)
+    status, data, relayed, reply = await upstream_json(
+        services, request, upstream, "POST", "/v1/conversations", body
+    )
+    if status < 300 and isinstance(reply, dict) and valid_id(reply.get("id")):
+        now = services.meter.clock()
+        owned = [OwnedObject(str(reply["id"]), "conversation", key.client_id, upstream.name, now)]
+        await record_created(services.objects, owned, request[REQUEST_ID])
+    return web.Response(body=data, status=status, headers=relayed)
+
+
+async def add_to_conversation(
+    request: web.Request, services: Services, conversation: OwnedObject, upstream: Upstream, path: str
+) -> web.StreamResponse:
+    """``POST /v1/conversations/{id}`` (its metadata) and ``.../items`` of the
+    caller's conversation: what the body names checked first; the items it
+    adds become the caller's."""
+    body = await _checked_body(request, services, conversation.client_id)
+    status, data, relayed, reply = await upstream_json(services, request, upstream, "POST", path, body)
+    if status < 300 and isinstance(reply, dict) and isinstance(reply.get("data"), list):
+        now = services.meter.clock()
+        owned = [
+            OwnedObject(str(item["id"]), "item", conversation.client_id, upstream.name, now)
+            for item in reply["data"]
+            if isinstance(item, dict) and valid_id(item.get("id"))
+        ]
+        await record_created(services.objects, owned, request[REQUEST_ID])
+    return web.Response(body=data, status=status, headers=relayed)
+
+
+async def _checked_body(request: web.Request, services: Services, client_id: str) -> bytes:
+    """The JSON body, every object it names the caller's own (404 otherwise);
+    as parsed, so the upstream reads what was checked."""
+    try:
+        body = await read_at_most(request.content, services.settings.max_body_bytes)
+    except TooLarge as exc:
+        raise RequestTooLarge("request body is too large") from exc
+    if not body:
+        return b"{}"
+    try:
+        fields: Any = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJson(f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(fields, dict):
+        raise InvalidJson("request body must be a JSON object")
+    await check_references(services.objects, client_id, referenced("responses", fields))
+    return orjson.dumps(fields)
