@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -119,7 +118,9 @@ class _Session:
     tariff: Tariff
     request_id: str
     end_user: str | None
-    asked: deque[Reservation] = field(default_factory=deque)  # response.create sent, not yet started
+    # response.create sent, not yet started, by the event id it went with
+    # (the upstream names it in the error event of one it rejects).
+    asked: dict[str, Reservation] = field(default_factory=dict)
     running: dict[str, Reservation] = field(default_factory=dict)  # by response id
     closing: bool = False  # refused once: closed when no response runs
     responses: int = 0
@@ -153,10 +154,12 @@ class _Session:
             event = _event(msg.data)
             kind = event.get("type")
             if kind == "response.create":
-                if not await self._ask(ws, event):
+                sent = await self._ask(ws, event)
+                if sent is None:
                     continue  # refused: never sent upstream
-            else:
-                self._note(kind, event)
+                await up.send_str(sent)
+                continue
+            self._note(kind, event)
             await up.send_str(msg.data)
 
     def _note(self, kind: Any, event: dict[str, Any]) -> None:
@@ -170,24 +173,29 @@ class _Session:
             self.context_tokens += len(str(session.get("instructions") or "")) // _CHARS_PER_TOKEN
             self.max_output = _max_output(session, self.max_output)
 
-    async def _ask(self, ws: web.WebSocketResponse, event: dict[str, Any]) -> bool:
-        """Reserve a response the client asks for; False (and the client
-        told, the socket closing) when its budget or a limit refuses it."""
+    async def _ask(self, ws: web.WebSocketResponse, event: dict[str, Any]) -> str | None:
+        """Reserve a response the client asks for: the event to send upstream
+        (with an event id, so a rejection names it), or None (the client told,
+        the socket closing) when its budget or a limit refuses it."""
         if self.closing:
             await _refusal(ws, "this session's budget is spent: no response is started")
-            return False
+            return None
         asked = event.get("response")
         max_output = _max_output(asked, self.max_output) if isinstance(asked, dict) else self.max_output
         try:
-            self.asked.append(await self._reserve(max_output, admitted=True))
+            reservation = await self._reserve(max_output, admitted=True)
         except (BudgetExceeded, LimitReached) as exc:
             self.services.metrics.rejection(self.key.client_id, exc.reason)
             self.closing = True
             await _refusal(ws, exc.message)
             if not self.running and not self.asked:
                 await ws.close()
-            return False
-        return True
+            return None
+        event_id = event.get("event_id")
+        if not isinstance(event_id, str) or not event_id or event_id in self.asked:
+            event_id = event["event_id"] = f"event_{reservation.request_id}"
+        self.asked[event_id] = reservation
+        return orjson.dumps(event).decode()
 
     # -- upstream to client ----------------------------------------------------------
 
@@ -204,6 +212,8 @@ class _Session:
             response_id = response.get("id") if isinstance(response, dict) else None
             if kind == "response.created" and isinstance(response_id, str):
                 await self._started(ws, response_id)
+            elif kind == "error":
+                await self._rejected(event.get("error"))
             await ws.send_str(msg.data)
             if kind == "response.done" and isinstance(response, dict):
                 # Charged whatever happens to this socket meanwhile.
@@ -213,7 +223,7 @@ class _Session:
 
     async def _started(self, ws: web.WebSocketResponse, response_id: str) -> None:
         if self.asked:
-            self.running[response_id] = self.asked.popleft()
+            self.running[response_id] = self.asked.pop(next(iter(self.asked)))  # the oldest asked
             return
         # Started by the server itself (voice activity): reserved now; a refusal
         # cannot stop it upstream, so it runs, is charged, and the session ends.
@@ -225,6 +235,14 @@ class _Session:
             await _refusal(ws, exc.message)
             self.running[response_id] = await self._reserve(self.max_output, admitted=False)
 
+    async def _rejected(self, error: Any) -> None:
+        """The upstream refused a client event: if it was a response.create,
+        no response comes of it, and its reservation goes."""
+        event_id = error.get("event_id") if isinstance(error, dict) else None
+        reservation = self.asked.pop(event_id, None) if isinstance(event_id, str) else None
+        if reservation is not None:
+            await self.services.meter.release(reservation.client_id, reservation.request_id)
+
     async def _done(self, response_id: Any, response: dict[str, Any]) -> None:
         reservation = self.running.pop(response_id, None) if isinstance(response_id, str) else None
         if reservation is None:
@@ -232,7 +250,7 @@ class _Session:
                 log.warning("realtime_response_unknown", extra={"request_id": self.request_id})
                 reservation = await self._reserve(self.max_output, admitted=False)
             else:
-                reservation = self.asked.popleft()
+                reservation = self.asked.pop(next(iter(self.asked)))
         reported = parse_usage(response.get("usage"))
         usage = reported if reported is not None else Usage(estimated=True)
         status = 200 if response.get("status") in ("completed", "incomplete", None) else CLIENT_CLOSED
@@ -302,7 +320,7 @@ class _Session:
     async def _charge_unfinished(self) -> None:
         """The socket ended: responses that ran (or were asked for and may
         have) are charged as reserved, flagged estimated."""
-        unfinished = list(self.running.values()) + list(self.asked)
+        unfinished = list(self.running.values()) + list(self.asked.values())
         self.running.clear()
         self.asked.clear()
         for reservation in unfinished:

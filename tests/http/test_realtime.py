@@ -135,3 +135,16 @@ async def test_a_response_the_server_starts_by_itself_is_charged_too(proxy: Harn
                 break
     [event] = await proxy.events("acme")
     assert Decimal(event["cost_usd"]) == RESPONSE_USD and not event["estimated"]
+
+
+async def test_a_response_the_upstream_rejects_is_not_charged(proxy: Harness) -> None:
+    key = await proxy.new_client("acme", mode="cost", cost_limit="50")
+    async with proxy.sdk(key).realtime.connect(model="gpt-realtime") as conn:
+        await conn.response.create(response={"instructions": "REJECT"})
+        async for event in conn:
+            if event.type == "error":
+                assert event.error.code == "conversation_already_has_active_response"  # type: ignore[attr-defined]
+                break
+        assert (await one_response(conn))[-1] == "response.done"
+    [event] = await proxy.events("acme")  # the rejected one held nothing after its error
+    assert Decimal(event["cost_usd"]) == RESPONSE_USD and not event["estimated"]

@@ -296,6 +296,18 @@ class FakeUpstream:
             self.realtime_sent.append(event)
             # A committed audio buffer is a turn the server answers by itself
             # (voice activity detection), as a response.create is asked for.
+            asked = event.get("response") or {}
+            if event.get("type") == "response.create" and asked.get("instructions") == "REJECT":
+                # As when a response is already active: an error naming the event, no response.
+                error = {
+                    "type": "invalid_request_error",
+                    "code": "conversation_already_has_active_response",
+                    "message": "Conversation already has an active response in progress.",
+                    "param": None,
+                    "event_id": event.get("event_id"),
+                }
+                await ws.send_json({"type": "error", "event_id": "event_err", "error": error})
+                continue
             if event.get("type") in ("response.create", "input_audio_buffer.commit"):
                 await self._realtime_response(ws)
         return ws
