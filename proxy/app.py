@@ -55,6 +55,7 @@ from taximeter.proxy.middleware import json_error_middleware, request_id_middlew
 from taximeter.proxy.operations import BudgetHook, Operations
 from taximeter.proxy.services import (
     CATALOG,
+    CHANGES,
     CLOCK,
     GATE,
     LEDGER,
@@ -70,6 +71,7 @@ from taximeter.proxy.services import (
 from taximeter.proxy.settings import Settings
 from taximeter.proxy.webhooks import Webhook, WebhookSender
 from taximeter.store.base import Gate, RecordResult, StoreUnavailable
+from taximeter.store.changes import open_changes
 from taximeter.store.factory import open_gate, open_store
 from taximeter.store.ledger import LedgerWriter
 from taximeter.store.store_gate import StoreGate
@@ -101,7 +103,16 @@ def create_app(settings: Settings, *, clock: Clock = system_clock) -> web.Applic
     # start releases exactly what it opened. Shutdown runs: background tasks
     # stop, calls in flight finish, session, ledger (drained), meter, gate, store.
     app.cleanup_ctx.extend(_CONTEXTS)
+    app.on_shutdown.append(_close_sessions)
     return app
+
+
+async def _close_sessions(app: web.Application) -> None:
+    """Shutdown begins: open Realtime sessions are closed (their responses
+    charged) instead of holding the drain open for as long as they last."""
+    services = app.get(SERVICES)
+    if services is not None:
+        await asyncio.gather(*(close() for close in list(services.sessions)), return_exceptions=True)
 
 
 def _connection_limits(settings: Settings) -> dict[str, Any]:
@@ -154,7 +165,11 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         store.observe(app[METRICS].budget_alert)
         store.export_to([sink.name for sink in app[SETTINGS].exports])  # owed from the next event on
         app[STORE] = store
-        yield
+        app[CHANGES] = await open_changes(app[SETTINGS].database_url)
+        try:
+            yield
+        finally:
+            await app[CHANGES].close()
     finally:
         await store.close()
 
@@ -283,7 +298,9 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
         webhooks=webhooks,
         exports=exports,
         metrics=app[METRICS],
-        keys=KeyCache(store, ttl_s=settings.key_cache_s),
+        keys=KeyCache(
+            store, ttl_s=settings.key_cache_s, changes=app[CHANGES], on_news=app[METER].changed_elsewhere
+        ),
         objects=store,
     )
     app[SERVICES] = services
@@ -299,6 +316,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
         on_rate_set=app[METER].rates.put,
         first_rate=settings.exchange_rate,
         read_counters=_counters_of(app[METER].gate),
+        announce=app[CHANGES].announce,
     )
     app[DASHBOARD] = await _dashboard(app)
     try:

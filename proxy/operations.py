@@ -97,6 +97,7 @@ class Operations:
         on_rate_set: Callable[[ExchangeRate], None] = _no_rate_hook,
         first_rate: Decimal | None = None,
         read_counters: Callable[[list[Hold]], Awaitable[list[tuple[int, int] | None]]] = _no_counters,
+        announce: Callable[[], Awaitable[None]] = _nothing_pending,
     ) -> None:
         self._store = store  # private: admin, dashboard and cli ask Operations, never its store
         self.timezone = timezone
@@ -114,6 +115,9 @@ class Operations:
         self._on_terms_changed = on_terms_changed
         self._on_rate_set = on_rate_set
         self._read_counters = read_counters  # the gate's limit counters (None: the gate has none)
+        # Tells every other process (CLI, workers, hosts) that something
+        # admission reads has changed: their next call reads it anew.
+        self._announce = announce
         self.first_rate = first_rate  # the exchange_rate setting: the server currency's rate until one is set
 
     # -- clients and keys --------------------------------------------------------
@@ -167,6 +171,7 @@ class Operations:
         except Conflict as exc:
             raise ConflictError(str(exc), param="currency") from exc
         self._on_terms_changed(client_id)
+        await self._announce()
         return await self.client(client_id)
 
     async def _has_rate(self, currency: str) -> bool:
@@ -193,6 +198,7 @@ class Operations:
             value = terms.rate_from_json(data)
         rate = await self._store.set_rate(currency, value, self.clock())
         self._on_rate_set(rate)
+        await self._announce()
         return rate
 
     async def credits(self, client_id: str) -> list[Credit]:
@@ -223,6 +229,7 @@ class Operations:
         except NotFound as exc:
             raise NotFoundError(f"client {client_id!r} has no budget", param="client_id") from exc
         await self._on_budget_change(client_id, state, now)
+        await self._announce()
         return credit, state
 
     # -- limits (section 6b) ------------------------------------------------------------
@@ -234,6 +241,7 @@ class Operations:
             declared = limits.limits_from_json(data)
         await self._store.set_limits(client_id, declared)
         self._on_terms_changed(client_id)
+        await self._announce()
         return await self.limits(client_id)
 
     async def limits(self, client_id: str, end_user: str | None = None) -> list[dict[str, Any]]:
@@ -295,6 +303,7 @@ class Operations:
         if key is None:
             raise NotFoundError(f"no key with prefix {prefix!r}", param="prefix")
         self._on_key_revoked(prefix)
+        await self._announce()
         return key
 
     # -- budgets -------------------------------------------------------------------
@@ -308,6 +317,7 @@ class Operations:
         now = self.clock()
         state = await self._store.put_budget(config, now)
         await self._on_budget_change(client_id, state, now)
+        await self._announce()
         return state
 
     async def budget(self, client_id: str) -> BudgetState:
@@ -335,6 +345,7 @@ class Operations:
         if state is None:
             raise NotFoundError(f"client {client_id!r} has no budget", param="client_id")
         await self._on_budget_change(client_id, state, now)
+        await self._announce()
         return state
 
     async def delete_budget(self, client_id: str) -> None:
@@ -342,6 +353,7 @@ class Operations:
         if not (_possible(client_id) and await self._store.delete_budget(client_id)):
             raise NotFoundError(f"client {client_id!r} has no budget", param="client_id")
         await self._on_budget_change(client_id, None, self.clock())
+        await self._announce()
 
     async def events(self, client_id: str | None, limit: int) -> list[UsageEvent]:
         await self.flush_ledger()

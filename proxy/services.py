@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -21,10 +21,12 @@ from taximeter.proxy.operations import Operations
 from taximeter.proxy.settings import Settings
 from taximeter.proxy.webhooks import WebhookSender
 from taximeter.store.base import Gate, Store, UpstreamObjects, Watches
+from taximeter.store.changes import Changes
 from taximeter.store.ledger import LedgerWriter
 
 __all__ = [
     "CATALOG",
+    "CHANGES",
     "CLOCK",
     "GATE",
     "LEDGER",
@@ -57,6 +59,9 @@ class Services:
     keys: KeyCache
     objects: ObjectRecords  # who owns each object the upstream keeps; those watched
     inflight: set[asyncio.Task[Any]] = field(default_factory=set)
+    # Open Realtime sessions, each by what closes it: at shutdown, closed
+    # first (their responses charged), so none outlives the drain.
+    sessions: set[Callable[[], Awaitable[None]]] = field(default_factory=set)
 
     async def shielded(self, work: Coroutine[Any, Any, T]) -> T:
         """Run ``work`` to its end even if the handler awaiting it is cancelled
@@ -81,6 +86,7 @@ OPERATIONS = web.AppKey("operations", Operations)
 # The resources the start-up contexts open, one key each, in the order they open
 # (proxy/app.py): a later one reaches an earlier one through its key.
 SETTINGS = web.AppKey("settings", Settings)
+CHANGES: web.AppKey[Changes] = web.AppKey("changes")  # word of changes made by other processes
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")
 CATALOG = web.AppKey("catalog", Catalog)
 METRICS = web.AppKey("metrics", Metrics)

@@ -220,9 +220,11 @@ class Settings(BaseSettings):
     key_cache_s: float = Field(
         2.0,
         ge=0,
-        description="How long a process trusts a key it looked up (a revocation elsewhere waits this).",
+        description="Longest a process trusts a key it looked up when no change is announced.",
     )
-    gate_refresh_s: float = Field(2.0, gt=0, description="In-process gate: reload a budget this often.")
+    gate_refresh_s: float = Field(
+        2.0, gt=0, description="In-process gate: reload a budget this often when no change is announced."
+    )
     reserve_output_tokens: int = Field(
         4096, gt=0, description="Output tokens reserved for a call that sets no max_tokens."
     )

@@ -534,6 +534,10 @@ class Gate(Protocol):
         """Whether the copy is old enough to be reloaded in the background
         (changes made by another process reach a process-local copy this way)."""
 
+    def forget_copies(self) -> None:
+        """Another process changed budgets: drop every copy this process keeps
+        of its own (each is read anew by the next call that needs it)."""
+
     async def ping(self) -> None: ...
 
     async def close(self) -> None: ...

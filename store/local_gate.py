@@ -178,6 +178,10 @@ class LocalGate:
         found = (self._counters.get(hold.key) for hold in holds)
         return [None if c is None else (c[0], c[1]) for c in found]
 
+    def forget_copies(self) -> None:
+        self._states.clear()  # calls held and limit counters stay: they are this process's own
+        self._loaded_at.clear()
+
     def needs_refresh(self, client_id: str, now: datetime) -> bool:
         loaded = self._loaded_at.get(client_id)
         return loaded is not None and now - loaded > self._max_age

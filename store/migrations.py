@@ -271,8 +271,7 @@ MIGRATIONS.append(
             # The batch a line of which an event is (section 4b): each line is its own event.
             "ALTER TABLE usage_events ADD COLUMN batch_id TEXT",
             # Objects that keep running upstream after their call (a batch, a
-            # background response), each watched until it ends, by one process
-            # at a time (``lease_until``: while one checks it), with what its
+            # background response), each watched until it ends, with what its
             # admission reserved (JSON), released once it is charged.
             """CREATE TABLE watches (
                 object_id TEXT PRIMARY KEY,
@@ -281,11 +280,21 @@ MIGRATIONS.append(
                 upstream TEXT NOT NULL,
                 reservation TEXT NOT NULL,
                 next_check_at {time} NOT NULL,
-                lease_until {time},
                 checks INTEGER NOT NULL DEFAULT 0,
                 created_at {time} NOT NULL
             )""",
             "CREATE INDEX watches_due ON watches (next_check_at)",
+        ],
+    )
+)
+
+MIGRATIONS.append(
+    (
+        12,
+        [
+            # One process at a time looks at a watched object: until this
+            # (NULL: none is); its next look stays when it is due.
+            "ALTER TABLE watches ADD COLUMN lease_until {time}",
         ],
     )
 )

@@ -447,6 +447,9 @@ class RedisGate:
         )
         return [None if u is None else (int(u), int(r or 0)) for u, r in replies]
 
+    def forget_copies(self) -> None:
+        return None  # its copies are shared: every process writes its changes to them
+
     def needs_refresh(self, client_id: str, now: datetime) -> bool:
         return False  # every process writes its changes here: the copy is never behind
 

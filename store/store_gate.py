@@ -66,6 +66,9 @@ class StoreGate:
     async def limit_counters(self, holds: list[Hold]) -> list[tuple[int, int] | None]:
         return [None for _ in holds]
 
+    def forget_copies(self) -> None:
+        return None  # its copies are shared: every process writes its changes to them
+
     def needs_refresh(self, client_id: str, now: datetime) -> bool:
         return False
 

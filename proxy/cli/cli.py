@@ -37,6 +37,7 @@ from taximeter.proxy.logs import configure_logging
 from taximeter.proxy.operations import GROUPINGS, Operations
 from taximeter.proxy.settings import ConfigError, Settings, load_settings
 from taximeter.store.base import Gate, StoreUnavailable
+from taximeter.store.changes import Changes, NoChanges, open_changes
 from taximeter.store.factory import open_gate, open_store
 
 __all__ = ["main"]
@@ -190,21 +191,25 @@ async def _manage(settings: Settings, args: argparse.Namespace) -> int:
         refresh_s=settings.gate_refresh_s,
         redis_cluster=settings.redis_cluster,
     )
+    changes: Changes = NoChanges()
     try:
         await store.migrate()
         if args.command == "migrate":
             print(f"schema up to date ({args.database})")
             return 0
+        changes = await open_changes(settings.database_url)  # running proxies hear of what this changes
         ops = Operations(
             store,
             timezone=settings.timezone,
             currency=settings.currency,
             on_budget_change=_gate_refresher(gate),
             first_rate=settings.exchange_rate,
+            announce=changes.announce,
         )
         handler: Callable[[Operations, argparse.Namespace], Awaitable[int]] = _COMMANDS[args.command]
         return await handler(ops, args)
     finally:
+        await changes.close()
         await gate.close()
         await store.close()
 
@@ -236,7 +241,7 @@ def _missing_sqlite_file(url: str) -> Path | None:
 def _gate_refresher(gate: Gate) -> Callable[[str, BudgetState | None, datetime], Awaitable[None]]:
     async def refresh(client_id: str, state: BudgetState | None, now: datetime) -> None:
         # Reaches running proxies through Redis; an in-process gate here is this
-        # command's own (running proxies reload theirs within gate_refresh_s).
+        # command's own (running proxies drop theirs when they hear of the change).
         await gate.load(client_id, state, now)
 
     return refresh

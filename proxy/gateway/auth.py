@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import time
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -11,6 +12,7 @@ from taximeter.pricing.models import ApiKey
 from taximeter.proxy.errors import AdminAuthRequired, InvalidApiKey
 from taximeter.proxy.gateway import keys
 from taximeter.store.base import Directory
+from taximeter.store.changes import Changes, NoChanges
 
 __all__ = ["KeyCache", "authenticate", "require_admin", "require_bearer"]
 
@@ -23,15 +25,28 @@ def _bearer(request: web.Request) -> str | None:
 class KeyCache:
     """Keys found in the store, kept for ``ttl_s`` so a call costs no store
     round trip to authenticate. A key revoked through this process is dropped
-    at once; one revoked elsewhere (another worker, the CLI) stops working
-    within ``ttl_s``. Only keys that exist are kept."""
+    at once; one revoked elsewhere (another worker, the CLI) as soon as its
+    ``changes`` tells (else within ``ttl_s``). Only keys that exist are kept.
+    The first step of every call: where news of any change elsewhere is heard."""
 
-    def __init__(self, store: Directory, *, ttl_s: float) -> None:
+    def __init__(
+        self,
+        store: Directory,
+        *,
+        ttl_s: float,
+        changes: Changes | None = None,
+        on_news: Callable[[], None] = lambda: None,
+    ) -> None:
         self._store = store
         self._ttl_s = ttl_s
         self._keys: dict[str, tuple[ApiKey, float]] = {}
+        self._changes = changes or NoChanges()
+        self._on_news = on_news  # what else this process drops when another changed something
 
     async def find(self, prefix: str) -> ApiKey | None:
+        if self._changes.news():  # a key, terms or budget changed elsewhere: nothing kept is trusted
+            self._keys.clear()
+            self._on_news()
         cached = self._keys.get(prefix)
         now = time.monotonic()
         if cached is not None and cached[1] > now:

@@ -10,6 +10,7 @@ streamed or not) is an object path of its owner's: free.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -17,16 +18,16 @@ from taximeter.pricing.charge import CallFacts, charge
 from taximeter.pricing.extract import extract_usage
 from taximeter.pricing.models import OwnedObject, Watch
 from taximeter.pricing.usage import Usage
-from taximeter.proxy.errors import UpstreamUnavailable
+from taximeter.proxy.errors import ConflictError, UpstreamUnavailable
 from taximeter.proxy.gateway.files import upstream_json
 from taximeter.proxy.gateway.objects import created, valid_id
 from taximeter.proxy.gateway.ownership import record_created
-from taximeter.proxy.gateway.settling import CLIENT_CLOSED, Call
-from taximeter.proxy.gateway.watching import charge_estimate, done_with, hold_on, tariff_of
+from taximeter.proxy.gateway.settling import CLIENT_CLOSED, Call, tool_prices
+from taximeter.proxy.gateway.watching import charge_estimate, done_with, finish_now, hold_on, tariff_of
 from taximeter.proxy.services import Services
 from taximeter.store.base import StoreUnavailable
 
-__all__ = ["RUNNING", "check_response", "is_background", "watch_background"]
+__all__ = ["RUNNING", "check_response", "is_background", "settle_before_delete", "watch_background"]
 
 log = logging.getLogger("taximeter.proxy")
 
@@ -53,10 +54,15 @@ async def watch_background(services: Services, call: Call, reply: dict[str, Any]
     """The upstream runs ``call`` in the background as response ``reply``:
     its reservation held until a watcher charges it; the response its caller's."""
     meter = services.meter
-    reservation = call.reservation
-    assert reservation is not None  # admitted before it was sent
+    admitted = call.reservation
+    assert admitted is not None  # admitted before it was sent
     call.settled = True  # by the watcher, once it has ended
     meter.held.pop(call.client_id, call.request_id)  # not kept alive by this process: by its watch
+    # Answered: it holds no slot of a concurrency limit while it runs on; the
+    # rest of what it holds (spend caps, the minute it was asked in) stays.
+    reservation = replace(admitted, holds=tuple(h for h in admitted.holds if h.limit.metric != "concurrent"))
+    if reservation.holds != admitted.holds:
+        await meter.release(call.client_id, call.request_id)
     now = meter.clock()
     response_id = str(reply["id"])
     owned = OwnedObject(response_id, "response", call.client_id, call.route.name, now)
@@ -110,6 +116,7 @@ async def check_response(services: Services, watch: Watch) -> bool:
         regional=upstream.regional,
     )
     usage = extract_usage("responses", {}, reply)
+    facts = replace(facts, tool_prices=tool_prices(meter.catalog, usage, upstream.provider))
     event = charge(facts, usage, _STATUS.get(str(reply.get("status")), 500), tariff_of(watch), meter.clock())
     made = [kind_id for kind_id in created("responses", {}, reply) if kind_id[0] == "item"]
     owned = [OwnedObject(i, kind, watch.client_id, upstream.name, event.created_at) for kind, i in made]
@@ -118,3 +125,14 @@ async def check_response(services: Services, watch: Watch) -> bool:
     services.metrics.call(event)
     await done_with(services, watch)
     return True
+
+
+async def settle_before_delete(services: Services, response_id: str) -> None:
+    """A background response its owner deletes is charged first (deleted,
+    the upstream could no longer say what it used); one still running
+    cannot be deleted (409: cancel it first)."""
+    if await finish_now(services, response_id, check_response) is False:
+        raise ConflictError(
+            f"response {response_id!r} still runs in the background: cancel it "
+            "(POST /v1/responses/{id}/cancel), then delete it"
+        )

@@ -58,6 +58,7 @@ from taximeter.proxy.gateway.watching import (
     WATCH_LEASE,
     charge_estimate,
     done_with,
+    finish_now,
     hold_on,
     tariff_of,
     terms_of,
@@ -266,10 +267,13 @@ def _ended(shown: dict[str, Any]) -> bool:
 
 
 async def _finish_now(services: Services, batch_id: str, shown: dict[str, Any]) -> None:
-    claimed = await services.objects.claim_watches(services.meter.clock(), 1, WATCH_LEASE, object_id=batch_id)
-    for watch in claimed:  # none: done with, or a watcher is at it
-        if not await check_batch(services, watch, shown):
-            await services.objects.check_again(watch.object_id, services.meter.clock(), watch.checks)
+    async def check(services: Services, watch: Watch) -> bool:
+        return await check_batch(services, watch, shown)
+
+    try:
+        await finish_now(services, batch_id, check)
+    except (TaximeterError, StoreUnavailable) as exc:  # its watcher finishes it: the owner still sees it
+        log.warning("batch_not_finished", extra={"batch": batch_id, "error": str(exc)})
 
 
 async def _own_files(

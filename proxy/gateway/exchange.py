@@ -31,9 +31,11 @@ class RateBook:
         self.currency = currency  # the server's: a client without its own pays in it
         self._first_rate = first_rate
         self._rates: dict[str, Decimal] = {}
+        self.stale = False  # another process set a rate: read them again before the next call
 
     async def refresh(self) -> None:
         """Read the rates in force from the store."""
+        self.stale = False
         current = await self._store.current_rates()
         self._rates = {currency: rate.rate for currency, rate in current.items()}
 
@@ -53,6 +55,8 @@ class RateBook:
     async def tariff(self, terms: Terms) -> Tariff:
         """What a USD of list price costs a client on ``terms``, now."""
         currency = terms.currency or self.currency
+        if self.stale:
+            await self.refresh()
         rate = self.known(currency)
         if rate is None:  # set since the last refresh, by another process
             await self.refresh()

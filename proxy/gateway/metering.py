@@ -268,6 +268,12 @@ class Meter:
         finally:  # admitted, refused or cut short: nothing of the probe stays behind
             await asyncio.shield(self.release(client_id, probe.request_id))
 
+    def changed_elsewhere(self) -> None:
+        """Another process changed something admission reads: this process's
+        own copies (budgets, rates) are read anew before they decide a call."""
+        self.gate.forget_copies()
+        self.rates.stale = True
+
     def mark_stale(self, client_id: str) -> None:
         """The gate missed a change of this client's budget: rebuild before trusting it."""
         self._stale.add(client_id)
@@ -426,6 +432,10 @@ class Meter:
         """Hold a long-running call's reservation in every gate again until
         its (new) expiry: one a gate lost (Redis flushed, the process
         restarted) is held anew, one it has is not counted twice."""
+        with contextlib.suppress(StoreUnavailable):
+            # A counter the gate lost is counted again first: what is held on
+            # it counts only where it exists.
+            await self._load_limits(reservation, self.clock())
         for gate in (self.gate, self.fallback):  # the fallback admits with it too, while the gate is down
             with contextlib.suppress(StoreUnavailable):
                 await gate.restore([reservation])

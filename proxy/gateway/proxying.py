@@ -37,6 +37,7 @@ from taximeter.proxy.errors import (
 )
 from taximeter.proxy.gateway import auth
 from taximeter.proxy.gateway.audio import audio_seconds
+from taximeter.proxy.gateway.background import settle_before_delete
 from taximeter.proxy.gateway.batches import create_batch, show_batch
 from taximeter.proxy.gateway.bodies import TooLarge, read_at_most
 from taximeter.proxy.gateway.conversations import add_to_conversation, create_conversation
@@ -316,6 +317,8 @@ async def _object_call(
         return await complete_upload(request, services, owned, upstream)
     if route.kind == "batch":
         return await show_batch(request, services, owned, upstream, path)
+    if route.kind == "response" and request.method == "DELETE" and path.endswith(f"/{route.object_id}"):
+        await settle_before_delete(services, route.object_id)
     if route.kind == "conversation" and request.method == "POST":
         return await add_to_conversation(request, services, owned, upstream, path)
     endpoint = Endpoint(path, "passthrough", "none", "raw", method=request.method, metered=False)

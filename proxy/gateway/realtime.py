@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import orjson
@@ -53,6 +55,8 @@ ENDPOINT = "/v1/realtime"
 _B64_CHARS_PER_AUDIO_TOKEN = 6_400
 _CHARS_PER_TOKEN = 4
 _HEADERS = ("openai-beta", "user-agent")  # passed upstream; the client's key never is
+_CLOSE_S = 2.0  # longest wait for a socket's closing handshake
+_MAX_ASKED = 4  # responses a client may have asked for and not yet seen start
 
 
 async def handle_realtime(request: web.Request, services: Services) -> web.StreamResponse:
@@ -80,25 +84,39 @@ async def handle_realtime(request: web.Request, services: Services) -> web.Strea
         request_id=request[REQUEST_ID],
         end_user=end_user,
     )
-    up = await _dial(services, request, upstream)
-    ws = web.WebSocketResponse(max_msg_size=services.settings.max_body_bytes, autoping=True)
+    up = await _dial(services, request, upstream, model)
+    ws = web.WebSocketResponse(max_msg_size=services.settings.max_body_bytes, timeout=_CLOSE_S)
     try:
         await ws.prepare(request)
-        await services.shielded(session.run(ws, up))
+        # Ended by either side, or by shutdown (which closes every session first).
+        closing = functools.partial(_close, ws, up)
+        services.sessions.add(closing)
+        try:
+            await services.shielded(session.run(ws, up))
+        finally:
+            services.sessions.discard(closing)
     finally:
         await up.close()
     return ws
 
 
+async def _close(ws: web.WebSocketResponse, up: aiohttp.ClientWebSocketResponse) -> None:
+    """Shutdown: both sockets closed; what ran is charged as the session ends."""
+    await up.close()
+    await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"server shutting down")
+
+
 async def _dial(
-    services: Services, request: web.Request, upstream: Upstream
+    services: Services, request: web.Request, upstream: Upstream, model: str
 ) -> aiohttp.ClientWebSocketResponse:
     headers = {k: v for k in _HEADERS if (v := request.headers.get(k)) is not None}
     headers.update(upstream.credentials())
-    _, _, query = request.raw_path.partition("?")
     try:
         return await services.session.ws_connect(
-            upstream.url(ENDPOINT, query), headers=headers, max_msg_size=services.settings.max_response_bytes
+            upstream.url(ENDPOINT, urlencode({"model": model})),  # the model checked and priced, only
+            headers=headers,
+            max_msg_size=services.settings.max_response_bytes,
+            timeout=aiohttp.ClientWSTimeout(ws_close=_CLOSE_S),
         )
     except aiohttp.WSServerHandshakeError as exc:
         raise UpstreamUnavailable(
@@ -167,7 +185,7 @@ class _Session:
         if kind == "input_audio_buffer.append" and isinstance(event.get("audio"), str):
             self.context_tokens += len(event["audio"]) // _B64_CHARS_PER_AUDIO_TOKEN
         elif kind == "conversation.item.create":
-            self.context_tokens += len(orjson.dumps(event.get("item"))) // _CHARS_PER_TOKEN
+            self.context_tokens += _item_tokens(event.get("item"))
         elif kind == "session.update" and isinstance(event.get("session"), dict):
             session = event["session"]
             self.context_tokens += len(str(session.get("instructions") or "")) // _CHARS_PER_TOKEN
@@ -179,6 +197,11 @@ class _Session:
         the socket closing) when its budget or a limit refuses it."""
         if self.closing:
             await _refusal(ws, "this session's budget is spent: no response is started")
+            return None
+        if len(self.asked) >= _MAX_ASKED:
+            await _refusal(
+                ws, f"at most {_MAX_ASKED} responses may be asked for before one starts", "too_many"
+            )
             return None
         asked = event.get("response")
         max_output = _max_output(asked, self.max_output) if isinstance(asked, dict) else self.max_output
@@ -214,12 +237,13 @@ class _Session:
                 await self._started(ws, response_id)
             elif kind == "error":
                 await self._rejected(event.get("error"))
-            await ws.send_str(msg.data)
-            if kind == "response.done" and isinstance(response, dict):
-                # Charged whatever happens to this socket meanwhile.
+            elif kind == "response.done" and isinstance(response, dict):
+                # Charged before the client hears of it (its next call sees the
+                # usage), whatever happens to this socket meanwhile.
                 await self.services.shielded(self._done(response_id, response))
-                if self.closing and not self.running and not self.asked:
-                    return  # the response that ran when it was refused has ended: close
+            await ws.send_str(msg.data)
+            if kind == "response.done" and self.closing and not self.running and not self.asked:
+                return  # the response that ran when it was refused has ended: close
 
     async def _started(self, ws: web.WebSocketResponse, response_id: str) -> None:
         if self.asked:
@@ -294,10 +318,14 @@ class _Session:
         request_id = f"{self.request_id}:{self.responses}"
         event = charge(self._facts(request_id, estimate), estimate, 0, self.tariff, meter.clock())
         reservation = meter.reservation(event, self.key.terms)
-        if admitted:
-            await meter.admit(reservation)
-        else:
-            await meter.hold_unchecked(reservation)
+        try:
+            if admitted:
+                await meter.admit(reservation)
+            else:
+                await meter.hold_unchecked(reservation)
+        except asyncio.CancelledError:  # the session ended meanwhile: nothing of it stays held
+            await self.services.shielded(meter.release(reservation.client_id, reservation.request_id))
+            raise
         return reservation
 
     async def _settle(self, reservation: Reservation, usage: Usage, status: int) -> None:
@@ -340,6 +368,20 @@ class _Session:
                     await watch_limits(self.services, event, counted)
 
 
+def _item_tokens(item: Any) -> int:
+    """An estimate of what a conversation item adds: its audio parts as audio,
+    everything else as text."""
+    if not isinstance(item, dict):
+        return 0
+    audio = 0
+    parts = item.get("content")
+    for part in parts if isinstance(parts, list) else []:
+        if isinstance(part, dict) and isinstance(part.get("audio"), str):
+            audio += len(part["audio"])
+    text = len(orjson.dumps(item)) - audio
+    return audio // _B64_CHARS_PER_AUDIO_TOKEN + text // _CHARS_PER_TOKEN
+
+
 def _event(data: str) -> dict[str, Any]:
     try:
         event = orjson.loads(data)
@@ -361,11 +403,11 @@ def _max_output(settings: Any, default: int | None) -> int | None:
     return default
 
 
-async def _refusal(ws: web.WebSocketResponse, message: str) -> None:
+async def _refusal(ws: web.WebSocketResponse, message: str, code: str = "budget_exceeded") -> None:
     """An ``error`` event as the Realtime API sends them."""
     error = {
-        "type": "insufficient_quota",
-        "code": "budget_exceeded",
+        "type": "insufficient_quota" if code == "budget_exceeded" else "invalid_request_error",
+        "code": code,
         "message": message,
         "param": None,
         "event_id": None,

@@ -35,6 +35,7 @@ __all__ = [
     "record_lost",
     "settle",
     "settle_unaccounted",
+    "tool_prices",
 ]
 
 log = logging.getLogger("taximeter.proxy")
@@ -94,12 +95,12 @@ def event_of(services: Services, call: Call, usage: Usage, status: int) -> Usage
         upstream=call.route.name,
         regional=call.route.regional,
         latency_ms=None if status == 0 else round((time.monotonic() - call.started) * 1000),
-        tool_prices=_tool_prices(services.meter.catalog, usage, call.route.provider),
+        tool_prices=tool_prices(services.meter.catalog, usage, call.route.provider),
     )
     return charge(facts, usage, status, call.tariff, services.meter.clock())
 
 
-def _tool_prices(catalog: Catalog, usage: Usage, provider: str) -> dict[str, ModelPrice]:
+def tool_prices(catalog: Catalog, usage: Usage, provider: str) -> dict[str, ModelPrice]:
     """The prices of the image models the call's tools used, as its upstream's provider lists them."""
     found = {model: catalog.resolve(model, provider) for model in {i.model for i in usage.tool_images}}
     return {model: price for model, price in found.items() if price is not None}

@@ -1,10 +1,10 @@
 """The watcher: the step every process runs beside the sweeper, each
 ``sweep_interval_s``, for objects that keep running upstream after the call
-that made them (batches). Each due one is taken by one process at a time (a
-lease in the store) and looked at upstream: one still running is looked at
-again later, each time twice as late up to ``watch_check_max_s``; one that
-has ended is charged and watched no more. A look that fails (the upstream or
-the store down) is tried again the same way.
+that made them (batches, background responses). Each due one is taken by
+one process at a time (a lease in the store) and looked at upstream: one
+still running is looked at again later, each time twice as late up to
+``watch_check_max_s``; one that has ended is charged and watched no more. A
+look that fails (the upstream or the store down) is tried again the same way.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ dies at any step leaves the next one (in any process) all it needs."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import timedelta
 
@@ -14,7 +15,7 @@ from taximeter.pricing.charge import Tariff
 from taximeter.pricing.models import Terms, Watch
 from taximeter.proxy.services import Services
 
-__all__ = ["WATCH_LEASE", "charge_estimate", "done_with", "hold_on", "tariff_of", "terms_of"]
+__all__ = ["WATCH_LEASE", "charge_estimate", "done_with", "finish_now", "hold_on", "tariff_of", "terms_of"]
 
 log = logging.getLogger("taximeter.proxy")
 
@@ -72,3 +73,21 @@ def tariff_of(watch: Watch) -> Tariff:
     """What a USD costs its client: as when it was admitted (rate and markup)."""
     event = watch.reservation.event
     return Tariff(event.currency, event.exchange_rate, event.markup)
+
+
+async def finish_now(
+    services: Services, object_id: str, check: Callable[[Services, Watch], Awaitable[bool]]
+) -> bool | None:
+    """Look at a watched object now, out of turn (its owner is about to read
+    or delete what it made): True when it has ended and is charged, False
+    when it still runs, None when no watch of it was free to take (done
+    with already, or another process is at it)."""
+    claimed = await services.objects.claim_watches(
+        services.meter.clock(), 1, WATCH_LEASE, object_id=object_id
+    )
+    for watch in claimed:
+        if await check(services, watch):
+            return True
+        await services.objects.check_again(watch.object_id, services.meter.clock(), watch.checks)
+        return False
+    return None

@@ -104,3 +104,28 @@ async def test_two_processes_watching_charge_it_once(make_proxy: Any, clock: Fak
     await first.services.meter.feedback.close()
     await second.services.meter.feedback.close()
     await second.assert_ledger_matches_counters()
+
+
+async def test_a_background_response_is_charged_before_it_is_deleted(
+    proxy: Harness, clock: FakeClock
+) -> None:
+    acme = proxy.sdk(await proxy.new_client("acme"))
+    made = await acme.responses.create(model="gpt-4o", input="Hello", background=True)
+    with pytest.raises(openai.ConflictError):  # still running: deleted, it could never be charged
+        await acme.responses.delete(made.id)
+    proxy.upstream.finish_background()
+    await acme.responses.delete(made.id)  # ended, never looked at: charged now, then deleted
+    [event] = await proxy.events("acme")
+    assert Decimal(event["cost_usd"]) == GPT4O_RESPONSE and not event["estimated"]
+    assert await looked_at(proxy, clock) == 0
+
+
+async def test_a_background_response_holds_no_concurrency_slot(proxy: Harness) -> None:
+    key = await proxy.new_client("acme")
+    status, body = await proxy.admin(
+        "PUT", "/admin/clients/acme/limits", {"limits": [{"name": "one", "metric": "concurrent", "limit": 1}]}
+    )
+    assert status == 200, body
+    acme = proxy.sdk(key)
+    await acme.responses.create(model="gpt-4o", input="Hello", background=True)
+    await acme.responses.create(model="gpt-4o", input="Hello")  # the background one is answered

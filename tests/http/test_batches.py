@@ -325,3 +325,31 @@ async def test_a_batchs_files_are_its_owners_once_its_lines_are_charged(
     await refused_unseen(proxy, acme.files.delete(output))
     assert await ended_and_charged(proxy, clock) == 1
     assert len((await acme.files.content(output)).content.splitlines()) == 2
+
+
+async def test_a_restarted_process_counts_a_running_batch_on_its_limits(make_proxy: Any) -> None:
+    first: Harness = await make_proxy()
+    key = await first.new_client("acme")
+
+    async def daily_tokens(limit: int) -> None:
+        body = {"limits": [{"name": "daily", "metric": "tokens", "limit": limit, "window": "daily"}]}
+        status, answer = await first.admin("PUT", "/admin/clients/acme/limits", body)
+        assert status == 200, answer
+
+    await daily_tokens(10**9)
+    acme = first.sdk(key)
+    await acme.batches.create(
+        input_file_id=await uploaded(acme, batch_lines(20, max_tokens=1000)),
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+    [watch] = await first.services.objects.all_watches()
+    held = watch.reservation.tokens
+    await daily_tokens(held + 1_000)  # room beside the batch for one call of 1,500 tokens, not two
+    # A process started later (on the embedded default, a restart): the
+    # batch's hold counts on the cap's counter it counts again from the ledger.
+    second: Harness = await make_proxy()
+    sdk = second.sdk(key)
+    await sdk.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "Hi"}])
+    with pytest.raises(openai.RateLimitError):
+        await sdk.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "Hi"}])

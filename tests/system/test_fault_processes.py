@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
+import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -229,3 +231,41 @@ async def _restart_mid_traffic(proxy: Harness, pg: PrivatePostgres) -> None:
     ids = [e["request_id"] for e in events]
     assert len(ids) == len(set(ids)) == 3 + answered  # every answered call recorded once
     await proxy.assert_ledger_matches_counters()
+
+
+async def test_sigterm_closes_a_realtime_session_and_charges_its_response(
+    aiohttp_server: Any, tmp_path: Path
+) -> None:
+    """Spec 11: SIGTERM always ends the process, an open Realtime session
+    included (its upstream stalled mid-response): closed at once, its
+    response charged as reserved."""
+    fake = FakeUpstream(realtime_hold=asyncio.Event())
+    upstream = await aiohttp_server(fake.app())
+    database = f"sqlite:///{tmp_path}/taximeter.db"
+    proxy = Deployment(tmp_path, str(upstream.make_url("/v1")), database_url=database)
+    try:
+        key = await proxy.new_client("acme", "--mode", "cost", "--cost", "50")
+        await proxy.start()
+        async with aiohttp.ClientSession() as http:
+            ws = await http.ws_connect(
+                f"{proxy.url}/v1/realtime?model=gpt-realtime", headers={"Authorization": f"Bearer {key}"}
+            )
+            await ws.send_json({"type": "response.create"})
+            async for msg in ws:
+                if '"response.output_audio.delta"' in msg.data:
+                    break
+            assert proxy.server is not None
+            started = time.monotonic()
+            proxy.server.send_signal(signal.SIGTERM)  # only the process this test started
+            assert await asyncio.wait_for(proxy.server.wait(), 30) == 0
+            assert time.monotonic() - started < 10  # not held open for as long as the session lasts
+            proxy.server = None
+        store = await open_store(database)
+        try:
+            [charged] = await store.list_events("acme", 10)
+            assert (charged.estimated, charged.status, charged.api_type) == (True, 499, "realtime")
+        finally:
+            await store.close()
+    finally:
+        fake.realtime_hold.set()  # type: ignore[union-attr]
+        await proxy.stop()
