@@ -144,6 +144,10 @@ class _Session:
     responses: int = 0
     context_tokens: int = 0  # what the conversation holds so far (an estimate, until a response tells)
     max_output: int | None = None  # the session's max_output_tokens
+    transcriber: str | None = (
+        None  # the model that transcribes the user's audio, when the session asks for one
+    )
+    transcriptions: int = 0
 
     async def run(self, ws: web.WebSocketResponse, up: aiohttp.ClientWebSocketResponse) -> None:
         pumps = [
@@ -190,6 +194,7 @@ class _Session:
             session = event["session"]
             self.context_tokens += len(str(session.get("instructions") or "")) // _CHARS_PER_TOKEN
             self.max_output = _max_output(session, self.max_output)
+            self.transcriber = _transcriber(session, self.transcriber)
 
     async def _ask(self, ws: web.WebSocketResponse, event: dict[str, Any]) -> str | None:
         """Reserve a response the client asks for: the event to send upstream
@@ -237,6 +242,9 @@ class _Session:
                 await self._started(ws, response_id)
             elif kind == "error":
                 await self._rejected(event.get("error"))
+            elif kind == "conversation.item.input_audio_transcription.completed":
+                # The user's audio, transcribed by a model of its own: charged as it is done.
+                await self.services.shielded(self._transcribed(event.get("usage")))
             elif kind == "response.done" and isinstance(response, dict):
                 # Charged before the client hears of it (its next call sees the
                 # usage), whatever happens to this socket meanwhile.
@@ -345,6 +353,31 @@ class _Session:
         if counted:
             await watch_limits(self.services, event, counted)
 
+    async def _transcribed(self, reported: Any) -> None:
+        usage = parse_usage(reported)
+        if usage is None:  # none reported: the whisper-1 of old Realtime sessions bills by the second
+            return
+        meter = self.services.meter
+        self.transcriptions += 1
+        model = self.transcriber or "unknown"
+        facts = CallFacts(
+            request_id=f"{self.request_id}:t{self.transcriptions}",
+            client_id=self.key.client_id,
+            api_type="whisper",
+            model=model,
+            endpoint=ENDPOINT,
+            family="transcription",
+            price=meter.catalog.resolve(model, self.upstream.provider),
+            end_user=self.end_user,
+            upstream=self.upstream.name,
+            regional=self.upstream.regional,
+        )
+        event = charge(facts, usage, 200, self.tariff, meter.clock())
+        counted = await meter.settle(event)
+        self.services.metrics.call(event)
+        if counted:
+            await watch_limits(self.services, event, counted)
+
     async def _charge_unfinished(self) -> None:
         """The socket ended: responses that ran (or were asked for and may
         have) are charged as reserved, flagged estimated."""
@@ -388,6 +421,19 @@ def _event(data: str) -> dict[str, Any]:
     except orjson.JSONDecodeError:
         return {}
     return event if isinstance(event, dict) else {}
+
+
+def _transcriber(session: dict[str, Any], default: str | None) -> str | None:
+    """The transcription model a session.update sets (GA or beta shape)."""
+    audio = session.get("audio")
+    found = audio.get("input") if isinstance(audio, dict) else None
+    found = (
+        found.get("transcription") if isinstance(found, dict) else session.get("input_audio_transcription")
+    )
+    model = found.get("model") if isinstance(found, dict) else None
+    if isinstance(model, str) and 0 < len(model) <= 256 and model.isprintable():
+        return model
+    return default
 
 
 def _max_output(settings: Any, default: int | None) -> int | None:

@@ -74,8 +74,14 @@ async def _hold_on_quietly(services: Services, watch: Watch) -> None:
 async def hold_all(services: Services) -> None:
     """Hold every watched object's reservation again: at start, a gate that
     lives in this process (or a Redis that was emptied) holds none of them."""
-    for watch in await services.objects.all_watches():
+    held = await services.objects.all_watches()
+    for watch in held:
         await hold_on(services, watch)
+    # One ended meanwhile (by another process) would stay held: let it go.
+    left = {watch.object_id for watch in await services.objects.all_watches()}
+    for watch in held:
+        if watch.object_id not in left:
+            await services.meter.release(watch.client_id, watch.reservation.request_id)
 
 
 async def watch_forever(services: Services, interval_s: float) -> None:

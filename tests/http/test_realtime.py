@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from tests.support.fake_upstream import REALTIME, REALTIME_DELTAS
+from tests.support.fake_upstream import REALTIME, REALTIME_DELTAS, TRANSCRIBE_TOKENS
 from tests.support.harness import Harness
 
 M = Decimal(1_000_000)
@@ -148,3 +148,25 @@ async def test_a_response_the_upstream_rejects_is_not_charged(proxy: Harness) ->
         assert (await one_response(conn))[-1] == "response.done"
     [event] = await proxy.events("acme")  # the rejected one held nothing after its error
     assert Decimal(event["cost_usd"]) == RESPONSE_USD and not event["estimated"]
+
+
+async def test_the_users_audio_transcribed_in_a_session_is_charged_too(proxy: Harness) -> None:
+    key = await proxy.new_client("acme", mode="cost", cost_limit="50")
+    async with proxy.sdk(key).realtime.connect(model="gpt-realtime") as conn:
+        transcription = {"model": "gpt-4o-transcribe"}
+        await conn.session.update(
+            session={"type": "realtime", "audio": {"input": {"transcription": transcription}}}
+        )
+        await conn.input_audio_buffer.append(audio=base64.b64encode(b"\x00" * 48_000).decode())
+        await conn.input_audio_buffer.commit()
+        async for event in conn:
+            if event.type == "response.done":
+                break
+    events = {e["api_type"]: e for e in await proxy.events("acme")}
+    assert set(events) == {"realtime", "whisper"}
+    # gpt-4o-transcribe: audio in $6.00, text out $10.00 per 1M tokens.
+    expected = (
+        TRANSCRIBE_TOKENS["audio"] * Decimal("6.00") + TRANSCRIBE_TOKENS["output"] * Decimal("10.00")
+    ) / M
+    assert Decimal(events["whisper"]["cost_usd"]) == expected
+    assert events["whisper"]["model"] == "gpt-4o-transcribe"

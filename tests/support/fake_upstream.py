@@ -289,6 +289,7 @@ class FakeUpstream:
         await ws.send_json(
             {"type": "session.created", "event_id": "event_0", "session": {"id": "sess_1", "model": model}}
         )
+        transcribing = False  # the user's audio is transcribed once the session asks for it
         async for msg in ws:
             if msg.type != web.WSMsgType.TEXT:
                 continue
@@ -308,6 +309,31 @@ class FakeUpstream:
                 }
                 await ws.send_json({"type": "error", "event_id": "event_err", "error": error})
                 continue
+            if event.get("type") == "session.update":
+                transcription = ((event["session"].get("audio") or {}).get("input") or {}).get(
+                    "transcription"
+                )
+                transcribing = transcription is not None
+            if event.get("type") == "input_audio_buffer.commit" and transcribing:
+                await ws.send_json(
+                    {
+                        "type": "conversation.item.input_audio_transcription.completed",
+                        "event_id": "event_tr",
+                        "item_id": "item_user",
+                        "content_index": 0,
+                        "transcript": "Hello.",
+                        "usage": {
+                            "type": "tokens",
+                            "input_tokens": TRANSCRIBE_TOKENS["audio"],
+                            "input_token_details": {
+                                "audio_tokens": TRANSCRIBE_TOKENS["audio"],
+                                "text_tokens": 0,
+                            },
+                            "output_tokens": TRANSCRIBE_TOKENS["output"],
+                            "total_tokens": TRANSCRIBE_TOKENS["audio"] + TRANSCRIBE_TOKENS["output"],
+                        },
+                    }
+                )
             if event.get("type") in ("response.create", "input_audio_buffer.commit"):
                 await self._realtime_response(ws)
         return ws
