@@ -49,6 +49,7 @@ from taximeter.proxy.gateway.status import status_routes
 from taximeter.proxy.gateway.sweeper import sweep_forever
 from taximeter.proxy.gateway.upstreams import Upstreams
 from taximeter.proxy.gateway.watcher import hold_all, watch_forever
+from taximeter.proxy.gauges import BudgetGauges
 from taximeter.proxy.logs import protect_logs
 from taximeter.proxy.metrics import Metrics
 from taximeter.proxy.middleware import json_error_middleware, request_id_middleware
@@ -58,6 +59,7 @@ from taximeter.proxy.services import (
     CHANGES,
     CLOCK,
     GATE,
+    GAUGES,
     LEDGER,
     METER,
     METRICS,
@@ -193,9 +195,11 @@ async def _meter_ctx(app: web.Application) -> AsyncIterator[None]:
     """The meter and its ledger writer (started by :func:`_ledger_ctx`, which
     closes first: the meter then tells the gate of the last events recorded)."""
     app[LEDGER], app[METER] = _new_meter(app)
+    app[GAUGES] = BudgetGauges(app[STORE], app[METRICS], app[CLOCK])
     try:
         yield
     finally:
+        await app[GAUGES].close()
         await app[METER].feedback.close()  # the gate hears of the last events recorded before it closes
 
 
@@ -298,9 +302,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
         webhooks=webhooks,
         exports=exports,
         metrics=app[METRICS],
-        keys=KeyCache(
-            store, ttl_s=settings.key_cache_s, changes=app[CHANGES], on_news=app[METER].changed_elsewhere
-        ),
+        keys=KeyCache(store, ttl_s=settings.key_cache_s, changes=app[CHANGES], on_news=_on_news(app)),
         objects=store,
     )
     app[SERVICES] = services
@@ -325,11 +327,23 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
         await services.drain()
 
 
+def _on_news(app: web.Application) -> Callable[[], None]:
+    """Another process changed something: this one's copies and gauges follow."""
+
+    def heard() -> None:
+        app[METER].changed_elsewhere()
+        app[GAUGES].follow()
+
+    return heard
+
+
 def _gate_refresher(metrics: Metrics, meter: Meter) -> BudgetHook:
     async def refresh_gate(client_id: str, state: BudgetState | None, now: datetime) -> None:
         # Re-read after the flush, so the copy includes this process's in-flight events.
         if state is not None:
             metrics.budget(state)
+        else:
+            metrics.drop_budget(client_id)
         try:
             await meter.rebuild(client_id, now)
         except StoreUnavailable:
@@ -369,8 +383,9 @@ def _counters_of(gate: Gate) -> Callable[[list[Hold]], Awaitable[list[tuple[int,
 async def _sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
     with contextlib.suppress(StoreUnavailable):  # a store down now: the first sweep reads them
         await app[METER].rates.refresh()
-    sweeping = sweep_forever(app[METER], app[SETTINGS].sweep_interval_s)
-    async with _background(sweeping, "taximeter-sweeper"):
+    sweeping = sweep_forever(app[METER], app[SETTINGS].sweep_interval_s, app[GAUGES].follow)
+    following = app[GAUGES].follow_changes(app[CHANGES], app[SETTINGS].sweep_interval_s)
+    async with _background(sweeping, "taximeter-sweeper"), _background(following, "taximeter-gauges"):
         yield
 
 

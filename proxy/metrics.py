@@ -10,6 +10,7 @@ catalog does not know is labelled ``other``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from decimal import Decimal
@@ -216,6 +217,24 @@ class Metrics:
         if cost_pct is not None:
             cost_ratio.set(cost_pct / 100)
         paused.set(1 if state.paused else 0)
+
+    def drop_budget(self, client_id: str) -> None:
+        """A budget deleted: its series go (with several workers, whose
+        series live in files, they read 0: nothing used, nothing paused)."""
+        children = self._budgets.pop(client_id, None)
+        if self.multiprocess:
+            for child in children or ():
+                child.set(0)
+            return
+        for metric in ("tokens", "cost"):
+            with contextlib.suppress(KeyError):
+                self.budget_used_ratio.remove(client_id, metric)
+        with contextlib.suppress(KeyError):
+            self.budget_paused.remove(client_id)
+
+    def budgets_shown(self) -> set[str]:
+        """The clients whose budget gauges this process shows."""
+        return set(self._budgets)
 
     def budget_alert(self, event: BudgetAlert) -> None:
         if event.kind == "threshold" and event.threshold is not None:

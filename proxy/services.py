@@ -16,6 +16,7 @@ from taximeter.proxy.exports import ExportSender
 from taximeter.proxy.gateway.auth import KeyCache
 from taximeter.proxy.gateway.metering import Meter
 from taximeter.proxy.gateway.upstreams import Upstreams
+from taximeter.proxy.gauges import BudgetGauges
 from taximeter.proxy.metrics import Metrics
 from taximeter.proxy.operations import Operations
 from taximeter.proxy.settings import Settings
@@ -29,6 +30,7 @@ __all__ = [
     "CHANGES",
     "CLOCK",
     "GATE",
+    "GAUGES",
     "LEDGER",
     "METER",
     "METRICS",
@@ -87,6 +89,7 @@ OPERATIONS = web.AppKey("operations", Operations)
 # (proxy/app.py): a later one reaches an earlier one through its key.
 SETTINGS = web.AppKey("settings", Settings)
 CHANGES: web.AppKey[Changes] = web.AppKey("changes")  # word of changes made by other processes
+GAUGES = web.AppKey("gauges", BudgetGauges)
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")
 CATALOG = web.AppKey("catalog", Catalog)
 METRICS = web.AppKey("metrics", Metrics)

@@ -40,6 +40,10 @@ class Changes(Protocol):
     def news(self) -> bool:
         """Whether another process announced a change since this was last asked."""
 
+    def stamp(self) -> object:
+        """What changes with every announcement heard (for a reader other than
+        :meth:`news`'s one, which compares it with the last it saw)."""
+
     async def announce(self) -> None:
         """Tell every other process that something admission reads has changed."""
 
@@ -51,6 +55,9 @@ class NoChanges:
 
     def news(self) -> bool:
         return False
+
+    def stamp(self) -> object:
+        return 0
 
     async def announce(self) -> None:
         return None
@@ -75,6 +82,9 @@ class FileChanges:
     @classmethod
     async def open(cls, database: Path) -> FileChanges:
         return await asyncio.to_thread(cls, database.with_name(database.name + "-changes"))
+
+    def stamp(self) -> object:
+        return self._map[:_WORD]
 
     def news(self) -> bool:
         word = self._map[:_WORD]
@@ -112,6 +122,9 @@ class PostgresChanges:
     def _hear(self, conn: object, pid: int, channel: str, payload: object) -> None:
         if payload != self._me:
             self._heard += 1
+
+    def stamp(self) -> object:
+        return self._heard
 
     def news(self) -> bool:
         if self._conn.is_closed():

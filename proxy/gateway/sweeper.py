@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 
@@ -25,8 +26,9 @@ log = logging.getLogger("taximeter.metering")
 _CLAIM_BATCH = 100
 
 
-async def sweep(meter: Meter) -> int:
-    """One sweep; the number of expired reservations it charged."""
+async def sweep(meter: Meter, on_rolled: Callable[[], object] = lambda: None) -> int:
+    """One sweep; the number of expired reservations it charged. ``on_rolled``
+    is told when a budget's period rolled over."""
     now = meter.clock()
     await meter.follow_prices(now.date())  # a new day: the prices in force from it
     with contextlib.suppress(StoreUnavailable):  # rates set by other processes apply from here on
@@ -39,15 +41,18 @@ async def sweep(meter: Meter) -> int:
     # Roll every budget whose boundary passed, once this process's calls of
     # the ending period are durable (their thresholds fire in that period).
     await meter.ledger.flush()
-    await meter.store.roll_due(now)
+    if await meter.store.roll_due(now):
+        on_rolled()
     return charged
 
 
-async def sweep_forever(meter: Meter, interval_s: float) -> None:
+async def sweep_forever(
+    meter: Meter, interval_s: float, on_rolled: Callable[[], object] = lambda: None
+) -> None:
     while True:
         await asyncio.sleep(interval_s)
         try:
-            await sweep(meter)
+            await sweep(meter, on_rolled)
         except (StoreUnavailable, MeteringUnavailable) as exc:
             log.warning("sweep_failed", extra={"error": str(exc)})
         except Exception:

@@ -3,16 +3,18 @@ naming the cause and exit code 2 (before: a "listening" line, then a traceback).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.support.processes import free_port
+from tests.support.processes import Deployment, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -84,3 +86,23 @@ def test_the_summary_says_what_runs_and_no_secret(tmp_path: Path) -> None:
     assert "default https://api.openai.com/v1 (key set)" in text
     assert f"http://127.0.0.1:{port}/dashboard" in text
     assert "SENTINEL" not in text
+
+
+async def test_twenty_sigterms_in_a_row_all_end_the_process(tmp_path: Path) -> None:
+    """Spec 11: SIGTERM always ends the process (before: now and then the
+    SQLite proxy never exited). Twenty starts, a call each, twenty SIGTERMs:
+    each exits, with code 0, well within the drain."""
+    upstream_url = "http://127.0.0.1:9/v1"  # no upstream is needed: /budget/status is answered here
+    deployment = Deployment(tmp_path, upstream_url)
+    key = await deployment.new_client("acme", "--mode", "tokens", "--tokens", "1000")
+    waited = []
+    for _ in range(20):
+        await deployment.start()
+        assert (await deployment.status(key))["client_id"] == "acme"  # the store was read
+        assert deployment.server is not None
+        started = time.monotonic()
+        deployment.server.send_signal(signal.SIGTERM)  # only the process this test started
+        assert await asyncio.wait_for(deployment.server.wait(), 30) == 0
+        waited.append(time.monotonic() - started)
+        deployment.server = None
+    assert max(waited) < 5, waited

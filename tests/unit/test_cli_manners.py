@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from importlib.metadata import version
+from pathlib import Path
 
 import pytest
 
@@ -53,3 +54,31 @@ def test_every_command_and_option_has_help() -> None:
 
     walk(cli._parser(), "taximeter")
     assert missing == []
+
+
+SNAPSHOT = Path(__file__).parent.parent / "snapshots" / "cli_help.txt"
+
+
+def test_help_is_as_reviewed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every command's --help, as last reviewed (tests/snapshots/cli_help.txt):
+    a change to what the CLI says shows up in review. After a deliberate
+    change, write it anew with TAXIMETER_TEST_UPDATE_SNAPSHOTS=1."""
+    import argparse
+    import os
+
+    monkeypatch.setenv("COLUMNS", "100")  # argparse wraps to the terminal's width
+    pages: list[str] = []
+
+    def walk(parser: argparse.ArgumentParser) -> None:
+        pages.append(f"$ {parser.prog} --help\n{parser.format_help()}")
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    walk(sub)
+
+    walk(cli._parser())
+    text = "\n".join(pages)
+    if os.environ.get("TAXIMETER_TEST_UPDATE_SNAPSHOTS") == "1":
+        SNAPSHOT.parent.mkdir(exist_ok=True)
+        SNAPSHOT.write_text(text)
+    assert text == SNAPSHOT.read_text(), "the CLI's help changed: review it, then write the snapshot anew"
