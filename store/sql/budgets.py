@@ -80,9 +80,13 @@ class SqlBudgets(BudgetWrites):
     async def list_budgets(self, now: datetime) -> list[BudgetState]:
         """Every budget, each read as :meth:`get_budget` does: a budget whose
         period has ended is rolled over and written on the way."""
-        async with self.connection() as conn:
-            rows = await conn.fetchall("SELECT client_id FROM budgets ORDER BY client_id")
-        states = [await self.get_budget(r["client_id"], now) for r in rows]
+        async with self.connection() as conn:  # one read of them all; a write only for one rolled
+            rows = await conn.fetchall(f"SELECT {BUDGET_COLUMNS} FROM budgets ORDER BY client_id")
+        states: list[BudgetState | None] = []
+        for row in rows:
+            state = budget_from_row(self.dialect, row)
+            rolled = budgets.roll(state, now) is not state
+            states.append(await self._roll_over(state.client_id, now) if rolled else state)
         return [s for s in states if s is not None]
 
     async def delete_budget(self, client_id: str) -> bool:
