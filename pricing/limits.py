@@ -20,6 +20,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from taximeter.pricing.budgets import MAX_COST_LIMIT, MAX_TOKEN_LIMIT, BudgetInputError, period_bounds
+from taximeter.pricing.forecast import project
 from taximeter.pricing.models import RATE_WINDOWS, Hold, Limit
 from taximeter.pricing.money import from_nanos, money_text, to_nanos
 from taximeter.pricing.terms import exact_amount, model_globs
@@ -189,18 +190,36 @@ def _hold(
     return Hold(key, limit, amount, start, end, user)
 
 
-def status_json(hold: Hold, used: int, reserved: int, declared: Limit) -> dict[str, Any]:
-    """A limit as ``GET /admin/clients/{id}/limits`` and ``/budget/status`` show it."""
+def status_json(
+    hold: Hold, used: int, reserved: int, declared: Limit, now: datetime | None = None
+) -> dict[str, Any]:
+    """A limit as ``GET /admin/clients/{id}/limits`` and ``/budget/status`` show
+    it; a spend cap's ``forecast`` (as of ``now``) where its window says one."""
     limit = hold.limit
     remaining = max(limit.limit - used - reserved, 0)
     money = limit.metric == "cost"
+    course = None
+    if now is not None and hold.window_end is not None and limit.rebuilt_from_ledger:
+        course = project(Decimal(used), Decimal(limit.limit), hold.window_start, hold.window_end, now)
+    forecast = None
+    if course is not None:
+        at_end = int(course.at_end)
+        forecast = {
+            "at_window_end": _money(at_end) if money else at_end,
+            "runs_out_at": _rfc3339(course.runs_out_at),
+        }
     return {
         **limit_json(declared),
         "used": _money(used) if money else used,
         "reserved": _money(reserved) if money else reserved,
         "remaining": _money(remaining) if money else remaining,
-        "resets_at": None if hold.window_end is None else hold.window_end.isoformat().replace("+00:00", "Z"),
+        "resets_at": _rfc3339(hold.window_end),
+        "forecast": forecast,
     }
+
+
+def _rfc3339(when: datetime | None) -> str | None:
+    return None if when is None else when.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 ALERT_THRESHOLDS = (Decimal("0.8"), Decimal("0.9"), Decimal("1"))

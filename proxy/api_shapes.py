@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from taximeter.pricing import budgets
+from taximeter.pricing.forecast import budget_forecast
 from taximeter.pricing.models import ApiKey, BudgetState, Client, Credit, ExchangeRate, UsageEvent
 from taximeter.pricing.money import from_nanos, money_text
 from taximeter.store.base import ReportRow
@@ -159,7 +160,8 @@ def event_json(event: UsageEvent) -> dict[str, Any]:
     }
 
 
-def budget_json(state: BudgetState, spend: dict[str, Decimal]) -> dict[str, Any]:
+def budget_json(state: BudgetState, spend: dict[str, Decimal], now: datetime | None = None) -> dict[str, Any]:
+    """A budget's status; with ``now``, its ``forecast`` (section 8)."""
     config = state.config
     tokens_pct, cost_pct = budgets.percents(state)
     return {
@@ -183,6 +185,19 @@ def budget_json(state: BudgetState, spend: dict[str, Decimal]) -> dict[str, Any]
         "period_start": rfc3339(state.period_start),
         "next_reset_at": rfc3339(budgets.next_reset(state)),
         "spend_by_api_type": {k: money_text(v) for k, v in spend.items()},
+        "forecast": None if now is None else forecast_json(state, now),
+    }
+
+
+def forecast_json(state: BudgetState, now: datetime) -> dict[str, Any] | None:
+    """Where the budget is heading at its burn rate so far (None: too soon to say, or no end)."""
+    course = budget_forecast(state, now)
+    if course is None:
+        return None
+    return {
+        "tokens_at_period_end": course.tokens_at_end,
+        "cost_at_period_end": None if course.cost_at_end is None else money_text(course.cost_at_end),
+        "runs_out_at": rfc3339(course.runs_out_at),
     }
 
 

@@ -41,6 +41,7 @@ from taximeter.proxy.dashboard.pages import load_pages
 from taximeter.proxy.dashboard.sessions import Sessions
 from taximeter.proxy.dashboard.site import dashboard_app
 from taximeter.proxy.exports import ExportSender, Sink
+from taximeter.proxy.forecasts import ForecastAlerts
 from taximeter.proxy.gateway.auth import KeyCache
 from taximeter.proxy.gateway.exchange import RateBook
 from taximeter.proxy.gateway.metering import Meter
@@ -205,12 +206,14 @@ async def _meter_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def _new_meter(app: web.Application) -> tuple[LedgerWriter, Meter]:
     settings, store, metrics = app[SETTINGS], app[STORE], app[METRICS]
+    forecasts = ForecastAlerts(store, app[CLOCK])
 
     async def recorded(event: UsageEvent, result: RecordResult) -> None:
         metrics.ledger_pending.set(ledger.pending)
         meter.feedback.recorded(event, result.recorded)
         if result.state is not None:
             metrics.budget(result.state)
+            await forecasts.consider(result.state)
 
     def quarantined(event: UsageEvent, error: str) -> None:
         # Refused by the store and set aside: counted as written, in no budget.

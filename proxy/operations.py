@@ -274,7 +274,7 @@ class Operations:
                     await self._store.limit_used(hold, client_id) if limit.rebuilt_from_ledger else 0,
                     0,
                 )
-            shown.append(limits.status_json(hold, counter[0], counter[1], limit))
+            shown.append(limits.status_json(hold, counter[0], counter[1], limit, self.clock()))
         return shown
 
     async def keys(self, client_id: str) -> list[ApiKey]:
@@ -369,7 +369,7 @@ class Operations:
         """A budget's status, with its client's limits (left out of a list of
         every budget: a read of each client and its counters)."""
         spend = await self.spend_by_api_type(state.client_id, state.period_start)
-        status = budget_json(state, spend)
+        status = budget_json(state, spend, self.clock())
         if not with_limits:
             return status
         return {**status, "limits": await self._limits_of(await self.client(state.client_id), state)}

@@ -162,6 +162,19 @@ LIMIT_SCHEMAS: dict[str, Any] = {
             "reserved": _AMOUNT,
             "remaining": _AMOUNT,
             "resets_at": {"anyOf": [_TIME, {"type": "null"}]},
+            "forecast": {
+                "description": "a spend cap's course at its burn rate so far; null: too soon to say",
+                "anyOf": [
+                    {
+                        "type": "object",
+                        "properties": {
+                            "at_window_end": _AMOUNT,
+                            "runs_out_at": {"anyOf": [_TIME, {"type": "null"}]},
+                        },
+                    },
+                    {"type": "null"},
+                ],
+            },
         },
     ),
     "Limits": _obj(

@@ -164,6 +164,20 @@ SCHEMAS: dict[str, Any] = {
             "period_start": _TIME,
             "next_reset_at": {"anyOf": [_TIME, {"type": "null"}]},
             "spend_by_api_type": {"type": "object", "additionalProperties": _MONEY},
+            "forecast": {
+                "description": "the period's course at its burn rate so far; null: too soon to say",
+                "anyOf": [
+                    {
+                        "type": "object",
+                        "properties": {
+                            "tokens_at_period_end": {"type": ["integer", "null"]},
+                            "cost_at_period_end": _NULLABLE_MONEY,
+                            "runs_out_at": {"anyOf": [_TIME, {"type": "null"}]},
+                        },
+                    },
+                    {"type": "null"},
+                ],
+            },
             "limits": {"type": "array", "items": {"$ref": "#/components/schemas/LimitStatus"}},
         },
     ),

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from taximeter.pricing import budgets
+from taximeter.pricing.forecast import budget_forecast
 from taximeter.pricing.models import BudgetState, Client
 from taximeter.pricing.money import from_nanos
 from taximeter.proxy.dashboard.formatting import Formatter
@@ -50,6 +52,7 @@ class Card:
     next_reset: str | None = None
     spend: tuple[tuple[str, str], ...] = ()
     binding: Bar | None = None  # the limit beside the budget nearest to being reached
+    forecast: str | None = None  # where it is heading at its burn rate so far
 
 
 def binding_bar(shown: list[dict[str, Any]]) -> Bar | None:
@@ -74,7 +77,12 @@ def binding_bar(shown: list[dict[str, Any]]) -> Bar | None:
 
 
 def build_card(
-    client: Client, state: BudgetState | None, spend: dict[str, Decimal], fmt: Formatter, currency: str
+    client: Client,
+    state: BudgetState | None,
+    spend: dict[str, Decimal],
+    fmt: Formatter,
+    currency: str,
+    now: datetime | None = None,
 ) -> Card:
     """The card of ``client``: its bars, level and pause from ``state`` (None:
     metered, no budget), and ``spend`` by api_type in the budget currency."""
@@ -100,7 +108,24 @@ def build_card(
         pause_reason=budgets.refusal(state),
         next_reset=None if reset_at is None else fmt.when(reset_at, state.config.timezone),
         spend=spent,
+        forecast=None if now is None else _forecast(state, now, fmt),
     )
+
+
+def _forecast(state: BudgetState, now: datetime, fmt: Formatter) -> str | None:
+    """At this pace: what the period ends at, and when it runs out if before."""
+    course = budget_forecast(state, now)
+    if course is None:
+        return None
+    parts = []
+    if course.cost_at_end is not None:
+        parts.append(fmt.money(course.cost_at_end, state.config.currency))
+    if course.tokens_at_end is not None:
+        parts.append(f"{fmt.number(course.tokens_at_end)} tokens")
+    said = f"at this pace: {' and '.join(parts)} by the period's end"
+    if course.runs_out_at is not None:
+        said += f" · runs out {fmt.when(course.runs_out_at, state.config.timezone)}"
+    return said
 
 
 def _bars(state: BudgetState, fmt: Formatter) -> tuple[Bar, ...]:

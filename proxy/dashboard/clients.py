@@ -52,7 +52,7 @@ async def _card(dash: Dashboard, client: Client, state: BudgetState | None) -> C
     ops = dash.ops
     since = state.period_start if state is not None else ops.clock() - timedelta(days=USAGE_DAYS)
     spend = await ops.spend_by_api_type(client.id, since)
-    card = build_card(client, state, spend, dash.fmt, ops.currency)
+    card = build_card(client, state, spend, dash.fmt, ops.currency, ops.clock())
     if client.terms.limits:
         card = replace(card, binding=binding_bar(await ops.limits(client.id)))
     return card

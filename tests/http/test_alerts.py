@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -69,7 +70,7 @@ async def test_each_threshold_fires_once_signed(make_proxy: Any, receiver: tuple
         await chat(client)
         await proxy.services.meter.ledger.flush()
         await proxy.services.webhooks.deliver_due()
-    events = hook.events()
+    events = [e for e in hook.events() if e["type"] == "budget.threshold"]  # (a forecast is told too)
     assert [(e["type"], e["metric"], e["threshold"]) for e in events] == [
         ("budget.threshold", "tokens", 0.2),
         ("budget.threshold", "tokens", 0.5),
@@ -161,3 +162,33 @@ async def test_webhook_money_is_written_as_the_admin_api_writes_it(
         assert event["cost_limit"] == limits[event["client_id"]]
         assert "E" not in event["cost_used"] and Decimal(event["cost_used"]) > 0
     await proxy.close()
+
+
+async def test_a_budget_forecast_to_run_out_early_is_told_once(
+    make_proxy: Any, receiver: tuple[Receiver, str], clock: FakeClock
+) -> None:
+    hook, url = receiver
+    proxy: Harness = await make_proxy(webhooks=[{"url": url, "secret": SECRET}])
+    clock.set(datetime(2026, 3, 10, 15, 0, tzinfo=UTC))  # 9 days 15 hours into a 31-day month
+    key = await proxy.new_client("acme", mode="tokens", token_limit=10 * CALL_TOKENS, alert_thresholds=[1.0])
+    client = proxy.sdk(key)
+    for _ in range(4):  # 6,000 tokens in 831,600 s: 19,324 by the month's end, past 15,000
+        await chat(client)
+    await proxy.services.meter.ledger.flush()
+    await chat(client)  # a fifth call: no second forecast this period
+    await proxy.services.meter.ledger.flush()
+    await proxy.services.webhooks.deliver_due()
+    [told] = [e for e in hook.events() if e["type"] == "budget.forecast"]
+    # At 6,000 tokens: 9,000 left at 6,000 / 831,600 s: 1,247,400 s on, the 25th at 01:30.
+    assert told["runs_out_at"] == "2026-03-25T01:30:00Z"
+    assert (told["tokens_at_period_end"], told["next_reset_at"]) == (19_324, "2026-04-01T00:00:00Z")
+    status = await proxy.status("acme")  # 7,500 tokens now: 7,500 x 2,678,400 / 831,600 by the end
+    assert status["forecast"]["tokens_at_period_end"] == 24_155
+    assert status["forecast"]["runs_out_at"] == "2026-03-20T06:00:00Z"  # 7,500 left at the same rate
+
+
+async def test_a_young_period_has_no_forecast_yet(proxy: Harness, clock: FakeClock) -> None:
+    clock.set(datetime(2026, 3, 1, 0, 30, tzinfo=UTC))  # half an hour into the month
+    key = await proxy.new_client("acme", mode="tokens", token_limit=10 * CALL_TOKENS)
+    await chat(proxy.sdk(key))
+    assert (await proxy.status("acme"))["forecast"] is None

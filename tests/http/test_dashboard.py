@@ -336,6 +336,9 @@ async def test_cards_show_figures_levels_and_pauses_after_sdk_traffic(
     spent = 4 * CALL_BRL
     assert f"R$ {spent.quantize(Decimal('0.01'))}".replace(".", ",") + " / R$ 500,00" in text
     assert "resets 01/" in text  # the first of next month, in the budget's timezone
+    # 6,000 tokens in the 9 days 15 hours since the 1st: 19,324 by the month's
+    # end at this pace, past 7,500 on the 13th at 00:45 (6,000 + 1,500 more).
+    assert "and 19.324 tokens by the period" in text and "runs out 13/03/2026 00:45 (UTC)" in text
 
     await chat(proxy, busy)  # 100%: paused at the limit
     with pytest.raises(openai.RateLimitError):
