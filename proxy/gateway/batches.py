@@ -37,7 +37,6 @@ from taximeter.pricing.usage import Usage
 from taximeter.proxy.errors import (
     BudgetExceeded,
     InvalidInput,
-    InvalidJson,
     LimitReached,
     ModelNotAllowed,
     ModelNotPriced,
@@ -47,7 +46,7 @@ from taximeter.proxy.errors import (
     UpstreamUnavailable,
 )
 from taximeter.proxy.gateway import auth
-from taximeter.proxy.gateway.bodies import TooLarge, read_at_most
+from taximeter.proxy.gateway.bodies import TooLarge, json_object, read_at_most
 from taximeter.proxy.gateway.endpoints import ENDPOINTS
 from taximeter.proxy.gateway.exchange import check_model_allowed
 from taximeter.proxy.gateway.files import own, read_batch_input, upstream_failure, upstream_json
@@ -84,7 +83,7 @@ async def create_batch(request: web.Request, services: Services) -> web.StreamRe
         body = await read_at_most(request.content, services.settings.max_body_bytes)
     except TooLarge as exc:
         raise RequestTooLarge("request body is too large") from exc
-    fields = _json_object(body)
+    fields = json_object(body)
     endpoint = fields.get("endpoint")
     if not isinstance(endpoint, str) or endpoint not in BATCH_ENDPOINTS:
         raise InvalidInput(
@@ -109,16 +108,6 @@ async def create_batch(request: web.Request, services: Services) -> web.StreamRe
     # here and maybe another upstream.
     sent = orjson.dumps(fields)
     return await services.shielded(_create(request, services, key, upstream, sent, reservation, read))
-
-
-def _json_object(body: bytes) -> dict[str, Any]:
-    try:
-        fields = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidJson(f"request body is not valid JSON: {exc}") from exc
-    if not isinstance(fields, dict):
-        raise InvalidJson("request body must be a JSON object")
-    return fields
 
 
 async def _input_of(services: Services, owned: OwnedObject, upstream: Upstream) -> BatchInput:

@@ -8,7 +8,9 @@ from typing import Any
 import aiohttp
 import orjson
 
-__all__ = ["TooLarge", "json_or_none", "read_at_most", "read_bounded", "response_headers"]
+from taximeter.proxy.errors import InvalidJson
+
+__all__ = ["TooLarge", "json_object", "json_or_none", "read_at_most", "read_bounded", "response_headers"]
 
 _DROP_RESPONSE = {
     "connection",
@@ -73,3 +75,14 @@ def json_or_none(data: bytes, content_type: str) -> Any:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
         return None
+
+
+def json_object(body: bytes) -> dict[str, Any]:
+    """A request body that must be a JSON object, or InvalidJson saying why."""
+    try:
+        fields = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJson(f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(fields, dict):
+        raise InvalidJson("request body must be a JSON object")
+    return fields

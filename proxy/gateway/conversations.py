@@ -5,15 +5,13 @@ when a response uses it."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import orjson
 from aiohttp import web
 
 from taximeter.pricing.models import OwnedObject
-from taximeter.proxy.errors import InvalidJson, RequestTooLarge
+from taximeter.proxy.errors import RequestTooLarge
 from taximeter.proxy.gateway import auth
-from taximeter.proxy.gateway.bodies import TooLarge, read_at_most
+from taximeter.proxy.gateway.bodies import TooLarge, json_object, read_at_most
 from taximeter.proxy.gateway.files import upstream_json
 from taximeter.proxy.gateway.objects import referenced, valid_id
 from taximeter.proxy.gateway.ownership import check_references, record_created
@@ -67,11 +65,6 @@ async def _checked_body(request: web.Request, services: Services, client_id: str
         raise RequestTooLarge("request body is too large") from exc
     if not body:
         return b"{}"
-    try:
-        fields: Any = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidJson(f"request body is not valid JSON: {exc}") from exc
-    if not isinstance(fields, dict):
-        raise InvalidJson("request body must be a JSON object")
+    fields = json_object(body)
     await check_references(services.objects, client_id, referenced("responses", fields))
     return orjson.dumps(fields)

@@ -26,7 +26,6 @@ from taximeter.proxy.errors import (
     BudgetExceeded,
     EndpointNotMetered,
     InvalidInput,
-    InvalidJson,
     LimitReached,
     ModelNotAllowed,
     ModelNotPriced,
@@ -39,7 +38,7 @@ from taximeter.proxy.gateway import auth
 from taximeter.proxy.gateway.audio import audio_seconds
 from taximeter.proxy.gateway.background import settle_before_delete
 from taximeter.proxy.gateway.batches import create_batch, show_batch
-from taximeter.proxy.gateway.bodies import TooLarge, read_at_most
+from taximeter.proxy.gateway.bodies import TooLarge, json_object, read_at_most
 from taximeter.proxy.gateway.conversations import add_to_conversation, create_conversation
 from taximeter.proxy.gateway.edge import label, refuse_unmetered_options
 from taximeter.proxy.gateway.endpoints import DEFAULT_MODELS, Endpoint, find_endpoint
@@ -244,17 +243,9 @@ async def _parse_call(
 
 
 async def _parse_json(body: bytes) -> dict[str, Any]:
-    try:
-        fields = (
-            orjson.loads(body)
-            if len(body) <= _OFF_LOOP_BYTES
-            else await asyncio.to_thread(orjson.loads, body)
-        )
-    except orjson.JSONDecodeError as exc:
-        raise InvalidJson(f"request body is not valid JSON: {exc}") from exc
-    if not isinstance(fields, dict):
-        raise InvalidJson("request body must be a JSON object")
-    return fields
+    if len(body) <= _OFF_LOOP_BYTES:
+        return json_object(body)
+    return await asyncio.to_thread(json_object, body)
 
 
 def _upstream_body(call: Call, body: bytes) -> bytes:

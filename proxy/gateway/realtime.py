@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlencode
@@ -167,13 +168,7 @@ class _Session:
     # -- client to upstream ----------------------------------------------------------
 
     async def _from_client(self, ws: web.WebSocketResponse, up: aiohttp.ClientWebSocketResponse) -> None:
-        async for msg in ws:
-            if msg.type == aiohttp.WSMsgType.BINARY:
-                await up.send_bytes(msg.data)
-                continue
-            if msg.type != aiohttp.WSMsgType.TEXT:
-                return
-            event = _event(msg.data)
+        async for text, event in _texts(ws, up):
             kind = event.get("type")
             if kind == "response.create":
                 sent = await self._ask(ws, event)
@@ -182,7 +177,7 @@ class _Session:
                 await up.send_str(sent)
                 continue
             self._note(kind, event)
-            await up.send_str(msg.data)
+            await up.send_str(text)
 
     def _note(self, kind: Any, event: dict[str, Any]) -> None:
         """What a client event adds to the conversation (for the next estimate)."""
@@ -228,13 +223,7 @@ class _Session:
     # -- upstream to client ----------------------------------------------------------
 
     async def _from_upstream(self, ws: web.WebSocketResponse, up: aiohttp.ClientWebSocketResponse) -> None:
-        async for msg in up:
-            if msg.type == aiohttp.WSMsgType.BINARY:
-                await ws.send_bytes(msg.data)
-                continue
-            if msg.type != aiohttp.WSMsgType.TEXT:
-                return
-            event = _event(msg.data)
+        async for text, event in _texts(up, ws):
             kind = event.get("type")
             response = event.get("response")
             response_id = response.get("id") if isinstance(response, dict) else None
@@ -249,7 +238,7 @@ class _Session:
                 # Charged before the client hears of it (its next call sees the
                 # usage), whatever happens to this socket meanwhile.
                 await self.services.shielded(self._done(response_id, response))
-            await ws.send_str(msg.data)
+            await ws.send_str(text)
             if kind == "response.done" and self.closing and not self.running and not self.asked:
                 return  # the response that ran when it was refused has ended: close
 
@@ -413,6 +402,21 @@ def _item_tokens(item: Any) -> int:
             audio += len(part["audio"])
     text = len(orjson.dumps(item)) - audio
     return audio // _B64_CHARS_PER_AUDIO_TOKEN + text // _CHARS_PER_TOKEN
+
+
+async def _texts(
+    source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+    sink: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    """The text frames ``source`` sends, each with the event it holds; its
+    binary frames go to ``sink`` as they are. Ends when ``source`` closes."""
+    async for msg in source:
+        if msg.type == aiohttp.WSMsgType.BINARY:
+            await sink.send_bytes(msg.data)
+            continue
+        if msg.type != aiohttp.WSMsgType.TEXT:
+            return
+        yield msg.data, _event(msg.data)
 
 
 def _event(data: str) -> dict[str, Any]:

@@ -536,23 +536,7 @@ class FakeUpstream:
             include = (payload.get("stream_options") or {}).get("include_usage") is True
             return await self._stream_chat(request, payload["model"], include)
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-        completion = {
-            "id": completion_id,
-            "object": "chat.completion",
-            "created": 1741600000,
-            "model": _dated(payload["model"]),
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": "Hello there!", "refusal": None},
-                    "logprobs": None,
-                    "finish_reason": "stop",
-                }
-            ],
-            "usage": _chat_usage(),
-            "system_fingerprint": "fp_0a1b2c",
-            "service_tier": "default",
-        }
+        completion = _completion(completion_id, payload["model"])
         if payload.get("store") is True:
             self.stored[completion_id] = completion
         return web.json_response(completion)
@@ -794,8 +778,13 @@ def _batch_line_body(line: dict[str, Any]) -> dict[str, Any]:
             "model": model,
             "usage": {"prompt_tokens": EMBEDDING_TOKENS, "total_tokens": EMBEDDING_TOKENS},
         }
+    return _completion(f"chatcmpl-{uuid.uuid4().hex[:24]}", model)
+
+
+def _completion(completion_id: str, model: str) -> dict[str, Any]:
+    """A chat completion as the real API answers one, with the fixed usage."""
     return {
-        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+        "id": completion_id,
         "object": "chat.completion",
         "created": 1741600000,
         "model": _dated(model),

@@ -22,6 +22,8 @@ import aiohttp
 import openai
 import pytest
 
+from taximeter.pricing.models import UsageEvent
+from taximeter.store.base import Store
 from taximeter.store.factory import open_store
 from tests.support.availability import unavailable
 from tests.support.fake_upstream import FakeUpstream
@@ -84,13 +86,14 @@ async def test_redis_outage_across_processes_holds_the_stated_bound(
     assert overrun <= TOKENS_PER_CALL + 8 * TOKENS_PER_CALL
 
 
-async def test_proxy_killed_mid_stream_is_charged_by_the_survivor(
-    aiohttp_server: Any, tmp_path: Path, empty_pg_url: str, redis_prefix: str
-) -> None:
-    fake = FakeUpstream(gate=asyncio.Event())  # the stream stalls after its first event
+async def doomed_and_survivor(
+    fake: FakeUpstream, aiohttp_server: Any, tmp_path: Path, pg_url: str, redis_prefix: str
+) -> tuple[Deployment, Deployment]:
+    """Two proxies on one Postgres and Redis, in front of ``fake``, whose
+    reservations expire within about 3 s and are swept every 0.2 s."""
     upstream = await aiohttp_server(fake.app())
     settings = {
-        "database_url": empty_pg_url,
+        "database_url": pg_url,
         "redis_url": REDIS_URL,
         "redis_prefix": redis_prefix,
         "upstream_timeout_s": "2",
@@ -98,6 +101,24 @@ async def test_proxy_killed_mid_stream_is_charged_by_the_survivor(
         "sweep_interval_s": "0.2",
     }
     doomed, survivor = (Deployment(tmp_path, str(upstream.make_url("/v1")), **settings) for _ in range(2))
+    return doomed, survivor
+
+
+async def charged_by_the_survivor(store: Store) -> list[UsageEvent]:
+    """acme's events, once the survivor's sweeper has charged the killed call (its reservation expired)."""
+    for _ in range(100):
+        events = await store.list_events("acme", 10)
+        if events:
+            return events
+        await asyncio.sleep(0.1)
+    return []
+
+
+async def test_proxy_killed_mid_stream_is_charged_by_the_survivor(
+    aiohttp_server: Any, tmp_path: Path, empty_pg_url: str, redis_prefix: str
+) -> None:
+    fake = FakeUpstream(gate=asyncio.Event())  # the stream stalls after its first event
+    doomed, survivor = await doomed_and_survivor(fake, aiohttp_server, tmp_path, empty_pg_url, redis_prefix)
     try:
         key = await doomed.new_client("acme", "--mode", "both", "--tokens", "100000", "--cost", "50")
         await asyncio.gather(doomed.start(), survivor.start())
@@ -116,12 +137,7 @@ async def test_proxy_killed_mid_stream_is_charged_by_the_survivor(
             await doomed.kill()  # mid-stream
         store = await open_store(empty_pg_url)
         try:
-            for _ in range(100):  # the survivor's sweeper charges it once the reservation expires (~3 s)
-                events = await store.list_events("acme", 10)
-                if events:
-                    break
-                await asyncio.sleep(0.1)
-            [charged] = events
+            [charged] = await charged_by_the_survivor(store)
             assert (charged.estimated, charged.status, charged.model) == (True, 0, "gpt-4o")
             # The reservation's estimate: every string at ~4 characters a token
             # ("gpt-4o" 2, "user" 1, the prompt 100), and max_tokens.
@@ -148,16 +164,7 @@ async def test_proxy_killed_mid_realtime_response_is_charged_by_the_survivor(
     aiohttp_server: Any, tmp_path: Path, empty_pg_url: str, redis_prefix: str
 ) -> None:
     fake = FakeUpstream(realtime_hold=asyncio.Event())  # each response stalls after its first audio delta
-    upstream = await aiohttp_server(fake.app())
-    settings = {
-        "database_url": empty_pg_url,
-        "redis_url": REDIS_URL,
-        "redis_prefix": redis_prefix,
-        "upstream_timeout_s": "2",
-        "reservation_grace_s": "1",
-        "sweep_interval_s": "0.2",
-    }
-    doomed, survivor = (Deployment(tmp_path, str(upstream.make_url("/v1")), **settings) for _ in range(2))
+    doomed, survivor = await doomed_and_survivor(fake, aiohttp_server, tmp_path, empty_pg_url, redis_prefix)
     try:
         key = await doomed.new_client("acme", "--mode", "cost", "--cost", "50")
         await asyncio.gather(doomed.start(), survivor.start())
@@ -172,12 +179,7 @@ async def test_proxy_killed_mid_realtime_response_is_charged_by_the_survivor(
             await doomed.kill()  # mid-response
         store = await open_store(empty_pg_url)
         try:
-            for _ in range(100):  # the survivor's sweeper charges it once the reservation expires (~3 s)
-                events = await store.list_events("acme", 10)
-                if events:
-                    break
-                await asyncio.sleep(0.1)
-            [charged] = events
+            [charged] = await charged_by_the_survivor(store)
             assert (charged.estimated, charged.api_type, charged.model) == (True, "realtime", "gpt-realtime")
             # As reserved: nothing said yet, and the output allowance (4096) as audio at $64 / 1M, x 5 BRL.
             assert (charged.input_tokens, charged.output_tokens) == (0, 4096)
