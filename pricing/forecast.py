@@ -1,7 +1,7 @@
 """Where a budget or limit is heading (pure): what it will have used when its
 period ends at the burn rate so far, and, when that passes its limit, when it
 will run out (spec section 8). A rate read from too short a start (under an
-hour, or a twentieth of the period) says nothing yet: no forecast."""
+hour, and under a twentieth of the period) says nothing yet: no forecast."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def project(
     if now >= end or now <= start:
         return None
     elapsed = now - start
-    if elapsed < min(_MIN_ELAPSED, (end - start) / 20):
+    if elapsed < max(_MIN_ELAPSED, (end - start) / 20):
         return None
     so_far = Decimal(str(elapsed.total_seconds()))
     at_end = (

@@ -340,6 +340,17 @@ def _on_news(app: web.Application) -> Callable[[], None]:
     return heard
 
 
+def _on_rolled(app: web.Application) -> Callable[[], None]:
+    """A period rolled over here: this process's gauges follow, and every
+    other process is told (theirs follow too)."""
+
+    def rolled() -> None:
+        app[GAUGES].follow()
+        app[SERVICES].shielded_later(app[CHANGES].announce())
+
+    return rolled
+
+
 def _gate_refresher(metrics: Metrics, meter: Meter) -> BudgetHook:
     async def refresh_gate(client_id: str, state: BudgetState | None, now: datetime) -> None:
         # Re-read after the flush, so the copy includes this process's in-flight events.
@@ -386,7 +397,7 @@ def _counters_of(gate: Gate) -> Callable[[list[Hold]], Awaitable[list[tuple[int,
 async def _sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
     with contextlib.suppress(StoreUnavailable):  # a store down now: the first sweep reads them
         await app[METER].rates.refresh()
-    sweeping = sweep_forever(app[METER], app[SETTINGS].sweep_interval_s, app[GAUGES].follow)
+    sweeping = sweep_forever(app[METER], app[SETTINGS].sweep_interval_s, _on_rolled(app))
     following = app[GAUGES].follow_changes(app[CHANGES], app[SETTINGS].sweep_interval_s)
     async with _background(sweeping, "taximeter-sweeper"), _background(following, "taximeter-gauges"):
         yield

@@ -120,6 +120,14 @@ class Operations:
         self._announce = announce
         self.first_rate = first_rate  # the exchange_rate setting: the server currency's rate until one is set
 
+    async def _budget_changed(self, client_id: str, state: BudgetState | None, now: datetime) -> None:
+        """This process's copy follows the change; every other process is
+        told of it, even when this one's copy could not be rebuilt now."""
+        try:
+            await self._on_budget_change(client_id, state, now)
+        finally:
+            await self._announce()
+
     # -- clients and keys --------------------------------------------------------
 
     async def create_client(self, client_id: Any, name: Any = None) -> Client:
@@ -228,8 +236,7 @@ class Operations:
             credit, state = await self._store.add_credit(client_id, amount, note, now)
         except NotFound as exc:
             raise NotFoundError(f"client {client_id!r} has no budget", param="client_id") from exc
-        await self._on_budget_change(client_id, state, now)
-        await self._announce()
+        await self._budget_changed(client_id, state, now)
         return credit, state
 
     # -- limits (section 6b) ------------------------------------------------------------
@@ -316,8 +323,7 @@ class Operations:
         await self.flush_ledger()
         now = self.clock()
         state = await self._store.put_budget(config, now)
-        await self._on_budget_change(client_id, state, now)
-        await self._announce()
+        await self._budget_changed(client_id, state, now)
         return state
 
     async def budget(self, client_id: str) -> BudgetState:
@@ -344,16 +350,14 @@ class Operations:
         state = await self._store.change_budget(client_id, action, now) if _possible(client_id) else None
         if state is None:
             raise NotFoundError(f"client {client_id!r} has no budget", param="client_id")
-        await self._on_budget_change(client_id, state, now)
-        await self._announce()
+        await self._budget_changed(client_id, state, now)
         return state
 
     async def delete_budget(self, client_id: str) -> None:
         await self.flush_ledger()
         if not (_possible(client_id) and await self._store.delete_budget(client_id)):
             raise NotFoundError(f"client {client_id!r} has no budget", param="client_id")
-        await self._on_budget_change(client_id, None, self.clock())
-        await self._announce()
+        await self._budget_changed(client_id, None, self.clock())
 
     async def events(self, client_id: str | None, limit: int) -> list[UsageEvent]:
         await self.flush_ledger()

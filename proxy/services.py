@@ -74,6 +74,12 @@ class Services:
         task.add_done_callback(self.inflight.discard)
         return await asyncio.shield(task)
 
+    def shielded_later(self, work: Coroutine[Any, Any, object]) -> None:
+        """``work`` run to its end in the background (shutdown waits for it)."""
+        task = asyncio.ensure_future(work)
+        self.inflight.add(task)
+        task.add_done_callback(self.inflight.discard)
+
     async def drain(self) -> None:
         """Wait for every in-flight call to finish and be settled."""
         while self.inflight:

@@ -95,8 +95,10 @@ class FileChanges:
 
     async def announce(self) -> None:
         word = (time.time_ns() ^ os.getpid()).to_bytes(_WORD, "little", signed=False)
-        self._map[:_WORD] = word  # a store to shared memory: every process sees it at once
-        self._seen = word  # this process made the change: it knows
+        # A store to shared memory: every process sees it at once. This one
+        # hears it too (one needless re-read): taking it for seen would hide
+        # a change another process announced just before.
+        self._map[:_WORD] = word
 
     async def close(self) -> None:
         self._map.close()
@@ -112,6 +114,7 @@ class PostgresChanges:
         self._heard = 0
         self._seen = 0
         self._reopening: asyncio.Task[None] | None = None
+        self._sending = asyncio.Lock()
 
     @classmethod
     async def open(cls, dsn: str) -> PostgresChanges:
@@ -144,7 +147,7 @@ class PostgresChanges:
         try:
             conn = await asyncpg.connect(self._dsn)
             await conn.add_listener(CHANNEL, self._hear)
-        except (asyncpg.PostgresError, OSError) as exc:
+        except Exception as exc:  # whatever it was, the next try waits a second
             log.warning("changes_deaf", extra={"error": str(exc)})
             await asyncio.sleep(1)  # the next call tries again
             return
@@ -153,14 +156,15 @@ class PostgresChanges:
 
     async def announce(self) -> None:
         try:
-            await self._conn.execute("SELECT pg_notify($1, $2)", CHANNEL, self._me)
-        except (asyncpg.PostgresError, OSError) as exc:  # the others catch up within key_cache_s
+            async with self._sending:  # one connection: one statement at a time
+                await self._conn.execute("SELECT pg_notify($1, $2)", CHANNEL, self._me)
+        except Exception as exc:  # closed, busy, down: the others catch up within key_cache_s
             log.warning("changes_unannounced", extra={"error": str(exc)})
 
     async def close(self) -> None:
         if self._reopening is not None:
             self._reopening.cancel()
-        await self._conn.close()
+        await self._conn.close(timeout=2)
 
 
 async def open_changes(database_url: str) -> Changes:

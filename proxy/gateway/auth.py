@@ -42,17 +42,27 @@ class KeyCache:
         self._keys: dict[str, tuple[ApiKey, float]] = {}
         self._changes = changes or NoChanges()
         self._on_news = on_news  # what else this process drops when another changed something
+        self._heard = 0  # changes heard so far
+
+    def listen(self) -> None:
+        """Hear of a change made elsewhere (a key, terms, a budget): nothing
+        kept is trusted then. At the start of every call, and of every
+        response of a Realtime session (whose key was looked up once)."""
+        if self._changes.news():
+            self._keys.clear()
+            self._heard += 1
+            self._on_news()
 
     async def find(self, prefix: str) -> ApiKey | None:
-        if self._changes.news():  # a key, terms or budget changed elsewhere: nothing kept is trusted
-            self._keys.clear()
-            self._on_news()
+        self.listen()
         cached = self._keys.get(prefix)
         now = time.monotonic()
         if cached is not None and cached[1] > now:
             return cached[0]
+        heard = self._heard
         key = await self._store.find_key(prefix)
-        if key is not None and self._ttl_s > 0:
+        # A read begun before a change was heard may hold what it changed: used once, never kept.
+        if key is not None and self._ttl_s > 0 and heard == self._heard:
             if len(self._keys) >= _CACHE_MAX:
                 self._keys.clear()  # bounded: an unusual burst of keys just starts over
             self._keys[prefix] = (key, now + self._ttl_s)

@@ -60,15 +60,17 @@ async def watch_background(services: Services, call: Call, reply: dict[str, Any]
     meter.held.pop(call.client_id, call.request_id)  # not kept alive by this process: by its watch
     # Answered: it holds no slot of a concurrency limit while it runs on; the
     # rest of what it holds (spend caps, the minute it was asked in) stays.
-    reservation = replace(admitted, holds=tuple(h for h in admitted.holds if h.limit.metric != "concurrent"))
-    if reservation.holds != admitted.holds:
-        await meter.release(call.client_id, call.request_id)
     now = meter.clock()
+    expires = now + timedelta(seconds=services.settings.watch_hold_s)
+    kept = tuple(h for h in admitted.holds if h.limit.metric != "concurrent")
+    reservation = replace(admitted, holds=kept, expires_at=expires)
+    if kept != admitted.holds:  # let go and held again at once: no call comes in between
+        await meter.release(call.client_id, call.request_id)
+    await meter.hold_again(reservation, recount=False)
     response_id = str(reply["id"])
     owned = OwnedObject(response_id, "response", call.client_id, call.route.name, now)
     await record_created(services.objects, [owned], call.request_id)
     watch = Watch(response_id, "response", call.client_id, call.route.name, reservation, now)
-    await hold_on(services, watch)
     try:
         await services.objects.watch(watch, now + timedelta(seconds=services.settings.watch_check_s))
     except StoreUnavailable as exc:  # unwatched, its reservation is charged when it expires

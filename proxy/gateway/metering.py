@@ -428,14 +428,15 @@ class Meter:
                 raise MeteringUnavailable("neither the budget gate nor the store can be reached") from exc
             self.held.add(reservation, self.fallback)
 
-    async def hold_again(self, reservation: Reservation) -> None:
+    async def hold_again(self, reservation: Reservation, *, recount: bool = True) -> None:
         """Hold a long-running call's reservation in every gate again until
         its (new) expiry: one a gate lost (Redis flushed, the process
         restarted) is held anew, one it has is not counted twice."""
-        with contextlib.suppress(StoreUnavailable):
-            # A counter the gate lost is counted again first: what is held on
-            # it counts only where it exists.
-            await self._load_limits(reservation, self.clock())
+        if recount:
+            with contextlib.suppress(StoreUnavailable):
+                # A counter the gate lost is counted again first: what is held
+                # on it counts only where it exists.
+                await self._load_limits(reservation, self.clock())
         for gate in (self.gate, self.fallback):  # the fallback admits with it too, while the gate is down
             with contextlib.suppress(StoreUnavailable):
                 await gate.restore([reservation])

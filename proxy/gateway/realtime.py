@@ -35,7 +35,15 @@ from taximeter.pricing.charge import CallFacts, Tariff, charge
 from taximeter.pricing.extract import parse_usage
 from taximeter.pricing.models import ApiKey, Reservation
 from taximeter.pricing.usage import Usage
-from taximeter.proxy.errors import BudgetExceeded, InvalidInput, LimitReached, UpstreamUnavailable
+from taximeter.proxy.errors import (
+    BudgetExceeded,
+    InvalidInput,
+    LimitReached,
+    ModelNotAllowed,
+    ModelNotPriced,
+    TaximeterError,
+    UpstreamUnavailable,
+)
 from taximeter.proxy.gateway import auth
 from taximeter.proxy.gateway.edge import label
 from taximeter.proxy.gateway.exchange import check_model_allowed
@@ -176,8 +184,27 @@ class _Session:
                     continue  # refused: never sent upstream
                 await up.send_str(sent)
                 continue
+            if kind == "session.update":
+                refused = self._unmetered_setup(event)
+                if refused is not None:  # never sent upstream: its transcriptions could not be charged
+                    await _refusal(ws, refused.message, refused.code)
+                    continue
             self._note(kind, event)
             await up.send_str(text)
+
+    def _unmetered_setup(self, event: dict[str, Any]) -> TaximeterError | None:
+        """Why a session.update cannot be metered: a transcription model the
+        client may not use, or that has no price (as for any call)."""
+        session = event.get("session")
+        model = _transcriber(session, None) if isinstance(session, dict) else None
+        if model is None:
+            return None
+        try:
+            check_model_allowed(model, self.key.terms)
+            self.services.meter.resolve_price(model, True, self.upstream.provider)
+        except (ModelNotAllowed, ModelNotPriced) as exc:
+            return exc
+        return None
 
     def _note(self, kind: Any, event: dict[str, Any]) -> None:
         """What a client event adds to the conversation (for the next estimate)."""
@@ -314,6 +341,7 @@ class _Session:
         )
         request_id = f"{self.request_id}:{self.responses}"
         event = charge(self._facts(request_id, estimate), estimate, 0, self.tariff, meter.clock())
+        self.services.keys.listen()  # a pause or a limit set elsewhere decides this response too
         reservation = meter.reservation(event, self.key.terms)
         try:
             if admitted:

@@ -32,13 +32,15 @@ async def hold_on(services: Services, watch: Watch) -> None:
 
 
 async def done_with(services: Services, watch: Watch) -> None:
-    """It is charged: once the gate has counted what was charged, its
-    reservation is let go and it is watched no more."""
+    """It is charged: once the gate has counted what was charged, it is
+    watched no more and its reservation is let go."""
     meter = services.meter
     await meter.ledger.flush()
     await meter.feedback.close()
-    await meter.release(watch.client_id, watch.reservation.request_id)
+    # Watched no more first: a process starting meanwhile holds no more what
+    # is let go next (and a reservation left held is charged as a duplicate).
     await services.objects.end_watch(watch.object_id)
+    await meter.release(watch.client_id, watch.reservation.request_id)
 
 
 async def charge_estimate(services: Services, watch: Watch, why: str) -> None:
@@ -86,8 +88,12 @@ async def finish_now(
         services.meter.clock(), 1, WATCH_LEASE, object_id=object_id
     )
     for watch in claimed:
-        if await check(services, watch):
-            return True
+        try:
+            if await check(services, watch):
+                return True
+        except BaseException:  # its watcher looks again at once, not after the lease
+            await services.objects.check_again(watch.object_id, services.meter.clock(), watch.checks)
+            raise
         await services.objects.check_again(watch.object_id, services.meter.clock(), watch.checks)
         return False
     return None

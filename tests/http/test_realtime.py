@@ -170,3 +170,19 @@ async def test_the_users_audio_transcribed_in_a_session_is_charged_too(proxy: Ha
     ) / M
     assert Decimal(events["whisper"]["cost_usd"]) == expected
     assert events["whisper"]["model"] == "gpt-4o-transcribe"
+
+
+async def test_a_transcription_model_without_a_price_is_refused(proxy: Harness) -> None:
+    key = await proxy.new_client("acme", mode="cost", cost_limit="50")
+    async with proxy.sdk(key).realtime.connect(model="gpt-realtime") as conn:
+        transcription = {"model": "no-such-transcriber"}
+        await conn.session.update(
+            session={"type": "realtime", "audio": {"input": {"transcription": transcription}}}
+        )
+        async for event in conn:
+            if event.type == "session.created":
+                continue
+            assert event.type == "error"
+            assert event.error.code == "model_not_priced"  # type: ignore[attr-defined]
+            break
+    assert [e["type"] for e in proxy.upstream.realtime_sent] == []  # never sent upstream

@@ -30,7 +30,10 @@ def test_when_it_passes_the_limit_it_says_when() -> None:
 
 
 def test_nothing_is_said_too_soon_or_after_the_end() -> None:
-    assert project(Decimal(5), Decimal(10), START, END, START + timedelta(minutes=59)) is None
+    assert (
+        project(Decimal(5), Decimal(10), START, END, START + timedelta(hours=30)) is None
+    )  # < 1/20 of March
+    assert project(Decimal(5), Decimal(10), START, END, START + timedelta(hours=38)) is not None
     daily_end = START + timedelta(days=1)  # a day's window: a twentieth of it (72 minutes) is enough
     assert project(Decimal(5), Decimal(10), START, daily_end, START + timedelta(minutes=30)) is None
     assert project(Decimal(5), Decimal(10), START, daily_end, START + timedelta(minutes=73)) is not None
