@@ -41,12 +41,11 @@ from taximeter.proxy.errors import (
     ModelNotAllowed,
     ModelNotPriced,
     NotFoundError,
-    RequestTooLarge,
     TaximeterError,
     UpstreamUnavailable,
 )
 from taximeter.proxy.gateway import auth
-from taximeter.proxy.gateway.bodies import TooLarge, json_object, read_at_most
+from taximeter.proxy.gateway.bodies import json_object, read_body
 from taximeter.proxy.gateway.endpoints import ENDPOINTS
 from taximeter.proxy.gateway.exchange import check_model_allowed
 from taximeter.proxy.gateway.files import own, read_batch_input, upstream_failure, upstream_json
@@ -79,11 +78,7 @@ async def create_batch(request: web.Request, services: Services) -> web.StreamRe
     """``POST /v1/batches``: the caller's own input file, every line of which
     taximeter can estimate, admitted by reserving it all at batch prices."""
     key = await auth.authenticate(request, services.keys)
-    try:
-        body = await read_at_most(request.content, services.settings.max_body_bytes)
-    except TooLarge as exc:
-        raise RequestTooLarge("request body is too large") from exc
-    fields = json_object(body)
+    fields = json_object(await read_body(request, services.settings.max_body_bytes))
     endpoint = fields.get("endpoint")
     if not isinstance(endpoint, str) or endpoint not in BATCH_ENDPOINTS:
         raise InvalidInput(
@@ -237,10 +232,7 @@ async def show_batch(
     relayed. One the upstream shows ended is charged now, unless a watcher
     is at it already: its files (output, errors) become the caller's only
     once its lines are charged, so none is deleted before it is read."""
-    try:
-        await read_at_most(request.content, services.settings.max_body_bytes)  # none is expected
-    except TooLarge as exc:
-        raise RequestTooLarge("request body is too large") from exc
+    await read_body(request, services.settings.max_body_bytes)  # none is expected
     status, data, relayed, reply = await upstream_json(services, request, upstream, request.method, path)
     if status < 300 and isinstance(reply, dict) and reply.get("id") == batch.object_id:
         if _ended(reply):

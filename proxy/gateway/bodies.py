@@ -7,10 +7,19 @@ from typing import Any
 
 import aiohttp
 import orjson
+from aiohttp import web
 
-from taximeter.proxy.errors import InvalidJson
+from taximeter.proxy.errors import InvalidJson, RequestTooLarge
 
-__all__ = ["TooLarge", "json_object", "json_or_none", "read_at_most", "read_bounded", "response_headers"]
+__all__ = [
+    "TooLarge",
+    "json_object",
+    "json_or_none",
+    "read_at_most",
+    "read_body",
+    "read_bounded",
+    "response_headers",
+]
 
 _DROP_RESPONSE = {
     "connection",
@@ -86,3 +95,14 @@ def json_object(body: bytes) -> dict[str, Any]:
     if not isinstance(fields, dict):
         raise InvalidJson("request body must be a JSON object")
     return fields
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """A client's whole request body, or 413 past ``limit`` bytes (refused
+    before reading when its declared length says so)."""
+    try:
+        if request.content_length is not None and request.content_length > limit:
+            raise TooLarge
+        return await read_at_most(request.content, limit)
+    except TooLarge as exc:
+        raise RequestTooLarge(f"request body is larger than the {limit}-byte limit") from exc

@@ -9,9 +9,8 @@ import orjson
 from aiohttp import web
 
 from taximeter.pricing.models import OwnedObject
-from taximeter.proxy.errors import RequestTooLarge
 from taximeter.proxy.gateway import auth
-from taximeter.proxy.gateway.bodies import TooLarge, json_object, read_at_most
+from taximeter.proxy.gateway.bodies import json_object, read_body
 from taximeter.proxy.gateway.files import upstream_json
 from taximeter.proxy.gateway.objects import referenced, valid_id
 from taximeter.proxy.gateway.ownership import check_references, record_created
@@ -59,10 +58,7 @@ async def add_to_conversation(
 async def _checked_body(request: web.Request, services: Services, client_id: str) -> bytes:
     """The JSON body, every object it names the caller's own (404 otherwise);
     as parsed, so the upstream reads what was checked."""
-    try:
-        body = await read_at_most(request.content, services.settings.max_body_bytes)
-    except TooLarge as exc:
-        raise RequestTooLarge("request body is too large") from exc
+    body = await read_body(request, services.settings.max_body_bytes)
     if not body:
         return b"{}"
     fields = json_object(body)

@@ -30,7 +30,6 @@ from taximeter.proxy.errors import (
     ModelNotAllowed,
     ModelNotPriced,
     NotFoundError,
-    RequestTooLarge,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
@@ -38,7 +37,7 @@ from taximeter.proxy.gateway import auth
 from taximeter.proxy.gateway.audio import audio_seconds
 from taximeter.proxy.gateway.background import settle_before_delete
 from taximeter.proxy.gateway.batches import create_batch, show_batch
-from taximeter.proxy.gateway.bodies import TooLarge, json_object, read_at_most
+from taximeter.proxy.gateway.bodies import json_object, read_body
 from taximeter.proxy.gateway.conversations import add_to_conversation, create_conversation
 from taximeter.proxy.gateway.edge import label, refuse_unmetered_options
 from taximeter.proxy.gateway.endpoints import DEFAULT_MODELS, Endpoint, find_endpoint
@@ -97,7 +96,7 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
             "list pass-through paths"
         )
     key = await auth.authenticate(request, services.keys)
-    body = await _read_body(request, services.settings.max_body_bytes)
+    body = await read_body(request, services.settings.max_body_bytes)
     if not endpoint.metered:
         return await _pass_through(request, services, endpoint, body)
     try:
@@ -195,15 +194,6 @@ async def _forward_and_relay(
         return await relay_whole(request, services, call, upstream)
     finally:
         upstream.release()
-
-
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    try:
-        if request.content_length is not None and request.content_length > limit:
-            raise TooLarge
-        return await read_at_most(request.content, limit)
-    except TooLarge as exc:
-        raise RequestTooLarge(f"request body is larger than the {limit}-byte limit") from exc
 
 
 async def _parse_call(
@@ -317,7 +307,7 @@ async def _object_call(
     if route.kind == "upload" and path.endswith("/parts"):  # up to 64 MB a part: streamed through
         body = streamed(request, services.settings.max_file_bytes)
     else:
-        body = await _read_body(request, services.settings.max_body_bytes)
+        body = await read_body(request, services.settings.max_body_bytes)
     response = await _pass_through(request, services, endpoint, body, upstream)
     if request.method == "DELETE" and response.status < 300 and path.endswith(f"/{route.object_id}"):
         await services.objects.forget_object(route.object_id)  # the object itself, not an item of it
