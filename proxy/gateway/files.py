@@ -29,7 +29,7 @@ from taximeter.proxy.gateway import auth
 from taximeter.proxy.gateway.bodies import (
     TooLarge,
     json_or_none,
-    read_at_most,
+    read_body,
     read_bounded,
     response_headers,
 )
@@ -181,7 +181,7 @@ async def upload_file(request: web.Request, services: Services) -> web.StreamRes
 async def create_upload(request: web.Request, services: Services) -> web.StreamResponse:
     """``POST /v1/uploads``: the upload (and the file it becomes) is the caller's."""
     key = await auth.authenticate(request, services.keys)
-    body = await read_at_most(request.content, services.settings.max_body_bytes)
+    body = await read_body(request, services.settings.max_body_bytes)
 
     async def relay() -> web.StreamResponse:
         upstream = services.router.pick(None)
@@ -202,7 +202,7 @@ async def complete_upload(
     """``POST /v1/uploads/{id}/complete`` of the caller's upload: the file it
     becomes is the caller's; a batch input is read once, from the upstream
     (a read that fails leaves it unread, never the file unowned)."""
-    body = await read_at_most(request.content, services.settings.max_body_bytes)
+    body = await read_body(request, services.settings.max_body_bytes)
 
     async def relay() -> web.StreamResponse:
         path = f"/v1/uploads/{upload.object_id}/complete"

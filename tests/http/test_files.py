@@ -166,3 +166,17 @@ async def test_a_part_past_max_file_bytes_is_refused_and_never_reaches_the_upstr
         await acme.uploads.parts.create(upload.id, data=b"x" * 2048)
     assert caught.value.status_code == 413
     assert proxy.upstream.uploads[upload.id]["parts"] == {}
+
+
+async def test_an_upload_asked_for_with_too_large_a_body_is_413(make_proxy: Any) -> None:
+    """The Uploads API's own JSON bodies answer 413 past max_body_bytes, as
+    every body does (they were read with no answer for one too large)."""
+    proxy: Harness = await make_proxy(max_body_bytes=1024)
+    key = await proxy.new_client("acme")
+    async with proxy.http.post(
+        f"{proxy.url}/v1/uploads",
+        data=b'{"filename": "' + b"x" * 4096 + b'"}',
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    ) as resp:
+        assert resp.status == 413
+    assert proxy.upstream.received == []
