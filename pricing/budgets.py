@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from taximeter.pricing.models import BudgetAlert, BudgetConfig, BudgetState, Outcome
 from taximeter.pricing.money import NANOS_PER_UNIT, from_nanos, money_text, parse_money, to_nanos
+from taximeter.pricing.times import rfc3339
 
 __all__ = [
     "MAX_COST_LIMIT",
@@ -269,8 +270,8 @@ def alert_payload(alert: BudgetAlert, state: BudgetState, alert_id: str, now: da
         "id": alert_id,
         "type": f"budget.{alert.kind}",
         "client_id": alert.client_id,
-        "created_at": now.astimezone(UTC).isoformat().replace("+00:00", "Z"),
-        "period_start": state.period_start.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "created_at": rfc3339(now),
+        "period_start": rfc3339(state.period_start),
         "level": level(state),
         "paused": state.paused,
         "pause_reason": state.pause_reason,

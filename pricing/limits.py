@@ -24,6 +24,7 @@ from taximeter.pricing.forecast import project
 from taximeter.pricing.models import RATE_WINDOWS, Hold, Limit
 from taximeter.pricing.money import from_nanos, money_text, to_nanos
 from taximeter.pricing.terms import exact_amount, model_globs
+from taximeter.pricing.times import rfc3339
 
 __all__ = [
     "ALERT_THRESHOLDS",
@@ -206,20 +207,16 @@ def status_json(
         at_end = int(course.at_end)
         forecast = {
             "at_window_end": _money(at_end) if money else at_end,
-            "runs_out_at": _rfc3339(course.runs_out_at),
+            "runs_out_at": rfc3339(course.runs_out_at),
         }
     return {
         **limit_json(declared),
         "used": _money(used) if money else used,
         "reserved": _money(reserved) if money else reserved,
         "remaining": _money(remaining) if money else remaining,
-        "resets_at": _rfc3339(hold.window_end),
+        "resets_at": rfc3339(hold.window_end),
         "forecast": forecast,
     }
-
-
-def _rfc3339(when: datetime | None) -> str | None:
-    return None if when is None else when.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 ALERT_THRESHOLDS = (Decimal("0.8"), Decimal("0.9"), Decimal("1"))
@@ -252,7 +249,7 @@ def alert_payload(
         "limit_value": _money(limit.limit) if money else limit.limit,
         "window_start": hold.window_start.isoformat().replace("+00:00", "Z"),
         "resets_at": None if hold.window_end is None else hold.window_end.isoformat().replace("+00:00", "Z"),
-        "created_at": now.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "created_at": rfc3339(now),
     }
 
 

@@ -3,7 +3,7 @@ RFC 3339 in UTC."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -11,6 +11,7 @@ from taximeter.pricing import budgets
 from taximeter.pricing.forecast import budget_forecast
 from taximeter.pricing.models import ApiKey, BudgetState, Client, Credit, ExchangeRate, UsageEvent
 from taximeter.pricing.money import from_nanos, money_text
+from taximeter.pricing.times import rfc3339
 from taximeter.store.base import ReportRow
 
 __all__ = [
@@ -23,7 +24,6 @@ __all__ = [
     "key_json",
     "rate_json",
     "report_row_json",
-    "rfc3339",
     "unbudgeted_json",
 ]
 
@@ -81,12 +81,6 @@ STATUS_FIELDS = (
     "next_reset_at",
     "spend_by_api_type",
 )
-
-
-def rfc3339(when: datetime | None) -> str | None:
-    if when is None:
-        return None
-    return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def client_json(client: Client, default_currency: str | None = None) -> dict[str, Any]:

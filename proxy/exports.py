@@ -24,7 +24,8 @@ import aiohttp
 import orjson
 
 from taximeter.pricing.models import UsageEvent
-from taximeter.proxy.api_shapes import event_json, rfc3339
+from taximeter.pricing.times import rfc3339
+from taximeter.proxy.api_shapes import event_json
 from taximeter.proxy.clock import Clock
 from taximeter.proxy.delivery import Sender
 from taximeter.store.base import Exports

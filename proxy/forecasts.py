@@ -6,7 +6,6 @@ period however many processes see it (the outbox keeps one per id)."""
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 
 import orjson
 
@@ -14,6 +13,7 @@ from taximeter.pricing import budgets
 from taximeter.pricing.forecast import budget_forecast
 from taximeter.pricing.models import BudgetAlert, BudgetState
 from taximeter.pricing.money import money_text
+from taximeter.pricing.times import rfc3339
 from taximeter.proxy.clock import Clock
 from taximeter.store.base import Outbox, StoreUnavailable
 
@@ -46,8 +46,8 @@ class ForecastAlerts:
         alert_id = f"{state.client_id}:forecast:{told[1]}"
         payload = budgets.alert_payload(BudgetAlert("forecast", state.client_id), state, alert_id, now)
         payload |= {
-            "runs_out_at": _rfc3339(course.runs_out_at),
-            "next_reset_at": _rfc3339(end),
+            "runs_out_at": rfc3339(course.runs_out_at),
+            "next_reset_at": rfc3339(end),
             "tokens_at_period_end": course.tokens_at_end,
             "cost_at_period_end": None if course.cost_at_end is None else money_text(course.cost_at_end),
         }
@@ -63,7 +63,3 @@ class ForecastAlerts:
             log.info(
                 "budget_forecast", extra={"client": state.client_id, "runs_out_at": payload["runs_out_at"]}
             )
-
-
-def _rfc3339(when: datetime) -> str:
-    return when.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -1,0 +1,18 @@
+"""Times as the public API writes them: RFC 3339 in UTC, ``Z`` for its offset."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import overload
+
+__all__ = ["rfc3339"]
+
+
+@overload
+def rfc3339(when: datetime) -> str: ...
+@overload
+def rfc3339(when: None) -> None: ...
+@overload
+def rfc3339(when: datetime | None) -> str | None: ...
+def rfc3339(when: datetime | None) -> str | None:
+    return None if when is None else when.astimezone(UTC).isoformat().replace("+00:00", "Z")
