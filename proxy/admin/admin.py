@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from taximeter.pricing.times import rfc3339
 from taximeter.proxy.admin import limits, money
 from taximeter.proxy.admin.http import json_body as _body
 from taximeter.proxy.admin.http import json_response as _json
@@ -28,7 +29,6 @@ from taximeter.proxy.api_shapes import (
     event_json,
     key_json,
     report_row_json,
-    rfc3339,
 )
 from taximeter.proxy.errors import InvalidInput, NotFoundError
 from taximeter.proxy.gateway.auth import require_admin
