@@ -18,12 +18,11 @@ from taximeter.pricing.charge import CallFacts, charge
 from taximeter.pricing.extract import extract_usage
 from taximeter.pricing.models import OwnedObject, Watch
 from taximeter.pricing.usage import Usage
-from taximeter.proxy.errors import ConflictError, UpstreamUnavailable
-from taximeter.proxy.gateway.files import upstream_json
+from taximeter.proxy.errors import ConflictError
 from taximeter.proxy.gateway.objects import created, valid_id
 from taximeter.proxy.gateway.ownership import record_created
 from taximeter.proxy.gateway.settling import CLIENT_CLOSED, Call, tool_prices
-from taximeter.proxy.gateway.watching import charge_estimate, done_with, finish_now, hold_on, tariff_of
+from taximeter.proxy.gateway.watching import done_with, finish_now, hold_on, look_upstream, tariff_of
 from taximeter.proxy.services import Services
 from taximeter.store.base import StoreUnavailable
 
@@ -84,19 +83,10 @@ async def check_response(services: Services, watch: Watch) -> bool:
     (once, by its call's request id) and let its reservation go. True when
     it is done with."""
     meter = services.meter
-    upstream = services.router.named(watch.upstream)
-    if upstream is None:
-        await charge_estimate(services, watch, f"upstream {watch.upstream} is no longer configured")
+    looked = await look_upstream(services, watch, "responses")
+    if looked is None:
         return True
-    path = f"/v1/responses/{watch.object_id}"
-    status, _, _, reply = await upstream_json(services, None, upstream, "GET", path)
-    if status == 404:
-        await charge_estimate(services, watch, "the upstream no longer knows it")
-        return True
-    if status >= 300 or not isinstance(reply, dict) or reply.get("id") != watch.object_id:
-        raise UpstreamUnavailable(
-            f"upstream {upstream.name} answered {status} for response {watch.object_id}"
-        )
+    upstream, reply = looked
     await hold_on(services, watch)  # held until counted (its limits count through it), or longer
     if reply.get("status") in RUNNING:
         return False

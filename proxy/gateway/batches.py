@@ -58,6 +58,7 @@ from taximeter.proxy.gateway.watching import (
     done_with,
     finish_now,
     hold_on,
+    look_upstream,
     tariff_of,
     terms_of,
 )
@@ -271,20 +272,10 @@ async def check_batch(services: Services, watch: Watch, shown: dict[str, Any] | 
     """Look at a watched batch upstream (or at ``shown``, as it was just
     seen); once it has ended, charge its lines and let its reservation go.
     True when it is done with."""
-    upstream = services.router.named(watch.upstream)
-    if upstream is None:
-        await charge_estimate(services, watch, f"upstream {watch.upstream} is no longer configured")
+    looked = await look_upstream(services, watch, "batches", shown)
+    if looked is None:
         return True
-    if shown is None:
-        path = f"/v1/batches/{watch.object_id}"
-        status, _, _, shown = await upstream_json(services, None, upstream, "GET", path)
-        if status == 404:  # the upstream no longer knows it: what it ran is unknown
-            await charge_estimate(services, watch, "the upstream no longer knows it")
-            return True
-        if status >= 300 or not isinstance(shown, dict) or shown.get("id") != watch.object_id:
-            raise UpstreamUnavailable(
-                f"upstream {upstream.name} answered {status} for batch {watch.object_id}"
-            )
+    upstream, shown = looked
     await hold_on(services, watch)  # held while it runs, and until its lines are counted
     if not _ended(shown):
         if services.meter.clock() - watch.created_at > _GIVE_UP:

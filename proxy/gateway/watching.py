@@ -9,19 +9,56 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import timedelta
+from typing import Any
 
 from taximeter.pricing import limits
 from taximeter.pricing.charge import Tariff
 from taximeter.pricing.models import Terms, Watch
+from taximeter.proxy.errors import UpstreamUnavailable
+from taximeter.proxy.gateway.files import upstream_json
+from taximeter.proxy.gateway.upstreams import Upstream
 from taximeter.proxy.services import Services
 
-__all__ = ["WATCH_LEASE", "charge_estimate", "done_with", "finish_now", "hold_on", "tariff_of", "terms_of"]
+__all__ = [
+    "WATCH_LEASE",
+    "charge_estimate",
+    "done_with",
+    "finish_now",
+    "hold_on",
+    "look_upstream",
+    "tariff_of",
+    "terms_of",
+]
 
 log = logging.getLogger("taximeter.proxy")
 
 # A watcher's hold on what it checks, longer than any one upstream call: another takes it after.
 WATCH_LEASE = timedelta(minutes=15)
 _NO_TERMS = Terms()
+
+
+async def look_upstream(
+    services: Services, watch: Watch, collection: str, shown: dict[str, Any] | None = None
+) -> tuple[Upstream, dict[str, Any]] | None:
+    """Its upstream, and the object as that shows it now (``shown``, when it
+    was just seen): GET ``/v1/<collection>/<id>``. None when what it ran
+    cannot be known - its upstream is no longer configured, or no longer
+    knows it - and it was charged as reserved. Any other failure raises
+    (it is looked at again later)."""
+    upstream = services.router.named(watch.upstream)
+    if upstream is None:
+        await charge_estimate(services, watch, f"upstream {watch.upstream} is no longer configured")
+        return None
+    if shown is not None:
+        return upstream, shown
+    path = f"/v1/{collection}/{watch.object_id}"
+    status, _, _, reply = await upstream_json(services, None, upstream, "GET", path)
+    if status == 404:
+        await charge_estimate(services, watch, "the upstream no longer knows it")
+        return None
+    if status >= 300 or not isinstance(reply, dict) or reply.get("id") != watch.object_id:
+        raise UpstreamUnavailable(f"upstream {upstream.name} answered {status} for {path}")
+    return upstream, reply
 
 
 async def hold_on(services: Services, watch: Watch) -> None:
