@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -28,6 +29,7 @@ from prometheus_client import (
 from taximeter.pricing import budgets
 from taximeter.pricing.catalog import Catalog
 from taximeter.pricing.models import BudgetAlert, BudgetState, UsageEvent
+from taximeter.proxy.errors import BudgetExceeded, LimitReached, ModelNotAllowed, ModelNotPriced
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
@@ -254,6 +256,19 @@ class Metrics:
 
     def rejection(self, client_id: str, reason: str) -> None:
         self.rejections.labels(client_id, reason).inc()
+
+    @contextlib.contextmanager
+    def refusals(self, client_id: str) -> Iterator[None]:
+        """Count a call the block refuses (a spent budget or limit by its
+        reason, an unpriced or forbidden model by its code), then let it go on."""
+        try:
+            yield
+        except (BudgetExceeded, LimitReached) as exc:
+            self.rejection(client_id, exc.reason)
+            raise
+        except (ModelNotPriced, ModelNotAllowed) as exc:
+            self.rejection(client_id, exc.code)
+            raise
 
     def render(self) -> bytes:
         if self.multiprocess:

@@ -35,11 +35,7 @@ from taximeter.pricing.models import ApiKey, Hold, OwnedObject, Reservation, Ter
 from taximeter.pricing.money import to_nanos
 from taximeter.pricing.usage import Usage
 from taximeter.proxy.errors import (
-    BudgetExceeded,
     InvalidInput,
-    LimitReached,
-    ModelNotAllowed,
-    ModelNotPriced,
     NotFoundError,
     TaximeterError,
     UpstreamUnavailable,
@@ -93,13 +89,9 @@ async def create_batch(request: web.Request, services: Services) -> web.StreamRe
     if upstream is None:
         raise NotFoundError(f"the upstream that holds {file_id!r} is no longer configured")
     read = await _input_of(services, owned, upstream)
-    try:
+    with services.metrics.refusals(key.client_id):
         reservation = await _reservation(request, services, key, upstream, endpoint, read)
         await services.meter.admit_long_running(reservation)
-    except (BudgetExceeded, LimitReached, ModelNotPriced, ModelNotAllowed) as exc:
-        reason = exc.reason if isinstance(exc, BudgetExceeded | LimitReached) else exc.code
-        services.metrics.rejection(key.client_id, reason)
-        raise
     # Forwarded as read here: a body with a key twice would name one file
     # here and maybe another upstream.
     sent = orjson.dumps(fields)

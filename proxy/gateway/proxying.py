@@ -23,12 +23,8 @@ from taximeter.pricing.estimate import estimate_usage
 from taximeter.pricing.extract import has_image_part
 from taximeter.pricing.models import ApiKey, Reservation, UsageEvent
 from taximeter.proxy.errors import (
-    BudgetExceeded,
     EndpointNotMetered,
     InvalidInput,
-    LimitReached,
-    ModelNotAllowed,
-    ModelNotPriced,
     NotFoundError,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -99,7 +95,7 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
     body = await read_body(request, services.settings.max_body_bytes)
     if not endpoint.metered:
         return await _pass_through(request, services, endpoint, body)
-    try:
+    with services.metrics.refusals(key.client_id):
         if endpoint.body == "multipart":  # the costly parse waits for the cheap refusal
             await services.meter.precheck(key.client_id, request[REQUEST_ID])
         call = await _parse_call(request, endpoint, key, body, services)
@@ -110,10 +106,6 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
         call.estimate = await _estimate(services, call, off_loop=off_loop)
         call.reservation = services.meter.reservation(call.estimate, key.terms)
         await _admit(services, call.reservation)
-    except (BudgetExceeded, LimitReached, ModelNotPriced, ModelNotAllowed) as exc:
-        reason = exc.reason if isinstance(exc, BudgetExceeded | LimitReached) else exc.code
-        services.metrics.rejection(key.client_id, reason)
-        raise
     try:
         return await services.shielded(_forward(request, services, call, body))
     except asyncio.CancelledError:
