@@ -47,8 +47,7 @@ from taximeter.proxy.errors import (
 from taximeter.proxy.gateway import auth
 from taximeter.proxy.gateway.edge import label
 from taximeter.proxy.gateway.exchange import check_model_allowed
-from taximeter.proxy.gateway.limit_watch import watch_limits
-from taximeter.proxy.gateway.settling import CLIENT_CLOSED
+from taximeter.proxy.gateway.settling import CLIENT_CLOSED, charged
 from taximeter.proxy.gateway.upstreams import Upstream
 from taximeter.proxy.middleware import REQUEST_ID
 from taximeter.proxy.services import Services
@@ -362,13 +361,8 @@ class _Session:
             audio_output_tokens=reservation.event.output_tokens,
             estimated=True,
         )
-        event = charge(
-            self._facts(reservation.request_id, reserved), usage, status, self.tariff, meter.clock()
-        )
-        counted = await meter.settle(event)
-        self.services.metrics.call(event)
-        if counted:
-            await watch_limits(self.services, event, counted)
+        facts = self._facts(reservation.request_id, reserved)
+        await charged(self.services, charge(facts, usage, status, self.tariff, meter.clock()))
 
     async def _transcribed(self, reported: Any) -> None:
         usage = parse_usage(reported)
@@ -377,23 +371,14 @@ class _Session:
         meter = self.services.meter
         self.transcriptions += 1
         model = self.transcriber or "unknown"
-        facts = CallFacts(
-            request_id=f"{self.request_id}:t{self.transcriptions}",
-            client_id=self.key.client_id,
+        facts = replace(
+            self._facts(f"{self.request_id}:t{self.transcriptions}", Usage()),
             api_type="whisper",
             model=model,
-            endpoint=ENDPOINT,
             family="transcription",
             price=meter.catalog.resolve(model, self.upstream.provider),
-            end_user=self.end_user,
-            upstream=self.upstream.name,
-            regional=self.upstream.regional,
         )
-        event = charge(facts, usage, 200, self.tariff, meter.clock())
-        counted = await meter.settle(event)
-        self.services.metrics.call(event)
-        if counted:
-            await watch_limits(self.services, event, counted)
+        await charged(self.services, charge(facts, usage, 200, self.tariff, meter.clock()))
 
     async def _charge_unfinished(self) -> None:
         """The socket ended: responses that ran (or were asked for and may
@@ -412,10 +397,7 @@ class _Session:
                 "realtime_response_cut", extra={"request_id": event.request_id, "client": event.client_id}
             )
             with contextlib.suppress(Exception):
-                counted = await self.services.meter.settle(event)
-                self.services.metrics.call(event)
-                if counted:
-                    await watch_limits(self.services, event, counted)
+                await charged(self.services, event)
 
 
 def _item_tokens(item: Any) -> int:

@@ -30,6 +30,7 @@ from taximeter.proxy.services import Services
 __all__ = [
     "CLIENT_CLOSED",
     "Call",
+    "charged",
     "event_of",
     "record_failure",
     "record_lost",
@@ -110,14 +111,11 @@ async def settle(services: Services, call: Call, usage: Usage, status: int) -> N
     event = event_of(services, call, usage, status)
     call.settled = True
     call.upstream_ended = call.upstream_ended or time.monotonic()
-    counted = await services.meter.settle(event)
+    await charged(services, event)
     if call.created and call.upstream is not None and call.upstream.status < 400:
         owner, upstream = call.client_id, call.route.name
         owned = [OwnedObject(i, kind, owner, upstream, event.created_at) for kind, i in call.created]
         await record_created(services.objects, owned, call.request_id)
-    services.metrics.call(event)
-    if counted:
-        await watch_limits(services, event, counted)
     log.info(
         "request_metered",
         extra={
@@ -138,6 +136,15 @@ async def settle(services: Services, call: Call, usage: Usage, status: int) -> N
     )
 
 
+async def charged(services: Services, event: UsageEvent) -> None:
+    """``event`` in place of its call's reservation (the ledger, the gate),
+    told to the metrics and to the alerts of the limits it counts on."""
+    counted = await services.meter.settle(event)
+    services.metrics.call(event)
+    if counted:
+        await watch_limits(services, event, counted)
+
+
 async def settle_unaccounted(services: Services, call: Call) -> None:
     """A call that ended by a path nothing above expected (the client vanished
     as the response started, say). If it reached the upstream, it may have been
@@ -148,10 +155,7 @@ async def settle_unaccounted(services: Services, call: Call) -> None:
     call.settled = True
     event = replace(call.estimate, status=CLIENT_CLOSED, estimated=True, created_at=services.meter.clock())
     log.warning("call_unaccounted", extra={"request_id": call.request_id, "client": call.client_id})
-    counted = await services.meter.settle(event)
-    services.metrics.call(event)
-    if counted:
-        await watch_limits(services, event, counted)
+    await charged(services, event)
 
 
 async def record_failure(services: Services, call: Call, status: int) -> None:
