@@ -150,13 +150,18 @@ async def test_a_response_the_upstream_rejects_is_not_charged(proxy: Harness) ->
     assert Decimal(event["cost_usd"]) == RESPONSE_USD and not event["estimated"]
 
 
+async def transcribed_by(conn: Any, model: str) -> None:
+    """Ask the session to transcribe the user's audio with ``model``."""
+    transcription = {"model": model}
+    await conn.session.update(
+        session={"type": "realtime", "audio": {"input": {"transcription": transcription}}}
+    )
+
+
 async def test_the_users_audio_transcribed_in_a_session_is_charged_too(proxy: Harness) -> None:
     key = await proxy.new_client("acme", mode="cost", cost_limit="50")
     async with proxy.sdk(key).realtime.connect(model="gpt-realtime") as conn:
-        transcription = {"model": "gpt-4o-transcribe"}
-        await conn.session.update(
-            session={"type": "realtime", "audio": {"input": {"transcription": transcription}}}
-        )
+        await transcribed_by(conn, "gpt-4o-transcribe")
         await conn.input_audio_buffer.append(audio=base64.b64encode(b"\x00" * 48_000).decode())
         await conn.input_audio_buffer.commit()
         async for event in conn:
@@ -175,10 +180,7 @@ async def test_the_users_audio_transcribed_in_a_session_is_charged_too(proxy: Ha
 async def test_a_transcription_model_without_a_price_is_refused(proxy: Harness) -> None:
     key = await proxy.new_client("acme", mode="cost", cost_limit="50")
     async with proxy.sdk(key).realtime.connect(model="gpt-realtime") as conn:
-        transcription = {"model": "no-such-transcriber"}
-        await conn.session.update(
-            session={"type": "realtime", "audio": {"input": {"transcription": transcription}}}
-        )
+        await transcribed_by(conn, "no-such-transcriber")
         async for event in conn:
             if event.type == "session.created":
                 continue

@@ -114,6 +114,21 @@ async def charged_by_the_survivor(store: Store) -> list[UsageEvent]:
     return []
 
 
+async def mid_realtime_response(
+    http: aiohttp.ClientSession, url: str, key: str
+) -> aiohttp.ClientWebSocketResponse:
+    """A Realtime session through the proxy at ``url`` with a response under
+    way: asked for, and its first audio delta relayed."""
+    ws = await http.ws_connect(
+        f"{url}/v1/realtime?model=gpt-realtime", headers={"Authorization": f"Bearer {key}"}
+    )
+    await ws.send_json({"type": "response.create"})
+    async for msg in ws:
+        if '"response.output_audio.delta"' in msg.data:
+            break
+    return ws
+
+
 async def test_proxy_killed_mid_stream_is_charged_by_the_survivor(
     aiohttp_server: Any, tmp_path: Path, empty_pg_url: str, redis_prefix: str
 ) -> None:
@@ -169,13 +184,7 @@ async def test_proxy_killed_mid_realtime_response_is_charged_by_the_survivor(
         key = await doomed.new_client("acme", "--mode", "cost", "--cost", "50")
         await asyncio.gather(doomed.start(), survivor.start())
         async with aiohttp.ClientSession() as http:
-            ws = await http.ws_connect(
-                f"{doomed.url}/v1/realtime?model=gpt-realtime", headers={"Authorization": f"Bearer {key}"}
-            )
-            await ws.send_json({"type": "response.create"})
-            async for msg in ws:
-                if '"response.output_audio.delta"' in msg.data:
-                    break
+            await mid_realtime_response(http, doomed.url, key)
             await doomed.kill()  # mid-response
         store = await open_store(empty_pg_url)
         try:
@@ -249,13 +258,7 @@ async def test_sigterm_closes_a_realtime_session_and_charges_its_response(
         key = await proxy.new_client("acme", "--mode", "cost", "--cost", "50")
         await proxy.start()
         async with aiohttp.ClientSession() as http:
-            ws = await http.ws_connect(
-                f"{proxy.url}/v1/realtime?model=gpt-realtime", headers={"Authorization": f"Bearer {key}"}
-            )
-            await ws.send_json({"type": "response.create"})
-            async for msg in ws:
-                if '"response.output_audio.delta"' in msg.data:
-                    break
+            await mid_realtime_response(http, proxy.url, key)
             assert proxy.server is not None
             started = time.monotonic()
             proxy.server.send_signal(signal.SIGTERM)  # only the process this test started
