@@ -247,8 +247,8 @@ def alert_payload(
         "threshold": float(threshold),
         "used": _money(used) if money else used,
         "limit_value": _money(limit.limit) if money else limit.limit,
-        "window_start": hold.window_start.isoformat().replace("+00:00", "Z"),
-        "resets_at": None if hold.window_end is None else hold.window_end.isoformat().replace("+00:00", "Z"),
+        "window_start": rfc3339(hold.window_start),
+        "resets_at": rfc3339(hold.window_end),
         "created_at": rfc3339(now),
     }
 
