@@ -36,10 +36,10 @@ from taximeter.pricing.models import BudgetState, Hold, UsageEvent
 from taximeter.proxy.admin.admin import admin_app
 from taximeter.proxy.clock import Clock, system_clock
 from taximeter.proxy.dashboard.dashboard import DASHBOARD, Dashboard
-from taximeter.proxy.dashboard.formatting import Formatter, locale_for
+from taximeter.proxy.dashboard.languages import Languages, load_catalogs
 from taximeter.proxy.dashboard.pages import load_pages
 from taximeter.proxy.dashboard.sessions import Sessions
-from taximeter.proxy.dashboard.site import dashboard_app
+from taximeter.proxy.dashboard.site import dashboard_app, portal_app
 from taximeter.proxy.exports import ExportSender, Sink
 from taximeter.proxy.forecasts import ForecastAlerts
 from taximeter.proxy.gateway.auth import KeyCache
@@ -99,6 +99,7 @@ def create_app(settings: Settings, *, clock: Clock = system_clock) -> web.Applic
     app.router.add_route("*", "/v1/{tail:.*}", handle_proxy)
     app.add_subapp("/admin", admin_app())
     app.add_subapp("/dashboard", dashboard_app())
+    app.add_subapp("/portal", portal_app())
     app[SETTINGS] = settings
     app[CLOCK] = clock
     # One context per resource, in the order they depend on each other: aiohttp
@@ -378,7 +379,8 @@ async def _dashboard(app: web.Application) -> Dashboard:
         pages=await asyncio.to_thread(load_pages),
         sessions=sessions,
         ops=app[OPERATIONS],
-        fmt=await asyncio.to_thread(Formatter, locale_for(settings.currency, settings.locale)),
+        languages=Languages(await asyncio.to_thread(load_catalogs), settings.locale),
+        frame_ancestors=tuple(settings.portal_frame_ancestors),
     )
 
 

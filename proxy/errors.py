@@ -44,6 +44,7 @@ __all__ = [
     "InvalidInput",
     "InvalidJson",
     "LimitReached",
+    "LinkExpired",
     "MeteringUnavailable",
     "MethodNotAllowed",
     "ModelNotAllowed",
@@ -204,6 +205,12 @@ class NotFoundError(TaximeterError):
     status = 404
     type = "invalid_request_error"
     code = "not_found"
+
+
+class LinkExpired(TaximeterError):
+    status = 410
+    type = "invalid_request_error"
+    code = "link_expired"
 
 
 class ConflictError(TaximeterError):

@@ -32,6 +32,7 @@ __all__ = [
     "error_response",
     "from_aiohttp",
     "json_error_middleware",
+    "logged_path",
     "request_id_middleware",
 ]
 
@@ -62,6 +63,11 @@ def from_aiohttp(exc: web.HTTPException) -> TaximeterError:
     return error
 
 
+def logged_path(path: str) -> str:
+    """``path`` as logs may carry it: a portal link's token opens its page."""
+    return "/portal/…" if path.startswith("/portal/") else path
+
+
 @web.middleware
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Give the request its id, and every response not yet sent the id's header."""
@@ -90,5 +96,5 @@ async def json_error_middleware(request: web.Request, handler: Handler) -> web.S
             raise
         return error_response(from_aiohttp(exc), request_id)
     except Exception:
-        log.exception("unhandled_error", extra={"request_id": request_id, "path": request.path})
+        log.exception("unhandled_error", extra={"request_id": request_id, "path": logged_path(request.path)})
         return error_response(TaximeterError("internal error"), request_id)

@@ -18,15 +18,24 @@ from taximeter.pricing import budgets, limits, terms
 from taximeter.pricing.models import ApiKey, BudgetState, Client, Credit, ExchangeRate, Hold, UsageEvent
 from taximeter.proxy.api_shapes import budget_json, unbudgeted_json
 from taximeter.proxy.clock import Clock, system_clock
-from taximeter.proxy.errors import ConflictError, InvalidInput, NotFoundError
+from taximeter.proxy.errors import ConflictError, InvalidInput, LinkExpired, NotFoundError
 from taximeter.proxy.gateway import keys
 from taximeter.proxy.gateway.exchange import USD
+from taximeter.proxy.portal_links import (
+    MAX_EXPIRES_S,
+    MIN_EXPIRES_S,
+    make_token,
+    new_secret,
+    portal_url,
+    read_token,
+)
 from taximeter.store.base import Budgets, Conflict, Directory, ExchangeRates, LedgerReads, NotFound, ReportRow
 
 __all__ = ["GROUPINGS", "MAX_EVENTS", "Operations", "OperatorStore", "parse_day"]
 
 _CLIENT_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # the whole id: fullmatch, not a trailing "\n"
 GROUPINGS = ("api_type", "model", "day", "end_user", "limit")
+DEFAULT_LINK_S = 24 * 3600  # a portal link made without saying lasts a day
 MAX_EVENTS = 10_000  # the most events one GET /admin/usage/events answers
 _KEY_ATTEMPTS = 5
 
@@ -239,6 +248,46 @@ class Operations:
         await self._budget_changed(client_id, state, now)
         return credit, state
 
+    # -- the tenant portal (section 8) ---------------------------------------------------
+
+    async def portal_link(self, client_id: str, data: Any, base: str) -> tuple[str, datetime]:
+        """A new link to the client's portal (at ``base``, this server's
+        address) and when it expires: ``{"expires_in_s": seconds}`` from now
+        (default a day), signed with the client's portal secret (made the
+        first time)."""
+        client = await self.client(client_id)
+        expires_in = _expires_in(data)
+        now = self.clock()
+        secret = await self._store.portal_secret(client.id)
+        if secret is None:
+            secret = await self._store.set_portal_secret(client.id, new_secret(), now, replace=False)
+        token = make_token(client.id, now + timedelta(seconds=expires_in), secret)
+        found = read_token(token)
+        assert found is not None  # made above: always shaped like one
+        return portal_url(base, token), found.expires_at
+
+    async def revoke_portal_links(self, client_id: str) -> None:
+        """A new portal secret for the client: every link made so far stops working."""
+        client = await self.client(client_id)
+        await self._store.set_portal_secret(client.id, new_secret(), self.clock(), replace=True)
+
+    async def portal_client(self, text: str) -> Client:
+        """The client a portal link's token is for. Raises NotFoundError for
+        a token that is not one of ours (or was revoked), LinkExpired for one
+        past its time: the same answer whether or not the client exists."""
+        token = read_token(text)
+        if token is None:
+            raise NotFoundError("this link is not valid")
+        secret = await self._store.portal_secret(token.client_id)
+        if secret is None or not token.signed_with(secret):
+            raise NotFoundError("this link is not valid")
+        now = self.clock()
+        if token.expires_at <= now:
+            raise LinkExpired("this link has expired")
+        if token.expires_at > now + timedelta(seconds=MAX_EXPIRES_S + 60):
+            raise NotFoundError("this link is not valid")  # no link is made to live that long
+        return await self.client(token.client_id)
+
     # -- limits (section 6b) ------------------------------------------------------------
 
     async def set_limits(self, client_id: str, data: Any) -> list[dict[str, Any]]:
@@ -413,12 +462,20 @@ class Operations:
             end_at += timedelta(days=1)  # a bare date includes that whole day
         if end_at <= start_at:
             raise InvalidInput("to must be after from", param="to")
-        await self.flush_ledger()
         if group_by == "limit":
+            await self.flush_ledger()
             return start_at, end_at, await self._limit_report(client_id, start_at, end_at)
+        return start_at, end_at, await self.usage_rows(client_id, start_at, end_at, group_by)
+
+    async def usage_rows(
+        self, client_id: str | None, start: datetime, end: datetime, group_by: str
+    ) -> list[ReportRow]:
+        """The ledger's totals over [start, end) by any grouping the store
+        knows (the pages also stack days by api_type: ``day_api_type``)."""
+        await self.flush_ledger()
         if client_id is not None and not _possible(client_id):
-            return start_at, end_at, []
-        return start_at, end_at, await self._store.usage_report(client_id, start_at, end_at, group_by)
+            return []
+        return await self._store.usage_report(client_id, start, end, group_by)
 
     async def _limit_report(self, client_id: str | None, start: datetime, end: datetime) -> list[ReportRow]:
         """Per limit, the usage of the calls it covers (its models, every end
@@ -454,6 +511,22 @@ class Operations:
             return found.pop()
         client = await self.find_client(client_id) if client_id is not None else None
         return (client.terms.currency if client is not None else None) or self.currency
+
+
+def _expires_in(data: Any) -> int:
+    """A portal link's ``expires_in_s``: whole seconds, a minute to a year."""
+    if not isinstance(data, dict):
+        raise InvalidInput("the body must be a JSON object", status=400)
+    unknown = sorted(set(data) - {"expires_in_s"})
+    if unknown:
+        raise InvalidInput(f"unknown field {unknown[0]!r}", param=unknown[0])
+    value = data.get("expires_in_s", DEFAULT_LINK_S)
+    if isinstance(value, float) and value.is_integer():  # JSON's 3600.0 is a whole number too
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not MIN_EXPIRES_S <= value <= MAX_EXPIRES_S:
+        text = f"expires_in_s must be whole seconds from {MIN_EXPIRES_S} to {MAX_EXPIRES_S}"
+        raise InvalidInput(text, param="expires_in_s")
+    return value
 
 
 def _possible(client_id: str) -> bool:

@@ -8,6 +8,7 @@ and bad values stop start-up with one message naming the setting.
 from __future__ import annotations
 
 import os
+import re
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
@@ -42,6 +43,11 @@ __all__ = [
 ]
 
 MiB = 1024 * 1024
+# An origin a CSP frame-ancestors list may name (a subdomain wildcard allowed): no
+# space, quote or semicolon can reach the header.
+_ORIGIN = re.compile(r"https?://(\*\.)?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*(:[0-9]{1,5})?")
+# The address of this server: an origin, perhaps with a path prefix (behind a proxy).
+_PUBLIC_URL = re.compile(r"https?://[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?")
 
 
 class ConfigError(Exception):
@@ -193,7 +199,23 @@ class Settings(BaseSettings):
         8 * 3600.0, gt=0, description="How long a dashboard login lasts (the cookie expires with it)."
     )
     locale: str | None = Field(
-        None, description="Locale of numbers and money on the dashboard; none = one usual for the currency."
+        None,
+        description=(
+            "Language and number format of the dashboard and portal (pt_BR, en_US...);"
+            " none = the browser's Accept-Language, else the one usual for the currency."
+        ),
+    )
+    portal_frame_ancestors: list[str] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Origins allowed to frame the tenant portal (https://app.example.com); none = no one.",
+    )
+    public_url: str | None = Field(
+        None,
+        description=(
+            "Address clients reach taximeter at (https://meter.example.com), the base of portal links;"
+            " none = the address the admin request came to."
+        ),
     )
     currency: str = Field("BRL", description="Budget currency (ISO 4217 code).")
     exchange_rate: Decimal = Field(Decimal("5.0"), gt=0, description="Units of the currency per 1 USD.")
@@ -330,6 +352,23 @@ class Settings(BaseSettings):
         if len(value) != 3 or not value.isalpha():
             raise ValueError("must be a three-letter ISO 4217 code such as BRL")
         return value.upper()
+
+    @field_validator("portal_frame_ancestors")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if not _ORIGIN.fullmatch(origin):
+                raise ValueError(f"{origin!r} is not an origin such as https://app.example.com")
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not _PUBLIC_URL.fullmatch(value):
+            raise ValueError(f"{value!r} is not an address such as https://meter.example.com")
+        return value.rstrip("/")
 
     @field_validator("locale")
     @classmethod

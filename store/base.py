@@ -192,6 +192,15 @@ class Directory(Protocol):
     async def revoke_key(self, prefix: str, now: datetime) -> ApiKey | None:
         """Mark a key revoked (idempotent); None if no key has that prefix."""
 
+    async def portal_secret(self, client_id: str) -> str | None:
+        """The secret the client's portal links are signed with; None if it has none."""
+
+    async def set_portal_secret(self, client_id: str, secret: str, now: datetime, *, replace: bool) -> str:
+        """Give the client ``secret`` for its portal links: in place of the one
+        it has (``replace``, revoking every link made before), or only if it
+        has none. Returns the secret it has now. Raises NotFound if there is
+        no such client."""
+
 
 class Budgets(Protocol):
     """One budget per client: its settings, counters and pause.
@@ -292,9 +301,9 @@ class LedgerReads(Protocol):
     async def usage_report(
         self, client_id: str | None, start: datetime, end: datetime, group_by: str
     ) -> list[ReportRow]:
-        """Totals per ``api_type``, ``model``, ``day`` (UTC), ``end_user`` or
-        ``client_model`` (``client/model``) and currency over [start, end),
-        by key then currency."""
+        """Totals per ``api_type``, ``model``, ``day`` (UTC), ``end_user``,
+        ``client_model`` (``client/model``) or ``day_api_type``
+        (``day/api_type``) and currency over [start, end), by key then currency."""
 
 
 class HeldReservations(Protocol):

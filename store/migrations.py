@@ -299,6 +299,21 @@ MIGRATIONS.append(
     )
 )
 
+MIGRATIONS.append(
+    (
+        13,
+        [
+            # The secret a client's portal links are signed with; a new one
+            # revokes every link made before it.
+            """CREATE TABLE portal_secrets (
+                client_id TEXT PRIMARY KEY REFERENCES clients(id),
+                secret TEXT NOT NULL,
+                created_at {time} NOT NULL
+            )""",
+        ],
+    )
+)
+
 LATEST = MIGRATIONS[-1][0]
 
 

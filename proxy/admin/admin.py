@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from taximeter.pricing.times import rfc3339
-from taximeter.proxy.admin import limits, money
+from taximeter.proxy.admin import limits, money, portal
 from taximeter.proxy.admin.http import json_body as _body
 from taximeter.proxy.admin.http import json_response as _json
 from taximeter.proxy.admin.http import operations as _ops
@@ -216,6 +216,7 @@ def admin_app() -> web.Application:
             web.get("/pricing/{model}", get_pricing),
             *money.ROUTES,
             *limits.ROUTES,
+            *portal.ROUTES,
         ]
     )
     return app

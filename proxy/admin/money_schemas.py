@@ -10,6 +10,7 @@ from typing import Any
 from taximeter.pricing.budgets import MAX_COST_LIMIT, MAX_TOKEN_LIMIT
 from taximeter.pricing.limits import MAX_LIMITS, METRICS, WINDOWS
 from taximeter.pricing.terms import MAX_MARKUP, MAX_RATE
+from taximeter.proxy.portal_links import MAX_EXPIRES_S, MIN_EXPIRES_S
 
 __all__ = ["MONEY_SCHEMAS", "NAME", "positive_decimal"]
 
@@ -98,6 +99,19 @@ MONEY_SCHEMAS: dict[str, Any] = {
         },
         closed=True,
     ),
+    "PortalLinkInput": _obj(
+        [],
+        {
+            "expires_in_s": {
+                "type": "integer",
+                "minimum": MIN_EXPIRES_S,
+                "maximum": MAX_EXPIRES_S,
+                "default": 86_400,
+            }
+        },
+        closed=True,
+    ),
+    "PortalLink": _obj(["url", "expires_at"], {"url": {"type": "string"}, "expires_at": _TIME}),
     "NewCredit": {
         "allOf": [
             {"$ref": "#/components/schemas/Credit"},

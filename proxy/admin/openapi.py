@@ -163,6 +163,22 @@ _PATHS: dict[str, Any] = {
             requestBody=_body("CreditInput"),
         ),
     },
+    "/admin/clients/{client_id}/portal-links": {
+        "parameters": [_path_param("client_id")],
+        "post": _op(
+            "A signed, expiring link to the client's read-only portal",
+            _json(_ref("PortalLink"), "Created"),
+            "201",
+            ("400", "404", "413", "422"),
+            requestBody={**_body("PortalLinkInput"), "required": False},
+        ),
+        "delete": _op(
+            "Revoke every portal link of the client (it gets a new portal secret)",
+            {"description": "Revoked"},
+            "204",
+            ("404",),
+        ),
+    },
     "/admin/rates": {
         "get": _op(
             "Exchange rates: the one in force of each currency, and their history",

@@ -30,6 +30,7 @@ from taximeter.proxy.cli.money import (
     credits_command,
     rates_command,
 )
+from taximeter.proxy.cli.portal import add_portal_command, link_base, portal_command
 from taximeter.proxy.cli.startup import describe_store
 from taximeter.proxy.errors import TaximeterError
 from taximeter.proxy.gateway.upstreams import Upstreams
@@ -113,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_budget_commands(sub)
     add_limit_commands(sub)
     add_money_commands(sub)
+    add_portal_command(sub)
     _add_usage_command(sub)
     apply = sub.add_parser("apply", help="create or update the clients and budgets an ops file declares")
     apply.add_argument("file", type=Path, help="the TOML ops file")
@@ -207,6 +209,7 @@ async def _manage(settings: Settings, args: argparse.Namespace) -> int:
             announce=changes.announce,
         )
         handler: Callable[[Operations, argparse.Namespace], Awaitable[int]] = _COMMANDS[args.command]
+        args.link_base = link_base(settings)  # where a portal link points
         return await handler(ops, args)
     finally:
         await changes.close()
@@ -395,4 +398,5 @@ _COMMANDS: dict[str, Callable[[Operations, argparse.Namespace], Awaitable[int]]]
     "limits": limits_command,
     "rates": rates_command,
     "credits": credits_command,
+    "portal-link": portal_command,
 }

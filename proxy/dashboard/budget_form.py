@@ -2,7 +2,8 @@
 
 The form is text; the budget rules live in :func:`budgets.config_from_json`.
 This only turns text into the JSON types that function takes, naming each
-field it cannot read, so every bad field gets its message beside it.
+field it cannot read, so every bad field gets its message beside it (this
+module's own messages in the page's language; the rules' in English).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 from taximeter.pricing import budgets
 from taximeter.pricing.models import BudgetState
 from taximeter.pricing.money import money_text
+from taximeter.proxy.dashboard.formatting import N_
 
 __all__ = ["form_from_state", "parse_budget_form"]
 
@@ -25,7 +27,7 @@ def _integer(text: str) -> int:
     (a token count has no fraction, so any of them is a thousands separator)."""
     digits = text.translate(str.maketrans("", "", " .,_\u00a0"))
     if not digits.isdigit():
-        raise ValueError("must be a whole number of tokens")
+        raise ValueError(N_("must be a whole number of tokens"))
     return int(digits)
 
 
@@ -40,7 +42,7 @@ def _decimal(text: str) -> str:
         if not Decimal(cleaned).is_finite():
             raise ValueError
     except (InvalidOperation, ValueError) as exc:
-        raise ValueError("must be an amount such as 450.00") from exc
+        raise ValueError(N_("must be an amount such as 450.00")) from exc
     return cleaned
 
 
@@ -48,11 +50,11 @@ def _thresholds(text: str) -> list[str]:
     """Percents ("80, 90, 100") as the fractions a budget keeps."""
     items = [item for item in text.replace(";", ",").split(",") if item.strip()]
     if not items:
-        raise ValueError("list at least one percent, e.g. 80, 90, 100")
+        raise ValueError(N_("list at least one percent, e.g. 80, 90, 100"))
     try:
         return [str(Decimal(item.strip()) / 100) for item in items]
     except InvalidOperation as exc:
-        raise ValueError("must be percents separated by commas, e.g. 80, 90, 100") from exc
+        raise ValueError(N_("must be percents separated by commas, e.g. 80, 90, 100")) from exc
 
 
 def parse_budget_form(form: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -94,7 +96,7 @@ _STAND_INS: dict[str, Any] = {
 }
 
 
-_PERCENTS = "each must be a percent above 0 and at most 100"
+_PERCENTS = N_("each must be a percent above 0 and at most 100")
 
 
 def _check_rules(body: dict[str, Any], errors: dict[str, str]) -> None:

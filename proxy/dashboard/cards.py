@@ -9,15 +9,46 @@ from decimal import Decimal
 from typing import Any
 
 from taximeter.pricing import budgets
-from taximeter.pricing.forecast import budget_forecast
+from taximeter.pricing.forecast import BudgetForecast, budget_forecast
 from taximeter.pricing.models import BudgetState, Client
 from taximeter.pricing.money import from_nanos
-from taximeter.proxy.dashboard.formatting import Formatter
+from taximeter.proxy.dashboard.formatting import N_, Formatter
 
-__all__ = ["API_TYPES", "Bar", "Card", "binding_bar", "build_card", "order_cards"]
+__all__ = [
+    "API_TYPES",
+    "METRICS",
+    "WINDOWS",
+    "Bar",
+    "Card",
+    "LimitRow",
+    "binding_bar",
+    "build_card",
+    "limit_rows",
+    "order_cards",
+]
 
 # Every kind of call the proxy meters, in the order the cards list them.
 API_TYPES = ("chat", "vision", "tts", "whisper", "embeddings", "image")
+# Words a card shows, translated where shown.
+PAUSE_REASONS = {
+    budgets.MANUAL: N_("manual"),
+    "token_limit": N_("token limit"),
+    "cost_limit": N_("cost limit"),
+}
+METRICS = {
+    "tokens": N_("tokens"),
+    "cost": N_("cost"),
+    "requests": N_("requests"),
+    "concurrent": N_("calls at once"),
+}
+WINDOWS = {
+    "minute": N_("per minute"),
+    "hour": N_("per hour"),
+    "daily": N_("daily"),
+    "weekly": N_("weekly"),
+    "monthly": N_("monthly"),
+    "none": N_("lifetime"),
+}
 
 
 @dataclass(frozen=True)
@@ -53,9 +84,10 @@ class Card:
     spend: tuple[tuple[str, str], ...] = ()
     binding: Bar | None = None  # the limit beside the budget nearest to being reached
     forecast: str | None = None  # where it is heading at its burn rate so far
+    runs_out: bool = False  # the forecast says a limit is reached before the period ends
 
 
-def binding_bar(shown: list[dict[str, Any]]) -> Bar | None:
+def binding_bar(shown: list[dict[str, Any]], fmt: Formatter) -> Bar | None:
     """Of a client's limits as ``Operations.limits`` shows them, the one most
     used (what would refuse its calls first), as a bar."""
     best: tuple[float, dict[str, Any]] | None = None
@@ -67,13 +99,75 @@ def binding_bar(shown: list[dict[str, Any]]) -> Bar | None:
         return None
     percent, limit = best
     return Bar(
-        label=f"limit {limit['name']} ({limit['window']})",
+        label=fmt.gettext("limit %(name)s (%(window)s)")
+        % {"name": limit["name"], "window": fmt.gettext(WINDOWS.get(limit["window"], limit["window"]))},
         used=str(limit["used"]),
         limit=str(limit["limit"]),
         percent=percent,
         percent_text=f"{percent:.0f}%",
         level=budgets.level_of(percent),
     )
+
+
+@dataclass(frozen=True)
+class LimitRow:
+    """One limit as a table row shows it, every figure in the page's locale."""
+
+    name: str
+    counts: str  # what it counts, over which window, for whom
+    used: str
+    limit: str
+    reserved: str
+    remaining: str
+    resets: str
+    forecast: str | None
+    runs_out: bool
+
+
+def limit_rows(shown: list[dict[str, Any]], fmt: Formatter, currency: str, timezone: str) -> list[LimitRow]:
+    """A client's limits as ``Operations.limits`` shows them, as rows."""
+    rows = []
+    for limit in shown:
+        money = limit["metric"] == "cost"
+
+        def figure(value: Any, money: bool = money) -> str:
+            amount = Decimal(str(value))
+            return fmt.money(amount, currency) if money else fmt.number(amount)
+
+        metric = METRICS.get(limit["metric"], limit["metric"])
+        window = WINDOWS.get(limit["window"], limit["window"])
+        counts = [fmt.gettext(metric), fmt.gettext(window)]
+        if limit.get("per") == "end_user":
+            counts.append(fmt.gettext("per end user"))
+        if limit.get("models"):
+            counts.append(", ".join(limit["models"]))
+        resets = limit.get("resets_at")
+        forecast, runs_out = None, False
+        course = limit.get("forecast")
+        if course is not None:
+            forecast = fmt.gettext("at this pace: %(amount)s by the window's end") % {
+                "amount": figure(course["at_window_end"])
+            }
+            if course.get("runs_out_at"):
+                runs_out = True
+                when = fmt.when(datetime.fromisoformat(course["runs_out_at"]), timezone)
+                forecast += " · " + fmt.gettext("runs out %(when)s") % {"when": when}
+        rows.append(
+            LimitRow(
+                name=limit["name"],
+                counts=" · ".join(counts),
+                used=figure(limit["used"]),
+                limit=figure(limit["limit"]),
+                reserved=figure(limit["reserved"]),
+                remaining=figure(limit["remaining"]),
+                resets=fmt.gettext("never")
+                if not resets
+                else fmt.when(datetime.fromisoformat(resets), timezone),
+                forecast=forecast,
+                runs_out=runs_out,
+            )
+        )
+    return rows
 
 
 def build_card(
@@ -94,6 +188,7 @@ def build_card(
         return Card(client.id, client.name, has_budget=False, spend=spent)
     bars = _bars(state, fmt)
     reset_at = budgets.next_reset(state)
+    course = None if now is None else budget_forecast(state, now)
     return Card(
         client_id=client.id,
         name=client.name,
@@ -105,26 +200,31 @@ def build_card(
         bars=bars,
         # Paused, or resumed while still at a limit: either way calls are refused.
         paused=budgets.refusal(state) is not None,
-        pause_reason=budgets.refusal(state),
+        pause_reason=_reason(budgets.refusal(state), fmt),
         next_reset=None if reset_at is None else fmt.when(reset_at, state.config.timezone),
         spend=spent,
-        forecast=None if now is None else _forecast(state, now, fmt),
+        forecast=None if course is None else _forecast(state, course, fmt),
+        runs_out=course is not None and course.runs_out_at is not None,
     )
 
 
-def _forecast(state: BudgetState, now: datetime, fmt: Formatter) -> str | None:
+def _reason(reason: str | None, fmt: Formatter) -> str | None:
+    return None if reason is None else fmt.gettext(PAUSE_REASONS.get(reason, reason.replace("_", " ")))
+
+
+def _forecast(state: BudgetState, course: BudgetForecast, fmt: Formatter) -> str:
     """At this pace: what the period ends at, and when it runs out if before."""
-    course = budget_forecast(state, now)
-    if course is None:
-        return None
     parts = []
     if course.cost_at_end is not None:
         parts.append(fmt.money(course.cost_at_end, state.config.currency))
     if course.tokens_at_end is not None:
-        parts.append(f"{fmt.number(course.tokens_at_end)} tokens")
-    said = f"at this pace: {' and '.join(parts)} by the period's end"
+        parts.append(fmt.gettext("%(count)s tokens") % {"count": fmt.number(course.tokens_at_end)})
+    said = fmt.gettext("at this pace: %(amount)s by the period's end") % {
+        "amount": fmt.gettext(" and ").join(parts)
+    }
     if course.runs_out_at is not None:
-        said += f" · runs out {fmt.when(course.runs_out_at, state.config.timezone)}"
+        when = fmt.when(course.runs_out_at, state.config.timezone)
+        said += " · " + fmt.gettext("runs out %(when)s") % {"when": when}
     return said
 
 
@@ -134,10 +234,12 @@ def _bars(state: BudgetState, fmt: Formatter) -> tuple[Bar, ...]:
     bars = []
     if tokens_pct is not None and config.token_limit is not None:
         used, limit = fmt.number(state.tokens_used), fmt.number(config.token_limit)
-        bars.append(_bar("tokens", used, limit, tokens_pct, fmt))
+        bars.append(_bar(fmt.gettext("tokens"), used, limit, tokens_pct, fmt))
     if cost_pct is not None and config.cost_limit is not None:
         used = fmt.money(from_nanos(state.cost_used_nanos), config.currency)
-        bars.append(_bar("cost", used, fmt.money(config.cost_limit, config.currency), cost_pct, fmt))
+        bars.append(
+            _bar(fmt.gettext("cost"), used, fmt.money(config.cost_limit, config.currency), cost_pct, fmt)
+        )
     return tuple(bars)
 
 

@@ -24,41 +24,52 @@ def _share(value: Decimal, tallest: Decimal) -> float:
 
 
 def column_chart(
-    points: Sequence[tuple[str, Decimal]],
+    points: Sequence[tuple[str, Sequence[tuple[str, Decimal]]]],
     *,
     label: Label,
     title: str,
     tick: Callable[[str], str] = str,
+    most: str = "max",
 ) -> Markup:
-    """One column per point (e.g. a day's spend), the tallest labelled; every
-    column names its point and value in a tooltip. Every 5th point is named
-    under the axis, as ``tick`` shortens its name."""
-    tallest = max((v for _, v in points), default=Decimal(0))
+    """One column per point (e.g. a day), stacked by series (e.g. api_type,
+    each drawn in its ``series-<name>`` class, first at the bottom); the
+    tallest total labelled (after ``most``), every part named with its value
+    in a tooltip. Every 5th point is named under the axis, as ``tick``
+    shortens its name."""
+    totals = [sum((v for _, v in parts), Decimal(0)) for _, parts in points]
+    tallest = max(totals, default=Decimal(0))
     slot = (_W - 2 * _LEFT) / max(len(points), 1)
     plot_h = _H - _BOTTOM - _TOP
-    parts = [
-        f'<svg class="chart" viewBox="0 0 {_W} {_H}" role="img" aria-label="{escape(title)}">',
+    parts_svg = [
+        f'<svg class="chart stacked" viewBox="0 0 {_W} {_H}" role="img" aria-label="{escape(title)}">',
         f"<title>{escape(title)}</title>",
-        f'<text class="axis" x="{_LEFT}" y="14">max {escape(label(tallest))}</text>',
+        f'<text class="axis" x="{_LEFT}" y="14">{escape(most)} {escape(label(tallest))}</text>',
         f'<line class="axis-line" x1="{_LEFT}" y1="{_H - _BOTTOM}" x2="{_W - _LEFT}" y2="{_H - _BOTTOM}"/>',
     ]
-    for i, (name, value) in enumerate(points):
-        height = plot_h * _share(value, tallest)
+    for i, ((name, parts), total) in enumerate(zip(points, totals, strict=True)):
         x = _LEFT + i * slot
-        parts.append(
-            f'<rect class="column" x="{x + slot * 0.15:.1f}" y="{_H - _BOTTOM - height:.1f}" '
-            f'width="{slot * 0.7:.1f}" height="{height:.1f}">'
-            f"<title>{escape(name)}: {escape(label(value))}</title></rect>"
-        )
+        base = float(_H - _BOTTOM)
+        parts_svg.append(f'<g class="stack"><title>{escape(name)}: {escape(label(total))}</title>')
+        for series, value in parts:
+            height = plot_h * _share(value, tallest)
+            if height <= 0:
+                continue
+            base -= height
+            parts_svg.append(
+                f'<rect class="column series-{escape(series)}" x="{x + slot * 0.15:.1f}" y="{base:.1f}" '
+                f'width="{slot * 0.7:.1f}" height="{height:.1f}">'
+                f"<title>{escape(name)} · {escape(series)}: {escape(label(value))}</title></rect>"
+            )
+        parts_svg.append("</g>")
         if i % 5 == 0 or i == len(points) - 1:
             anchor = "start" if i == 0 else "end" if i == len(points) - 1 else "middle"
             at = x if anchor == "start" else x + slot if anchor == "end" else x + slot / 2
-            parts.append(
+            parts_svg.append(
                 f'<text class="tick" x="{at:.1f}" y="{_H - 8}" text-anchor="{anchor}">'
                 f"{escape(tick(name))}</text>"
             )
-    parts.append("</svg>")
-    return Markup("".join(parts))  # noqa: S704 -- every name and label above is escaped
+    parts_svg.append("</svg>")
+    return Markup("".join(parts_svg))  # noqa: S704 -- every name and label above is escaped
 
 
 def bar_list(rows: Sequence[tuple[str, Decimal]], *, label: Label, title: str) -> Markup:

@@ -12,55 +12,69 @@ from aiohttp import web
 from taximeter.pricing import budgets
 from taximeter.pricing.models import BudgetState, Client
 from taximeter.proxy.dashboard.budget_form import form_from_state, parse_budget_form
-from taximeter.proxy.dashboard.cards import Card, binding_bar, build_card, order_cards
-from taximeter.proxy.dashboard.dashboard import Dashboard, form_fields, page, redirect
+from taximeter.proxy.dashboard.cards import (
+    METRICS,
+    WINDOWS,
+    Card,
+    binding_bar,
+    build_card,
+    order_cards,
+)
+from taximeter.proxy.dashboard.cards import limit_rows as limits_shown
+from taximeter.proxy.dashboard.dashboard import N_, Dashboard, form_fields, formatter, page, redirect
+from taximeter.proxy.dashboard.formatting import Formatter
 from taximeter.proxy.dashboard.limits_form import form_from_limits, parse_limits_form, rows_from_form
 from taximeter.proxy.dashboard.sessions import Session
 from taximeter.proxy.dashboard.usage import USAGE_DAYS
 from taximeter.proxy.errors import ConflictError, InvalidInput, NotFoundError, TaximeterError
 from taximeter.proxy.operations import Operations
+from taximeter.proxy.services import SETTINGS
 
 __all__ = [
     "budget_action",
+    "client_card",
     "client_page",
+    "client_timezone",
     "create_client",
     "create_key",
+    "create_portal_link",
     "overview",
     "revoke_key",
+    "revoke_portal_links",
     "save_budget",
 ]
 
 RECENT_EVENTS = 50
 # What a redirect after an action says; only these fixed texts are shown.
 DONE = {
-    "budget": "Budget saved.",
-    "limits": "Limits saved.",
-    "reset": "Budget reset: counting starts again now.",
-    "pause": "Client paused.",
-    "resume": "Client resumed.",
-    "resume-at-limit": (
+    "budget": N_("Budget saved."),
+    "limits": N_("Limits saved."),
+    "reset": N_("Budget reset: counting starts again now."),
+    "pause": N_("Client paused."),
+    "resume": N_("Client resumed."),
+    "resume-at-limit": N_(
         "Resumed, but a limit is still reached: raise it or reset the budget to let calls through."
     ),
-    "delete": "Budget removed: the client is metered but never blocked.",
-    "revoked": "Key revoked.",
-    "created": "Client created. Give it a key and a budget.",
+    "delete": N_("Budget removed: the client is metered but never blocked."),
+    "revoked": N_("Key revoked."),
+    "created": N_("Client created. Give it a key and a budget."),
+    "portal-revoked": N_("Every portal link of this client is revoked."),
 }
 
 
-async def _card(dash: Dashboard, client: Client, state: BudgetState | None) -> Card:
+async def client_card(ops: Operations, fmt: Formatter, client: Client, state: BudgetState | None) -> Card:
     """The client's card, with its spend this period (the last 30 days without a budget)."""
-    ops = dash.ops
     since = state.period_start if state is not None else ops.clock() - timedelta(days=USAGE_DAYS)
     spend = await ops.spend_by_api_type(client.id, since)
-    card = build_card(client, state, spend, dash.fmt, ops.currency, ops.clock())
+    card = build_card(client, state, spend, fmt, client.terms.currency or ops.currency, ops.clock())
     if client.terms.limits:
-        card = replace(card, binding=binding_bar(await ops.limits(client.id)))
+        card = replace(card, binding=binding_bar(await ops.limits(client.id), fmt))
     return card
 
 
-async def _cards(dash: Dashboard, clients: list[Client], query: str) -> list[Card]:
+async def _cards(dash: Dashboard, fmt: Formatter, clients: list[Client], query: str) -> list[Card]:
     states = {s.client_id: s for s in await dash.ops.budgets()}
-    cards = await asyncio.gather(*(_card(dash, c, states.get(c.id)) for c in clients))
+    cards = await asyncio.gather(*(client_card(dash.ops, fmt, c, states.get(c.id)) for c in clients))
     return order_cards(list(cards), query)
 
 
@@ -75,12 +89,15 @@ async def _overview(
 ) -> web.Response:
     query = request.query.get("q", "")
     clients = await dash.ops.clients()
+    fmt = await formatter(request)
     return dash.pages.render(
         "overview.html",
+        fmt,
         status=status,
+        here="/dashboard",
         session=session,
         csrf=session.csrf,
-        cards=await _cards(dash, clients, query),
+        cards=await _cards(dash, fmt, clients, query),
         total=len(clients),
         query=query,
         errors=errors or {},
@@ -115,30 +132,50 @@ async def _client_page(
     errors: dict[str, str] | None = None,
     new_key: str | None = None,
     limit_rows: list[dict[str, str]] | None = None,
+    portal_link: tuple[str, str] | None = None,
 ) -> web.Response:
     ops = dash.ops
     client = await ops.client(request.match_info["client_id"])
     state = await _budget_or_none(ops, client.id)
     events = await ops.events(client.id, RECENT_EVENTS)
+    fmt = await formatter(request)
+    currency = state.config.currency if state is not None else (client.terms.currency or ops.currency)
     return dash.pages.render(
         "client.html",
+        fmt,
         status=status,
+        here=f"/dashboard/clients/{client.id}",
         session=session,
         csrf=session.csrf,
         client=client,
-        card=await _card(dash, client, state),
+        card=await client_card(ops, fmt, client, state),
         state=state,
         keys=await ops.keys(client.id),
         events=events,
         values=values or form_from_state(state, ops.timezone),
         errors=errors or {},
         new_key=new_key,
-        limits=await ops.limits(client.id),
+        limits=limits_shown(await ops.limits(client.id), fmt, currency, client_timezone(ops, client, state)),
+        metrics=METRICS,
+        windows=WINDOWS,
         limit_rows=limit_rows or form_from_limits(client.terms.limits),
-        done=DONE.get(request.query.get("done", "")),
-        fmt=dash.fmt,
-        currency=state.config.currency if state is not None else ops.currency,
+        done=_done(fmt, request.query.get("done", "")),
+        portal_link=portal_link,
+        currency=currency,
     )
+
+
+def client_timezone(ops: Operations, client: Client, state: BudgetState | None) -> str:
+    """Where the client's days start: its budget's timezone, its own, the server's."""
+    if state is not None:
+        return state.config.timezone
+    return client.terms.timezone or ops.timezone
+
+
+def _done(fmt: Formatter, action: str) -> str | None:
+    """What the page says after ``action`` (a redirect's ``done``), in its language."""
+    said = DONE.get(action)
+    return None if said is None else fmt.gettext(said)
 
 
 async def _budget_or_none(ops: Operations, client_id: str) -> BudgetState | None:
@@ -192,6 +229,27 @@ async def budget_action(request: web.Request, dash: Dashboard, session: Session)
         if action == "resume" and budgets.refusal(state) is not None:
             done = "resume-at-limit"
     return redirect(f"/dashboard/clients/{client_id}?done={done}")
+
+
+@page
+async def create_portal_link(request: web.Request, dash: Dashboard, session: Session) -> web.StreamResponse:
+    form = await form_fields(request)
+    text = form.get("expires_in_s", "")
+    seconds: object = int(text) if text.isascii() and text.isdecimal() and len(text) < 12 else text
+    base = request.config_dict[SETTINGS].public_url or f"{request.scheme}://{request.host}"
+    client_id = request.match_info["client_id"]
+    url, expires_at = await dash.ops.portal_link(client_id, {"expires_in_s": seconds}, base)
+    fmt = await formatter(request)
+    # Shown on this response only, like a new key: the page is not cached.
+    shown = (url, fmt.when(expires_at, "UTC"))
+    return await _client_page(request, dash, session, status=201, portal_link=shown)
+
+
+@page
+async def revoke_portal_links(request: web.Request, dash: Dashboard, session: Session) -> web.StreamResponse:
+    client_id = request.match_info["client_id"]
+    await dash.ops.revoke_portal_links(client_id)
+    return redirect(f"/dashboard/clients/{client_id}?done=portal-revoked#portal")
 
 
 @page

@@ -6,15 +6,16 @@ placement, so "R$ 450,00" and "$450.00" come out right without a table here.
 
 from __future__ import annotations
 
+import gettext
 from datetime import UTC, datetime
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 from babel import Locale
 from babel.dates import format_datetime
-from babel.numbers import format_currency, format_decimal
+from babel.numbers import format_currency, format_decimal, get_currency_precision
 
-__all__ = ["Formatter", "locale_for"]
+__all__ = ["N_", "Formatter", "locale_for"]
 
 # The locale a currency's own users read it in, when none is configured.
 _CURRENCY_LOCALES = {
@@ -34,28 +35,48 @@ _CURRENCY_LOCALES = {
 _FALLBACK = "en_US"
 
 
+def N_(message: str) -> str:  # gettext's name for "translated where shown"
+    """Mark ``message`` for the catalogs; it is translated where it is shown."""
+    return message
+
+
 def locale_for(currency: str, configured: str | None = None) -> str:
     """The configured locale, else the usual one for ``currency``."""
     return configured or _CURRENCY_LOCALES.get(currency.upper(), _FALLBACK)
 
 
 class Formatter:
-    """Formats for one locale; every method is pure.
+    """Formats and words for one locale; every method is pure.
 
     Babel reads a locale's data from files the first time it is used, so the
     constructor uses every format once: build it off the event loop.
     """
 
-    def __init__(self, locale: str) -> None:
+    def __init__(self, locale: str, translations: gettext.NullTranslations | None = None) -> None:
         self.locale = Locale.parse(locale)
+        self.translations = translations or gettext.NullTranslations()
+        # The page's words in its language (the English text when the catalog lacks it).
+        self.gettext = self.translations.gettext
+        self.ngettext = self.translations.ngettext
         self.money(Decimal(1), "USD")
         self.money_exact(Decimal("0.1"), "USD")
         self.percent(1.0)
         self.when(datetime(2000, 1, 1, tzinfo=UTC), "UTC")
 
     def money(self, amount: Decimal, currency: str) -> str:
-        """``amount`` in ``currency``, to the currency's usual decimals ("R$ 450,00")."""
+        """``amount`` in ``currency``, to the currency's usual decimals ("R$ 450,00");
+        an amount those decimals would show as zero keeps two significant
+        digits ("R$ 0,0041"), so a tiny limit never reads "R$ 0,00"."""
+        places = get_currency_precision(currency)
+        if amount and abs(amount) < Decimal(1).scaleb(-places):
+            tiny = amount.quantize(Decimal(1).scaleb(amount.adjusted() - 1))
+            return format_currency(tiny, currency, locale=self.locale, decimal_quantization=False)
         return format_currency(amount, currency, locale=self.locale)
+
+    @property
+    def code(self) -> str:
+        """The locale as a page's ``lang`` attribute says it ("pt-BR")."""
+        return str(self.locale).replace("_", "-")
 
     def money_exact(self, amount: Decimal, currency: str) -> str:
         """Every significant digit, for one call's cost ("R$ 0,000125")."""

@@ -15,9 +15,11 @@ from aiohttp import web
 
 from taximeter.proxy.dashboard.dashboard import (
     DASHBOARD,
+    N_,
     Dashboard,
     disabled_page,
     form_fields,
+    formatter,
     message_page,
     page,
     redirect,
@@ -40,18 +42,24 @@ def _safe_next(target: str) -> str:
 async def login_form(request: web.Request) -> web.StreamResponse:
     dash = request.config_dict[DASHBOARD]
     if dash.sessions is None:
-        return disabled_page(dash)
+        return await disabled_page(request)
     if await dash.sessions.current(request) is not None:
         return redirect("/dashboard")
-    return _login_page(request, dash, status=200, error=None)
+    return await _login_page(request, dash, status=200, error=None)
 
 
-def _login_page(request: web.Request, dash: Dashboard, *, status: int, error: str | None) -> web.Response:
+async def _login_page(
+    request: web.Request, dash: Dashboard, *, status: int, error: str | None
+) -> web.Response:
+    """The login form; ``error`` (marked with ``N_``) above it in the page's language."""
     csrf = Sessions.login_token(request)
+    fmt = await formatter(request)
     response = dash.pages.render(
         "login.html",
+        fmt,
         status=status,
-        error=error,
+        error=None if error is None else fmt.gettext(error),
+        here="/dashboard/login",
         next=_safe_next(request.query.get("next", "/dashboard")),
         csrf=csrf,
         session=None,
@@ -64,19 +72,19 @@ def _login_page(request: web.Request, dash: Dashboard, *, status: int, error: st
 async def login(request: web.Request) -> web.StreamResponse:
     dash = request.config_dict[DASHBOARD]
     if dash.sessions is None:
-        return disabled_page(dash)
+        return await disabled_page(request)
     throttle = dash.sessions.throttle
     # Checked before the token: while throttled, even the right one is not
     # tried, so the answer tells a guesser nothing.
     wait_s = throttle.retry_after_s(request.remote)
     if wait_s is not None:
-        return _throttled(dash, wait_s)
+        return await _throttled(request, wait_s)
     try:
         form = await form_fields(request)
     except web.HTTPRequestEntityTooLarge:
-        return _login_page(request, dash, status=413, error="The form is too large.")
+        return await _login_page(request, dash, status=413, error=N_("The form is too large."))
     if not Sessions.login_csrf_matches(request, form.get("csrf", "")):
-        return _login_page(request, dash, status=403, error="The form expired. Try again.")
+        return await _login_page(request, dash, status=403, error=N_("The form expired. Try again."))
     if not dash.sessions.token_matches(form.get("token", "")):
         log.warning("dashboard_login_failed", extra={"remote": request.remote})
         if throttle.failed(request.remote):  # logged once per lock-out, not per refused try
@@ -84,7 +92,7 @@ async def login(request: web.Request) -> web.StreamResponse:
                 "dashboard_login_throttled",
                 extra={"remote": request.remote, "failures": throttle.max_failures},
             )
-        return _login_page(request, dash, status=401, error="Wrong admin token.")
+        return await _login_page(request, dash, status=401, error=N_("Wrong admin token."))
     throttle.succeeded(request.remote)
     response = redirect(_safe_next(form.get("next", "/dashboard")))
     await dash.sessions.start(response, request)
@@ -92,14 +100,15 @@ async def login(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def _throttled(dash: Dashboard, wait_s: int) -> web.Response:
+async def _throttled(request: web.Request, wait_s: int) -> web.Response:
     minutes = math.ceil(wait_s / 60)
-    response = message_page(
-        dash,
-        429,
-        "Too many attempts",
-        f"Too many wrong tokens from your address. Try again in {minutes} minute{'s' * (minutes != 1)}.",
-    )
+    fmt = await formatter(request)
+    text = fmt.ngettext(
+        "Too many wrong tokens from your address. Try again in %(num)d minute.",
+        "Too many wrong tokens from your address. Try again in %(num)d minutes.",
+        minutes,
+    ) % {"num": minutes}
+    response = await message_page(request, 429, N_("Too many attempts"), text)
     response.headers["Retry-After"] = str(wait_s)
     return response
 

@@ -1,68 +1,143 @@
-"""The dashboard's usage page: spend over the last 30 days, per day, by
-model and by api_type, with charts; in the clients' currency, or in USD at
-list price when the clients shown pay in several."""
+"""Spend over the last 30 days: per day stacked by api_type, by model, by
+api_type and by end user (the top 10), with charts; in the clients'
+currency, or in USD at list price when the clients shown pay in several.
+The dashboard's usage page shows it for every client or one; the tenant
+portal for its own client."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-from datetime import UTC, date, timedelta
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 from aiohttp import web
+from markupsafe import Markup
 
+from taximeter.proxy.dashboard.cards import API_TYPES
 from taximeter.proxy.dashboard.charts import bar_list, column_chart
-from taximeter.proxy.dashboard.dashboard import Dashboard, page
+from taximeter.proxy.dashboard.dashboard import Dashboard, formatter, page
+from taximeter.proxy.dashboard.formatting import Formatter
 from taximeter.proxy.dashboard.sessions import Session
 from taximeter.proxy.errors import NotFoundError
+from taximeter.proxy.operations import Operations
 from taximeter.store.base import ReportRow
 
-__all__ = ["usage"]
+__all__ = ["TOP_END_USERS", "USAGE_DAYS", "UsageView", "usage", "usage_view"]
 
 USAGE_DAYS = 30
+TOP_END_USERS = 10
 
 
-@page
-async def usage(request: web.Request, dash: Dashboard, session: Session) -> web.StreamResponse:
-    ops, fmt = dash.ops, dash.fmt
-    clients = await ops.clients()
-    client_id = request.query.get("client_id") or None
-    if client_id is not None and all(c.id != client_id for c in clients):
-        raise NotFoundError(f"no client {client_id!r}")
+@dataclass(frozen=True)
+class UsageView:
+    start: str
+    end: str
+    currency: str
+    total: str
+    requests: int
+    kinds_seen: tuple[str, ...]  # the api_types in the daily chart, bottom first (its legend)
+    daily_chart: Markup
+    model_chart: Markup
+    kind_chart: Markup
+    user_chart: Markup
+    models: list[ReportRow]
+    kinds: list[ReportRow]
+    users: list[ReportRow]  # the top end users; the calls without one under ""
+    left_out: int = 0  # calls billed in another currency, not shown (the portal)
+
+
+async def usage_view(
+    ops: Operations, fmt: Formatter, client_id: str | None, *, billed_in: str | None = None
+) -> UsageView:
+    """The last :data:`USAGE_DAYS` UTC days of ``client_id`` (None: every
+    client). Operators see calls billed in several currencies at list price
+    in USD; with ``billed_in`` (the tenant portal) only what was billed in
+    that currency is shown, never a list price (``left_out`` counts the rest)."""
     today = ops.clock().astimezone(UTC).date()
     first = today - timedelta(days=USAGE_DAYS - 1)
-    start, end = first.isoformat(), today.isoformat()
-    reports = [(await ops.usage_report(client_id, start, end, g))[2] for g in ("day", "model", "api_type")]
-    one = await ops.report_currency(client_id, [row for rows in reports for row in rows])
+    start_at = datetime_of(first)
+    end_at = datetime_of(today + timedelta(days=1))
+    groups = ("day_api_type", "model", "api_type", "end_user")
+    reports = [await ops.usage_rows(client_id, start_at, end_at, g) for g in groups]
+    left_out = 0
+    if billed_in is not None:
+        left_out = sum(r.requests for r in reports[2] if r.currency != billed_in)
+        reports = [[r for r in rows if r.currency == billed_in] for rows in reports]
+        one: str | None = billed_in
+    else:
+        one = await ops.report_currency(client_id, [row for rows in reports for row in rows])
     currency = one or "USD"
-    days, models, kinds = (_merged(rows, in_usd=one is None) for rows in reports)
-    spent = {row.key: row.cost for row in days}
-    daily = [(d.isoformat(), spent.get(d.isoformat(), Decimal(0))) for d in _days(first, USAGE_DAYS)]
+    stacked, models, kinds, users = (_merged(rows, in_usd=one is None) for rows in reports)
+
+    by_day: dict[str, dict[str, Decimal]] = {}
+    for row in stacked:
+        day, _, kind = row.key.partition("/")
+        by_day.setdefault(day, {})[kind] = row.cost
+    seen = {kind for spent in by_day.values() for kind in spent}
+    order = tuple(k for k in API_TYPES if k in seen) + tuple(sorted(seen - set(API_TYPES)))
+    days = [d.isoformat() for d in _days(first, USAGE_DAYS)]
+    daily = [(d, [(k, by_day.get(d, {}).get(k, Decimal(0))) for k in order]) for d in days]
 
     def money(amount: Decimal) -> str:
         return fmt.money(amount, currency)
 
     by_cost = sorted(models, key=lambda r: r.cost, reverse=True)
     kinds_by_cost = sorted(kinds, key=lambda r: r.cost, reverse=True)
+    top_users = sorted(users, key=lambda r: r.cost, reverse=True)[:TOP_END_USERS]
+    no_user = fmt.gettext("(no end user)")
+    span = {"start": first.isoformat(), "end": today.isoformat()}
+    return UsageView(
+        start=span["start"],
+        end=span["end"],
+        currency=currency,
+        total=money(sum((r.cost for r in kinds), Decimal(0))),
+        requests=sum(r.requests for r in kinds),
+        kinds_seen=order,
+        daily_chart=column_chart(
+            daily,
+            label=money,
+            title=fmt.gettext("Spend per day by api_type, %(start)s to %(end)s (UTC)") % span,
+            tick=lambda day: day[5:],
+            most=fmt.gettext("max"),
+        ),
+        model_chart=bar_list([(r.key, r.cost) for r in by_cost], label=money, title=fmt.gettext("By model")),
+        kind_chart=bar_list(
+            [(r.key, r.cost) for r in kinds_by_cost], label=money, title=fmt.gettext("By api_type")
+        ),
+        user_chart=bar_list(
+            [(r.key or no_user, r.cost) for r in top_users],
+            label=money,
+            title=fmt.gettext("By end user (top %(count)d)") % {"count": TOP_END_USERS},
+        ),
+        models=by_cost,
+        kinds=kinds_by_cost,
+        users=top_users,
+        left_out=left_out,
+    )
+
+
+@page
+async def usage(request: web.Request, dash: Dashboard, session: Session) -> web.StreamResponse:
+    ops = dash.ops
+    clients = await ops.clients()
+    client_id = request.query.get("client_id") or None
+    if client_id is not None and all(c.id != client_id for c in clients):
+        raise NotFoundError(f"no client {client_id!r}")
+    fmt = await formatter(request)
     return dash.pages.render(
         "usage.html",
+        fmt,
         session=session,
         csrf=session.csrf,
         clients=clients,
         client_id=client_id,
-        start=start,
-        end=end,
-        total=money(sum((v for _, v in daily), Decimal(0))),
-        requests=sum(r.requests for r in days),
-        daily_chart=column_chart(
-            daily, label=money, title=f"Spend per day, {start} to {end} (UTC)", tick=lambda day: day[5:]
-        ),
-        model_chart=bar_list([(r.key, r.cost) for r in by_cost], label=money, title="Spend by model"),
-        kind_chart=bar_list([(r.key, r.cost) for r in kinds_by_cost], label=money, title="Spend by api_type"),
-        models=by_cost,
-        kinds=kinds_by_cost,
-        fmt=fmt,
-        currency=currency,
+        view=await usage_view(ops, fmt, client_id),
     )
+
+
+def datetime_of(day: date) -> datetime:
+    """The start of ``day`` in UTC."""
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
 def _merged(rows: list[ReportRow], *, in_usd: bool) -> list[ReportRow]:

@@ -134,3 +134,26 @@ class SqlDirectory(SqlBase):
                 prefix,
             )
         return None if row is None else key_from_row(self.dialect, row)
+
+    async def portal_secret(self, client_id: str) -> str | None:
+        async with self.connection() as conn:
+            row = await conn.fetchone("SELECT secret FROM portal_secrets WHERE client_id = ?", client_id)
+        return None if row is None else str(row["secret"])
+
+    async def set_portal_secret(self, client_id: str, secret: str, now: datetime, *, replace: bool) -> str:
+        on_conflict = "DO NOTHING"
+        if replace:
+            on_conflict = "DO UPDATE SET secret = excluded.secret, created_at = excluded.created_at"
+        async with self.transaction() as conn:
+            if await conn.fetchone("SELECT id FROM clients WHERE id = ?", client_id) is None:
+                raise NotFound(f"no client {client_id!r}")
+            await conn.execute(
+                "INSERT INTO portal_secrets (client_id, secret, created_at) VALUES (?, ?, ?) "
+                f"ON CONFLICT (client_id) {on_conflict}",
+                client_id,
+                secret,
+                self.dialect.time_in(now),
+            )
+            row = await conn.fetchone("SELECT secret FROM portal_secrets WHERE client_id = ?", client_id)
+        assert row is not None  # written above, in this transaction
+        return str(row["secret"])

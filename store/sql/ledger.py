@@ -136,7 +136,12 @@ class SqlLedger(BudgetWrites):
     async def usage_report(
         self, client_id: str | None, start: datetime, end: datetime, group_by: str
     ) -> list[ReportRow]:
-        key = self.dialect.day_of if group_by == "day" else _GROUPS[group_by]
+        if group_by == "day":
+            key = self.dialect.day_of
+        elif group_by == "day_api_type":  # "2026-12-01/chat": a day's spend stacked by kind
+            key = f"{self.dialect.day_of} || '/' || api_type"
+        else:
+            key = _GROUPS[group_by]
         where = "created_at >= ? AND created_at < ?"
         args: list[Any] = [self.dialect.time_in(start), self.dialect.time_in(end)]
         if client_id is not None:

@@ -6,8 +6,7 @@ tests/system/test_dashboard_browser.py.)"""
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from http.cookies import SimpleCookie
 from typing import Any
@@ -16,6 +15,7 @@ import aiohttp
 import openai
 import pytest
 
+from tests.support.browser import NBSP, Browser
 from tests.support.clock import FakeClock
 from tests.support.fake_upstream import CHAT, UPSTREAM_KEY
 from tests.support.harness import ADMIN_TOKEN, Harness
@@ -23,89 +23,6 @@ from tests.support.harness import ADMIN_TOKEN, Harness
 CALL_TOKENS = CHAT["prompt"] + CHAT["completion"]  # 1500 per chat call
 # One gpt-4o call in BRL at 5.0 per USD: (1000 * 2.50 + 200 * 1.25 + 300 * 10.00) / 1M * 5
 CALL_BRL = Decimal("0.02875")
-NBSP = "\u00a0"
-
-
-@dataclass
-class Page:
-    status: int
-    text: str
-    headers: Any
-
-    @property
-    def location(self) -> str:
-        return str(self.headers.get("Location", ""))
-
-    def csrf(self) -> str:
-        found = re.search(r'name="csrf" value="([^"]*)"', self.text)
-        assert found, "the page has no form with a CSRF token"
-        return found.group(1)
-
-    def plain(self) -> str:
-        """The text without tags, spaces collapsed (NBSP as a space)."""
-        text = re.sub(r"<[^>]+>", " ", self.text).replace(NBSP, " ")
-        return re.sub(r"\s+", " ", text)
-
-
-@dataclass
-class Browser:
-    """Cookies and CSRF tokens as a browser would keep them; no redirects followed."""
-
-    base: str
-    http: aiohttp.ClientSession = field(
-        default_factory=lambda: aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
-    )
-    last: Page | None = None
-
-    async def get(self, path: str) -> Page:
-        async with self.http.get(self.base + path, allow_redirects=False) as resp:
-            self.last = Page(resp.status, await resp.text(), resp.headers)
-        return self.last
-
-    async def post(self, path: str, data: dict[str, str] | None = None, *, csrf: str | None = None) -> Page:
-        """Post a form; with the CSRF token of the last page unless ``csrf`` is given."""
-        form = dict(data or {})
-        if csrf is None and self.last is not None and 'name="csrf"' in self.last.text:
-            csrf = self.last.csrf()
-        if csrf is not None:
-            form["csrf"] = csrf
-        async with self.http.post(self.base + path, data=form, allow_redirects=False) as resp:
-            self.last = Page(resp.status, await resp.text(), resp.headers)
-        return self.last
-
-    async def login(self, token: str = ADMIN_TOKEN) -> Page:
-        await self.get("/dashboard/login")
-        return await self.post("/dashboard/login", {"token": token, "next": "/dashboard"})
-
-    def session_cookie(self) -> str:
-        for cookie in self.http.cookie_jar:
-            if cookie.key == "taximeter_session":
-                return cookie.value
-        raise AssertionError("no session cookie")
-
-    async def close(self) -> None:
-        await self.http.close()
-
-
-@pytest.fixture
-async def browsers(proxy: Harness) -> AsyncIterator[Callable[[], Browser]]:
-    opened: list[Browser] = []
-
-    def open_browser() -> Browser:
-        opened.append(Browser(proxy.url))
-        return opened[-1]
-
-    yield open_browser
-    for browser in opened:
-        await browser.close()
-
-
-@pytest.fixture
-async def operator(browsers: Callable[[], Browser]) -> Browser:
-    browser = browsers()
-    page = await browser.login()
-    assert (page.status, page.location) == (303, "/dashboard")
-    return browser
 
 
 async def chat(proxy: Harness, key: str) -> None:
@@ -332,13 +249,13 @@ async def test_cards_show_figures_levels_and_pauses_after_sdk_traffic(
     order = re.findall(r'data-client="([^"]+)" data-level="([^"]+)"', page.text)
     assert order == [("busy", "warning"), ("quiet", "ok"), ("nobudget", "ok")]
     text = page.plain()
-    assert "6.000 / 7.500" in text and "80,0%" in text
+    assert "6,000 / 7,500" in text and "80.0%" in text
     spent = 4 * CALL_BRL
-    assert f"R$ {spent.quantize(Decimal('0.01'))}".replace(".", ",") + " / R$ 500,00" in text
-    assert "resets 01/" in text  # the first of next month, in the budget's timezone
+    assert f"R${spent.quantize(Decimal('0.01'))} / R$500.00" in text
+    assert "resets 4/1/26" in text  # the first of next month, in the budget's timezone
     # 6,000 tokens in the 9 days 15 hours since the 1st: 19,324 by the month's
     # end at this pace, past 7,500 on the 13th at 00:45 (6,000 + 1,500 more).
-    assert "and 19.324 tokens by the period" in text and "runs out 13/03/2026 00:45 (UTC)" in text
+    assert "and 19,324 tokens by the period" in text and "runs out 3/13/26, 12:45 AM (UTC)" in text
 
     await chat(proxy, busy)  # 100%: paused at the limit
     with pytest.raises(openai.RateLimitError):
@@ -364,8 +281,8 @@ async def test_the_client_page_lists_events_and_revokes_keys(proxy: Harness, ope
     events = re.search(r'<table class="events">.*?</table>', page.text, re.S)
     assert events is not None
     row = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", events.group(0))).replace(NBSP, " ")
-    assert "chat gpt-4o 200 1.200 300" in row
-    assert f"R$ {str(CALL_BRL).replace('.', ',')}" in row  # every digit of one call's cost
+    assert "chat gpt-4o 200 1,200 300" in row
+    assert f"R${CALL_BRL}" in row  # every digit of one call's cost
 
     prefix = key[:12]
     page = await operator.post(f"/dashboard/clients/acme/keys/{prefix}/revoke")
@@ -386,10 +303,12 @@ async def test_the_usage_page_charts_thirty_days_by_model_and_api_type(
     await proxy.sdk(key).embeddings.create(model="text-embedding-3-small", input="hello")
     page = await operator.get("/dashboard/usage?client_id=acme")
     assert page.status == 200
-    assert page.text.count('class="column"') == 30
+    assert page.text.count('class="stack"') == 30  # a column a day, stacked by api_type
+    assert len(re.findall(r'class="column series-chat"', page.text)) == 1  # all on one day
+    assert len(re.findall(r'class="column series-embeddings"', page.text)) == 1
     text = page.plain()
     assert "over 4 requests" in text
-    assert re.search(r"gpt-4o 3 3\.600 900 R\$ 0,09", text)  # 3 calls of 1,200 in, 300 out
+    assert re.search(r"gpt-4o 3 3,600 900 R\$0\.09", text)  # 3 calls of 1,200 in, 300 out
     assert re.search(r"chat 3 .* embeddings 1 ", text)
     assert "<script" not in page.text.replace(
         '<script src="/dashboard/static/dashboard.js" defer></script>', ""
@@ -408,9 +327,10 @@ async def test_the_usage_page_of_clients_paying_in_two_currencies_is_in_dollars(
     await chat(proxy, real_key)
     # Two calls of gpt-4o at list price: 2 x (1000 x 2.50 + 200 x 1.25 + 300 x 10) / 1M = US$ 0.0115.
     text = (await operator.get("/dashboard/usage")).plain()
-    assert re.search(r"gpt-4o 2 2\.400 600 US\$ 0,01", text), text
+    assert re.search(r"gpt-4o 2 2,400 600 \$0\.01", text), text
     text = (await operator.get("/dashboard/usage?client_id=euro")).plain()
-    assert re.search(r"gpt-4o 1 1\.200 300 € 0,01", text), text
+    # One call at 0.92 EUR per USD: 0.00575 x 0.92 = EUR 0.00529, under a cent: shown to two digits.
+    assert re.search(r"gpt-4o 1 1,200 300 €0\.0053", text), text
 
 
 async def test_no_page_shows_a_secret(proxy: Harness, operator: Browser) -> None:
@@ -489,7 +409,9 @@ async def test_the_client_page_shows_and_edits_limits_with_errors_beside_their_f
     assert 'data-limit="per-user"' in page.text and 'data-limit="rpm"' in page.text
     assert "1 / 60" in page.text  # the call counted on the request limit
     overview = await operator.get("/dashboard")
-    assert 'class="binding-limit"' in overview.text and "limit rpm (minute)" in overview.text  # 1/60 > 0/2.5
+    assert (
+        'class="binding-limit"' in overview.text and "limit rpm (per minute)" in overview.text
+    )  # 1/60 > 0/2.5
     _, shown = await proxy.admin("GET", "/admin/clients/acme/limits")
     assert [(x["name"], x["limit"], x["models"]) for x in shown["data"]] == [
         ("per-user", "2.5", None),

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from taximeter.proxy.dashboard.dashboard import DASHBOARD
+from taximeter.proxy.dashboard import usage
 from tests.support.harness import ADMIN_TOKEN, Harness
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -38,6 +38,8 @@ async def json_answer(
 
 
 async def html_answer(http: aiohttp.ClientSession, method: str, url: str, **kw: Any) -> tuple[int, str, Any]:
+    """A page, asked for in English."""
+    kw.setdefault("headers", {"Accept-Language": "en"})
     async with http.request(method, url, allow_redirects=False, **kw) as resp:
         assert resp.content_type == "text/html", await resp.text()
         assert resp.headers["X-Taximeter-Request-Id"].startswith("req_")
@@ -57,13 +59,13 @@ async def operator(proxy: Harness) -> AsyncIterator[aiohttp.ClientSession]:
         yield http
 
 
-def test_admin_and_dashboard_are_mounted_as_sub_apps_and_the_gateway_is_not(proxy: Harness) -> None:
+def test_admin_dashboard_and_portal_are_mounted_as_sub_apps_and_the_gateway_is_not(proxy: Harness) -> None:
     mounted = {
         resource.get_info()["prefix"]: resource.get_info()["app"]
         for resource in proxy.app.router.resources()
         if isinstance(resource, web.PrefixedSubAppResource)
     }
-    assert set(mounted) == {"/admin", "/dashboard"}
+    assert set(mounted) == {"/admin", "/dashboard", "/portal"}
     assert all(app.middlewares for app in mounted.values())
     own = {resource.canonical for resource in proxy.app.router.resources()} - set(mounted)
     assert own == {"/v1/{tail}", "/healthz", "/readyz", "/metrics", "/budget/status"}
@@ -124,17 +126,22 @@ async def test_a_wrong_dashboard_method_is_an_html_405_with_allow(proxy: Harness
     assert headers["Allow"] == "GET,HEAD,POST"
 
 
+async def test_a_wrong_portal_method_is_an_html_405_with_allow_that_leads_nowhere(proxy: Harness) -> None:
+    status, page, headers = await html_answer(proxy.http, "POST", proxy.url + "/portal/acme.1.x")
+    assert status == 405 and "Not allowed" in page and headers["Allow"] == "GET,HEAD"
+    assert '/dashboard"' not in page and "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+
+
 async def test_an_unexpected_dashboard_error_is_a_logged_html_500(
     proxy: Harness,
     operator: aiohttp.ClientSession,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    class Broken:
-        def __getattr__(self, name: str) -> Any:
-            raise RuntimeError("formatter-SENTINEL exploded")
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("usage-SENTINEL exploded")
 
-    monkeypatch.setattr(proxy.app[DASHBOARD], "fmt", Broken())
+    monkeypatch.setattr(usage, "usage_view", broken)
     status, page, headers = await html_answer(operator, "GET", proxy.url + "/dashboard/usage")
     assert status == 500
     assert headers["X-Taximeter-Request-Id"] in page  # to find the log line by

@@ -18,6 +18,7 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 
 from tests.support.availability import unavailable
 from tests.support.blocking import allow_known_blocking
+from tests.support.clock import FakeClock
 from tests.support.fake_upstream import CHAT
 from tests.support.harness import ADMIN_TOKEN, Harness
 
@@ -70,12 +71,12 @@ async def chat(proxy: Harness, key: str, times: int = 1) -> None:
         await client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "Hi"}])
 
 
-async def log_in(page: Page, url: str) -> None:
+async def log_in(page: Page, url: str, heading: str = "Clients") -> None:
     await page.goto(f"{url}/dashboard")
     await expect(page).to_have_url(f"{url}/dashboard/login?next=/dashboard")
     await page.fill("#token", ADMIN_TOKEN)
     await page.click("button[type=submit]")
-    await expect(page.locator("h1")).to_have_text("Clients")
+    await expect(page.locator("h1")).to_have_text(heading)
 
 
 def card(page: Page, client_id: str) -> object:
@@ -86,7 +87,7 @@ async def test_an_operator_runs_a_client_from_the_browser(
     make_proxy: Callable[..., Awaitable[Harness]], chromium: Browser
 ) -> None:
     proxy = await make_proxy()
-    context = await chromium.new_context(viewport={"width": 1280, "height": 900})
+    context = await chromium.new_context(locale="en-US", viewport={"width": 1280, "height": 900})
     await context.grant_permissions(["clipboard-read", "clipboard-write"], origin=proxy.url)
     page = await context.new_page()
     steps = Steps(page, "flow")
@@ -128,17 +129,15 @@ async def test_an_operator_runs_a_client_from_the_browser(
     await page.fill("#timezone", "America/Sao_Paulo")
     await page.get_by_role("button", name="Save budget", exact=True).click()
     await expect(page.locator(".notice")).to_have_text("Budget saved.")
-    await expect(card(page, "acme").locator(".metric-figures").first).to_have_text("0 / 15.000")
-    await expect(card(page, "acme").locator(".metric-figures").nth(1)).to_have_text(
-        "R$\u00a00,00 / R$\u00a0500,00"
-    )
+    await expect(card(page, "acme").locator(".metric-figures").first).to_have_text("0 / 15,000")
+    await expect(card(page, "acme").locator(".metric-figures").nth(1)).to_have_text("R$0.00 / R$500.00")
 
     # Traffic until the card turns yellow (80%), then red and paused (100%).
     await chat(proxy, key, times=8)
     await page.goto(f"{proxy.url}/dashboard")
     acme = card(page, "acme")
     await expect(acme).to_have_attribute("data-level", "warning")
-    await expect(acme.locator(".metric-percent").first).to_have_text("80,0%")
+    await expect(acme.locator(".metric-percent").first).to_have_text("80.0%")
     fill = acme.locator("rect.fill").first
     assert await fill.evaluate("e => getComputedStyle(e).fill") == YELLOW
     await steps.shot("yellow")
@@ -174,7 +173,8 @@ async def test_an_operator_runs_a_client_from_the_browser(
     requests: list[str] = []
     page.on("request", lambda r: requests.append(r.url))
     await page.get_by_role("link", name="Usage", exact=True).click()
-    await expect(page.locator("svg.chart rect.column")).to_have_count(30)
+    await expect(page.locator("svg.chart g.stack")).to_have_count(30)  # a column a day
+    await expect(page.locator("svg.chart rect.series-chat")).to_have_count(1)  # every call today
     await expect(page.locator("strong.total")).to_contain_text("R$")
     assert all(u.startswith(proxy.url) for u in requests), requests
     await steps.shot("usage")
@@ -208,7 +208,9 @@ async def test_every_page_works_without_javascript(
 ) -> None:
     proxy = await make_proxy()
     await proxy.new_client("acme", mode="tokens", token_limit=100_000)
-    context = await chromium.new_context(java_script_enabled=False, viewport={"width": 1024, "height": 800})
+    context = await chromium.new_context(
+        locale="en-US", java_script_enabled=False, viewport={"width": 1024, "height": 800}
+    )
     page = await context.new_page()
     steps = Steps(page, "nojs")
     await log_in(page, proxy.url)
@@ -227,6 +229,77 @@ async def test_every_page_works_without_javascript(
     await page.get_by_role("button", name="Resume", exact=True).click()
     await chat(proxy, key)
     await page.get_by_role("link", name="Usage", exact=True).click()
-    await expect(page.locator("svg.chart rect.column")).to_have_count(30)
+    await expect(page.locator("svg.chart g.stack")).to_have_count(30)
     await steps.shot("usage")
+    await context.close()
+
+
+async def test_a_brazilian_operator_gives_a_client_its_portal(
+    make_proxy: Callable[..., Awaitable[Harness]], chromium: Browser, clock: FakeClock
+) -> None:
+    """The dashboard in pt-BR with a forecast that says when a budget runs out;
+    the portal from a link, in the reader's language, with no admin data;
+    an expired link and a revoked one refused."""
+    proxy = await make_proxy()
+    key = await proxy.new_client("acme", mode="both", token_limit=5 * CALL_TOKENS, cost_limit="500")
+    await proxy.sdk(key).chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "Oi"}], user="+5511988887777"
+    )
+    await chat(proxy, key, times=3)  # 80% of the tokens, nine days into March
+    context = await chromium.new_context(locale="pt-BR", viewport={"width": 1280, "height": 900})
+    page = await context.new_page()
+    steps = Steps(page, "pt-BR")
+    await log_in(page, proxy.url, heading="Clientes")
+    acme = card(page, "acme")
+    await expect(acme.locator(".metric-figures").first).to_have_text("6.000 / 7.500")
+    await expect(acme.locator(".forecast.runs-out")).to_contain_text("neste ritmo")
+    await expect(acme.locator(".forecast.runs-out")).to_contain_text("esgota em 13/03/2026")
+    await steps.shot("overview")
+
+    await acme.locator("h2 a").click()
+    await page.select_option("#expires_in_s", "604800")
+    await page.get_by_role("button", name="Gerar link", exact=True).click()
+    await expect(page.locator("#portal")).to_contain_text("Novo link, válido até 17/03/2026")
+    link = await page.locator("#portal-link").input_value()
+    assert link.startswith(f"{proxy.url}/portal/acme.")
+    await steps.shot("portal-link")
+
+    # The client's people, in English: their figures and nothing of the operator's.
+    reader_context = await chromium.new_context(locale="en-US", viewport={"width": 1280, "height": 900})
+    reader = await reader_context.new_page()
+    shots = Steps(reader, "portal")
+    await reader.goto(link)
+    await expect(reader.locator("h1")).to_have_text("Usage and budget")
+    await expect(reader.locator(".forecast.runs-out")).to_contain_text("runs out 3/13/26")
+    await expect(reader.locator("svg.chart g.stack")).to_have_count(30)
+    await expect(reader.locator("table.events tbody tr")).to_have_count(4)
+    await expect(reader.locator("body")).to_contain_text("+5511988887777")
+    html = await reader.content()
+    for admin_only in ("tm_", "Log out", "/dashboard/clients", "<form", "Revoke", "cost_usd"):
+        assert admin_only not in html, admin_only
+    await shots.shot("english")
+    await reader.get_by_role("link", name="Português", exact=True).click()
+    await expect(reader.locator("h1")).to_have_text("Uso e orçamento")
+    await shots.shot("portugues")
+
+    clock.advance(days=8)  # past the link's week
+    await reader.goto(link)
+    await expect(reader.locator("h1")).to_have_text("Link expirado")
+    await shots.shot("expired")
+
+    await log_in(page, proxy.url, heading="Clientes")  # the week outlived the session too
+    await page.goto(f"{proxy.url}/dashboard/clients/acme")
+    await page.select_option("#expires_in_s", "86400")
+    await page.get_by_role("button", name="Gerar link", exact=True).click()
+    fresh = await page.locator("#portal-link").input_value()
+    await reader.goto(fresh)
+    await expect(reader.locator("h1")).to_have_text("Uso e orçamento")
+    await page.get_by_role("button", name="Revogar todos os links", exact=True).click()
+    await expect(page.locator(".notice")).to_have_text(
+        "Todos os links do portal deste cliente foram revogados."
+    )
+    await reader.goto(fresh)
+    await expect(reader.locator("h1")).to_have_text("Link inválido")
+    await shots.shot("revoked")
+    await reader_context.close()
     await context.close()

@@ -195,18 +195,27 @@ def test_the_form_shows_a_budget_as_it_was_entered() -> None:
     assert errors == {} and body["token_limit"] == 1000 and body["pause_at_limit"] is True
 
 
-def test_a_column_chart_is_proportional_and_escapes_its_labels() -> None:
+def test_a_column_chart_stacks_each_day_in_proportion_and_escapes_its_labels() -> None:
     svg = str(
         column_chart(
-            [("day <1>", Decimal("10")), ("day 2", Decimal("5")), ("day 3", Decimal("0"))],
+            [
+                ("day <1>", [("chat", Decimal("6")), ("tts", Decimal("4"))]),
+                ("day 2", [("chat", Decimal("5")), ("tts", Decimal("0"))]),
+                ("day 3", [("chat", Decimal("0")), ("tts", Decimal("0"))]),
+            ],
             label=lambda v: f"R$ {v}",
             title="Spend & more",
+            most="máx.",
         )
     )
-    heights = [float(h) for h in re.findall(r'class="column"[^>]*height="([\d.]+)"', svg)]
-    assert heights[0] == pytest.approx(2 * heights[1]) and heights[2] == 0
+    chat = [float(h) for h in re.findall(r'class="column series-chat"[^>]*height="([\d.]+)"', svg)]
+    tts = [float(h) for h in re.findall(r'class="column series-tts"[^>]*height="([\d.]+)"', svg)]
+    assert len(chat) == 2 and len(tts) == 1  # an empty part draws nothing
+    assert chat[0] + tts[0] == pytest.approx(2 * chat[1])  # day 1 (10) is twice day 2 (5)
+    assert tts[0] == pytest.approx(chat[0] * 4 / 6)
+    assert svg.count('class="stack"') == 3
     assert "day &lt;1&gt;" in svg and "<1>" not in svg and "Spend &amp; more" in svg
-    assert "max R$ 10" in svg
+    assert "máx. R$ 10" in svg and "day &lt;1&gt; · tts: R$ 4" in svg
     assert "http" not in svg.replace("http://www.w3.org", "")  # nothing fetched
 
 

@@ -1,5 +1,5 @@
-// The only script of the dashboard: a copy button beside a new key.
-// Without it the key is still shown, selectable, in a read-only field.
+// The only script of the dashboard: a copy button beside a new key or link.
+// Without it the text is still shown, selectable, in a read-only field.
 document.querySelectorAll("button.copy[data-copy]").forEach((button) => {
   const field = document.getElementById(button.dataset.copy);
   if (!field || !navigator.clipboard) return;
@@ -7,10 +7,10 @@ document.querySelectorAll("button.copy[data-copy]").forEach((button) => {
   button.addEventListener("click", async () => {
     try {
       await navigator.clipboard.writeText(field.value);
-      button.textContent = "Copied";
+      button.textContent = button.dataset.copied || "Copied";
     } catch {
       field.select();
-      button.textContent = "Press Ctrl+C";
+      button.textContent = button.dataset.fallback || "Press Ctrl+C";
     }
   });
 });
