@@ -7,9 +7,10 @@ so that a pause or a new limit applies on the next request.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import re
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
@@ -409,14 +410,51 @@ class Operations:
         await self._budget_changed(client_id, None, self.clock())
 
     async def events(self, client_id: str | None, limit: int) -> list[UsageEvent]:
+        return (await self.events_page(client_id, limit))[0]
+
+    async def events_page(
+        self, client_id: str | None, limit: int, cursor: str | None = None
+    ) -> tuple[list[UsageEvent], str | None]:
+        """At most ``limit`` events, newest first, after ``cursor`` (a page's
+        ``next``); and the next page's cursor (None: this was the last)."""
+        before = None if cursor is None else read_cursor(cursor)
         await self.flush_ledger()
         if client_id is not None and not _possible(client_id):
-            return []
-        return await self._store.list_events(client_id, limit)
+            return [], None
+        page = await self._store.list_events(client_id, limit + 1, before)
+        if len(page) <= limit:
+            return page, None
+        return page[:limit], cursor_of(page[limit - 1])
+
+    async def all_events(self, client_id: str | None, page: int = 1000) -> AsyncIterator[list[UsageEvent]]:
+        """Every event, newest first, ``page`` at a time (memory stays flat
+        however long the ledger is)."""
+        cursor: str | None = None
+        while True:
+            events, cursor = await self.events_page(client_id, page, cursor)
+            if events:
+                yield events
+            if cursor is None:
+                return
 
     async def spend_by_api_type(self, client_id: str, since: datetime) -> dict[str, Decimal]:
         """Cost in the budget currency per api_type since ``since``."""
         return await self._store.spend_by_api_type(client_id, since) if _possible(client_id) else {}
+
+    async def spend_of_clients(self, since: dict[str, datetime]) -> dict[str, dict[str, Decimal]]:
+        """:meth:`spend_by_api_type` of many clients (each since its own
+        time) in one grouped read per distinct time, not one per client."""
+        by_start: dict[datetime, set[str]] = {}
+        for client_id, start in since.items():
+            by_start.setdefault(start, set()).add(client_id)
+        spent: dict[str, dict[str, Decimal]] = {client_id: {} for client_id in since}
+        for start, wanted in by_start.items():
+            for row in await self._store.usage_report(None, start, None, "client_api_type"):
+                client_id, api_type = row.key.split("/", 1)
+                if client_id in wanted:
+                    kinds = spent[client_id]
+                    kinds[api_type] = kinds.get(api_type, Decimal(0)) + row.cost
+        return spent
 
     async def status_json(self, state: BudgetState, *, with_limits: bool = True) -> dict[str, Any]:
         """A budget's status, with its client's limits (left out of a list of
@@ -468,14 +506,15 @@ class Operations:
         return start_at, end_at, await self.usage_rows(client_id, start_at, end_at, group_by)
 
     async def usage_rows(
-        self, client_id: str | None, start: datetime, end: datetime, group_by: str
+        self, client_id: str | None, start: datetime, end: datetime, group_by: str, *, top: int | None = None
     ) -> list[ReportRow]:
         """The ledger's totals over [start, end) by any grouping the store
-        knows (the pages also stack days by api_type: ``day_api_type``)."""
+        knows (the pages also stack days by api_type: ``day_api_type``);
+        with ``top``, only the dearest ``top`` keys."""
         await self.flush_ledger()
         if client_id is not None and not _possible(client_id):
             return []
-        return await self._store.usage_report(client_id, start, end, group_by)
+        return await self._store.usage_report(client_id, start, end, group_by, top=top)
 
     async def _limit_report(self, client_id: str | None, start: datetime, end: datetime) -> list[ReportRow]:
         """Per limit, the usage of the calls it covers (its models, every end
@@ -511,6 +550,27 @@ class Operations:
             return found.pop()
         client = await self.find_client(client_id) if client_id is not None else None
         return (client.terms.currency if client is not None else None) or self.currency
+
+
+def cursor_of(event: UsageEvent) -> str:
+    """The cursor of the page after ``event``: its time and request id, opaque."""
+    text = f"{event.created_at.astimezone(UTC).isoformat()}\n{event.request_id}"
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def read_cursor(cursor: str) -> tuple[datetime, str]:
+    """A cursor's time and request id; InvalidInput for anything not made by :func:`cursor_of`."""
+    try:
+        if len(cursor) > 400:
+            raise ValueError("too long")
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        when, request_id = text.split("\n")
+        moment = datetime.fromisoformat(when)
+        if moment.tzinfo is None or not _possible_text(request_id) or not request_id:
+            raise ValueError("not a cursor")
+    except ValueError as exc:  # binascii.Error and UnicodeDecodeError are ValueErrors
+        raise InvalidInput("cursor is not one this API gave", param="cursor") from exc
+    return moment, request_id
 
 
 def _expires_in(data: Any) -> int:

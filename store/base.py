@@ -284,8 +284,12 @@ class Ledger(Protocol):
 class LedgerReads(Protocol):
     """Reading the usage ledger: recent events, spend and reports."""
 
-    async def list_events(self, client_id: str | None, limit: int) -> list[UsageEvent]:
-        """At most ``limit`` events (of one client, or all), newest first."""
+    async def list_events(
+        self, client_id: str | None, limit: int, before: tuple[datetime, str] | None = None
+    ) -> list[UsageEvent]:
+        """At most ``limit`` events (of one client, or all), newest first (by
+        time, then request id); with ``before`` (an event's time and request
+        id), only the events after it in that order: the next page."""
 
     async def ledger_totals(self, client_id: str, since: datetime) -> tuple[int, int]:
         """Tokens and cost (nanos) of a client's events at or after ``since``."""
@@ -299,11 +303,20 @@ class LedgerReads(Protocol):
         """Cost in the budget currency per api_type, for events at or after ``since``."""
 
     async def usage_report(
-        self, client_id: str | None, start: datetime, end: datetime, group_by: str
+        self,
+        client_id: str | None,
+        start: datetime,
+        end: datetime | None,
+        group_by: str,
+        *,
+        top: int | None = None,
     ) -> list[ReportRow]:
         """Totals per ``api_type``, ``model``, ``day`` (UTC), ``end_user``,
-        ``client_model`` (``client/model``) or ``day_api_type``
-        (``day/api_type``) and currency over [start, end), by key then currency."""
+        ``client_model`` (``client/model``), ``client_api_type``
+        (``client/api_type``) or ``day_api_type`` (``day/api_type``) and
+        currency over [start, end) (``end`` None: from ``start`` on), by key
+        then currency; with ``top``, the ``top`` rows dearest at list price
+        in USD, dearest first."""
 
 
 class HeldReservations(Protocol):

@@ -314,9 +314,58 @@ MIGRATIONS.append(
     )
 )
 
+MIGRATIONS.append(
+    (
+        14,
+        [
+            # The ledger summed per client, UTC day, model, api_type and
+            # currency, and per client, UTC day, end user and currency, kept in
+            # the transaction that records each event: reports and charts read
+            # whole days here, not every event.
+            """CREATE TABLE usage_daily (
+                client_id TEXT NOT NULL,
+                day TEXT NOT NULL,
+                model TEXT NOT NULL,
+                api_type TEXT NOT NULL,
+                currency TEXT NOT NULL,
+                requests {bigint} NOT NULL,
+                input_tokens {bigint} NOT NULL,
+                output_tokens {bigint} NOT NULL,
+                cost_usd {money} NOT NULL,
+                cost {money} NOT NULL,
+                list_cost {money} NOT NULL,
+                PRIMARY KEY (client_id, day, model, api_type, currency)
+            )""",
+            "CREATE INDEX usage_daily_day ON usage_daily (day)",
+            """CREATE TABLE usage_daily_users (
+                client_id TEXT NOT NULL,
+                day TEXT NOT NULL,
+                end_user TEXT NOT NULL,
+                currency TEXT NOT NULL,
+                requests {bigint} NOT NULL,
+                input_tokens {bigint} NOT NULL,
+                output_tokens {bigint} NOT NULL,
+                cost_usd {money} NOT NULL,
+                cost {money} NOT NULL,
+                list_cost {money} NOT NULL,
+                PRIMARY KEY (client_id, day, end_user, currency)
+            )""",
+            "CREATE INDEX usage_daily_users_day ON usage_daily_users (day)",
+            """INSERT INTO usage_daily SELECT client_id, {day_of}, model, api_type, currency,
+                COUNT(*), SUM(input_tokens), SUM(output_tokens), SUM(cost_usd), SUM(cost),
+                SUM(COALESCE(list_cost, cost))
+                FROM usage_events GROUP BY client_id, {day_of}, model, api_type, currency""",
+            """INSERT INTO usage_daily_users SELECT client_id, {day_of}, COALESCE(end_user, ''), currency,
+                COUNT(*), SUM(input_tokens), SUM(output_tokens), SUM(cost_usd), SUM(cost),
+                SUM(COALESCE(list_cost, cost))
+                FROM usage_events GROUP BY client_id, {day_of}, COALESCE(end_user, ''), currency""",
+        ],
+    )
+)
+
 LATEST = MIGRATIONS[-1][0]
 
 
 def render(statement: str, types: dict[str, str]) -> str:
-    """``statement`` with its ``{money}``, ``{time}``, ``{bool}``, ``{bigint}`` filled in."""
+    """``statement`` with its ``{money}``, ``{time}``, ``{bool}``, ``{bigint}`` and ``{day_of}`` filled in."""
     return statement.format(**types)

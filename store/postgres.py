@@ -27,7 +27,13 @@ from taximeter.store.sql.rows import event_row
 
 __all__ = ["PostgresStore"]
 
-_TYPES = {"money": "NUMERIC(30, 9)", "time": "TIMESTAMPTZ", "bool": "BOOLEAN", "bigint": "BIGINT"}
+_TYPES = {
+    "money": "NUMERIC(30, 9)",
+    "time": "TIMESTAMPTZ",
+    "bool": "BOOLEAN",
+    "bigint": "BIGINT",
+    "day_of": "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+}
 _MIGRATION_LOCK = 0x7A61_6D65  # any constant; one advisory lock serialises concurrent start-ups
 _PLACEHOLDER = re.compile(r"\?")
 _CLOSE_S = 10.0  # a pool whose server is gone is dropped rather than closed politely
@@ -76,7 +82,7 @@ class PostgresDialect(Dialect):
     skip_locked = " FOR UPDATE SKIP LOCKED"
     types = _TYPES
     migration_lock = f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})"
-    day_of = "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+    day_of = _TYPES["day_of"]
 
     def money_in(self, amount: Decimal) -> Decimal:
         return amount

@@ -28,7 +28,13 @@ from taximeter.store.sql.rows import event_row
 
 __all__ = ["SqliteStore", "sqlite_path"]
 
-_TYPES = {"money": "INTEGER", "time": "TEXT", "bool": "INTEGER", "bigint": "INTEGER"}
+_TYPES = {
+    "money": "INTEGER",
+    "time": "TEXT",
+    "bool": "INTEGER",
+    "bigint": "INTEGER",
+    "day_of": "substr(created_at, 1, 10)",
+}
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # fixed width, so text order is time order
 
 
@@ -40,7 +46,7 @@ def sqlite_path(url: str) -> str:
 
 
 class SqliteDialect(Dialect):
-    day_of = "substr(created_at, 1, 10)"
+    day_of = _TYPES["day_of"]
     types = _TYPES  # BEGIN IMMEDIATE already serialises concurrent migrations
 
     def money_in(self, amount: Decimal) -> int:

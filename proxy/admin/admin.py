@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from taximeter.pricing.models import UsageEvent
 from taximeter.pricing.times import rfc3339
 from taximeter.proxy.admin import limits, money, portal
 from taximeter.proxy.admin.http import json_body as _body
@@ -129,7 +130,9 @@ async def usage(request: web.Request) -> web.Response:
     )
 
 
-async def usage_events(request: web.Request) -> web.Response:
+async def usage_events(request: web.Request) -> web.StreamResponse:
+    """A page of events as JSON (``limit``, ``cursor``: the last page's
+    ``next``), or every matching event as CSV, streamed a page at a time."""
     ops = _ops(request)
     q = request.query
     try:
@@ -141,14 +144,28 @@ async def usage_events(request: web.Request) -> web.Response:
     fmt = q.get("format", "json")
     if fmt not in ("json", "csv"):
         raise InvalidInput("format must be json or csv", param="format")
-    events = [event_json(e) for e in await ops.events(q.get("client_id") or None, limit)]
+    client_id = q.get("client_id") or None
     if fmt == "json":
-        return _json({"data": events})
+        events, cursor = await ops.events_page(client_id, limit, q.get("cursor") or None)
+        return _json({"data": [event_json(e) for e in events], "next": cursor})
+    pages = ops.all_events(client_id)
+    first: list[UsageEvent] = await anext(pages, [])  # a store that is down answers 503 before the 200 starts
+    response = web.StreamResponse(headers={"Content-Type": "text/csv; charset=utf-8"})
+    await response.prepare(request)
+    await response.write(_csv_rows(first, header=True))
+    async for events in pages:
+        await response.write(_csv_rows(events))
+    await response.write_eof()
+    return response
+
+
+def _csv_rows(events: list[UsageEvent], *, header: bool = False) -> bytes:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=EVENT_FIELDS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({k: _csv_cell(v) for k, v in event.items()} for event in events)
-    return web.Response(text=out.getvalue(), content_type="text/csv")
+    if header:
+        writer.writeheader()
+    writer.writerows({k: _csv_cell(v) for k, v in event_json(e).items()} for e in events)
+    return out.getvalue().encode()
 
 
 async def list_pricing(request: web.Request) -> web.Response:

@@ -218,11 +218,20 @@ _PATHS: dict[str, Any] = {
     },
     "/admin/usage/events": {
         "get": _op(
-            "Usage events, newest first (JSON or CSV with the same columns)",
+            "Usage events, newest first: a page as JSON (its `next` cursor gives the next page), "
+            "or every matching event as CSV with the same columns",
             {
                 "description": "OK",
                 "content": {
-                    "application/json": {"schema": _list("UsageEvent")},
+                    "application/json": {
+                        "schema": obj(
+                            ["data", "next"],
+                            {
+                                "data": {"type": "array", "items": _ref("UsageEvent")},
+                                "next": {"type": ["string", "null"]},
+                            },
+                        )
+                    },
                     "text/csv": {"schema": {"type": "string"}},
                 },
             },
@@ -230,6 +239,7 @@ _PATHS: dict[str, Any] = {
             parameters=_query(
                 client_id={"type": "string"},
                 limit={"type": "integer", "minimum": 1, "maximum": MAX_EVENTS, "default": 100},
+                cursor={"type": "string", "description": "the `next` of the page before"},
                 format={"enum": ["json", "csv"], "default": "json"},
             ),
         )

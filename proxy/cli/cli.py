@@ -210,6 +210,7 @@ async def _manage(settings: Settings, args: argparse.Namespace) -> int:
         )
         handler: Callable[[Operations, argparse.Namespace], Awaitable[int]] = _COMMANDS[args.command]
         args.link_base = link_base(settings)  # where a portal link points
+        args.public_url_set = settings.public_url is not None
         return await handler(ops, args)
     finally:
         await changes.close()

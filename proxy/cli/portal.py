@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 
 from taximeter.pricing.times import rfc3339
 from taximeter.proxy.operations import Operations
@@ -57,6 +58,12 @@ async def portal_command(ops: Operations, args: argparse.Namespace) -> int:
         print(f"revoked every portal link of {args.client}")
         return 0
     url, expires_at = await ops.portal_link(args.client, {"expires_in_s": args.expires}, args.link_base)
+    if not args.public_url_set:
+        print(
+            "taximeter: public_url is not set, so the link points at this server's own address; "
+            "set TAXIMETER_PUBLIC_URL to the one clients reach it at",
+            file=sys.stderr,
+        )
     print(url)
     print(f"expires {rfc3339(expires_at)}", flush=True)
     return 0

@@ -33,7 +33,7 @@ class Dialect(ABC):
     for_update: str = ""
     skip_locked: str = ""  # lets concurrent senders take different outbox rows
     day_of: str = ""  # SQL expression of created_at's UTC date, 'YYYY-MM-DD'
-    types: dict[str, str] = {}  # {money}, {time}, {bool}, {bigint} in the migrations
+    types: dict[str, str] = {}  # {money}, {time}, {bool}, {bigint}, {day_of} in the migrations
     migration_lock: str | None = None  # a statement that serialises concurrent migrations
 
     @abstractmethod

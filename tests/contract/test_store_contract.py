@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -344,3 +345,91 @@ async def test_upstream_objects_keep_their_first_owner(store: Store) -> None:
     assert await store.owned_objects([]) == {}
     await store.forget_object("resp_1")
     assert list(await store.owned_objects(["resp_1", "file-2"])) == ["file-2"]
+
+
+async def test_reports_read_from_daily_totals_equal_the_events_over_any_window(store: Store) -> None:
+    """Whole days come from the daily totals, the edges from the events: over
+    windows that start and end at odd times, every grouping sums exactly what
+    the events in the window sum (computed here, event by event)."""
+
+    rng = random.Random(7)
+    await add_client(store)
+    await add_client(store, "rival")
+    recorded = []
+    for i in range(240):
+        at = T0 - timedelta(days=3) + timedelta(minutes=rng.randrange(0, 6 * 24 * 60), seconds=rng.random())
+        e = event(
+            f"r{i}",
+            tokens=rng.randrange(1, 5000),
+            cost=str(Decimal(rng.randrange(1, 10**9)).scaleb(-9)),
+            at=at,
+            client_id=rng.choice(["acme", "acme", "rival"]),
+            api_type=rng.choice(["chat", "tts", "embeddings"]),
+            model=rng.choice(["gpt-4o", "gpt-4o-mini", "tts-1"]),
+            end_user=rng.choice([None, "u1", "u2", f"user-{i}"]),  # some totals of their own
+        )
+        recorded.append(e)
+    # One batch of more totals than one statement writes, then small ones with a
+    # repeat each (a replay adds nothing).
+    await store.record_many(recorded[:150])
+    for start in range(150, len(recorded), 37):
+        await store.record_many(recorded[start : start + 37] + recorded[start : start + 1])
+    windows = [
+        (T0 - timedelta(days=10), T0 + timedelta(days=10)),  # everything
+        (T0 - timedelta(days=2, hours=5, minutes=3), T0 + timedelta(hours=7, seconds=1)),
+        (T0 - timedelta(hours=3), T0 + timedelta(hours=2)),  # inside one day
+        (T0 - timedelta(days=1, minutes=1), T0 - timedelta(days=1, minutes=-1)),  # across midnight
+        (T0.replace(hour=0, minute=0), T0.replace(hour=0, minute=0) + timedelta(days=2)),  # whole days
+    ]
+    keys = {
+        "api_type": lambda e: e.api_type,
+        "model": lambda e: e.model,
+        "end_user": lambda e: e.end_user or "",
+        "day": lambda e: e.created_at.astimezone(UTC).date().isoformat(),
+        "client_model": lambda e: f"{e.client_id}/{e.model}",
+        "client_api_type": lambda e: f"{e.client_id}/{e.api_type}",
+        "day_api_type": lambda e: f"{e.created_at.astimezone(UTC).date().isoformat()}/{e.api_type}",
+    }
+    for client_id in ("acme", None):
+        for start, end in windows:
+            inside = [
+                e
+                for e in recorded
+                if start <= e.created_at < end and (client_id is None or e.client_id == client_id)
+            ]
+            for group, key_of in keys.items():
+                expected: dict[str, tuple[int, int, Decimal, Decimal]] = {}
+                for e in inside:
+                    n, tokens, cost, usd = expected.get(key_of(e), (0, 0, Decimal(0), Decimal(0)))
+                    expected[key_of(e)] = (n + 1, tokens + e.tokens, cost + e.cost, usd + e.cost_usd)
+                report = await store.usage_report(client_id, start, end, group)
+                got = {
+                    r.key: (r.requests, r.input_tokens + r.output_tokens, r.cost, r.cost_usd) for r in report
+                }
+                assert got == expected, (client_id, start, end, group)
+                dearest = sorted(expected, key=lambda k: (-expected[k][3], k))[:3]
+                top = await store.usage_report(client_id, start, end, group, top=3)
+                assert [r.key for r in top] == dearest, (client_id, start, end, group)
+            spent: dict[str, Decimal] = {}
+            for e in recorded:
+                if e.client_id == "acme" and e.created_at >= start:
+                    spent[e.api_type] = spent.get(e.api_type, Decimal(0)) + e.cost
+            if client_id == "acme":
+                assert await store.spend_by_api_type("acme", start) == dict(sorted(spent.items()))
+
+
+async def test_the_daily_totals_migration_sums_a_ledger_recorded_before_it(store: Store) -> None:
+    await add_client(store)
+    for i in range(30):
+        at = T0 - timedelta(days=i % 4, minutes=i)
+        await store.record(event(f"r{i}", cost="0.000000007", at=at, end_user=None if i % 3 else "u"))
+    window = (T0 - timedelta(days=10), T0 + timedelta(days=1))
+    before = {g: await store.usage_report("acme", *window, g) for g in ("day", "end_user", "model")}
+    async with store.transaction() as conn:  # type: ignore[attr-defined]
+        await conn.execute("DROP TABLE usage_daily")  # as it was before migration 14
+        await conn.execute("DROP TABLE usage_daily_users")
+        await conn.execute("DELETE FROM schema_migrations WHERE version = 14")
+    await store.migrate()
+    for group, rows in before.items():
+        assert await store.usage_report("acme", *window, group) == rows, group
+    assert sum(r.requests for r in before["day"]) == 30 and len(before["day"]) == 4

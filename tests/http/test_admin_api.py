@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
+from taximeter.proxy.services import OPERATIONS
+from tests.support.clock import FakeClock
 from tests.support.harness import Harness
 
 
@@ -201,10 +205,72 @@ async def test_an_id_no_client_could_have_reads_as_missing(proxy: Harness) -> No
     await proxy.new_client("acme")
     for path in ("/admin/usage/events?client_id=ac%00me", "/admin/usage/events?client_id=ac%0Ame&format=csv"):
         status, body = await proxy.admin("GET", path)
-        assert status == 200 and (body == {"data": []} or body.strip().count("\n") == 0), body
+        assert status == 200 and (body == {"data": [], "next": None} or body.strip().count("\n") == 0), body
     status, body = await proxy.admin("GET", "/admin/usage?client_id=ac%00me")
     assert status == 200 and body["data"] == []
     status, body = await proxy.admin("GET", "/admin/budgets/ac%00me")
     assert status == 404 and body["error"]["code"] == "not_found"
     status, body = await proxy.admin("DELETE", "/admin/keys/tm_%00")
     assert status == 404
+
+
+async def test_events_are_paged_by_a_cursor_and_csv_streams_every_row(
+    proxy: Harness, clock: FakeClock
+) -> None:
+    key = await proxy.new_client("acme")
+    other = await proxy.new_client("rival")
+    client = proxy.sdk(key)
+    for i in range(7):
+        if i == 3:
+            await proxy.sdk(other).embeddings.create(model="text-embedding-3-small", input="x")
+        await client.embeddings.create(model="text-embedding-3-small", input="x", user=f"u{i}")
+        if i % 2:
+            clock.advance(seconds=1)  # some calls share a time: the request id orders them
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        path = "/admin/usage/events?client_id=acme&limit=3" + (f"&cursor={cursor}" if cursor else "")
+        status, body = await proxy.admin("GET", path)
+        assert status == 200 and len(body["data"]) <= 3
+        seen += [e["end_user"] for e in body["data"]]
+        pages += 1
+        cursor = body["next"]
+        if cursor is None:
+            break
+    status, body = await proxy.admin("GET", "/admin/usage/events?client_id=acme&limit=100")
+    assert body["next"] is None
+    # Each once, in the order of one long page: newest first, then by request id.
+    assert seen == [e["end_user"] for e in body["data"]] and sorted(seen) == [f"u{i}" for i in range(7)]
+    assert pages == 3
+    status, body = await proxy.admin("GET", "/admin/usage/events?limit=100")
+    assert len(body["data"]) == 8 and body["next"] is None
+    for bad in ("nonsense", "%00", "a" * 500, base64.urlsafe_b64encode(b"2026-03-10\nx").decode()):
+        status, body = await proxy.admin("GET", f"/admin/usage/events?cursor={bad}")
+        assert status == 422 and body["error"]["param"] == "cursor", bad
+
+    status, text = await proxy.admin("GET", "/admin/usage/events?format=csv&limit=1")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert len(rows) == 8  # every row: limit pages JSON only
+
+
+async def test_a_long_csv_export_streams_in_pages(proxy: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    key = await proxy.new_client("acme")
+    for i in range(25):
+        await proxy.sdk(key).embeddings.create(model="text-embedding-3-small", input="x", user=f"u{i}")
+    ops = proxy.app[OPERATIONS]
+    pages: list[int] = []
+    real = ops.all_events
+
+    async def small_pages(client_id: str | None, page: int = 1000) -> AsyncIterator[list[Any]]:
+        async for events in real(client_id, page=10):
+            pages.append(len(events))
+            yield events
+
+    monkeypatch.setattr(ops, "all_events", small_pages)
+    status, text = await proxy.admin("GET", "/admin/usage/events?format=csv&client_id=acme")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert status == 200 and pages == [10, 10, 5]
+    status, body = await proxy.admin("GET", "/admin/usage/events?client_id=acme&limit=100")
+    assert [r["end_user"] for r in rows] == [e["end_user"] for e in body["data"]]
+    assert len(set(r["request_id"] for r in rows)) == 25
