@@ -36,6 +36,8 @@ __all__ = ["GROUPINGS", "MAX_EVENTS", "Operations", "OperatorStore", "parse_day"
 
 _CLIENT_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # the whole id: fullmatch, not a trailing "\n"
 GROUPINGS = ("api_type", "model", "day", "end_user", "limit")
+_GROUPED_READ = 20  # clients sharing a period start read together (fewer: one by one)
+_YEARS = (1, 9998)  # times a report or cursor may name: a day either side stays a datetime
 DEFAULT_LINK_S = 24 * 3600  # a portal link made without saying lasts a day
 MAX_EVENTS = 10_000  # the most events one GET /admin/usage/events answers
 _KEY_ATTEMPTS = 5
@@ -81,9 +83,13 @@ def parse_day(value: str | None, field: str, default: datetime) -> datetime:
         return default
     try:
         when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise InvalidInput(f"{field} must be a date (YYYY-MM-DD) or RFC 3339 time", param=field) from exc
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
+        when = (when if when.tzinfo else when.replace(tzinfo=UTC)).astimezone(UTC)
+        if not _YEARS[0] <= when.year <= _YEARS[1]:
+            raise ValueError("out of range")
+    except (ValueError, OverflowError) as exc:
+        text = f"{field} must be a date (YYYY-MM-DD) or RFC 3339 time, years {_YEARS[0]} to {_YEARS[1]}"
+        raise InvalidInput(text, param=field) from exc
+    return when
 
 
 class OperatorStore(Directory, Budgets, ExchangeRates, LedgerReads, Protocol):
@@ -427,15 +433,21 @@ class Operations:
         return page[:limit], cursor_of(page[limit - 1])
 
     async def all_events(self, client_id: str | None, page: int = 1000) -> AsyncIterator[list[UsageEvent]]:
-        """Every event, newest first, ``page`` at a time (memory stays flat
-        however long the ledger is)."""
-        cursor: str | None = None
+        """Every event recorded by now, newest first, ``page`` at a time
+        (memory stays flat however long the ledger is). An event charged
+        late with an earlier time (a reservation the sweeper charged) is in
+        a later export, not in one already past its time."""
+        await self.flush_ledger()
+        if client_id is not None and not _possible(client_id):
+            return
+        before: tuple[datetime, str] | None = None
         while True:
-            events, cursor = await self.events_page(client_id, page, cursor)
+            events = await self._store.list_events(client_id, page, before)
             if events:
                 yield events
-            if cursor is None:
+            if len(events) < page:
                 return
+            before = (events[-1].created_at, events[-1].request_id)
 
     async def spend_by_api_type(self, client_id: str, since: datetime) -> dict[str, Decimal]:
         """Cost in the budget currency per api_type since ``since``."""
@@ -449,6 +461,10 @@ class Operations:
             by_start.setdefault(start, set()).add(client_id)
         spent: dict[str, dict[str, Decimal]] = {client_id: {} for client_id in since}
         for start, wanted in by_start.items():
+            if len(wanted) < _GROUPED_READ:  # a reset or an odd period: its own reads, by client
+                for client_id in wanted:
+                    spent[client_id] = await self.spend_by_api_type(client_id, start)
+                continue
             for row in await self._store.usage_report(None, start, None, "client_api_type"):
                 client_id, api_type = row.key.split("/", 1)
                 if client_id in wanted:
@@ -561,14 +577,17 @@ def cursor_of(event: UsageEvent) -> str:
 def read_cursor(cursor: str) -> tuple[datetime, str]:
     """A cursor's time and request id; InvalidInput for anything not made by :func:`cursor_of`."""
     try:
-        if len(cursor) > 400:
+        if len(cursor) > 1000:
             raise ValueError("too long")
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         when, request_id = text.split("\n")
         moment = datetime.fromisoformat(when)
-        if moment.tzinfo is None or not _possible_text(request_id) or not request_id:
+        if moment.tzinfo is None or not request_id or not request_id.isprintable() or len(request_id) > 600:
             raise ValueError("not a cursor")
-    except ValueError as exc:  # binascii.Error and UnicodeDecodeError are ValueErrors
+        moment = moment.astimezone(UTC)
+        if not _YEARS[0] <= moment.year <= _YEARS[1]:
+            raise ValueError("out of range")
+    except (ValueError, OverflowError) as exc:  # binascii.Error and UnicodeDecodeError are ValueErrors
         raise InvalidInput("cursor is not one this API gave", param="cursor") from exc
     return moment, request_id
 

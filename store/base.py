@@ -274,6 +274,10 @@ class Ledger(Protocol):
         before its budget's current period is stored but not counted.
         """
 
+    async def rebuild_daily_totals(self) -> None:
+        """Sum the daily totals the reports read again from the events, with
+        writers held off meanwhile."""
+
     async def quarantine(self, event: UsageEvent, error: str, now: datetime) -> None:
         """Set aside an event the store refused to record, with the error: kept
         in ``quarantined_events`` (its JSON, every character escaped), counted

@@ -314,9 +314,10 @@ MIGRATIONS.append(
     )
 )
 
+DAILY_TOTALS = 14  # the migration that made the daily totals (and sums them from the events)
 MIGRATIONS.append(
     (
-        14,
+        DAILY_TOTALS,
         [
             # The ledger summed per client, UTC day, model, api_type and
             # currency, and per client, UTC day, end user and currency, kept in
@@ -351,6 +352,7 @@ MIGRATIONS.append(
                 PRIMARY KEY (client_id, day, end_user, currency)
             )""",
             "CREATE INDEX usage_daily_users_day ON usage_daily_users (day)",
+            "{lock_events}",  # no event recorded meanwhile is left out of the totals
             """INSERT INTO usage_daily SELECT client_id, {day_of}, model, api_type, currency,
                 COUNT(*), SUM(input_tokens), SUM(output_tokens), SUM(cost_usd), SUM(cost),
                 SUM(COALESCE(list_cost, cost))
@@ -367,5 +369,6 @@ LATEST = MIGRATIONS[-1][0]
 
 
 def render(statement: str, types: dict[str, str]) -> str:
-    """``statement`` with its ``{money}``, ``{time}``, ``{bool}``, ``{bigint}`` and ``{day_of}`` filled in."""
+    """``statement`` with its ``{money}``, ``{time}``, ``{bool}``, ``{bigint}``, ``{day_of}``
+    and ``{lock_events}`` filled in."""
     return statement.format(**types)

@@ -33,6 +33,8 @@ _TYPES = {
     "bool": "BOOLEAN",
     "bigint": "BIGINT",
     "day_of": "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+    # Writers wait while the daily totals are summed from the events (readers do not).
+    "lock_events": "LOCK TABLE usage_events IN SHARE ROW EXCLUSIVE MODE",
 }
 _MIGRATION_LOCK = 0x7A61_6D65  # any constant; one advisory lock serialises concurrent start-ups
 _PLACEHOLDER = re.compile(r"\?")
@@ -100,7 +102,7 @@ class PostgresDialect(Dialect):
 def _numbered(sql: str, cache: dict[str, str] = {}) -> str:  # noqa: B006 - a deliberate memo
     """``?`` placeholders as asyncpg's ``$1, $2, …``."""
     if sql not in cache:
-        counter = iter(range(1, 1000))
+        counter = iter(range(1, 32768))  # Postgres takes up to 32,767 parameters a statement
         cache[sql] = _PLACEHOLDER.sub(lambda _: f"${next(counter)}", sql)
     return cache[sql]
 

@@ -24,6 +24,7 @@ from taximeter.pricing.models import UsageEvent
 from taximeter.pricing.money import from_nanos, to_nanos
 from taximeter.store.base import Conflict, DataRejected, DriverErrors, StoreUnavailable
 from taximeter.store.sql import EVENT_COLUMNS, Conn, Dialect, SqlStore
+from taximeter.store.sql.core import power_of_two_chunks
 from taximeter.store.sql.rows import event_row
 
 __all__ = ["SqliteStore", "sqlite_path"]
@@ -34,6 +35,7 @@ _TYPES = {
     "bool": "INTEGER",
     "bigint": "INTEGER",
     "day_of": "substr(created_at, 1, 10)",
+    "lock_events": "SELECT 1",  # a migration holds SQLite's one write lock already
 }
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # fixed width, so text order is time order
 
@@ -111,18 +113,6 @@ _ROWS_PER_INSERT = 256  # 22 values a row: well under SQLite's 32,766 parameters
 _EVENT_ROW = "(" + ", ".join(["?"] * len(EVENT_COLUMNS.split(","))) + ")"
 
 
-def _power_of_two_chunks(events: list[UsageEvent], largest: int) -> list[list[UsageEvent]]:
-    """``events`` in chunks of 256, 128, ... 1 rows: a handful of statement
-    shapes, so the driver's cache of prepared statements stays small."""
-    chunks, start, size = [], 0, largest
-    while start < len(events):
-        while size > len(events) - start:
-            size //= 2
-        chunks.append(events[start : start + size])
-        start += size
-    return chunks
-
-
 class SqliteStore(SqlStore):
     """:class:`~taximeter.store.base.Store` on a SQLite file."""
 
@@ -131,7 +121,7 @@ class SqliteStore(SqlStore):
     async def _insert_events(self, conn: Conn, events: list[UsageEvent]) -> set[str]:
         # Each statement is a hop to aiosqlite's thread: a batch takes a few, not two per event.
         inserted: set[str] = set()
-        for chunk in _power_of_two_chunks(events, _ROWS_PER_INSERT):
+        for chunk in power_of_two_chunks(events, _ROWS_PER_INSERT):
             rows = await conn.fetchall(
                 f"INSERT INTO usage_events ({EVENT_COLUMNS}) VALUES {', '.join([_EVENT_ROW] * len(chunk))} "
                 "ON CONFLICT (request_id) DO NOTHING RETURNING request_id",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import re
 from typing import Any
 
@@ -33,11 +34,13 @@ from taximeter.proxy.api_shapes import (
 )
 from taximeter.proxy.errors import InvalidInput, NotFoundError
 from taximeter.proxy.gateway.auth import require_admin
-from taximeter.proxy.middleware import json_error_middleware
+from taximeter.proxy.middleware import REQUEST_ID, json_error_middleware
 from taximeter.proxy.operations import MAX_EVENTS
 from taximeter.proxy.services import SERVICES, SETTINGS
 
 __all__ = ["admin_app"]
+
+log = logging.getLogger("taximeter.admin")
 
 # What a spreadsheet would run as a formula (OWASP, "CSV injection"), and what
 # stays a number: a decimal string such as a cost is left as it is.
@@ -150,11 +153,22 @@ async def usage_events(request: web.Request) -> web.StreamResponse:
         return _json({"data": [event_json(e) for e in events], "next": cursor})
     pages = ops.all_events(client_id)
     first: list[UsageEvent] = await anext(pages, [])  # a store that is down answers 503 before the 200 starts
-    response = web.StreamResponse(headers={"Content-Type": "text/csv; charset=utf-8"})
+    headers = {"Content-Type": "text/csv; charset=utf-8", "X-Taximeter-Request-Id": request[REQUEST_ID]}
+    response = web.StreamResponse(headers=headers)
     await response.prepare(request)
-    await response.write(_csv_rows(first, header=True))
-    async for events in pages:
-        await response.write(_csv_rows(events))
+    try:
+        await response.write(_csv_rows(first, header=True))
+        async for events in pages:
+            await response.write(_csv_rows(events))
+    except ConnectionError:  # the client left: nothing more to send
+        return response
+    except Exception:
+        # Too late for an error answer: the download is cut short (the client
+        # sees a truncated body, never a CSV that looks complete).
+        log.exception("csv_export_failed", extra={"request_id": request[REQUEST_ID]})
+        if request.transport is not None:
+            request.transport.abort()
+        return response
     await response.write_eof()
     return response
 

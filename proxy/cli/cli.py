@@ -108,7 +108,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to listen on (default 8787)")
     serve.add_argument("--workers", type=int, help="processes sharing the port (more than 1 needs Redis)")
 
-    sub.add_parser("migrate", help="create or update the database schema")
+    migrate = sub.add_parser("migrate", help="create or update the database schema")
+    migrate.add_argument(
+        "--rebuild-totals",
+        action="store_true",
+        help="sum the daily totals reports read again from the events (once after a rolling "
+        "upgrade from a version without them)",
+    )
     # In the order `taximeter --help` lists them.
     _add_client_commands(sub)
     _add_budget_commands(sub)
@@ -198,6 +204,9 @@ async def _manage(settings: Settings, args: argparse.Namespace) -> int:
         await store.migrate()
         if args.command == "migrate":
             print(f"schema up to date ({args.database})")
+            if args.rebuild_totals:
+                await store.rebuild_daily_totals()
+                print("daily totals summed again from the events")
             return 0
         changes = await open_changes(settings.database_url)  # running proxies hear of what this changes
         ops = Operations(

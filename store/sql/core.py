@@ -7,11 +7,13 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from taximeter.store.migrations import MIGRATIONS, render
 
-__all__ = ["Conn", "Dialect", "Row", "SqlBase"]
+__all__ = ["Conn", "Dialect", "Row", "SqlBase", "power_of_two_chunks"]
+
+T = TypeVar("T")
 
 Row = Any  # a driver row read by column name: sqlite3.Row or asyncpg.Record
 
@@ -98,3 +100,16 @@ class SqlBase(ABC):
 
     @abstractmethod
     async def close(self) -> None: ...
+
+
+def power_of_two_chunks(rows: list[T], largest: int) -> list[list[T]]:
+    """``rows`` in chunks of ``largest`` (a power of two), then of 128, 64, ...
+    1 rows: a handful of statement shapes, so the drivers' caches of prepared
+    statements stay small however many rows a batch has."""
+    chunks, start, size = [], 0, largest
+    while start < len(rows):
+        while size > len(rows) - start:
+            size //= 2
+        chunks.append(rows[start : start + size])
+        start += size
+    return chunks

@@ -14,8 +14,9 @@ from taximeter.pricing import budgets
 from taximeter.pricing.models import BudgetState, Hold, UsageEvent
 from taximeter.pricing.money import to_nanos
 from taximeter.store.base import DataRejected, RecordResult, ReportRow, printable
+from taximeter.store.migrations import DAILY_TOTALS, MIGRATIONS, render
 from taximeter.store.sql.budget_writes import BudgetWrites, totals_since
-from taximeter.store.sql.core import Conn, Dialect, Row
+from taximeter.store.sql.core import Conn, Dialect, Row, power_of_two_chunks
 from taximeter.store.sql.rows import EVENT_COLUMNS, event_from_row
 
 __all__ = ["SqlLedger", "day_split", "limit_used_in", "sanitised"]
@@ -25,9 +26,7 @@ _DAILY_SUMS = ("requests", "input_tokens", "output_tokens", "cost_usd", "cost", 
 # The two tables of daily totals: the key of each, and how each grouping reads it.
 _DAILY = "usage_daily", ("client_id", "day", "model", "api_type", "currency")
 _DAILY_USERS = "usage_daily_users", ("client_id", "day", "end_user", "currency")
-_DAILY_ROWS_PER_INSERT = (
-    80  # at most 11 values a row: within the 999 placeholders a Postgres statement is given
-)
+_DAILY_ROWS_PER_INSERT = 64  # a power of two: few statement shapes for the drivers to prepare
 _DAILY_GROUPS = {
     "api_type": (_DAILY, "api_type"),
     "model": (_DAILY, "model"),
@@ -36,14 +35,6 @@ _DAILY_GROUPS = {
     "day": (_DAILY, "day"),
     "day_api_type": (_DAILY, "day || '/' || api_type"),
     "end_user": (_DAILY_USERS, "end_user"),
-}
-_GROUPS = {
-    "api_type": "api_type",
-    "model": "model",
-    "end_user": "end_user",
-    "client_model": "client_id || '/' || model",
-    "day": "day",
-    "day_api_type": "day || '/' || api_type",
 }
 _GROUPS = {
     "api_type": "api_type",
@@ -260,6 +251,20 @@ class SqlLedger(BudgetWrites):
         )
         return sql, args
 
+    async def rebuild_daily_totals(self) -> None:
+        """Sum the daily totals again from the events, with writers held off:
+        for a ledger written by processes older than the totals (a rolling
+        upgrade) or after an operator repaired events by hand."""
+        summing = [
+            s for s in dict(MIGRATIONS)[DAILY_TOTALS] if s.lstrip().startswith("INSERT INTO usage_daily")
+        ]
+        async with self.transaction() as conn:
+            await conn.execute(render("{lock_events}", self.dialect.types))
+            for table in (_DAILY[0], _DAILY_USERS[0]):
+                await conn.execute(f"DELETE FROM {table}")
+            for statement in summing:
+                await conn.execute(render(statement, self.dialect.types))
+
     async def _roll_up(self, conn: Conn, events: list[UsageEvent]) -> None:
         """Add ``events`` (just recorded) to the daily totals, in their transaction."""
         for table, key_columns in (_DAILY, _DAILY_USERS):
@@ -282,11 +287,11 @@ class SqlLedger(BudgetWrites):
         self, conn: Conn, table: str, key_columns: tuple[str, ...], totals: dict[tuple[str, ...], list[Any]]
     ) -> None:
         d = self.dialect
-        rows = [(*key, *sums[:3], *(d.money_in(m) for m in sums[3:])) for key, sums in totals.items()]
+        # In key order: two batches lock the rows they share in the same order (no deadlock).
+        rows = [(*key, *sums[:3], *(d.money_in(m) for m in sums[3:])) for key, sums in sorted(totals.items())]
         row = "(" + ", ".join(["?"] * (len(key_columns) + len(_DAILY_SUMS))) + ")"
         add = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in _DAILY_SUMS)
-        for start in range(0, len(rows), _DAILY_ROWS_PER_INSERT):
-            chunk = rows[start : start + _DAILY_ROWS_PER_INSERT]
+        for chunk in power_of_two_chunks(rows, _DAILY_ROWS_PER_INSERT):
             await conn.execute(
                 f"INSERT INTO {table} ({', '.join((*key_columns, *_DAILY_SUMS))}) VALUES "
                 + ", ".join([row] * len(chunk))

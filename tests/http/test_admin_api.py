@@ -8,11 +8,12 @@ import io
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 
 from taximeter.proxy.services import OPERATIONS
 from tests.support.clock import FakeClock
-from tests.support.harness import Harness
+from tests.support.harness import ADMIN_TOKEN, Harness
 
 
 async def test_clients_and_keys(proxy: Harness) -> None:
@@ -245,7 +246,8 @@ async def test_events_are_paged_by_a_cursor_and_csv_streams_every_row(
     assert pages == 3
     status, body = await proxy.admin("GET", "/admin/usage/events?limit=100")
     assert len(body["data"]) == 8 and body["next"] is None
-    for bad in ("nonsense", "%00", "a" * 500, base64.urlsafe_b64encode(b"2026-03-10\nx").decode()):
+    crafted = (b"2026-03-10\nx", b"0001-01-01T00:00:00+01:00\nx", b"9999-12-31T23:59:59-05:00\nx")
+    for bad in ("nonsense", "%00", "a" * 1500, *(base64.urlsafe_b64encode(c).decode() for c in crafted)):
         status, body = await proxy.admin("GET", f"/admin/usage/events?cursor={bad}")
         assert status == 422 and body["error"]["param"] == "cursor", bad
 
@@ -274,3 +276,31 @@ async def test_a_long_csv_export_streams_in_pages(proxy: Harness, monkeypatch: p
     status, body = await proxy.admin("GET", "/admin/usage/events?client_id=acme&limit=100")
     assert [r["end_user"] for r in rows] == [e["end_user"] for e in body["data"]]
     assert len(set(r["request_id"] for r in rows)) == 25
+
+
+async def test_report_windows_at_the_ends_of_time_are_refused_not_crashed(proxy: Harness) -> None:
+    for query in ("from=9999-12-31T01:00:00Z&to=9999-12-31T02:00:00Z", "from=0001-01-01T00:00:00%2B01:00"):
+        status, body = await proxy.admin("GET", f"/admin/usage?{query}")
+        assert status == 422 and body["error"]["param"] in ("from", "to"), (query, body)
+
+
+async def test_a_csv_export_that_fails_midway_is_cut_short_never_complete_looking(
+    proxy: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = await proxy.new_client("acme")
+    await proxy.sdk(key).embeddings.create(model="text-embedding-3-small", input="x")
+    ops = proxy.app[OPERATIONS]
+    real = ops.all_events
+
+    async def failing(client_id: str | None, page: int = 1000) -> AsyncIterator[list[Any]]:
+        async for events in real(client_id, page):
+            yield events
+        raise RuntimeError("the store went away")
+
+    monkeypatch.setattr(ops, "all_events", failing)
+    headers = {"Authorization": "Bearer " + ADMIN_TOKEN}
+    async with proxy.http.get(f"{proxy.url}/admin/usage/events?format=csv", headers=headers) as resp:
+        assert resp.status == 200 and resp.headers["X-Taximeter-Request-Id"].startswith("req_")
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()  # cut short: no end of the chunked body
+    assert any(r.getMessage() == "csv_export_failed" for r in caplog.records)
