@@ -11,7 +11,7 @@ import base64
 import contextlib
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -510,7 +510,9 @@ class Operations:
         if group_by not in GROUPINGS:
             raise InvalidInput(f"group_by must be one of {', '.join(GROUPINGS)}", param="group_by")
         now = self.clock()
-        start_at = parse_day(start, "from", now - timedelta(days=30))
+        # By default the 30 whole UTC days before today, and today so far.
+        default_start = datetime.combine((now - timedelta(days=30)).astimezone(UTC).date(), time(), UTC)
+        start_at = parse_day(start, "from", default_start)
         end_at = parse_day(end, "to", now + timedelta(seconds=1))
         if end is not None and len(end) == 10:
             end_at += timedelta(days=1)  # a bare date includes that whole day

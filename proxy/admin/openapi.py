@@ -57,7 +57,7 @@ def _query(**schemas: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"name": n, "in": "query", "required": False, "schema": s} for n, s in schemas.items()]
 
 
-# A date or an RFC 3339 time; empty is the default (the last 30 days, up to now).
+# A date or an RFC 3339 time; empty is the default (the 30 whole UTC days before today, and today so far).
 _DAY: dict[str, Any] = {
     "anyOf": [{"type": "string", "format": "date"}, {"type": "string", "format": "date-time"}, {"const": ""}]
 }

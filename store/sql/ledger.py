@@ -174,6 +174,10 @@ class SqlLedger(BudgetWrites):
         query; with ``top``, only the rows of the ``top`` keys dearest at list
         price (comparable across currencies), dearest first."""
         days, edges = day_split(start, end)
+        if edges and edges[-1][0] != start and await self._day_ends_at(client_id, edges[-1]):
+            # Nothing after ``end`` on its day (today, as a rule): that day's totals are the edge's.
+            assert days is not None  # an edge after whole days
+            days = (days[0], (edges.pop()[0] + timedelta(days=1)).date().isoformat())
         parts = [] if days is None else [self._daily_part(client_id, days, group_by)]
         parts += [self._event_part(client_id, *edge, group_by) for edge in edges]
         order = "key, currency" if top is None else f"SUM(cost_usd) DESC, key, currency LIMIT {int(top)}"
@@ -187,6 +191,19 @@ class SqlLedger(BudgetWrites):
                 *(arg for _, args in parts for arg in args),
             )
         return [self._report_row(r) for r in rows]
+
+    async def _day_ends_at(self, client_id: str | None, edge: Stretch) -> bool:
+        """Whether no event (of the client) is recorded on the edge's day after its end."""
+        day_start, end = edge
+        assert end is not None  # an edge at the end of a window has one
+        where = "created_at >= ? AND created_at < ?"
+        args: list[Any] = [self.dialect.time_in(end), self.dialect.time_in(day_start + timedelta(days=1))]
+        if client_id is not None:
+            where += " AND client_id = ?"
+            args.append(client_id)
+        async with self.connection() as conn:
+            found = await conn.fetchone(f"SELECT 1 AS found FROM usage_events WHERE {where} LIMIT 1", *args)
+        return found is None
 
     async def events_only_report(
         self, client_id: str | None, start: datetime, end: datetime | None, group_by: str

@@ -380,6 +380,8 @@ async def test_reports_read_from_daily_totals_equal_the_events_over_any_window(s
         (T0 - timedelta(hours=3), T0 + timedelta(hours=2)),  # inside one day
         (T0 - timedelta(days=1, minutes=1), T0 - timedelta(days=1, minutes=-1)),  # across midnight
         (T0.replace(hour=0, minute=0), T0.replace(hour=0, minute=0) + timedelta(days=2)),  # whole days
+        # Up to just after the last event: its day's totals stand for the edge (nothing after it).
+        (T0 - timedelta(days=1, hours=2), max(e.created_at for e in recorded) + timedelta(seconds=1)),
     ]
     keys = {
         "api_type": lambda e: e.api_type,
