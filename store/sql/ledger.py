@@ -174,10 +174,18 @@ class SqlLedger(BudgetWrites):
         query; with ``top``, only the rows of the ``top`` keys dearest at list
         price (comparable across currencies), dearest first."""
         days, edges = day_split(start, end)
-        if edges and edges[-1][0] != start and await self._day_ends_at(client_id, edges[-1]):
-            # Nothing after ``end`` on its day (today, as a rule): that day's totals are the edge's.
-            assert days is not None  # an edge after whole days
-            days = (days[0], (edges.pop()[0] + timedelta(days=1)).date().isoformat())
+        if (
+            edges
+            and edges[-1][0] == _day_start(edges[-1][0])
+            and await self._day_ends_at(client_id, edges[-1])
+        ):
+            # A window ending inside a day it covers from its start, with nothing
+            # recorded after its end that day (today, as a rule): the day's totals are the edge's.
+            day = edges.pop()[0]
+            days = (
+                day.date().isoformat() if days is None else days[0],
+                (day + timedelta(days=1)).date().isoformat(),
+            )
         parts = [] if days is None else [self._daily_part(client_id, days, group_by)]
         parts += [self._event_part(client_id, *edge, group_by) for edge in edges]
         order = "key, currency" if top is None else f"SUM(cost_usd) DESC, key, currency LIMIT {int(top)}"

@@ -382,6 +382,11 @@ async def test_reports_read_from_daily_totals_equal_the_events_over_any_window(s
         (T0.replace(hour=0, minute=0), T0.replace(hour=0, minute=0) + timedelta(days=2)),  # whole days
         # Up to just after the last event: its day's totals stand for the edge (nothing after it).
         (T0 - timedelta(days=1, hours=2), max(e.created_at for e in recorded) + timedelta(seconds=1)),
+        (
+            _midnight(max(e.created_at for e in recorded)),
+            max(e.created_at for e in recorded) + timedelta(seconds=1),
+        ),
+        (_midnight(T0), T0 + timedelta(hours=1)),  # from midnight to within the day: events after it
     ]
     keys = {
         "api_type": lambda e: e.api_type,
@@ -443,3 +448,7 @@ async def test_the_daily_totals_migration_sums_a_ledger_recorded_before_it(store
     await store.rebuild_daily_totals()
     for group, rows in before.items():
         assert await store.usage_report("acme", *window, group) == rows, group
+
+
+def _midnight(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
