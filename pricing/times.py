@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import overload
 
-__all__ = ["rfc3339"]
+__all__ = ["rfc3339", "utc_day_start"]
 
 
 @overload
@@ -16,3 +16,9 @@ def rfc3339(when: None) -> None: ...
 def rfc3339(when: datetime | None) -> str | None: ...
 def rfc3339(when: datetime | None) -> str | None:
     return None if when is None else when.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def utc_day_start(when: datetime) -> datetime:
+    """Midnight UTC of the UTC day ``when`` falls in: where a daily total starts."""
+    utc = when.astimezone(UTC)
+    return datetime(utc.year, utc.month, utc.day, tzinfo=UTC)

@@ -11,12 +11,13 @@ import base64
 import contextlib
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 
 from taximeter.pricing import budgets, limits, terms
 from taximeter.pricing.models import ApiKey, BudgetState, Client, Credit, ExchangeRate, Hold, UsageEvent
+from taximeter.pricing.times import utc_day_start
 from taximeter.proxy.api_shapes import budget_json, unbudgeted_json
 from taximeter.proxy.clock import Clock, system_clock
 from taximeter.proxy.errors import ConflictError, InvalidInput, LinkExpired, NotFoundError
@@ -268,10 +269,9 @@ class Operations:
         secret = await self._store.portal_secret(client.id)
         if secret is None:
             secret = await self._store.set_portal_secret(client.id, new_secret(), now, replace=False)
-        token = make_token(client.id, now + timedelta(seconds=expires_in), secret)
-        found = read_token(token)
-        assert found is not None  # made above: always shaped like one
-        return portal_url(base, token), found.expires_at
+        # A token names whole seconds.
+        expires_at = (now + timedelta(seconds=expires_in)).replace(microsecond=0)
+        return portal_url(base, make_token(client.id, expires_at, secret)), expires_at
 
     async def revoke_portal_links(self, client_id: str) -> None:
         """A new portal secret for the client: every link made so far stops working."""
@@ -511,8 +511,7 @@ class Operations:
             raise InvalidInput(f"group_by must be one of {', '.join(GROUPINGS)}", param="group_by")
         now = self.clock()
         # By default the 30 whole UTC days before today, and today so far.
-        default_start = datetime.combine((now - timedelta(days=30)).astimezone(UTC).date(), time(), UTC)
-        start_at = parse_day(start, "from", default_start)
+        start_at = parse_day(start, "from", utc_day_start(now - timedelta(days=30)))
         end_at = parse_day(end, "to", now + timedelta(seconds=1))
         if end is not None and len(end) == 10:
             end_at += timedelta(days=1)  # a bare date includes that whole day

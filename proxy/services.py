@@ -104,3 +104,9 @@ GATE: web.AppKey[Gate] = web.AppKey("gate")
 LEDGER = web.AppKey("ledger", LedgerWriter)
 METER = web.AppKey("meter", Meter)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
+
+
+def public_base(request: web.Request) -> str:
+    """Where links to this server point (a portal link): the ``public_url``
+    setting, else the address ``request`` came to."""
+    return request.config_dict[SETTINGS].public_url or f"{request.scheme}://{request.host}"

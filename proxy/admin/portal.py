@@ -9,7 +9,7 @@ from taximeter.pricing.times import rfc3339
 from taximeter.proxy.admin.http import json_body as _body
 from taximeter.proxy.admin.http import json_response as _json
 from taximeter.proxy.admin.http import operations as _ops
-from taximeter.proxy.services import SETTINGS
+from taximeter.proxy.services import public_base
 
 __all__ = ["ROUTES"]
 
@@ -18,8 +18,9 @@ async def create_link(request: web.Request) -> web.Response:
     """``{expires_in_s}`` (optional) -> ``{url, expires_at}``; the URL's base is
     the ``public_url`` setting, else the address this request came to."""
     body = await _body(request) if request.can_read_body else {}
-    base = request.config_dict[SETTINGS].public_url or f"{request.scheme}://{request.host}"
-    url, expires_at = await _ops(request).portal_link(request.match_info["client_id"], body, base)
+    url, expires_at = await _ops(request).portal_link(
+        request.match_info["client_id"], body, public_base(request)
+    )
     return _json({"url": url, "expires_at": rfc3339(expires_at)}, status=201)
 
 

@@ -28,9 +28,10 @@ from taximeter.proxy.dashboard.sessions import Session
 from taximeter.proxy.dashboard.usage import USAGE_DAYS
 from taximeter.proxy.errors import ConflictError, InvalidInput, NotFoundError, TaximeterError
 from taximeter.proxy.operations import Operations
-from taximeter.proxy.services import SETTINGS
+from taximeter.proxy.services import public_base
 
 __all__ = [
+    "RECENT_EVENTS",
     "budget_action",
     "client_card",
     "client_page",
@@ -251,9 +252,8 @@ async def create_portal_link(request: web.Request, dash: Dashboard, session: Ses
     form = await form_fields(request)
     text = form.get("expires_in_s", "")
     seconds: object = int(text) if text.isascii() and text.isdecimal() and len(text) < 12 else text
-    base = request.config_dict[SETTINGS].public_url or f"{request.scheme}://{request.host}"
     client_id = request.match_info["client_id"]
-    url, expires_at = await dash.ops.portal_link(client_id, {"expires_in_s": seconds}, base)
+    url, expires_at = await dash.ops.portal_link(client_id, {"expires_in_s": seconds}, public_base(request))
     fmt = await formatter(request)
     # Shown on this response only, like a new key: the page is not cached.
     shown = (url, fmt.when(expires_at, "UTC"))

@@ -13,15 +13,12 @@ from __future__ import annotations
 from aiohttp import web
 
 from taximeter.proxy.dashboard.cards import limit_rows
-from taximeter.proxy.dashboard.clients import client_card, client_timezone
+from taximeter.proxy.dashboard.clients import RECENT_EVENTS, client_card, client_timezone
 from taximeter.proxy.dashboard.dashboard import DASHBOARD, formatter
 from taximeter.proxy.dashboard.pages import portal_headers
 from taximeter.proxy.dashboard.usage import usage_view
-from taximeter.proxy.errors import NotFoundError
 
-__all__ = ["RECENT_EVENTS", "portal"]
-
-RECENT_EVENTS = 50
+__all__ = ["portal"]
 
 
 async def portal(request: web.Request) -> web.StreamResponse:
@@ -34,10 +31,6 @@ async def portal(request: web.Request) -> web.StreamResponse:
     timezone = client_timezone(ops, client, state)
     if state is not None:
         currency = state.config.currency
-    try:
-        limits = await ops.limits(client.id)
-    except NotFoundError:  # gone since the link was read
-        limits = []
     return dash.pages.render(
         "portal.html",
         fmt,
@@ -45,7 +38,7 @@ async def portal(request: web.Request) -> web.StreamResponse:
         session=None,
         client=client,
         card=await client_card(ops, fmt, client, state),
-        limits=limit_rows(limits, fmt, currency, timezone),
+        limits=limit_rows(await ops.limits(client.id), fmt, currency, timezone),
         view=await usage_view(ops, fmt, client.id, billed_in=currency),
         events=await ops.events(client.id, RECENT_EVENTS),
         timezone=timezone,

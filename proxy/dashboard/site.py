@@ -5,15 +5,17 @@ Its middleware answers in HTML what the root app's would answer in JSON: an
 error a page raises (a client that does not exist, a form over the body
 limit), aiohttp's own (no such page, a method the page does not take, with
 its ``Allow``), a store that cannot be reached, and anything unexpected, as
-a logged 500 that shows no internals.
+a logged 500 that shows no internals. The tenant portal's sub-app, also
+here, tells its errors with the same middleware in its own words.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 
 from taximeter.proxy.dashboard import clients, login, portal, usage
 from taximeter.proxy.dashboard.dashboard import CURRENT_SESSION, DASHBOARD, N_, formatter, message_page
@@ -26,24 +28,46 @@ __all__ = ["dashboard_app", "error_page_middleware", "portal_app"]
 
 log = logging.getLogger("taximeter.dashboard")
 
+Words = dict[int, tuple[str, str]]  # status -> title and text of its page
+
+
+@dataclass(frozen=True)
+class _ErrorPages:
+    """How one sub-app tells its errors: ``http`` words aiohttp's own refusals
+    (any other shows its own message); ``own`` words the site's own errors
+    whose message is not for its readers; ``unavailable`` words a store that
+    cannot be reached; ``portal`` pages lead nowhere else and may be framed."""
+
+    http: Words
+    own: Words
+    unavailable: tuple[str, str]
+    portal: bool = False
+
+
 # aiohttp's own refusals, told in words an operator reads (by status); any
 # other error shows its own message.
-_HTTP_PAGES = {
+_HTTP_PAGES: Words = {
     404: (N_("Page not found"), N_("There is no dashboard page at this address.")),
     405: (N_("Not allowed"), N_("This address does not take that kind of request.")),
 }
-_PORTAL_PAGES = {
+_DASHBOARD = _ErrorPages(
+    http=_HTTP_PAGES,
+    own={},
+    unavailable=(N_("Store unavailable"), N_("The store cannot be reached; try again shortly.")),
+)
+# A tenant reads only what the link it followed came to, never why.
+_PORTAL_WORDS: Words = {
     405: _HTTP_PAGES[405],
     404: (N_("Link not valid"), N_("This link is not valid or has been revoked. Ask for a new one.")),
     410: (N_("Link expired"), N_("This link has expired. Ask for a new one.")),
 }
+_PORTAL = _ErrorPages(
+    http=_PORTAL_WORDS,
+    own=_PORTAL_WORDS,
+    unavailable=(N_("Unavailable"), N_("This page cannot be shown right now; try again shortly.")),
+    portal=True,
+)
 _LANG_COOKIE_S = 365 * 24 * 3600
-
-
-async def _error_page(request: web.Request, error: TaximeterError, title: str, text: str) -> web.Response:
-    response = await message_page(request, error.status, title, text, request.get(CURRENT_SESSION))
-    response.headers.update(error.headers())  # a 405 keeps its Allow
-    return response
 
 
 @web.middleware
@@ -58,30 +82,48 @@ async def language_middleware(request: web.Request, handler: Handler) -> web.Str
     return response
 
 
-@web.middleware
-async def error_page_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error of the dashboard's routes as a page of its templates."""
-    try:
-        return await handler(request)
-    except TaximeterError as exc:
-        return await _error_page(request, exc, N_("Not done"), exc.message)
-    except web.HTTPException as exc:
-        if exc.status < 400:  # a redirect is an answer, not an error
-            raise
-        title, text = _HTTP_PAGES.get(exc.status, (N_("Not done"), exc.text or exc.reason))
-        return await _error_page(request, from_aiohttp(exc), title, text)
-    except StoreUnavailable as exc:
-        request_id = request[REQUEST_ID]
-        log.warning("store_unavailable", extra={"request_id": request_id, "error": str(exc)})
-        return await message_page(
-            request, 503, N_("Store unavailable"), N_("The store cannot be reached; try again shortly.")
+def _error_pages(pages: _ErrorPages) -> Middleware:
+    """Every error of a sub-app's routes as a page of its templates: its own
+    errors, aiohttp's (no such page, a method the page does not take, with
+    its ``Allow``), a store that cannot be reached, and anything unexpected,
+    as a logged 500 that shows no internals (nor a portal link's token)."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        headers: dict[str, str] = {}
+        try:
+            return await handler(request)
+        except TaximeterError as exc:
+            status, headers = exc.status, exc.headers()
+            title, text = pages.own.get(exc.status, (N_("Not done"), exc.message))
+        except web.HTTPException as exc:
+            if exc.status < 400:  # a redirect is an answer, not an error
+                raise
+            status, headers = exc.status, from_aiohttp(exc).headers()  # a 405 keeps its Allow
+            title, text = pages.http.get(exc.status, (N_("Not done"), exc.text or exc.reason))
+        except StoreUnavailable as exc:
+            log.warning("store_unavailable", extra={"request_id": request[REQUEST_ID], "error": str(exc)})
+            status, (title, text) = 503, pages.unavailable
+        except Exception:
+            request_id = request[REQUEST_ID]
+            path = logged_path(request.path)
+            log.exception("unhandled_error", extra={"request_id": request_id, "path": path})
+            fmt = await formatter(request)
+            status, title = 500, N_("Internal error")
+            text = fmt.gettext("Something went wrong; it is logged under request id %(id)s.") % {
+                "id": request_id
+            }
+        response = await message_page(
+            request, status, title, text, request.get(CURRENT_SESSION), portal=pages.portal
         )
-    except Exception:
-        request_id = request[REQUEST_ID]
-        log.exception("unhandled_error", extra={"request_id": request_id, "path": request.path})
-        fmt = await formatter(request)
-        text = fmt.gettext("Something went wrong; it is logged under request id %(id)s.") % {"id": request_id}
-        return await message_page(request, 500, N_("Internal error"), text)
+        response.headers.update(headers)
+        return response
+
+    return middleware
+
+
+error_page_middleware = _error_pages(_DASHBOARD)
+portal_error_middleware = _error_pages(_PORTAL)
 
 
 async def static(request: web.Request) -> web.StreamResponse:
@@ -112,32 +154,6 @@ def dashboard_app() -> web.Application:
         ]
     )
     return app
-
-
-@web.middleware
-async def portal_error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error of the portal as a page that leads nowhere else, logged
-    without the link's token (it opens the page)."""
-    try:
-        return await handler(request)
-    except (TaximeterError, web.HTTPException) as exc:
-        error = exc if isinstance(exc, TaximeterError) else from_aiohttp(exc)
-        if isinstance(exc, web.HTTPException) and exc.status < 400:
-            raise
-        title, text = _PORTAL_PAGES.get(error.status, (N_("Not done"), error.message))
-        response = await message_page(request, error.status, title, text, portal=True)
-        response.headers.update(error.headers())  # a 405 keeps its Allow
-        return response
-    except StoreUnavailable as exc:
-        log.warning("store_unavailable", extra={"request_id": request[REQUEST_ID], "error": str(exc)})
-        title, text = N_("Unavailable"), N_("This page cannot be shown right now; try again shortly.")
-        return await message_page(request, 503, title, text, portal=True)
-    except Exception:
-        request_id = request[REQUEST_ID]
-        log.exception("unhandled_error", extra={"request_id": request_id, "path": logged_path(request.path)})
-        fmt = await formatter(request)
-        text = fmt.gettext("Something went wrong; it is logged under request id %(id)s.") % {"id": request_id}
-        return await message_page(request, 500, N_("Internal error"), text, portal=True)
 
 
 def portal_app() -> web.Application:

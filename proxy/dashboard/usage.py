@@ -7,12 +7,13 @@ portal for its own client."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from decimal import Decimal
 
 from aiohttp import web
 from markupsafe import Markup
 
+from taximeter.pricing.times import utc_day_start
 from taximeter.proxy.dashboard.cards import API_TYPES
 from taximeter.proxy.dashboard.charts import bar_list, column_chart
 from taximeter.proxy.dashboard.dashboard import Dashboard, formatter, page
@@ -53,10 +54,10 @@ async def usage_view(
     client). Operators see calls billed in several currencies at list price
     in USD; with ``billed_in`` (the tenant portal) only what was billed in
     that currency is shown, never a list price (``left_out`` counts the rest)."""
-    today = ops.clock().astimezone(UTC).date()
-    first = today - timedelta(days=USAGE_DAYS - 1)
-    start_at = datetime_of(first)
-    end_at = datetime_of(today + timedelta(days=1))
+    today = utc_day_start(ops.clock())
+    start_at = today - timedelta(days=USAGE_DAYS - 1)
+    end_at = today + timedelta(days=1)
+    first = start_at.date()
     groups = ("day_api_type", "model", "api_type")
     reports = [await ops.usage_rows(client_id, start_at, end_at, g) for g in groups]
     # Only the dearest end users: a tenant may have hundreds of thousands.
@@ -87,7 +88,7 @@ async def usage_view(
     kinds_by_cost = sorted(kinds, key=lambda r: r.cost, reverse=True)
     top_users = sorted(users, key=lambda r: r.cost, reverse=True)[:TOP_END_USERS]
     no_user = fmt.gettext("(no end user)")
-    span = {"start": first.isoformat(), "end": today.isoformat()}
+    span = {"start": first.isoformat(), "end": today.date().isoformat()}
     return UsageView(
         start=span["start"],
         end=span["end"],
@@ -135,11 +136,6 @@ async def usage(request: web.Request, dash: Dashboard, session: Session) -> web.
         client_id=client_id,
         view=await usage_view(ops, fmt, client_id),
     )
-
-
-def datetime_of(day: date) -> datetime:
-    """The start of ``day`` in UTC."""
-    return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
 def _merged(rows: list[ReportRow], *, in_usd: bool) -> list[ReportRow]:

@@ -13,6 +13,7 @@ from typing import Any
 from taximeter.pricing import budgets
 from taximeter.pricing.models import BudgetState, Hold, UsageEvent
 from taximeter.pricing.money import to_nanos
+from taximeter.pricing.times import utc_day_start
 from taximeter.store.base import DataRejected, RecordResult, ReportRow, printable
 from taximeter.store.migrations import DAILY_TOTALS, MIGRATIONS, render
 from taximeter.store.sql.budget_writes import BudgetWrites, totals_since
@@ -176,7 +177,7 @@ class SqlLedger(BudgetWrites):
         days, edges = day_split(start, end)
         if (
             edges
-            and edges[-1][0] == _day_start(edges[-1][0])
+            and edges[-1][0] == utc_day_start(edges[-1][0])
             and await self._day_ends_at(client_id, edges[-1])
         ):
             # A window ending inside a day it covers from its start, with nothing
@@ -339,10 +340,10 @@ def day_split(start: datetime, end: datetime | None) -> tuple[Days | None, list[
     """[start, end) as the whole UTC days inside it (first day, day after the
     last; None: no whole day) and the stretches at its edges that are not
     whole days (pure)."""
-    first = _day_start(start)
+    first = utc_day_start(start)
     if first < start:
         first += timedelta(days=1)
-    last = None if end is None else _day_start(end)
+    last = None if end is None else utc_day_start(end)
     if last is not None and last <= first:
         return None, [(start, end)]
     edges: list[Stretch] = []
@@ -351,11 +352,6 @@ def day_split(start: datetime, end: datetime | None) -> tuple[Days | None, list[
     if last is not None and end is not None and last < end:
         edges.append((last, end))
     return (first.date().isoformat(), None if last is None else last.date().isoformat()), edges
-
-
-def _day_start(moment: datetime) -> datetime:
-    utc = moment.astimezone(UTC)
-    return datetime(utc.year, utc.month, utc.day, tzinfo=UTC)
 
 
 def _first_of_each(events: list[UsageEvent]) -> list[UsageEvent]:
