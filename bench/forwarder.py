@@ -1,6 +1,9 @@
 """The floor: a bare aiohttp forwarder (no auth, no metering, no store).
 
-python -m bench.forwarder PORT UPSTREAM_BASE_URL
+python -m bench.forwarder PORT UPSTREAM_BASE_URL [--uvloop]
+
+With ``--uvloop`` it runs on uvloop's event loop (as ``taximeter serve`` does)
+instead of asyncio's own.
 """
 
 from __future__ import annotations
@@ -9,6 +12,8 @@ import sys
 
 import aiohttp
 from aiohttp import web
+
+from bench.upstream import raise_fd_limit
 
 _HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding"}
 
@@ -42,11 +47,22 @@ def make_app(upstream: str) -> web.Application:
     return app
 
 
-if __name__ == "__main__":
+def main(argv: list[str]) -> None:
+    raise_fd_limit()
+    loop = None
+    if "--uvloop" in argv[2:]:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
     web.run_app(
-        make_app(sys.argv[2].rstrip("/")),
+        make_app(argv[1].rstrip("/")),
         host="127.0.0.1",
-        port=int(sys.argv[1]),
+        port=int(argv[0]),
         access_log=None,
         print=None,
+        loop=loop,
     )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -40,8 +40,20 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from bench.run import PG_ADMIN, TAXIMETER, free_port, rss_mb, spawn, stop, wait_ready
+from bench.run import (
+    PG_ADMIN,
+    TAXIMETER,
+    create_database,
+    drop_database,
+    free_port,
+    rss_mb,
+    spawn,
+    stop,
+    wait_ready,
+)
 from taximeter.pricing.models import UsageEvent
+from taximeter.pricing.times import utc_month_start
+from taximeter.store.ledger_months import create_month, month_table
 from taximeter.store.migrations import MIGRATIONS, render
 from taximeter.store.postgres import PostgresStore
 
@@ -97,15 +109,23 @@ async def fill(url: str, events: int) -> float:
             "INSERT INTO clients (id, name, created_at) VALUES ($1, $1, $2)",
             [(c, now - timedelta(days=60)) for c in ["big", *(f"c{i:03d}" for i in range(999))]],
         )
+        for back in range(3):  # the month partitions the last 30 days fall in
+            start = utc_month_start(now, back)
+            month = (start.year, start.month)
+            if await conn.fetchval("SELECT to_regclass($1)", month_table(month)) is None:
+                for statement in create_month(month):
+                    await conn.execute(statement)
         for first in range(0, events, CHUNK):
             rows = await asyncio.to_thread(_rows, min(CHUNK, events - first), first, now)
             await conn.copy_records_to_table("usage_events", records=rows, columns=COLUMNS)
+        await conn.execute("INSERT INTO event_ids SELECT request_id, created_at FROM usage_events")
         for table in ("usage_daily", "usage_daily_users"):
             await conn.execute(f"DELETE FROM {table}")
         for statement in dict(MIGRATIONS)[14]:
             if statement.lstrip().startswith("INSERT INTO usage_daily"):  # as for a ledger older than them
                 await conn.execute(render(statement, PostgresStore.dialect.types))
-        await conn.execute("ANALYZE")
+        # As autovacuum would have by now: the writes measured next do not share the machine with it.
+        await conn.execute("VACUUM ANALYZE")
     finally:
         await conn.close()
     return time.perf_counter() - started
@@ -142,22 +162,8 @@ async def write_rate(url: str, count: int = 20_000) -> float:
         await store.close()
 
 
-async def fresh_database() -> str:
-    name = f"taximeter_ledger_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(PG_ADMIN)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    return name
-
-
-async def drop(name: str) -> None:
-    admin = await asyncpg.connect(PG_ADMIN)
-    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await admin.close()
-
-
 async def run(events: int) -> dict[str, Any]:
-    big, empty = await fresh_database(), await fresh_database()
+    big, empty = await create_database("taximeter_ledger"), await create_database("taximeter_ledger")
     base = PG_ADMIN.rsplit("/", 1)[0]
     figures: dict[str, Any] = {"events": events}
     proc = None
@@ -193,8 +199,8 @@ async def run(events: int) -> dict[str, Any]:
     finally:
         if proc is not None:
             stop(proc)
-        await drop(big)
-        await drop(empty)
+        await drop_database(big)
+        await drop_database(empty)
     return figures
 
 

@@ -26,6 +26,7 @@ from bench.run import (
     PYTHON,
     STREAM,
     check_ledger,
+    drop_database,
     free_port,
     run_wrk,
     spawn,
@@ -56,7 +57,8 @@ _PROJECT = str(HERE.parent)
 
 
 def _package(filename: str) -> str:
-    if filename.startswith(_PROJECT) and "/bench/" not in filename:
+    inside = filename.startswith(_PROJECT) and "/site-packages/" not in filename  # not a venv in the checkout
+    if inside and "/bench/" not in filename:
         return "taximeter"  # an editable install runs the files of the checkout
     for needle, name in _PACKAGES.items():
         if needle in filename:
@@ -135,14 +137,8 @@ async def profile(args: argparse.Namespace) -> list[str]:
     finally:
         for proc in procs + (target.procs if target else []):
             stop(proc)
-        if target is not None and getattr(target, "database", None):
-            import asyncpg
-
-            from bench.run import PG_ADMIN
-
-            admin = await asyncpg.connect(PG_ADMIN)
-            await admin.execute(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)')  # type: ignore[attr-defined]
-            await admin.close()
+        if target is not None:
+            await drop_database(getattr(target, "database", None))
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -99,7 +99,27 @@ def write_report(
     profile = out / "PROFILE.md"  # written by python -m bench.profile
     if profile.exists():
         lines += ["", *profile.read_text().splitlines()]
+    lines += scale_scenarios(out)
     (out / "REPORT.md").write_text("\n".join(lines) + "\n")
+
+
+# The scenarios each run alone (python -m bench.NAME), whose reports this one lists.
+SCENARIOS = {
+    "TENANTS.md": "10,000 tenants: sweeper per tick, overview, admission (`python -m bench.tenants`)",
+    "LEDGER.md": "10 million events: reports, dashboard, CSV export, writes (`python -m bench.ledger`)",
+    "STREAMS.md": "2,000 slow streams: CPU per chunk, memory, delay, metering (`python -m bench.streams`)",
+    "PEERS.md": "LiteLLM and Portkey in the same run (`python -m bench.peers`)",
+}
+
+
+def scale_scenarios(out: Path) -> list[str]:
+    """A section naming each scale scenario's latest report, with its own first lines."""
+    lines = ["", "## Scale scenarios", ""]
+    for name, what in SCENARIOS.items():
+        report = out / name
+        shown = f"[{name}]({name})" if report.exists() else f"{name} (not run yet)"
+        lines.append(f"- {what}: {shown}")
+    return lines
 
 
 def _memory(memory: list[dict[str, Any]]) -> list[str]:

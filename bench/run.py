@@ -45,6 +45,32 @@ STREAM = json.dumps(
 )
 
 
+async def create_database(prefix: str) -> str:
+    """A fresh Postgres database of this run, by name."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(PG_ADMIN)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return name
+
+
+async def drop_database(name: str | None) -> None:
+    """Drop a database this run created (None: there was none)."""
+    if not name:
+        return
+    admin = await asyncpg.connect(PG_ADMIN)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+def database_url(name: str) -> str:
+    return f"{PG_ADMIN.rsplit('/', 1)[0]}/{name}"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -193,12 +219,9 @@ async def start_taximeter(
     }
     database = None
     if production:
-        database = f"taximeter_bench_{uuid.uuid4().hex[:8]}"
-        admin = await asyncpg.connect(PG_ADMIN)
-        await admin.execute(f'CREATE DATABASE "{database}"')
-        await admin.close()
+        database = await create_database("taximeter_bench")
         env |= {
-            "TAXIMETER_DATABASE_URL": f"{PG_ADMIN.rsplit('/', 1)[0]}/{database}",
+            "TAXIMETER_DATABASE_URL": database_url(database),
             "TAXIMETER_REDIS_URL": REDIS,
             "TAXIMETER_REDIS_PREFIX": f"bench-{uuid.uuid4().hex[:8]}:",
             "TAXIMETER_WORKERS": str(workers),
@@ -257,21 +280,25 @@ async def start_taximeter(
     return target
 
 
-def run_wrk(target: Target, body: str, concurrency: int, duration_s: float) -> dict[str, Any]:
-    env = {**os.environ, "BENCH_BODY": body, "BENCH_KEY": target.key}
+def wrk(
+    url: str,
+    concurrency: int,
+    duration_s: float,
+    env: dict[str, str],
+    *,
+    script: str = "bench.lua",
+    headers: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """``wrk`` on ``url`` with a script of bench/ (its settings in ``env``)
+    that ends with a ``BENCH_JSON`` line; that line's figures."""
     out = subprocess.run(
         [
-            "wrk",
-            f"-t{min(concurrency, 2)}",
-            f"-c{concurrency}",
-            f"-d{max(1, round(duration_s))}s",
-            "--timeout",
-            "10s",
-            "-s",
-            str(HERE / "bench.lua"),
-            f"{target.url}/chat/completions",
+            *("wrk", f"-t{min(concurrency, 2)}", f"-c{concurrency}", f"-d{max(1, round(duration_s))}s"),
+            *("--timeout", "10s"),
+            *(arg for name, value in (headers or {}).items() for arg in ("-H", f"{name}: {value}")),
+            *("-s", str(HERE / script), url),
         ],
-        env=env,
+        env={**os.environ, **env},
         capture_output=True,
         text=True,
         timeout=duration_s + 60,
@@ -279,6 +306,13 @@ def run_wrk(target: Target, body: str, concurrency: int, duration_s: float) -> d
     ).stdout
     line = next(line for line in out.splitlines() if line.startswith("BENCH_JSON "))
     return dict(json.loads(line.removeprefix("BENCH_JSON ")))
+
+
+def run_wrk(
+    target: Target, body: str, concurrency: int, duration_s: float, headers: dict[str, str] | None = None
+) -> dict[str, Any]:
+    env = {"BENCH_BODY": body, "BENCH_KEY": target.key}
+    return wrk(f"{target.url}/chat/completions", concurrency, duration_s, env, headers=headers)
 
 
 async def time_to_first_byte(target: Target, samples: int) -> float:
@@ -373,11 +407,7 @@ async def benchmark(args: argparse.Namespace) -> tuple[list[Result], list[dict[s
             for proc in target.procs:
                 stop(proc)
         for target in started:
-            database = getattr(target, "database", None)
-            if database:
-                admin = await asyncpg.connect(PG_ADMIN)
-                await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-                await admin.close()
+            await drop_database(getattr(target, "database", None))
         shutil.rmtree(workdir, ignore_errors=True)
 
 

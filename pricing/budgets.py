@@ -7,6 +7,7 @@ clock is always an argument; nothing here reads it.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -93,9 +94,13 @@ def period_bounds(period: str, timezone: str, now: datetime) -> tuple[datetime, 
 
 def next_reset(state: BudgetState) -> datetime | None:
     """When the period that ``state`` counts ends (None for lifetime budgets)."""
-    if state.config.period == "none":
-        return None
-    return period_bounds(state.config.period, state.config.timezone, state.period_start)[1]
+    return _period_end(state.config.period, state.config.timezone, state.period_start)
+
+
+@functools.lru_cache(maxsize=4096)
+def _period_end(period: str, timezone: str, start: datetime) -> datetime | None:
+    # Asked of every budget read; clients share a few period starts.
+    return None if period == "none" else period_bounds(period, timezone, start)[1]
 
 
 def roll(state: BudgetState, now: datetime) -> BudgetState:
@@ -305,6 +310,14 @@ def percents(state: BudgetState, *, places: int | None = 2) -> tuple[float | Non
         None if tokens_pct is None else round(tokens_pct, places),
         None if cost_pct is None else round(cost_pct, places),
     )
+
+
+def urgency(state: BudgetState) -> float:
+    """How close a budget is to a limit: the highest percent used of its
+    limits, at least 100 while its calls are refused (what an overview
+    orders clients by, closest first)."""
+    highest = max((p for p in percents(state, places=None) if p is not None), default=0.0)
+    return max(highest, 100.0) if refusal(state) is not None else highest
 
 
 def level(state: BudgetState) -> Level:

@@ -46,6 +46,7 @@ from taximeter.proxy.gateway.auth import KeyCache
 from taximeter.proxy.gateway.exchange import RateBook
 from taximeter.proxy.gateway.metering import Meter
 from taximeter.proxy.gateway.proxying import handle_proxy
+from taximeter.proxy.gateway.retention import trim_forever
 from taximeter.proxy.gateway.status import status_routes
 from taximeter.proxy.gateway.sweeper import sweep_forever
 from taximeter.proxy.gateway.upstreams import Upstreams
@@ -415,6 +416,16 @@ async def _watcher_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:
+    months = app[SETTINGS].ledger_retention_months
+    if months is None:
+        yield
+        return
+    trimming = trim_forever(app[STORE], months, app[CLOCK], app[SETTINGS].sweep_interval_s)
+    async with _background(trimming, "taximeter-retention"):
+        yield
+
+
 async def _exports_ctx(app: web.Application) -> AsyncIterator[None]:
     deliver = app[SERVICES].exports.run_forever(app[SETTINGS].sweep_interval_s)
     async with _background(deliver, "taximeter-exports"):
@@ -451,4 +462,5 @@ _CONTEXTS = (
     _exports_ctx,
     _sweeper_ctx,
     _watcher_ctx,
+    _retention_ctx,
 )

@@ -37,7 +37,7 @@ __all__ = ["GROUPINGS", "MAX_EVENTS", "Operations", "OperatorStore", "parse_day"
 
 _CLIENT_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # the whole id: fullmatch, not a trailing "\n"
 GROUPINGS = ("api_type", "model", "day", "end_user", "limit")
-_GROUPED_READ = 20  # clients sharing a period start read together (fewer: one by one)
+_CLIENTS_PER_READ = 500  # clients whose spend one grouped read sums
 _YEARS = (1, 9998)  # times a report or cursor may name: a day either side stays a datetime
 DEFAULT_LINK_S = 24 * 3600  # a portal link made without saying lasts a day
 MAX_EVENTS = 10_000  # the most events one GET /admin/usage/events answers
@@ -314,12 +314,12 @@ class Operations:
         if not client.terms.limits:
             return []
         state = await self.find_budget(client_id)
-        return await self._limits_of(client, state, end_user)
+        return await self.limits_of(client, state, end_user)
 
-    async def _limits_of(
+    async def limits_of(
         self, client: Client, state: BudgetState | None, end_user: str | None = None
     ) -> list[dict[str, Any]]:
-        """:meth:`limits` of a client and budget already read."""
+        """:meth:`limits` of a client and budget already read (no read of either again)."""
         client_id, declared = client.id, client.terms.limits
         if not declared:
             return []
@@ -396,6 +396,14 @@ class Operations:
             return None
         return await self._store.get_budget(client_id, self.clock())
 
+    async def standings(self) -> list[tuple[str, str, float | None]]:
+        """Every client's id, name and how close its budget is to a limit
+        now (None: no budget)."""
+        await self.flush_ledger()
+        now = self.clock()
+        await self._store.roll_due(now)  # a period ended since the last sweep: rolled first
+        return await self._store.client_standings(now)
+
     async def budgets(self) -> list[BudgetState]:
         await self.flush_ledger()
         return await self._store.list_budgets(self.clock())
@@ -455,31 +463,34 @@ class Operations:
 
     async def spend_of_clients(self, since: dict[str, datetime]) -> dict[str, dict[str, Decimal]]:
         """:meth:`spend_by_api_type` of many clients (each since its own
-        time) in one grouped read per distinct time, not one per client."""
-        by_start: dict[datetime, set[str]] = {}
+        time): one grouped read of just those clients per distinct time."""
+        by_start: dict[datetime, list[str]] = {}
         for client_id, start in since.items():
-            by_start.setdefault(start, set()).add(client_id)
+            if _possible(client_id):
+                by_start.setdefault(start, []).append(client_id)
         spent: dict[str, dict[str, Decimal]] = {client_id: {} for client_id in since}
         for start, wanted in by_start.items():
-            if len(wanted) < _GROUPED_READ:  # a reset or an odd period: its own reads, by client
-                for client_id in wanted:
-                    spent[client_id] = await self.spend_by_api_type(client_id, start)
-                continue
-            for row in await self._store.usage_report(None, start, None, "client_api_type"):
-                client_id, api_type = row.key.split("/", 1)
-                if client_id in wanted:
+            for at in range(0, len(wanted), _CLIENTS_PER_READ):
+                chunk = tuple(wanted[at : at + _CLIENTS_PER_READ])
+                for row in await self._store.usage_report(chunk, start, None, "client_api_type"):
+                    client_id, api_type = row.key.split("/", 1)
                     kinds = spent[client_id]
                     kinds[api_type] = kinds.get(api_type, Decimal(0)) + row.cost
-        return spent
+        return {client_id: dict(sorted(kinds.items())) for client_id, kinds in spent.items()}
 
-    async def status_json(self, state: BudgetState, *, with_limits: bool = True) -> dict[str, Any]:
-        """A budget's status, with its client's limits (left out of a list of
-        every budget: a read of each client and its counters)."""
+    async def status_json(self, state: BudgetState) -> dict[str, Any]:
+        """A budget's status, with its client's limits."""
         spend = await self.spend_by_api_type(state.client_id, state.period_start)
         status = budget_json(state, spend, self.clock())
-        if not with_limits:
-            return status
-        return {**status, "limits": await self._limits_of(await self.client(state.client_id), state)}
+        return {**status, "limits": await self.limits_of(await self.client(state.client_id), state)}
+
+    async def statuses_json(self) -> list[dict[str, Any]]:
+        """Every budget's status, limits left out (a read of each client and
+        its counters); their spend in one grouped read per period start."""
+        states = await self.budgets()
+        spent = await self.spend_of_clients({s.client_id: s.period_start for s in states})
+        now = self.clock()
+        return [budget_json(s, spent[s.client_id], now) for s in states]
 
     async def unbudgeted_status(self, client_id: str) -> dict[str, Any]:
         """The status of a client with no budget: its spend this calendar month."""
@@ -499,7 +510,7 @@ class Operations:
                 tokens=tokens,
                 spend=spend,
             ),
-            "limits": await self._limits_of(client, None),
+            "limits": await self.limits_of(client, None),
         }
 
     # -- usage -----------------------------------------------------------------------

@@ -281,6 +281,14 @@ class Settings(BaseSettings):
         "process has looked at it for this long (each look holds it this long again).",
     )
     ledger_max_pending: int = Field(10_000, gt=0, description="Events held in memory before back-pressure.")
+    ledger_retention_months: int | None = Field(
+        None,
+        ge=1,
+        le=1200,
+        description="Keep the events of this many whole UTC months before the current one; older "
+        "ones are dropped once a day (on Postgres, a month's partition at a time). The daily totals "
+        "the reports read are kept. None: keep every event.",
+    )
     ledger_drain_s: float = Field(
         25.0,
         gt=0,

@@ -42,6 +42,7 @@ from taximeter.pricing.models import (
 __all__ = [
     "Admission",
     "Budgets",
+    "Clients",
     "Conflict",
     "DashboardSessions",
     "DataRejected",
@@ -63,6 +64,9 @@ __all__ = [
     "Watches",
     "printable",
 ]
+
+# Whose events a read covers: one client, several, or every client (None).
+Clients = str | tuple[str, ...] | None
 
 
 class StoreUnavailable(Exception):
@@ -224,6 +228,11 @@ class Budgets(Protocol):
         """Every budget, by client id, each rolled over as :meth:`get_budget`
         does: a read that writes every budget whose period has ended."""
 
+    async def client_standings(self, now: datetime) -> list[tuple[str, str, float | None]]:
+        """Every client's id, name and :func:`~taximeter.pricing.budgets.urgency`
+        of its budget rolled over to ``now`` (None: no budget), by id, in one
+        read that writes nothing: what an overview of every client orders by."""
+
     async def roll_due(self, now: datetime) -> int:
         """Start the new period of every budget whose period has ended by
         ``now`` (the sweeper's step, so a reset fires on time even for a
@@ -276,7 +285,14 @@ class Ledger(Protocol):
 
     async def rebuild_daily_totals(self) -> None:
         """Sum the daily totals the reports read again from the events, with
-        writers held off meanwhile."""
+        writers held off meanwhile (days before the first event held keep
+        their totals)."""
+
+    async def drop_events_before(self, cutoff: datetime) -> None:
+        """Forget the events recorded before ``cutoff`` (on Postgres, whole
+        UTC months: a month's partition is dropped once it ends by then) and
+        what the export outbox still owed of them. The daily totals, and so
+        the reports of whole days, stay."""
 
     async def quarantine(self, event: UsageEvent, error: str, now: datetime) -> None:
         """Set aside an event the store refused to record, with the error: kept
@@ -308,14 +324,15 @@ class LedgerReads(Protocol):
 
     async def usage_report(
         self,
-        client_id: str | None,
+        client_id: Clients,
         start: datetime,
         end: datetime | None,
         group_by: str,
         *,
         top: int | None = None,
     ) -> list[ReportRow]:
-        """Totals per ``api_type``, ``model``, ``day`` (UTC), ``end_user``,
+        """Totals (of one client, of a tuple of them, or of every client: None)
+        per ``api_type``, ``model``, ``day`` (UTC), ``end_user``,
         ``client_model`` (``client/model``), ``client_api_type``
         (``client/api_type``) or ``day_api_type`` (``day/api_type``) and
         currency over [start, end) (``end`` None: from ``start`` on), by key

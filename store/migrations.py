@@ -365,6 +365,36 @@ MIGRATIONS.append(
     )
 )
 
+MIGRATIONS.append(
+    (
+        15,
+        [
+            # When each budget's period ends (a lifetime budget's: 9999-12-31),
+            # so the sweeper reads only the budgets due to roll, not every budget
+            # every tick. Set to the period's start here: each is read once, found
+            # not yet due and given its real end. NULL: a row written by a release
+            # older than this, read and given its end by the next sweep.
+            "ALTER TABLE budgets ADD COLUMN next_reset {time}",
+            "UPDATE budgets SET next_reset = period_start",
+            "CREATE INDEX budgets_next_reset ON budgets (next_reset)",
+        ],
+    )
+)
+
+PARTITIONED = 16  # the migration that partitioned the Postgres ledger by month
+MIGRATIONS.append(
+    (
+        PARTITIONED,
+        [
+            # Postgres: the ledger in one partition per UTC month (old months
+            # are dropped whole, by the retention setting) and each request id
+            # claimed once in event_ids, so recording stays idempotent across
+            # partitions. SQLite keeps one table.
+            "{partition_events}",
+        ],
+    )
+)
+
 LATEST = MIGRATIONS[-1][0]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -22,10 +23,22 @@ from asyncpg.exceptions import _base as asyncpg_base
 from taximeter.pricing.models import UsageEvent
 from taximeter.pricing.money import quantize
 from taximeter.store.base import Conflict, DataRejected, DriverErrors, StoreUnavailable
-from taximeter.store.sql import EVENT_COLUMNS, Conn, Dialect, SqlStore
+from taximeter.store.ledger_months import (
+    INSERT_EVENTS,
+    PARTITION_EVENTS,
+    Month,
+    create_month,
+    following,
+    month_of,
+    month_table,
+    months_before,
+)
+from taximeter.store.sql import Conn, Dialect, SqlStore
 from taximeter.store.sql.rows import event_row
 
 __all__ = ["PostgresStore"]
+
+log = logging.getLogger("taximeter.store")
 
 _TYPES = {
     "money": "NUMERIC(30, 9)",
@@ -35,8 +48,13 @@ _TYPES = {
     "day_of": "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
     # Writers wait while the daily totals are summed from the events (readers do not).
     "lock_events": "LOCK TABLE usage_events IN SHARE ROW EXCLUSIVE MODE",
+    "partition_events": PARTITION_EVENTS,
 }
 _MIGRATION_LOCK = 0x7A61_6D65  # any constant; one advisory lock serialises concurrent start-ups
+_MONTHS_LOCK = 0x7A61_6D66  # serialises making and dropping the ledger's month partitions
+# Making or dropping a partition locks the whole ledger: it waits this long for
+# readers (a long export) before it gives up, rather than stall every writer behind it.
+_DDL_LOCK_TIMEOUT = "5s"
 _PLACEHOLDER = re.compile(r"\?")
 _CLOSE_S = 10.0  # a pool whose server is gone is dropped rather than closed politely
 
@@ -84,6 +102,11 @@ class PostgresDialect(Dialect):
     skip_locked = " FOR UPDATE SKIP LOCKED"
     types = _TYPES
     migration_lock = f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})"
+    # By the id's claim: its time picks the one month partition to look in.
+    events_by_id = (
+        "event_ids i JOIN usage_events e ON e.request_id = i.request_id AND e.created_at = i.created_at",
+        "i.request_id",
+    )
     day_of = _TYPES["day_of"]
 
     def money_in(self, amount: Decimal) -> Decimal:
@@ -128,41 +151,83 @@ class _Conn:
             return list(await self._conn.fetch(_numbered(sql), *args))
 
 
-# Types of EVENT_COLUMNS, in order, for inserting a batch as one array per column.
-_EVENT_TYPES = (
-    ["text"] * 7
-    + ["integer"]
-    + ["bigint"] * 5
-    + ["numeric", "integer", "numeric", "numeric", "text"]
-    + ["numeric", "boolean", "boolean", "timestamptz"]
-    + ["text", "text", "text", "text", "integer"]
-    + ["numeric", "numeric", "text"]
-)
-# The batch in one statement: events inserted (a request id already there is
-# skipped) and the store-held reservations of those calls deleted.
-_INSERT_EVENTS = (
-    f"WITH inserted AS (INSERT INTO usage_events ({EVENT_COLUMNS}) "
-    f"SELECT * FROM unnest({', '.join(f'?::{t}[]' for t in _EVENT_TYPES)}) "
-    "ON CONFLICT (request_id) DO NOTHING RETURNING request_id), "
-    "dropped AS (DELETE FROM reservations WHERE request_id IN (SELECT request_id FROM inserted)) "
-    "SELECT request_id FROM inserted"
-)
-
-
 class PostgresStore(SqlStore):
     """:class:`~taximeter.store.base.Store` on Postgres."""
 
     dialect = PostgresDialect()
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._months: set[Month] = set()  # month partitions known to exist
 
     async def _insert_events(self, conn: Conn, events: list[UsageEvent]) -> set[str]:
         # One round trip for the whole batch: a column per array.
         if not events:
             return set()
         columns = [list(column) for column in zip(*(event_row(self.dialect, e) for e in events), strict=True)]
-        return {row["request_id"] for row in await conn.fetchall(_INSERT_EVENTS, *columns)}
+        return {row["request_id"] for row in await conn.fetchall(INSERT_EVENTS, *columns)}
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self._pool = pool
+    async def _prepare_events(self, events: list[UsageEvent]) -> None:
+        """Make the month partitions ``events`` fall in where missing (in a
+        transaction of their own), and the month after each, so next month's
+        is there before it begins (that one only as well as it can: a failure
+        is told and tried again by a later batch)."""
+        months = {month_of(e.created_at) for e in events}
+        await self._make_months(months - self._months)
+        ahead = {following(m) for m in months} - months - self._months
+        if ahead:
+            try:
+                await self._make_months(ahead)
+            except StoreUnavailable as exc:
+                log.warning("ledger_month_not_made", extra={"error": str(exc)})
+
+    async def _make_months(self, months: set[Month]) -> None:
+        if not months:
+            return
+        async with self.transaction() as conn:
+            await conn.execute(f"SELECT pg_advisory_xact_lock({_MONTHS_LOCK})")
+            await conn.execute(f"SET LOCAL lock_timeout = '{_DDL_LOCK_TIMEOUT}'")
+            rows = await conn.fetchall(
+                "SELECT name, to_regclass(name) IS NOT NULL AS made FROM unnest(?::text[]) AS name",
+                [month_table(m) for m in months],
+            )
+            made = {r["name"] for r in rows if r["made"]}
+            for month in sorted(months):
+                if month_table(month) not in made:
+                    for statement in create_month(month):
+                        await conn.execute(statement)
+        self._months |= months
+
+    def _forget_months(self, error: DataRejected) -> bool:
+        # A month partition this process took as made is gone (dropped by the
+        # retention of another process): look again before the next try.
+        if "no partition of relation" not in str(error):
+            return False
+        self._months.clear()
+        return True
+
+    async def drop_events_before(self, cutoff: datetime) -> None:
+        """Drop the month partitions that end by ``cutoff`` (whole months
+        only; the ledger is locked only while each is dropped), then the ids
+        they claimed and what the export outbox still owed of them; the daily
+        totals stay."""
+        kept_from = datetime(*month_of(cutoff), 1, tzinfo=UTC)  # the first month kept
+        async with self.transaction() as conn:
+            await conn.execute(f"SELECT pg_advisory_xact_lock({_MONTHS_LOCK})")
+            await conn.execute(f"SET LOCAL lock_timeout = '{_DDL_LOCK_TIMEOUT}'")
+            rows = await conn.fetchall(
+                "SELECT c.relname AS name FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                "WHERE i.inhparent = 'usage_events'::regclass"
+            )
+            for table in months_before([r["name"] for r in rows], cutoff):
+                await conn.execute(f"DROP TABLE {table}")
+        self._months = {m for m in self._months if m >= month_of(cutoff)}
+        async with self.transaction() as conn:  # the ledger itself is not locked here
+            await conn.execute("DELETE FROM event_ids WHERE created_at < ?", kept_from)
+            await conn.execute(
+                "DELETE FROM export_outbox o WHERE NOT EXISTS "
+                "(SELECT 1 FROM event_ids i WHERE i.request_id = o.request_id)"
+            )
 
     @classmethod
     async def open(cls, dsn: str, *, min_size: int = 1, max_size: int = 10) -> PostgresStore:

@@ -36,6 +36,7 @@ _TYPES = {
     "bigint": "INTEGER",
     "day_of": "substr(created_at, 1, 10)",
     "lock_events": "SELECT 1",  # a migration holds SQLite's one write lock already
+    "partition_events": "SELECT 1",  # one table; old events are deleted row by row
 }
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # fixed width, so text order is time order
 

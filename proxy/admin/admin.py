@@ -88,9 +88,7 @@ async def revoke_key(request: web.Request) -> web.Response:
 
 
 async def list_budgets(request: web.Request) -> web.Response:
-    ops = _ops(request)
-    states = await ops.budgets()
-    return _json({"data": [await ops.status_json(s, with_limits=False) for s in states]})
+    return _json({"data": await _ops(request).statuses_json()})
 
 
 async def get_budget(request: web.Request) -> web.Response:

@@ -25,6 +25,9 @@ __all__ = ["serve", "warn_if_exposed"]
 log = logging.getLogger("taximeter.serve")
 
 
+_BACKLOG = 4096
+
+
 def _run(settings: Settings, reuse_port: bool, *, announce: bool = True) -> int:
     """Serve until stopped; 2 after one line on stderr when it cannot start."""
     try:
@@ -57,6 +60,10 @@ def _serve_forever(settings: Settings, reuse_port: bool, *, announce: bool) -> N
             host=settings.host,
             port=settings.port,
             reuse_port=reuse_port,
+            # Thousands of clients opening streams at once wait in the accept queue
+            # rather than overflow it (128 by default) and retry seconds later. The
+            # kernel caps it at net.core.somaxconn.
+            backlog=_BACKLOG,
             access_log=None,  # each call is logged once, as request_metered, without secrets
             # A client that leaves cancels its handler; the upstream call is closed at
             # once and what was delivered is metered (see Services.shielded).

@@ -21,10 +21,11 @@ __all__ = [
     "Bar",
     "Card",
     "LimitRow",
+    "Standing",
     "binding_bar",
     "build_card",
     "limit_rows",
-    "order_cards",
+    "order_clients",
 ]
 
 # Every kind of call the proxy meters, in the order the cards list them.
@@ -249,14 +250,13 @@ def _bar(label: str, used: str, limit: str, percent: float, fmt: Formatter) -> B
     return Bar(label, used, limit, percent, fmt.percent(shown), budgets.level_of(percent))
 
 
-def order_cards(cards: list[Card], query: str = "") -> list[Card]:
-    """Cards whose name or id contains ``query`` (any case), closest to a limit
-    first; a paused client counts as at its limit. Clients without a budget last."""
+Standing = tuple[str, str, float | None]  # a client's id, name and urgency (None: no budget)
+
+
+def order_clients(standings: list[Standing], query: str = "") -> list[Standing]:
+    """Clients whose name or id contains ``query`` (any case), closest to a limit
+    first (:func:`~taximeter.pricing.budgets.urgency`), clients without a
+    budget last."""
     needle = query.strip().casefold()
-    kept = [c for c in cards if needle in c.name.casefold() or needle in c.client_id.casefold()]
-
-    def closeness(card: Card) -> tuple[bool, float, str]:
-        urgency = max(card.highest_percent, 100.0) if card.paused else card.highest_percent
-        return (not card.has_budget, -urgency, card.name.casefold())
-
-    return sorted(kept, key=closeness)
+    kept = [s for s in standings if needle in s[1].casefold() or needle in s[0].casefold()]
+    return sorted(kept, key=lambda s: (s[2] is None, -(s[2] or 0.0), s[1].casefold(), s[0]))

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
+from urllib.parse import urlencode
 
 from aiohttp import web
 
@@ -18,7 +19,7 @@ from taximeter.proxy.dashboard.cards import (
     Card,
     binding_bar,
     build_card,
-    order_cards,
+    order_clients,
 )
 from taximeter.proxy.dashboard.cards import limit_rows as limits_shown
 from taximeter.proxy.dashboard.dashboard import N_, Dashboard, form_fields, formatter, page, redirect
@@ -46,6 +47,7 @@ __all__ = [
 ]
 
 RECENT_EVENTS = 50
+OVERVIEW_PAGE = 50  # cards per page of the overview
 # What a redirect after an action says; only these fixed texts are shown.
 DONE = {
     "budget": N_("Budget saved."),
@@ -80,18 +82,24 @@ async def client_card(
         spend = await ops.spend_by_api_type(client.id, _spend_since(state, ops.clock()))
     card = build_card(client, state, spend, fmt, client.terms.currency or ops.currency, ops.clock())
     if client.terms.limits:
-        card = replace(card, binding=binding_bar(await ops.limits(client.id), fmt))
+        card = replace(card, binding=binding_bar(await ops.limits_of(client, state), fmt))
     return card
 
 
-async def _cards(dash: Dashboard, fmt: Formatter, clients: list[Client], query: str) -> list[Card]:
-    ops = dash.ops
-    states = {s.client_id: s for s in await ops.budgets()}
-    await ops.flush_ledger()
+async def _cards(ops: Operations, fmt: Formatter, client_ids: list[str]) -> list[Card]:
+    """The cards of these clients (each read whole: terms, budget, limits;
+    one deleted meanwhile is left out)."""
+    found = [await ops.find_client(client_id) for client_id in client_ids]
+    shown = [c for c in found if c is not None]
+    states = {c.id: await ops.find_budget(c.id) for c in shown}  # the ledger was flushed once
     now = ops.clock()  # one start for every client without a budget: one read for them all
-    spent = await ops.spend_of_clients({c.id: _spend_since(states.get(c.id), now) for c in clients})
-    cards = [await client_card(ops, fmt, c, states.get(c.id), spent[c.id]) for c in clients]
-    return order_cards(cards, query)
+    spent = await ops.spend_of_clients({c.id: _spend_since(states[c.id], now) for c in shown})
+    return [await client_card(ops, fmt, c, states[c.id], spent[c.id]) for c in shown]
+
+
+def _page_number(text: str) -> int:
+    digits = text.isascii() and text.isdigit() and len(text) < 10  # not "²", not a huge number
+    return int(text) if digits and int(text) > 0 else 1
 
 
 async def _overview(
@@ -103,9 +111,22 @@ async def _overview(
     errors: dict[str, str] | None = None,
     values: dict[str, str] | None = None,
 ) -> web.Response:
+    """One page of cards, closest to a limit first: every client is ordered
+    from one read of them all; only the page's clients are read whole."""
     query = request.query.get("q", "")
-    clients = await dash.ops.clients()
+    ops = dash.ops
+    standings = await ops.standings()
+    matched = order_clients(standings, query)
+    pages = max(1, -(-len(matched) // OVERVIEW_PAGE))
+    number = min(_page_number(request.query.get("page", "")), pages)
+    shown = matched[(number - 1) * OVERVIEW_PAGE : number * OVERVIEW_PAGE]
     fmt = await formatter(request)
+
+    def link(to: int) -> str | None:
+        if not 1 <= to <= pages or to == number:
+            return None
+        return "/dashboard?" + urlencode({**({"q": query} if query else {}), "page": to})
+
     return dash.pages.render(
         "overview.html",
         fmt,
@@ -113,8 +134,15 @@ async def _overview(
         here="/dashboard",
         session=session,
         csrf=session.csrf,
-        cards=await _cards(dash, fmt, clients, query),
-        total=len(clients),
+        cards=await _cards(ops, fmt, [client_id for client_id, _, _ in shown]),
+        total=len(standings),
+        first=fmt.number((number - 1) * OVERVIEW_PAGE + 1),
+        last=fmt.number((number - 1) * OVERVIEW_PAGE + len(shown)),
+        matched=fmt.number(len(matched)),
+        page_number=fmt.number(number),
+        pages=fmt.number(pages),
+        previous_url=link(number - 1),
+        next_url=link(number + 1),
         query=query,
         errors=errors or {},
         values=values or {},

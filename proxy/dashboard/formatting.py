@@ -40,6 +40,9 @@ def N_(message: str) -> str:  # gettext's name for "translated where shown"
     return message
 
 
+_MONEY_SAID = 4096  # amounts a formatter remembers having written
+
+
 def locale_for(currency: str, configured: str | None = None) -> str:
     """The configured locale, else the usual one for ``currency``."""
     return configured or _CURRENCY_LOCALES.get(currency.upper(), _FALLBACK)
@@ -58,6 +61,7 @@ class Formatter:
         # The page's words in its language (the English text when the catalog lacks it).
         self.gettext = self.translations.gettext
         self.ngettext = self.translations.ngettext
+        self._money_said: dict[tuple[Decimal, str], str] = {}
         self.money(Decimal(1), "USD")
         self.money_exact(Decimal("0.1"), "USD")
         self.percent(1.0)
@@ -67,6 +71,17 @@ class Formatter:
         """``amount`` in ``currency``, to the currency's usual decimals ("R$ 450,00");
         an amount those decimals would show as zero keeps two significant
         digits ("R$ 0,0041"), so a tiny limit never reads "R$ 0,00"."""
+        if amount.is_zero():
+            amount = abs(amount)  # -0 and 0 are one key: both read "R$ 0,00"
+        key = (amount, currency)
+        said = self._money_said.get(key)
+        if said is None:
+            if len(self._money_said) >= _MONEY_SAID:  # a page's amounts repeat (zeros, limits); bounded
+                self._money_said.clear()
+            said = self._money_said[key] = self._money(amount, currency)
+        return said
+
+    def _money(self, amount: Decimal, currency: str) -> str:
         places = get_currency_precision(currency)
         if amount and abs(amount) < Decimal(1).scaleb(-places):
             tiny = amount.quantize(Decimal(1).scaleb(amount.adjusted() - 1))

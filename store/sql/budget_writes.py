@@ -50,7 +50,7 @@ class BudgetWrites(SqlBase):
             "UPDATE budgets SET mode = ?, token_limit = ?, cost_limit = ?, period = ?, timezone = ?, "
             "currency = ?, pause_at_limit = ?, alert_thresholds = ?, period_start = ?, tokens_used = ?, "
             "cost_used = ?, paused = ?, pause_reason = ?, version = ?, alerts_fired = ?, credit = ?, "
-            "updated_at = ? "
+            "next_reset = ?, updated_at = ? "
             "WHERE client_id = ?",
             *values[1:],
             self.dialect.time_in(now),

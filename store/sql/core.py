@@ -37,6 +37,8 @@ class Dialect(ABC):
     day_of: str = ""  # SQL expression of created_at's UTC date, 'YYYY-MM-DD'
     types: dict[str, str] = {}  # {money}, {time}, {bool}, {bigint}, {day_of} in the migrations
     migration_lock: str | None = None  # a statement that serialises concurrent migrations
+    # Where events are looked up by request id (alias ``e``), and the id column to match.
+    events_by_id: tuple[str, str] = ("usage_events e", "e.request_id")
 
     @abstractmethod
     def money_in(self, amount: Decimal) -> Any: ...

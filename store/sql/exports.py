@@ -39,9 +39,11 @@ class SqlExports(SqlBase):
                 sink,
                 *ids,
             )
+            source, id_column = self.dialect.events_by_id
+            columns = ", ".join(f"e.{c.strip()}" for c in EVENT_COLUMNS.split(","))
             events = await conn.fetchall(
-                f"SELECT {EVENT_COLUMNS} FROM usage_events WHERE request_id IN ({marks}) "
-                "ORDER BY created_at, request_id",
+                f"SELECT {columns} FROM {source} WHERE {id_column} IN ({marks}) "
+                "ORDER BY e.created_at, e.request_id",
                 *ids,
             )
         return [event_from_row(self.dialect, r) for r in events], max(int(r["attempts"]) for r in rows)

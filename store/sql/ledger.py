@@ -14,7 +14,7 @@ from taximeter.pricing import budgets
 from taximeter.pricing.models import BudgetState, Hold, UsageEvent
 from taximeter.pricing.money import to_nanos
 from taximeter.pricing.times import utc_day_start
-from taximeter.store.base import DataRejected, RecordResult, ReportRow, printable
+from taximeter.store.base import Clients, DataRejected, RecordResult, ReportRow, printable
 from taximeter.store.migrations import DAILY_TOTALS, MIGRATIONS, render
 from taximeter.store.sql.budget_writes import BudgetWrites, totals_since
 from taximeter.store.sql.core import Conn, Dialect, Row, power_of_two_chunks
@@ -62,8 +62,18 @@ class SqlLedger(BudgetWrites):
         """Record a batch in one transaction (see
         :meth:`~taximeter.store.base.Ledger.record_many`). Each budget is
         locked and written once, with the events its net change raises."""
-        results: list[RecordResult] = []
         events = [sanitised(e) for e in events]
+        await self._prepare_events(events)
+        try:
+            return await self._record(events)
+        except DataRejected as exc:
+            if not self._forget_months(exc):
+                raise
+        await self._prepare_events(events)  # once more, having looked again
+        return await self._record(events)
+
+    async def _record(self, events: list[UsageEvent]) -> list[RecordResult]:
+        results: list[RecordResult] = []
         async with self.transaction() as conn:
             inserted = await self._insert_events(conn, events)
             recorded = _first_of_each([e for e in events if e.request_id in inserted])
@@ -116,6 +126,25 @@ class SqlLedger(BudgetWrites):
                 *(value for row in chunk for value in row),
             )
 
+    async def _prepare_events(self, events: list[UsageEvent]) -> None:
+        """What the backend needs before ``events`` can be inserted (its own transaction)."""
+        return None
+
+    def _forget_months(self, error: DataRejected) -> bool:
+        """Whether ``error`` says a place for the events was missing that the
+        store took as there (forgotten now: the next try looks again)."""
+        return False
+
+    async def drop_events_before(self, cutoff: datetime) -> None:
+        """Delete the events recorded before ``cutoff`` and what the export
+        outbox still owed of them; the daily totals stay."""
+        async with self.transaction() as conn:
+            await conn.execute("DELETE FROM usage_events WHERE created_at < ?", self.dialect.time_in(cutoff))
+            await conn.execute(
+                "DELETE FROM export_outbox WHERE NOT EXISTS "
+                "(SELECT 1 FROM usage_events e WHERE e.request_id = export_outbox.request_id)"
+            )
+
     @abstractmethod
     async def _insert_events(self, conn: Conn, events: list[UsageEvent]) -> set[str]:
         """Insert the events not recorded yet (a request id already there, or
@@ -163,7 +192,7 @@ class SqlLedger(BudgetWrites):
 
     async def usage_report(
         self,
-        client_id: str | None,
+        client_id: Clients,
         start: datetime,
         end: datetime | None,
         group_by: str,
@@ -201,15 +230,13 @@ class SqlLedger(BudgetWrites):
             )
         return [self._report_row(r) for r in rows]
 
-    async def _day_ends_at(self, client_id: str | None, edge: Stretch) -> bool:
+    async def _day_ends_at(self, client_id: Clients, edge: Stretch) -> bool:
         """Whether no event (of the client) is recorded on the edge's day after its end."""
         day_start, end = edge
         assert end is not None  # an edge at the end of a window has one
         where = "created_at >= ? AND created_at < ?"
         args: list[Any] = [self.dialect.time_in(end), self.dialect.time_in(day_start + timedelta(days=1))]
-        if client_id is not None:
-            where += " AND client_id = ?"
-            args.append(client_id)
+        where, args = _of_clients(client_id, where, args)
         async with self.connection() as conn:
             found = await conn.fetchone(f"SELECT 1 AS found FROM usage_events WHERE {where} LIMIT 1", *args)
         return found is None
@@ -236,15 +263,13 @@ class SqlLedger(BudgetWrites):
             currency=r["currency"],
         )
 
-    def _daily_part(self, client_id: str | None, days: Days, group_by: str) -> tuple[str, list[Any]]:
+    def _daily_part(self, client_id: Clients, days: Days, group_by: str) -> tuple[str, list[Any]]:
         (table, _), key = _DAILY_GROUPS[group_by]
         where, args = "day >= ?", [days[0]]
         if days[1] is not None:
             where += " AND day < ?"
             args.append(days[1])
-        if client_id is not None:
-            where += " AND client_id = ?"
-            args.append(client_id)
+        where, args = _of_clients(client_id, where, args)
         sums = ", ".join(f"SUM({c}) AS {c}" for c in _DAILY_SUMS)
         return (
             f"SELECT {key} AS key, currency, {sums} FROM {table} WHERE {where} GROUP BY {key}, currency",
@@ -252,7 +277,7 @@ class SqlLedger(BudgetWrites):
         )
 
     def _event_part(
-        self, client_id: str | None, start: datetime, end: datetime | None, group_by: str
+        self, client_id: Clients, start: datetime, end: datetime | None, group_by: str
     ) -> tuple[str, list[Any]]:
         if group_by == "day":
             key = self.dialect.day_of
@@ -265,9 +290,7 @@ class SqlLedger(BudgetWrites):
         if end is not None:
             where += " AND created_at < ?"
             args.append(self.dialect.time_in(end))
-        if client_id is not None:
-            where += " AND client_id = ?"
-            args.append(client_id)
+        where, args = _of_clients(client_id, where, args)
         sql = (
             f"SELECT {key} AS key, currency, COUNT(*) AS requests, SUM(input_tokens) AS input_tokens, "
             "SUM(output_tokens) AS output_tokens, SUM(cost_usd) AS cost_usd, SUM(cost) AS cost, "
@@ -280,14 +303,20 @@ class SqlLedger(BudgetWrites):
     async def rebuild_daily_totals(self) -> None:
         """Sum the daily totals again from the events, with writers held off:
         for a ledger written by processes older than the totals (a rolling
-        upgrade) or after an operator repaired events by hand."""
+        upgrade) or after an operator repaired events by hand. The totals of
+        days before the first event held (trimmed by the retention setting)
+        stay as they are."""
         summing = [
             s for s in dict(MIGRATIONS)[DAILY_TOTALS] if s.lstrip().startswith("INSERT INTO usage_daily")
         ]
         async with self.transaction() as conn:
             await conn.execute(render("{lock_events}", self.dialect.types))
+            first = await conn.fetchone("SELECT MIN(created_at) AS first FROM usage_events")
+            if first is None or first["first"] is None:
+                return
+            day = self.dialect.time_out(first["first"]).date().isoformat()
             for table in (_DAILY[0], _DAILY_USERS[0]):
-                await conn.execute(f"DELETE FROM {table}")
+                await conn.execute(f"DELETE FROM {table} WHERE day >= ?", day)
             for statement in summing:
                 await conn.execute(render(statement, self.dialect.types))
 
@@ -334,6 +363,17 @@ class SqlLedger(BudgetWrites):
         budget's counters must equal, and a client without one has used."""
         async with self.connection() as conn:
             return await totals_since(conn, self.dialect, client_id, since)
+
+
+def _of_clients(clients: Clients, where: str, args: list[Any]) -> tuple[str, list[Any]]:
+    """``where`` narrowed to one client, to several, or left for every client."""
+    if clients is None:
+        return where, args
+    if isinstance(clients, str):
+        return f"{where} AND client_id = ?", [*args, clients]
+    if not clients:
+        return f"{where} AND 1 = 0", args
+    return f"{where} AND client_id IN ({', '.join('?' * len(clients))})", [*args, *clients]
 
 
 def day_split(start: datetime, end: datetime | None) -> tuple[Days | None, list[Stretch]]:

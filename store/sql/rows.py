@@ -3,14 +3,17 @@ through the backend's :class:`~taximeter.store.sql.core.Dialect`."""
 
 from __future__ import annotations
 
+import functools
 import json
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import orjson
 
+from taximeter.pricing.budgets import next_reset
 from taximeter.pricing.limits import limits_from_json
-from taximeter.pricing.models import ApiKey, BudgetConfig, BudgetState, Client, Terms, UsageEvent
+from taximeter.pricing.models import ApiKey, BudgetConfig, BudgetState, Client, Limit, Terms, UsageEvent
 from taximeter.pricing.money import from_nanos, to_nanos
 from taximeter.store.sql.core import Dialect, Row
 
@@ -19,6 +22,7 @@ __all__ = [
     "CLIENT_COLUMNS",
     "EVENT_COLUMNS",
     "KEY_COLUMNS",
+    "NEVER",
     "OUTBOX_COLUMNS",
     "budget_from_row",
     "budget_row",
@@ -40,11 +44,15 @@ EVENT_COLUMNS = (
 BUDGET_COLUMNS = (
     "client_id, mode, token_limit, cost_limit, period, timezone, currency, pause_at_limit, "
     "alert_thresholds, period_start, tokens_used, cost_used, paused, pause_reason, version, alerts_fired, "
-    "credit"
+    "credit, next_reset"
 )
 CLIENT_COLUMNS = "id, name, created_at, currency, markup, models_allowed, limits"
 KEY_COLUMNS = "prefix, client_id, key_hash, created_at, revoked_at"
 OUTBOX_COLUMNS = "id, client_id, kind, payload, attempts, pending_urls"
+
+
+# The next reset of a lifetime budget: never (NULL is a row an older release wrote).
+NEVER = datetime(9999, 12, 31, tzinfo=UTC)
 
 
 def budget_row(d: Dialect, state: BudgetState) -> list[Any]:
@@ -67,6 +75,7 @@ def budget_row(d: Dialect, state: BudgetState) -> list[Any]:
         state.version,
         json.dumps(list(state.alerts_fired)),
         d.money_in(from_nanos(state.credit_nanos)),
+        d.time_in(NEVER if (end := next_reset(state)) is None else end),
     ]
 
 
@@ -80,7 +89,7 @@ def budget_from_row(d: Dialect, row: Row) -> BudgetState:
         token_limit=row["token_limit"],
         cost_limit=None if row["cost_limit"] is None else d.money_out(row["cost_limit"]),
         pause_at_limit=bool(row["pause_at_limit"]),
-        alert_thresholds=tuple(Decimal(t) for t in json.loads(row["alert_thresholds"])),
+        alert_thresholds=_thresholds(row["alert_thresholds"]),
     )
     return BudgetState(
         config=config,
@@ -90,7 +99,7 @@ def budget_from_row(d: Dialect, row: Row) -> BudgetState:
         paused=bool(row["paused"]),
         pause_reason=row["pause_reason"],
         version=int(row["version"]),
-        alerts_fired=tuple(json.loads(row["alerts_fired"])),
+        alerts_fired=tuple(orjson.loads(row["alerts_fired"])),
         credit_nanos=to_nanos(d.money_out(row["credit"])),
     )
 
@@ -164,6 +173,17 @@ def event_from_row(d: Dialect, r: Row) -> UsageEvent:
     )
 
 
+@functools.lru_cache(maxsize=1024)
+def _thresholds(stored: str) -> tuple[Decimal, ...]:
+    return tuple(Decimal(t) for t in orjson.loads(stored))
+
+
+@functools.lru_cache(maxsize=1024)
+def _stored_limits(stored: str) -> tuple[Limit, ...]:
+    # Parsed and checked once per distinct set (clients of a plan share one): Limits are frozen.
+    return limits_from_json({"limits": orjson.loads(stored)})
+
+
 def client_from_row(d: Dialect, row: Row) -> Client:
     return Client(row["id"], row["name"], d.time_out(row["created_at"]), terms_from_row(d, row))
 
@@ -174,8 +194,8 @@ def terms_from_row(d: Dialect, row: Row, *, with_timezone: bool = False) -> Term
     return Terms(
         currency=row["currency"],
         markup=Decimal(1) if row["markup"] is None else d.money_out(row["markup"]),
-        models_allowed=None if allowed is None else tuple(json.loads(allowed)),
-        limits=() if declared is None else limits_from_json({"limits": json.loads(declared)}),
+        models_allowed=None if allowed is None else tuple(orjson.loads(allowed)),
+        limits=() if declared is None else _stored_limits(declared),
         timezone=row["timezone"] if with_timezone else None,  # its budget's, when read with it
     )
 

@@ -9,9 +9,11 @@ from decimal import Decimal
 
 import pytest
 
-from taximeter.pricing.models import OwnedObject, Reservation, UsageEvent
+from taximeter.pricing import budgets
+from taximeter.pricing.models import BudgetState, OwnedObject, Reservation, UsageEvent
 from taximeter.pricing.money import quantize, to_nanos
 from taximeter.store.base import Conflict, NotFound, Store, StoreUnavailable
+from taximeter.store.sql.rows import BUDGET_COLUMNS, NEVER, budget_from_row
 from tests.support.factories import (
     T0,
     add_client,
@@ -158,6 +160,97 @@ async def test_roll_due_starts_each_ended_period_once(store: Store) -> None:
     assert await store.roll_due(next_day) == 0  # and only once
     used = {s.client_id: s.tokens_used for s in await store.list_budgets(next_day)}
     assert used == {"daily": 0, "forever": 100, "monthly": 100}
+
+
+async def test_roll_due_reads_only_the_budgets_due(store: Store) -> None:
+    """Each budget keeps when its period ends; the sweeper's query selects by
+    it, so a tick reads what is due, not every budget."""
+    for client_id, period in (("daily", "daily"), ("monthly", "monthly"), ("forever", "none")):
+        await add_client(store, client_id)
+        await store.put_budget(budget_config(client_id, period=period), T0)
+    ends = {
+        "daily": datetime(2026, 3, 11, tzinfo=UTC),
+        "monthly": datetime(2026, 4, 1, tzinfo=UTC),
+        "forever": NEVER,  # a lifetime budget's period never ends
+    }
+
+    async def stored_ends() -> dict[str, datetime | None]:  # None: written by an older release
+        d = store.dialect  # type: ignore[attr-defined]
+        async with store.connection() as conn:  # type: ignore[attr-defined]
+            rows = await conn.fetchall("SELECT client_id, next_reset FROM budgets")
+        return {
+            r["client_id"]: None if r["next_reset"] is None else d.time_out(r["next_reset"]) for r in rows
+        }
+
+    async def due(now: datetime) -> list[str]:
+        return sorted(c for c, end in (await stored_ends()).items() if end is not None and end <= now)
+
+    assert await stored_ends() == ends
+    # As the migration leaves them: a lower bound (the period's start), each
+    # read once by the next sweep and given its real end.
+    async with store.transaction() as conn:  # type: ignore[attr-defined]
+        await conn.execute("UPDATE budgets SET next_reset = period_start")
+    assert await due(T0) == ["daily", "forever", "monthly"]
+    assert await store.roll_due(T0) == 0
+    assert await stored_ends() == ends and await due(T0) == []
+    async with store.transaction() as conn:  # type: ignore[attr-defined]  # as an older release writes them
+        await conn.execute("UPDATE budgets SET next_reset = NULL WHERE client_id <> 'daily'")
+    assert await store.roll_due(T0) == 0
+    assert await stored_ends() == ends
+    next_day = ends["daily"]
+    assert await due(next_day) == ["daily"]
+    assert await store.roll_due(next_day) == 1
+    assert (await stored_ends())["daily"] == datetime(2026, 3, 12, tzinfo=UTC)
+    assert await due(next_day) == []
+
+
+async def test_client_standings_reckon_urgency_as_the_budget_math_does(store: Store) -> None:
+    """The overview's one read says how close each client is to a limit as
+    :func:`budgets.urgency` says of its budget rolled over to now."""
+    cases: dict[str, dict[str, object]] = {
+        "tokens-half": {"mode": "tokens", "token_limit": 1000, "cost_limit": None},
+        "cost-most": {"mode": "cost", "token_limit": None, "cost_limit": Decimal("0.05")},
+        "both": {"mode": "both", "token_limit": 10_000, "cost_limit": Decimal("0.04")},
+        "soft-over": {"mode": "tokens", "token_limit": 300, "cost_limit": None, "pause_at_limit": False},
+        "over": {"mode": "tokens", "token_limit": 300, "cost_limit": None},
+        "manual": {"mode": "both", "token_limit": 10_000, "cost_limit": Decimal("1.00")},
+        "monthly": {"mode": "tokens", "token_limit": 1000, "cost_limit": None, "period": "monthly"},
+        "lifetime": {"mode": "tokens", "token_limit": 1000, "cost_limit": None, "period": "none"},
+        "credited": {"mode": "cost", "token_limit": None, "cost_limit": Decimal("0.02")},
+    }
+    for client_id, fields in cases.items():
+        await add_client(store, client_id)
+        await store.put_budget(budget_config(client_id, **fields), T0)
+        await store.record(event(f"{client_id}-1", client_id=client_id, tokens=500, cost="0.03"))
+    await store.change_budget("manual", "pause", T0)
+    await store.add_credit("credited", Decimal("0.02"), "top-up", T0)  # 0.03 of 0.04: unpaused
+    await add_client(store, "nobudget")
+    for now in (T0 + timedelta(hours=1), T0 + timedelta(days=1, hours=1)):  # the daily periods rolled
+        stored = {client_id: got for client_id, _, got in await store.client_standings(now)}
+        expected: dict[str, float | None] = {"nobudget": None}
+        async with store.connection() as conn:  # type: ignore[attr-defined]
+            rows = await conn.fetchall("SELECT client_id FROM budgets")
+        for row in rows:
+            state = await _stored_budget(store, row["client_id"])
+            expected[row["client_id"]] = budgets.urgency(budgets.roll(state, now))
+        assert stored.keys() == expected.keys()
+        for client_id, want in expected.items():
+            got = stored[client_id]
+            assert (got is None) == (want is None), client_id
+            assert want is None or got == pytest.approx(want, abs=1e-6), (client_id, now)
+        if now < T0 + timedelta(days=1):
+            assert stored["over"] == pytest.approx(500 / 3) and stored["credited"] == pytest.approx(75)
+            assert stored["tokens-half"] == pytest.approx(50) and stored["manual"] == pytest.approx(100)
+        else:  # a new day: the daily budgets count from zero; a manual pause stays
+            assert stored["over"] == 0 and stored["manual"] == pytest.approx(100)
+            assert stored["monthly"] == pytest.approx(50) and stored["lifetime"] == pytest.approx(50)
+
+
+async def _stored_budget(store: Store, client_id: str) -> BudgetState:
+    """A budget as stored, not rolled over."""
+    async with store.connection() as conn:  # type: ignore[attr-defined]
+        row = await conn.fetchone(f"SELECT {BUDGET_COLUMNS} FROM budgets WHERE client_id = ?", client_id)
+    return budget_from_row(store.dialect, row)  # type: ignore[attr-defined]
 
 
 async def test_event_from_a_past_period_is_stored_not_counted(store: Store) -> None:

@@ -304,3 +304,26 @@ async def test_a_csv_export_that_fails_midway_is_cut_short_never_complete_lookin
         with pytest.raises(aiohttp.ClientPayloadError):
             await resp.read()  # cut short: no end of the chunked body
     assert any(r.getMessage() == "csv_export_failed" for r in caplog.records)
+
+
+async def test_the_list_of_budgets_gives_each_its_own_periods_spend(proxy: Harness, clock: FakeClock) -> None:
+    """Read for every budget at once (grouped by period start), each budget's
+    spend is what it says alone: its own calls since its own period began."""
+    keys = {c: await proxy.new_client(c, mode="tokens", token_limit=10**9) for c in ("acme", "beta", "gamma")}
+    for client_id, key in keys.items():
+        await proxy.sdk(key).chat.completions.create(model="gpt-4o", messages=[])
+        if client_id != "gamma":
+            await proxy.sdk(key).embeddings.create(model="text-embedding-3-small", input="x")
+    clock.advance(seconds=5)
+    status, _ = await proxy.admin("POST", "/admin/budgets/beta/reset")  # beta counts from now
+    assert status == 200
+    clock.advance(seconds=5)
+    await proxy.sdk(keys["beta"]).embeddings.create(model="text-embedding-3-small", input="x")
+    status, listing = await proxy.admin("GET", "/admin/budgets")
+    assert status == 200
+    listed = {b["client_id"]: b["spend_by_api_type"] for b in listing["data"]}
+    for client_id in keys:
+        _, alone = await proxy.admin("GET", f"/admin/budgets/{client_id}")
+        assert listed[client_id] == alone["spend_by_api_type"], client_id
+    assert set(listed["acme"]) == {"chat", "embeddings"} and set(listed["beta"]) == {"embeddings"}
+    assert set(listed["gamma"]) == {"chat"}

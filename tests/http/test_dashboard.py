@@ -15,6 +15,7 @@ import aiohttp
 import openai
 import pytest
 
+from taximeter.proxy.dashboard import clients as dashboard_clients
 from tests.support.browser import NBSP, Browser
 from tests.support.clock import FakeClock
 from tests.support.fake_upstream import CHAT, UPSTREAM_KEY
@@ -417,3 +418,41 @@ async def test_the_client_page_shows_and_edits_limits_with_errors_beside_their_f
         ("per-user", "2.5", None),
         ("rpm", 60, ["gpt-4o*", "gpt-5*"]),
     ]
+
+
+async def test_the_overview_shows_a_page_of_cards_at_a_time_closest_to_a_limit_first(
+    proxy: Harness, operator: Browser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dashboard_clients, "OVERVIEW_PAGE", 2)
+    for name, calls_allowed in (("half", 2), ("quarter", 4), ("tenth", 10)):
+        key = await proxy.new_client(name, mode="tokens", token_limit=calls_allowed * CALL_TOKENS)
+        await chat(proxy, key)
+    await proxy.new_client("plain-a")
+    await proxy.new_client("plain-b")
+
+    def shown(page: Any) -> list[str]:
+        return re.findall(r'data-client="([^"]+)"', page.text)
+
+    def links(page: Any) -> dict[str, str]:
+        return {
+            rel: href.replace("&amp;", "&")
+            for href, rel in re.findall(r'href="([^"]+)" rel="(prev|next)"', page.text)
+        }
+
+    first = await operator.get("/dashboard")
+    assert shown(first) == ["half", "quarter"]
+    assert "1\N{EN DASH}2 of 5 clients" in first.plain() and "Page 1 of 3" in first.plain()
+    assert links(first) == {"next": "/dashboard?page=2"}
+    second = await operator.get(links(first)["next"])
+    assert shown(second) == ["tenth", "plain-a"]
+    assert links(second) == {"prev": "/dashboard?page=1", "next": "/dashboard?page=3"}
+    last = await operator.get("/dashboard?page=3")
+    assert shown(last) == ["plain-b"] and "5\N{EN DASH}5 of 5 clients" in last.plain()
+    assert links(last) == {"prev": "/dashboard?page=2"}
+    assert shown(await operator.get("/dashboard?page=99")) == ["plain-b"]  # past the end: the last page
+    for bad in ("0", "-1", "abc", "1" * 40, "\N{SUPERSCRIPT TWO}"):
+        assert shown(await operator.get(f"/dashboard?page={bad}")) == ["half", "quarter"]
+    # The spend on a card of a later page is its own; a filter keeps its pages.
+    assert f"R${CALL_BRL.quantize(Decimal('0.01'))}" in second.plain()
+    filtered = await operator.get("/dashboard?q=L&page=2")  # half, plain-a, plain-b
+    assert shown(filtered) == ["plain-b"] and links(filtered) == {"prev": "/dashboard?q=L&page=1"}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,11 @@ async def deployment(aiohttp_server: Any, tmp_path: Path) -> AsyncIterator[Deplo
     await deployed.stop()
 
 
+async def _somaxconn() -> int:
+    text = await asyncio.to_thread(Path("/proc/sys/net/core/somaxconn").read_text)
+    return int(text)
+
+
 async def chat(client: openai.AsyncOpenAI) -> None:
     await client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "Hi"}])
 
@@ -48,6 +54,15 @@ async def test_serve_cli_sdk_restart(deployment: Deployment) -> None:
     assert await asyncio.to_thread((deployment.workdir / "taximeter.db").exists)
 
     await deployment.start()
+    # A burst of new connections waits in the accept queue (its size is ss's Send-Q).
+    listening = await asyncio.to_thread(
+        subprocess.run,
+        ["ss", "-Hltn", f"sport = :{deployment.port}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert int(listening.stdout.split()[2]) >= min(1024, await _somaxconn())
     async with openai.AsyncOpenAI(base_url=f"{deployment.url}/v1", api_key=key, max_retries=0) as client:
         await chat(client)
         await chat(client)

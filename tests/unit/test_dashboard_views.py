@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
 
+from taximeter.pricing.budgets import urgency
 from taximeter.pricing.models import BudgetState
 from taximeter.proxy.dashboard.budget_form import form_from_state, parse_budget_form
-from taximeter.proxy.dashboard.cards import build_card, order_cards
+from taximeter.proxy.dashboard.cards import build_card, order_clients
 from taximeter.proxy.dashboard.charts import bar_list, column_chart
 from taximeter.proxy.dashboard.formatting import Formatter, locale_for
 from tests.support.factories import T0, budget_state, client
@@ -118,24 +120,42 @@ def test_a_card_lists_spend_for_every_api_type_and_any_other() -> None:
     assert shown["chat"] == "R$ 12,50" and shown["tts"] == "R$ 0,00"
 
 
-def test_cards_closest_to_a_limit_come_first_and_filter_by_name() -> None:
-    def card(cid: str, name: str, tokens: int, paused: bool = False) -> object:
+def test_clients_closest_to_a_limit_come_first_and_filter_by_name() -> None:
+    def budget(cid: str, tokens: int, paused: bool = False, tokens_limit: int = 50_000) -> BudgetState:
         s = state(tokens=tokens, cost_limit=None)
-        s = budget_state(s.config, period_start=T0, tokens_used=tokens, paused=paused, pause_reason="manual")
-        return build_card(client(cid, name), s, {}, PT, "BRL")
+        config = replace(s.config, client_id=cid, token_limit=tokens_limit)
+        return budget_state(config, period_start=T0, tokens_used=tokens, paused=paused, pause_reason="manual")
 
-    cards = [
-        card("low", "Low Co", 1_000),
-        build_card(client("none", "No Budget"), None, {}, PT, "BRL"),
-        card("high", "High Co", 47_000),
-        card("stop", "Stopped", 10, paused=True),
-        card("mid", "Mid Co", 30_000),
+    clients = [
+        client("low", "Low Co"),
+        client("none", "No Budget"),
+        client("high", "High Co"),
+        client("stop", "Stopped"),
+        client("mid", "Mid Co"),
+        client("twin-b", "Twin"),
+        client("twin-a", "Twin"),
     ]
-    ordered = order_cards(cards)  # type: ignore[arg-type]
-    assert [c.client_id for c in ordered] == ["stop", "high", "mid", "low", "none"]
-    assert [c.client_id for c in order_cards(cards, "zzz")] == []  # type: ignore[arg-type]
-    assert [c.client_id for c in order_cards(cards, "CO")] == ["high", "mid", "low"]  # type: ignore[arg-type]
-    assert [c.client_id for c in order_cards(cards, "stop")] == ["stop"]  # type: ignore[arg-type]
+    states = {
+        s.client_id: s
+        for s in (
+            budget("low", 1_000),
+            budget("high", 47_000),
+            budget("stop", 10, paused=True),
+            budget("mid", 30_000),
+            budget("twin-b", 500),
+            budget("twin-a", 5, tokens_limit=500),  # 1% of its limit, as twin-b
+        )
+    }
+    standings = [(c.id, c.name, None if (s := states.get(c.id)) is None else urgency(s)) for c in clients]
+
+    def ids(query: str = "") -> list[str]:
+        return [client_id for client_id, _, _ in order_clients(standings, query)]
+
+    assert ids() == ["stop", "high", "mid", "low", "twin-a", "twin-b", "none"]
+    assert ids("zzz") == []
+    assert ids("CO") == ["high", "mid", "low"]
+    assert ids("stop") == ["stop"]
+    assert ids("TWIN-b") == ["twin-b"]  # ids match too
 
 
 def test_the_budget_form_reads_either_number_convention() -> None:
