@@ -298,7 +298,7 @@ def wrk(
             *(arg for name, value in (headers or {}).items() for arg in ("-H", f"{name}: {value}")),
             *("-s", str(HERE / script), url),
         ],
-        env={**os.environ, **env},
+        env={**os.environ, "BENCH_DIR": str(HERE), **env},
         capture_output=True,
         text=True,
         timeout=duration_s + 60,

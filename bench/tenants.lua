@@ -1,6 +1,7 @@
 -- wrk script: POST the body in BENCH_BODY, each call with a key picked at
--- random from the file BENCH_KEYS (one per line); at the end, one line of
--- JSON that the benchmark reads.
+-- random from the file BENCH_KEYS (one per line); at the end, bench.lua's
+-- line of JSON that the benchmark reads.
+dofile(os.getenv("BENCH_DIR") .. "/bench.lua")
 local keys = {}
 for line in io.lines(os.getenv("BENCH_KEYS")) do
   if line ~= "" then keys[#keys + 1] = "Bearer " .. line end
@@ -20,13 +21,4 @@ end
 request = function()
   local headers = {["Content-Type"] = "application/json", ["Authorization"] = keys[math.random(#keys)]}
   return wrk.format("POST", nil, headers, body)
-end
-
-done = function(summary, latency, requests)
-  io.write(string.format(
-    'BENCH_JSON {"requests":%d,"duration_us":%d,"status_errors":%d,"other_errors":%d,' ..
-    '"p50_us":%d,"p99_us":%d,"mean_us":%.1f}\n',
-    summary.requests, summary.duration, summary.errors.status,
-    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
-    latency:percentile(50), latency:percentile(99), latency.mean))
 end

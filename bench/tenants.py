@@ -217,12 +217,13 @@ async def one_count(count: int, args: argparse.Namespace, upstream: str, workdir
     database = await create_database("taximeter_tenants")
     redis_port = free_port()
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
-    redis_server = spawn(
-        "redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"
-    )
-    proc = None
+    redis_server = proc = None
     figures: dict[str, Any] = {"clients": count}
     try:
+        redis_server = spawn(
+            *("redis-server", "--port", str(redis_port), "--bind", "127.0.0.1"),
+            *("--save", "", "--appendonly", "no"),
+        )
         started = time.perf_counter()
         keys = await add_clients(database_url(database), count)
         figures["setup_s"] = time.perf_counter() - started
@@ -262,9 +263,9 @@ async def one_count(count: int, args: argparse.Namespace, upstream: str, workdir
         figures["calls"] = await served(upstream)
         figures["events"] = await events(database_url(database))
     finally:
-        if proc is not None:
-            stop(proc)
-        stop(redis_server)
+        for started in (proc, redis_server):
+            if started is not None:
+                stop(started)
         await drop_database(database)
     return figures
 

@@ -324,6 +324,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
         first_rate=settings.exchange_rate,
         read_counters=_counters_of(app[METER].gate),
         announce=app[CHANGES].announce,
+        ledger_retention_months=settings.ledger_retention_months,
     )
     app[DASHBOARD] = await _dashboard(app)
     try:

@@ -37,6 +37,10 @@ __all__ = ["GROUPINGS", "MAX_EVENTS", "Operations", "OperatorStore", "parse_day"
 
 _CLIENT_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # the whole id: fullmatch, not a trailing "\n"
 GROUPINGS = ("api_type", "model", "day", "end_user", "limit")
+_FOREVER = (
+    "%s counts every event since the first, and ledger_retention_months drops old ones: "
+    "give it a period or window, or unset ledger_retention_months"
+)
 _CLIENTS_PER_READ = 500  # clients whose spend one grouped read sums
 _YEARS = (1, 9998)  # times a report or cursor may name: a day either side stays a datetime
 DEFAULT_LINK_S = 24 * 3600  # a portal link made without saying lasts a day
@@ -115,8 +119,11 @@ class Operations:
         first_rate: Decimal | None = None,
         read_counters: Callable[[list[Hold]], Awaitable[list[tuple[int, int] | None]]] = _no_counters,
         announce: Callable[[], Awaitable[None]] = _nothing_pending,
+        ledger_retention_months: int | None = None,
     ) -> None:
         self._store = store  # private: admin, dashboard and cli ask Operations, never its store
+        # Old events are dropped: nothing may count from a client's first one.
+        self._trims_ledger = ledger_retention_months is not None
         self.timezone = timezone
         self.currency = currency
         self.clock = clock
@@ -302,6 +309,9 @@ class Operations:
         await self.client(client_id)
         with _named_field():
             declared = limits.limits_from_json(data)
+        for i, limit in enumerate(declared):
+            if self._trims_ledger and limit.window == "none" and limit.metric != "concurrent":
+                raise InvalidInput(_FOREVER % "a limit with no window", param=f"limits[{i}].window")
         await self._store.set_limits(client_id, declared)
         self._on_terms_changed(client_id)
         await self._announce()
@@ -376,6 +386,8 @@ class Operations:
         currency = client.terms.currency or self.currency  # a budget counts what its client pays in
         with _named_field():
             config = budgets.config_from_json(client_id, data, timezone=self.timezone, currency=currency)
+        if self._trims_ledger and config.period == "none":
+            raise InvalidInput(_FOREVER % "a lifetime budget", param="period")
         await self.flush_ledger()
         now = self.clock()
         state = await self._store.put_budget(config, now)

@@ -77,7 +77,12 @@ class DataRejected(StoreUnavailable):
     """The backend refused a value (a number out of its range, a character its
     text cannot hold): the same write fails again however often it is tried.
     A :class:`StoreUnavailable`, so a caller that knows only that one still
-    fails the operation cleanly; the ledger writer sets such an event aside."""
+    fails the operation cleanly; the ledger writer sets such an event aside.
+    ``sqlstate`` is the server's code for it, when it gave one."""
+
+    def __init__(self, message: str, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
 
 
 class DriverErrors:

@@ -20,6 +20,7 @@ __all__ = [
     "Month",
     "create_month",
     "following",
+    "month_in",
     "month_of",
     "month_table",
     "months_before",
@@ -124,17 +125,17 @@ def create_month(month: Month) -> list[str]:
     ]
 
 
+def month_in(table: str) -> Month | None:
+    """The month of a partition's name (None: not a month partition's name)."""
+    digits = table.removeprefix(_PREFIX)
+    if not table.startswith(_PREFIX) or len(digits) != 7 or digits[4] != "m" or not digits.isascii():
+        return None
+    if not (digits[:4].isdigit() and digits[5:].isdigit()):
+        return None
+    return int(digits[:4]), int(digits[5:])
+
+
 def months_before(tables: list[str], cutoff: datetime) -> list[str]:
     """The month partitions among ``tables`` that end at or before ``cutoff``."""
     first = month_of(cutoff)  # a month before it ends by the start of cutoff's month
-    old = []
-    for table in tables:
-        digits = table.removeprefix(_PREFIX)
-        if not table.startswith(_PREFIX) or len(digits) != 7 or digits[4] != "m":
-            continue
-        if not (digits[:4].isdigit() and digits[5:].isdigit() and digits.isascii()):
-            continue
-        month = (int(digits[:4]), int(digits[5:]))
-        if month < first:
-            old.append(table)
-    return sorted(old)
+    return sorted(t for t in tables if (month := month_in(t)) is not None and month < first)

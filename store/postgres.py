@@ -29,6 +29,7 @@ from taximeter.store.ledger_months import (
     Month,
     create_month,
     following,
+    month_in,
     month_of,
     month_table,
     months_before,
@@ -51,7 +52,9 @@ _TYPES = {
     "partition_events": PARTITION_EVENTS,
 }
 _MIGRATION_LOCK = 0x7A61_6D65  # any constant; one advisory lock serialises concurrent start-ups
-_MONTHS_LOCK = 0x7A61_6D66  # serialises making and dropping the ledger's month partitions
+_CHECK_VIOLATION = "23514"  # also "no partition of relation ... found for row"
+_MONTHS_LOCK = 0x7A61_6D66  # serialises making the ledger's month partitions
+_TRIM_LOCK = 0x7A61_6D67  # one process drops old months at a time
 # Making or dropping a partition locks the whole ledger: it waits this long for
 # readers (a long export) before it gives up, rather than stall every writer behind it.
 _DDL_LOCK_TIMEOUT = "5s"
@@ -87,7 +90,7 @@ class _Mapped(DriverErrors):
         if isinstance(exc, asyncpg.UniqueViolationError):
             return Conflict(str(exc))
         if isinstance(exc, _DATA_ERRORS):
-            return DataRejected(f"{self.prefix} refused a value: {exc}")
+            return DataRejected(f"{self.prefix} refused a value: {exc}", getattr(exc, "sqlstate", None))
         if isinstance(exc, _DRIVER_ERRORS):
             return StoreUnavailable(f"{self.prefix}: {exc}")
         return None
@@ -159,6 +162,7 @@ class PostgresStore(SqlStore):
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
         self._months: set[Month] = set()  # month partitions known to exist
+        self._months_read = False
 
     async def _insert_events(self, conn: Conn, events: list[UsageEvent]) -> set[str]:
         # One round trip for the whole batch: a column per array.
@@ -182,52 +186,82 @@ class PostgresStore(SqlStore):
                 log.warning("ledger_month_not_made", extra={"error": str(exc)})
 
     async def _make_months(self, months: set[Month]) -> None:
+        if months and not self._months_read:  # once: the months made already, without a lock
+            async with self.connection() as conn:
+                rows = await conn.fetchall(
+                    "SELECT c.relname AS name FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                    "WHERE i.inhparent = 'usage_events'::regclass"
+                )
+            self._months |= {m for m in (month_in(r["name"]) for r in rows) if m is not None}
+            self._months_read = True
+            months -= self._months
         if not months:
             return
         async with self.transaction() as conn:
             await conn.execute(f"SELECT pg_advisory_xact_lock({_MONTHS_LOCK})")
             await conn.execute(f"SET LOCAL lock_timeout = '{_DDL_LOCK_TIMEOUT}'")
             rows = await conn.fetchall(
-                "SELECT name, to_regclass(name) IS NOT NULL AS made FROM unnest(?::text[]) AS name",
+                "SELECT relname, relispartition FROM pg_class "
+                "WHERE relname = ANY(?::text[]) AND relkind = 'r'",
                 [month_table(m) for m in months],
             )
-            made = {r["name"] for r in rows if r["made"]}
+            found = {r["relname"]: r["relispartition"] for r in rows}
             for month in sorted(months):
-                if month_table(month) not in made:
+                table = month_table(month)
+                if not found.get(table):  # missing, or there but detached: made and attached
                     for statement in create_month(month):
                         await conn.execute(statement)
         self._months |= months
 
     def _forget_months(self, error: DataRejected) -> bool:
         # A month partition this process took as made is gone (dropped by the
-        # retention of another process): look again before the next try.
-        if "no partition of relation" not in str(error):
+        # retention of another process): look again before the next try. The
+        # ledger has no CHECK constraint: a check violation is its partitions'.
+        if error.sqlstate != _CHECK_VIOLATION:
             return False
         self._months.clear()
+        self._months_read = False
         return True
 
     async def drop_events_before(self, cutoff: datetime) -> None:
         """Drop the month partitions that end by ``cutoff`` (whole months
-        only; the ledger is locked only while each is dropped), then the ids
-        they claimed and what the export outbox still owed of them; the daily
-        totals stay."""
+        only), then the ids they claimed and what the export outbox still
+        owed of them; the daily totals stay. Each partition is detached
+        ``CONCURRENTLY`` (reads and writes of the ledger go on meanwhile),
+        then dropped; one process trims at a time, the others skip."""
+        dropped: list[str] = []
+        async with self.connection() as conn:  # no transaction: DETACH ... CONCURRENTLY runs alone
+            got = await conn.fetchone(f"SELECT pg_try_advisory_lock({_TRIM_LOCK}) AS got")
+            if got is None or not got["got"]:
+                return
+            try:
+                rows = await conn.fetchall(
+                    "SELECT c.relname AS name, c.relispartition AS attached, "
+                    "COALESCE(i.inhdetachpending, false) AS pending FROM pg_class c "
+                    "LEFT JOIN pg_inherits i ON i.inhrelid = c.oid "
+                    "WHERE c.relkind = 'r' AND c.relname LIKE 'usage_events_y%'"
+                )
+                state = {r["name"]: (r["attached"], r["pending"]) for r in rows}
+                for table in months_before(list(state), cutoff):
+                    attached, pending = state[table]
+                    if attached:  # a detach cut short earlier is finished first
+                        how = "FINALIZE" if pending else "CONCURRENTLY"
+                        await conn.execute(f"ALTER TABLE usage_events DETACH PARTITION {table} {how}")
+                    await conn.execute(f"DROP TABLE {table}")
+                    dropped.append(table)
+            finally:
+                await conn.execute(f"SELECT pg_advisory_unlock({_TRIM_LOCK})")
+        self._months = {m for m in self._months if m >= month_of(cutoff)}
+        if not dropped:
+            return
         kept_from = datetime(*month_of(cutoff), 1, tzinfo=UTC)  # the first month kept
         async with self.transaction() as conn:
-            await conn.execute(f"SELECT pg_advisory_xact_lock({_MONTHS_LOCK})")
-            await conn.execute(f"SET LOCAL lock_timeout = '{_DDL_LOCK_TIMEOUT}'")
-            rows = await conn.fetchall(
-                "SELECT c.relname AS name FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-                "WHERE i.inhparent = 'usage_events'::regclass"
-            )
-            for table in months_before([r["name"] for r in rows], cutoff):
-                await conn.execute(f"DROP TABLE {table}")
-        self._months = {m for m in self._months if m >= month_of(cutoff)}
-        async with self.transaction() as conn:  # the ledger itself is not locked here
             await conn.execute("DELETE FROM event_ids WHERE created_at < ?", kept_from)
-            await conn.execute(
+            owed = await conn.execute(
                 "DELETE FROM export_outbox o WHERE NOT EXISTS "
                 "(SELECT 1 FROM event_ids i WHERE i.request_id = o.request_id)"
             )
+        log.info("ledger_months_dropped", extra={"months": dropped, "exports_forgotten": owed})
 
     @classmethod
     async def open(cls, dsn: str, *, min_size: int = 1, max_size: int = 10) -> PostgresStore:

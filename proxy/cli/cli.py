@@ -216,6 +216,7 @@ async def _manage(settings: Settings, args: argparse.Namespace) -> int:
             on_budget_change=_gate_refresher(gate),
             first_rate=settings.exchange_rate,
             announce=changes.announce,
+            ledger_retention_months=settings.ledger_retention_months,
         )
         handler: Callable[[Operations, argparse.Namespace], Awaitable[int]] = _COMMANDS[args.command]
         args.link_base = link_base(settings)  # where a portal link points

@@ -47,6 +47,7 @@ _GROUPS = {
 
 
 Days = tuple[str, str | None]  # the first whole UTC day, and the day after the last (None: open)
+_TRIM_CHUNK = 20_000  # events deleted per transaction when old ones are dropped row by row
 Stretch = tuple[datetime, datetime | None]  # [start, end) of events read one by one
 
 
@@ -138,8 +139,17 @@ class SqlLedger(BudgetWrites):
     async def drop_events_before(self, cutoff: datetime) -> None:
         """Delete the events recorded before ``cutoff`` and what the export
         outbox still owed of them; the daily totals stay."""
+        while True:  # in chunks: recording waits for one at most, not for the whole trim
+            async with self.transaction() as conn:
+                deleted = await conn.execute(
+                    "DELETE FROM usage_events WHERE request_id IN (SELECT request_id FROM usage_events "
+                    "WHERE created_at < ? ORDER BY created_at LIMIT ?)",
+                    self.dialect.time_in(cutoff),
+                    _TRIM_CHUNK,
+                )
+            if deleted < _TRIM_CHUNK:
+                break
         async with self.transaction() as conn:
-            await conn.execute("DELETE FROM usage_events WHERE created_at < ?", self.dialect.time_in(cutoff))
             await conn.execute(
                 "DELETE FROM export_outbox WHERE NOT EXISTS "
                 "(SELECT 1 FROM usage_events e WHERE e.request_id = export_outbox.request_id)"
@@ -231,7 +241,9 @@ class SqlLedger(BudgetWrites):
         return [self._report_row(r) for r in rows]
 
     async def _day_ends_at(self, client_id: Clients, edge: Stretch) -> bool:
-        """Whether no event (of the client) is recorded on the edge's day after its end."""
+        """Whether no event (of the client) is recorded on the edge's day after
+        its end, on a day the ledger still holds (some event is older: days
+        before the first event held may have been trimmed, their totals kept)."""
         day_start, end = edge
         assert end is not None  # an edge at the end of a window has one
         where = "created_at >= ? AND created_at < ?"
@@ -239,7 +251,11 @@ class SqlLedger(BudgetWrites):
         where, args = _of_clients(client_id, where, args)
         async with self.connection() as conn:
             found = await conn.fetchone(f"SELECT 1 AS found FROM usage_events WHERE {where} LIMIT 1", *args)
-        return found is None
+            held = await conn.fetchone(
+                "SELECT 1 AS found FROM usage_events WHERE created_at < ? LIMIT 1",
+                self.dialect.time_in(day_start),
+            )
+        return found is None and held is not None
 
     async def events_only_report(
         self, client_id: str | None, start: datetime, end: datetime | None, group_by: str

@@ -63,6 +63,9 @@ async def test_retention_drops_old_months_and_keeps_their_daily_totals(store: St
     assert await trim(store, 1, lambda: datetime(2026, 4, 5, tzinfo=UTC))  # keep March and April
     assert [e.request_id for e in await store.list_events("acme", 10)] == ["m2"]
     assert await store.usage_report("acme", *window, "day") == before  # whole days: the totals
+    # A window ending inside a trimmed day reads what the ledger holds of it (nothing),
+    # not the whole day's totals.
+    assert await store.usage_report("acme", window[0], JAN.replace(hour=6), "day") == []
     owed, _ = await store.claim_exports("books", window[1], 10, timedelta(minutes=1))
     assert [e.request_id for e in owed] == ["m2"]  # what was owed of the dropped events is gone
     await store.rebuild_daily_totals()  # sums again only the days the ledger still holds

@@ -327,3 +327,26 @@ async def test_the_list_of_budgets_gives_each_its_own_periods_spend(proxy: Harne
         assert listed[client_id] == alone["spend_by_api_type"], client_id
     assert set(listed["acme"]) == {"chat", "embeddings"} and set(listed["beta"]) == {"embeddings"}
     assert set(listed["gamma"]) == {"chat"}
+
+
+async def test_with_a_ledger_retention_nothing_may_count_from_the_first_event(make_proxy: Any) -> None:
+    """Old events are dropped, so a lifetime budget or a limit with no window
+    (counted again from the ledger when rebuilt) is refused, naming its field."""
+    proxy = await make_proxy(ledger_retention_months=12)
+    await proxy.new_client("acme")
+    status, body = await proxy.admin(
+        "PUT", "/admin/budgets/acme", {"mode": "tokens", "token_limit": 10, "period": "none"}
+    )
+    assert status == 422 and body["error"]["param"] == "period", body
+    limits = [
+        {"name": "live", "metric": "concurrent", "limit": 2},  # calls in flight: not counted from the ledger
+        {"name": "ever", "metric": "tokens", "limit": 10},
+    ]
+    status, body = await proxy.admin("PUT", "/admin/clients/acme/limits", {"limits": limits})
+    assert status == 422 and body["error"]["param"] == "limits[1].window", body
+    status, _ = await proxy.admin(
+        "PUT", "/admin/budgets/acme", {"mode": "tokens", "token_limit": 10, "period": "monthly"}
+    )
+    assert status == 200
+    status, _ = await proxy.admin("PUT", "/admin/clients/acme/limits", {"limits": limits[:1]})
+    assert status == 200

@@ -48,12 +48,3 @@ def test_one_server_keeps_the_names_of_earlier_releases() -> None:
         "tx:unrecorded:due",
     ]
     assert layout.shard("acme") == ""
-
-
-def test_replies_are_parsed_by_hiredis() -> None:
-    """redis-py reads every gate reply with hiredis's C parser when it is
-    installed (a declared dependency), not its pure-Python one."""
-    from redis.asyncio.connection import DefaultParser
-    from redis.utils import HIREDIS_AVAILABLE
-
-    assert HIREDIS_AVAILABLE and "Hiredis" in DefaultParser.__name__
