@@ -48,6 +48,7 @@ from bench.run import (
     free_port,
     machine,
     peak_rss_mb,
+    result_fields,
     run_wrk,
     served,
     spawn,
@@ -328,28 +329,15 @@ async def measure(
     pid = target.procs[0].pid
     calls_before, cpu_before = await served(upstream, target.name), cpu_seconds(pid)
     stats = await asyncio.to_thread(run_wrk_headers, target, concurrency, duration)
-    cpu = cpu_seconds(pid) - cpu_before
+    fields = result_fields(target, "chat", concurrency, round_, stats, cpu_seconds(pid) - cpu_before)
     calls = await served(upstream, target.name) - calls_before
-    ok = stats["requests"] - stats["status_errors"] - stats["other_errors"]
+    ok = fields["ok"]
     if ok == 0 or ok != stats["requests"] or calls < ok:
         raise PeerFailed(
             f"c={concurrency}: {stats['requests']} calls, {stats['status_errors']} non-2xx, "
             f"{stats['other_errors']} socket errors, {calls} reached the upstream"
         )
-    return PeerResult(
-        target=target.name,
-        mode="chat",
-        concurrency=concurrency,
-        round=round_,
-        requests=stats["requests"],
-        ok=ok,
-        rps=stats["requests"] / (stats["duration_us"] / 1e6),
-        p50_ms=stats["p50_us"] / 1000,
-        p99_ms=stats["p99_us"] / 1000,
-        cpu_ms_per_request=1000 * cpu / stats["requests"],
-        rss_mb=peak_rss_mb(pid),
-        upstream_calls=calls,
-    )
+    return PeerResult(**fields, rss_mb=peak_rss_mb(pid), upstream_calls=calls)
 
 
 # --- the run -------------------------------------------------------------------------------

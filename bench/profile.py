@@ -17,6 +17,7 @@ import shutil
 import sys
 import tempfile
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 from bench.run import (
@@ -68,13 +69,19 @@ def _package(filename: str) -> str:
     return "stdlib and other"
 
 
-def summarise(profile: Path, requests: int, top: int = 25) -> list[str]:
+def profiled(profile: Path) -> Iterator[tuple[str, int, str, int, float, float]]:
+    """Each function cProfile timed: file, line, name, calls, own and cumulative seconds."""
     stats = pstats.Stats(str(profile))
+    for (filename, line, func), (_cc, calls, own, cumulative, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+        if own > cumulative + 1e-3:
+            continue  # cProfile's own time of an async generator that ran for the whole run: not real
+        yield filename, line, func, calls, own, cumulative
+
+
+def summarise(profile: Path, requests: int, top: int = 25) -> list[str]:
     by_package: dict[str, float] = defaultdict(float)
     rows = []
-    for (filename, line, func), (_cc, ncalls, tottime, cumtime, _callers) in stats.stats.items():  # type: ignore[attr-defined]
-        if tottime > cumtime + 1e-3:
-            continue  # cProfile's own time of an async generator that ran for the whole run: not real
+    for filename, line, func, ncalls, tottime, cumtime in profiled(profile):
         by_package[_package(filename)] += tottime
         rows.append((tottime, ncalls, cumtime, f"{Path(filename).name}:{line}({func})", filename))
     total = sum(by_package.values()) or 1.0

@@ -417,25 +417,31 @@ async def measure(
     pid = target.procs[0].pid
     cpu_before = cpu_seconds(pid)
     stats = await asyncio.to_thread(run_wrk, target, body, concurrency, args.duration)
-    cpu = cpu_seconds(pid) - cpu_before
-    ok = stats["requests"] - stats["status_errors"] - stats["other_errors"]
+    fields = result_fields(target, mode, concurrency, round_, stats, cpu_seconds(pid) - cpu_before)
     ttfb = None
     if mode == "stream" and concurrency == 1:
         ttfb = await time_to_first_byte(target, args.ttfb_samples)
-    return Result(
-        target=target.name,
-        mode=mode,
-        concurrency=concurrency,
-        round=round_,
-        requests=stats["requests"],
-        ok=ok,
-        rps=stats["requests"] / (stats["duration_us"] / 1e6),
-        p50_ms=stats["p50_us"] / 1000,
-        p99_ms=stats["p99_us"] / 1000,
-        cpu_ms_per_request=1000 * cpu / stats["requests"] if stats["requests"] else None,
-        rss_mb=peak_rss_mb(pid),
-        ttfb_ms=ttfb,
-    )
+    return Result(**fields, rss_mb=peak_rss_mb(pid), ttfb_ms=ttfb)
+
+
+def result_fields(
+    target: Target, mode: str, concurrency: int, round_: int, stats: dict[str, Any], cpu: float
+) -> dict[str, Any]:
+    """A :class:`Result`'s figures from one ``wrk`` run on ``target`` and the
+    CPU its processes spent meanwhile (memory and first bytes are the caller's)."""
+    requests = stats["requests"]
+    return {
+        "target": target.name,
+        "mode": mode,
+        "concurrency": concurrency,
+        "round": round_,
+        "requests": requests,
+        "ok": requests - stats["status_errors"] - stats["other_errors"],
+        "rps": requests / (stats["duration_us"] / 1e6),
+        "p50_ms": stats["p50_us"] / 1000,
+        "p99_ms": stats["p99_us"] / 1000,
+        "cpu_ms_per_request": 1000 * cpu / requests if requests else None,
+    }
 
 
 CONFIGS = {

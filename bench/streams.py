@@ -30,7 +30,6 @@ import contextlib
 import json
 import math
 import os
-import pstats
 import shutil
 import sqlite3
 import sys
@@ -48,6 +47,7 @@ import asyncpg
 import orjson
 import redis.asyncio
 
+from bench.profile import profiled
 from bench.run import (
     HERE,
     PG_ADMIN,
@@ -546,12 +546,9 @@ def _where(filename: str) -> str:
 
 def profile_tables(path: Path, chunks: int, streams: int, top: int) -> list[str]:
     """Own time by module and the ``top`` functions, per relayed chunk."""
-    stats = pstats.Stats(str(path))
     by_where: dict[str, float] = defaultdict(float)
     rows = []
-    for (filename, line, func), (_cc, calls, own, cumulative, _) in stats.stats.items():  # type: ignore[attr-defined]
-        if own > cumulative + 1e-3:
-            continue  # cProfile's own time of an async generator that ran for the whole run: not real
+    for filename, line, func, calls, own, cumulative in profiled(path):
         by_where[_where(filename)] += own
         if calls >= streams:  # at least once a stream: start-up and shutdown left out
             rows.append((own, calls, cumulative, f"{Path(filename).name}:{line}({func})", _where(filename)))

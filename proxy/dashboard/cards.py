@@ -77,7 +77,6 @@ class Card:
     mode: str | None = None
     period: str | None = None
     level: str = "ok"
-    highest_percent: float = 0.0
     bars: tuple[Bar, ...] = ()
     paused: bool = False
     pause_reason: str | None = None
@@ -197,7 +196,6 @@ def build_card(
         mode=state.config.mode,
         period=state.config.period,
         level=budgets.level(state),
-        highest_percent=max((bar.percent for bar in bars), default=0.0),
         bars=bars,
         # Paused, or resumed while still at a limit: either way calls are refused.
         paused=budgets.refusal(state) is not None,
