@@ -22,6 +22,12 @@ The task never ends on an error:
 
 ``pending`` (the ``taximeter_ledger_pending_events`` gauge) counts events not
 yet durable; a quarantined or dropped event counts as written.
+
+An event may be submitted with ``after``: it is not written before that
+future is done (or ``after_wait_s`` has passed). A settled call passes the
+gate's count of its usage: a process that dies between the two then leaves
+either both done or the event kept by the gate for a survivor to record,
+never an event the store counts and the gate does not.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ log = logging.getLogger("taximeter.ledger")
 OnRecorded = Callable[[UsageEvent, RecordResult], Awaitable[None]]
 OnQuarantined = Callable[[UsageEvent, str], None]
 T = TypeVar("T")
+_Queued = tuple[UsageEvent, "asyncio.Future[None] | None"]
 
 _UNEXPECTED_TRIES = 3  # an error no backend maps, seen this often on one batch, is the data's
 _FIRST_DELAY_S = 0.05
@@ -72,13 +79,15 @@ class LedgerWriter:
         retry_max_s: float = 5.0,
         batch_max: int = 500,
         linger_s: float = 0.002,
+        after_wait_s: float = 2.0,
         clock: Callable[[], datetime] = _system_clock,
     ) -> None:
         self._batch_max = batch_max
         self._linger_s = linger_s
+        self._after_wait_s = after_wait_s
         self._flushing = 0  # callers waiting in flush(): no lingering for them
         self._store = store
-        self._queue: asyncio.Queue[UsageEvent] = asyncio.Queue(max_pending)
+        self._queue: asyncio.Queue[_Queued] = asyncio.Queue(max_pending)
         self._on_recorded = on_recorded
         self._on_quarantined = on_quarantined
         self._retry_max_s = retry_max_s
@@ -103,12 +112,13 @@ class LedgerWriter:
         """Whether the writer task is running (only :meth:`close` ends it)."""
         return self._task is not None and not self._task.done()
 
-    async def submit(self, event: UsageEvent) -> int:
-        """Queue ``event`` for recording (waits only while the queue is full);
-        its sequence number: it is durable once ``written`` reaches it."""
+    async def submit(self, event: UsageEvent, after: asyncio.Future[None] | None = None) -> int:
+        """Queue ``event`` for recording (waits only while the queue is full),
+        written once ``after`` is done; its sequence number: it is durable
+        once ``written`` reaches it."""
         self._submitted += 1
         sequence = self._submitted
-        await self._queue.put(event)
+        await self._queue.put((event, after))
         return sequence
 
     @contextlib.asynccontextmanager
@@ -166,14 +176,17 @@ class LedgerWriter:
         # a batch gather the calls finishing meanwhile: one commit for many
         # instead of one each (the writes are off the responses' path, so this
         # delays durability by linger_s, never an answer).
-        batch = [await self._queue.get()]
-        self._drain(batch)
-        if len(batch) < self._batch_max and self._linger_s > 0 and not self._flushing:
+        queued = [await self._queue.get()]
+        self._drain(queued)
+        if len(queued) < self._batch_max and self._linger_s > 0 and not self._flushing:
             await asyncio.sleep(self._linger_s)
-            self._drain(batch)
-        return batch
+            self._drain(queued)
+        waiting = [after for _, after in queued if after is not None and not after.done()]
+        if waiting:  # bounded: a gate that hangs must not stop the ledger
+            await asyncio.wait(waiting, timeout=self._after_wait_s)
+        return [event for event, _ in queued]
 
-    def _drain(self, batch: list[UsageEvent]) -> None:
+    def _drain(self, batch: list[_Queued]) -> None:
         while len(batch) < self._batch_max:
             try:
                 batch.append(self._queue.get_nowait())

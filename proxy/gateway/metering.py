@@ -336,9 +336,16 @@ class Meter:
         gate keeps its counter)."""
         held = self.held.pop(event.client_id, event.request_id)
         # Ledger first: a rebuild that starts from here on flushes this event
-        # into what it reads, or finds it deferred.
-        sequence = await self.ledger.submit(event)
-        counted = await self._count(event, sequence, keep_until=self.clock() + self.record_grace)
+        # into what it reads, or finds it deferred. Written only once the gate
+        # has counted it: dying between the two must not leave its reservation
+        # held in the gate while the store has its usage (a survivor charges
+        # the reservation, finds the event recorded, and the gate never counts it).
+        counting: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        sequence = await self.ledger.submit(event, after=counting)
+        try:
+            counted = await self._count(event, sequence, keep_until=self.clock() + self.record_grace)
+        finally:
+            counting.set_result(None)
         holds = () if held is None else held.reservation.holds
         if counted is None:
             # Deferred to the rebuild of the client's copy under way: until it

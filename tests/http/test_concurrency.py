@@ -133,6 +133,42 @@ async def test_two_proxies_sweep_an_orphan_once(
     assert [e["request_id"] for e in events] == ["req_orphan2"]
 
 
+async def test_an_event_is_written_only_once_the_gate_has_counted_it(
+    proxy: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: the ledger wrote a call's event while the gate was still to count
+    # it. A process killed in between left its reservation held in Redis with
+    # its usage in the store; the survivor charged the reservation, found the
+    # event recorded, and Redis stayed a call below the ledger for good (a kill
+    # -9 under load, about 1 run in 3).
+    key = await proxy.new_client("acme", mode="tokens", token_limit=10**6)
+    await proxy.sdk(key).embeddings.create(model="text-embedding-3-small", input="warm")  # copy loaded
+    meter = proxy.services.meter
+    await meter.ledger.flush()
+    order: list[str] = []
+    gate_settle, record_many = meter.gate.settle, meter.ledger._store.record_many
+
+    async def slow_settle(event: Any, *args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.3)  # long past the ledger's linger
+        counted = await gate_settle(event, *args, **kwargs)
+        order.append(f"gate {event.request_id}")
+        return counted
+
+    async def record(events: Any) -> Any:
+        order.extend(f"ledger {e.request_id}" for e in events)
+        return await record_many(events)
+
+    monkeypatch.setattr(meter.gate, "settle", slow_settle)
+    monkeypatch.setattr(meter.ledger._store, "record_many", record)
+    response = await proxy.sdk(key).embeddings.with_raw_response.create(
+        model="text-embedding-3-small", input="hello"
+    )
+    await meter.ledger.flush()
+    request_id = response.headers["x-taximeter-request-id"]
+    assert order == [f"gate {request_id}", f"ledger {request_id}"]
+    await proxy.assert_ledger_matches_counters()
+
+
 async def test_calls_settled_while_the_gate_is_rebuilt_hold_nothing_afterwards(
     make_proxy: Any, clock: FakeClock
 ) -> None:

@@ -419,6 +419,28 @@ async def test_the_proxy_counts_a_quarantined_event_in_its_metric(proxy: Harness
     assert [e["request_id"] for e in await proxy.events("acme")] == ["req-good"]
 
 
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+async def test_an_event_waits_for_what_it_is_written_after_but_never_for_ever(
+    proxy: Harness, clock: FakeClock
+) -> None:
+    await proxy.new_client("acme", mode="tokens", token_limit=10**6)
+    store = proxy.services.meter.ledger._store
+    ledger = LedgerWriter(store, after_wait_s=0.5)  # type: ignore[arg-type]
+    ledger.start()
+    counted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    await ledger.submit(usage_event("req-counted", clock(), input_tokens=10), after=counted)
+    await asyncio.sleep(0.2)
+    assert ledger.pending == 1  # not written while the gate has yet to count it
+    counted.set_result(None)
+    await ledger.flush()
+    await ledger.submit(usage_event("req-hung", clock(), input_tokens=10), after=never)
+    async with asyncio.timeout(5):
+        await ledger.flush()  # a gate that hangs delays the ledger by after_wait_s, no more
+    assert sorted(e["request_id"] for e in await proxy.events("acme")) == ["req-counted", "req-hung"]
+    await ledger.close()
+
+
 # -- the whole process ----------------------------------------------------------------
 
 
