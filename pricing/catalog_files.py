@@ -42,7 +42,7 @@ from taximeter.pricing.rates import STANDARD, TIERS, TOKEN_RATES, LongContext, M
 
 __all__ = ["API_TYPES", "CatalogError", "parse_litellm", "parse_toml"]
 
-API_TYPES = ("chat", "embeddings", "tts", "whisper", "image", "moderation")
+API_TYPES = ("chat", "embeddings", "tts", "whisper", "image", "moderation", "storage")
 _MILLION = Decimal(1_000_000)
 _SIXTY = Decimal(60)
 _UNIT_PRICES = ("per_million_characters", "per_minute")

@@ -5,15 +5,13 @@ when a response uses it."""
 
 from __future__ import annotations
 
-import orjson
 from aiohttp import web
 
 from taximeter.pricing.models import OwnedObject
 from taximeter.proxy.gateway import auth
-from taximeter.proxy.gateway.bodies import json_object, read_body
 from taximeter.proxy.gateway.files import upstream_json
-from taximeter.proxy.gateway.objects import referenced, valid_id
-from taximeter.proxy.gateway.ownership import check_references, record_created
+from taximeter.proxy.gateway.objects import valid_id
+from taximeter.proxy.gateway.ownership import checked_body, record_created
 from taximeter.proxy.gateway.upstreams import Upstream
 from taximeter.proxy.middleware import REQUEST_ID
 from taximeter.proxy.services import Services
@@ -24,7 +22,7 @@ __all__ = ["add_to_conversation", "create_conversation"]
 async def create_conversation(request: web.Request, services: Services) -> web.StreamResponse:
     """``POST /v1/conversations``: the conversation (and its first items) the caller's."""
     key = await auth.authenticate(request, services.keys)
-    body = await _checked_body(request, services, key.client_id)
+    body = await checked_body(request, services, key.client_id)
     upstream = services.router.pick(None)
     status, data, relayed, reply = await upstream_json(
         services, request, upstream, "POST", "/v1/conversations", body
@@ -42,7 +40,7 @@ async def add_to_conversation(
     """``POST /v1/conversations/{id}`` (its metadata) and ``.../items`` of the
     caller's conversation: what the body names checked first; the items it
     adds become the caller's."""
-    body = await _checked_body(request, services, conversation.client_id)
+    body = await checked_body(request, services, conversation.client_id)
     status, data, relayed, reply = await upstream_json(services, request, upstream, "POST", path, body)
     if status < 300 and isinstance(reply, dict) and isinstance(reply.get("data"), list):
         now = services.meter.clock()
@@ -53,14 +51,3 @@ async def add_to_conversation(
         ]
         await record_created(services.objects, owned, request[REQUEST_ID])
     return web.Response(body=data, status=status, headers=relayed)
-
-
-async def _checked_body(request: web.Request, services: Services, client_id: str) -> bytes:
-    """The JSON body, every object it names the caller's own (404 otherwise);
-    as parsed, so the upstream reads what was checked."""
-    body = await read_body(request, services.settings.max_body_bytes)
-    if not body:
-        return b"{}"
-    fields = json_object(body)
-    await check_references(services.objects, client_id, referenced("responses", fields))
-    return orjson.dumps(fields)

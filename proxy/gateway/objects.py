@@ -82,8 +82,8 @@ def _references(family: Family, fields: dict[str, Any]) -> Iterator[Reference]:
         if isinstance(audio, dict) and audio.get("id") is not None:  # an earlier audio reply, by id
             yield _reference("audio", audio["id"], "messages")
     for name, value in fields.items():
-        if name not in _NOT_REFERENCES and isinstance(value, list | dict):
-            yield from _ids_in(value, 0, name)
+        if name not in _NOT_REFERENCES:  # a field of its own (a vector store's file_ids) or within
+            yield from _ids_in({name: value}, 0, name)
 
 
 # Fields (at any depth) that hold data, not references: a client's own
@@ -179,6 +179,25 @@ _ROUTES = (
     (frozenset({"GET", "POST"}), re.compile(r"/v1/conversations/([^/]+)/items"), "conversation"),
     (frozenset({"GET", "DELETE"}), re.compile(r"/v1/conversations/([^/]+)/items/([^/]+)"), "conversation"),
     (frozenset({"POST"}), re.compile(r"/v1/batches/([^/]+)/cancel"), "batch"),
+    (frozenset({"GET", "POST", "DELETE"}), re.compile(r"/v1/vector_stores/([^/]+)"), "vector_store"),
+    (frozenset({"POST"}), re.compile(r"/v1/vector_stores/([^/]+)/search"), "vector_store"),
+    (
+        frozenset({"GET", "POST"}),
+        re.compile(r"/v1/vector_stores/([^/]+)/(?:files|file_batches)"),
+        "vector_store",
+    ),
+    (
+        frozenset({"GET", "POST", "DELETE"}),
+        re.compile(r"/v1/vector_stores/([^/]+)/files/([^/]+)"),
+        "vector_store",
+    ),
+    (frozenset({"GET"}), re.compile(r"/v1/vector_stores/([^/]+)/files/([^/]+)/content"), "vector_store"),
+    (frozenset({"GET"}), re.compile(r"/v1/vector_stores/([^/]+)/file_batches/([^/]+)"), "vector_store"),
+    (
+        frozenset({"GET", "POST"}),
+        re.compile(r"/v1/vector_stores/([^/]+)/file_batches/([^/]+)/(?:files|cancel)"),
+        "vector_store",
+    ),
 )
 
 

@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import logging
 
+import orjson
+from aiohttp import web
+
 from taximeter.pricing.models import OwnedObject
 from taximeter.proxy.errors import NotFoundError
-from taximeter.proxy.gateway.objects import ObjectRoute, Reference
+from taximeter.proxy.gateway.bodies import json_object, read_body
+from taximeter.proxy.gateway.objects import ObjectRoute, Reference, referenced
+from taximeter.proxy.services import Services
 from taximeter.store.base import UpstreamObjects
 
-__all__ = ["check_references", "owned_route", "record_created"]
+__all__ = ["check_references", "checked_body", "owned_route", "record_created"]
 
 log = logging.getLogger("taximeter.proxy")
 
@@ -37,6 +42,17 @@ async def check_references(objects: UpstreamObjects, client_id: str, references:
         record = owned.get(reference.object_id) if reference.valid else None
         if not _mine(record, client_id, reference.kind):
             raise _not_found(reference.kind, reference.object_id, reference.param)
+
+
+async def checked_body(request: web.Request, services: Services, client_id: str) -> bytes:
+    """A JSON body, every object it names the caller's own (404 otherwise);
+    as parsed, so the upstream reads what was checked."""
+    body = await read_body(request, services.settings.max_body_bytes)
+    if not body:
+        return b"{}"
+    fields = json_object(body)
+    await check_references(services.objects, client_id, referenced("responses", fields))
+    return orjson.dumps(fields)
 
 
 async def owned_route(objects: UpstreamObjects, client_id: str, route: ObjectRoute) -> OwnedObject:

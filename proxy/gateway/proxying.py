@@ -49,7 +49,7 @@ from taximeter.proxy.gateway.files import (
 )
 from taximeter.proxy.gateway.forms import parse_form
 from taximeter.proxy.gateway.objects import ObjectRoute, object_route, referenced
-from taximeter.proxy.gateway.ownership import check_references, owned_route
+from taximeter.proxy.gateway.ownership import check_references, checked_body, owned_route
 from taximeter.proxy.gateway.paths import canonical_path, upstream_path
 from taximeter.proxy.gateway.realtime import handle_realtime
 from taximeter.proxy.gateway.relay import (
@@ -61,6 +61,12 @@ from taximeter.proxy.gateway.relay import (
 )
 from taximeter.proxy.gateway.settling import Call, event_of, record_failure, record_lost, settle_unaccounted
 from taximeter.proxy.gateway.upstreams import Upstream
+from taximeter.proxy.gateway.vector_stores import (
+    charge_to_date,
+    create_vector_store,
+    list_vector_stores,
+    show_vector_store,
+)
 from taximeter.proxy.middleware import REQUEST_ID
 from taximeter.proxy.services import SERVICES, Services
 
@@ -126,6 +132,8 @@ _COLLECTIONS: dict[tuple[str, str], Callable[[web.Request, Services], Awaitable[
     ("GET", "/v1/batches"): _list_batches,
     ("POST", "/v1/conversations"): create_conversation,
     ("GET", "/v1/realtime"): handle_realtime,
+    ("POST", "/v1/vector_stores"): create_vector_store,
+    ("GET", "/v1/vector_stores"): list_vector_stores,
 }
 
 
@@ -294,15 +302,24 @@ async def _object_call(
         await settle_before_delete(services, route.object_id)
     if route.kind == "conversation" and request.method == "POST":
         return await add_to_conversation(request, services, owned, upstream, path)
+    itself = path.endswith(f"/{route.object_id}")  # the object, not an item of it
+    if route.kind == "vector_store" and itself and request.method == "GET":
+        return await show_vector_store(request, services, owned, upstream)
+    if route.kind == "vector_store" and itself and request.method == "DELETE":
+        await charge_to_date(services, owned, upstream)  # its storage, today's included
     endpoint = Endpoint(path, "passthrough", "none", "raw", method=request.method, metered=False)
     body: bytes | AsyncIterator[bytes]
     if route.kind == "upload" and path.endswith("/parts"):  # up to 64 MB a part: streamed through
         body = streamed(request, services.settings.max_file_bytes)
+    elif route.kind == "vector_store" and request.method == "POST":  # the files it adds: the caller's
+        body = await checked_body(request, services, key.client_id)
     else:
         body = await read_body(request, services.settings.max_body_bytes)
     response = await _pass_through(request, services, endpoint, body, upstream)
-    if request.method == "DELETE" and response.status < 300 and path.endswith(f"/{route.object_id}"):
-        await services.objects.forget_object(route.object_id)  # the object itself, not an item of it
+    if request.method == "DELETE" and response.status < 300 and itself:
+        await services.objects.forget_object(route.object_id)
+        if route.kind == "vector_store":
+            await services.objects.end_watch(route.object_id)
     return response
 
 

@@ -18,6 +18,7 @@ from taximeter.pricing.models import Watch
 from taximeter.proxy.errors import MeteringUnavailable, TaximeterError
 from taximeter.proxy.gateway.background import check_response
 from taximeter.proxy.gateway.batches import check_batch
+from taximeter.proxy.gateway.vector_stores import KIND, check_storage
 from taximeter.proxy.gateway.watching import WATCH_LEASE, hold_on
 from taximeter.proxy.services import Services
 from taximeter.store.base import StoreUnavailable
@@ -41,6 +42,8 @@ async def watch_due(services: Services) -> int:
 
 
 async def _look(services: Services, watch: Watch) -> int:
+    if watch.kind == KIND:
+        return await _look_at_storage(services, watch)
     check = check_batch if watch.kind == "batch" else check_response
     try:
         if await check(services, watch):
@@ -65,6 +68,24 @@ async def _look(services: Services, watch: Watch) -> int:
     return 0
 
 
+async def _look_at_storage(services: Services, watch: Watch) -> int:
+    """A vector store's storage: charged, and looked at again after the next
+    midnight; a look that failed is tried again within ``watch_check_max_s``."""
+    try:
+        await check_storage(services, watch)
+        return 0
+    except (TaximeterError, StoreUnavailable) as exc:
+        log.warning(
+            "watch_failed", extra={"object": watch.object_id, "client": watch.client_id, "error": str(exc)}
+        )
+    except Exception:  # a bug, or a reply no one foresaw: the others are still looked at
+        log.exception("watch_failed", extra={"object": watch.object_id, "client": watch.client_id})
+    again = services.meter.clock() + timedelta(seconds=services.settings.watch_check_max_s)
+    with contextlib.suppress(StoreUnavailable):  # else its lease runs out: looked at again then
+        await services.objects.check_again(watch.object_id, again, watch.checks)
+    return 0
+
+
 async def _hold_on_quietly(services: Services, watch: Watch) -> None:
     """A look that failed still holds its reservation on for longer."""
     with contextlib.suppress(Exception):
@@ -74,7 +95,9 @@ async def _hold_on_quietly(services: Services, watch: Watch) -> None:
 async def hold_all(services: Services) -> None:
     """Hold every watched object's reservation again: at start, a gate that
     lives in this process (or a Redis that was emptied) holds none of them."""
-    held = await services.objects.all_watches()
+    held = [
+        watch for watch in await services.objects.all_watches() if watch.kind != KIND
+    ]  # storage holds nothing
     for watch in held:
         await hold_on(services, watch)
     # One ended meanwhile (by another process) would stay held: let it go.

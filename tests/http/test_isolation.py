@@ -161,7 +161,6 @@ async def test_an_input_nested_past_any_real_one_is_refused(proxy: Harness) -> N
     [
         ("POST", "/v1/realtime/client_secrets"),  # a browser's own socket: nothing to meter it by
         ("POST", "/v1/realtime/calls"),
-        ("POST", "/v1/vector_stores"),
         ("POST", "/v1/containers"),
         ("GET", "/v1/chat/completions"),  # the list of every tenant's stored completions
     ],

@@ -96,6 +96,8 @@ class FakeUpstream:
     # response waits on after its first audio delta (None: it does not wait).
     realtime_sent: list[dict[str, Any]] = field(default_factory=list)
     conversations: dict[str, dict[str, Any]] = field(default_factory=dict)  # the object, and its items
+    # Vector stores: the object (its usage_bytes grows with each file added), and its files by id.
+    vector_stores: dict[str, dict[str, Any]] = field(default_factory=dict)
     realtime_hold: asyncio.Event | None = None
     _arrived: asyncio.Condition = field(default_factory=asyncio.Condition, init=False, repr=False)
 
@@ -135,6 +137,9 @@ class FakeUpstream:
         conversation_path = _CONVERSATION_PATH.fullmatch(request.path)
         if conversation_path is not None:
             return self._conversation(request, body, conversation_path.group(1), conversation_path.group(2))
+        store_path = _VECTOR_STORE_PATH.fullmatch(request.path)
+        if store_path is not None:
+            return self._vector_store(request, body, store_path.group(1), store_path.group(2))
         batch_path = _BATCH_PATH.fullmatch(request.path)
         if batch_path is not None:
             return self._batch(request, batch_path.group(1), batch_path.group(2))
@@ -276,6 +281,76 @@ class FakeUpstream:
                 "last_id": items[-1]["id"] if items else None,
             }
         )
+
+    # -- vector stores ---------------------------------------------------------------------
+
+    async def _vector_stores(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        if request.method != "POST":
+            listed = [found["object"] for found in self.vector_stores.values()]
+            return web.json_response({"object": "list", "data": listed, "has_more": False})
+        payload = json.loads(body or b"{}")
+        store_id = f"vs_{uuid.uuid4().hex[:24]}"
+        made = {
+            "id": store_id,
+            "object": "vector_store",
+            "created_at": 1741600000,
+            "name": payload.get("name"),
+            "usage_bytes": 0,
+            "file_counts": {"in_progress": 0, "completed": 0, "failed": 0, "cancelled": 0, "total": 0},
+            "status": "completed",
+            "expires_after": payload.get("expires_after"),
+            "expires_at": None,
+            "last_active_at": 1741600000,
+            "metadata": payload.get("metadata") or {},
+        }
+        self.vector_stores[store_id] = {"object": made, "files": {}}
+        for file_id in payload.get("file_ids") or []:
+            self._add_to_store(store_id, file_id)
+        return web.json_response(made)
+
+    def _add_to_store(self, store_id: str, file_id: str) -> dict[str, Any]:
+        found = self.vector_stores[store_id]
+        size = self.files[file_id][0]["bytes"] if file_id in self.files else 0
+        added = {
+            "id": file_id,
+            "object": "vector_store.file",
+            "created_at": 1741600000,
+            "usage_bytes": size,
+            "vector_store_id": store_id,
+            "status": "completed",
+            "last_error": None,
+        }
+        found["files"][file_id] = added
+        found["object"]["usage_bytes"] += size
+        counts = found["object"]["file_counts"]
+        counts["completed"] += 1
+        counts["total"] += 1
+        return added
+
+    def _vector_store(
+        self, request: web.Request, body: bytes, store_id: str, tail: str | None
+    ) -> web.StreamResponse:
+        found = self.vector_stores.get(store_id)
+        if found is None:
+            return _error(404, f"No vector store found with id '{store_id}'.", None)
+        if tail is None and request.method == "DELETE":
+            del self.vector_stores[store_id]
+            return web.json_response({"id": store_id, "object": "vector_store.deleted", "deleted": True})
+        if tail is None and request.method == "POST":
+            found["object"]["metadata"] = json.loads(body).get("metadata") or {}
+        if tail is None:
+            return web.json_response(found["object"])
+        if tail == "search":
+            query = json.loads(body).get("query")
+            page = {"object": "vector_store.search_results.page", "search_query": [query], "data": []}
+            return web.json_response({**page, "has_more": False, "next_page": None})
+        if request.method == "POST":  # files: one added by its id
+            file_id = json.loads(body)["file_id"]
+            if file_id not in self.files:
+                return _error(404, f"No file found with id '{file_id}'.", None)
+            return web.json_response(self._add_to_store(store_id, file_id))
+        listed = list(found["files"].values())
+        return web.json_response({"object": "list", "data": listed, "has_more": False})
 
     # -- realtime ------------------------------------------------------------------------
 
@@ -804,6 +879,7 @@ def _completion(completion_id: str, model: str) -> dict[str, Any]:
 
 FILE_KEPT_BYTES = 1024 * 1024
 _BATCH_PATH = re.compile(r"/v1/batches/([^/]+)(?:/(cancel))?")
+_VECTOR_STORE_PATH = re.compile(r"/v1/vector_stores/([^/]+)(?:/(search|files))?")
 _CONVERSATION_PATH = re.compile(r"/v1/conversations/([^/]+)(?:/(items(?:/[^/]+)?))?")
 _FILE_PATH = re.compile(r"/v1/files/([^/]+)(?:/(content))?")
 _UPLOAD_PATH = re.compile(r"/v1/uploads/([^/]+)/(parts|complete|cancel)")

@@ -144,6 +144,7 @@ def test_every_shipped_model_has_the_prices_its_api_type_needs() -> None:
             "whisper": price.per_minute is not None,
             "image": bool(price.per_image),
             "moderation": True,
+            "storage": bool(price.tool_fees),
         }[price.api_type]
         assert priced, price.model
 

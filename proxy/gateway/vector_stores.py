@@ -1,0 +1,220 @@
+"""Vector stores (spec sections 4b and 5): each is its maker's, with every
+file it holds and every search of it; the files a body names must be the
+caller's own. Searching a store is free; keeping one costs storage, charged
+by :mod:`taximeter.pricing.storage`: a watch per store looks at it upstream
+after each UTC midnight and charges the days since it last did, at the size
+it has then, up to the day it expired; deleting it through taximeter charges
+its last day first."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+
+from aiohttp import web
+
+from taximeter.pricing import limits
+from taximeter.pricing.charge import CallFacts, charge
+from taximeter.pricing.models import OwnedObject, Reservation, UsageEvent, Watch
+from taximeter.pricing.storage import (
+    STORAGE_MODEL,
+    days_to_charge,
+    expired_on,
+    next_midnight,
+    storage_request_id,
+    storage_usage,
+)
+from taximeter.pricing.usage import Usage
+from taximeter.proxy.errors import UpstreamUnavailable
+from taximeter.proxy.gateway import auth
+from taximeter.proxy.gateway.files import list_owned, own, upstream_json
+from taximeter.proxy.gateway.objects import valid_id
+from taximeter.proxy.gateway.ownership import checked_body
+from taximeter.proxy.gateway.upstreams import Upstream
+from taximeter.proxy.gateway.watching import WATCH_LEASE, terms_of
+from taximeter.proxy.middleware import REQUEST_ID
+from taximeter.proxy.services import Services
+
+__all__ = [
+    "charge_to_date",
+    "check_storage",
+    "create_vector_store",
+    "list_vector_stores",
+    "show_vector_store",
+]
+
+log = logging.getLogger("taximeter.metering")
+
+KIND = "vector_store"
+_ENDPOINT = "/v1/vector_stores"
+
+
+async def create_vector_store(request: web.Request, services: Services) -> web.StreamResponse:
+    """``POST /v1/vector_stores``: refused like any call to a client that may
+    not spend; made, the store is the caller's and its storage is watched."""
+    key = await auth.authenticate(request, services.keys)
+    await services.meter.precheck(key.client_id, request[REQUEST_ID])
+    body = await checked_body(request, services, key.client_id)
+    upstream = services.router.pick(None)
+    status, data, relayed, reply = await upstream_json(services, request, upstream, "POST", _ENDPOINT, body)
+    if status < 300 and isinstance(reply, dict) and valid_id(reply.get("id")):
+        await own(services, request[REQUEST_ID], KIND, key.client_id, upstream, reply)
+        now = services.meter.clock()
+        try:
+            await services.objects.watch(
+                _watch(str(reply["id"]), key.client_id, upstream, now), next_midnight(now)
+            )
+        except Exception as exc:  # made upstream all the same: said loudly, never the call's failure
+            log.error(
+                "vector_store_unwatched",
+                extra={"object": reply["id"], "client": key.client_id, "error": str(exc)},
+            )
+    return web.Response(body=data, status=status, headers=relayed)
+
+
+async def list_vector_stores(request: web.Request, services: Services) -> web.StreamResponse:
+    """``GET /v1/vector_stores``: the caller's, each as last seen (made,
+    retrieved, or looked at for its storage)."""
+    return await list_owned(request, services, KIND, lambda shown: True)
+
+
+async def show_vector_store(
+    request: web.Request, services: Services, store: OwnedObject, upstream: Upstream
+) -> web.StreamResponse:
+    """``GET /v1/vector_stores/{id}``: as the upstream shows it, kept as last seen."""
+    path = f"{_ENDPOINT}/{store.object_id}"
+    status, data, relayed, reply = await upstream_json(services, request, upstream, "GET", path)
+    if status < 300 and isinstance(reply, dict) and reply.get("id") == store.object_id:
+        await services.objects.show_object(store.object_id, reply)
+    return web.Response(body=data, status=status, headers=relayed)
+
+
+def _watch(object_id: str, client_id: str, upstream: Upstream, now: datetime) -> Watch:
+    """A store's storage watch. It holds nothing (storage is charged after
+    the fact); its ``checks`` are the last day charged, as a date ordinal."""
+    nothing = UsageEvent(
+        request_id=f"{object_id}/storage",
+        client_id=client_id,
+        api_type=KIND,
+        model=STORAGE_MODEL,
+        endpoint=_ENDPOINT,
+        status=0,
+        created_at=now,
+        currency="USD",
+        exchange_rate=Decimal(1),  # nothing: no money, no rate
+        estimated=True,
+    )
+    return Watch(object_id, KIND, client_id, upstream.name, Reservation(nothing, 0, now), now)
+
+
+def _last_charged(watch: Watch) -> date | None:
+    return date.fromordinal(watch.checks) if watch.checks > 0 else None
+
+
+async def check_storage(services: Services, watch: Watch) -> None:
+    """Charge a store's days that have ended since it was last charged, at
+    the size the upstream shows now; then look again after the next
+    midnight. A store the upstream no longer knows (deleted elsewhere, or
+    expired) is charged to yesterday at its last known size, and watched no
+    more. Raises when the upstream cannot say (looked at again later)."""
+    now = services.meter.clock()
+    yesterday = now.astimezone(UTC).date() - timedelta(days=1)
+    upstream = services.router.named(watch.upstream)
+    shown = None if upstream is None else await _shown(services, upstream, watch.object_id)
+    if upstream is None or shown is None:  # gone, or its upstream no longer configured: as last seen
+        owned = (await services.objects.owned_objects([watch.object_id])).get(watch.object_id)
+        last = {} if owned is None else (owned.detail or {}).get("object") or {}
+        usage = storage_usage(last.get("usage_bytes")) or Usage(estimated=True)  # never seen: nothing known
+        await _charge_days(services, watch, upstream, usage, yesterday)
+        await services.objects.end_watch(watch.object_id)
+        return
+    await services.objects.show_object(watch.object_id, shown)
+    ended = expired_on(shown, now.astimezone(UTC).date())
+    if ended is not None:  # its data is gone: kept to the day it expired, and no more
+        await _charge_days(services, watch, upstream, _size(shown, upstream), min(ended, yesterday))
+        await services.objects.end_watch(watch.object_id)
+        return
+    await _charge_days(services, watch, upstream, _size(shown, upstream), yesterday)
+    await services.objects.check_again(watch.object_id, next_midnight(now), yesterday.toordinal())
+
+
+async def charge_to_date(services: Services, store: OwnedObject, upstream: Upstream) -> None:
+    """Before a store is deleted: every day it was kept charged, today's too."""
+    now = services.meter.clock()
+    today = now.astimezone(UTC).date()
+    shown = await _shown(services, upstream, store.object_id)
+    if shown is None:
+        return  # already gone upstream: its watch charges what is left
+    usage = _size(shown, upstream)
+    claimed = await services.objects.claim_watches(now, 1, WATCH_LEASE, object_id=store.object_id)
+    watch = claimed[0] if claimed else _as_charged_until(store, upstream, today)
+    await _charge_days(services, watch, upstream, usage, today)
+    if claimed:  # charged through today: if the delete fails, tomorrow's look goes on from here
+        await services.objects.check_again(store.object_id, next_midnight(now), today.toordinal())
+
+
+def _as_charged_until(store: OwnedObject, upstream: Upstream, today: date) -> Watch:
+    """No watch was free to take (another process is at it): only today is
+    charged here (the others are that watch's, each charged once by id)."""
+    watch = _watch(store.object_id, store.client_id, upstream, store.created_at)
+    return replace(watch, checks=today.toordinal() - 1)
+
+
+def _size(shown: dict[str, object], upstream: Upstream) -> Usage:
+    usage = storage_usage(shown.get("usage_bytes"))
+    if usage is None:  # looked at again later: a day is never charged at a size made up
+        raise UpstreamUnavailable(
+            f"upstream {upstream.name} showed no usable usage_bytes for {shown.get('id')}"
+        )
+    return usage
+
+
+async def _shown(services: Services, upstream: Upstream, object_id: str) -> dict[str, object] | None:
+    """The store as the upstream shows it now; None when it no longer knows it."""
+    path = f"{_ENDPOINT}/{object_id}"
+    status, _, _, reply = await upstream_json(services, None, upstream, "GET", path)
+    if status == 404:
+        return None
+    if status >= 300 or not isinstance(reply, dict) or reply.get("id") != object_id:
+        raise UpstreamUnavailable(f"upstream {upstream.name} answered {status} for {path}")
+    return reply
+
+
+async def _charge_days(
+    services: Services, watch: Watch, upstream: Upstream | None, usage: Usage, through: date
+) -> None:
+    days = days_to_charge(_last_charged(watch), watch.created_at.astimezone(UTC).date(), through)
+    if not days:
+        return
+    meter = services.meter
+    provider = upstream.provider if upstream is not None else "openai"
+    terms = await terms_of(services, watch.client_id)
+    tariff = await meter.rates.tariff(terms)
+    now = meter.clock()
+    holds = limits.late_holds(
+        terms.limits,
+        client_id=watch.client_id,
+        model=STORAGE_MODEL,
+        timezone=terms.timezone or meter.timezone,
+        now=now,
+    )
+    for day in days:
+        facts = CallFacts(
+            request_id=storage_request_id(watch.object_id, day),
+            client_id=watch.client_id,
+            api_type=KIND,
+            model=STORAGE_MODEL,
+            endpoint=_ENDPOINT,
+            family="passthrough",
+            price=meter.catalog.resolve(STORAGE_MODEL, provider),
+            upstream=None if upstream is None else upstream.name,
+        )
+        event = charge(facts, usage, 200, tariff, now)
+        await meter.charge_late(event, holds)
+        services.metrics.call(event)
+    log.info(
+        "vector_store_storage_charged",
+        extra={"object": watch.object_id, "client": watch.client_id, "days": len(days)},
+    )
