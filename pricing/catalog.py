@@ -141,8 +141,8 @@ def problems(catalog: Catalog) -> list[str]:
             missing.append("per_minute or token rates")
         if price.api_type == "image" and not price.per_image and price.rates.empty:
             missing.append("per_image or token rates")
-        if price.api_type == "storage" and not price.tool_fees:
-            missing.append("tool_fees (a fee per unit kept, such as storage_mib_day)")
+        if price.api_type == "storage" and price.fee("storage_mib_day") is None:
+            missing.append("tool_fees.storage_mib_day (USD per MiB kept a day)")
         if missing:
             found.append(f"{price.model} ({price.api_type}): no {', '.join(missing)}")
     found.extend(f"refused: {reason}" for reason in catalog.refused)

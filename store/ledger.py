@@ -25,9 +25,11 @@ yet durable; a quarantined or dropped event counts as written.
 
 An event may be submitted with ``after``: it is not written before that
 future is done (or ``after_wait_s`` has passed). A settled call passes the
-gate's count of its usage: a process that dies between the two then leaves
-either both done or the event kept by the gate for a survivor to record,
-never an event the store counts and the gate does not.
+gate's count of its usage, so that while the gate answers, a process that
+dies between the two leaves both done, or the event kept by the gate for a
+survivor to record - not the store counting a call whose reservation the
+gate still holds. (A call settled while its client's copy is being rebuilt
+is counted by that rebuild, after its event is written: that window stays.)
 """
 
 from __future__ import annotations
@@ -116,10 +118,9 @@ class LedgerWriter:
         """Queue ``event`` for recording (waits only while the queue is full),
         written once ``after`` is done; its sequence number: it is durable
         once ``written`` reaches it."""
-        self._submitted += 1
-        sequence = self._submitted
         await self._queue.put((event, after))
-        return sequence
+        self._submitted += 1  # once queued (nothing runs in between): a sequence is its place
+        return self._submitted
 
     @contextlib.asynccontextmanager
     async def paused(self) -> AsyncIterator[int]:

@@ -110,6 +110,7 @@ class Meter:
         # ledger sequence numbers: re-applied to the new copy unless the store
         # read already held them.
         self._deferred: dict[str, list[tuple[int, UsageEvent]]] = {}
+        self._gate_failing = False  # the last count in the gate failed: events are not held for it
 
     async def follow_prices(self, today: date) -> None:
         """Read the catalogs again as of ``today`` when the day has changed
@@ -341,7 +342,8 @@ class Meter:
         # held in the gate while the store has its usage (a survivor charges
         # the reservation, finds the event recorded, and the gate never counts it).
         counting: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        sequence = await self.ledger.submit(event, after=counting)
+        # Not while the gate is failing: every batch would wait for its timeouts.
+        sequence = await self.ledger.submit(event, after=None if self._gate_failing else counting)
         try:
             counted = await self._count(event, sequence, keep_until=self.clock() + self.record_grace)
         finally:
@@ -383,14 +385,17 @@ class Meter:
             deferred.append((sequence, event))
             return None
         try:
-            return await self.gate.settle(
+            counted = await self.gate.settle(
                 event, to_nanos(event.cost), event.created_at, keep_until=keep_until
             )
         except StoreUnavailable as exc:
             # The store still records it; the gate's copy is rebuilt on its next miss.
             log.warning("gate_settle_failed", extra={"client": event.client_id, "error": str(exc)})
             self.mark_stale(event.client_id)
+            self._gate_failing = True
             return {}
+        self._gate_failing = False
+        return counted
 
     async def admit_long_running(self, reservation: Reservation) -> None:
         """Admit a call that runs on upstream for hours (a batch) only if all

@@ -48,14 +48,12 @@ def _reference(kind: str, value: Any, param: str) -> Reference:
     return Reference(kind, value if valid else "", param, valid)
 
 
-def referenced(family: Family, fields: dict[str, Any]) -> list[Reference]:
+def referenced(family: Family, fields: dict[str, Any], most: int = MAX_REFERENCES) -> list[Reference]:
     """Every object id a request body names, of a kind taximeter records.
-    Raises InvalidInput when it names more than :data:`MAX_REFERENCES`."""
+    Raises InvalidInput when it names more than ``most``."""
     found = list(_references(family, fields))
-    if len(found) > MAX_REFERENCES:
-        raise InvalidInput(
-            f"a request may name at most {MAX_REFERENCES} stored objects", param="input", status=400
-        )
+    if len(found) > most:
+        raise InvalidInput(f"a request may name at most {most} stored objects", param="input", status=400)
     return found
 
 
@@ -87,8 +85,9 @@ def _references(family: Family, fields: dict[str, Any]) -> Iterator[Reference]:
 
 
 # Fields (at any depth) that hold data, not references: a client's own
-# metadata, JSON schemas of tools and structured outputs.
-_NOT_REFERENCES = frozenset({"metadata", "parameters", "schema", "json_schema"})
+# metadata and attributes (of a vector store's files), JSON schemas of tools
+# and structured outputs.
+_NOT_REFERENCES = frozenset({"metadata", "attributes", "parameters", "schema", "json_schema"})
 _ID_KEYS = {"file_id": "file"}
 _ID_LIST_KEYS = {"file_ids": "file", "vector_store_ids": "vector_store"}
 
@@ -158,10 +157,12 @@ def created(family: Family, fields: dict[str, Any], response: Any) -> list[tuple
 
 @dataclass(frozen=True, slots=True)
 class ObjectRoute:
-    """A path of one object: only its owner's calls go upstream, unmetered."""
+    """A path of one object: only its owner's calls go upstream, unmetered.
+    ``itself``: the path is the object's own, not one of an item of it."""
 
     kind: str
     object_id: str
+    itself: bool = False
 
 
 # (methods, pattern of the canonical path, kind of the object its {id} names)
@@ -206,5 +207,6 @@ def object_route(method: str, path: str) -> ObjectRoute | None:
     for methods, pattern, kind in _ROUTES:
         match = pattern.fullmatch(path)
         if match is not None and method in methods:
-            return ObjectRoute(kind, match.group(1))
+            itself = match.re.groups == 1 and match.re.pattern.endswith("/([^/]+)")
+            return ObjectRoute(kind, match.group(1), itself)
     return None

@@ -13,7 +13,7 @@ from aiohttp import web
 from taximeter.pricing.models import OwnedObject
 from taximeter.proxy.errors import NotFoundError
 from taximeter.proxy.gateway.bodies import json_object, read_body
-from taximeter.proxy.gateway.objects import ObjectRoute, Reference, referenced
+from taximeter.proxy.gateway.objects import MAX_REFERENCES, ObjectRoute, Reference, referenced
 from taximeter.proxy.services import Services
 from taximeter.store.base import UpstreamObjects
 
@@ -44,14 +44,16 @@ async def check_references(objects: UpstreamObjects, client_id: str, references:
             raise _not_found(reference.kind, reference.object_id, reference.param)
 
 
-async def checked_body(request: web.Request, services: Services, client_id: str) -> bytes:
-    """A JSON body, every object it names the caller's own (404 otherwise);
-    as parsed, so the upstream reads what was checked."""
+async def checked_body(
+    request: web.Request, services: Services, client_id: str, *, most: int = MAX_REFERENCES
+) -> bytes:
+    """A JSON body, every object it names (at most ``most``) the caller's own
+    (404 otherwise); as parsed, so the upstream reads what was checked."""
     body = await read_body(request, services.settings.max_body_bytes)
     if not body:
         return b"{}"
     fields = json_object(body)
-    await check_references(services.objects, client_id, referenced("responses", fields))
+    await check_references(services.objects, client_id, referenced("responses", fields, most))
     return orjson.dumps(fields)
 
 

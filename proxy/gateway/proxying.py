@@ -62,8 +62,9 @@ from taximeter.proxy.gateway.relay import (
 from taximeter.proxy.gateway.settling import Call, event_of, record_failure, record_lost, settle_unaccounted
 from taximeter.proxy.gateway.upstreams import Upstream
 from taximeter.proxy.gateway.vector_stores import (
-    charge_to_date,
+    STORE_REFERENCES,
     create_vector_store,
+    delete_vector_store,
     list_vector_stores,
     show_vector_store,
 )
@@ -298,28 +299,30 @@ async def _object_call(
         return await complete_upload(request, services, owned, upstream)
     if route.kind == "batch":
         return await show_batch(request, services, owned, upstream, path)
-    if route.kind == "response" and request.method == "DELETE" and path.endswith(f"/{route.object_id}"):
+    if route.kind == "response" and request.method == "DELETE" and route.itself:
         await settle_before_delete(services, route.object_id)
     if route.kind == "conversation" and request.method == "POST":
         return await add_to_conversation(request, services, owned, upstream, path)
-    itself = path.endswith(f"/{route.object_id}")  # the object, not an item of it
+    itself = route.itself  # the object, not an item of it
     if route.kind == "vector_store" and itself and request.method == "GET":
         return await show_vector_store(request, services, owned, upstream)
     if route.kind == "vector_store" and itself and request.method == "DELETE":
-        await charge_to_date(services, owned, upstream)  # its storage, today's included
+        return await delete_vector_store(request, services, owned, upstream)
     endpoint = Endpoint(path, "passthrough", "none", "raw", method=request.method, metered=False)
     body: bytes | AsyncIterator[bytes]
     if route.kind == "upload" and path.endswith("/parts"):  # up to 64 MB a part: streamed through
         body = streamed(request, services.settings.max_file_bytes)
     elif route.kind == "vector_store" and request.method == "POST":  # the files it adds: the caller's
-        body = await checked_body(request, services, key.client_id)
+        if path.endswith(
+            ("/files", "/file_batches")
+        ):  # adding files adds storage: not for one that may not spend
+            await services.meter.precheck(key.client_id, request[REQUEST_ID])
+        body = await checked_body(request, services, key.client_id, most=STORE_REFERENCES)
     else:
         body = await read_body(request, services.settings.max_body_bytes)
     response = await _pass_through(request, services, endpoint, body, upstream)
     if request.method == "DELETE" and response.status < 300 and itself:
         await services.objects.forget_object(route.object_id)
-        if route.kind == "vector_store":
-            await services.objects.end_watch(route.object_id)
     return response
 
 

@@ -8,8 +8,8 @@ its last day first."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
@@ -27,9 +27,9 @@ from taximeter.pricing.storage import (
     storage_usage,
 )
 from taximeter.pricing.usage import Usage
-from taximeter.proxy.errors import UpstreamUnavailable
+from taximeter.proxy.errors import MeteringUnavailable, UpstreamUnavailable
 from taximeter.proxy.gateway import auth
-from taximeter.proxy.gateway.files import list_owned, own, upstream_json
+from taximeter.proxy.gateway.files import list_owned, upstream_json
 from taximeter.proxy.gateway.objects import valid_id
 from taximeter.proxy.gateway.ownership import checked_body
 from taximeter.proxy.gateway.upstreams import Upstream
@@ -38,9 +38,10 @@ from taximeter.proxy.middleware import REQUEST_ID
 from taximeter.proxy.services import Services
 
 __all__ = [
-    "charge_to_date",
+    "STORE_REFERENCES",
     "check_storage",
     "create_vector_store",
+    "delete_vector_store",
     "list_vector_stores",
     "show_vector_store",
 ]
@@ -48,30 +49,54 @@ __all__ = [
 log = logging.getLogger("taximeter.metering")
 
 KIND = "vector_store"
+STORE_REFERENCES = 2_000  # files one store's body may name (a file batch names many)
 _ENDPOINT = "/v1/vector_stores"
 
 
 async def create_vector_store(request: web.Request, services: Services) -> web.StreamResponse:
     """``POST /v1/vector_stores``: refused like any call to a client that may
-    not spend; made, the store is the caller's and its storage is watched."""
+    not spend (or when its storage has no price and the policy rejects the
+    unpriced); made, the store is the caller's and its storage is watched.
+    Run to its end even if the client leaves, so no store is left unmetered."""
     key = await auth.authenticate(request, services.keys)
     await services.meter.precheck(key.client_id, request[REQUEST_ID])
-    body = await checked_body(request, services, key.client_id)
     upstream = services.router.pick(None)
+    services.meter.resolve_price(STORAGE_MODEL, True, upstream.provider)
+    body = await checked_body(request, services, key.client_id, most=STORE_REFERENCES)
+    return await services.shielded(_create(request, services, key.client_id, upstream, body))
+
+
+async def _create(
+    request: web.Request, services: Services, client_id: str, upstream: Upstream, body: bytes
+) -> web.StreamResponse:
     status, data, relayed, reply = await upstream_json(services, request, upstream, "POST", _ENDPOINT, body)
     if status < 300 and isinstance(reply, dict) and valid_id(reply.get("id")):
-        await own(services, request[REQUEST_ID], KIND, key.client_id, upstream, reply)
-        now = services.meter.clock()
-        try:
-            await services.objects.watch(
-                _watch(str(reply["id"]), key.client_id, upstream, now), next_midnight(now)
-            )
-        except Exception as exc:  # made upstream all the same: said loudly, never the call's failure
-            log.error(
-                "vector_store_unwatched",
-                extra={"object": reply["id"], "client": key.client_id, "error": str(exc)},
-            )
+        await _keep(services, request[REQUEST_ID], client_id, upstream, reply)
     return web.Response(body=data, status=status, headers=relayed)
+
+
+async def _keep(
+    services: Services, request_id: str, client_id: str, upstream: Upstream, made: dict[str, object]
+) -> None:
+    """Record the new store's owner and watch its storage; a store that
+    cannot be both is deleted upstream again (best effort) and the call
+    fails: none is kept that no one pays for, or that its owner cannot reach."""
+    store_id, now = str(made["id"]), services.meter.clock()
+    try:
+        await services.objects.own_objects(
+            [OwnedObject(store_id, KIND, client_id, upstream.name, now, {"object": made})]
+        )
+        await services.objects.watch(_watch(store_id, client_id, upstream, now), next_midnight(now))
+    except Exception as exc:
+        log.error(
+            "vector_store_undone",
+            extra={"request_id": request_id, "object": store_id, "client": client_id, "error": str(exc)},
+        )
+        with contextlib.suppress(Exception):
+            await upstream_json(services, None, upstream, "DELETE", f"{_ENDPOINT}/{store_id}")
+        with contextlib.suppress(Exception):
+            await services.objects.forget_object(store_id)
+        raise MeteringUnavailable("the store could not record the new vector store; it was not kept") from exc
 
 
 async def list_vector_stores(request: web.Request, services: Services) -> web.StreamResponse:
@@ -126,9 +151,20 @@ async def check_storage(services: Services, watch: Watch) -> None:
     if upstream is None or shown is None:  # gone, or its upstream no longer configured: as last seen
         owned = (await services.objects.owned_objects([watch.object_id])).get(watch.object_id)
         last = {} if owned is None else (owned.detail or {}).get("object") or {}
-        usage = storage_usage(last.get("usage_bytes")) or Usage(estimated=True)  # never seen: nothing known
+        usage = storage_usage(last.get("usage_bytes"))
+        if usage is None:  # never seen with a size: nothing better is known
+            log.error(
+                "vector_store_size_unknown", extra={"object": watch.object_id, "client": watch.client_id}
+            )
+            usage = Usage(estimated=True)
         await _charge_days(services, watch, upstream, usage, yesterday)
-        await services.objects.end_watch(watch.object_id)
+        if upstream is None:  # it may well still exist: charged at its last size until it is configured again
+            log.warning(
+                "vector_store_upstream_missing", extra={"object": watch.object_id, "upstream": watch.upstream}
+            )
+            await services.objects.check_again(watch.object_id, next_midnight(now), yesterday.toordinal())
+        else:
+            await services.objects.end_watch(watch.object_id)
         return
     await services.objects.show_object(watch.object_id, shown)
     ended = expired_on(shown, now.astimezone(UTC).date())
@@ -140,7 +176,22 @@ async def check_storage(services: Services, watch: Watch) -> None:
     await services.objects.check_again(watch.object_id, next_midnight(now), yesterday.toordinal())
 
 
-async def charge_to_date(services: Services, store: OwnedObject, upstream: Upstream) -> None:
+async def delete_vector_store(
+    request: web.Request, services: Services, store: OwnedObject, upstream: Upstream
+) -> web.StreamResponse:
+    """``DELETE /v1/vector_stores/{id}``: its days charged to today, then
+    deleted; once the upstream has deleted it, forgotten and watched no more
+    before the client hears so."""
+    await _charge_to_date(services, store, upstream)
+    path = f"{_ENDPOINT}/{store.object_id}"
+    status, data, relayed, _ = await upstream_json(services, request, upstream, "DELETE", path)
+    if status < 300:
+        await services.objects.end_watch(store.object_id)
+        await services.objects.forget_object(store.object_id)
+    return web.Response(body=data, status=status, headers=relayed)
+
+
+async def _charge_to_date(services: Services, store: OwnedObject, upstream: Upstream) -> None:
     """Before a store is deleted: every day it was kept charged, today's too."""
     now = services.meter.clock()
     today = now.astimezone(UTC).date()
@@ -149,17 +200,17 @@ async def charge_to_date(services: Services, store: OwnedObject, upstream: Upstr
         return  # already gone upstream: its watch charges what is left
     usage = _size(shown, upstream)
     claimed = await services.objects.claim_watches(now, 1, WATCH_LEASE, object_id=store.object_id)
-    watch = claimed[0] if claimed else _as_charged_until(store, upstream, today)
+    watch = claimed[0] if claimed else _unclaimed(store, upstream)
     await _charge_days(services, watch, upstream, usage, today)
     if claimed:  # charged through today: if the delete fails, tomorrow's look goes on from here
         await services.objects.check_again(store.object_id, next_midnight(now), today.toordinal())
 
 
-def _as_charged_until(store: OwnedObject, upstream: Upstream, today: date) -> Watch:
-    """No watch was free to take (another process is at it): only today is
-    charged here (the others are that watch's, each charged once by id)."""
-    watch = _watch(store.object_id, store.client_id, upstream, store.created_at)
-    return replace(watch, checks=today.toordinal() - 1)
+def _unclaimed(store: OwnedObject, upstream: Upstream) -> Watch:
+    """No watch was free to take (another process is at it, or its holder
+    died): every day since the store was made is charged here; each one
+    charged already is recorded once all the same, by its id."""
+    return _watch(store.object_id, store.client_id, upstream, store.created_at)
 
 
 def _size(shown: dict[str, object], upstream: Upstream) -> Usage:
@@ -214,6 +265,7 @@ async def _charge_days(
         event = charge(facts, usage, 200, tariff, now)
         await meter.charge_late(event, holds)
         services.metrics.call(event)
+    await meter.ledger.flush()  # durable before its watch moves past these days
     log.info(
         "vector_store_storage_charged",
         extra={"object": watch.object_id, "client": watch.client_id, "days": len(days)},

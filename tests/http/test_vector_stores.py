@@ -4,6 +4,7 @@ is free; storage is charged once per UTC day at the size the upstream shows."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -11,6 +12,7 @@ import openai
 import pytest
 
 from taximeter.proxy.gateway.watcher import watch_due
+from taximeter.store.base import StoreUnavailable
 from tests.http.test_isolation import refused_unseen, two_tenants
 from tests.support.clock import FakeClock
 from tests.support.harness import Harness
@@ -33,7 +35,7 @@ def day_of(mib: int) -> Decimal:
 async def storage_events(proxy: Harness) -> list[tuple[str, Decimal]]:
     events = [e for e in await proxy.events("acme") if e["api_type"] == "vector_store"]
     for event in events:
-        assert (event["model"], event["status"], event["estimated"]) == ("vector-store", 200, False)
+        assert (event["model"], event["status"], event["estimated"]) == ("vector-store", 200, False), event
     return sorted((str(e["request_id"]), usd(e["cost_usd"])) for e in events)
 
 
@@ -127,12 +129,69 @@ async def test_an_expired_store_is_charged_to_the_day_it_expired(proxy: Harness,
     assert len(await storage_events(proxy)) == 3  # watched no more
 
 
-async def test_a_client_that_may_not_spend_makes_no_store(proxy: Harness) -> None:
+async def test_a_client_that_may_not_spend_makes_no_store_and_adds_no_file(proxy: Harness) -> None:
     key = await proxy.new_client("acme", mode="tokens", token_limit=10)
     acme = proxy.sdk(key)
+    file_id = (await acme.files.create(file=("a.txt", b"abc"), purpose="assistants")).id
+    store = await acme.vector_stores.create(name="kb")
     await acme.embeddings.create(model="text-embedding-3-small", input="spend it all")  # paused now
     seen = len(proxy.upstream.received)
     with pytest.raises(openai.RateLimitError):
-        await acme.vector_stores.create(name="kb")
+        await acme.vector_stores.create(name="more")
+    with pytest.raises(openai.RateLimitError):
+        await acme.vector_stores.files.create(vector_store_id=store.id, file_id=file_id)
     assert len(proxy.upstream.received) == seen
-    assert proxy.upstream.vector_stores == {}
+    assert list(proxy.upstream.vector_stores) == [store.id]
+    await acme.vector_stores.search(store.id, query="still free")  # what adds nothing still works
+
+
+async def test_a_file_path_named_as_its_store_charges_nothing_on_demand(
+    proxy: Harness, clock: FakeClock
+) -> None:
+    # Before: DELETE .../files/<the store's own id> ran the store's delete
+    # charging (today's day at the size of the moment, marked charged).
+    acme = proxy.sdk(await proxy.new_client("acme"))
+    file_id = (await acme.files.create(file=("a.txt", b"abc"), purpose="assistants")).id
+    store = await acme.vector_stores.create(name="kb", file_ids=[file_id])
+    with pytest.raises(openai.NotFoundError):  # the upstream's answer: no such file in the store
+        await acme.vector_stores.files.delete(store.id, vector_store_id=store.id)
+    assert await storage_events(proxy) == []
+    # A file's attributes are the client's own data, not references.
+    added = await acme.vector_stores.files.update(
+        file_id, vector_store_id=store.id, attributes={"file_id": "doc-17"}
+    )
+    assert added.id == file_id
+
+
+async def test_a_delete_while_the_watch_is_taken_charges_every_day_once(
+    proxy: Harness, clock: FakeClock
+) -> None:
+    acme = proxy.sdk(await proxy.new_client("acme"))
+    store = await acme.vector_stores.create(name="kb")
+    set_size(proxy, store.id, MIB)
+    clock.advance(days=1)
+    await watch_due(proxy.services)  # the 10th charged
+    clock.advance(days=2)
+    services = proxy.services
+    taken = await services.objects.claim_watches(clock(), 10, timedelta(minutes=15))  # a watcher that died
+    assert [w.object_id for w in taken] == [store.id]
+    await acme.vector_stores.delete(store.id)
+    days = [f"{store.id}/storage/2026-03-1{d}" for d in (0, 1, 2, 3)]
+    assert await storage_events(proxy) == [(day, day_of(1)) for day in days]
+    await proxy.assert_ledger_matches_counters()
+
+
+async def test_a_store_taximeter_cannot_record_is_not_kept(
+    proxy: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    acme = proxy.sdk(await proxy.new_client("acme"))
+
+    async def broken(*args: Any, **kwargs: Any) -> None:
+        raise StoreUnavailable("the store is down")
+
+    monkeypatch.setattr(proxy.services.objects, "watch", broken)
+    with pytest.raises(openai.APIStatusError) as caught:
+        await acme.vector_stores.create(name="kb")
+    assert caught.value.status_code == 503
+    assert proxy.upstream.vector_stores == {}  # deleted upstream again
+    assert (await acme.vector_stores.list()).data == []

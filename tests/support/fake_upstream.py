@@ -344,6 +344,19 @@ class FakeUpstream:
             query = json.loads(body).get("query")
             page = {"object": "vector_store.search_results.page", "search_query": [query], "data": []}
             return web.json_response({**page, "has_more": False, "next_page": None})
+        if tail.startswith("files/"):  # one file of the store: its attributes updated, or taken out
+            added = found["files"].get(tail.removeprefix("files/"))
+            if added is None:
+                return _error(404, f"No file found with id '{tail.removeprefix('files/')}'.", None)
+            if request.method == "DELETE":
+                del found["files"][added["id"]]
+                found["object"]["usage_bytes"] -= added["usage_bytes"]
+                return web.json_response(
+                    {"id": added["id"], "object": "vector_store.file.deleted", "deleted": True}
+                )
+            if request.method == "POST":
+                added["attributes"] = json.loads(body).get("attributes")
+            return web.json_response(added)
         if request.method == "POST":  # files: one added by its id
             file_id = json.loads(body)["file_id"]
             if file_id not in self.files:
@@ -879,7 +892,7 @@ def _completion(completion_id: str, model: str) -> dict[str, Any]:
 
 FILE_KEPT_BYTES = 1024 * 1024
 _BATCH_PATH = re.compile(r"/v1/batches/([^/]+)(?:/(cancel))?")
-_VECTOR_STORE_PATH = re.compile(r"/v1/vector_stores/([^/]+)(?:/(search|files))?")
+_VECTOR_STORE_PATH = re.compile(r"/v1/vector_stores/([^/]+)(?:/(search|files(?:/[^/]+)?))?")
 _CONVERSATION_PATH = re.compile(r"/v1/conversations/([^/]+)(?:/(items(?:/[^/]+)?))?")
 _FILE_PATH = re.compile(r"/v1/files/([^/]+)(?:/(content))?")
 _UPLOAD_PATH = re.compile(r"/v1/uploads/([^/]+)/(parts|complete|cancel)")

@@ -113,12 +113,23 @@ def test_what_a_response_created(family: Any, fields: Any, response: Any, expect
 
 
 def test_object_paths_by_method() -> None:
-    assert object_route("GET", "/v1/responses/resp_1") == ObjectRoute("response", "resp_1")
-    assert object_route("DELETE", "/v1/responses/resp_1") == ObjectRoute("response", "resp_1")
+    assert object_route("GET", "/v1/responses/resp_1") == ObjectRoute("response", "resp_1", itself=True)
+    assert object_route("DELETE", "/v1/responses/resp_1") == ObjectRoute("response", "resp_1", itself=True)
     assert object_route("POST", "/v1/responses/resp_1/cancel") == ObjectRoute("response", "resp_1")
     assert object_route("GET", "/v1/responses/resp_1/input_items") == ObjectRoute("response", "resp_1")
-    assert object_route("POST", "/v1/chat/completions/c1") == ObjectRoute("chat_completion", "c1")
+    assert object_route("POST", "/v1/chat/completions/c1") == ObjectRoute(
+        "chat_completion", "c1", itself=True
+    )
     assert object_route("GET", "/v1/chat/completions/c1/messages") == ObjectRoute("chat_completion", "c1")
     assert object_route("POST", "/v1/responses/resp_1") is None
     assert object_route("POST", "/v1/responses") is None
     assert object_route("GET", "/v1/chat/completions") is None  # the list: not served
+
+
+def test_an_object_path_is_its_own_only_when_it_names_nothing_under_it() -> None:
+    store = object_route("DELETE", "/v1/vector_stores/vs_1")
+    assert store is not None and store.itself
+    item = object_route("DELETE", "/v1/vector_stores/vs_1/files/vs_1")  # a file named as its store
+    assert item is not None and (item.object_id, item.itself) == ("vs_1", False)
+    assert not object_route("GET", "/v1/responses/resp_1/input_items").itself  # type: ignore[union-attr]
+    assert object_route("GET", "/v1/responses/resp_1").itself  # type: ignore[union-attr]
