@@ -457,6 +457,9 @@ class Watches(Protocol):
     async def all_watches(self) -> list[Watch]:
         """Every object watched, leased or not (to hold them all again)."""
 
+    async def watch_of(self, object_id: str) -> Watch | None:
+        """The watch of ``object_id`` as it is, leased or not (None: not watched)."""
+
     async def check_again(self, object_id: str, next_check_at: datetime, checks: int) -> None:
         """The object still runs: its lease ends, and it is due again at ``next_check_at``."""
 

@@ -88,12 +88,13 @@ async def _keep(
         )
         await services.objects.watch(_watch(store_id, client_id, upstream, now), next_midnight(now))
     except Exception as exc:
-        log.error(
-            "vector_store_undone",
-            extra={"request_id": request_id, "object": store_id, "client": client_id, "error": str(exc)},
-        )
-        with contextlib.suppress(Exception):
-            await upstream_json(services, None, upstream, "DELETE", f"{_ENDPOINT}/{store_id}")
+        fields = {"request_id": request_id, "object": store_id, "client": client_id, "error": str(exc)}
+        try:
+            status, *_ = await upstream_json(services, None, upstream, "DELETE", f"{_ENDPOINT}/{store_id}")
+        except Exception as undo:
+            status, fields["undo_error"] = 0, str(undo)
+        # Undone: nothing to charge. Else it is kept upstream, unmetered: the operator must know.
+        log.error("vector_store_undone" if status < 300 and status else "vector_store_orphaned", extra=fields)
         with contextlib.suppress(Exception):
             await services.objects.forget_object(store_id)
         raise MeteringUnavailable("the store could not record the new vector store; it was not kept") from exc
@@ -163,13 +164,15 @@ async def check_storage(services: Services, watch: Watch) -> None:
                 "vector_store_upstream_missing", extra={"object": watch.object_id, "upstream": watch.upstream}
             )
             await services.objects.check_again(watch.object_id, next_midnight(now), yesterday.toordinal())
-        else:
+        else:  # gone: no longer listed either
             await services.objects.end_watch(watch.object_id)
+            await services.objects.forget_object(watch.object_id)
         return
     await services.objects.show_object(watch.object_id, shown)
-    ended = expired_on(shown, now.astimezone(UTC).date())
+    today = now.astimezone(UTC).date()
+    ended = expired_on(shown, today)
     if ended is not None:  # its data is gone: kept to the day it expired, and no more
-        await _charge_days(services, watch, upstream, _size(shown, upstream), min(ended, yesterday))
+        await _charge_days(services, watch, upstream, _size(shown, upstream), min(ended, today))
         await services.objects.end_watch(watch.object_id)
         return
     await _charge_days(services, watch, upstream, _size(shown, upstream), yesterday)
@@ -181,7 +184,13 @@ async def delete_vector_store(
 ) -> web.StreamResponse:
     """``DELETE /v1/vector_stores/{id}``: its days charged to today, then
     deleted; once the upstream has deleted it, forgotten and watched no more
-    before the client hears so."""
+    before the client hears so (to the end, even if the client leaves)."""
+    return await services.shielded(_delete(request, services, store, upstream))
+
+
+async def _delete(
+    request: web.Request, services: Services, store: OwnedObject, upstream: Upstream
+) -> web.StreamResponse:
     await _charge_to_date(services, store, upstream)
     path = f"{_ENDPOINT}/{store.object_id}"
     status, data, relayed, _ = await upstream_json(services, request, upstream, "DELETE", path)
@@ -192,25 +201,29 @@ async def delete_vector_store(
 
 
 async def _charge_to_date(services: Services, store: OwnedObject, upstream: Upstream) -> None:
-    """Before a store is deleted: every day it was kept charged, today's too."""
+    """Before a store is deleted: every day it was kept and not yet charged,
+    today's too (to the day it expired, for one that has). A watch another
+    process holds is read as it is: the days it charged are durable."""
     now = services.meter.clock()
     today = now.astimezone(UTC).date()
     shown = await _shown(services, upstream, store.object_id)
     if shown is None:
         return  # already gone upstream: its watch charges what is left
     usage = _size(shown, upstream)
+    through = min(expired_on(shown, today) or today, today)
     claimed = await services.objects.claim_watches(now, 1, WATCH_LEASE, object_id=store.object_id)
-    watch = claimed[0] if claimed else _unclaimed(store, upstream)
-    await _charge_days(services, watch, upstream, usage, today)
+    watch = claimed[0] if claimed else await services.objects.watch_of(store.object_id)
+    if watch is None:
+        return  # watched no more: charged to its end already
+    try:
+        await _charge_days(services, watch, upstream, usage, through)
+    except BaseException:
+        if claimed:  # its watcher looks again at once, from where it was
+            await services.objects.check_again(store.object_id, now, watch.checks)
+        raise
     if claimed:  # charged through today: if the delete fails, tomorrow's look goes on from here
-        await services.objects.check_again(store.object_id, next_midnight(now), today.toordinal())
-
-
-def _unclaimed(store: OwnedObject, upstream: Upstream) -> Watch:
-    """No watch was free to take (another process is at it, or its holder
-    died): every day since the store was made is charged here; each one
-    charged already is recorded once all the same, by its id."""
-    return _watch(store.object_id, store.client_id, upstream, store.created_at)
+        done = max(watch.checks, through.toordinal())
+        await services.objects.check_again(store.object_id, next_midnight(now), done)
 
 
 def _size(shown: dict[str, object], upstream: Upstream) -> Usage:

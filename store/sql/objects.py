@@ -133,6 +133,11 @@ class SqlUpstreamObjects(SqlBase):
             rows = await conn.fetchall(f"SELECT {_WATCH_COLUMNS} FROM watches ORDER BY created_at")
         return [self._watch(r) for r in rows]
 
+    async def watch_of(self, object_id: str) -> Watch | None:
+        async with self.connection() as conn:
+            row = await conn.fetchone(f"SELECT {_WATCH_COLUMNS} FROM watches WHERE object_id = ?", object_id)
+        return None if row is None else self._watch(row)
+
     def _watch(self, row: Row) -> Watch:
         return Watch(
             object_id=row["object_id"],

@@ -112,6 +112,7 @@ async def test_a_store_gone_upstream_is_charged_to_its_last_day_at_its_last_size
     clock.advance(days=2)
     await watch_due(proxy.services)
     assert len(await storage_events(proxy)) == 1
+    assert (await acme.vector_stores.list()).data == []  # gone: no longer listed
 
 
 async def test_an_expired_store_is_charged_to_the_day_it_expired(proxy: Harness, clock: FakeClock) -> None:
@@ -127,6 +128,9 @@ async def test_an_expired_store_is_charged_to_the_day_it_expired(proxy: Harness,
     clock.advance(days=2)
     await watch_due(proxy.services)
     assert len(await storage_events(proxy)) == 3  # watched no more
+    await acme.vector_stores.delete(store.id)  # deleted days after: none of them charged
+    assert len(await storage_events(proxy)) == 3
+    assert (await acme.vector_stores.list()).data == []
 
 
 async def test_a_client_that_may_not_spend_makes_no_store_and_adds_no_file(proxy: Harness) -> None:
