@@ -142,9 +142,10 @@ def _last_charged(watch: Watch) -> date | None:
 async def check_storage(services: Services, watch: Watch) -> None:
     """Charge a store's days that have ended since it was last charged, at
     the size the upstream shows now; then look again after the next
-    midnight. A store the upstream no longer knows (deleted elsewhere, or
-    expired) is charged to yesterday at its last known size, and watched no
-    more. Raises when the upstream cannot say (looked at again later)."""
+    midnight. One shown ``expired`` is charged to the day it expired; one
+    the upstream no longer knows (deleted elsewhere) to yesterday, at its
+    last known size; both are watched no more. Raises when the upstream
+    cannot say (looked at again later)."""
     now = services.meter.clock()
     yesterday = now.astimezone(UTC).date() - timedelta(days=1)
     upstream = services.router.named(watch.upstream)
