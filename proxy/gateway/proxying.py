@@ -313,9 +313,8 @@ async def _object_call(
     if route.kind == "upload" and path.endswith("/parts"):  # up to 64 MB a part: streamed through
         body = streamed(request, services.settings.max_file_bytes)
     elif route.kind == "vector_store" and request.method == "POST":  # the files it adds: the caller's
-        if path.endswith(
-            ("/files", "/file_batches")
-        ):  # adding files adds storage: not for one that may not spend
+        # Adding files adds storage: not for a client that may not spend.
+        if path.endswith(("/files", "/file_batches")):
             await services.meter.precheck(key.client_id, request[REQUEST_ID])
         body = await checked_body(request, services, key.client_id, most=STORE_REFERENCES)
     else:

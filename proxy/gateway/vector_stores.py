@@ -16,6 +16,7 @@ from decimal import Decimal
 from aiohttp import web
 
 from taximeter.pricing import limits
+from taximeter.pricing.catalog import DEFAULT_PROVIDER
 from taximeter.pricing.charge import CallFacts, charge
 from taximeter.pricing.models import OwnedObject, Reservation, UsageEvent, Watch
 from taximeter.pricing.storage import (
@@ -33,7 +34,7 @@ from taximeter.proxy.gateway.files import list_owned, upstream_json
 from taximeter.proxy.gateway.objects import valid_id
 from taximeter.proxy.gateway.ownership import checked_body
 from taximeter.proxy.gateway.upstreams import Upstream
-from taximeter.proxy.gateway.watching import WATCH_LEASE, terms_of
+from taximeter.proxy.gateway.watching import WATCH_LEASE, shown_upstream, terms_of
 from taximeter.proxy.middleware import REQUEST_ID
 from taximeter.proxy.services import Services
 
@@ -50,7 +51,8 @@ log = logging.getLogger("taximeter.metering")
 
 KIND = "vector_store"
 STORE_REFERENCES = 2_000  # files one store's body may name (a file batch names many)
-_ENDPOINT = "/v1/vector_stores"
+_COLLECTION = "vector_stores"
+_ENDPOINT = f"/v1/{_COLLECTION}"
 
 
 async def create_vector_store(request: web.Request, services: Services) -> web.StreamResponse:
@@ -147,9 +149,12 @@ async def check_storage(services: Services, watch: Watch) -> None:
     last known size; both are watched no more. Raises when the upstream
     cannot say (looked at again later)."""
     now = services.meter.clock()
-    yesterday = now.astimezone(UTC).date() - timedelta(days=1)
+    today = now.astimezone(UTC).date()
+    yesterday = today - timedelta(days=1)
     upstream = services.router.named(watch.upstream)
-    shown = None if upstream is None else await _shown(services, upstream, watch.object_id)
+    shown = (
+        None if upstream is None else await shown_upstream(services, upstream, _COLLECTION, watch.object_id)
+    )
     if upstream is None or shown is None:  # gone, or its upstream no longer configured: as last seen
         owned = (await services.objects.owned_objects([watch.object_id])).get(watch.object_id)
         last = {} if owned is None else (owned.detail or {}).get("object") or {}
@@ -170,7 +175,6 @@ async def check_storage(services: Services, watch: Watch) -> None:
             await services.objects.forget_object(watch.object_id)
         return
     await services.objects.show_object(watch.object_id, shown)
-    today = now.astimezone(UTC).date()
     ended = expired_on(shown, today)
     if ended is not None:  # its data is gone: kept to the day it expired, and no more
         await _charge_days(services, watch, upstream, _size(shown, upstream), min(ended, today))
@@ -207,7 +211,7 @@ async def _charge_to_date(services: Services, store: OwnedObject, upstream: Upst
     process holds is read as it is: the days it charged are durable."""
     now = services.meter.clock()
     today = now.astimezone(UTC).date()
-    shown = await _shown(services, upstream, store.object_id)
+    shown = await shown_upstream(services, upstream, _COLLECTION, store.object_id)
     if shown is None:
         return  # already gone upstream: its watch charges what is left
     usage = _size(shown, upstream)
@@ -236,17 +240,6 @@ def _size(shown: dict[str, object], upstream: Upstream) -> Usage:
     return usage
 
 
-async def _shown(services: Services, upstream: Upstream, object_id: str) -> dict[str, object] | None:
-    """The store as the upstream shows it now; None when it no longer knows it."""
-    path = f"{_ENDPOINT}/{object_id}"
-    status, _, _, reply = await upstream_json(services, None, upstream, "GET", path)
-    if status == 404:
-        return None
-    if status >= 300 or not isinstance(reply, dict) or reply.get("id") != object_id:
-        raise UpstreamUnavailable(f"upstream {upstream.name} answered {status} for {path}")
-    return reply
-
-
 async def _charge_days(
     services: Services, watch: Watch, upstream: Upstream | None, usage: Usage, through: date
 ) -> None:
@@ -254,7 +247,7 @@ async def _charge_days(
     if not days:
         return
     meter = services.meter
-    provider = upstream.provider if upstream is not None else "openai"
+    price = meter.catalog.resolve(STORAGE_MODEL, DEFAULT_PROVIDER if upstream is None else upstream.provider)
     terms = await terms_of(services, watch.client_id)
     tariff = await meter.rates.tariff(terms)
     now = meter.clock()
@@ -273,7 +266,7 @@ async def _charge_days(
             model=STORAGE_MODEL,
             endpoint=_ENDPOINT,
             family="passthrough",
-            price=meter.catalog.resolve(STORAGE_MODEL, provider),
+            price=price,
             upstream=None if upstream is None else upstream.name,
         )
         event = charge(facts, usage, 200, tariff, now)

@@ -42,10 +42,11 @@ async def watch_due(services: Services) -> int:
 
 
 async def _look(services: Services, watch: Watch) -> int:
-    if watch.kind == KIND:
-        return await _look_at_storage(services, watch)
-    check = check_batch if watch.kind == "batch" else check_response
     try:
+        if watch.kind == KIND:
+            await check_storage(services, watch)  # charged, and looked at again after midnight
+            return 0
+        check = check_batch if watch.kind == "batch" else check_response
         if await check(services, watch):
             return 1
     except (TaximeterError, StoreUnavailable) as exc:
@@ -56,9 +57,12 @@ async def _look(services: Services, watch: Watch) -> int:
     except Exception:  # a bug, or a reply no one foresaw: the others are still looked at
         log.exception("watch_failed", extra={"object": watch.object_id, "client": watch.client_id})
         await _hold_on_quietly(services, watch)
-    checks = watch.checks + 1
     settings = services.settings
-    wait = min(settings.watch_check_s * 2 ** min(checks, 30), settings.watch_check_max_s)
+    if watch.kind == KIND:  # a look that failed: tried again soon (its checks: the last day charged)
+        checks, wait = watch.checks, settings.watch_check_max_s
+    else:  # still running, or a look that failed: each time twice as late
+        checks = watch.checks + 1
+        wait = min(settings.watch_check_s * 2 ** min(checks, 30), settings.watch_check_max_s)
     try:
         await services.objects.check_again(
             watch.object_id, services.meter.clock() + timedelta(seconds=wait), checks
@@ -68,36 +72,22 @@ async def _look(services: Services, watch: Watch) -> int:
     return 0
 
 
-async def _look_at_storage(services: Services, watch: Watch) -> int:
-    """A vector store's storage: charged, and looked at again after the next
-    midnight; a look that failed is tried again within ``watch_check_max_s``."""
-    try:
-        await check_storage(services, watch)
-        return 0
-    except (TaximeterError, StoreUnavailable) as exc:
-        log.warning(
-            "watch_failed", extra={"object": watch.object_id, "client": watch.client_id, "error": str(exc)}
-        )
-    except Exception:  # a bug, or a reply no one foresaw: the others are still looked at
-        log.exception("watch_failed", extra={"object": watch.object_id, "client": watch.client_id})
-    again = services.meter.clock() + timedelta(seconds=services.settings.watch_check_max_s)
-    with contextlib.suppress(StoreUnavailable):  # else its lease runs out: looked at again then
-        await services.objects.check_again(watch.object_id, again, watch.checks)
-    return 0
+def _holds(watch: Watch) -> bool:
+    """Whether a watch holds a reservation (a vector store's storage holds nothing)."""
+    return watch.kind != KIND
 
 
 async def _hold_on_quietly(services: Services, watch: Watch) -> None:
     """A look that failed still holds its reservation on for longer."""
-    with contextlib.suppress(Exception):
-        await hold_on(services, watch)
+    if _holds(watch):
+        with contextlib.suppress(Exception):
+            await hold_on(services, watch)
 
 
 async def hold_all(services: Services) -> None:
     """Hold every watched object's reservation again: at start, a gate that
     lives in this process (or a Redis that was emptied) holds none of them."""
-    held = [
-        watch for watch in await services.objects.all_watches() if watch.kind != KIND
-    ]  # storage holds nothing
+    held = [watch for watch in await services.objects.all_watches() if _holds(watch)]
     for watch in held:
         await hold_on(services, watch)
     # One ended meanwhile (by another process) would stay held: let it go.

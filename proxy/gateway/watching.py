@@ -26,6 +26,7 @@ __all__ = [
     "finish_now",
     "hold_on",
     "look_upstream",
+    "shown_upstream",
     "tariff_of",
     "terms_of",
 ]
@@ -51,14 +52,25 @@ async def look_upstream(
         return None
     if shown is not None:
         return upstream, shown
-    path = f"/v1/{collection}/{watch.object_id}"
-    status, _, _, reply = await upstream_json(services, None, upstream, "GET", path)
-    if status == 404:
+    reply = await shown_upstream(services, upstream, collection, watch.object_id)
+    if reply is None:
         await charge_estimate(services, watch, "the upstream no longer knows it")
         return None
-    if status >= 300 or not isinstance(reply, dict) or reply.get("id") != watch.object_id:
-        raise UpstreamUnavailable(f"upstream {upstream.name} answered {status} for {path}")
     return upstream, reply
+
+
+async def shown_upstream(
+    services: Services, upstream: Upstream, collection: str, object_id: str
+) -> dict[str, Any] | None:
+    """The object as ``upstream`` shows it now (GET ``/v1/<collection>/<id>``);
+    None when it no longer knows it. Any other failure raises."""
+    path = f"/v1/{collection}/{object_id}"
+    status, _, _, reply = await upstream_json(services, None, upstream, "GET", path)
+    if status == 404:
+        return None
+    if status >= 300 or not isinstance(reply, dict) or reply.get("id") != object_id:
+        raise UpstreamUnavailable(f"upstream {upstream.name} answered {status} for {path}")
+    return reply
 
 
 async def hold_on(services: Services, watch: Watch) -> None:
